@@ -1,0 +1,139 @@
+//! `Diagnostic`: one problem found in a user's input, with everything needed to act on it —
+//! where (file, line, column), what (field, rule, offending value, already masked) and a hint.
+//! Every layer (manifest, schema files, CSV rows) reports through this one type so that the
+//! human and JSON renderings are the same everywhere.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    /// The file the problem is in, as the user named it (relative paths stay relative).
+    pub file: String,
+    /// 1-based line; for CSV rows, the line the record starts on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    /// 1-based column: a character column in YAML, a field number in CSV.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<u64>,
+    /// The CSV header of that column, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column_name: Option<String>,
+    /// The item field or payload path the value feeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The item the row belongs to, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
+    /// Stable rule identifier, e.g. `amount.thousands-separator`; totals are counted per rule.
+    pub rule: String,
+    pub message: String,
+    /// The offending value, masked if the field is sensitive and shortened if huge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn new(file: impl Into<String>, rule: impl Into<String>, message: impl Into<String>) -> Self {
+        Diagnostic {
+            file: file.into(),
+            line: None,
+            column: None,
+            column_name: None,
+            field: None,
+            item: None,
+            rule: rule.into(),
+            message: message.into(),
+            value: None,
+            hint: None,
+        }
+    }
+
+    pub fn at(mut self, line: u64, column: u64) -> Self {
+        self.line = Some(line);
+        self.column = Some(column);
+        self
+    }
+
+    pub fn at_opt(mut self, pos: Option<(u64, u64)>) -> Self {
+        if let Some((l, c)) = pos {
+            self.line = Some(l);
+            self.column = Some(c);
+        }
+        self
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn value(mut self, value: impl Into<String>) -> Self {
+        self.value = Some(value.into());
+        self
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// `file:line:column`, as editors and terminals recognise it.
+    pub fn location(&self) -> String {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => format!("{}:{l}:{c}", self.file),
+            (Some(l), None) => format!("{}:{l}", self.file),
+            _ => self.file.clone(),
+        }
+    }
+
+    /// The human rendering: one line of location, rule and message, then the value and hint.
+    pub fn render(&self) -> String {
+        let mut out = format!("{}: error[{}]: {}", self.location(), self.rule, self.message);
+        let mut what = Vec::new();
+        if let Some(c) = &self.column_name {
+            what.push(format!("column `{c}`"));
+        }
+        if let Some(f) = &self.field {
+            what.push(format!("field `{f}`"));
+        }
+        if let Some(i) = &self.item {
+            what.push(format!("item `{i}`"));
+        }
+        if !what.is_empty() {
+            out.push_str(&format!("\n  in {}", what.join(", ")));
+        }
+        if let Some(v) = &self.value {
+            out.push_str(&format!("\n  value: {v:?}"));
+        }
+        if let Some(h) = &self.hint {
+            out.push_str(&format!("\n  hint: {h}"));
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.render())
+    }
+}
+
+/// Several diagnostics found in one pass over an input that cannot be used as it is.
+#[derive(Debug, Clone)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl std::fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}

@@ -1,0 +1,494 @@
+//! The batch manifest: loading, strict parsing with positions, and the checks that need no
+//! provider schema (ids, durations, limits, credentials are env var names, …). The result is a
+//! `Manifest` whose values are typed; the flow is compiled against the provider's schemas later
+//! (`crate::compile`).
+
+pub mod raw;
+
+use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::yaml::{self, Seg, key};
+use indexmap::IndexMap;
+use raw::{NotificationMode, RawBackoff, RawManifest, RawNode};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A manifest that parsed and passed its own checks.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The manifest as the user named it, for diagnostics.
+    pub display: String,
+    pub path: PathBuf,
+    pub text: String,
+    pub batch: String,
+    pub provider: String,
+    pub environment: Environment,
+    /// (credential name, environment variable name).
+    pub credentials: Vec<(String, String)>,
+    pub items: Items,
+    pub defaults: IndexMap<String, serde_yaml::Value>,
+    pub preflight: Vec<Node>,
+    pub flow: Vec<Node>,
+    pub limits: Limits,
+    pub retry: RetryPolicy,
+    pub notifications: Notifications,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Sandbox,
+    Production,
+    Url(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum Items {
+    Csv(CsvSource),
+    Inline(Vec<InlineItem>),
+}
+
+#[derive(Debug, Clone)]
+pub struct CsvSource {
+    pub path: PathBuf,
+    /// The path as written in the manifest (relative to the manifest's folder).
+    pub display: String,
+    pub delimiter: u8,
+    pub header: bool,
+    /// item field -> column; `None` means every header column is a field of the same name.
+    pub columns: Option<Vec<(String, ColumnRef)>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnRef {
+    Name(String),
+    /// 1-based, for files without a header row.
+    Number(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct InlineItem {
+    /// The line of the item in the manifest.
+    pub line: u64,
+    pub fields: IndexMap<String, String>,
+}
+
+/// One node of a flow template.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: String,
+    pub op: String,
+    pub delay: Option<Duration>,
+    pub payload: IndexMap<String, serde_yaml::Value>,
+    pub success: Vec<Node>,
+    pub fail: Vec<Node>,
+    pub always: Vec<Node>,
+    /// Stable position in the template (`0`, `0.success.1`), used in task keys.
+    pub tree_path: String,
+    /// Where the node is in the manifest, for locating errors.
+    pub yaml_path: Vec<Seg>,
+}
+
+impl Node {
+    /// Children with the link that leads to them.
+    pub fn children(&self) -> impl Iterator<Item = (Link, &Node)> {
+        self.success
+            .iter()
+            .map(|n| (Link::Success, n))
+            .chain(self.fail.iter().map(|n| (Link::Fail, n)))
+            .chain(self.always.iter().map(|n| (Link::Always, n)))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Link {
+    Success,
+    Fail,
+    Always,
+}
+
+impl Link {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Link::Success => "success",
+            Link::Fail => "fail",
+            Link::Always => "always",
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Limits {
+    pub requests_per_second: f64,
+    pub burst: u32,
+    pub concurrency: u32,
+    pub tasks_per_request: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Backoff {
+    #[serde(with = "humantime_serde_compat")]
+    pub initial_interval: Duration,
+    pub factor: f64,
+    #[serde(with = "humantime_serde_compat")]
+    pub max_interval: Duration,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RetryPolicy {
+    pub default: Backoff,
+    pub rate_limited: Backoff,
+    pub server_error: Backoff,
+    pub network: Backoff,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Notifications {
+    pub mode: NotificationMode,
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+}
+
+mod humantime_serde_compat {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+const DEFAULT_BACKOFF: Backoff = Backoff {
+    initial_interval: Duration::from_millis(500),
+    factor: 2.0,
+    max_interval: Duration::from_secs(60),
+    max_attempts: 6,
+};
+
+impl Manifest {
+    /// Reads and checks a manifest. I/O problems and content problems are both diagnostics;
+    /// the caller tells them apart by rule (`manifest.io`).
+    pub fn load(path: &Path) -> Result<Manifest, Diagnostics> {
+        let display = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| {
+            Diagnostics(vec![Diagnostic::new(&display, "manifest.io", format!("cannot read the manifest: {e}")).hint("check the path")])
+        })?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = upto.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+            Diagnostics(vec![Diagnostic::new(&display, "manifest.encoding", "the manifest is not UTF-8").at(line, 1).hint("save it as UTF-8")])
+        })?;
+        let text = text.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(text);
+        if text.trim().is_empty() {
+            return Err(Diagnostics(vec![Diagnostic::new(&display, "manifest.empty", "the manifest is empty").hint("start from an example in batches/ or `payrun template <provider> <operation> --manifest`")]));
+        }
+        let raw: RawManifest = yaml::from_str(&display, &text, "manifest.syntax").map_err(|d| Diagnostics(vec![d]))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        check(raw, display, path.to_path_buf(), text, &base)
+    }
+}
+
+struct Checker<'a> {
+    display: &'a str,
+    text: &'a str,
+    errors: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, path: &[Seg], rule: &str, message: impl Into<String>, hint: impl Into<String>) {
+        let d = Diagnostic::new(self.display, rule, message).at_opt(yaml::locate(self.text, path)).hint(hint);
+        self.errors.push(d);
+    }
+
+    fn duration(&mut self, path: &[Seg], text: &Option<String>, default: Duration) -> Duration {
+        match text {
+            None => default,
+            Some(t) => match humantime::parse_duration(t.trim()) {
+                Ok(d) => d,
+                Err(_) => {
+                    self.error(path, "manifest.duration", format!("`{t}` is not a duration"), "write e.g. 500ms, 2s, 3m, 2h");
+                    default
+                }
+            },
+        }
+    }
+
+    fn backoff(&mut self, path: Vec<Seg>, raw: &RawBackoff, base: &Backoff) -> Backoff {
+        let at = |k: &str| {
+            let mut p = path.clone();
+            p.push(key(k));
+            p
+        };
+        let b = Backoff {
+            initial_interval: self.duration(&at("initial_interval"), &raw.initial_interval, base.initial_interval),
+            factor: raw.factor.unwrap_or(base.factor),
+            max_interval: self.duration(&at("max_interval"), &raw.max_interval, base.max_interval),
+            max_attempts: raw.max_attempts.unwrap_or(base.max_attempts),
+        };
+        if !(1.0..=10.0).contains(&b.factor) {
+            self.error(&at("factor"), "manifest.retry", format!("factor {} is outside 1..10", b.factor), "2 doubles the wait after every attempt");
+        }
+        if b.max_attempts == 0 {
+            self.error(&at("max_attempts"), "manifest.retry", "max_attempts must be at least 1", "1 means no retries");
+        }
+        if b.max_interval < b.initial_interval {
+            self.error(&at("max_interval"), "manifest.retry", "max_interval is shorter than initial_interval", "raise max_interval");
+        }
+        b
+    }
+}
+
+fn is_env_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty() && !b[0].is_ascii_digit() && b.iter().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
+}
+
+fn is_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn check(raw: RawManifest, display: String, path: PathBuf, text: String, base: &Path) -> Result<Manifest, Diagnostics> {
+    let mut c = Checker { display: &display, text: &text, errors: Vec::new() };
+
+    if !is_id(&raw.batch) {
+        c.error(&[key("batch")], "manifest.batch-id", format!("batch id `{}` is not usable as a stable id", raw.batch), "use 1-64 letters, digits, '-', '_' or '.', e.g. payroll-2026-11; it seeds every idempotency key, so never reuse one for a different payroll");
+    }
+    let environment = match raw.environment.as_str() {
+        "sandbox" => Environment::Sandbox,
+        "production" => Environment::Production,
+        u if u.starts_with("https://") || u.starts_with("http://") => Environment::Url(u.trim_end_matches('/').to_string()),
+        other => {
+            c.error(&[key("environment")], "manifest.environment", format!("environment `{other}` is not sandbox, production or a URL"), "write sandbox, production, or the base URL, e.g. https://api.example.com");
+            Environment::Sandbox
+        }
+    };
+    let mut credentials = Vec::new();
+    for (name, var) in &raw.credentials {
+        if !is_env_name(var) {
+            c.error(
+                &[key("credentials"), key(name)],
+                "manifest.credential-value",
+                format!("credential `{name}` must name an environment variable, not hold a value"),
+                "write the variable's NAME, e.g. PAYSEND_INBOUND_KEY, and export the secret in the environment; never put secrets in a manifest",
+            );
+        }
+        credentials.push((name.clone(), var.clone()));
+    }
+
+    let items = check_items(&mut c, &raw, base);
+
+    let mut ids = std::collections::HashMap::new();
+    let preflight = nodes(&mut c, &raw.preflight, vec![key("preflight")], "pre", &mut ids);
+    if raw.flow.is_empty() {
+        c.error(&[key("flow")], "manifest.flow-empty", "the flow has no task", "add at least one node, e.g. `- op: pay.toAccount`");
+    }
+    let flow = nodes(&mut c, &raw.flow, vec![key("flow")], "", &mut ids);
+
+    let l = &raw.limits;
+    let limits = Limits {
+        requests_per_second: l.requests_per_second.unwrap_or(0.0),
+        burst: l.burst.unwrap_or(0),
+        concurrency: l.concurrency.unwrap_or(0),
+        tasks_per_request: l.tasks_per_request.unwrap_or(0),
+    };
+    if let Some(r) = l.requests_per_second
+        && !(r > 0.0 && r <= 10_000.0)
+    {
+        c.error(&[key("limits"), key("requests_per_second")], "manifest.limits", format!("requests_per_second {r} is not in (0, 10000]"), "ask the provider for your rate limit");
+    }
+    for (k, v) in [("burst", l.burst), ("concurrency", l.concurrency), ("tasks_per_request", l.tasks_per_request)] {
+        if v == Some(0) {
+            c.error(&[key("limits"), key(k)], "manifest.limits", format!("{k} must be at least 1"), "leave it out to use the provider's default");
+        }
+    }
+
+    let r = &raw.retry;
+    let top = RawBackoff { initial_interval: r.initial_interval.clone(), factor: r.factor, max_interval: r.max_interval.clone(), max_attempts: r.max_attempts };
+    let default = c.backoff(vec![key("retry")], &top, &DEFAULT_BACKOFF);
+    let class = |c: &mut Checker, name: &str, raw: &Option<RawBackoff>| match raw {
+        Some(b) => c.backoff(vec![key("retry"), key("per_class"), key(name)], b, &default),
+        None => default.clone(),
+    };
+    let retry = RetryPolicy {
+        rate_limited: class(&mut c, "rate_limited", &r.per_class.rate_limited),
+        server_error: class(&mut c, "server_error", &r.per_class.server_error),
+        network: class(&mut c, "network", &r.per_class.network),
+        default: default.clone(),
+    };
+
+    let n = &raw.notifications;
+    let mode = n.mode.unwrap_or(if n.listen.is_some() || n.public_url.is_some() { NotificationMode::Webhook } else { NotificationMode::Polling });
+    if mode == NotificationMode::Webhook {
+        if n.listen.is_none() {
+            c.error(&[key("notifications")], "manifest.notifications", "webhook notifications need `listen`", "the local address to listen on, e.g. 127.0.0.1:8787");
+        }
+        if n.public_url.is_none() {
+            c.error(&[key("notifications")], "manifest.notifications", "webhook notifications need `public_url`", "the URL the provider can reach, e.g. https://payroll.example.com/payrun");
+        }
+    }
+    if let Some(listen) = &n.listen
+        && listen.parse::<std::net::SocketAddr>().is_err()
+    {
+        c.error(&[key("notifications"), key("listen")], "manifest.notifications", format!("`{listen}` is not an address:port"), "write e.g. 127.0.0.1:8787");
+    }
+    if let Some(u) = &n.public_url
+        && !(u.starts_with("https://") || u.starts_with("http://"))
+    {
+        c.error(&[key("notifications"), key("public_url")], "manifest.notifications", format!("`{u}` is not an http(s) URL"), "write the full URL, e.g. https://payroll.example.com/payrun");
+    }
+    let notifications = Notifications { mode, listen: n.listen.clone(), public_url: n.public_url.clone() };
+
+    if !c.errors.is_empty() {
+        return Err(Diagnostics(c.errors));
+    }
+    Ok(Manifest {
+        display: display.clone(),
+        path,
+        text: text.clone(),
+        batch: raw.batch,
+        provider: raw.provider,
+        environment,
+        credentials,
+        items: items.expect("items are present when there are no errors"),
+        defaults: raw.defaults,
+        preflight,
+        flow,
+        limits,
+        retry,
+        notifications,
+    })
+}
+
+fn check_items(c: &mut Checker, raw: &RawManifest, base: &Path) -> Option<Items> {
+    let it = &raw.items;
+    match (&it.source, &it.inline) {
+        (Some(_), Some(_)) | (None, None) => {
+            c.error(&[key("items")], "manifest.items", "items need exactly one of `source` (a CSV file) or `inline` (a list)", "see batches/ for both forms");
+            None
+        }
+        (None, Some(list)) => {
+            for k in ["delimiter", "header", "columns"] {
+                let set = match k {
+                    "delimiter" => it.delimiter.is_some(),
+                    "header" => it.header.is_some(),
+                    _ => it.columns.is_some(),
+                };
+                if set {
+                    c.error(&[key("items"), key(k)], "manifest.items", format!("`{k}` applies to a CSV source, not to inline items"), "remove it");
+                }
+            }
+            let mut out = Vec::new();
+            for (i, item) in list.iter().enumerate() {
+                let at = vec![key("items"), key("inline"), Seg::Index(i)];
+                let line = yaml::locate(c.text, &at).map(|p| p.0).unwrap_or(0);
+                let mut fields = IndexMap::new();
+                for (k, v) in item {
+                    match crate::schema::raw::scalar_text(v) {
+                        Some(t) => {
+                            fields.insert(k.clone(), t);
+                        }
+                        None if v.is_null() => {
+                            fields.insert(k.clone(), String::new());
+                        }
+                        None => {
+                            let mut p = at.clone();
+                            p.push(key(k));
+                            c.error(&p, "manifest.inline-value", format!("inline item field `{k}` is not a plain value"), "give a text or a number; shared blocks belong in `defaults`");
+                        }
+                    }
+                }
+                out.push(InlineItem { line, fields });
+            }
+            if out.is_empty() {
+                c.error(&[key("items"), key("inline")], "manifest.items", "the inline item list is empty", "add items or use a CSV `source`");
+            }
+            Some(Items::Inline(out))
+        }
+        (Some(src), None) => {
+            let delimiter = match it.delimiter.as_deref() {
+                None => b',',
+                Some("\\t") | Some("tab") | Some("\t") => b'\t',
+                Some(d) if d.len() == 1 && d.is_ascii() && !matches!(d, "\"" | "\n" | "\r") => d.as_bytes()[0],
+                Some(d) => {
+                    c.error(&[key("items"), key("delimiter")], "manifest.delimiter", format!("delimiter `{d}` is not a single character"), "write \",\", \";\", \"|\" or tab");
+                    b','
+                }
+            };
+            let header = it.header.unwrap_or(true);
+            let columns = it.columns.as_ref().map(|cols| {
+                let mut out = Vec::new();
+                for (field, v) in cols {
+                    let at = [key("items"), key("columns"), key(field)];
+                    let r = match v {
+                        serde_yaml::Value::String(s) if header => Some(ColumnRef::Name(s.clone())),
+                        serde_yaml::Value::Number(n) if !header => n.as_u64().filter(|&n| n >= 1).map(|n| ColumnRef::Number(n as usize)),
+                        _ => None,
+                    };
+                    match r {
+                        Some(r) => out.push((field.clone(), r)),
+                        None if header => c.error(&at, "manifest.columns", format!("column for `{field}` must be a header name"), "write the column's header text, e.g. net_pay"),
+                        None => c.error(&at, "manifest.columns", format!("column for `{field}` must be a column number from 1"), "without a header row, columns are numbered from 1"),
+                    }
+                    if !is_field_name(field) {
+                        c.error(&at, "manifest.columns", format!("`{field}` is not a usable item field name"), "use letters, digits and '_', starting with a letter");
+                    }
+                }
+                out
+            });
+            if !header && columns.is_none() {
+                c.error(&[key("items"), key("header")], "manifest.columns", "a CSV without a header row needs `columns`", "map each item field to a column number, e.g. id: 1");
+            }
+            Some(Items::Csv(CsvSource { path: base.join(src), display: base.join(src).display().to_string(), delimiter, header, columns }))
+        }
+    }
+}
+
+pub fn is_field_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty() && b[0].is_ascii_alphabetic() && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+fn nodes(c: &mut Checker, raw: &[RawNode], at: Vec<Seg>, prefix: &str, ids: &mut std::collections::HashMap<String, String>) -> Vec<Node> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut path = at.clone();
+            path.push(Seg::Index(i));
+            let tree_path = if prefix.is_empty() { i.to_string() } else { format!("{prefix}.{i}") };
+            node(c, r, path, tree_path, ids)
+        })
+        .collect()
+}
+
+fn node(c: &mut Checker, r: &RawNode, path: Vec<Seg>, tree_path: String, ids: &mut std::collections::HashMap<String, String>) -> Node {
+    let at = |k: &str| {
+        let mut p = path.clone();
+        p.push(key(k));
+        p
+    };
+    let id = r.id.clone().unwrap_or_else(|| format!("{}#{}", r.op, tree_path));
+    if let Some(given) = &r.id {
+        if !is_field_name(given) {
+            c.error(&at("id"), "manifest.node-id", format!("node id `{given}` is not a plain name"), "use letters, digits and '_', e.g. pay");
+        }
+        if let Some(prev) = ids.insert(given.clone(), tree_path.clone()) {
+            c.error(&at("id"), "manifest.node-id", format!("node id `{given}` is used twice (also at {prev})"), "give every node its own id");
+        }
+    }
+    let delay = match &r.delay {
+        None => None,
+        Some(_) => Some(c.duration(&at("delay"), &r.delay, Duration::ZERO)),
+    };
+    let mut kids = |link: &str, list: &[RawNode]| -> Vec<Node> {
+        list.iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let mut p = at(link);
+                p.push(Seg::Index(i));
+                node(c, k, p, format!("{tree_path}.{link}.{i}"), ids)
+            })
+            .collect()
+    };
+    let success = kids("success", &r.success);
+    let fail = kids("fail", &r.fail);
+    let always = kids("always", &r.always);
+    Node { id, op: r.op.clone(), delay, payload: r.payload.clone(), success, fail, always, tree_path, yaml_path: path }
+}

@@ -1,0 +1,109 @@
+//! The serde shape of a batch manifest, exactly as a user writes it. Only `Manifest::load`
+//! reads these types; everything after it works on the checked `Manifest`.
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawManifest {
+    pub batch: String,
+    pub provider: String,
+    pub environment: String,
+    #[serde(default)]
+    pub credentials: IndexMap<String, String>,
+    pub items: RawItems,
+    #[serde(default)]
+    pub defaults: IndexMap<String, serde_yaml::Value>,
+    #[serde(default)]
+    pub preflight: Vec<RawNode>,
+    pub flow: Vec<RawNode>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub retry: RawRetry,
+    #[serde(default)]
+    pub notifications: RawNotifications,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawItems {
+    pub source: Option<String>,
+    pub inline: Option<Vec<IndexMap<String, serde_yaml::Value>>>,
+    pub delimiter: Option<String>,
+    pub header: Option<bool>,
+    pub columns: Option<IndexMap<String, serde_yaml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub id: Option<String>,
+    pub op: String,
+    pub delay: Option<String>,
+    #[serde(default)]
+    pub payload: IndexMap<String, serde_yaml::Value>,
+    #[serde(default)]
+    pub success: Vec<RawNode>,
+    #[serde(default)]
+    pub fail: Vec<RawNode>,
+    #[serde(default)]
+    pub always: Vec<RawNode>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<u32>,
+    pub concurrency: Option<u32>,
+    pub tasks_per_request: Option<u32>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackoff {
+    pub initial_interval: Option<String>,
+    pub factor: Option<f64>,
+    pub max_interval: Option<String>,
+    pub max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub initial_interval: Option<String>,
+    pub factor: Option<f64>,
+    pub max_interval: Option<String>,
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub per_class: RawPerClass,
+}
+
+/// Overrides per error class; anything left out comes from the top-level policy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPerClass {
+    /// The provider said "not now" (Paysend's 404 "Sorry. Can't accept your request now.", 429).
+    pub rate_limited: Option<RawBackoff>,
+    /// 5xx answers.
+    pub server_error: Option<RawBackoff>,
+    /// No answer in time, or the connection failed.
+    pub network: Option<RawBackoff>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationMode {
+    Webhook,
+    Polling,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotifications {
+    pub mode: Option<NotificationMode>,
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+}

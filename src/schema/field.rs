@@ -1,0 +1,485 @@
+//! `Field`: one payload field of a provider operation with its compiled rule, and the checks
+//! that every value bound for that field must pass. Checks work on text — a CSV cell, a YAML
+//! scalar, or a JSON scalar rendered as text — so one rule serves every input.
+
+use crate::money::{self, Amount, Currency};
+use regex::Regex;
+use rust_decimal::Decimal;
+
+/// How a value is written into the request JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Wire {
+    String,
+    Number,
+    Boolean,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CurrencyFormat {
+    /// ISO 4217 alphabetic, `USD`.
+    Alpha,
+    /// ISO 4217 numeric, `840`.
+    Numeric,
+    /// Either.
+    Any,
+}
+
+/// Where an amount field finds the currency that fixes its decimals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CurrencyRef {
+    Path(String),
+    Fixed(Currency),
+}
+
+#[derive(Debug, Clone)]
+pub enum FieldKind {
+    String { pattern: Option<Regex>, min_length: Option<usize>, max_length: Option<usize> },
+    Integer { min: Option<i64>, max: Option<i64> },
+    Amount { currency: CurrencyRef, min: Option<Decimal>, max: Option<Decimal> },
+    Currency { format: CurrencyFormat },
+    Country,
+    Date,
+    DateTime,
+    Email { max_length: Option<usize> },
+    Enum { values: Vec<String>, case_insensitive: bool },
+    Uuid,
+    Boolean,
+}
+
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub path: String,
+    pub kind: FieldKind,
+    pub required: bool,
+    pub sensitive: bool,
+    pub wire: Wire,
+    pub description: String,
+    pub example: Option<String>,
+}
+
+/// A broken rule: the rule id, a message that reads after "value …", and a hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub rule: &'static str,
+    pub message: String,
+    pub hint: String,
+}
+
+fn violation(rule: &'static str, message: impl Into<String>, hint: impl Into<String>) -> Violation {
+    Violation { rule, message: message.into(), hint: hint.into() }
+}
+
+impl FieldKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            FieldKind::String { .. } => "string",
+            FieldKind::Integer { .. } => "integer",
+            FieldKind::Amount { .. } => "amount",
+            FieldKind::Currency { .. } => "currency",
+            FieldKind::Country => "country",
+            FieldKind::Date => "date",
+            FieldKind::DateTime => "datetime",
+            FieldKind::Email { .. } => "email",
+            FieldKind::Enum { .. } => "enum",
+            FieldKind::Uuid => "uuid",
+            FieldKind::Boolean => "boolean",
+        }
+    }
+}
+
+impl Field {
+    /// A short description of the accepted format, for templates and hints.
+    pub fn format(&self) -> String {
+        match &self.kind {
+            FieldKind::String { pattern, min_length, max_length } => {
+                let mut parts = vec!["text".to_string()];
+                match (min_length, max_length) {
+                    (Some(a), Some(b)) if a == b => parts.push(format!("exactly {a} characters")),
+                    (Some(a), Some(b)) => parts.push(format!("{a}-{b} characters")),
+                    (None, Some(b)) => parts.push(format!("at most {b} characters")),
+                    (Some(a), None) => parts.push(format!("at least {a} characters")),
+                    (None, None) => {}
+                }
+                if let Some(p) = pattern {
+                    parts.push(format!("matching {}", p.as_str()));
+                }
+                parts.join(", ")
+            }
+            FieldKind::Integer { min, max } => match (min, max) {
+                (Some(a), Some(b)) => format!("whole number {a}-{b}"),
+                (Some(a), None) => format!("whole number >= {a}"),
+                (None, Some(b)) => format!("whole number <= {b}"),
+                (None, None) => "whole number".into(),
+            },
+            FieldKind::Amount { currency, min, max } => {
+                let cur = match currency {
+                    CurrencyRef::Path(p) => format!("decimals per the currency in `{p}`"),
+                    CurrencyRef::Fixed(c) => format!("up to {} decimals ({})", c.exponent().unwrap_or(0), c.code()),
+                };
+                let mut s = format!("amount like 1250.00, no separators, {cur}");
+                if let Some(m) = min {
+                    s.push_str(&format!(", min {m}"));
+                }
+                if let Some(m) = max {
+                    s.push_str(&format!(", max {m}"));
+                }
+                s
+            }
+            FieldKind::Currency { format: CurrencyFormat::Alpha } => "ISO 4217 code like USD".into(),
+            FieldKind::Currency { format: CurrencyFormat::Numeric } => "ISO 4217 numeric code like 840".into(),
+            FieldKind::Currency { format: CurrencyFormat::Any } => "ISO 4217 code, USD or 840".into(),
+            FieldKind::Country => "ISO 3166-1 alpha-2 country like US".into(),
+            FieldKind::Date => "date YYYY-MM-DD".into(),
+            FieldKind::DateTime => "RFC 3339 date-time like 2024-10-01T00:00:00+01:00".into(),
+            FieldKind::Email { .. } => "email address".into(),
+            FieldKind::Enum { values, .. } => format!("one of {}", values.join(", ")),
+            FieldKind::Uuid => "UUID like 3fa85f64-5717-4562-b3fc-2c963f66afa6".into(),
+            FieldKind::Boolean => "true or false".into(),
+        }
+    }
+
+    /// Checks a present, non-empty value of any kind but `Amount` (see `check_amount`).
+    pub fn check(&self, v: &str) -> Result<(), Violation> {
+        match &self.kind {
+            FieldKind::String { pattern, min_length, max_length } => {
+                if min_length.is_some() || max_length.is_some() {
+                    let n = v.chars().count();
+                    if let Some(max) = max_length
+                        && n > *max
+                    {
+                        return Err(violation(
+                            "string.too-long",
+                            format!("is {n} characters long, more than {max}"),
+                            format!("shorten it to at most {max} characters"),
+                        ));
+                    }
+                    if let Some(min) = min_length
+                        && n < *min
+                    {
+                        return Err(violation(
+                            "string.too-short",
+                            format!("is {n} characters long, fewer than {min}"),
+                            format!("it needs at least {min} characters"),
+                        ));
+                    }
+                }
+                if let Some(p) = pattern
+                    && !p.is_match(v)
+                {
+                    return Err(violation(
+                        "string.pattern",
+                        format!("does not match the pattern {}", p.as_str()),
+                        match &self.example {
+                            Some(e) if !self.sensitive => format!("expected something like {e:?}"),
+                            _ => format!("expected {}", self.format()),
+                        },
+                    ));
+                }
+                Ok(())
+            }
+            FieldKind::Integer { min, max } => {
+                let digits = v.strip_prefix('-').unwrap_or(v);
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(violation("integer.format", "is not a whole number", "write digits only, e.g. 1979"));
+                }
+                let Ok(n) = v.parse::<i64>() else {
+                    return Err(violation("integer.range", "is too large", "check the column"));
+                };
+                if let Some(m) = min
+                    && n < *m
+                {
+                    return Err(violation("integer.range", format!("is below the minimum {m}"), self.format()));
+                }
+                if let Some(m) = max
+                    && n > *m
+                {
+                    return Err(violation("integer.range", format!("is above the maximum {m}"), self.format()));
+                }
+                Ok(())
+            }
+            FieldKind::Amount { .. } => Ok(()),
+            FieldKind::Currency { format } => check_currency(v, *format).map(|_| ()),
+            FieldKind::Country => check_country(v),
+            FieldKind::Date => check_date(v),
+            FieldKind::DateTime => {
+                if chrono::DateTime::parse_from_rfc3339(v).is_ok() {
+                    Ok(())
+                } else {
+                    Err(violation(
+                        "datetime.format",
+                        "is not an RFC 3339 date-time",
+                        "write e.g. 2024-10-01T00:00:00+01:00 (date, T, time, offset)",
+                    ))
+                }
+            }
+            FieldKind::Email { max_length } => {
+                if let Some(max) = max_length
+                    && v.chars().count() > *max
+                {
+                    return Err(violation("email.too-long", format!("is longer than {max} characters"), "shorten it"));
+                }
+                check_email(v)
+            }
+            FieldKind::Enum { values, case_insensitive } => {
+                let ok = if *case_insensitive {
+                    values.iter().any(|x| x.eq_ignore_ascii_case(v))
+                } else {
+                    values.iter().any(|x| x == v)
+                };
+                if ok {
+                    return Ok(());
+                }
+                let near = values.iter().find(|x| x.eq_ignore_ascii_case(v));
+                let hint = match near {
+                    Some(n) => format!("did you mean {n:?}? values are case-sensitive"),
+                    None => format!("use one of: {}", values.join(", ")),
+                };
+                Err(violation("enum.value", "is not one of the allowed values", hint))
+            }
+            FieldKind::Uuid => {
+                if is_uuid(v) {
+                    Ok(())
+                } else {
+                    Err(violation("uuid.format", "is not a UUID", "write 8-4-4-4-12 hex digits, e.g. 3fa85f64-5717-4562-b3fc-2c963f66afa6"))
+                }
+            }
+            FieldKind::Boolean => {
+                if v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false") {
+                    Ok(())
+                } else {
+                    Err(violation("boolean.format", "is not true or false", "write true or false"))
+                }
+            }
+        }
+    }
+
+    /// Checks an amount given its currency (already resolved by the caller; `None` when the
+    /// currency is itself invalid, in which case only the shape of the number is checked).
+    pub fn check_amount(&self, v: &str, currency: Option<Currency>) -> Result<Amount, Violation> {
+        let FieldKind::Amount { min, max, .. } = &self.kind else {
+            unreachable!("check_amount on a non-amount field");
+        };
+        let exponent = currency.and_then(|c| c.exponent()).unwrap_or(4);
+        let amount = money::parse_amount(v, exponent).map_err(|e| Violation {
+            rule: e.rule(),
+            message: match (e, currency) {
+                (money::AmountError::TooManyDecimals { .. }, Some(c)) => {
+                    format!("{} for {}", e.message(), c.code())
+                }
+                _ => e.message(),
+            },
+            hint: e.hint().to_string(),
+        })?;
+        let d = amount.to_decimal();
+        if let Some(m) = min
+            && d < *m
+        {
+            let rule = if d.is_zero() { "amount.zero" } else { "amount.min" };
+            return Err(violation(rule, format!("is below the minimum {m}"), format!("the provider accepts {}", self.format())));
+        }
+        if let Some(m) = max
+            && d > *m
+        {
+            return Err(violation("amount.max", format!("is above the maximum {m}"), "split the payment or check the limit agreed with the provider"));
+        }
+        Ok(amount)
+    }
+}
+
+pub fn check_currency(v: &str, format: CurrencyFormat) -> Result<Currency, Violation> {
+    let found = match format {
+        CurrencyFormat::Alpha => Currency::from_alpha(v),
+        CurrencyFormat::Numeric => Currency::from_numeric(v),
+        CurrencyFormat::Any => Currency::from_any(v),
+    };
+    match found {
+        Some(c) if c.exponent().is_some() => Ok(c),
+        Some(c) => Err(violation(
+            "currency.not-money",
+            format!("is {}, which has no minor unit and cannot be paid out", c.code()),
+            "use the currency the recipient is paid in",
+        )),
+        None => {
+            let upper = v.to_ascii_uppercase();
+            let hint = if upper != v && Currency::from_alpha(&upper).is_some() {
+                format!("write it in capitals: {upper}")
+            } else {
+                match format {
+                    CurrencyFormat::Numeric => "use the ISO 4217 numeric code, e.g. 840 for USD".into(),
+                    CurrencyFormat::Alpha if Currency::from_numeric(v).is_some() => format!(
+                        "this field takes the alphabetic code: {}",
+                        Currency::from_numeric(v).map(|c| c.code()).unwrap_or_default()
+                    ),
+                    _ => "use an ISO 4217 code such as USD, EUR, GBP".into(),
+                }
+            };
+            Err(violation("currency.unknown", "is not an ISO 4217 currency code", hint))
+        }
+    }
+}
+
+fn check_country(v: &str) -> Result<(), Violation> {
+    // "UK" is exceptionally reserved in ISO 3166-1 for the United Kingdom and Paysend's own
+    // fx.rateGet.p2a example uses it; accept it rather than reject the provider's example.
+    if v.len() == 2 && v.bytes().all(|b| b.is_ascii_uppercase()) && (v == "UK" || celes::Country::from_alpha2(v).is_ok()) {
+        return Ok(());
+    }
+    let upper = v.to_ascii_uppercase();
+    let hint = if upper.len() == 2 && celes::Country::from_alpha2(&upper).is_ok() {
+        format!("write it in capitals: {upper}")
+    } else if let Ok(c) = celes::Country::from_alpha3(&upper) {
+        format!("use the two-letter code: {}", c.alpha2)
+    } else {
+        "use the ISO 3166-1 alpha-2 code, e.g. US, GB, DE".into()
+    };
+    Err(violation("country.unknown", "is not an ISO 3166-1 alpha-2 country code", hint))
+}
+
+fn check_date(v: &str) -> Result<(), Violation> {
+    let b = v.as_bytes();
+    let shaped = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    if shaped {
+        return match chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+            Ok(_) => Ok(()),
+            Err(_) => Err(violation("date.invalid", "is not a calendar date", "check the day and month")),
+        };
+    }
+    Err(violation("date.format", "is not a date in YYYY-MM-DD form", "write dates as YYYY-MM-DD, e.g. 1980-01-31 (not 31/01/1980 or 01/31/1980)"))
+}
+
+fn check_email(v: &str) -> Result<(), Violation> {
+    let bad = || violation("email.format", "is not an email address", "write it as name@example.com, one address, no spaces");
+    let (local, domain) = v.rsplit_once('@').ok_or_else(bad)?;
+    if local.is_empty() || local.len() > 64 || local.contains('@') {
+        return Err(bad());
+    }
+    if v.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == ';' || c == '<' || c == '>') {
+        return Err(bad());
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.len() < 2
+        || labels.iter().any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-'))
+        || !domain.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '.')
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+pub fn is_uuid(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(kind: FieldKind) -> Field {
+        Field {
+            path: "f".into(),
+            kind,
+            required: false,
+            sensitive: false,
+            wire: Wire::String,
+            description: String::new(),
+            example: None,
+        }
+    }
+
+    fn rule(kind: FieldKind, v: &str) -> Option<&'static str> {
+        field(kind).check(v).err().map(|e| e.rule)
+    }
+
+    #[test]
+    fn strings_are_checked_for_length_and_pattern() {
+        let k = || FieldKind::String { pattern: Some(Regex::new("^[0-9]{12,19}$").unwrap()), min_length: None, max_length: Some(19) };
+        assert_eq!(rule(k(), "4539025531693033"), None);
+        assert_eq!(rule(k(), "4539 0255 3169 3033"), Some("string.pattern"));
+        assert_eq!(rule(k(), &"1".repeat(20)), Some("string.too-long"));
+        let k = FieldKind::String { pattern: None, min_length: Some(2), max_length: None };
+        assert_eq!(rule(k, "a"), Some("string.too-short"));
+    }
+
+    #[test]
+    fn integers_have_no_separators_and_respect_bounds() {
+        let k = || FieldKind::Integer { min: Some(1900), max: Some(2100) };
+        assert_eq!(rule(k(), "1979"), None);
+        assert_eq!(rule(k(), "1,979"), Some("integer.format"));
+        assert_eq!(rule(k(), "1800"), Some("integer.range"));
+        assert_eq!(rule(k(), "99999999999999999999"), Some("integer.range"));
+    }
+
+    #[test]
+    fn currencies_are_iso_4217_in_the_declared_form() {
+        assert_eq!(rule(FieldKind::Currency { format: CurrencyFormat::Alpha }, "USD"), None);
+        assert_eq!(rule(FieldKind::Currency { format: CurrencyFormat::Alpha }, "840"), Some("currency.unknown"));
+        assert_eq!(rule(FieldKind::Currency { format: CurrencyFormat::Numeric }, "840"), None);
+        assert_eq!(rule(FieldKind::Currency { format: CurrencyFormat::Any }, "840"), None);
+        assert_eq!(rule(FieldKind::Currency { format: CurrencyFormat::Any }, "usd"), Some("currency.unknown"));
+        assert_eq!(rule(FieldKind::Currency { format: CurrencyFormat::Any }, "XAU"), Some("currency.not-money"));
+        assert_eq!(rule(FieldKind::Currency { format: CurrencyFormat::Any }, "ABC"), Some("currency.unknown"));
+    }
+
+    #[test]
+    fn countries_are_alpha_2() {
+        assert_eq!(rule(FieldKind::Country, "US"), None);
+        assert_eq!(rule(FieldKind::Country, "EC"), None);
+        assert_eq!(rule(FieldKind::Country, "UK"), None);
+        assert_eq!(rule(FieldKind::Country, "USA"), Some("country.unknown"));
+        assert_eq!(rule(FieldKind::Country, "us"), Some("country.unknown"));
+        assert_eq!(rule(FieldKind::Country, "ZZ"), Some("country.unknown"));
+    }
+
+    #[test]
+    fn dates_must_be_iso_and_real() {
+        assert_eq!(rule(FieldKind::Date, "1980-01-31"), None);
+        assert_eq!(rule(FieldKind::Date, "31/01/1980"), Some("date.format"));
+        assert_eq!(rule(FieldKind::Date, "1980-1-31"), Some("date.format"));
+        assert_eq!(rule(FieldKind::Date, "1980-02-30"), Some("date.invalid"));
+        assert_eq!(rule(FieldKind::DateTime, "2024-10-01T00:00:00+01:00"), None);
+        assert_eq!(rule(FieldKind::DateTime, "2024-10-01"), Some("datetime.format"));
+    }
+
+    #[test]
+    fn emails_enums_uuids_and_booleans() {
+        let email = || FieldKind::Email { max_length: None };
+        assert_eq!(rule(email(), "john.doe@example.com"), None);
+        assert_eq!(rule(email(), "john.doe@example"), Some("email.format"));
+        assert_eq!(rule(email(), "a b@example.com"), Some("email.format"));
+        assert_eq!(rule(email(), "a@b.com;c@d.com"), Some("email.format"));
+        let e = || FieldKind::Enum { values: vec!["BAN".into(), "IBAN".into()], case_insensitive: false };
+        assert_eq!(rule(e(), "IBAN"), None);
+        assert_eq!(rule(e(), "iban"), Some("enum.value"));
+        assert_eq!(field(e()).check("iban").unwrap_err().hint, "did you mean \"IBAN\"? values are case-sensitive");
+        assert_eq!(rule(FieldKind::Uuid, "3fa85f64-5717-4562-b3fc-2c963f66afa6"), None);
+        assert_eq!(rule(FieldKind::Uuid, "3fa85f64"), Some("uuid.format"));
+        assert_eq!(rule(FieldKind::Boolean, "true"), None);
+        assert_eq!(rule(FieldKind::Boolean, "yes"), Some("boolean.format"));
+    }
+
+    #[test]
+    fn amounts_follow_the_currency_and_the_bounds() {
+        let f = field(FieldKind::Amount {
+            currency: CurrencyRef::Path("c".into()),
+            min: Some(Decimal::new(1, 2)),
+            max: Some(Decimal::new(10000, 0)),
+        });
+        let usd = Currency::from_alpha("USD");
+        let jpy = Currency::from_alpha("JPY");
+        assert_eq!(f.check_amount("12.50", usd).map(|a| a.minor), Ok(1250));
+        assert_eq!(f.check_amount("12.5", jpy).unwrap_err().rule, "amount.decimals");
+        assert_eq!(f.check_amount("0", usd).unwrap_err().rule, "amount.zero");
+        assert_eq!(f.check_amount("10000.01", usd).unwrap_err().rule, "amount.max");
+        assert_eq!(f.check_amount("1,000.50", usd).unwrap_err().rule, "amount.thousands-separator");
+    }
+}

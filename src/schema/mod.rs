@@ -1,0 +1,423 @@
+//! Provider field schemas: data files (`schemas/<provider>/*.yaml`) loaded into typed,
+//! compiled rules. The files are embedded in the binary; `--schemas DIR` reads another tree.
+
+pub mod field;
+pub mod operation;
+pub mod raw;
+
+pub use field::{CurrencyFormat, CurrencyRef, Field, FieldKind, Violation, Wire};
+pub use operation::Operation;
+pub use raw::{Completion, Role, TreeExecution};
+
+use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::money::Currency;
+use crate::yaml::{self, Seg, key};
+use include_dir::{Dir, include_dir};
+use regex::Regex;
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+static EMBEDDED: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/schemas");
+
+/// Where schema files are read from.
+#[derive(Debug, Clone)]
+pub enum Registry {
+    /// The `schemas/` tree compiled into the binary.
+    Embedded,
+    /// A directory of the same shape.
+    Dir(PathBuf),
+}
+
+/// Everything payrun knows about one provider: its descriptor and its operations.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub title: String,
+    pub doc: String,
+    pub sandbox_url: Option<String>,
+    pub production_url: Option<String>,
+    pub credentials: Vec<(String, String)>,
+    pub tree: TreeExecution,
+    pub packing: bool,
+    pub limits: raw::RawProviderLimits,
+    pub operations: BTreeMap<String, Operation>,
+    pub file: String,
+    pub sha256: String,
+}
+
+impl Provider {
+    pub fn operation(&self, name: &str) -> Option<&Operation> {
+        self.operations.get(name)
+    }
+}
+
+impl Registry {
+    pub fn from_option(dir: Option<PathBuf>) -> Registry {
+        match dir {
+            Some(d) => Registry::Dir(d),
+            None => Registry::Embedded,
+        }
+    }
+
+    /// Display name of a schema file, as it appears in diagnostics and fingerprints.
+    fn display(&self, provider: &str, file: &str) -> String {
+        match self {
+            Registry::Embedded => format!("schemas/{provider}/{file}"),
+            Registry::Dir(d) => d.join(provider).join(file).display().to_string(),
+        }
+    }
+
+    /// The names of the providers that have a folder.
+    pub fn providers(&self) -> Vec<String> {
+        let mut names: Vec<String> = match self {
+            Registry::Embedded => EMBEDDED.dirs().filter_map(|d| d.path().file_name()?.to_str().map(String::from)).collect(),
+            Registry::Dir(d) => std::fs::read_dir(d)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .filter(|e| e.path().is_dir())
+                        .filter_map(|e| e.file_name().to_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        names.sort();
+        names
+    }
+
+    /// (file name, bytes) of every YAML file in a provider's folder, sorted by name.
+    fn files(&self, provider: &str) -> Result<Vec<(String, Vec<u8>)>, Diagnostic> {
+        let valid_name = !provider.is_empty() && provider.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let not_found = || {
+            let known = self.providers();
+            let mut d = Diagnostic::new(self.display(provider, ""), "schema.provider-unknown", format!("no schemas for provider `{provider}`"));
+            d = match crate::text::did_you_mean(provider, known.iter().map(String::as_str)) {
+                Some(m) => d.hint(format!("did you mean `{m}`?")),
+                None => d.hint(format!("known providers: {}", known.join(", "))),
+            };
+            d
+        };
+        if !valid_name {
+            return Err(not_found());
+        }
+        let mut out = Vec::new();
+        match self {
+            Registry::Embedded => {
+                let dir = EMBEDDED.get_dir(provider).ok_or_else(not_found)?;
+                for f in dir.files() {
+                    let name = f.path().file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+                    if name.ends_with(".yaml") {
+                        out.push((name, f.contents().to_vec()));
+                    }
+                }
+            }
+            Registry::Dir(d) => {
+                let dir = d.join(provider);
+                let rd = std::fs::read_dir(&dir).map_err(|_| not_found())?;
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    if name.ends_with(".yaml") {
+                        let bytes = std::fs::read(e.path()).map_err(|err| {
+                            Diagnostic::new(e.path().display().to_string(), "schema.io", format!("cannot read schema file: {err}"))
+                        })?;
+                        out.push((name, bytes));
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Loads and compiles one provider's schemas, reporting every problem in its files at once.
+    pub fn provider(&self, provider: &str) -> Result<Provider, Diagnostics> {
+        let files = self.files(provider).map_err(|d| Diagnostics(vec![d]))?;
+        let mut errors = Vec::new();
+        let mut descriptor = None;
+        let mut operations = BTreeMap::new();
+        for (name, bytes) in &files {
+            let display = self.display(provider, name);
+            let sha = hex::encode(Sha256::digest(bytes));
+            let Ok(text) = std::str::from_utf8(bytes) else {
+                errors.push(Diagnostic::new(&display, "schema.encoding", "schema file is not UTF-8"));
+                continue;
+            };
+            if name == "provider.yaml" {
+                match yaml::from_str::<raw::RawProvider>(&display, text, "schema.syntax") {
+                    Ok(p) => descriptor = Some((p, display, sha)),
+                    Err(d) => errors.push(d),
+                }
+                continue;
+            }
+            match yaml::from_str::<raw::RawOperation>(&display, text, "schema.syntax") {
+                Ok(op) => match compile_operation(provider, name, op, &display, text, sha) {
+                    Ok(op) => {
+                        operations.insert(op.name.clone(), op);
+                    }
+                    Err(mut ds) => errors.append(&mut ds),
+                },
+                Err(d) => errors.push(d),
+            }
+        }
+        let Some((p, file, sha256)) = descriptor else {
+            errors.push(
+                Diagnostic::new(self.display(provider, "provider.yaml"), "schema.provider-missing", "provider.yaml is missing")
+                    .hint("every provider folder needs a provider.yaml; see schemas/README.md"),
+            );
+            return Err(Diagnostics(errors));
+        };
+        if p.provider != provider {
+            errors.push(Diagnostic::new(&file, "schema.provider-name", format!("provider.yaml names `{}` but sits in folder `{provider}`", p.provider)));
+        }
+        if !errors.is_empty() {
+            return Err(Diagnostics(errors));
+        }
+        Ok(Provider {
+            name: p.provider,
+            title: p.name,
+            doc: p.doc,
+            sandbox_url: p.base_urls.sandbox,
+            production_url: p.base_urls.production,
+            credentials: p.credentials.into_iter().map(|c| (c.name, c.description)).collect(),
+            tree: p.tree,
+            packing: p.packing,
+            limits: p.limits,
+            operations,
+            file,
+            sha256,
+        })
+    }
+}
+
+fn compile_operation(
+    provider: &str,
+    file_name: &str,
+    raw: raw::RawOperation,
+    display: &str,
+    text: &str,
+    sha256: String,
+) -> Result<Operation, Vec<Diagnostic>> {
+    let mut errors = Vec::new();
+    let err = |path: &[Seg], rule: &str, msg: String| Diagnostic::new(display, rule, msg).at_opt(yaml::locate(text, path));
+    let expected_file = format!("{}.yaml", raw.operation);
+    if file_name != expected_file {
+        errors.push(err(&[key("operation")], "schema.operation-name", format!("operation `{}` must live in {expected_file}, not {file_name}", raw.operation)));
+    }
+    if raw.provider != provider {
+        errors.push(err(&[key("provider")], "schema.provider-name", format!("names provider `{}` but sits in folder `{provider}`", raw.provider)));
+    }
+    // Currency fields first, so that amounts can check their examples against them.
+    let mut fields = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, f) in raw.fields.iter().enumerate() {
+        let at = |k: &str| vec![key("fields"), Seg::Index(i), key(k)];
+        if !seen.insert(f.path.clone()) {
+            errors.push(err(&at("path"), "schema.duplicate-field", format!("field `{}` is listed twice", f.path)));
+        }
+        match compile_field(f, &raw.fields) {
+            Ok(field) => fields.push(field),
+            Err((k, msg)) => errors.push(err(&at(k), "schema.field", format!("field `{}`: {msg}", f.path))),
+        }
+    }
+    let op = Operation::new(
+        raw.provider.clone(),
+        raw.operation.clone(),
+        raw.summary,
+        raw.doc,
+        raw.role,
+        raw.completion,
+        raw.money.map(|m| (m.amount, m.currency)),
+        raw.idempotency,
+        raw.any_of,
+        fields,
+        display.to_string(),
+        sha256,
+    );
+    // Cross-field consistency.
+    if let Some((a, c)) = &op.money {
+        if !matches!(op.field(a).map(|f| &f.kind), Some(FieldKind::Amount { .. })) {
+            errors.push(err(&[key("money"), key("amount")], "schema.money", format!("money.amount `{a}` is not an amount field")));
+        }
+        if !matches!(op.field(c).map(|f| &f.kind), Some(FieldKind::Currency { .. })) {
+            errors.push(err(&[key("money"), key("currency")], "schema.money", format!("money.currency `{c}` is not a currency field")));
+        }
+    } else if op.role == Role::Payout {
+        errors.push(err(&[key("role")], "schema.money", "a payout operation needs `money:` (amount and currency paths)".into()));
+    }
+    if let Some(p) = &op.idempotency
+        && op.field(p).is_none()
+    {
+        errors.push(err(&[key("idempotency")], "schema.idempotency", format!("idempotency path `{p}` is not a field")));
+    }
+    for (gi, group) in op.any_of.iter().enumerate() {
+        for p in group {
+            if op.field(p).is_none() {
+                errors.push(err(&[key("any_of"), Seg::Index(gi)], "schema.any-of", format!("any_of names `{p}`, which is not a field")));
+            }
+        }
+    }
+    for (i, f) in op.fields.iter().enumerate() {
+        if let FieldKind::Amount { currency: CurrencyRef::Path(c), .. } = &f.kind
+            && !matches!(op.field(c).map(|f| &f.kind), Some(FieldKind::Currency { .. }))
+        {
+            errors.push(err(&[key("fields"), Seg::Index(i), key("currency")], "schema.field", format!("field `{}`: currency `{c}` is not a currency field", f.path)));
+        }
+        if let Some(example) = &f.example {
+            let res = match &f.kind {
+                FieldKind::Amount { currency, .. } => {
+                    let cur = match currency {
+                        CurrencyRef::Fixed(c) => Some(*c),
+                        CurrencyRef::Path(p) => op.field(p).and_then(|cf| cf.example.as_deref()).and_then(Currency::from_any),
+                    };
+                    f.check_amount(example, cur).map(|_| ())
+                }
+                _ => f.check(example),
+            };
+            if let Err(v) = res {
+                errors.push(err(&[key("fields"), Seg::Index(i), key("example")], "schema.example", format!("field `{}`: the example {}", f.path, v.message)));
+            }
+        }
+    }
+    if errors.is_empty() { Ok(op) } else { Err(errors) }
+}
+
+type FieldError = (&'static str, String);
+
+fn compile_field(f: &raw::RawField, all: &[raw::RawField]) -> Result<Field, FieldError> {
+    use raw::TypeName as T;
+    let _ = all;
+    if f.path.is_empty() || f.path.split('.').any(|s| s.is_empty()) {
+        return Err(("path", "a path is dot-separated names, e.g. to.cardNumber".into()));
+    }
+    let only = |allowed: &[&str]| -> Result<(), FieldError> {
+        let present: [(&str, bool); 9] = [
+            ("pattern", f.pattern.is_some()),
+            ("min_length", f.min_length.is_some()),
+            ("max_length", f.max_length.is_some()),
+            ("min", f.min.is_some()),
+            ("max", f.max.is_some()),
+            ("currency", f.currency.is_some()),
+            ("currency_code", f.currency_code.is_some()),
+            ("format", f.format.is_some()),
+            ("values", f.values.is_some()),
+        ];
+        for (k, is) in present {
+            if is && !allowed.contains(&k) {
+                return Err((k_static(k), format!("`{k}` does not apply to type {:?}", f.ty).to_lowercase()));
+            }
+        }
+        Ok(())
+    };
+    let decimal = |v: &Option<serde_yaml::Value>, k: &'static str| -> Result<Option<Decimal>, FieldError> {
+        match v {
+            None => Ok(None),
+            Some(v) => {
+                let t = raw::scalar_text(v).ok_or((k, format!("`{k}` must be a number")))?;
+                Decimal::from_str(&t).map(Some).map_err(|_| (k, format!("`{k}` is not a decimal number: {t}")))
+            }
+        }
+    };
+    let integer = |v: &Option<serde_yaml::Value>, k: &'static str| -> Result<Option<i64>, FieldError> {
+        match v {
+            None => Ok(None),
+            Some(v) => {
+                let t = raw::scalar_text(v).ok_or((k, format!("`{k}` must be a whole number")))?;
+                t.parse().map(Some).map_err(|_| (k, format!("`{k}` is not a whole number: {t}")))
+            }
+        }
+    };
+    let kind = match f.ty {
+        T::String => {
+            only(&["pattern", "min_length", "max_length"])?;
+            let pattern = match &f.pattern {
+                Some(p) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| ("pattern", format!("invalid pattern: {e}")))?),
+                None => None,
+            };
+            FieldKind::String { pattern, min_length: f.min_length, max_length: f.max_length }
+        }
+        T::Integer => {
+            only(&["min", "max"])?;
+            FieldKind::Integer { min: integer(&f.min, "min")?, max: integer(&f.max, "max")? }
+        }
+        T::Amount => {
+            only(&["min", "max", "currency", "currency_code"])?;
+            let currency = match (&f.currency, &f.currency_code) {
+                (Some(p), None) => CurrencyRef::Path(p.clone()),
+                (None, Some(c)) => CurrencyRef::Fixed(Currency::from_any(c).ok_or(("currency_code", format!("`{c}` is not an ISO 4217 code")))?),
+                _ => return Err(("type", "an amount needs exactly one of `currency` (path) or `currency_code`".into())),
+            };
+            FieldKind::Amount { currency, min: decimal(&f.min, "min")?, max: decimal(&f.max, "max")? }
+        }
+        T::Currency => {
+            only(&["format"])?;
+            FieldKind::Currency { format: f.format.unwrap_or(CurrencyFormat::Alpha) }
+        }
+        T::Country => {
+            only(&[])?;
+            FieldKind::Country
+        }
+        T::Date => {
+            only(&[])?;
+            FieldKind::Date
+        }
+        T::Datetime => {
+            only(&[])?;
+            FieldKind::DateTime
+        }
+        T::Email => {
+            only(&["max_length"])?;
+            FieldKind::Email { max_length: f.max_length }
+        }
+        T::Enum => {
+            only(&["values"])?;
+            let values: Vec<String> = f.values.as_ref().map(|vs| vs.iter().filter_map(raw::scalar_text).collect()).unwrap_or_default();
+            if values.is_empty() {
+                return Err(("values", "an enum needs `values`".into()));
+            }
+            FieldKind::Enum { values, case_insensitive: f.case_insensitive }
+        }
+        T::Uuid => {
+            only(&[])?;
+            FieldKind::Uuid
+        }
+        T::Boolean => {
+            only(&[])?;
+            FieldKind::Boolean
+        }
+    };
+    let default_wire = if matches!(kind, FieldKind::Boolean) { Wire::Boolean } else { Wire::String };
+    let example = match &f.example {
+        None => None,
+        Some(v) => Some(raw::scalar_text(v).ok_or(("example", "an example must be a scalar".to_string()))?),
+    };
+    Ok(Field {
+        path: f.path.clone(),
+        kind,
+        required: f.required,
+        sensitive: f.sensitive,
+        wire: f.wire.unwrap_or(default_wire),
+        description: f.description.clone(),
+        example,
+    })
+}
+
+fn k_static(k: &str) -> &'static str {
+    match k {
+        "pattern" => "pattern",
+        "min_length" => "min_length",
+        "max_length" => "max_length",
+        "min" => "min",
+        "max" => "max",
+        "currency" => "currency",
+        "currency_code" => "currency_code",
+        "format" => "format",
+        _ => "values",
+    }
+}
+
+/// Path display helper for callers that print schema locations.
+pub fn schema_path(dir: &Path, provider: &str, op: &str) -> PathBuf {
+    dir.join(provider).join(format!("{op}.yaml"))
+}

@@ -1,0 +1,157 @@
+//! The serde shape of schema files (`schemas/<provider>/*.yaml`), as written; checked and
+//! compiled into `Operation`/`Field` by the registry. See schemas/README.md.
+
+use super::field::{CurrencyFormat, Wire};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub provider: String,
+    pub name: String,
+    pub doc: String,
+    pub base_urls: RawBaseUrls,
+    #[serde(default)]
+    pub credentials: Vec<RawCredential>,
+    pub tree: TreeExecution,
+    #[serde(default)]
+    pub packing: bool,
+    pub limits: RawProviderLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBaseUrls {
+    pub sandbox: Option<String>,
+    pub production: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredential {
+    pub name: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TreeExecution {
+    /// The provider executes a whole task tree per request (Paysend).
+    Server,
+    /// payrun walks the tree and makes one call per task.
+    Client,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProviderLimits {
+    pub requests_per_second: f64,
+    pub burst: u32,
+    pub concurrency: u32,
+    #[serde(default = "one")]
+    pub tasks_per_request: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOperation {
+    pub provider: String,
+    pub operation: String,
+    pub summary: String,
+    pub doc: String,
+    pub role: Role,
+    #[serde(default)]
+    pub completion: Completion,
+    pub money: Option<RawMoney>,
+    pub idempotency: Option<String>,
+    #[serde(default)]
+    pub any_of: Vec<Vec<String>>,
+    pub fields: Vec<RawField>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Payout,
+    Fx,
+    Lookup,
+    Balance,
+    Status,
+    Auth,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Completion {
+    /// The response carries the result.
+    #[default]
+    Sync,
+    /// The result arrives later as a callback to the notification URL.
+    Notification,
+    /// The result must be fetched by polling.
+    Poll,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMoney {
+    pub amount: String,
+    pub currency: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawField {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub ty: TypeName,
+    #[serde(default)]
+    pub required: bool,
+    pub pattern: Option<String>,
+    pub min_length: Option<usize>,
+    pub max_length: Option<usize>,
+    pub min: Option<serde_yaml::Value>,
+    pub max: Option<serde_yaml::Value>,
+    pub currency: Option<String>,
+    pub currency_code: Option<String>,
+    pub format: Option<CurrencyFormat>,
+    pub values: Option<Vec<serde_yaml::Value>>,
+    #[serde(default)]
+    pub case_insensitive: bool,
+    #[serde(default)]
+    pub sensitive: bool,
+    pub wire: Option<Wire>,
+    pub example: Option<serde_yaml::Value>,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TypeName {
+    String,
+    Integer,
+    Amount,
+    Currency,
+    Country,
+    Date,
+    Datetime,
+    Email,
+    Enum,
+    Uuid,
+    Boolean,
+}
+
+/// The text of a YAML scalar (strings as they are, numbers and booleans as written).
+pub fn scalar_text(v: &serde_yaml::Value) -> Option<String> {
+    match v {
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}

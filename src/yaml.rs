@@ -1,0 +1,223 @@
+//! YAML input with positions: strict deserialisation whose errors carry the file's line and
+//! column, and a small locator that finds the line of a key path for errors found *after*
+//! deserialisation (e.g. "unknown payload field" in the flow template).
+//!
+//! `yaml_serde` reports positions for syntax errors, unknown keys, wrong types and missing
+//! keys, but keeps no spans on values. The locator walks the block-style layout that manifests
+//! and schema files use (indentation, `key:` and `- ` entries); for flow-style collections it
+//! falls back to the nearest enclosing key it can find, which is still the right neighbourhood.
+
+use crate::diagnostic::Diagnostic;
+use serde::de::DeserializeOwned;
+
+/// Deserialises `text` strictly; on failure one diagnostic with the position yaml_serde gives.
+pub fn from_str<T: DeserializeOwned>(file: &str, text: &str, rule: &str) -> Result<T, Diagnostic> {
+    serde_yaml::from_str(text).map_err(|e| {
+        let pos = e.location().map(|l| (l.line() as u64, l.column() as u64));
+        let mut message = e.to_string();
+        if let Some(i) = message.find(" at line ") {
+            message.truncate(i);
+        }
+        let hint = hint_for(&message);
+        let mut d = Diagnostic::new(file, rule, message).at_opt(pos);
+        if let Some(h) = hint {
+            d = d.hint(h);
+        }
+        d
+    })
+}
+
+fn hint_for(message: &str) -> Option<String> {
+    if message.starts_with("unknown field") || message.contains("unknown variant") {
+        Some("check the spelling against the examples in batches/ and the reference in README.md".into())
+    } else if message.starts_with("missing field") {
+        Some("add the key; see the reference in README.md".into())
+    } else if message.starts_with("invalid type") {
+        Some("quote values that must stay text, e.g. ids with leading zeros: \"007\"".into())
+    } else {
+        None
+    }
+}
+
+/// One step of a path into a YAML document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+pub fn key(k: &str) -> Seg {
+    Seg::Key(k.to_string())
+}
+
+/// Finds the 1-based (line, column) of the node at `path`, or of its nearest ancestor found.
+pub fn locate(text: &str, path: &[Seg]) -> Option<(u64, u64)> {
+    let lines: Vec<&str> = text.lines().collect();
+    // A scope is a range of lines [start, end) whose entries sit at indentation > `parent`.
+    let mut start = 0usize;
+    let mut end = lines.len();
+    let mut parent: isize = -1;
+    let mut found: Option<(u64, u64)> = None;
+    // When the previous step landed on "- key: v", the mapping's first key sits after the dash.
+    let mut inline_first: Option<(usize, usize)> = None;
+    for seg in path {
+        let mut hit: Option<(usize, usize)> = None; // (line index, column index)
+        match seg {
+            Seg::Key(k) => {
+                if let Some((li, col)) = inline_first.take()
+                    && key_at(lines[li], col, k)
+                {
+                    hit = Some((li, col));
+                }
+                if hit.is_none() {
+                    let want = scope_indent(&lines, start, end, parent);
+                    for (li, line) in lines.iter().enumerate().take(end).skip(start) {
+                        let Some(ind) = indent_of(line) else { continue };
+                        if Some(ind) == want && key_at(line, ind, k) {
+                            hit = Some((li, ind));
+                            break;
+                        }
+                    }
+                }
+                if let Some((li, col)) = hit {
+                    parent = col as isize;
+                    start = li + 1;
+                    end = scope_end(&lines, start, col);
+                    // A value on the same line ("key: value") is its own node; children follow.
+                    found = Some((li as u64 + 1, col as u64 + 1));
+                }
+            }
+            Seg::Index(n) => {
+                let want = scope_indent(&lines, start, end, parent);
+                let mut count = 0usize;
+                for (li, line) in lines.iter().enumerate().take(end).skip(start) {
+                    let Some(ind) = indent_of(line) else { continue };
+                    if Some(ind) == want && line[ind..].starts_with('-') {
+                        if count == *n {
+                            hit = Some((li, ind));
+                            break;
+                        }
+                        count += 1;
+                    }
+                }
+                if let Some((li, col)) = hit {
+                    let after = &lines[li][col + 1..];
+                    let content = col + 1 + (after.len() - after.trim_start().len());
+                    parent = col as isize;
+                    end = scope_end(&lines, li + 1, col);
+                    start = li + 1;
+                    if content < lines[li].len() {
+                        inline_first = Some((li, content));
+                        // Keys of this entry after the first line are indented like the first one.
+                        parent = content as isize - 1;
+                    }
+                    found = Some((li as u64 + 1, content as u64 + 1));
+                }
+            }
+        }
+        if hit.is_none() {
+            break;
+        }
+    }
+    found
+}
+
+fn indent_of(line: &str) -> Option<usize> {
+    let t = line.trim_start();
+    if t.is_empty() || t.starts_with('#') {
+        None
+    } else {
+        Some(line.len() - t.len())
+    }
+}
+
+fn key_at(line: &str, col: usize, k: &str) -> bool {
+    let rest = &line[col..];
+    let rest = rest.strip_prefix("- ").map(str::trim_start).unwrap_or(rest);
+    for quoted in [format!("{k}:"), format!("\"{k}\":"), format!("'{k}':")] {
+        if let Some(after) = rest.strip_prefix(&quoted) {
+            return after.is_empty() || after.starts_with(' ') || after.starts_with('\t');
+        }
+    }
+    false
+}
+
+/// The indentation of the first entry in the scope (YAML lets a child mapping use any depth).
+fn scope_indent(lines: &[&str], start: usize, end: usize, parent: isize) -> Option<usize> {
+    lines[start..end]
+        .iter()
+        .filter_map(|l| indent_of(l))
+        .find(|&i| i as isize > parent || (parent >= 0 && i as isize == parent))
+}
+
+fn scope_end(lines: &[&str], start: usize, col: usize) -> usize {
+    for (li, line) in lines.iter().enumerate().skip(start) {
+        if let Some(ind) = indent_of(line)
+            && (ind < col || (ind == col && !line[ind..].starts_with('-')))
+        {
+            return li;
+        }
+    }
+    lines.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "\
+batch: b1
+items:
+  source: a.csv
+flow:
+  - op: pay.toCard
+    payload:
+      to:
+        amount: ${item.amount}
+    success:
+      - op: task.statusGet
+        payload: {invoiceId: x}
+  - id: second
+    op: fx.rateGet
+";
+
+    fn at(path: &[Seg]) -> Option<(u64, u64)> {
+        locate(DOC, path)
+    }
+
+    #[test]
+    fn finds_top_level_and_nested_keys() {
+        assert_eq!(at(&[key("batch")]), Some((1, 1)));
+        assert_eq!(at(&[key("items"), key("source")]), Some((3, 3)));
+    }
+
+    #[test]
+    fn finds_keys_inside_sequence_entries() {
+        assert_eq!(at(&[key("flow"), Seg::Index(0), key("op")]), Some((5, 5)));
+        assert_eq!(at(&[key("flow"), Seg::Index(0), key("payload"), key("to"), key("amount")]), Some((8, 9)));
+        assert_eq!(at(&[key("flow"), Seg::Index(1), key("op")]), Some((13, 5)));
+        assert_eq!(
+            at(&[key("flow"), Seg::Index(0), key("success"), Seg::Index(0), key("op")]),
+            Some((10, 9))
+        );
+    }
+
+    #[test]
+    fn falls_back_to_the_nearest_ancestor() {
+        assert_eq!(at(&[key("flow"), Seg::Index(0), key("success"), Seg::Index(0), key("payload"), key("invoiceId")]), Some((11, 9)));
+        assert_eq!(at(&[key("nope")]), None);
+    }
+
+    #[test]
+    fn errors_from_serde_carry_line_and_column() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct S {
+            a: u32,
+        }
+        let e = from_str::<S>("m.yaml", "a: 1\nb: 2\n", "manifest.syntax").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.starts_with("unknown field `b`"), "{}", e.message);
+    }
+}
