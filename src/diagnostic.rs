@@ -35,7 +35,11 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn new(file: impl Into<String>, rule: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        file: impl Into<String>,
+        rule: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             file: file.into(),
             line: None,
@@ -88,21 +92,37 @@ impl Diagnostic {
         }
     }
 
-    /// The human rendering: one line of location, rule and message, then the value and hint.
-    pub fn render(&self) -> String {
-        let mut out = format!("{}: error[{}]: {}", self.location(), self.rule, self.message);
+    /// The human rendering, compiler style: rule and message, then where, the offending source
+    /// line with a caret when `source` (the text of `file`) is given, the value and the hint.
+    pub fn render_with(&self, source: Option<&str>) -> String {
+        let mut out = format!(
+            "error[{}]: {}\n  --> {}",
+            self.rule,
+            self.message,
+            self.location()
+        );
         let mut what = Vec::new();
         if let Some(c) = &self.column_name {
             what.push(format!("column `{c}`"));
-        }
-        if let Some(f) = &self.field {
-            what.push(format!("field `{f}`"));
         }
         if let Some(i) = &self.item {
             what.push(format!("item `{i}`"));
         }
         if !what.is_empty() {
-            out.push_str(&format!("\n  in {}", what.join(", ")));
+            out.push_str(&format!(" ({})", what.join(", ")));
+        }
+        if let (Some(src), Some(line)) = (source, self.line)
+            && let Some(text) = src.lines().nth(line.saturating_sub(1) as usize)
+        {
+            let col = self.column.unwrap_or(1).max(1) as usize;
+            let shown = crate::mask::shorten(text);
+            let width = line.to_string().len();
+            out.push_str(&format!(
+                "\n {:width$} |\n {line} | {shown}\n {:width$} | {}^",
+                "",
+                "",
+                " ".repeat(col - 1)
+            ));
         }
         if let Some(v) = &self.value {
             out.push_str(&format!("\n  value: {v:?}"));
@@ -111,6 +131,10 @@ impl Diagnostic {
             out.push_str(&format!("\n  hint: {h}"));
         }
         out
+    }
+
+    pub fn render(&self) -> String {
+        self.render_with(None)
     }
 }
 

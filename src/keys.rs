@@ -39,7 +39,14 @@ fn uuid_v8(digest: &[u8]) -> String {
     b[6] = (b[6] & 0x0f) | 0x80; // version 8
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 9562 variant
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 #[cfg(test)]
@@ -48,8 +55,15 @@ mod tests {
 
     #[test]
     fn the_same_batch_and_item_always_give_the_same_key() {
-        assert_eq!(item_key("payroll-2026-11", "E001"), item_key("payroll-2026-11", "E001"));
-        assert_eq!(item_key("payroll-2026-11", "E001"), "a6036f00-58d4-8bdc-b97b-b5afb1e46f7b", "keys must never change: resumed batches depend on them");
+        assert_eq!(
+            item_key("payroll-2026-11", "E001"),
+            item_key("payroll-2026-11", "E001")
+        );
+        assert_eq!(
+            item_key("payroll-2026-11", "E001"),
+            "a6036f00-58d4-8bdc-b97b-b5afb1e46f7b",
+            "keys must never change: resumed batches depend on them"
+        );
     }
 
     #[test]

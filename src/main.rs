@@ -1,1 +1,325 @@
-fn main() {}
+//! The `payrun` command line: wires the library's stages together and maps failures to exit
+//! codes. Data (reports, plans, templates) goes to stdout; diagnostics and progress to stderr.
+//!
+//! Exit codes: 0 success; 1 the batch or manifest is invalid (nothing was or would be sent);
+//! 2 usage error or a file that cannot be read or written.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use payrun::diagnostic::Diagnostic;
+use payrun::pipeline::{self, Failure};
+use payrun::schema::Registry;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "payrun",
+    version,
+    about = "Declarative batch payouts: validate a payroll batch against the provider's field schemas, plan it, run it exactly once.",
+    after_help = "Exit codes: 0 ok, 1 the batch is invalid (nothing is sent), 2 usage or I/O error.\nExamples: payrun validate batches/payroll-paysend/manifest.yaml\n          payrun plan batches/payroll-paysend/manifest.yaml -o plan.json"
+)]
+struct Cli {
+    /// Read provider schemas from this folder instead of the ones built into payrun.
+    #[arg(long, global = true, env = "PAYRUN_SCHEMAS", value_name = "DIR")]
+    schemas: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Graph {
+    Dot,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check every item of a batch against the provider's field schemas, in one pass.
+    ///
+    /// Reports every problem with file:line, column, field, rule, the (masked) value and a hint;
+    /// totals per rule; exit 1 when anything is wrong. Nothing is sent.
+    Validate {
+        /// The batch manifest (YAML).
+        manifest: PathBuf,
+        /// Output format: human (diagnostics on stderr, summary on stdout) or json (stdout).
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+        /// Print at most this many errors (the totals always count all of them).
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        max_errors: usize,
+    },
+    /// Dry run: compile every item into its job graph and show what `run` would do.
+    ///
+    /// Shows tasks per operation, totals per currency, API calls, the estimated duration under
+    /// the manifest's rate limits and the first items' task trees (sensitive values masked).
+    Plan {
+        /// The batch manifest (YAML).
+        manifest: PathBuf,
+        /// human (summary) or json (the full plan, every item and task with its keys).
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+        /// Save the full JSON plan with its fingerprint to this file, for `payrun run --plan`.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Print the flow template as a Graphviz graph instead of the plan.
+        #[arg(long, value_enum)]
+        graph: Option<Graph>,
+        /// How many items' trees the human plan shows.
+        #[arg(long, default_value_t = 3, value_name = "N")]
+        show: usize,
+        /// Print at most this many validation errors when the batch is invalid.
+        #[arg(long, default_value_t = 50, value_name = "N")]
+        max_errors: usize,
+    },
+    /// Show what a payroll clerk needs to prepare a file for one provider operation.
+    ///
+    /// The columns with required/optional, format and an example, generated from the same
+    /// schema files `validate` enforces.
+    Template {
+        /// Provider, e.g. paysend.
+        provider: String,
+        /// Operation, e.g. pay.toAccount.
+        operation: String,
+        /// Write a CSV header row and one example row instead of the table.
+        #[arg(long, conflicts_with = "manifest")]
+        csv: bool,
+        /// Write a starter manifest for this operation instead of the table.
+        #[arg(long)]
+        manifest: bool,
+        /// Include optional fields in --csv and --manifest output (the table always lists all).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PAYRUN_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let registry = Registry::from_option(cli.schemas);
+    let code = match cli.command {
+        Command::Validate {
+            manifest,
+            format,
+            max_errors,
+        } => validate(&registry, &manifest, format, max_errors),
+        Command::Plan {
+            manifest,
+            format,
+            output,
+            graph,
+            show,
+            max_errors,
+        } => plan(
+            &registry, &manifest, format, output, graph, show, max_errors,
+        ),
+        Command::Template {
+            provider,
+            operation,
+            csv,
+            manifest,
+            all,
+        } => template(&registry, &provider, &operation, csv, manifest, all),
+    };
+    ExitCode::from(code)
+}
+
+/// Prints diagnostics to stderr, with the offending manifest line where there is one.
+fn print_diagnostics(ds: &[Diagnostic], manifest: Option<&(String, String)>) {
+    let mut err = std::io::stderr().lock();
+    for d in ds {
+        let src = manifest
+            .filter(|(name, _)| *name == d.file)
+            .map(|(_, t)| t.as_str());
+        let _ = writeln!(err, "{}\n", d.render_with(src));
+    }
+}
+
+fn fail(f: Failure, format: Format) -> u8 {
+    if format == Format::Json {
+        let out = serde_json::json!({"ok": false, "stage": if f.exit_code == 2 { "io" } else { "manifest" }, "errors": f.diagnostics});
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        print_diagnostics(&f.diagnostics, f.manifest.as_ref());
+        eprintln!(
+            "{}",
+            if f.exit_code == 2 {
+                "payrun: cannot read the input; nothing was checked"
+            } else {
+                "payrun: the manifest has errors; no item was checked"
+            }
+        );
+    }
+    f.exit_code as u8
+}
+
+fn validate(
+    registry: &Registry,
+    manifest: &std::path::Path,
+    format: Format,
+    max_errors: usize,
+) -> u8 {
+    let prepared = match pipeline::prepare(manifest, registry) {
+        Ok(p) => p,
+        Err(f) => return fail(f, format),
+    };
+    let manifest_text = (
+        prepared.flow.manifest.display.clone(),
+        prepared.flow.manifest.text.clone(),
+    );
+    let mut source = prepared.source;
+    let report = match payrun::validate::validate(&prepared.flow, &mut source, max_errors, |_| {}) {
+        Ok(r) => r,
+        Err(d) => {
+            print_diagnostics(&[d], None);
+            return 2;
+        }
+    };
+    match format {
+        Format::Json => {
+            let mut v = serde_json::to_value(&report).unwrap_or_default();
+            v["ok"] = serde_json::Value::Bool(report.is_ok());
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Format::Human => {
+            print_diagnostics(&report.errors, Some(&manifest_text));
+            for w in &report.warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{}", payrun::plan::render::validation_summary(&report));
+        }
+    }
+    if report.is_ok() { 0 } else { 1 }
+}
+
+fn plan(
+    registry: &Registry,
+    manifest: &std::path::Path,
+    format: Format,
+    output: Option<PathBuf>,
+    graph: Option<Graph>,
+    show: usize,
+    max_errors: usize,
+) -> u8 {
+    let prepared = match pipeline::prepare(manifest, registry) {
+        Ok(p) => p,
+        Err(f) => return fail(f, format),
+    };
+    if graph == Some(Graph::Dot) {
+        print!("{}", payrun::plan::dot::render(&prepared.flow));
+        return 0;
+    }
+    let manifest_text = (
+        prepared.flow.manifest.display.clone(),
+        prepared.flow.manifest.text.clone(),
+    );
+    let full = format == Format::Json || output.is_some();
+    let built = match payrun::plan::build(prepared, show, full, max_errors) {
+        Ok(p) => p,
+        Err(d) => {
+            print_diagnostics(&[d], None);
+            return 2;
+        }
+    };
+    let (plan, report) = built;
+    if !report.is_ok() {
+        if format == Format::Json {
+            let mut v = serde_json::to_value(&report).unwrap_or_default();
+            v["ok"] = serde_json::Value::Bool(false);
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        } else {
+            print_diagnostics(&report.errors, Some(&manifest_text));
+            print!("{}", payrun::plan::render::validation_summary(&report));
+            eprintln!(
+                "payrun: the batch is invalid; there is no plan until every item passes `payrun validate`"
+            );
+        }
+        return 1;
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(path) = &output {
+        let Some(full) = &plan.full else {
+            eprintln!("payrun: internal error: no full plan was built");
+            return 2;
+        };
+        // Copy then rename next to the target, so a half-written plan never replaces a good one.
+        let tmp = path.with_extension("json.partial");
+        if let Err(e) = std::fs::copy(full.path(), &tmp).and_then(|_| std::fs::rename(&tmp, path)) {
+            let _ = std::fs::remove_file(&tmp);
+            eprintln!("error[plan.io]: cannot write {}: {e}", path.display());
+            return 2;
+        }
+        eprintln!(
+            "plan saved to {} (fingerprint {})",
+            path.display(),
+            plan.fingerprint.as_deref().unwrap_or("")
+        );
+    }
+    match format {
+        Format::Json => {
+            let copied = plan.full.as_ref().map(|f| {
+                std::fs::File::open(f.path())
+                    .and_then(|mut r| std::io::copy(&mut r, &mut std::io::stdout().lock()))
+            });
+            if let Some(Err(e)) = copied {
+                eprintln!("payrun: cannot write the plan to stdout: {e}");
+                return 2;
+            }
+        }
+        Format::Human => print!("{}", plan.human),
+    }
+    0
+}
+
+fn template(
+    registry: &Registry,
+    provider: &str,
+    operation: &str,
+    csv: bool,
+    manifest: bool,
+    all: bool,
+) -> u8 {
+    let p = match registry.provider(provider) {
+        Ok(p) => p,
+        Err(d) => {
+            print_diagnostics(&d.0, None);
+            return 2;
+        }
+    };
+    let Some(op) = p.operation(operation) else {
+        let hint = payrun::text::did_you_mean(operation, p.operations.keys().map(String::as_str))
+            .map(|m| format!("did you mean `{m}`?"))
+            .unwrap_or_else(|| {
+                format!(
+                    "{provider} operations: {}",
+                    p.operations.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            });
+        eprintln!(
+            "error[template.operation]: {provider} has no operation `{operation}`\n  hint: {hint}"
+        );
+        return 2;
+    };
+    let out = if csv {
+        payrun::template::csv(op, all)
+    } else if manifest {
+        payrun::template::manifest(&p, op, all)
+    } else {
+        payrun::template::table(op)
+    };
+    print!("{out}");
+    0
+}

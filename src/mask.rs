@@ -39,7 +39,11 @@ pub fn shorten(value: &str) -> String {
 
 /// What an output may show of a value: masked when sensitive, shortened always.
 pub fn display(value: &str, sensitive: bool) -> String {
-    if sensitive { mask(value) } else { shorten(value) }
+    if sensitive {
+        mask(value)
+    } else {
+        shorten(value)
+    }
 }
 
 #[cfg(test)]

@@ -95,22 +95,22 @@ impl AmountError {
 
     pub fn message(self) -> String {
         match self {
-            AmountError::Empty => "amount is empty".into(),
-            AmountError::Negative => "amount is negative".into(),
-            AmountError::PlusSign => "amount has a sign".into(),
-            AmountError::ThousandsSeparator => "amount has a thousands separator".into(),
-            AmountError::DecimalComma => "amount uses a decimal comma".into(),
-            AmountError::Exponent => "amount is in scientific notation".into(),
-            AmountError::TrailingText => "amount has text after the number".into(),
-            AmountError::LeadingDot => "amount starts with a decimal point".into(),
+            AmountError::Empty => "is empty".into(),
+            AmountError::Negative => "is negative".into(),
+            AmountError::PlusSign => "has a sign".into(),
+            AmountError::ThousandsSeparator => "has a thousands separator".into(),
+            AmountError::DecimalComma => "uses a decimal comma".into(),
+            AmountError::Exponent => "is in scientific notation".into(),
+            AmountError::TrailingText => "has text after the number".into(),
+            AmountError::LeadingDot => "starts with a decimal point".into(),
             AmountError::TooManyDecimals { allowed: 0 } => {
-                "amount has decimals but the currency has no minor unit".into()
+                "has decimals but the currency has no minor unit".into()
             }
             AmountError::TooManyDecimals { allowed } => {
-                format!("amount has more than {allowed} decimal places")
+                format!("has more than {allowed} decimal places")
             }
-            AmountError::TooLarge => "amount is too large".into(),
-            AmountError::NotANumber => "amount is not a number".into(),
+            AmountError::TooLarge => "is too large".into(),
+            AmountError::NotANumber => "is not a number".into(),
         }
     }
 
@@ -204,13 +204,20 @@ fn classify_bad_amount(b: &[u8], leading_digits: usize) -> AmountError {
         return AmountError::NotANumber;
     }
     let rest = &b[leading_digits..];
-    if rest.iter().any(|&c| c == b'e' || c == b'E') && rest.iter().all(|&c| c.is_ascii_digit() || b"eE.+-".contains(&c)) {
+    if rest.iter().any(|&c| c == b'e' || c == b'E')
+        && rest
+            .iter()
+            .all(|&c| c.is_ascii_digit() || b"eE.+-".contains(&c))
+    {
         return AmountError::Exponent;
     }
     if rest[0] == b',' {
         // "1,000.50" or "1,000" (thousands) versus "10,5" (decimal comma).
         let after: Vec<&[u8]> = rest[1..].split(|&c| c == b',' || c == b'.').collect();
-        if after.first().is_some_and(|g| g.len() == 3 && g.iter().all(u8::is_ascii_digit)) {
+        if after
+            .first()
+            .is_some_and(|g| g.len() == 3 && g.iter().all(u8::is_ascii_digit))
+        {
             return AmountError::ThousandsSeparator;
         }
         return AmountError::DecimalComma;
@@ -282,15 +289,27 @@ mod tests {
 
     #[test]
     fn decimals_beyond_the_currency_minor_unit_are_refused() {
-        assert_eq!(usd("0.001"), Err(AmountError::TooManyDecimals { allowed: 2 }));
-        assert_eq!(parse_amount("100.5", 0), Err(AmountError::TooManyDecimals { allowed: 0 }));
-        assert_eq!(parse_amount("1.2345", 3), Err(AmountError::TooManyDecimals { allowed: 3 }));
+        assert_eq!(
+            usd("0.001"),
+            Err(AmountError::TooManyDecimals { allowed: 2 })
+        );
+        assert_eq!(
+            parse_amount("100.5", 0),
+            Err(AmountError::TooManyDecimals { allowed: 0 })
+        );
+        assert_eq!(
+            parse_amount("1.2345", 3),
+            Err(AmountError::TooManyDecimals { allowed: 3 })
+        );
     }
 
     #[test]
     fn absurdly_long_numbers_do_not_overflow() {
         assert_eq!(usd(&"9".repeat(40)), Err(AmountError::TooLarge));
-        assert_eq!(usd(&format!("1.{}", "0".repeat(5000))), Err(AmountError::TooManyDecimals { allowed: 2 }));
+        assert_eq!(
+            usd(&format!("1.{}", "0".repeat(5000))),
+            Err(AmountError::TooManyDecimals { allowed: 2 })
+        );
     }
 
     #[test]
@@ -300,7 +319,10 @@ mod tests {
         assert_eq!(exp("JPY"), Some(0));
         assert_eq!(exp("KWD"), Some(3));
         assert_eq!(exp("840"), Some(2));
-        assert_eq!(Currency::from_numeric("840").map(|c| c.code()), Some("USD".into()));
+        assert_eq!(
+            Currency::from_numeric("840").map(|c| c.code()),
+            Some("USD".into())
+        );
         assert!(Currency::from_any("usd").is_none());
         assert!(Currency::from_any("XYZ").is_none());
         assert_eq!(exp("999"), None, "XXX has no minor unit");

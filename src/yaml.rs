@@ -29,7 +29,10 @@ pub fn from_str<T: DeserializeOwned>(file: &str, text: &str, rule: &str) -> Resu
 
 fn hint_for(message: &str) -> Option<String> {
     if message.starts_with("unknown field") || message.contains("unknown variant") {
-        Some("check the spelling against the examples in batches/ and the reference in README.md".into())
+        Some(
+            "check the spelling against the examples in batches/ and the reference in README.md"
+                .into(),
+        )
     } else if message.starts_with("missing field") {
         Some("add the key; see the reference in README.md".into())
     } else if message.starts_with("invalid type") {
@@ -194,17 +197,42 @@ flow:
     #[test]
     fn finds_keys_inside_sequence_entries() {
         assert_eq!(at(&[key("flow"), Seg::Index(0), key("op")]), Some((5, 5)));
-        assert_eq!(at(&[key("flow"), Seg::Index(0), key("payload"), key("to"), key("amount")]), Some((8, 9)));
+        assert_eq!(
+            at(&[
+                key("flow"),
+                Seg::Index(0),
+                key("payload"),
+                key("to"),
+                key("amount")
+            ]),
+            Some((8, 9))
+        );
         assert_eq!(at(&[key("flow"), Seg::Index(1), key("op")]), Some((13, 5)));
         assert_eq!(
-            at(&[key("flow"), Seg::Index(0), key("success"), Seg::Index(0), key("op")]),
+            at(&[
+                key("flow"),
+                Seg::Index(0),
+                key("success"),
+                Seg::Index(0),
+                key("op")
+            ]),
             Some((10, 9))
         );
     }
 
     #[test]
     fn falls_back_to_the_nearest_ancestor() {
-        assert_eq!(at(&[key("flow"), Seg::Index(0), key("success"), Seg::Index(0), key("payload"), key("invoiceId")]), Some((11, 9)));
+        assert_eq!(
+            at(&[
+                key("flow"),
+                Seg::Index(0),
+                key("success"),
+                Seg::Index(0),
+                key("payload"),
+                key("invoiceId")
+            ]),
+            Some((11, 9))
+        );
         assert_eq!(at(&[key("nope")]), None);
     }
 

@@ -151,7 +151,10 @@ pub struct Notifications {
 }
 
 mod humantime_serde_compat {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 }
@@ -169,18 +172,33 @@ impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest, Diagnostics> {
         let display = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|e| {
-            Diagnostics(vec![Diagnostic::new(&display, "manifest.io", format!("cannot read the manifest: {e}")).hint("check the path")])
+            Diagnostics(vec![
+                Diagnostic::new(
+                    &display,
+                    "manifest.io",
+                    format!("cannot read the manifest: {e}"),
+                )
+                .hint("check the path"),
+            ])
         })?;
         let text = String::from_utf8(bytes).map_err(|e| {
             let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let line = upto.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
-            Diagnostics(vec![Diagnostic::new(&display, "manifest.encoding", "the manifest is not UTF-8").at(line, 1).hint("save it as UTF-8")])
+            Diagnostics(vec![
+                Diagnostic::new(&display, "manifest.encoding", "the manifest is not UTF-8")
+                    .at(line, 1)
+                    .hint("save it as UTF-8"),
+            ])
         })?;
-        let text = text.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(text);
+        let text = text
+            .strip_prefix('\u{feff}')
+            .map(str::to_string)
+            .unwrap_or(text);
         if text.trim().is_empty() {
             return Err(Diagnostics(vec![Diagnostic::new(&display, "manifest.empty", "the manifest is empty").hint("start from an example in batches/ or `payrun template <provider> <operation> --manifest`")]));
         }
-        let raw: RawManifest = yaml::from_str(&display, &text, "manifest.syntax").map_err(|d| Diagnostics(vec![d]))?;
+        let raw: RawManifest =
+            yaml::from_str(&display, &text, "manifest.syntax").map_err(|d| Diagnostics(vec![d]))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         check(raw, display, path.to_path_buf(), text, &base)
     }
@@ -193,8 +211,16 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn error(&mut self, path: &[Seg], rule: &str, message: impl Into<String>, hint: impl Into<String>) {
-        let d = Diagnostic::new(self.display, rule, message).at_opt(yaml::locate(self.text, path)).hint(hint);
+    fn error(
+        &mut self,
+        path: &[Seg],
+        rule: &str,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        let d = Diagnostic::new(self.display, rule, message)
+            .at_opt(yaml::locate(self.text, path))
+            .hint(hint);
         self.errors.push(d);
     }
 
@@ -204,7 +230,12 @@ impl Checker<'_> {
             Some(t) => match humantime::parse_duration(t.trim()) {
                 Ok(d) => d,
                 Err(_) => {
-                    self.error(path, "manifest.duration", format!("`{t}` is not a duration"), "write e.g. 500ms, 2s, 3m, 2h");
+                    self.error(
+                        path,
+                        "manifest.duration",
+                        format!("`{t}` is not a duration"),
+                        "write e.g. 500ms, 2s, 3m, 2h",
+                    );
                     default
                 }
             },
@@ -218,19 +249,38 @@ impl Checker<'_> {
             p
         };
         let b = Backoff {
-            initial_interval: self.duration(&at("initial_interval"), &raw.initial_interval, base.initial_interval),
+            initial_interval: self.duration(
+                &at("initial_interval"),
+                &raw.initial_interval,
+                base.initial_interval,
+            ),
             factor: raw.factor.unwrap_or(base.factor),
             max_interval: self.duration(&at("max_interval"), &raw.max_interval, base.max_interval),
             max_attempts: raw.max_attempts.unwrap_or(base.max_attempts),
         };
         if !(1.0..=10.0).contains(&b.factor) {
-            self.error(&at("factor"), "manifest.retry", format!("factor {} is outside 1..10", b.factor), "2 doubles the wait after every attempt");
+            self.error(
+                &at("factor"),
+                "manifest.retry",
+                format!("factor {} is outside 1..10", b.factor),
+                "2 doubles the wait after every attempt",
+            );
         }
         if b.max_attempts == 0 {
-            self.error(&at("max_attempts"), "manifest.retry", "max_attempts must be at least 1", "1 means no retries");
+            self.error(
+                &at("max_attempts"),
+                "manifest.retry",
+                "max_attempts must be at least 1",
+                "1 means no retries",
+            );
         }
         if b.max_interval < b.initial_interval {
-            self.error(&at("max_interval"), "manifest.retry", "max_interval is shorter than initial_interval", "raise max_interval");
+            self.error(
+                &at("max_interval"),
+                "manifest.retry",
+                "max_interval is shorter than initial_interval",
+                "raise max_interval",
+            );
         }
         b
     }
@@ -238,15 +288,31 @@ impl Checker<'_> {
 
 fn is_env_name(s: &str) -> bool {
     let b = s.as_bytes();
-    !b.is_empty() && !b[0].is_ascii_digit() && b.iter().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
+    !b.is_empty()
+        && !b[0].is_ascii_digit()
+        && b.iter()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == b'_')
 }
 
 fn is_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-fn check(raw: RawManifest, display: String, path: PathBuf, text: String, base: &Path) -> Result<Manifest, Diagnostics> {
-    let mut c = Checker { display: &display, text: &text, errors: Vec::new() };
+fn check(
+    raw: RawManifest,
+    display: String,
+    path: PathBuf,
+    text: String,
+    base: &Path,
+) -> Result<Manifest, Diagnostics> {
+    let mut c = Checker {
+        display: &display,
+        text: &text,
+        errors: Vec::new(),
+    };
 
     if !is_id(&raw.batch) {
         c.error(&[key("batch")], "manifest.batch-id", format!("batch id `{}` is not usable as a stable id", raw.batch), "use 1-64 letters, digits, '-', '_' or '.', e.g. payroll-2026-11; it seeds every idempotency key, so never reuse one for a different payroll");
@@ -254,9 +320,16 @@ fn check(raw: RawManifest, display: String, path: PathBuf, text: String, base: &
     let environment = match raw.environment.as_str() {
         "sandbox" => Environment::Sandbox,
         "production" => Environment::Production,
-        u if u.starts_with("https://") || u.starts_with("http://") => Environment::Url(u.trim_end_matches('/').to_string()),
+        u if u.starts_with("https://") || u.starts_with("http://") => {
+            Environment::Url(u.trim_end_matches('/').to_string())
+        }
         other => {
-            c.error(&[key("environment")], "manifest.environment", format!("environment `{other}` is not sandbox, production or a URL"), "write sandbox, production, or the base URL, e.g. https://api.example.com");
+            c.error(
+                &[key("environment")],
+                "manifest.environment",
+                format!("environment `{other}` is not sandbox, production or a URL"),
+                "write sandbox, production, or the base URL, e.g. https://api.example.com",
+            );
             Environment::Sandbox
         }
     };
@@ -276,9 +349,20 @@ fn check(raw: RawManifest, display: String, path: PathBuf, text: String, base: &
     let items = check_items(&mut c, &raw, base);
 
     let mut ids = std::collections::HashMap::new();
-    let preflight = nodes(&mut c, &raw.preflight, vec![key("preflight")], "pre", &mut ids);
+    let preflight = nodes(
+        &mut c,
+        &raw.preflight,
+        vec![key("preflight")],
+        "pre",
+        &mut ids,
+    );
     if raw.flow.is_empty() {
-        c.error(&[key("flow")], "manifest.flow-empty", "the flow has no task", "add at least one node, e.g. `- op: pay.toAccount`");
+        c.error(
+            &[key("flow")],
+            "manifest.flow-empty",
+            "the flow has no task",
+            "add at least one node, e.g. `- op: pay.toAccount`",
+        );
     }
     let flow = nodes(&mut c, &raw.flow, vec![key("flow")], "", &mut ids);
 
@@ -292,16 +376,35 @@ fn check(raw: RawManifest, display: String, path: PathBuf, text: String, base: &
     if let Some(r) = l.requests_per_second
         && !(r > 0.0 && r <= 10_000.0)
     {
-        c.error(&[key("limits"), key("requests_per_second")], "manifest.limits", format!("requests_per_second {r} is not in (0, 10000]"), "ask the provider for your rate limit");
+        c.error(
+            &[key("limits"), key("requests_per_second")],
+            "manifest.limits",
+            format!("requests_per_second {r} is not in (0, 10000]"),
+            "ask the provider for your rate limit",
+        );
     }
-    for (k, v) in [("burst", l.burst), ("concurrency", l.concurrency), ("tasks_per_request", l.tasks_per_request)] {
+    for (k, v) in [
+        ("burst", l.burst),
+        ("concurrency", l.concurrency),
+        ("tasks_per_request", l.tasks_per_request),
+    ] {
         if v == Some(0) {
-            c.error(&[key("limits"), key(k)], "manifest.limits", format!("{k} must be at least 1"), "leave it out to use the provider's default");
+            c.error(
+                &[key("limits"), key(k)],
+                "manifest.limits",
+                format!("{k} must be at least 1"),
+                "leave it out to use the provider's default",
+            );
         }
     }
 
     let r = &raw.retry;
-    let top = RawBackoff { initial_interval: r.initial_interval.clone(), factor: r.factor, max_interval: r.max_interval.clone(), max_attempts: r.max_attempts };
+    let top = RawBackoff {
+        initial_interval: r.initial_interval.clone(),
+        factor: r.factor,
+        max_interval: r.max_interval.clone(),
+        max_attempts: r.max_attempts,
+    };
     let default = c.backoff(vec![key("retry")], &top, &DEFAULT_BACKOFF);
     let class = |c: &mut Checker, name: &str, raw: &Option<RawBackoff>| match raw {
         Some(b) => c.backoff(vec![key("retry"), key("per_class"), key(name)], b, &default),
@@ -315,26 +418,56 @@ fn check(raw: RawManifest, display: String, path: PathBuf, text: String, base: &
     };
 
     let n = &raw.notifications;
-    let mode = n.mode.unwrap_or(if n.listen.is_some() || n.public_url.is_some() { NotificationMode::Webhook } else { NotificationMode::Polling });
+    let mode = n
+        .mode
+        .unwrap_or(if n.listen.is_some() || n.public_url.is_some() {
+            NotificationMode::Webhook
+        } else {
+            NotificationMode::Polling
+        });
     if mode == NotificationMode::Webhook {
         if n.listen.is_none() {
-            c.error(&[key("notifications")], "manifest.notifications", "webhook notifications need `listen`", "the local address to listen on, e.g. 127.0.0.1:8787");
+            c.error(
+                &[key("notifications")],
+                "manifest.notifications",
+                "webhook notifications need `listen`",
+                "the local address to listen on, e.g. 127.0.0.1:8787",
+            );
         }
         if n.public_url.is_none() {
-            c.error(&[key("notifications")], "manifest.notifications", "webhook notifications need `public_url`", "the URL the provider can reach, e.g. https://payroll.example.com/payrun");
+            c.error(
+                &[key("notifications")],
+                "manifest.notifications",
+                "webhook notifications need `public_url`",
+                "the URL the provider can reach, e.g. https://payroll.example.com/payrun",
+            );
         }
     }
     if let Some(listen) = &n.listen
         && listen.parse::<std::net::SocketAddr>().is_err()
     {
-        c.error(&[key("notifications"), key("listen")], "manifest.notifications", format!("`{listen}` is not an address:port"), "write e.g. 127.0.0.1:8787");
+        c.error(
+            &[key("notifications"), key("listen")],
+            "manifest.notifications",
+            format!("`{listen}` is not an address:port"),
+            "write e.g. 127.0.0.1:8787",
+        );
     }
     if let Some(u) = &n.public_url
         && !(u.starts_with("https://") || u.starts_with("http://"))
     {
-        c.error(&[key("notifications"), key("public_url")], "manifest.notifications", format!("`{u}` is not an http(s) URL"), "write the full URL, e.g. https://payroll.example.com/payrun");
+        c.error(
+            &[key("notifications"), key("public_url")],
+            "manifest.notifications",
+            format!("`{u}` is not an http(s) URL"),
+            "write the full URL, e.g. https://payroll.example.com/payrun",
+        );
     }
-    let notifications = Notifications { mode, listen: n.listen.clone(), public_url: n.public_url.clone() };
+    let notifications = Notifications {
+        mode,
+        listen: n.listen.clone(),
+        public_url: n.public_url.clone(),
+    };
 
     if !c.errors.is_empty() {
         return Err(Diagnostics(c.errors));
@@ -361,7 +494,12 @@ fn check_items(c: &mut Checker, raw: &RawManifest, base: &Path) -> Option<Items>
     let it = &raw.items;
     match (&it.source, &it.inline) {
         (Some(_), Some(_)) | (None, None) => {
-            c.error(&[key("items")], "manifest.items", "items need exactly one of `source` (a CSV file) or `inline` (a list)", "see batches/ for both forms");
+            c.error(
+                &[key("items")],
+                "manifest.items",
+                "items need exactly one of `source` (a CSV file) or `inline` (a list)",
+                "see batches/ for both forms",
+            );
             None
         }
         (None, Some(list)) => {
@@ -372,7 +510,12 @@ fn check_items(c: &mut Checker, raw: &RawManifest, base: &Path) -> Option<Items>
                     _ => it.columns.is_some(),
                 };
                 if set {
-                    c.error(&[key("items"), key(k)], "manifest.items", format!("`{k}` applies to a CSV source, not to inline items"), "remove it");
+                    c.error(
+                        &[key("items"), key(k)],
+                        "manifest.items",
+                        format!("`{k}` applies to a CSV source, not to inline items"),
+                        "remove it",
+                    );
                 }
             }
             let mut out = Vec::new();
@@ -391,14 +534,24 @@ fn check_items(c: &mut Checker, raw: &RawManifest, base: &Path) -> Option<Items>
                         None => {
                             let mut p = at.clone();
                             p.push(key(k));
-                            c.error(&p, "manifest.inline-value", format!("inline item field `{k}` is not a plain value"), "give a text or a number; shared blocks belong in `defaults`");
+                            c.error(
+                                &p,
+                                "manifest.inline-value",
+                                format!("inline item field `{k}` is not a plain value"),
+                                "give a text or a number; shared blocks belong in `defaults`",
+                            );
                         }
                     }
                 }
                 out.push(InlineItem { line, fields });
             }
             if out.is_empty() {
-                c.error(&[key("items"), key("inline")], "manifest.items", "the inline item list is empty", "add items or use a CSV `source`");
+                c.error(
+                    &[key("items"), key("inline")],
+                    "manifest.items",
+                    "the inline item list is empty",
+                    "add items or use a CSV `source`",
+                );
             }
             Some(Items::Inline(out))
         }
@@ -406,9 +559,16 @@ fn check_items(c: &mut Checker, raw: &RawManifest, base: &Path) -> Option<Items>
             let delimiter = match it.delimiter.as_deref() {
                 None => b',',
                 Some("\\t") | Some("tab") | Some("\t") => b'\t',
-                Some(d) if d.len() == 1 && d.is_ascii() && !matches!(d, "\"" | "\n" | "\r") => d.as_bytes()[0],
+                Some(d) if d.len() == 1 && d.is_ascii() && !matches!(d, "\"" | "\n" | "\r") => {
+                    d.as_bytes()[0]
+                }
                 Some(d) => {
-                    c.error(&[key("items"), key("delimiter")], "manifest.delimiter", format!("delimiter `{d}` is not a single character"), "write \",\", \";\", \"|\" or tab");
+                    c.error(
+                        &[key("items"), key("delimiter")],
+                        "manifest.delimiter",
+                        format!("delimiter `{d}` is not a single character"),
+                        "write \",\", \";\", \"|\" or tab",
+                    );
                     b','
                 }
             };
@@ -419,58 +579,117 @@ fn check_items(c: &mut Checker, raw: &RawManifest, base: &Path) -> Option<Items>
                     let at = [key("items"), key("columns"), key(field)];
                     let r = match v {
                         serde_yaml::Value::String(s) if header => Some(ColumnRef::Name(s.clone())),
-                        serde_yaml::Value::Number(n) if !header => n.as_u64().filter(|&n| n >= 1).map(|n| ColumnRef::Number(n as usize)),
+                        serde_yaml::Value::Number(n) if !header => n
+                            .as_u64()
+                            .filter(|&n| n >= 1)
+                            .map(|n| ColumnRef::Number(n as usize)),
                         _ => None,
                     };
                     match r {
                         Some(r) => out.push((field.clone(), r)),
-                        None if header => c.error(&at, "manifest.columns", format!("column for `{field}` must be a header name"), "write the column's header text, e.g. net_pay"),
-                        None => c.error(&at, "manifest.columns", format!("column for `{field}` must be a column number from 1"), "without a header row, columns are numbered from 1"),
+                        None if header => c.error(
+                            &at,
+                            "manifest.columns",
+                            format!("column for `{field}` must be a header name"),
+                            "write the column's header text, e.g. net_pay",
+                        ),
+                        None => c.error(
+                            &at,
+                            "manifest.columns",
+                            format!("column for `{field}` must be a column number from 1"),
+                            "without a header row, columns are numbered from 1",
+                        ),
                     }
                     if !is_field_name(field) {
-                        c.error(&at, "manifest.columns", format!("`{field}` is not a usable item field name"), "use letters, digits and '_', starting with a letter");
+                        c.error(
+                            &at,
+                            "manifest.columns",
+                            format!("`{field}` is not a usable item field name"),
+                            "use letters, digits and '_', starting with a letter",
+                        );
                     }
                 }
                 out
             });
             if !header && columns.is_none() {
-                c.error(&[key("items"), key("header")], "manifest.columns", "a CSV without a header row needs `columns`", "map each item field to a column number, e.g. id: 1");
+                c.error(
+                    &[key("items"), key("header")],
+                    "manifest.columns",
+                    "a CSV without a header row needs `columns`",
+                    "map each item field to a column number, e.g. id: 1",
+                );
             }
-            Some(Items::Csv(CsvSource { path: base.join(src), display: base.join(src).display().to_string(), delimiter, header, columns }))
+            Some(Items::Csv(CsvSource {
+                path: base.join(src),
+                display: base.join(src).display().to_string(),
+                delimiter,
+                header,
+                columns,
+            }))
         }
     }
 }
 
 pub fn is_field_name(s: &str) -> bool {
     let b = s.as_bytes();
-    !b.is_empty() && b[0].is_ascii_alphabetic() && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+    !b.is_empty()
+        && b[0].is_ascii_alphabetic()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
-fn nodes(c: &mut Checker, raw: &[RawNode], at: Vec<Seg>, prefix: &str, ids: &mut std::collections::HashMap<String, String>) -> Vec<Node> {
+fn nodes(
+    c: &mut Checker,
+    raw: &[RawNode],
+    at: Vec<Seg>,
+    prefix: &str,
+    ids: &mut std::collections::HashMap<String, String>,
+) -> Vec<Node> {
     raw.iter()
         .enumerate()
         .map(|(i, r)| {
             let mut path = at.clone();
             path.push(Seg::Index(i));
-            let tree_path = if prefix.is_empty() { i.to_string() } else { format!("{prefix}.{i}") };
+            let tree_path = if prefix.is_empty() {
+                i.to_string()
+            } else {
+                format!("{prefix}.{i}")
+            };
             node(c, r, path, tree_path, ids)
         })
         .collect()
 }
 
-fn node(c: &mut Checker, r: &RawNode, path: Vec<Seg>, tree_path: String, ids: &mut std::collections::HashMap<String, String>) -> Node {
+fn node(
+    c: &mut Checker,
+    r: &RawNode,
+    path: Vec<Seg>,
+    tree_path: String,
+    ids: &mut std::collections::HashMap<String, String>,
+) -> Node {
     let at = |k: &str| {
         let mut p = path.clone();
         p.push(key(k));
         p
     };
-    let id = r.id.clone().unwrap_or_else(|| format!("{}#{}", r.op, tree_path));
+    let id =
+        r.id.clone()
+            .unwrap_or_else(|| format!("{}#{}", r.op, tree_path));
     if let Some(given) = &r.id {
         if !is_field_name(given) {
-            c.error(&at("id"), "manifest.node-id", format!("node id `{given}` is not a plain name"), "use letters, digits and '_', e.g. pay");
+            c.error(
+                &at("id"),
+                "manifest.node-id",
+                format!("node id `{given}` is not a plain name"),
+                "use letters, digits and '_', e.g. pay",
+            );
         }
         if let Some(prev) = ids.insert(given.clone(), tree_path.clone()) {
-            c.error(&at("id"), "manifest.node-id", format!("node id `{given}` is used twice (also at {prev})"), "give every node its own id");
+            c.error(
+                &at("id"),
+                "manifest.node-id",
+                format!("node id `{given}` is used twice (also at {prev})"),
+                "give every node its own id",
+            );
         }
     }
     let delay = match &r.delay {
@@ -490,5 +709,15 @@ fn node(c: &mut Checker, r: &RawNode, path: Vec<Seg>, tree_path: String, ids: &m
     let success = kids("success", &r.success);
     let fail = kids("fail", &r.fail);
     let always = kids("always", &r.always);
-    Node { id, op: r.op.clone(), delay, payload: r.payload.clone(), success, fail, always, tree_path, yaml_path: path }
+    Node {
+        id,
+        op: r.op.clone(),
+        delay,
+        payload: r.payload.clone(),
+        success,
+        fail,
+        always,
+        tree_path,
+        yaml_path: path,
+    }
 }

@@ -35,15 +35,33 @@ pub enum CurrencyRef {
 
 #[derive(Debug, Clone)]
 pub enum FieldKind {
-    String { pattern: Option<Regex>, min_length: Option<usize>, max_length: Option<usize> },
-    Integer { min: Option<i64>, max: Option<i64> },
-    Amount { currency: CurrencyRef, min: Option<Decimal>, max: Option<Decimal> },
-    Currency { format: CurrencyFormat },
+    String {
+        pattern: Option<Regex>,
+        min_length: Option<usize>,
+        max_length: Option<usize>,
+    },
+    Integer {
+        min: Option<i64>,
+        max: Option<i64>,
+    },
+    Amount {
+        currency: CurrencyRef,
+        min: Option<Decimal>,
+        max: Option<Decimal>,
+    },
+    Currency {
+        format: CurrencyFormat,
+    },
     Country,
     Date,
     DateTime,
-    Email { max_length: Option<usize> },
-    Enum { values: Vec<String>, case_insensitive: bool },
+    Email {
+        max_length: Option<usize>,
+    },
+    Enum {
+        values: Vec<String>,
+        case_insensitive: bool,
+    },
     Uuid,
     Boolean,
 }
@@ -68,7 +86,11 @@ pub struct Violation {
 }
 
 fn violation(rule: &'static str, message: impl Into<String>, hint: impl Into<String>) -> Violation {
-    Violation { rule, message: message.into(), hint: hint.into() }
+    Violation {
+        rule,
+        message: message.into(),
+        hint: hint.into(),
+    }
 }
 
 impl FieldKind {
@@ -93,7 +115,11 @@ impl Field {
     /// A short description of the accepted format, for templates and hints.
     pub fn format(&self) -> String {
         match &self.kind {
-            FieldKind::String { pattern, min_length, max_length } => {
+            FieldKind::String {
+                pattern,
+                min_length,
+                max_length,
+            } => {
                 let mut parts = vec!["text".to_string()];
                 match (min_length, max_length) {
                     (Some(a), Some(b)) if a == b => parts.push(format!("exactly {a} characters")),
@@ -116,7 +142,11 @@ impl Field {
             FieldKind::Amount { currency, min, max } => {
                 let cur = match currency {
                     CurrencyRef::Path(p) => format!("decimals per the currency in `{p}`"),
-                    CurrencyRef::Fixed(c) => format!("up to {} decimals ({})", c.exponent().unwrap_or(0), c.code()),
+                    CurrencyRef::Fixed(c) => format!(
+                        "up to {} decimals ({})",
+                        c.exponent().unwrap_or(0),
+                        c.code()
+                    ),
                 };
                 let mut s = format!("amount like 1250.00, no separators, {cur}");
                 if let Some(m) = min {
@@ -127,9 +157,15 @@ impl Field {
                 }
                 s
             }
-            FieldKind::Currency { format: CurrencyFormat::Alpha } => "ISO 4217 code like USD".into(),
-            FieldKind::Currency { format: CurrencyFormat::Numeric } => "ISO 4217 numeric code like 840".into(),
-            FieldKind::Currency { format: CurrencyFormat::Any } => "ISO 4217 code, USD or 840".into(),
+            FieldKind::Currency {
+                format: CurrencyFormat::Alpha,
+            } => "ISO 4217 code like USD".into(),
+            FieldKind::Currency {
+                format: CurrencyFormat::Numeric,
+            } => "ISO 4217 numeric code like 840".into(),
+            FieldKind::Currency {
+                format: CurrencyFormat::Any,
+            } => "ISO 4217 code, USD or 840".into(),
             FieldKind::Country => "ISO 3166-1 alpha-2 country like US".into(),
             FieldKind::Date => "date YYYY-MM-DD".into(),
             FieldKind::DateTime => "RFC 3339 date-time like 2024-10-01T00:00:00+01:00".into(),
@@ -143,7 +179,11 @@ impl Field {
     /// Checks a present, non-empty value of any kind but `Amount` (see `check_amount`).
     pub fn check(&self, v: &str) -> Result<(), Violation> {
         match &self.kind {
-            FieldKind::String { pattern, min_length, max_length } => {
+            FieldKind::String {
+                pattern,
+                min_length,
+                max_length,
+            } => {
                 if min_length.is_some() || max_length.is_some() {
                     let n = v.chars().count();
                     if let Some(max) = max_length
@@ -182,20 +222,36 @@ impl Field {
             FieldKind::Integer { min, max } => {
                 let digits = v.strip_prefix('-').unwrap_or(v);
                 if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(violation("integer.format", "is not a whole number", "write digits only, e.g. 1979"));
+                    return Err(violation(
+                        "integer.format",
+                        "is not a whole number",
+                        "write digits only, e.g. 1979",
+                    ));
                 }
                 let Ok(n) = v.parse::<i64>() else {
-                    return Err(violation("integer.range", "is too large", "check the column"));
+                    return Err(violation(
+                        "integer.range",
+                        "is too large",
+                        "check the column",
+                    ));
                 };
                 if let Some(m) = min
                     && n < *m
                 {
-                    return Err(violation("integer.range", format!("is below the minimum {m}"), self.format()));
+                    return Err(violation(
+                        "integer.range",
+                        format!("is below the minimum {m}"),
+                        self.format(),
+                    ));
                 }
                 if let Some(m) = max
                     && n > *m
                 {
-                    return Err(violation("integer.range", format!("is above the maximum {m}"), self.format()));
+                    return Err(violation(
+                        "integer.range",
+                        format!("is above the maximum {m}"),
+                        self.format(),
+                    ));
                 }
                 Ok(())
             }
@@ -218,11 +274,18 @@ impl Field {
                 if let Some(max) = max_length
                     && v.chars().count() > *max
                 {
-                    return Err(violation("email.too-long", format!("is longer than {max} characters"), "shorten it"));
+                    return Err(violation(
+                        "email.too-long",
+                        format!("is longer than {max} characters"),
+                        "shorten it",
+                    ));
                 }
                 check_email(v)
             }
-            FieldKind::Enum { values, case_insensitive } => {
+            FieldKind::Enum {
+                values,
+                case_insensitive,
+            } => {
                 let ok = if *case_insensitive {
                     values.iter().any(|x| x.eq_ignore_ascii_case(v))
                 } else {
@@ -236,20 +299,32 @@ impl Field {
                     Some(n) => format!("did you mean {n:?}? values are case-sensitive"),
                     None => format!("use one of: {}", values.join(", ")),
                 };
-                Err(violation("enum.value", "is not one of the allowed values", hint))
+                Err(violation(
+                    "enum.value",
+                    "is not one of the allowed values",
+                    hint,
+                ))
             }
             FieldKind::Uuid => {
                 if is_uuid(v) {
                     Ok(())
                 } else {
-                    Err(violation("uuid.format", "is not a UUID", "write 8-4-4-4-12 hex digits, e.g. 3fa85f64-5717-4562-b3fc-2c963f66afa6"))
+                    Err(violation(
+                        "uuid.format",
+                        "is not a UUID",
+                        "write 8-4-4-4-12 hex digits, e.g. 3fa85f64-5717-4562-b3fc-2c963f66afa6",
+                    ))
                 }
             }
             FieldKind::Boolean => {
                 if v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false") {
                     Ok(())
                 } else {
-                    Err(violation("boolean.format", "is not true or false", "write true or false"))
+                    Err(violation(
+                        "boolean.format",
+                        "is not true or false",
+                        "write true or false",
+                    ))
                 }
             }
         }
@@ -276,13 +351,25 @@ impl Field {
         if let Some(m) = min
             && d < *m
         {
-            let rule = if d.is_zero() { "amount.zero" } else { "amount.min" };
-            return Err(violation(rule, format!("is below the minimum {m}"), format!("the provider accepts {}", self.format())));
+            let rule = if d.is_zero() {
+                "amount.zero"
+            } else {
+                "amount.min"
+            };
+            return Err(violation(
+                rule,
+                format!("is below the minimum {m}"),
+                format!("the provider accepts {}", self.format()),
+            ));
         }
         if let Some(m) = max
             && d > *m
         {
-            return Err(violation("amount.max", format!("is above the maximum {m}"), "split the payment or check the limit agreed with the provider"));
+            return Err(violation(
+                "amount.max",
+                format!("is above the maximum {m}"),
+                "split the payment or check the limit agreed with the provider",
+            ));
         }
         Ok(amount)
     }
@@ -298,7 +385,10 @@ pub fn check_currency(v: &str, format: CurrencyFormat) -> Result<Currency, Viola
         Some(c) if c.exponent().is_some() => Ok(c),
         Some(c) => Err(violation(
             "currency.not-money",
-            format!("is {}, which has no minor unit and cannot be paid out", c.code()),
+            format!(
+                "is {}, which has no minor unit and cannot be paid out",
+                c.code()
+            ),
             "use the currency the recipient is paid in",
         )),
         None => {
@@ -307,15 +397,23 @@ pub fn check_currency(v: &str, format: CurrencyFormat) -> Result<Currency, Viola
                 format!("write it in capitals: {upper}")
             } else {
                 match format {
-                    CurrencyFormat::Numeric => "use the ISO 4217 numeric code, e.g. 840 for USD".into(),
+                    CurrencyFormat::Numeric => {
+                        "use the ISO 4217 numeric code, e.g. 840 for USD".into()
+                    }
                     CurrencyFormat::Alpha if Currency::from_numeric(v).is_some() => format!(
                         "this field takes the alphabetic code: {}",
-                        Currency::from_numeric(v).map(|c| c.code()).unwrap_or_default()
+                        Currency::from_numeric(v)
+                            .map(|c| c.code())
+                            .unwrap_or_default()
                     ),
                     _ => "use an ISO 4217 code such as USD, EUR, GBP".into(),
                 }
             };
-            Err(violation("currency.unknown", "is not an ISO 4217 currency code", hint))
+            Err(violation(
+                "currency.unknown",
+                "is not an ISO 4217 currency code",
+                hint,
+            ))
         }
     }
 }
@@ -323,7 +421,10 @@ pub fn check_currency(v: &str, format: CurrencyFormat) -> Result<Currency, Viola
 fn check_country(v: &str) -> Result<(), Violation> {
     // "UK" is exceptionally reserved in ISO 3166-1 for the United Kingdom and Paysend's own
     // fx.rateGet.p2a example uses it; accept it rather than reject the provider's example.
-    if v.len() == 2 && v.bytes().all(|b| b.is_ascii_uppercase()) && (v == "UK" || celes::Country::from_alpha2(v).is_ok()) {
+    if v.len() == 2
+        && v.bytes().all(|b| b.is_ascii_uppercase())
+        && (v == "UK" || celes::Country::from_alpha2(v).is_ok())
+    {
         return Ok(());
     }
     let upper = v.to_ascii_uppercase();
@@ -334,7 +435,11 @@ fn check_country(v: &str) -> Result<(), Violation> {
     } else {
         "use the ISO 3166-1 alpha-2 code, e.g. US, GB, DE".into()
     };
-    Err(violation("country.unknown", "is not an ISO 3166-1 alpha-2 country code", hint))
+    Err(violation(
+        "country.unknown",
+        "is not an ISO 3166-1 alpha-2 country code",
+        hint,
+    ))
 }
 
 fn check_date(v: &str) -> Result<(), Violation> {
@@ -342,29 +447,51 @@ fn check_date(v: &str) -> Result<(), Violation> {
     let shaped = b.len() == 10
         && b[4] == b'-'
         && b[7] == b'-'
-        && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
     if shaped {
         return match chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d") {
             Ok(_) => Ok(()),
-            Err(_) => Err(violation("date.invalid", "is not a calendar date", "check the day and month")),
+            Err(_) => Err(violation(
+                "date.invalid",
+                "is not a calendar date",
+                "check the day and month",
+            )),
         };
     }
-    Err(violation("date.format", "is not a date in YYYY-MM-DD form", "write dates as YYYY-MM-DD, e.g. 1980-01-31 (not 31/01/1980 or 01/31/1980)"))
+    Err(violation(
+        "date.format",
+        "is not a date in YYYY-MM-DD form",
+        "write dates as YYYY-MM-DD, e.g. 1980-01-31 (not 31/01/1980 or 01/31/1980)",
+    ))
 }
 
 fn check_email(v: &str) -> Result<(), Violation> {
-    let bad = || violation("email.format", "is not an email address", "write it as name@example.com, one address, no spaces");
+    let bad = || {
+        violation(
+            "email.format",
+            "is not an email address",
+            "write it as name@example.com, one address, no spaces",
+        )
+    };
     let (local, domain) = v.rsplit_once('@').ok_or_else(bad)?;
     if local.is_empty() || local.len() > 64 || local.contains('@') {
         return Err(bad());
     }
-    if v.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == ';' || c == '<' || c == '>') {
+    if v.chars().any(|c| {
+        c.is_whitespace() || c.is_control() || c == ',' || c == ';' || c == '<' || c == '>'
+    }) {
         return Err(bad());
     }
     let labels: Vec<&str> = domain.split('.').collect();
     if labels.len() < 2
-        || labels.iter().any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-'))
-        || !domain.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '.')
+        || labels
+            .iter()
+            .any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-'))
+        || !domain
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '-' || c == '.')
     {
         return Err(bad());
     }
@@ -402,17 +529,28 @@ mod tests {
 
     #[test]
     fn strings_are_checked_for_length_and_pattern() {
-        let k = || FieldKind::String { pattern: Some(Regex::new("^[0-9]{12,19}$").unwrap()), min_length: None, max_length: Some(19) };
+        let k = || FieldKind::String {
+            pattern: Some(Regex::new("^[0-9]{12,19}$").unwrap()),
+            min_length: None,
+            max_length: Some(19),
+        };
         assert_eq!(rule(k(), "4539025531693033"), None);
         assert_eq!(rule(k(), "4539 0255 3169 3033"), Some("string.pattern"));
         assert_eq!(rule(k(), &"1".repeat(20)), Some("string.too-long"));
-        let k = FieldKind::String { pattern: None, min_length: Some(2), max_length: None };
+        let k = FieldKind::String {
+            pattern: None,
+            min_length: Some(2),
+            max_length: None,
+        };
         assert_eq!(rule(k, "a"), Some("string.too-short"));
     }
 
     #[test]
     fn integers_have_no_separators_and_respect_bounds() {
-        let k = || FieldKind::Integer { min: Some(1900), max: Some(2100) };
+        let k = || FieldKind::Integer {
+            min: Some(1900),
+            max: Some(2100),
+        };
         assert_eq!(rule(k(), "1979"), None);
         assert_eq!(rule(k(), "1,979"), Some("integer.format"));
         assert_eq!(rule(k(), "1800"), Some("integer.range"));
@@ -421,13 +559,69 @@ mod tests {
 
     #[test]
     fn currencies_are_iso_4217_in_the_declared_form() {
-        assert_eq!(rule(FieldKind::Currency { format: CurrencyFormat::Alpha }, "USD"), None);
-        assert_eq!(rule(FieldKind::Currency { format: CurrencyFormat::Alpha }, "840"), Some("currency.unknown"));
-        assert_eq!(rule(FieldKind::Currency { format: CurrencyFormat::Numeric }, "840"), None);
-        assert_eq!(rule(FieldKind::Currency { format: CurrencyFormat::Any }, "840"), None);
-        assert_eq!(rule(FieldKind::Currency { format: CurrencyFormat::Any }, "usd"), Some("currency.unknown"));
-        assert_eq!(rule(FieldKind::Currency { format: CurrencyFormat::Any }, "XAU"), Some("currency.not-money"));
-        assert_eq!(rule(FieldKind::Currency { format: CurrencyFormat::Any }, "ABC"), Some("currency.unknown"));
+        assert_eq!(
+            rule(
+                FieldKind::Currency {
+                    format: CurrencyFormat::Alpha
+                },
+                "USD"
+            ),
+            None
+        );
+        assert_eq!(
+            rule(
+                FieldKind::Currency {
+                    format: CurrencyFormat::Alpha
+                },
+                "840"
+            ),
+            Some("currency.unknown")
+        );
+        assert_eq!(
+            rule(
+                FieldKind::Currency {
+                    format: CurrencyFormat::Numeric
+                },
+                "840"
+            ),
+            None
+        );
+        assert_eq!(
+            rule(
+                FieldKind::Currency {
+                    format: CurrencyFormat::Any
+                },
+                "840"
+            ),
+            None
+        );
+        assert_eq!(
+            rule(
+                FieldKind::Currency {
+                    format: CurrencyFormat::Any
+                },
+                "usd"
+            ),
+            Some("currency.unknown")
+        );
+        assert_eq!(
+            rule(
+                FieldKind::Currency {
+                    format: CurrencyFormat::Any
+                },
+                "XAU"
+            ),
+            Some("currency.not-money")
+        );
+        assert_eq!(
+            rule(
+                FieldKind::Currency {
+                    format: CurrencyFormat::Any
+                },
+                "ABC"
+            ),
+            Some("currency.unknown")
+        );
     }
 
     #[test]
@@ -447,7 +641,10 @@ mod tests {
         assert_eq!(rule(FieldKind::Date, "1980-1-31"), Some("date.format"));
         assert_eq!(rule(FieldKind::Date, "1980-02-30"), Some("date.invalid"));
         assert_eq!(rule(FieldKind::DateTime, "2024-10-01T00:00:00+01:00"), None);
-        assert_eq!(rule(FieldKind::DateTime, "2024-10-01"), Some("datetime.format"));
+        assert_eq!(
+            rule(FieldKind::DateTime, "2024-10-01"),
+            Some("datetime.format")
+        );
     }
 
     #[test]
@@ -457,11 +654,20 @@ mod tests {
         assert_eq!(rule(email(), "john.doe@example"), Some("email.format"));
         assert_eq!(rule(email(), "a b@example.com"), Some("email.format"));
         assert_eq!(rule(email(), "a@b.com;c@d.com"), Some("email.format"));
-        let e = || FieldKind::Enum { values: vec!["BAN".into(), "IBAN".into()], case_insensitive: false };
+        let e = || FieldKind::Enum {
+            values: vec!["BAN".into(), "IBAN".into()],
+            case_insensitive: false,
+        };
         assert_eq!(rule(e(), "IBAN"), None);
         assert_eq!(rule(e(), "iban"), Some("enum.value"));
-        assert_eq!(field(e()).check("iban").unwrap_err().hint, "did you mean \"IBAN\"? values are case-sensitive");
-        assert_eq!(rule(FieldKind::Uuid, "3fa85f64-5717-4562-b3fc-2c963f66afa6"), None);
+        assert_eq!(
+            field(e()).check("iban").unwrap_err().hint,
+            "did you mean \"IBAN\"? values are case-sensitive"
+        );
+        assert_eq!(
+            rule(FieldKind::Uuid, "3fa85f64-5717-4562-b3fc-2c963f66afa6"),
+            None
+        );
         assert_eq!(rule(FieldKind::Uuid, "3fa85f64"), Some("uuid.format"));
         assert_eq!(rule(FieldKind::Boolean, "true"), None);
         assert_eq!(rule(FieldKind::Boolean, "yes"), Some("boolean.format"));
@@ -477,9 +683,18 @@ mod tests {
         let usd = Currency::from_alpha("USD");
         let jpy = Currency::from_alpha("JPY");
         assert_eq!(f.check_amount("12.50", usd).map(|a| a.minor), Ok(1250));
-        assert_eq!(f.check_amount("12.5", jpy).unwrap_err().rule, "amount.decimals");
+        assert_eq!(
+            f.check_amount("12.5", jpy).unwrap_err().rule,
+            "amount.decimals"
+        );
         assert_eq!(f.check_amount("0", usd).unwrap_err().rule, "amount.zero");
-        assert_eq!(f.check_amount("10000.01", usd).unwrap_err().rule, "amount.max");
-        assert_eq!(f.check_amount("1,000.50", usd).unwrap_err().rule, "amount.thousands-separator");
+        assert_eq!(
+            f.check_amount("10000.01", usd).unwrap_err().rule,
+            "amount.max"
+        );
+        assert_eq!(
+            f.check_amount("1,000.50", usd).unwrap_err().rule,
+            "amount.thousands-separator"
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod field;
 pub mod operation;
+pub mod payload;
 pub mod raw;
 
 pub use field::{CurrencyFormat, CurrencyRef, Field, FieldKind, Violation, Wire};
@@ -73,7 +74,10 @@ impl Registry {
     /// The names of the providers that have a folder.
     pub fn providers(&self) -> Vec<String> {
         let mut names: Vec<String> = match self {
-            Registry::Embedded => EMBEDDED.dirs().filter_map(|d| d.path().file_name()?.to_str().map(String::from)).collect(),
+            Registry::Embedded => EMBEDDED
+                .dirs()
+                .filter_map(|d| d.path().file_name()?.to_str().map(String::from))
+                .collect(),
             Registry::Dir(d) => std::fs::read_dir(d)
                 .map(|rd| {
                     rd.filter_map(|e| e.ok())
@@ -89,10 +93,17 @@ impl Registry {
 
     /// (file name, bytes) of every YAML file in a provider's folder, sorted by name.
     fn files(&self, provider: &str) -> Result<Vec<(String, Vec<u8>)>, Diagnostic> {
-        let valid_name = !provider.is_empty() && provider.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let valid_name = !provider.is_empty()
+            && provider
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         let not_found = || {
             let known = self.providers();
-            let mut d = Diagnostic::new(self.display(provider, ""), "schema.provider-unknown", format!("no schemas for provider `{provider}`"));
+            let mut d = Diagnostic::new(
+                self.display(provider, ""),
+                "schema.provider-unknown",
+                format!("no schemas for provider `{provider}`"),
+            );
             d = match crate::text::did_you_mean(provider, known.iter().map(String::as_str)) {
                 Some(m) => d.hint(format!("did you mean `{m}`?")),
                 None => d.hint(format!("known providers: {}", known.join(", "))),
@@ -107,7 +118,12 @@ impl Registry {
             Registry::Embedded => {
                 let dir = EMBEDDED.get_dir(provider).ok_or_else(not_found)?;
                 for f in dir.files() {
-                    let name = f.path().file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+                    let name = f
+                        .path()
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or_default()
+                        .to_string();
                     if name.ends_with(".yaml") {
                         out.push((name, f.contents().to_vec()));
                     }
@@ -120,7 +136,11 @@ impl Registry {
                     let name = e.file_name().to_string_lossy().to_string();
                     if name.ends_with(".yaml") {
                         let bytes = std::fs::read(e.path()).map_err(|err| {
-                            Diagnostic::new(e.path().display().to_string(), "schema.io", format!("cannot read schema file: {err}"))
+                            Diagnostic::new(
+                                e.path().display().to_string(),
+                                "schema.io",
+                                format!("cannot read schema file: {err}"),
+                            )
                         })?;
                         out.push((name, bytes));
                     }
@@ -141,7 +161,11 @@ impl Registry {
             let display = self.display(provider, name);
             let sha = hex::encode(Sha256::digest(bytes));
             let Ok(text) = std::str::from_utf8(bytes) else {
-                errors.push(Diagnostic::new(&display, "schema.encoding", "schema file is not UTF-8"));
+                errors.push(Diagnostic::new(
+                    &display,
+                    "schema.encoding",
+                    "schema file is not UTF-8",
+                ));
                 continue;
             };
             if name == "provider.yaml" {
@@ -163,13 +187,24 @@ impl Registry {
         }
         let Some((p, file, sha256)) = descriptor else {
             errors.push(
-                Diagnostic::new(self.display(provider, "provider.yaml"), "schema.provider-missing", "provider.yaml is missing")
-                    .hint("every provider folder needs a provider.yaml; see schemas/README.md"),
+                Diagnostic::new(
+                    self.display(provider, "provider.yaml"),
+                    "schema.provider-missing",
+                    "provider.yaml is missing",
+                )
+                .hint("every provider folder needs a provider.yaml; see schemas/README.md"),
             );
             return Err(Diagnostics(errors));
         };
         if p.provider != provider {
-            errors.push(Diagnostic::new(&file, "schema.provider-name", format!("provider.yaml names `{}` but sits in folder `{provider}`", p.provider)));
+            errors.push(Diagnostic::new(
+                &file,
+                "schema.provider-name",
+                format!(
+                    "provider.yaml names `{}` but sits in folder `{provider}`",
+                    p.provider
+                ),
+            ));
         }
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
@@ -180,7 +215,11 @@ impl Registry {
             doc: p.doc,
             sandbox_url: p.base_urls.sandbox,
             production_url: p.base_urls.production,
-            credentials: p.credentials.into_iter().map(|c| (c.name, c.description)).collect(),
+            credentials: p
+                .credentials
+                .into_iter()
+                .map(|c| (c.name, c.description))
+                .collect(),
             tree: p.tree,
             packing: p.packing,
             limits: p.limits,
@@ -200,13 +239,29 @@ fn compile_operation(
     sha256: String,
 ) -> Result<Operation, Vec<Diagnostic>> {
     let mut errors = Vec::new();
-    let err = |path: &[Seg], rule: &str, msg: String| Diagnostic::new(display, rule, msg).at_opt(yaml::locate(text, path));
+    let err = |path: &[Seg], rule: &str, msg: String| {
+        Diagnostic::new(display, rule, msg).at_opt(yaml::locate(text, path))
+    };
     let expected_file = format!("{}.yaml", raw.operation);
     if file_name != expected_file {
-        errors.push(err(&[key("operation")], "schema.operation-name", format!("operation `{}` must live in {expected_file}, not {file_name}", raw.operation)));
+        errors.push(err(
+            &[key("operation")],
+            "schema.operation-name",
+            format!(
+                "operation `{}` must live in {expected_file}, not {file_name}",
+                raw.operation
+            ),
+        ));
     }
     if raw.provider != provider {
-        errors.push(err(&[key("provider")], "schema.provider-name", format!("names provider `{}` but sits in folder `{provider}`", raw.provider)));
+        errors.push(err(
+            &[key("provider")],
+            "schema.provider-name",
+            format!(
+                "names provider `{}` but sits in folder `{provider}`",
+                raw.provider
+            ),
+        ));
     }
     // Currency fields first, so that amounts can check their examples against them.
     let mut fields = Vec::new();
@@ -214,11 +269,19 @@ fn compile_operation(
     for (i, f) in raw.fields.iter().enumerate() {
         let at = |k: &str| vec![key("fields"), Seg::Index(i), key(k)];
         if !seen.insert(f.path.clone()) {
-            errors.push(err(&at("path"), "schema.duplicate-field", format!("field `{}` is listed twice", f.path)));
+            errors.push(err(
+                &at("path"),
+                "schema.duplicate-field",
+                format!("field `{}` is listed twice", f.path),
+            ));
         }
         match compile_field(f, &raw.fields) {
             Ok(field) => fields.push(field),
-            Err((k, msg)) => errors.push(err(&at(k), "schema.field", format!("field `{}`: {msg}", f.path))),
+            Err((k, msg)) => errors.push(err(
+                &at(k),
+                "schema.field",
+                format!("field `{}`: {msg}", f.path),
+            )),
         }
     }
     let op = Operation::new(
@@ -238,49 +301,93 @@ fn compile_operation(
     // Cross-field consistency.
     if let Some((a, c)) = &op.money {
         if !matches!(op.field(a).map(|f| &f.kind), Some(FieldKind::Amount { .. })) {
-            errors.push(err(&[key("money"), key("amount")], "schema.money", format!("money.amount `{a}` is not an amount field")));
+            errors.push(err(
+                &[key("money"), key("amount")],
+                "schema.money",
+                format!("money.amount `{a}` is not an amount field"),
+            ));
         }
-        if !matches!(op.field(c).map(|f| &f.kind), Some(FieldKind::Currency { .. })) {
-            errors.push(err(&[key("money"), key("currency")], "schema.money", format!("money.currency `{c}` is not a currency field")));
+        if !matches!(
+            op.field(c).map(|f| &f.kind),
+            Some(FieldKind::Currency { .. })
+        ) {
+            errors.push(err(
+                &[key("money"), key("currency")],
+                "schema.money",
+                format!("money.currency `{c}` is not a currency field"),
+            ));
         }
     } else if op.role == Role::Payout {
-        errors.push(err(&[key("role")], "schema.money", "a payout operation needs `money:` (amount and currency paths)".into()));
+        errors.push(err(
+            &[key("role")],
+            "schema.money",
+            "a payout operation needs `money:` (amount and currency paths)".into(),
+        ));
     }
     if let Some(p) = &op.idempotency
         && op.field(p).is_none()
     {
-        errors.push(err(&[key("idempotency")], "schema.idempotency", format!("idempotency path `{p}` is not a field")));
+        errors.push(err(
+            &[key("idempotency")],
+            "schema.idempotency",
+            format!("idempotency path `{p}` is not a field"),
+        ));
     }
     for (gi, group) in op.any_of.iter().enumerate() {
         for p in group {
             if op.field(p).is_none() {
-                errors.push(err(&[key("any_of"), Seg::Index(gi)], "schema.any-of", format!("any_of names `{p}`, which is not a field")));
+                errors.push(err(
+                    &[key("any_of"), Seg::Index(gi)],
+                    "schema.any-of",
+                    format!("any_of names `{p}`, which is not a field"),
+                ));
             }
         }
     }
     for (i, f) in op.fields.iter().enumerate() {
-        if let FieldKind::Amount { currency: CurrencyRef::Path(c), .. } = &f.kind
-            && !matches!(op.field(c).map(|f| &f.kind), Some(FieldKind::Currency { .. }))
+        if let FieldKind::Amount {
+            currency: CurrencyRef::Path(c),
+            ..
+        } = &f.kind
+            && !matches!(
+                op.field(c).map(|f| &f.kind),
+                Some(FieldKind::Currency { .. })
+            )
         {
-            errors.push(err(&[key("fields"), Seg::Index(i), key("currency")], "schema.field", format!("field `{}`: currency `{c}` is not a currency field", f.path)));
+            errors.push(err(
+                &[key("fields"), Seg::Index(i), key("currency")],
+                "schema.field",
+                format!("field `{}`: currency `{c}` is not a currency field", f.path),
+            ));
         }
         if let Some(example) = &f.example {
             let res = match &f.kind {
                 FieldKind::Amount { currency, .. } => {
                     let cur = match currency {
                         CurrencyRef::Fixed(c) => Some(*c),
-                        CurrencyRef::Path(p) => op.field(p).and_then(|cf| cf.example.as_deref()).and_then(Currency::from_any),
+                        CurrencyRef::Path(p) => op
+                            .field(p)
+                            .and_then(|cf| cf.example.as_deref())
+                            .and_then(Currency::from_any),
                     };
                     f.check_amount(example, cur).map(|_| ())
                 }
                 _ => f.check(example),
             };
             if let Err(v) = res {
-                errors.push(err(&[key("fields"), Seg::Index(i), key("example")], "schema.example", format!("field `{}`: the example {}", f.path, v.message)));
+                errors.push(err(
+                    &[key("fields"), Seg::Index(i), key("example")],
+                    "schema.example",
+                    format!("field `{}`: the example {}", f.path, v.message),
+                ));
             }
         }
     }
-    if errors.is_empty() { Ok(op) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(op)
+    } else {
+        Err(errors)
+    }
 }
 
 type FieldError = (&'static str, String);
@@ -289,7 +396,10 @@ fn compile_field(f: &raw::RawField, all: &[raw::RawField]) -> Result<Field, Fiel
     use raw::TypeName as T;
     let _ = all;
     if f.path.is_empty() || f.path.split('.').any(|s| s.is_empty()) {
-        return Err(("path", "a path is dot-separated names, e.g. to.cardNumber".into()));
+        return Err((
+            "path",
+            "a path is dot-separated names, e.g. to.cardNumber".into(),
+        ));
     }
     let only = |allowed: &[&str]| -> Result<(), FieldError> {
         let present: [(&str, bool); 9] = [
@@ -305,26 +415,36 @@ fn compile_field(f: &raw::RawField, all: &[raw::RawField]) -> Result<Field, Fiel
         ];
         for (k, is) in present {
             if is && !allowed.contains(&k) {
-                return Err((k_static(k), format!("`{k}` does not apply to type {:?}", f.ty).to_lowercase()));
+                return Err((
+                    k_static(k),
+                    format!("`{k}` does not apply to type {:?}", f.ty).to_lowercase(),
+                ));
             }
         }
         Ok(())
     };
-    let decimal = |v: &Option<serde_yaml::Value>, k: &'static str| -> Result<Option<Decimal>, FieldError> {
-        match v {
-            None => Ok(None),
-            Some(v) => {
-                let t = raw::scalar_text(v).ok_or((k, format!("`{k}` must be a number")))?;
-                Decimal::from_str(&t).map(Some).map_err(|_| (k, format!("`{k}` is not a decimal number: {t}")))
+    let decimal =
+        |v: &Option<serde_yaml::Value>, k: &'static str| -> Result<Option<Decimal>, FieldError> {
+            match v {
+                None => Ok(None),
+                Some(v) => {
+                    let t = raw::scalar_text(v).ok_or((k, format!("`{k}` must be a number")))?;
+                    Decimal::from_str(&t)
+                        .map(Some)
+                        .map_err(|_| (k, format!("`{k}` is not a decimal number: {t}")))
+                }
             }
-        }
-    };
-    let integer = |v: &Option<serde_yaml::Value>, k: &'static str| -> Result<Option<i64>, FieldError> {
+        };
+    let integer = |v: &Option<serde_yaml::Value>,
+                   k: &'static str|
+     -> Result<Option<i64>, FieldError> {
         match v {
             None => Ok(None),
             Some(v) => {
                 let t = raw::scalar_text(v).ok_or((k, format!("`{k}` must be a whole number")))?;
-                t.parse().map(Some).map_err(|_| (k, format!("`{k}` is not a whole number: {t}")))
+                t.parse()
+                    .map(Some)
+                    .map_err(|_| (k, format!("`{k}` is not a whole number: {t}")))
             }
         }
     };
@@ -332,27 +452,52 @@ fn compile_field(f: &raw::RawField, all: &[raw::RawField]) -> Result<Field, Fiel
         T::String => {
             only(&["pattern", "min_length", "max_length"])?;
             let pattern = match &f.pattern {
-                Some(p) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| ("pattern", format!("invalid pattern: {e}")))?),
+                Some(p) => Some(
+                    Regex::new(&format!("^(?:{p})$"))
+                        .map_err(|e| ("pattern", format!("invalid pattern: {e}")))?,
+                ),
                 None => None,
             };
-            FieldKind::String { pattern, min_length: f.min_length, max_length: f.max_length }
+            FieldKind::String {
+                pattern,
+                min_length: f.min_length,
+                max_length: f.max_length,
+            }
         }
         T::Integer => {
             only(&["min", "max"])?;
-            FieldKind::Integer { min: integer(&f.min, "min")?, max: integer(&f.max, "max")? }
+            FieldKind::Integer {
+                min: integer(&f.min, "min")?,
+                max: integer(&f.max, "max")?,
+            }
         }
         T::Amount => {
             only(&["min", "max", "currency", "currency_code"])?;
             let currency = match (&f.currency, &f.currency_code) {
                 (Some(p), None) => CurrencyRef::Path(p.clone()),
-                (None, Some(c)) => CurrencyRef::Fixed(Currency::from_any(c).ok_or(("currency_code", format!("`{c}` is not an ISO 4217 code")))?),
-                _ => return Err(("type", "an amount needs exactly one of `currency` (path) or `currency_code`".into())),
+                (None, Some(c)) => CurrencyRef::Fixed(
+                    Currency::from_any(c)
+                        .ok_or(("currency_code", format!("`{c}` is not an ISO 4217 code")))?,
+                ),
+                _ => {
+                    return Err((
+                        "type",
+                        "an amount needs exactly one of `currency` (path) or `currency_code`"
+                            .into(),
+                    ));
+                }
             };
-            FieldKind::Amount { currency, min: decimal(&f.min, "min")?, max: decimal(&f.max, "max")? }
+            FieldKind::Amount {
+                currency,
+                min: decimal(&f.min, "min")?,
+                max: decimal(&f.max, "max")?,
+            }
         }
         T::Currency => {
             only(&["format"])?;
-            FieldKind::Currency { format: f.format.unwrap_or(CurrencyFormat::Alpha) }
+            FieldKind::Currency {
+                format: f.format.unwrap_or(CurrencyFormat::Alpha),
+            }
         }
         T::Country => {
             only(&[])?;
@@ -368,15 +513,24 @@ fn compile_field(f: &raw::RawField, all: &[raw::RawField]) -> Result<Field, Fiel
         }
         T::Email => {
             only(&["max_length"])?;
-            FieldKind::Email { max_length: f.max_length }
+            FieldKind::Email {
+                max_length: f.max_length,
+            }
         }
         T::Enum => {
             only(&["values"])?;
-            let values: Vec<String> = f.values.as_ref().map(|vs| vs.iter().filter_map(raw::scalar_text).collect()).unwrap_or_default();
+            let values: Vec<String> = f
+                .values
+                .as_ref()
+                .map(|vs| vs.iter().filter_map(raw::scalar_text).collect())
+                .unwrap_or_default();
             if values.is_empty() {
                 return Err(("values", "an enum needs `values`".into()));
             }
-            FieldKind::Enum { values, case_insensitive: f.case_insensitive }
+            FieldKind::Enum {
+                values,
+                case_insensitive: f.case_insensitive,
+            }
         }
         T::Uuid => {
             only(&[])?;
@@ -387,10 +541,16 @@ fn compile_field(f: &raw::RawField, all: &[raw::RawField]) -> Result<Field, Fiel
             FieldKind::Boolean
         }
     };
-    let default_wire = if matches!(kind, FieldKind::Boolean) { Wire::Boolean } else { Wire::String };
+    let default_wire = if matches!(kind, FieldKind::Boolean) {
+        Wire::Boolean
+    } else {
+        Wire::String
+    };
     let example = match &f.example {
         None => None,
-        Some(v) => Some(raw::scalar_text(v).ok_or(("example", "an example must be a scalar".to_string()))?),
+        Some(v) => Some(
+            raw::scalar_text(v).ok_or(("example", "an example must be a scalar".to_string()))?,
+        ),
     };
     Ok(Field {
         path: f.path.clone(),

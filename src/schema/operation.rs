@@ -41,8 +41,26 @@ impl Operation {
         file: String,
         sha256: String,
     ) -> Operation {
-        let by_path = fields.iter().enumerate().map(|(i, f)| (f.path.clone(), i)).collect();
-        Operation { provider, name, summary, doc, role, completion, money, idempotency, any_of, fields, by_path, file, sha256 }
+        let by_path = fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.path.clone(), i))
+            .collect();
+        Operation {
+            provider,
+            name,
+            summary,
+            doc,
+            role,
+            completion,
+            money,
+            idempotency,
+            any_of,
+            fields,
+            by_path,
+            file,
+            sha256,
+        }
     }
 
     pub fn field(&self, path: &str) -> Option<&Field> {
@@ -63,7 +81,12 @@ impl Operation {
     pub fn closest_path(&self, path: &str) -> Option<&str> {
         self.fields
             .iter()
-            .map(|f| (crate::text::edit_distance(&f.path.to_lowercase(), &path.to_lowercase()), f.path.as_str()))
+            .map(|f| {
+                (
+                    crate::text::edit_distance(&f.path.to_lowercase(), &path.to_lowercase()),
+                    f.path.as_str(),
+                )
+            })
             .filter(|(d, p)| *d <= 3.max(p.len() / 4))
             .min_by_key(|(d, _)| *d)
             .map(|(_, p)| p)

@@ -1,0 +1,353 @@
+//! Item sources: a CSV file read as a stream of byte records, or the manifest's inline items.
+//! Opening a source reads only the header, which fixes the item fields the flow compiles
+//! against; rows are then read one at a time, so memory does not grow with the file.
+
+use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::manifest::{ColumnRef, CsvSource, InlineItem, Items, Manifest};
+use crate::yaml::{self, Seg, key};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{BufReader, Read};
+
+/// A reader that hashes every byte it hands out.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Option<Sha256>,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+impl CsvRows {
+    /// The SHA-256 of the bytes read so far (the whole file once the rows are exhausted), when
+    /// the source was opened with hashing.
+    pub fn sha256(&self) -> Option<String> {
+        self.reader
+            .get_ref()
+            .get_ref()
+            .hasher
+            .as_ref()
+            .map(|h| hex::encode(h.clone().finalize()))
+    }
+}
+
+/// Why a source could not be opened: the file is unreadable (exit 2) or its header is unusable
+/// (exit 1, the batch is invalid).
+#[derive(Debug)]
+pub enum OpenError {
+    Io(Diagnostic),
+    Invalid(Diagnostics),
+}
+
+pub enum Source {
+    Csv(CsvRows),
+    Inline(InlineRows),
+}
+
+pub struct CsvRows {
+    pub display: String,
+    pub reader: csv::Reader<BufReader<HashingReader<File>>>,
+    /// Column index (0-based) of each item field.
+    pub columns: Vec<usize>,
+    /// Header text of each column, for diagnostics (`None` without a header row).
+    pub header: Option<Vec<String>>,
+    /// How many fields every record must have (the header's width), if known.
+    pub width: Option<usize>,
+}
+
+pub struct InlineRows {
+    pub display: String,
+    pub text: String,
+    pub items: Vec<InlineItem>,
+}
+
+impl Source {
+    /// Opens the manifest's item source and returns it with the item fields it provides.
+    pub fn open(m: &Manifest) -> Result<(Source, Vec<String>), OpenError> {
+        Source::open_hashed(m, false)
+    }
+
+    /// Like `open`; with `hash`, the SHA-256 of the CSV file's bytes is computed while it is
+    /// read (see `CsvRows::sha256`), so fingerprinting costs no second read.
+    pub fn open_hashed(m: &Manifest, hash: bool) -> Result<(Source, Vec<String>), OpenError> {
+        match &m.items {
+            Items::Inline(items) => {
+                let mut fields: Vec<String> = Vec::new();
+                for it in items {
+                    for k in it.fields.keys() {
+                        if !fields.contains(k) {
+                            fields.push(k.clone());
+                        }
+                    }
+                }
+                Ok((
+                    Source::Inline(InlineRows {
+                        display: m.display.clone(),
+                        text: m.text.clone(),
+                        items: items.clone(),
+                    }),
+                    fields,
+                ))
+            }
+            Items::Csv(src) => open_csv(m, src, hash),
+        }
+    }
+}
+
+fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<String>), OpenError> {
+    let file = File::open(&src.path).map_err(|e| {
+        OpenError::Io(
+            Diagnostic::new(
+                &src.display,
+                "source.io",
+                format!("cannot open the item source: {e}"),
+            )
+            .hint("items.source is relative to the manifest's folder"),
+        )
+    })?;
+    if file.metadata().map(|md| md.is_dir()).unwrap_or(false) {
+        return Err(OpenError::Io(Diagnostic::new(
+            &src.display,
+            "source.io",
+            "the item source is a folder, not a file",
+        )));
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(src.delimiter)
+        .has_headers(false)
+        .flexible(true)
+        .buffer_capacity(1 << 16)
+        .from_reader(BufReader::with_capacity(
+            1 << 16,
+            HashingReader {
+                inner: file,
+                hasher: hash.then(Sha256::new),
+            },
+        ));
+    let invalid = |d: Diagnostic| OpenError::Invalid(Diagnostics(vec![d]));
+    let mut header: Option<Vec<String>> = None;
+    let mut width = None;
+    if src.header {
+        let mut rec = csv::ByteRecord::new();
+        let got = reader.read_byte_record(&mut rec).map_err(|e| {
+            OpenError::Io(Diagnostic::new(
+                &src.display,
+                "source.io",
+                format!("cannot read the header: {e}"),
+            ))
+        })?;
+        if !got {
+            return Err(invalid(
+                Diagnostic::new(
+                    &src.display,
+                    "csv.empty",
+                    "the file is empty: no header row, no items",
+                )
+                .at(1, 1)
+                .hint("export the payroll again; the first row must name the columns"),
+            ));
+        }
+        let mut names = Vec::new();
+        for (i, f) in rec.iter().enumerate() {
+            let f = if i == 0 {
+                f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
+            } else {
+                f
+            };
+            match std::str::from_utf8(f) {
+                Ok(s) => names.push(s.trim().to_string()),
+                Err(_) => {
+                    return Err(invalid(
+                        Diagnostic::new(
+                            &src.display,
+                            "csv.encoding",
+                            "the header row is not UTF-8",
+                        )
+                        .at(1, i as u64 + 1)
+                        .hint("save the file as CSV UTF-8"),
+                    ));
+                }
+            }
+        }
+        width = Some(names.len());
+        header = Some(names);
+    }
+    let mut errors = Vec::new();
+    let (fields, columns) = match (&src.columns, &header) {
+        (Some(map), _) => {
+            let mut fields = Vec::new();
+            let mut columns = Vec::new();
+            for (field, col) in map {
+                let at = [key("items"), key("columns"), key(field)];
+                let idx = match (col, &header) {
+                    (ColumnRef::Name(name), Some(h)) => {
+                        let hits: Vec<usize> = h
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, x)| *x == name)
+                            .map(|(i, _)| i)
+                            .collect();
+                        match hits.as_slice() {
+                            [i] => Some(*i),
+                            [] => {
+                                errors.push(missing_column(m, &src.display, name, h, &at));
+                                None
+                            }
+                            _ => {
+                                errors.push(
+                                    Diagnostic::new(
+                                        &src.display,
+                                        "csv.duplicate-column",
+                                        format!(
+                                            "the header has column `{name}` {} times",
+                                            hits.len()
+                                        ),
+                                    )
+                                    .at(1, hits[1] as u64 + 1)
+                                    .hint("rename the duplicate columns so each header is unique"),
+                                );
+                                None
+                            }
+                        }
+                    }
+                    (ColumnRef::Number(n), _) => Some(n - 1),
+                    (ColumnRef::Name(_), None) => None,
+                };
+                if let Some(i) = idx {
+                    fields.push(field.clone());
+                    columns.push(i);
+                }
+            }
+            (fields, columns)
+        }
+        (None, Some(h)) => {
+            for (i, name) in h.iter().enumerate() {
+                if name.is_empty() {
+                    errors.push(
+                        Diagnostic::new(
+                            &src.display,
+                            "csv.empty-header",
+                            format!("column {} has no name", i + 1),
+                        )
+                        .at(1, i as u64 + 1)
+                        .hint("name every column, or map the ones you need under items.columns"),
+                    );
+                } else if h[..i].contains(name) {
+                    errors.push(
+                        Diagnostic::new(
+                            &src.display,
+                            "csv.duplicate-column",
+                            format!("the header has column `{name}` more than once"),
+                        )
+                        .at(1, i as u64 + 1)
+                        .hint("rename the duplicate columns so each header is unique"),
+                    );
+                }
+            }
+            if h.len() == 1 {
+                if let Some(d) = delimiter_hint(&h[0], src.delimiter) {
+                    errors.push(
+                        Diagnostic::new(
+                            &src.display,
+                            "csv.delimiter",
+                            "the header has a single column",
+                        )
+                        .at(1, 1)
+                        .hint(d),
+                    );
+                }
+            }
+            (h.clone(), (0..h.len()).collect())
+        }
+        (None, None) => {
+            unreachable!("a CSV without a header needs columns (checked in the manifest)")
+        }
+    };
+    if !errors.is_empty() {
+        return Err(OpenError::Invalid(Diagnostics(errors)));
+    }
+    Ok((
+        Source::Csv(CsvRows {
+            display: src.display.clone(),
+            reader,
+            columns,
+            header,
+            width,
+        }),
+        fields,
+    ))
+}
+
+fn missing_column(
+    m: &Manifest,
+    display: &str,
+    name: &str,
+    header: &[String],
+    at: &[Seg],
+) -> Diagnostic {
+    let delimiter = match &m.items {
+        Items::Csv(s) => s.delimiter,
+        Items::Inline(_) => b',',
+    };
+    let mut hint = match crate::text::did_you_mean(name, header.iter().map(String::as_str)) {
+        Some(c) => format!("did you mean `{c}`?"),
+        None => format!(
+            "the header has: {}",
+            header
+                .iter()
+                .map(|h| crate::mask::shorten(h))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    if header.len() == 1
+        && let Some(d) = delimiter_hint(&header[0], delimiter)
+    {
+        hint = d;
+    }
+    let pos = yaml::locate(&m.text, at);
+    Diagnostic::new(
+        display,
+        "csv.missing-column",
+        format!(
+            "column `{name}` (mapped in {}{}) is not in the header",
+            m.display,
+            pos.map(|(l, _)| format!(":{l}")).unwrap_or_default()
+        ),
+    )
+    .at(1, 1)
+    .hint(hint)
+}
+
+fn delimiter_hint(only: &str, delimiter: u8) -> Option<String> {
+    for (c, name) in [
+        (';', "\";\""),
+        ('\t', "tab"),
+        ('|', "\"|\""),
+        (',', "\",\""),
+    ] {
+        if c as u32 as u8 != delimiter && only.contains(c) {
+            return Some(format!(
+                "the file seems to use {name} between columns; set `delimiter: {name}` under items"
+            ));
+        }
+    }
+    None
+}
+
+impl InlineRows {
+    /// The manifest position of an inline item's field.
+    pub fn locate(&self, index: usize, field: &str) -> Option<(u64, u64)> {
+        yaml::locate(
+            &self.text,
+            &[key("items"), key("inline"), Seg::Index(index), key(field)],
+        )
+    }
+}
