@@ -179,7 +179,13 @@ fn validate(
         prepared.flow.manifest.text.clone(),
     );
     let mut source = prepared.source;
-    let report = match payrun::validate::validate(&prepared.flow, &mut source, max_errors, |_| {}) {
+    let report = match payrun::validate::validate(
+        &prepared.flow,
+        &mut source,
+        max_errors,
+        &payrun::validate::NoVisitor,
+        |_| {},
+    ) {
         Ok(r) => r,
         Err(d) => {
             print_diagnostics(&[d], None);

@@ -16,19 +16,33 @@ pub struct Currency(iso_currency::Currency);
 impl Currency {
     /// Looks up an alphabetic (`USD`) code.
     pub fn from_alpha(code: &str) -> Option<Currency> {
-        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
+        let b = code.as_bytes();
+        if b.len() != 3 || !b.iter().all(u8::is_ascii_uppercase) {
             return None;
         }
-        iso_currency::Currency::from_code(code).map(Currency)
+        let t = tables();
+        let i = (usize::from(b[0] - b'A') * 26 + usize::from(b[1] - b'A')) * 26
+            + usize::from(b[2] - b'A');
+        t.known
+            .get(usize::from(t.alpha[i]).checked_sub(1)?)
+            .copied()
+            .map(Currency)
     }
 
     /// Looks up a numeric (`840`) code, as Paysend's pay.toCard sends it.
     pub fn from_numeric(code: &str) -> Option<Currency> {
-        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        let b = code.as_bytes();
+        if b.len() != 3 || !b.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let n: u16 = code.parse().ok()?;
-        iso_currency::Currency::from_numeric(n).map(Currency)
+        let n = usize::from(b[0] - b'0') * 100
+            + usize::from(b[1] - b'0') * 10
+            + usize::from(b[2] - b'0');
+        let t = tables();
+        t.known
+            .get(usize::from(t.numeric[n]).checked_sub(1)?)
+            .copied()
+            .map(Currency)
     }
 
     /// Either form.
@@ -45,6 +59,40 @@ impl Currency {
     pub fn exponent(&self) -> Option<u32> {
         self.0.exponent().map(u32::from)
     }
+}
+
+/// Lookup tables over every possible 3-letter and 3-digit code, built once from `iso_currency`:
+/// validating a million rows looks a currency up millions of times.
+struct Tables {
+    known: Vec<iso_currency::Currency>,
+    /// Index into `known` plus one, 0 for "no such currency"; indexed by the code in base 26.
+    alpha: Vec<u8>,
+    numeric: Vec<u8>,
+}
+
+fn tables() -> &'static Tables {
+    static TABLES: std::sync::OnceLock<Tables> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        let mut t = Tables {
+            known: Vec::new(),
+            alpha: vec![0; 26 * 26 * 26],
+            numeric: vec![0; 1000],
+        };
+        let mut code = [b'A'; 3];
+        for i in 0..26 * 26 * 26 {
+            code[0] = b'A' + (i / 676) as u8;
+            code[1] = b'A' + (i / 26 % 26) as u8;
+            code[2] = b'A' + (i % 26) as u8;
+            if let Some(c) =
+                iso_currency::Currency::from_code(std::str::from_utf8(&code).expect("ascii"))
+            {
+                t.known.push(c);
+                t.alpha[i] = u8::try_from(t.known.len()).expect("fewer than 255 currencies");
+                t.numeric[usize::from(c.numeric())] = t.alpha[i];
+            }
+        }
+        t
+    })
 }
 
 /// An exact amount in minor units of a currency.

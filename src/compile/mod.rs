@@ -216,6 +216,9 @@ struct Compiler<'a> {
     money: Vec<MoneySource>,
     used_fields: HashSet<String>,
     sample_key: String,
+    /// Ids of preflight tasks: they finish before any item starts, so every item task may read
+    /// their results (e.g. Payoneer's token).
+    preflight_ids: Vec<String>,
 }
 
 /// Compiles `manifest` against `provider`. `row_fields` are the item fields each row provides
@@ -235,7 +238,17 @@ pub fn compile(
         money: Vec::new(),
         used_fields: HashSet::new(),
         sample_key: keys::item_key(&manifest.batch, "sample"),
+        preflight_ids: Vec::new(),
     };
+    fn ids(nodes: &[Node], out: &mut Vec<String>) {
+        for n in nodes {
+            out.push(n.id.clone());
+            ids(&n.success, out);
+            ids(&n.fail, out);
+            ids(&n.always, out);
+        }
+    }
+    ids(&manifest.preflight, &mut c.preflight_ids);
     let m = manifest;
     let base_url = match &m.environment {
         Environment::Sandbox => provider.sandbox_url.clone(),
@@ -414,6 +427,16 @@ impl Compiler<'_> {
                 always: vec![],
             };
         };
+        if op.completion == crate::schema::Completion::Notification
+            && self.manifest.notifications.mode == crate::manifest::raw::NotificationMode::Polling
+        {
+            self.error(
+                &op_at,
+                "flow.needs-notifications",
+                format!("`{}` reports its result only by notification, but notifications are off", op.name),
+                "set notifications: {listen: 127.0.0.1:8787, public_url: https://...} so the provider can call back",
+            );
+        }
         if preflight && op.role == Role::Payout {
             self.error(
                 &op_at,
@@ -670,12 +693,27 @@ impl Compiler<'_> {
             Ref::TaskKey => Ok(Bound::TaskKey),
             Ref::Batch => Ok(Bound::Batch),
             Ref::Result { node, path } => {
-                if ancestors.contains(&node) {
+                if ancestors.contains(&node) || (!preflight && self.preflight_ids.contains(&node)) {
                     Ok(Bound::Result { node, path })
                 } else {
-                    Err((format!("`result.{node}` is not an ancestor of this task"), "a task can use the results of the tasks above it in its tree; give them an `id`".into()))
+                    Err((
+                        format!("`result.{node}` is not an ancestor of this task nor a preflight task"),
+                        "a task can use the results of the tasks above it in its tree and of preflight tasks; give them an `id`".into(),
+                    ))
                 }
             }
+            Ref::NotificationUrl => match (
+                &self.manifest.notifications.mode,
+                &self.manifest.notifications.public_url,
+            ) {
+                (crate::manifest::raw::NotificationMode::Webhook, Some(u)) => {
+                    Ok(Bound::Const(u.clone()))
+                }
+                _ => Err((
+                    "`notifications.public_url` is not set".into(),
+                    "set notifications: {listen: ..., public_url: ...}".into(),
+                )),
+            },
             Ref::Item { field, sub } => {
                 if preflight && self.row_fields.contains(&field) {
                     return Err((

@@ -6,17 +6,28 @@
 //! - `idempotency_key`: the item's key (derived from batch id and item id);
 //! - `task_key`: the key of this task (item key + the task's place in the tree);
 //! - `batch`: the batch id;
-//! - `result.<node id>.<path>`: a value from the result of an ancestor task, known at run time.
+//! - `result.<node id>.<path>`: a value from the result of an ancestor task or of a preflight
+//!   task, known at run time;
+//! - `notifications.public_url`: the manifest's public notification URL.
 //!
 //! `$$` writes a literal `$`.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ref {
-    Item { field: String, sub: Vec<String> },
+    Item {
+        field: String,
+        sub: Vec<String>,
+    },
     IdempotencyKey,
     TaskKey,
     Batch,
-    Result { node: String, path: String },
+    Result {
+        node: String,
+        path: String,
+    },
+    /// `notifications.public_url`: the URL the provider calls back (Payonic's `notificationurl`,
+    /// Yuansfer's `ipnUrl`).
+    NotificationUrl,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +77,7 @@ fn parse_ref(r: &str) -> Result<Ref, String> {
         ["idempotency_key"] => Ok(Ref::IdempotencyKey),
         ["task_key"] => Ok(Ref::TaskKey),
         ["batch"] => Ok(Ref::Batch),
+        ["notifications", "public_url"] => Ok(Ref::NotificationUrl),
         ["item", field, sub @ ..] => Ok(Ref::Item {
             field: field.to_string(),
             sub: sub.iter().map(|s| s.to_string()).collect(),
@@ -75,7 +87,7 @@ fn parse_ref(r: &str) -> Result<Ref, String> {
             path: path.join("."),
         }),
         _ => Err(format!(
-            "`${{{r}}}` is not a known reference; use item.<field>, idempotency_key, task_key, batch or result.<node id>.<path>"
+            "`${{{r}}}` is not a known reference; use item.<field>, idempotency_key, task_key, batch, notifications.public_url or result.<node id>.<path>"
         )),
     }
 }

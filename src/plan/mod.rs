@@ -107,6 +107,100 @@ pub struct Credential {
     pub set: bool,
 }
 
+/// What the plan needs from every valid item, computed on the validation workers.
+struct PlanVisitor<'f> {
+    flow: &'f Flow,
+    show: usize,
+    full: bool,
+    /// (node id, tree path) of every task of the template.
+    task_paths: Vec<(String, String)>,
+    /// Amount and currency sources of the payout tasks.
+    money: Vec<(Src, Src)>,
+}
+
+/// A value source resolved to a row field index.
+enum Src {
+    Const(String),
+    Field(usize, Option<String>),
+    Other(Bound, usize),
+}
+
+impl Src {
+    fn of(b: &Bound, flow: &Flow, task: usize) -> Src {
+        match b {
+            Bound::Const(c) => Src::Const(c.clone()),
+            Bound::Row { field, default } => Src::Field(
+                flow.row_fields
+                    .iter()
+                    .position(|f| f == field)
+                    .expect("row field"),
+                default.clone(),
+            ),
+            other => Src::Other(other.clone(), task),
+        }
+    }
+
+    fn text(&self, flow: &Flow, item: &ItemRow, key: &str) -> String {
+        match self {
+            Src::Const(c) => c.clone(),
+            Src::Field(i, default) => {
+                let v = item.values[*i];
+                if v.is_empty() {
+                    default.clone().unwrap_or_default()
+                } else {
+                    v.to_string()
+                }
+            }
+            Src::Other(b, t) => eval(b, flow, item, key, flow.all_tasks()[*t]),
+        }
+    }
+}
+
+#[derive(Default)]
+struct PlanChunk {
+    /// Serialised item entries, each preceded by ",\n    ".
+    bytes: Vec<u8>,
+    preview: Vec<(u64, Value)>,
+}
+
+impl crate::validate::Visitor for PlanVisitor<'_> {
+    type Chunk = PlanChunk;
+
+    fn item(&self, item: &ItemRow, chunk: &mut PlanChunk) {
+        if !item.valid {
+            return;
+        }
+        let key = keys::item_key(&self.flow.manifest.batch, item.id);
+        if (item.index as usize) < self.show {
+            chunk
+                .preview
+                .push((item.index, preview_item(self.flow, item, &key)));
+        }
+        if self.full {
+            let mut tasks = serde_json::Map::new();
+            for (id, path) in &self.task_paths {
+                tasks.insert(id.clone(), Value::String(keys::task_key(&key, path)));
+            }
+            let money = self
+                .money
+                .iter()
+                .map(|(a, c)| (a.text(self.flow, item, &key), c.text(self.flow, item, &key)))
+                .collect();
+            let entry = ItemEntry {
+                id: item.id,
+                line: item.line,
+                key: &key,
+                digest: content_digest(self.flow, item.values),
+                tasks,
+                money,
+            };
+            chunk.bytes.extend_from_slice(b",\n    ");
+            serde_json::to_writer(&mut chunk.bytes, &entry)
+                .expect("serialising to memory cannot fail");
+        }
+    }
+}
+
 /// Builds the plan: one validation pass that also renders the preview and streams the items of
 /// the full plan. Returns the plan (meaningful only when the report is clean) and the report.
 pub fn build(
@@ -124,9 +218,7 @@ pub fn build(
         },
         _ => source,
     };
-    let mut preview = Vec::new();
     let mut writer: Option<(tempfile::NamedTempFile, BufWriter<std::fs::File>)> = None;
-    let mut write_error: Option<std::io::Error> = None;
     if full {
         let tmp = tempfile::NamedTempFile::new().map_err(|e| {
             Diagnostic::new(
@@ -142,44 +234,69 @@ pub fn build(
                 format!("cannot open the temporary file: {e}"),
             )
         })?;
-        let mut w = BufWriter::with_capacity(1 << 16, f);
+        writer = Some((tmp, BufWriter::with_capacity(1 << 16, f)));
+    }
+    let all = flow.all_tasks();
+    let task_index = |id: &str| all.iter().position(|t| t.id == id).expect("money task");
+    let visitor = PlanVisitor {
+        flow: &flow,
+        show,
+        full,
+        task_paths: all
+            .iter()
+            .map(|t| (t.id.clone(), t.tree_path.clone()))
+            .collect(),
+        money: flow
+            .money
+            .iter()
+            .map(|m| {
+                let t = task_index(&m.task);
+                let cur = match &m.currency {
+                    crate::compile::CurrencySource::Fixed(c) => Src::Const(c.code()),
+                    crate::compile::CurrencySource::Row { value, .. } => Src::of(value, &flow, t),
+                    crate::compile::CurrencySource::Unknown => Src::Const(String::new()),
+                };
+                (Src::of(&m.amount, &flow, t), cur)
+            })
+            .collect(),
+    };
+    let mut preview: Vec<(u64, Value)> = Vec::new();
+    let mut wrote_any = false;
+    let mut write_error: Option<std::io::Error> = None;
+    if let Some((_, w)) = &mut writer {
         let head = format!(
             "{{\n  \"format\": \"{FORMAT}\",\n  \"payrun_version\": \"{}\",\n  \"items\": [",
             env!("CARGO_PKG_VERSION")
         );
-        let _ = w.write_all(head.as_bytes());
-        writer = Some((tmp, w));
+        if let Err(e) = w.write_all(head.as_bytes()) {
+            write_error = Some(e);
+        }
     }
-    let task_paths: Vec<(String, String)> = flow
-        .all_tasks()
-        .iter()
-        .map(|t| (t.id.clone(), t.tree_path.clone()))
-        .collect();
-    let mut first = true;
-    let mut line_buf = Vec::with_capacity(512);
-    let report = validate::validate(&flow, &mut source, max_errors, |item: &ItemRow| {
-        if !item.valid {
-            return;
-        }
-        let key = keys::item_key(&flow.manifest.batch, item.id);
-        if (item.index as usize) < show {
-            preview.push(preview_item(&flow, item, &key));
-        }
-        if let Some((_, w)) = &mut writer
-            && write_error.is_none()
-        {
-            line_buf.clear();
-            line_buf.extend_from_slice(if first { b"\n    " } else { b",\n    " });
-            first = false;
-            let entry = item_entry(&flow, item, &key, &task_paths);
-            if let Err(e) = serde_json::to_writer(&mut line_buf, &entry)
-                .map_err(std::io::Error::other)
-                .and_then(|_| w.write_all(&line_buf))
+    let report = validate::validate(
+        &flow,
+        &mut source,
+        max_errors,
+        &visitor,
+        |chunk: PlanChunk| {
+            preview.extend(chunk.preview);
+            if let Some((_, w)) = &mut writer
+                && write_error.is_none()
+                && !chunk.bytes.is_empty()
             {
-                write_error = Some(e);
+                // Every entry starts with ",\n"; the first one of the list must not.
+                let bytes = if wrote_any {
+                    &chunk.bytes[..]
+                } else {
+                    &chunk.bytes[1..]
+                };
+                wrote_any = true;
+                if let Err(e) = w.write_all(bytes) {
+                    write_error = Some(e);
+                }
             }
-        }
-    })?;
+        },
+    )?;
+    drop(visitor);
     if let Some(e) = write_error {
         return Err(Diagnostic::new(
             "plan",
@@ -187,6 +304,9 @@ pub fn build(
             format!("cannot write the plan: {e}"),
         ));
     }
+    preview.sort_by_key(|(i, _)| *i);
+    let preview: Vec<Value> = preview.into_iter().map(|(_, v)| v).collect();
+    let first = !wrote_any;
     let summary = summarise(&flow, &report);
     let source_sha = match &source {
         Source::Csv(c) => c.sha256(),
@@ -269,7 +389,23 @@ pub fn payload(flow: &Flow, task: &Task, item: &ItemRow, key: &str) -> Value {
     let mut root = serde_json::Map::new();
     for b in &task.bindings {
         let field = &op.fields[b.field];
-        let text = eval(&b.value, flow, item, key, task);
+        let mut text = eval(&b.value, flow, item, key, task);
+        if field.wire == Wire::MinorUnits
+            && let crate::schema::FieldKind::Amount { currency, .. } = &field.kind
+        {
+            let cur = match currency {
+                crate::schema::CurrencyRef::Fixed(c) => Some(*c),
+                crate::schema::CurrencyRef::Path(p) => task
+                    .binding(p)
+                    .and_then(|cb| Currency::from_any(&eval(&cb.value, flow, item, key, task))),
+            };
+            if let Some(minor) = cur
+                .and_then(|c| c.exponent())
+                .and_then(|e| crate::money::parse_amount(&text, e).ok())
+            {
+                text = minor.minor.to_string();
+            }
+        }
         if text.is_empty() {
             continue;
         }
@@ -279,9 +415,11 @@ pub fn payload(flow: &Flow, task: &Task, item: &ItemRow, key: &str) -> Value {
             Value::String(text)
         } else {
             match field.wire {
-                Wire::Number => serde_json::from_str::<serde_json::Number>(&text)
-                    .map(Value::Number)
-                    .unwrap_or(Value::String(text)),
+                Wire::Number | Wire::MinorUnits => {
+                    serde_json::from_str::<serde_json::Number>(&text)
+                        .map(Value::Number)
+                        .unwrap_or(Value::String(text))
+                }
                 Wire::Boolean => Value::Bool(text.eq_ignore_ascii_case("true")),
                 Wire::String => Value::String(text),
             }
@@ -354,41 +492,6 @@ struct ItemEntry<'a> {
     tasks: serde_json::Map<String, Value>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     money: Vec<(String, String)>,
-}
-
-fn item_entry<'a>(
-    flow: &Flow,
-    item: &ItemRow<'a>,
-    key: &'a str,
-    task_paths: &[(String, String)],
-) -> ItemEntry<'a> {
-    let mut tasks = serde_json::Map::new();
-    for (id, path) in task_paths {
-        tasks.insert(id.clone(), Value::String(keys::task_key(key, path)));
-    }
-    let mut money = Vec::new();
-    for m in &flow.money {
-        let task = flow
-            .all_tasks()
-            .into_iter()
-            .find(|t| t.id == m.task)
-            .expect("money task");
-        let amount = eval(&m.amount, flow, item, key, task);
-        let currency = match &m.currency {
-            crate::compile::CurrencySource::Fixed(c) => c.code(),
-            crate::compile::CurrencySource::Row { value, .. } => eval(value, flow, item, key, task),
-            crate::compile::CurrencySource::Unknown => String::new(),
-        };
-        money.push((amount, currency));
-    }
-    ItemEntry {
-        id: item.id,
-        line: item.line,
-        key,
-        digest: content_digest(flow, item.values),
-        tasks,
-        money,
-    }
 }
 
 /// The flow template in JSON: what every item's tree is made from.

@@ -13,6 +13,9 @@ pub enum Wire {
     String,
     Number,
     Boolean,
+    /// An amount sent as an integer number of minor units (Payonic: DKK 10.95 → 1095).
+    #[serde(rename = "minor_units")]
+    MinorUnits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -184,7 +187,10 @@ impl Field {
                 min_length,
                 max_length,
             } => {
-                if min_length.is_some() || max_length.is_some() {
+                // Characters never outnumber bytes, so most values need no counting.
+                let needs_count = max_length.is_some_and(|m| v.len() > m)
+                    || min_length.is_some_and(|m| v.len() < m.saturating_mul(4));
+                if needs_count {
                     let n = v.chars().count();
                     if let Some(max) = max_length
                         && n > *max

@@ -1,0 +1,657 @@
+//! The per-row checker: the compiled flow's checks resolved to field indices, run on one row at
+//! a time. It is immutable and shared by the worker threads; each batch of rows writes its
+//! findings into its own `BatchOut`.
+
+use super::source::Source;
+use crate::compile::{Bound, CurrencySource, Flow};
+use crate::diagnostic::Diagnostic;
+use crate::keys;
+use crate::mask;
+use crate::money::Currency;
+use crate::schema::{CurrencyFormat, Field, FieldKind};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+
+/// A value resolved against a row: field indices instead of names.
+#[derive(Debug, Clone, PartialEq)]
+enum Val {
+    Field { idx: usize, default: Option<String> },
+    Interp(Vec<Part>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Lit(String),
+    Field { idx: usize, default: Option<String> },
+    Key,
+    TaskKey(String),
+}
+
+/// Where an amount's currency comes from, resolved once per row.
+#[derive(Debug, Clone, Copy)]
+enum Cur {
+    None,
+    Fixed(Currency),
+    /// Index into the row's resolved currency slots.
+    Slot(usize),
+    Unknown,
+}
+
+struct Check {
+    op: String,
+    field: Field,
+    val: Val,
+    /// The row field the value comes from (for the column in diagnostics).
+    fi: Option<usize>,
+    cur: Cur,
+}
+
+struct AnyOf {
+    op: String,
+    paths: Vec<String>,
+    vals: Vec<Val>,
+}
+
+struct Money {
+    amount: Val,
+    cur: Cur,
+}
+
+pub struct Engine {
+    pub id_idx: usize,
+    checks: Vec<Check>,
+    any_of: Vec<AnyOf>,
+    money: Vec<Money>,
+    /// Distinct per-row currency sources; each row resolves them once.
+    slots: Vec<(Val, CurrencyFormat)>,
+    /// Row fields some check reads, and whether any of those checks is sensitive.
+    used: Vec<(usize, bool)>,
+    /// `used` as a lookup by field index.
+    is_used: Vec<bool>,
+    batch: String,
+    fields: Vec<String>,
+}
+
+/// Findings of one batch of rows.
+#[derive(Default)]
+pub struct BatchOut {
+    pub rows: u64,
+    pub valid: u64,
+    pub invalid: u64,
+    pub error_count: u64,
+    pub diagnostics: Vec<Diagnostic>,
+    pub by_rule: HashMap<String, u64>,
+    pub totals: BTreeMap<Currency, (i128, u64)>,
+}
+
+impl BatchOut {
+    pub fn push(&mut self, d: Diagnostic, cap: usize) {
+        self.error_count += 1;
+        match self.by_rule.get_mut(&d.rule) {
+            Some(n) => *n += 1,
+            None => {
+                self.by_rule.insert(d.rule.clone(), 1);
+            }
+        }
+        if self.diagnostics.len() < cap {
+            self.diagnostics.push(d);
+        }
+    }
+}
+
+/// Where findings are, in the source's terms (shared, read-only).
+pub enum Place {
+    Csv {
+        display: String,
+        columns: Vec<usize>,
+        header: Option<Vec<String>>,
+    },
+    Inline {
+        display: String,
+        text: String,
+    },
+}
+
+impl Place {
+    pub fn of(source: &Source) -> Place {
+        match source {
+            Source::Csv(c) => Place::Csv {
+                display: c.display.clone(),
+                columns: c.columns.clone(),
+                header: c.header.clone(),
+            },
+            Source::Inline(r) => Place::Inline {
+                display: r.display.clone(),
+                text: r.text.clone(),
+            },
+        }
+    }
+
+    pub fn display(&self) -> &str {
+        match self {
+            Place::Csv { display, .. } | Place::Inline { display, .. } => display,
+        }
+    }
+
+    fn diag(
+        &self,
+        line: u64,
+        index: usize,
+        field_idx: Option<usize>,
+        fields: &[String],
+        rule: &str,
+        message: String,
+    ) -> Diagnostic {
+        match self {
+            Place::Csv {
+                display,
+                columns,
+                header,
+            } => {
+                let mut d = Diagnostic::new(display, rule, message);
+                d.line = Some(line);
+                if let Some(fi) = field_idx {
+                    let col = columns[fi];
+                    d.column = Some(col as u64 + 1);
+                    d.column_name = header.as_ref().and_then(|h| h.get(col).cloned());
+                }
+                d
+            }
+            Place::Inline { display, text } => {
+                let mut d = Diagnostic::new(display, rule, message);
+                let pos = field_idx.and_then(|fi| {
+                    crate::yaml::locate(
+                        text,
+                        &[
+                            crate::yaml::key("items"),
+                            crate::yaml::key("inline"),
+                            crate::yaml::Seg::Index(index),
+                            crate::yaml::key(&fields[fi]),
+                        ],
+                    )
+                });
+                d = d.at_opt(pos);
+                if d.line.is_none() {
+                    d.line = Some(line);
+                }
+                if let Some(fi) = field_idx {
+                    d.column_name = Some(format!("inline `{}`", fields[fi]));
+                }
+                d
+            }
+        }
+    }
+}
+
+fn to_val(b: &Bound, fields: &[String], task_path: &str) -> Val {
+    let idx = |f: &str| {
+        fields
+            .iter()
+            .position(|x| x == f)
+            .expect("compiled against these fields")
+    };
+    let part = |p: &Bound| match p {
+        Bound::Const(s) => Part::Lit(s.clone()),
+        Bound::Row { field, default } => Part::Field {
+            idx: idx(field),
+            default: default.clone(),
+        },
+        Bound::IdempotencyKey => Part::Key,
+        Bound::TaskKey => Part::TaskKey(task_path.to_string()),
+        other => Part::Lit(other.describe()),
+    };
+    match b {
+        Bound::Row { field, default } => Val::Field {
+            idx: idx(field),
+            default: default.clone(),
+        },
+        Bound::Interp(parts) => Val::Interp(parts.iter().map(part).collect()),
+        other => Val::Interp(vec![part(other)]),
+    }
+}
+
+fn first_field(v: &Val) -> Option<usize> {
+    match v {
+        Val::Field { idx, .. } => Some(*idx),
+        Val::Interp(parts) => parts.iter().find_map(|p| match p {
+            Part::Field { idx, .. } => Some(*idx),
+            _ => None,
+        }),
+    }
+}
+
+/// Renders a value for one row; the item key is only computed when an interpolation needs it.
+fn render<'a>(v: &'a Val, row: &[&'a str], id: &str, batch: &str) -> Cow<'a, str> {
+    match v {
+        Val::Field { idx, default } => {
+            let s = row[*idx];
+            if s.is_empty() {
+                Cow::Borrowed(default.as_deref().unwrap_or(""))
+            } else {
+                Cow::Borrowed(s)
+            }
+        }
+        Val::Interp(parts) => {
+            let mut out = String::new();
+            let mut key: Option<String> = None;
+            for p in parts {
+                match p {
+                    Part::Lit(s) => out.push_str(s),
+                    Part::Field { idx, default } => {
+                        let s = row[*idx];
+                        out.push_str(if s.is_empty() {
+                            default.as_deref().unwrap_or("")
+                        } else {
+                            s
+                        });
+                    }
+                    Part::Key => out.push_str(key.get_or_insert_with(|| keys::item_key(batch, id))),
+                    Part::TaskKey(tp) => {
+                        let k = key.get_or_insert_with(|| keys::item_key(batch, id)).clone();
+                        out.push_str(&keys::task_key(&k, tp));
+                    }
+                }
+            }
+            Cow::Owned(out)
+        }
+    }
+}
+
+/// A formula-looking cell: spreadsheets execute these when the file is opened, and a payroll
+/// export that carries one has been tampered with or mangled.
+fn looks_like_formula(s: &str) -> bool {
+    let b = s.as_bytes();
+    match b.first() {
+        Some(b'=') | Some(b'@') | Some(b'\t') | Some(b'\r') => true,
+        Some(b'+') | Some(b'-') => b
+            .get(1)
+            .is_some_and(|c| !(c.is_ascii_digit() || *c == b'.' || *c == b' ')),
+        _ => false,
+    }
+}
+
+impl Engine {
+    pub fn new(flow: &Flow) -> Engine {
+        let fields = &flow.row_fields;
+        let paths: HashMap<&str, &str> = flow
+            .all_tasks()
+            .into_iter()
+            .map(|t| (t.id.as_str(), t.tree_path.as_str()))
+            .collect();
+        let tp = |id: &str| paths.get(id).copied().unwrap_or("").to_string();
+        let mut slots: Vec<(Val, CurrencyFormat)> = Vec::new();
+        let mut cur = |c: &Option<CurrencySource>, task: &str| -> Cur {
+            match c {
+                None => Cur::None,
+                Some(CurrencySource::Fixed(c)) => Cur::Fixed(*c),
+                Some(CurrencySource::Unknown) => Cur::Unknown,
+                Some(CurrencySource::Row { value, format }) => {
+                    let v = to_val(value, fields, &tp(task));
+                    match slots.iter().position(|(sv, sf)| *sv == v && sf == format) {
+                        Some(i) => Cur::Slot(i),
+                        None => {
+                            slots.push((v, *format));
+                            Cur::Slot(slots.len() - 1)
+                        }
+                    }
+                }
+            }
+        };
+        let checks: Vec<Check> = flow
+            .checks
+            .iter()
+            .map(|c| {
+                let val = to_val(&c.value, fields, &tp(&c.task));
+                Check {
+                    op: c.op.clone(),
+                    field: c.field.clone(),
+                    fi: first_field(&val),
+                    val,
+                    cur: cur(&c.currency, &c.task),
+                }
+            })
+            .collect();
+        let money: Vec<Money> = flow
+            .money
+            .iter()
+            .map(|m| Money {
+                amount: to_val(&m.amount, fields, &tp(&m.task)),
+                cur: cur(&Some(m.currency.clone()), &m.task),
+            })
+            .collect();
+        let any_of = flow
+            .any_of
+            .iter()
+            .map(|a| AnyOf {
+                op: a.op.clone(),
+                paths: a.paths.clone(),
+                vals: a
+                    .values
+                    .iter()
+                    .map(|v| to_val(v, fields, &tp(&a.task)))
+                    .collect(),
+            })
+            .collect();
+        let id_idx = fields
+            .iter()
+            .position(|f| f == "id")
+            .expect("compile requires an id field");
+        let mut is_used = vec![false; fields.len()];
+        let mut used: Vec<(usize, bool)> = Vec::new();
+        let mut mark = |v: &Val, sensitive: bool| {
+            let idxs: Vec<usize> = match v {
+                Val::Field { idx, .. } => vec![*idx],
+                Val::Interp(parts) => parts
+                    .iter()
+                    .filter_map(|p| {
+                        if let Part::Field { idx, .. } = p {
+                            Some(*idx)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect(),
+            };
+            for i in idxs {
+                is_used[i] = true;
+                match used.iter_mut().find(|(u, _)| *u == i) {
+                    Some(u) => u.1 |= sensitive,
+                    None => used.push((i, sensitive)),
+                }
+            }
+        };
+        for c in &checks {
+            mark(&c.val, c.field.sensitive);
+        }
+        for (v, _) in &slots {
+            mark(v, false);
+        }
+        for m in &money {
+            mark(&m.amount, false);
+        }
+        used.sort_unstable();
+        Engine {
+            id_idx,
+            checks,
+            any_of,
+            money,
+            slots,
+            used,
+            is_used,
+            batch: flow.manifest.batch.clone(),
+            fields: fields.clone(),
+        }
+    }
+
+    /// Checks one CSV record. Returns `None` for a record too ragged to read (reported), else
+    /// whether the item is valid; `values` receives the row's field values.
+    #[allow(clippy::too_many_arguments)]
+    pub fn csv_row<'r>(
+        &self,
+        place: &Place,
+        rec: &'r csv::ByteRecord,
+        line: u64,
+        index: usize,
+        width: Option<usize>,
+        columns: &[usize],
+        dup_of: Option<u64>,
+        values: &mut Vec<&'r str>,
+        bad: &mut [bool],
+        out: &mut BatchOut,
+        cap: usize,
+    ) -> Option<bool> {
+        out.rows += 1;
+        let width_ok = match width {
+            Some(w) => rec.len() == w,
+            None => columns.iter().all(|&i| i < rec.len()),
+        };
+        if !width_ok {
+            let want = width
+                .map(|w| format!("the header has {w}"))
+                .unwrap_or_else(|| "the column mapping needs more".into());
+            let d = place
+                .diag(line, index, None, &self.fields, "csv.ragged-row", format!("the row has {} fields but {want}", rec.len()))
+                .hint("a value probably contains the delimiter without quotes, or a column is missing; quote such values");
+            out.push(d, cap);
+            out.invalid += 1;
+            return None;
+        }
+        let mut any_bad = false;
+        // One UTF-8 check for the whole record: fields are cut at ASCII delimiters, so when the
+        // record is valid every field is, and fields are slices of it.
+        if let Ok(whole) = std::str::from_utf8(rec.as_slice()) {
+            for &col in columns {
+                let r = rec.range(col).expect("width checked");
+                values.push(whole[r].trim_matches(' '));
+            }
+            bad.iter_mut().for_each(|b| *b = false);
+        } else {
+            for (fi, &col) in columns.iter().enumerate() {
+                let raw = &rec[col];
+                match std::str::from_utf8(raw) {
+                    Ok(s) => {
+                        values.push(s.trim_matches(' '));
+                        bad[fi] = false;
+                    }
+                    Err(_) => {
+                        values.push("");
+                        bad[fi] = true;
+                        if self.is_used[fi] || fi == self.id_idx {
+                            any_bad = true;
+                            let d = place
+                                .diag(
+                                    line,
+                                    index,
+                                    Some(fi),
+                                    &self.fields,
+                                    "csv.encoding",
+                                    "the cell is not valid UTF-8".into(),
+                                )
+                                .value(mask::shorten(&String::from_utf8_lossy(raw)))
+                                .hint("save the file as CSV UTF-8 (Excel: Save As → CSV UTF-8)");
+                            out.push(d, cap);
+                        }
+                    }
+                }
+            }
+        }
+        out.rows -= 1; // check_row counts the row
+        let ok = self.check_row(
+            place,
+            line,
+            index,
+            values,
+            if any_bad { bad } else { &[] },
+            dup_of,
+            out,
+            cap,
+        );
+        if any_bad && ok {
+            out.valid -= 1;
+            out.invalid += 1;
+        }
+        Some(ok && !any_bad)
+    }
+
+    /// Checks one row's values. `bad` marks unreadable cells (already reported).
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_row(
+        &self,
+        place: &Place,
+        line: u64,
+        index: usize,
+        row: &[&str],
+        bad: &[bool],
+        dup_of: Option<u64>,
+        out: &mut BatchOut,
+        cap: usize,
+    ) -> bool {
+        out.rows += 1;
+        let before = out.error_count;
+        let fields = &self.fields;
+        let is_bad = |fi: usize| bad.get(fi).copied().unwrap_or(false);
+        let id = row[self.id_idx];
+        let with_item = |mut d: Diagnostic| {
+            if !id.is_empty() {
+                d.item = Some(mask::shorten(id));
+            }
+            d
+        };
+        // The id: present, plain, unique.
+        if id.is_empty() {
+            if !is_bad(self.id_idx) {
+                let d = place
+                    .diag(
+                        line,
+                        index,
+                        Some(self.id_idx),
+                        fields,
+                        "item.id-empty",
+                        "the item has no id".into(),
+                    )
+                    .hint("every row needs its own stable id, e.g. the employee number");
+                out.push(d, cap);
+            }
+        } else if id.len() > 128 || id.chars().any(char::is_control) {
+            let d = place
+                .diag(
+                    line,
+                    index,
+                    Some(self.id_idx),
+                    fields,
+                    "item.id-format",
+                    "the item id has control characters or more than 128 bytes".into(),
+                )
+                .value(mask::shorten(id))
+                .hint("ids are short plain text such as E0042");
+            out.push(with_item(d), cap);
+        } else if let Some(first) = dup_of {
+            let d = place
+                .diag(line, index, Some(self.id_idx), fields, "item.duplicate-id", format!("the item id is used twice (first on line {first})"))
+                .value(mask::shorten(id))
+                .hint("each item must have its own id: it seeds the idempotency key that stops double payment");
+            out.push(with_item(d), cap);
+        }
+        // Formula-looking cells in any cell we read.
+        let mut formula_in: u64 = 0; // bit i: used[i] holds a formula (first 64 used fields)
+        for (ui, &(fi, sensitive)) in self.used.iter().enumerate() {
+            let v = row[fi];
+            if !is_bad(fi) && looks_like_formula(v) {
+                if ui < 64 {
+                    formula_in |= 1 << ui;
+                }
+                let d = place
+                    .diag(line, index, Some(fi), fields, "cell.formula", format!("item field `{}` looks like a spreadsheet formula", fields[fi]))
+                    .value(mask::display(v, sensitive))
+                    .hint("remove the leading = + - @ or tab; formulas in payroll files are either export mistakes or an injection attempt");
+                out.push(with_item(d), cap);
+            }
+        }
+        let skip_cell = |fi: usize| -> bool {
+            if is_bad(fi) {
+                return true;
+            }
+            formula_in != 0
+                && self
+                    .used
+                    .iter()
+                    .position(|(u, _)| *u == fi)
+                    .is_some_and(|ui| ui < 64 && formula_in & (1 << ui) != 0)
+        };
+        // Currencies, once per row.
+        let mut resolved: [Option<Currency>; 8] = [None; 8];
+        for (i, (v, format)) in self.slots.iter().enumerate().take(8) {
+            resolved[i] =
+                crate::schema::field::check_currency(&render(v, row, id, &self.batch), *format)
+                    .ok();
+        }
+        let currency = |c: Cur| match c {
+            Cur::None | Cur::Unknown => None,
+            Cur::Fixed(c) => Some(c),
+            Cur::Slot(i) if i < 8 => resolved[i],
+            Cur::Slot(i) => {
+                let (v, format) = &self.slots[i];
+                crate::schema::field::check_currency(&render(v, row, id, &self.batch), *format).ok()
+            }
+        };
+        for c in &self.checks {
+            if c.fi.is_some_and(skip_cell) {
+                continue;
+            }
+            let v = render(&c.val, row, id, &self.batch);
+            if v.is_empty() {
+                if c.field.required {
+                    let d = place
+                        .diag(
+                            line,
+                            index,
+                            c.fi,
+                            fields,
+                            "required",
+                            format!("{} `{}` is required but empty", c.op, c.field.path),
+                        )
+                        .field(c.field.path.clone())
+                        .hint(c.field.description.clone());
+                    out.push(with_item(d), cap);
+                }
+                continue;
+            }
+            let res = match c.field.kind {
+                FieldKind::Amount { .. } => c.field.check_amount(&v, currency(c.cur)).map(|_| ()),
+                _ => c.field.check(&v),
+            };
+            if let Err(viol) = res {
+                let d = place
+                    .diag(
+                        line,
+                        index,
+                        c.fi,
+                        fields,
+                        viol.rule,
+                        format!("{} `{}` {}", c.op, c.field.path, viol.message),
+                    )
+                    .field(c.field.path.clone())
+                    .value(mask::display(&v, c.field.sensitive))
+                    .hint(viol.hint);
+                out.push(with_item(d), cap);
+            }
+        }
+        for a in &self.any_of {
+            if a.vals
+                .iter()
+                .all(|v| render(v, row, id, &self.batch).is_empty())
+            {
+                let fi = a.vals.iter().find_map(first_field);
+                let d = place
+                    .diag(
+                        line,
+                        index,
+                        fi,
+                        fields,
+                        "required.any-of",
+                        format!("{} needs one of {}", a.op, a.paths.join(", ")),
+                    )
+                    .hint("fill in one of these columns for this item");
+                out.push(with_item(d), cap);
+            }
+        }
+        let ok = out.error_count == before;
+        if ok {
+            out.valid += 1;
+            for m in &self.money {
+                let Some(cur) = currency(m.cur) else { continue };
+                let Some(exp) = cur.exponent() else { continue };
+                if let Ok(a) =
+                    crate::money::parse_amount(&render(&m.amount, row, id, &self.batch), exp)
+                {
+                    let t = out.totals.entry(cur).or_insert((0, 0));
+                    t.0 += a.minor;
+                    t.1 += 1;
+                }
+            }
+        } else {
+            out.invalid += 1;
+        }
+        ok
+    }
+}
