@@ -104,7 +104,8 @@ pub struct Amount {
 
 impl Amount {
     pub fn to_decimal(self) -> Decimal {
-        Decimal::from_i128_with_scale(self.minor, self.exponent)
+        // parse_amount bounds amounts to 18 integer digits, far inside Decimal's range.
+        Decimal::try_from_i128_with_scale(self.minor, self.exponent).unwrap_or(Decimal::MAX)
     }
 }
 
@@ -197,7 +198,9 @@ pub fn parse_amount(text: &str, exponent: u32) -> Result<Amount, AmountError> {
     let mut i = 0;
     let mut digits = 0usize;
     while i < b.len() && b[i].is_ascii_digit() {
-        if digits >= 30 {
+        // More than 18 integer digits is beyond any payout; the bound keeps every amount, in
+        // minor units, well inside rust_decimal's 96-bit range.
+        if digits == 18 {
             return Err(AmountError::TooLarge);
         }
         int = int * 10 + i128::from(b[i] - b'0');
@@ -354,6 +357,10 @@ mod tests {
     #[test]
     fn absurdly_long_numbers_do_not_overflow() {
         assert_eq!(usd(&"9".repeat(40)), Err(AmountError::TooLarge));
+        assert_eq!(usd(&"9".repeat(19)), Err(AmountError::TooLarge));
+        assert_eq!(usd(&"9".repeat(18)).map(|m| m > 0), Ok(true));
+        let big = parse_amount(&"9".repeat(18), 3).unwrap();
+        assert!(big.to_decimal() > Decimal::ZERO);
         assert_eq!(
             usd(&format!("1.{}", "0".repeat(5000))),
             Err(AmountError::TooManyDecimals { allowed: 2 })

@@ -184,29 +184,42 @@ pub fn manifest(provider: &Provider, op: &Operation, all: bool) -> String {
     let _ = writeln!(out, "flow:");
     let _ = writeln!(out, "  - op: {}", op.name);
     let _ = writeln!(out, "    payload:");
-    // Nested YAML from dotted paths, in schema order.
-    let mut open: Vec<String> = Vec::new();
+    // Nested YAML from dotted paths: each block once, its fields in the order chosen above.
+    #[derive(Default)]
+    struct Tree(Vec<(String, Option<String>, Tree)>);
+    impl Tree {
+        fn insert(&mut self, segs: &[&str], value: String) {
+            let pos = self.0.iter().position(|(k, _, _)| k == segs[0]);
+            let i = pos.unwrap_or_else(|| {
+                self.0.push((segs[0].to_string(), None, Tree::default()));
+                self.0.len() - 1
+            });
+            if segs.len() == 1 {
+                self.0[i].1 = Some(value);
+            } else {
+                self.0[i].2.insert(&segs[1..], value);
+            }
+        }
+        fn print(&self, out: &mut String, depth: usize) {
+            for (k, v, kids) in &self.0 {
+                match v {
+                    Some(v) => {
+                        let _ = writeln!(out, "{}{k}: {v}", "  ".repeat(depth));
+                    }
+                    None => {
+                        let _ = writeln!(out, "{}{k}:", "  ".repeat(depth));
+                        kids.print(out, depth + 1);
+                    }
+                }
+            }
+        }
+    }
+    let mut tree = Tree::default();
     for f in &fields {
         let segs: Vec<&str> = f.path.split('.').collect();
-        let parents = &segs[..segs.len() - 1];
-        let common = open
-            .iter()
-            .zip(parents)
-            .take_while(|(a, b)| a == *b)
-            .count();
-        open.truncate(common);
-        for p in &parents[common..] {
-            let _ = writeln!(out, "{}{p}:", "  ".repeat(3 + open.len()));
-            open.push(p.to_string());
-        }
-        let _ = writeln!(
-            out,
-            "{}{}: ${{item.{}}}",
-            "  ".repeat(3 + open.len()),
-            segs[segs.len() - 1],
-            column_name(&f.path)
-        );
+        tree.insert(&segs, format!("${{item.{}}}", column_name(&f.path)));
     }
+    tree.print(&mut out, 3);
     if let Some(i) = &op.idempotency {
         let _ = writeln!(
             out,

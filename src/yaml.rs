@@ -11,9 +11,14 @@ use crate::diagnostic::Diagnostic;
 use serde::de::DeserializeOwned;
 
 /// Deserialises `text` strictly; on failure one diagnostic with the position yaml_serde gives.
+/// A key given twice in one mapping is an error (typed maps would silently keep the last one).
 pub fn from_str<T: DeserializeOwned>(file: &str, text: &str, rule: &str) -> Result<T, Diagnostic> {
-    serde_yaml::from_str(text).map_err(|e| {
-        let pos = e.location().map(|l| (l.line() as u64, l.column() as u64));
+    let to_diag = |e: serde_yaml::Error| {
+        let mut pos = e.location().map(|l| (l.line() as u64, l.column() as u64));
+        // yaml_serde points a duplicate key at the start of its mapping; point at the duplicate.
+        if let (Some((line, col)), Some(dup)) = (pos, duplicate_key(&e.to_string())) {
+            pos = second_key(text, line as usize, col as usize, &dup).or(pos);
+        }
         let mut message = e.to_string();
         if let Some(i) = message.find(" at line ") {
             message.truncate(i);
@@ -24,11 +29,39 @@ pub fn from_str<T: DeserializeOwned>(file: &str, text: &str, rule: &str) -> Resu
             d = d.hint(h);
         }
         d
-    })
+    };
+    serde_yaml::from_str::<serde_yaml::Value>(text).map_err(to_diag)?;
+    serde_yaml::from_str(text).map_err(to_diag)
+}
+
+/// The key of a "duplicate entry with key \"k\"" message.
+fn duplicate_key(message: &str) -> Option<String> {
+    let rest = &message[message.find("duplicate entry with key \"")? + 26..];
+    Some(rest[..rest.find('"')?].to_string())
+}
+
+/// The second `key:` at indentation `col` in the block that starts on `line` (1-based).
+fn second_key(text: &str, line: usize, col: usize, key: &str) -> Option<(u64, u64)> {
+    let mut seen = 0;
+    for (i, l) in text.lines().enumerate().skip(line.saturating_sub(1)) {
+        let Some(ind) = indent_of(l) else { continue };
+        if ind + 1 < col {
+            break;
+        }
+        if ind + 1 == col && key_at(l, ind, key) {
+            seen += 1;
+            if seen == 2 {
+                return Some((i as u64 + 1, col as u64));
+            }
+        }
+    }
+    None
 }
 
 fn hint_for(message: &str) -> Option<String> {
-    if message.starts_with("unknown field") || message.contains("unknown variant") {
+    if message.contains("duplicate entry") {
+        Some("a key may appear once per block; merge the two entries".into())
+    } else if message.starts_with("unknown field") || message.contains("unknown variant") {
         Some(
             "check the spelling against the examples in batches/ and the reference in README.md"
                 .into(),
@@ -247,5 +280,8 @@ flow:
         let e = from_str::<S>("m.yaml", "a: 1\nb: 2\n", "manifest.syntax").unwrap_err();
         assert_eq!(e.line, Some(2));
         assert!(e.message.starts_with("unknown field `b`"), "{}", e.message);
+        let e = from_str::<S>("m.yaml", "b:\n  c: 1\n  c: 2\n", "manifest.syntax").unwrap_err();
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("duplicate entry"), "{}", e.message);
     }
 }

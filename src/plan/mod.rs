@@ -699,7 +699,12 @@ fn longest_delay(flow: &Flow) -> f64 {
 }
 
 pub fn amount_text(c: Currency, minor: i128) -> String {
-    rust_decimal::Decimal::from_i128_with_scale(minor, c.exponent().unwrap_or(0)).to_string()
+    // Totals of a million amounts of at most 18 digits stay far inside Decimal's 96 bits; fall
+    // back to the raw minor units rather than panic if they ever do not.
+    match rust_decimal::Decimal::try_from_i128_with_scale(minor, c.exponent().unwrap_or(0)) {
+        Ok(d) => d.to_string(),
+        Err(_) => format!("{minor} minor units"),
+    }
 }
 
 fn trim_float(f: f64) -> String {

@@ -132,7 +132,7 @@ impl Field {
                     (None, None) => {}
                 }
                 if let Some(p) = pattern {
-                    parts.push(format!("matching {}", p.as_str()));
+                    parts.push(format!("matching {}", pattern_src(p)));
                 }
                 parts.join(", ")
             }
@@ -216,7 +216,7 @@ impl Field {
                 {
                     return Err(violation(
                         "string.pattern",
-                        format!("does not match the pattern {}", p.as_str()),
+                        format!("does not match the pattern {}", pattern_src(p)),
                         match &self.example {
                             Some(e) if !self.sensitive => format!("expected something like {e:?}"),
                             _ => format!("expected {}", self.format()),
@@ -379,6 +379,14 @@ impl Field {
         }
         Ok(amount)
     }
+}
+
+/// A pattern as the schema wrote it (the compiled regex is anchored around it).
+fn pattern_src(p: &Regex) -> &str {
+    let s = p.as_str();
+    s.strip_prefix("^(?:")
+        .and_then(|x| x.strip_suffix(")$"))
+        .unwrap_or(s)
 }
 
 pub fn check_currency(v: &str, format: CurrencyFormat) -> Result<Currency, Violation> {

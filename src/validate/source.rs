@@ -7,7 +7,7 @@ use crate::manifest::{ColumnRef, CsvSource, InlineItem, Items, Manifest};
 use crate::yaml::{self, Seg, key};
 use sha2::{Digest, Sha256};
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Read;
 
 /// A reader that hashes every byte it hands out.
 pub struct HashingReader<R> {
@@ -25,13 +25,100 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Turns CRLF line ends into LF as the bytes stream by. The csv crate reports a record's line
+/// one too low after a CRLF (it sees the `\n` as the start of the next record), and Excel
+/// writes CRLF; normalising the stream keeps every reported line number physical. A `\r\n`
+/// inside a quoted value becomes `\n`, which no payout field accepts either way.
+pub struct CrlfToLf<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The last byte of the previous fill was `\r`; it is held back until the next byte is known.
+    carry_cr: bool,
+    eof: bool,
+}
+
+impl<R: Read> CrlfToLf<R> {
+    pub fn new(inner: R) -> Self {
+        CrlfToLf {
+            inner,
+            buf: vec![0; 1 << 16],
+            start: 0,
+            end: 0,
+            carry_cr: false,
+            eof: false,
+        }
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let off = usize::from(self.carry_cr);
+        if self.carry_cr {
+            self.buf[0] = b'\r';
+        }
+        let n = self.inner.read(&mut self.buf[off..])?;
+        if n == 0 {
+            self.eof = true;
+            self.carry_cr = false;
+            self.start = 0;
+            self.end = off;
+            return Ok(());
+        }
+        let len = off + n;
+        // Hold back a trailing CR: it may be the first half of a CRLF.
+        self.carry_cr = self.buf[len - 1] == b'\r';
+        let len = if self.carry_cr { len - 1 } else { len };
+        let mut w = 0;
+        let mut r = 0;
+        while r < len {
+            match memchr::memchr(b'\r', &self.buf[r..len]) {
+                None => {
+                    self.buf.copy_within(r..len, w);
+                    w += len - r;
+                    break;
+                }
+                Some(i) => {
+                    self.buf.copy_within(r..r + i, w);
+                    w += i;
+                    r += i;
+                    if r + 1 < len && self.buf[r + 1] == b'\n' {
+                        r += 1; // drop the CR, keep the LF
+                    } else {
+                        self.buf[w] = b'\r';
+                        w += 1;
+                        r += 1;
+                    }
+                }
+            }
+        }
+        self.start = 0;
+        self.end = w;
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for CrlfToLf<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.start == self.end {
+            if self.eof {
+                return Ok(0);
+            }
+            self.fill()?;
+        }
+        let n = (self.end - self.start).min(out.len());
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        Ok(n)
+    }
+}
+
 impl CsvRows {
     /// The SHA-256 of the bytes read so far (the whole file once the rows are exhausted), when
     /// the source was opened with hashing.
     pub fn sha256(&self) -> Option<String> {
         self.reader
             .get_ref()
-            .get_ref()
+            .inner
             .hasher
             .as_ref()
             .map(|h| hex::encode(h.clone().finalize()))
@@ -53,7 +140,7 @@ pub enum Source {
 
 pub struct CsvRows {
     pub display: String,
-    pub reader: csv::Reader<BufReader<HashingReader<File>>>,
+    pub reader: csv::Reader<CrlfToLf<HashingReader<File>>>,
     /// Column index (0-based) of each item field.
     pub columns: Vec<usize>,
     /// Header text of each column, for diagnostics (`None` without a header row).
@@ -124,13 +211,10 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
         .has_headers(false)
         .flexible(true)
         .buffer_capacity(1 << 16)
-        .from_reader(BufReader::with_capacity(
-            1 << 16,
-            HashingReader {
-                inner: file,
-                hasher: hash.then(Sha256::new),
-            },
-        ));
+        .from_reader(CrlfToLf::new(HashingReader {
+            inner: file,
+            hasher: hash.then(Sha256::new),
+        }));
     let invalid = |d: Diagnostic| OpenError::Invalid(Diagnostics(vec![d]));
     let mut header: Option<Vec<String>> = None;
     let mut width = None;
@@ -349,5 +433,43 @@ impl InlineRows {
             &self.text,
             &[key("items"), key("inline"), Seg::Index(index), key(field)],
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn through(input: &[u8], chunk: usize) -> Vec<u8> {
+        // A reader that hands out `chunk` bytes at a time, to exercise CRs at buffer edges.
+        struct Chunks<'a>(&'a [u8], usize);
+        impl Read for Chunks<'_> {
+            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.len().min(self.1).min(out.len());
+                out[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut out = Vec::new();
+        CrlfToLf::new(Chunks(input, chunk))
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn crlf_becomes_lf_and_lone_crs_stay_whatever_the_chunking() {
+        let input = b"a,b\r\n1,\"x\r\ny\"\r\n2,z\rq\r";
+        for chunk in 1..12 {
+            assert_eq!(
+                through(input, chunk),
+                b"a,b\n1,\"x\ny\"\n2,z\rq\r",
+                "chunk {chunk}"
+            );
+        }
+        assert_eq!(through(b"", 3), b"");
+        assert_eq!(through(b"\r", 1), b"\r");
+        assert_eq!(through(b"\r\r\n", 1), b"\r\n");
     }
 }
