@@ -111,11 +111,11 @@ impl Diagnostic {
         if !what.is_empty() {
             out.push_str(&format!(" ({})", what.join(", ")));
         }
-        if let (Some(src), Some(line)) = (source, self.line)
+        if let (Some(src), Some(line), true) = (source, self.line, self.may_quote_source())
             && let Some(text) = src.lines().nth(line.saturating_sub(1) as usize)
         {
             let col = self.column.unwrap_or(1).max(1) as usize;
-            let shown = crate::mask::shorten(text);
+            let shown = crate::mask::shorten(&mask_secrets(text));
             let width = line.to_string().len();
             out.push_str(&format!(
                 "\n {:width$} |\n {line} | {shown}\n {:width$} | {}^",
@@ -133,9 +133,46 @@ impl Diagnostic {
         out
     }
 
+    /// Whether the offending source line may be printed under the message. Never for a
+    /// credential given as a value, for an item's value or for inline items (their line may hold
+    /// a card or account number).
+    fn may_quote_source(&self) -> bool {
+        self.value.is_none()
+            && self.rule != "manifest.credential-value"
+            && !self
+                .column_name
+                .as_deref()
+                .is_some_and(|c| c.starts_with("inline"))
+    }
+
     pub fn render(&self) -> String {
         self.render_with(None)
     }
+}
+
+/// Masks what looks like a secret or an account number in a quoted source line: a run of 12 or
+/// more letters, digits and underscores holding at least 6 digits (IBANs, card numbers, API keys).
+fn mask_secrets(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut token = String::new();
+    let flush = |token: &mut String, out: &mut String| {
+        if token.len() >= 12 && token.bytes().filter(u8::is_ascii_digit).count() >= 6 {
+            out.push_str(&crate::mask::mask(token));
+        } else {
+            out.push_str(token);
+        }
+        token.clear();
+    };
+    for c in line.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            token.push(c);
+        } else {
+            flush(&mut token, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut token, &mut out);
+    out
 }
 
 impl std::fmt::Display for Diagnostic {
@@ -161,3 +198,38 @@ impl std::fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_source_lines_hide_account_numbers_and_keys() {
+        assert_eq!(
+            mask_secrets("  accountIdentifier: GB33BUKB20201555555555"),
+            "  accountIdentifier: ********5555"
+        );
+        assert_eq!(
+            mask_secrets("batch: acme-payroll-2026-11"),
+            "batch: acme-payroll-2026-11"
+        );
+        assert_eq!(
+            mask_secrets("key: sk_live_4eC39HqLyjWD1234"),
+            "key: ********1234"
+        );
+    }
+
+    #[test]
+    fn a_credential_value_error_never_quotes_its_line() {
+        let src = "credentials:\n  inbound_key: sk_live_4eC39HqLyjWDarjtT1zdp7dc\n";
+        let d = Diagnostic::new(
+            "m.yaml",
+            "manifest.credential-value",
+            "must name a variable",
+        )
+        .at(2, 3);
+        assert!(!d.render_with(Some(src)).contains("sk_live"));
+        let d = Diagnostic::new("m.yaml", "manifest.syntax", "bad").at(1, 1);
+        assert!(d.render_with(Some(src)).contains("credentials:"));
+    }
+}

@@ -188,8 +188,14 @@ fn validate(
     ) {
         Ok(r) => r,
         Err(d) => {
-            print_diagnostics(&[d], None);
-            return 2;
+            return fail(
+                Failure {
+                    exit_code: 2,
+                    diagnostics: vec![d],
+                    manifest: None,
+                },
+                format,
+            );
         }
     };
     match format {
@@ -234,8 +240,14 @@ fn plan(
     let built = match payrun::plan::build(prepared, show, full, max_errors) {
         Ok(p) => p,
         Err(d) => {
-            print_diagnostics(&[d], None);
-            return 2;
+            return fail(
+                Failure {
+                    exit_code: 2,
+                    diagnostics: vec![d],
+                    manifest: None,
+                },
+                format,
+            );
         }
     };
     let (plan, report) = built;

@@ -61,14 +61,14 @@ fn second_key(text: &str, line: usize, col: usize, key: &str) -> Option<(u64, u6
 fn hint_for(message: &str) -> Option<String> {
     if message.contains("duplicate entry") {
         Some("a key may appear once per block; merge the two entries".into())
-    } else if message.starts_with("unknown field") || message.contains("unknown variant") {
+    } else if message.contains("unknown field") || message.contains("unknown variant") {
         Some(
             "check the spelling against the examples in batches/ and the reference in README.md"
                 .into(),
         )
-    } else if message.starts_with("missing field") {
+    } else if message.contains("missing field") {
         Some("add the key; see the reference in README.md".into())
-    } else if message.starts_with("invalid type") {
+    } else if message.contains("invalid type") || message.contains("invalid value") {
         Some("quote values that must stay text, e.g. ids with leading zeros: \"007\"".into())
     } else {
         None

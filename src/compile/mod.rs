@@ -216,6 +216,9 @@ struct Compiler<'a> {
     money: Vec<MoneySource>,
     used_fields: HashSet<String>,
     sample_key: String,
+    /// Payload paths of the current task whose value could not be compiled (already reported),
+    /// so that they are not reported again as missing.
+    failed_paths: HashSet<String>,
     /// Ids of preflight tasks: they finish before any item starts, so every item task may read
     /// their results (e.g. Payoneer's token).
     preflight_ids: Vec<String>,
@@ -239,6 +242,7 @@ pub fn compile(
         used_fields: HashSet::new(),
         sample_key: keys::item_key(&manifest.batch, "sample"),
         preflight_ids: Vec::new(),
+        failed_paths: HashSet::new(),
     };
     fn ids(nodes: &[Node], out: &mut Vec<String>) {
         for n in nodes {
@@ -341,10 +345,28 @@ pub fn compile(
         );
     }
     let mut warnings = Vec::new();
-    for f in row_fields {
-        if f != "id" && !c.used_fields.contains(f) {
-            warnings.push(format!("item field `{f}` is not used by any task"));
-        }
+    let unused: Vec<&str> = row_fields
+        .iter()
+        .filter(|f| *f != "id" && !c.used_fields.contains(*f))
+        .map(String::as_str)
+        .collect();
+    if !unused.is_empty() {
+        let shown: Vec<String> = unused
+            .iter()
+            .take(10)
+            .map(|f| format!("`{}`", crate::mask::shorten(f)))
+            .collect();
+        let more = if unused.len() > 10 {
+            format!(" and {} more", unused.len() - 10)
+        } else {
+            String::new()
+        };
+        warnings.push(format!(
+            "item field{} {}{more} {} not used by any task",
+            if unused.len() == 1 { "" } else { "s" },
+            shown.join(", "),
+            if unused.len() == 1 { "is" } else { "are" }
+        ));
     }
     if !c.errors.is_empty() {
         return Err(Diagnostics(c.errors));
@@ -387,6 +409,7 @@ impl Compiler<'_> {
     }
 
     fn task(&mut self, node: &Node, ancestors: &[String], preflight: bool) -> Task {
+        self.failed_paths.clear();
         let op_at = {
             let mut p = node.yaml_path.clone();
             p.push(key("op"));
@@ -588,6 +611,7 @@ impl Compiler<'_> {
                             e,
                             "write ${item.<field>}, e.g. ${item.amount}",
                         );
+                        self.failed_paths.insert(path.clone());
                         return;
                     }
                 };
@@ -613,6 +637,7 @@ impl Compiler<'_> {
                             Ok(b) => bound.push(b),
                             Err((msg, hint)) => {
                                 self.error(&at, "flow.reference", msg, hint);
+                                self.failed_paths.insert(path.clone());
                                 return;
                             }
                         },
@@ -854,7 +879,7 @@ impl Compiler<'_> {
             }
         }
         for f in &op.fields {
-            if f.required && value_of(&f.path).is_none() {
+            if f.required && value_of(&f.path).is_none() && !self.failed_paths.contains(&f.path) {
                 self.error(
                     payload_at,
                     "required",

@@ -417,15 +417,24 @@ impl Engine {
             return None;
         }
         let mut any_bad = false;
-        // One UTF-8 check for the whole record: fields are cut at ASCII delimiters, so when the
-        // record is valid every field is, and fields are slices of it.
-        if let Ok(whole) = std::str::from_utf8(rec.as_slice()) {
+        // One UTF-8 check for the whole record: when it passes and every field boundary is a
+        // character boundary, fields are slices of it. (The record's bytes are the fields
+        // without delimiters, so a character split across two cells can look valid joined:
+        // such a record takes the per-field path below.)
+        let whole = std::str::from_utf8(rec.as_slice()).ok();
+        let fast = whole.is_some_and(|w| {
             for &col in columns {
-                let r = rec.range(col).expect("width checked");
-                values.push(whole[r].trim_matches(' '));
+                match rec.range(col).and_then(|r| w.get(r)) {
+                    Some(v) => values.push(v.trim_matches(' ')),
+                    None => return false,
+                }
             }
+            true
+        });
+        if fast {
             bad.iter_mut().for_each(|b| *b = false);
         } else {
+            values.clear();
             for (fi, &col) in columns.iter().enumerate() {
                 let raw = &rec[col];
                 match std::str::from_utf8(raw) {
@@ -617,6 +626,10 @@ impl Engine {
             }
         }
         for a in &self.any_of {
+            // An unreadable cell was reported already; it may well hold the value.
+            if a.vals.iter().any(|v| first_field(v).is_some_and(is_bad)) {
+                continue;
+            }
             if a.vals
                 .iter()
                 .all(|v| render(v, row, id, &self.batch).is_empty())

@@ -296,7 +296,8 @@ pub fn validate<V: Visitor>(
                                 break 'read;
                             }
                         }
-                        r.line = r.rec.position().map(|p| p.line()).unwrap_or(0);
+                        let byte = r.rec.position().map(|p| p.byte()).unwrap_or(0);
+                        r.line = c.reader.get_mut().line_of(byte);
                         r.dup_of = None;
                         if let Some(id) = r.rec.get(id_col) {
                             let id = trim_spaces(id);

@@ -25,11 +25,15 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Turns CRLF line ends into LF as the bytes stream by. The csv crate reports a record's line
-/// one too low after a CRLF (it sees the `\n` as the start of the next record), and Excel
-/// writes CRLF; normalising the stream keeps every reported line number physical. A `\r\n`
-/// inside a quoted value becomes `\n`, which no payout field accepts either way.
-pub struct CrlfToLf<R> {
+/// Normalises line ends to LF as the bytes stream by (`\r\n` and a lone `\r` become `\n`) and
+/// remembers where each line ends, so that every record gets its physical line number.
+///
+/// The csv crate's own line counter is not usable for that: after a CRLF it reports the next
+/// record one line too early, it does not count the blank lines it skips, and it never counts
+/// CR-only line ends. Instead, `line_of(byte)` counts the newlines before a record's first byte
+/// (skipping the blank lines the parser passed over). A `\r\n` inside a quoted value becomes
+/// `\n`; no payout field accepts either.
+pub struct LineEnds<R> {
     inner: R,
     buf: Vec<u8>,
     start: usize,
@@ -37,36 +41,59 @@ pub struct CrlfToLf<R> {
     /// The last byte of the previous fill was `\r`; it is held back until the next byte is known.
     carry_cr: bool,
     eof: bool,
+    /// Output offset of `buf[0]`.
+    offset: u64,
+    /// Offsets of newlines handed out but not yet passed by `line_of`.
+    newlines: std::collections::VecDeque<u64>,
+    /// Newlines already passed: the line of the last record is `passed + 1`.
+    passed: u64,
 }
 
-impl<R: Read> CrlfToLf<R> {
+impl<R: Read> LineEnds<R> {
     pub fn new(inner: R) -> Self {
-        CrlfToLf {
+        LineEnds {
             inner,
             buf: vec![0; 1 << 16],
             start: 0,
             end: 0,
             carry_cr: false,
             eof: false,
+            offset: 0,
+            newlines: std::collections::VecDeque::new(),
+            passed: 0,
         }
     }
 
+    /// The 1-based line on which the record starting at output byte `byte` begins. Calls must
+    /// come in increasing `byte` order (records are read front to back).
+    pub fn line_of(&mut self, byte: u64) -> u64 {
+        while self.newlines.front().is_some_and(|&n| n < byte) {
+            self.newlines.pop_front();
+            self.passed += 1;
+        }
+        // The parser may report a record as starting on the newline(s) before it.
+        let mut b = byte;
+        while self.newlines.front() == Some(&b) {
+            self.newlines.pop_front();
+            self.passed += 1;
+            b += 1;
+        }
+        self.passed + 1
+    }
+
     fn fill(&mut self) -> std::io::Result<()> {
+        self.offset += self.end as u64;
         let off = usize::from(self.carry_cr);
         if self.carry_cr {
             self.buf[0] = b'\r';
         }
         let n = self.inner.read(&mut self.buf[off..])?;
+        let len = off + n;
         if n == 0 {
             self.eof = true;
-            self.carry_cr = false;
-            self.start = 0;
-            self.end = off;
-            return Ok(());
         }
-        let len = off + n;
         // Hold back a trailing CR: it may be the first half of a CRLF.
-        self.carry_cr = self.buf[len - 1] == b'\r';
+        self.carry_cr = !self.eof && len > 0 && self.buf[len - 1] == b'\r';
         let len = if self.carry_cr { len - 1 } else { len };
         let mut w = 0;
         let mut r = 0;
@@ -80,16 +107,17 @@ impl<R: Read> CrlfToLf<R> {
                 Some(i) => {
                     self.buf.copy_within(r..r + i, w);
                     w += i;
-                    r += i;
-                    if r + 1 < len && self.buf[r + 1] == b'\n' {
-                        r += 1; // drop the CR, keep the LF
-                    } else {
-                        self.buf[w] = b'\r';
-                        w += 1;
+                    r += i + 1;
+                    if r < len && self.buf[r] == b'\n' {
                         r += 1;
                     }
+                    self.buf[w] = b'\n';
+                    w += 1;
                 }
             }
+        }
+        for i in memchr::memchr_iter(b'\n', &self.buf[..w]) {
+            self.newlines.push_back(self.offset + i as u64);
         }
         self.start = 0;
         self.end = w;
@@ -97,7 +125,7 @@ impl<R: Read> CrlfToLf<R> {
     }
 }
 
-impl<R: Read> Read for CrlfToLf<R> {
+impl<R: Read> Read for LineEnds<R> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.start == self.end {
             if self.eof {
@@ -140,7 +168,7 @@ pub enum Source {
 
 pub struct CsvRows {
     pub display: String,
-    pub reader: csv::Reader<CrlfToLf<HashingReader<File>>>,
+    pub reader: csv::Reader<LineEnds<HashingReader<File>>>,
     /// Column index (0-based) of each item field.
     pub columns: Vec<usize>,
     /// Header text of each column, for diagnostics (`None` without a header row).
@@ -211,7 +239,7 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
         .has_headers(false)
         .flexible(true)
         .buffer_capacity(1 << 16)
-        .from_reader(CrlfToLf::new(HashingReader {
+        .from_reader(LineEnds::new(HashingReader {
             inner: file,
             hasher: hash.then(Sha256::new),
         }));
@@ -312,6 +340,7 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
             (fields, columns)
         }
         (None, Some(h)) => {
+            let mut seen = std::collections::HashSet::with_capacity(h.len());
             for (i, name) in h.iter().enumerate() {
                 if name.is_empty() {
                     errors.push(
@@ -323,7 +352,7 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
                         .at(1, i as u64 + 1)
                         .hint("name every column, or map the ones you need under items.columns"),
                     );
-                } else if h[..i].contains(name) {
+                } else if !seen.insert(name.as_str()) {
                     errors.push(
                         Diagnostic::new(
                             &src.display,
@@ -335,18 +364,18 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
                     );
                 }
             }
-            if h.len() == 1 {
-                if let Some(d) = delimiter_hint(&h[0], src.delimiter) {
-                    errors.push(
-                        Diagnostic::new(
-                            &src.display,
-                            "csv.delimiter",
-                            "the header has a single column",
-                        )
-                        .at(1, 1)
-                        .hint(d),
-                    );
-                }
+            if h.len() == 1
+                && let Some(d) = delimiter_hint(&h[0], src.delimiter)
+            {
+                errors.push(
+                    Diagnostic::new(
+                        &src.display,
+                        "csv.delimiter",
+                        "the header has a single column",
+                    )
+                    .at(1, 1)
+                    .hint(d),
+                );
             }
             (h.clone(), (0..h.len()).collect())
         }
@@ -440,36 +469,63 @@ impl InlineRows {
 mod tests {
     use super::*;
 
-    fn through(input: &[u8], chunk: usize) -> Vec<u8> {
-        // A reader that hands out `chunk` bytes at a time, to exercise CRs at buffer edges.
-        struct Chunks<'a>(&'a [u8], usize);
-        impl Read for Chunks<'_> {
-            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-                let n = self.0.len().min(self.1).min(out.len());
-                out[..n].copy_from_slice(&self.0[..n]);
-                self.0 = &self.0[n..];
-                Ok(n)
-            }
+    /// A reader that hands out `chunk` bytes at a time, to exercise CRs at buffer edges.
+    struct Chunks<'a>(&'a [u8], usize);
+
+    impl Read for Chunks<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(self.1).min(out.len());
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
         }
+    }
+
+    fn through(input: &[u8], chunk: usize) -> Vec<u8> {
         let mut out = Vec::new();
-        CrlfToLf::new(Chunks(input, chunk))
+        LineEnds::new(Chunks(input, chunk))
             .read_to_end(&mut out)
             .unwrap();
         out
     }
 
     #[test]
-    fn crlf_becomes_lf_and_lone_crs_stay_whatever_the_chunking() {
+    fn every_line_end_becomes_lf_whatever_the_chunking() {
         let input = b"a,b\r\n1,\"x\r\ny\"\r\n2,z\rq\r";
         for chunk in 1..12 {
             assert_eq!(
                 through(input, chunk),
-                b"a,b\n1,\"x\ny\"\n2,z\rq\r",
+                b"a,b\n1,\"x\ny\"\n2,z\nq\n",
                 "chunk {chunk}"
             );
         }
         assert_eq!(through(b"", 3), b"");
-        assert_eq!(through(b"\r", 1), b"\r");
-        assert_eq!(through(b"\r\r\n", 1), b"\r\n");
+        assert_eq!(through(b"\r", 1), b"\n");
+        assert_eq!(through(b"\r\r\n", 1), b"\n\n");
+    }
+
+    #[test]
+    fn records_get_their_physical_lines_across_blank_lines_and_multiline_values() {
+        let text = b"id,a\r\n1,x\r\n\r\n\r\n2,\"multi\r\nline\"\r\n3,y\r4,z\n";
+        for chunk in [1, 3, 7, 64] {
+            let mut r = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .flexible(true)
+                .from_reader(LineEnds::new(Chunks(text, chunk)));
+            let mut rec = csv::ByteRecord::new();
+            let mut lines = Vec::new();
+            while r.read_byte_record(&mut rec).unwrap() {
+                let byte = rec.position().unwrap().byte();
+                lines.push((
+                    String::from_utf8_lossy(&rec[0]).to_string(),
+                    r.get_mut().line_of(byte),
+                ));
+            }
+            let want: Vec<(String, u64)> = [("id", 1), ("1", 2), ("2", 5), ("3", 7), ("4", 8)]
+                .iter()
+                .map(|(a, b)| (a.to_string(), *b))
+                .collect();
+            assert_eq!(lines, want, "chunk {chunk}");
+        }
     }
 }
