@@ -157,7 +157,7 @@ fn fail(f: Failure, format: Format) -> u8 {
             if f.exit_code == 2 {
                 "payrun: cannot read the input; nothing was checked"
             } else {
-                "payrun: the manifest has errors; no item was checked"
+                "payrun: the batch cannot be read as it is; no item was checked"
             }
         );
     }

@@ -383,6 +383,15 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
             unreachable!("a CSV without a header needs columns (checked in the manifest)")
         }
     };
+    // A file read with the wrong delimiter misses every mapped column: say that once.
+    if let Some(h) = &header
+        && h.len() == 1
+        && errors.len() > 1
+        && errors.iter().all(|e| e.rule == "csv.missing-column")
+        && let Some(d) = delimiter_hint(&h[0], src.delimiter)
+    {
+        errors = vec![Diagnostic::new(&src.display, "csv.delimiter", "the header has a single column, so no mapped column is found").at(1, 1).hint(d)];
+    }
     if !errors.is_empty() {
         return Err(OpenError::Invalid(Diagnostics(errors)));
     }
