@@ -33,20 +33,36 @@ pub fn task_key(item_key: &str, node: &str) -> String {
     uuid_v8(&h.finalize())
 }
 
+/// Lower-case hex, table driven (the `hex` crate's iterator is slow on hot paths).
+pub fn hex_lower(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0x0f)]);
+    }
+    String::from_utf8(out).expect("hex is ASCII")
+}
+
 fn uuid_v8(digest: &[u8]) -> String {
     let mut b = [0u8; 16];
     b.copy_from_slice(&digest[..16]);
     b[6] = (b[6] & 0x0f) | 0x80; // version 8
     b[8] = (b[8] & 0x3f) | 0x80; // RFC 9562 variant
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    // Hand-rolled hex: keys are made a few million times per plan of a large batch.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut o = 0;
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[o] = b'-';
+            o += 1;
+        }
+        out[o] = HEX[usize::from(byte >> 4)];
+        out[o + 1] = HEX[usize::from(byte & 0x0f)];
+        o += 2;
+    }
+    String::from_utf8(out.to_vec()).expect("hex is ASCII")
 }
 
 #[cfg(test)]

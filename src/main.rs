@@ -237,7 +237,12 @@ fn plan(
         prepared.flow.manifest.text.clone(),
     );
     let full = format == Format::Json || output.is_some();
-    let built = match payrun::plan::build(prepared, show, full, max_errors) {
+    // The full plan is written next to its destination, so that saving it is a rename.
+    let tmp_dir = output.as_ref().map(|p| match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    });
+    let built = match payrun::plan::build(prepared, show, full, tmp_dir.as_deref(), max_errors) {
         Ok(p) => p,
         Err(d) => {
             return fail(
@@ -250,7 +255,7 @@ fn plan(
             );
         }
     };
-    let (plan, report) = built;
+    let (mut plan, report) = built;
     if !report.is_ok() {
         if format == Format::Json {
             let mut v = serde_json::to_value(&report).unwrap_or_default();
@@ -268,16 +273,19 @@ fn plan(
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
+    let mut saved: Option<PathBuf> = None;
     if let Some(path) = &output {
-        let Some(full) = &plan.full else {
+        let Some(full) = plan.full.take() else {
             eprintln!("payrun: internal error: no full plan was built");
             return 2;
         };
-        // Copy then rename next to the target, so a half-written plan never replaces a good one.
-        let tmp = path.with_extension("json.partial");
-        if let Err(e) = std::fs::copy(full.path(), &tmp).and_then(|_| std::fs::rename(&tmp, path)) {
-            let _ = std::fs::remove_file(&tmp);
-            eprintln!("error[plan.io]: cannot write {}: {e}", path.display());
+        // The complete plan replaces the target in one rename: never a half-written plan.
+        if let Err(e) = full.persist(path) {
+            eprintln!(
+                "error[plan.io]: cannot write {}: {}",
+                path.display(),
+                e.error
+            );
             return 2;
         }
         eprintln!(
@@ -285,11 +293,13 @@ fn plan(
             path.display(),
             plan.fingerprint.as_deref().unwrap_or("")
         );
+        saved = Some(path.clone());
     }
     match format {
         Format::Json => {
-            let copied = plan.full.as_ref().map(|f| {
-                std::fs::File::open(f.path())
+            let file = saved.or_else(|| plan.full.as_ref().map(|f| f.path().to_path_buf()));
+            let copied = file.map(|f| {
+                std::fs::File::open(f)
                     .and_then(|mut r| std::io::copy(&mut r, &mut std::io::stdout().lock()))
             });
             if let Some(Err(e)) = copied {

@@ -112,8 +112,6 @@ struct PlanVisitor<'f> {
     flow: &'f Flow,
     show: usize,
     full: bool,
-    /// (node id, tree path) of every task of the template.
-    task_paths: Vec<(String, String)>,
     /// Amount and currency sources of the payout tasks.
     money: Vec<(Src, Src)>,
 }
@@ -177,26 +175,33 @@ impl crate::validate::Visitor for PlanVisitor<'_> {
                 .push((item.index, preview_item(self.flow, item, &key)));
         }
         if self.full {
-            let mut tasks = serde_json::Map::new();
-            for (id, path) in &self.task_paths {
-                tasks.insert(id.clone(), Value::String(keys::task_key(&key, path)));
+            // Written by hand rather than through serde: a large batch has a million of these.
+            // {"id":…,"line":…,"key":…,"digest":…,"money":[[amount,currency],…]}. Task keys are not
+            // repeated per item: each is keys::task_key(item key, the node's tree_path in
+            // "template"), and the preview shows them.
+            let out = &mut chunk.bytes;
+            out.extend_from_slice(b",\n    {\"id\":");
+            json_str(out, item.id);
+            out.extend_from_slice(
+                format!(",\"line\":{},\"key\":\"{key}\",\"digest\":\"", item.line).as_bytes(),
+            );
+            out.extend_from_slice(content_digest(self.flow, item.values).as_bytes());
+            out.push(b'"');
+            if !self.money.is_empty() {
+                out.extend_from_slice(b",\"money\":[");
+                for (i, (a, c)) in self.money.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.push(b'[');
+                    json_str(out, &a.text(self.flow, item, &key));
+                    out.push(b',');
+                    json_str(out, &c.text(self.flow, item, &key));
+                    out.push(b']');
+                }
+                out.push(b']');
             }
-            let money = self
-                .money
-                .iter()
-                .map(|(a, c)| (a.text(self.flow, item, &key), c.text(self.flow, item, &key)))
-                .collect();
-            let entry = ItemEntry {
-                id: item.id,
-                line: item.line,
-                key: &key,
-                digest: content_digest(self.flow, item.values),
-                tasks,
-                money,
-            };
-            chunk.bytes.extend_from_slice(b",\n    ");
-            serde_json::to_writer(&mut chunk.bytes, &entry)
-                .expect("serialising to memory cannot fail");
+            out.push(b'}');
         }
     }
 }
@@ -207,6 +212,7 @@ pub fn build(
     prepared: Prepared,
     show: usize,
     full: bool,
+    tmp_dir: Option<&std::path::Path>,
     max_errors: usize,
 ) -> Result<(Built, Report), Diagnostic> {
     let Prepared { flow, source } = prepared;
@@ -220,7 +226,11 @@ pub fn build(
     };
     let mut writer: Option<(tempfile::NamedTempFile, BufWriter<std::fs::File>)> = None;
     if full {
-        let tmp = tempfile::NamedTempFile::new().map_err(|e| {
+        let tmp = match tmp_dir {
+            Some(d) => tempfile::NamedTempFile::new_in(d),
+            None => tempfile::NamedTempFile::new(),
+        };
+        let tmp = tmp.map_err(|e| {
             Diagnostic::new(
                 "plan",
                 "plan.io",
@@ -242,10 +252,6 @@ pub fn build(
         flow: &flow,
         show,
         full,
-        task_paths: all
-            .iter()
-            .map(|t| (t.id.clone(), t.tree_path.clone()))
-            .collect(),
         money: flow
             .money
             .iter()
@@ -262,16 +268,27 @@ pub fn build(
     };
     let mut preview: Vec<(u64, Value)> = Vec::new();
     let mut wrote_any = false;
-    let mut write_error: Option<std::io::Error> = None;
-    if let Some((_, w)) = &mut writer {
-        let head = format!(
-            "{{\n  \"format\": \"{FORMAT}\",\n  \"payrun_version\": \"{}\",\n  \"items\": [",
-            env!("CARGO_PKG_VERSION")
-        );
-        if let Err(e) = w.write_all(head.as_bytes()) {
-            write_error = Some(e);
+    // The plan file is written on its own thread: the reading thread is the busiest one.
+    let (tmp, spool) = match writer {
+        Some((tmp, mut w)) => {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
+            let handle = std::thread::spawn(
+                move || -> std::io::Result<BufWriter<std::fs::File>> {
+                    let head = format!(
+                        "{{\n  \"format\": \"{FORMAT}\",\n  \"payrun_version\": \"{}\",\n  \"items\": [",
+                        env!("CARGO_PKG_VERSION")
+                    );
+                    w.write_all(head.as_bytes())?;
+                    while let Ok(bytes) = rx.recv() {
+                        w.write_all(&bytes)?;
+                    }
+                    Ok(w)
+                },
+            );
+            (Some(tmp), Some((tx, handle)))
         }
-    }
+        None => (None, None),
+    };
     let report = validate::validate(
         &flow,
         &mut source,
@@ -279,37 +296,40 @@ pub fn build(
         &visitor,
         |chunk: PlanChunk| {
             preview.extend(chunk.preview);
-            if let Some((_, w)) = &mut writer
-                && write_error.is_none()
+            if let Some((tx, _)) = &spool
                 && !chunk.bytes.is_empty()
             {
+                let mut bytes = chunk.bytes;
                 // Every entry starts with ",\n"; the first one of the list must not.
-                let bytes = if wrote_any {
-                    &chunk.bytes[..]
-                } else {
-                    &chunk.bytes[1..]
-                };
-                wrote_any = true;
-                if let Err(e) = w.write_all(bytes) {
-                    write_error = Some(e);
+                if !wrote_any {
+                    bytes.remove(0);
                 }
+                wrote_any = true;
+                // A failed writer shows up when it is joined below.
+                let _ = tx.send(bytes);
             }
         },
     )?;
     drop(visitor);
-    if let Some(e) = write_error {
-        return Err(Diagnostic::new(
-            "plan",
-            "plan.io",
-            format!("cannot write the plan: {e}"),
-        ));
-    }
+    let writer = match spool {
+        Some((tx, handle)) => {
+            drop(tx);
+            let w = handle
+                .join()
+                .map_err(|_| Diagnostic::new("plan", "plan.io", "the plan writer stopped"))?
+                .map_err(|e| {
+                    Diagnostic::new("plan", "plan.io", format!("cannot write the plan: {e}"))
+                })?;
+            tmp.map(|t| (t, w))
+        }
+        None => None,
+    };
     preview.sort_by_key(|(i, _)| *i);
     let preview: Vec<Value> = preview.into_iter().map(|(_, v)| v).collect();
     let first = !wrote_any;
     let summary = summarise(&flow, &report);
-    let source_sha = match &source {
-        Source::Csv(c) => c.sha256(),
+    let source_sha = match &mut source {
+        Source::Csv(c) => c.finish_sha256(),
         Source::Inline(_) => None,
     };
     let fp = full.then(|| fingerprint::Fingerprint::of(&flow, source_sha.as_deref()));
@@ -472,6 +492,17 @@ fn preview_item(flow: &Flow, item: &ItemRow, key: &str) -> Value {
 
 /// The content digest of an item: the values of the fields the flow reads, so that `resume`
 /// can tell an item changed since it was planned or started.
+/// Appends `s` as a JSON string.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("serialising to memory cannot fail");
+    }
+}
+
 pub fn content_digest(flow: &Flow, values: &[&str]) -> String {
     let mut h = Sha256::new();
     for &i in &flow.used_row_fields {
@@ -480,18 +511,7 @@ pub fn content_digest(flow: &Flow, values: &[&str]) -> String {
         h.update(values[i].as_bytes());
         h.update([0x1e]);
     }
-    hex::encode(&h.finalize()[..16])
-}
-
-#[derive(Serialize)]
-struct ItemEntry<'a> {
-    id: &'a str,
-    line: u64,
-    key: &'a str,
-    digest: String,
-    tasks: serde_json::Map<String, Value>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    money: Vec<(String, String)>,
+    keys::hex_lower(&h.finalize()[..16])
 }
 
 /// The flow template in JSON: what every item's tree is made from.

@@ -191,7 +191,11 @@ impl Field {
                 let needs_count = max_length.is_some_and(|m| v.len() > m)
                     || min_length.is_some_and(|m| v.len() < m.saturating_mul(4));
                 if needs_count {
-                    let n = v.chars().count();
+                    let n = if v.is_ascii() {
+                        v.len()
+                    } else {
+                        v.chars().count()
+                    };
                     if let Some(max) = max_length
                         && n > *max
                     {

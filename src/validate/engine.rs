@@ -257,6 +257,17 @@ fn render<'a>(v: &'a Val, row: &[&'a str], id: &str, batch: &str) -> Cow<'a, str
     }
 }
 
+/// Strips surrounding spaces (which spreadsheets add around values), cheaply for the usual
+/// value that has none.
+fn trim_spaces(s: &str) -> &str {
+    let b = s.as_bytes();
+    if b.first() != Some(&b' ') && b.last() != Some(&b' ') {
+        s
+    } else {
+        s.trim_matches(' ')
+    }
+}
+
 /// A formula-looking cell: spreadsheets execute these when the file is opened, and a payroll
 /// export that carries one has been tampered with or mangled.
 fn looks_like_formula(s: &str) -> bool {
@@ -425,7 +436,7 @@ impl Engine {
         let fast = whole.is_some_and(|w| {
             for &col in columns {
                 match rec.range(col).and_then(|r| w.get(r)) {
-                    Some(v) => values.push(v.trim_matches(' ')),
+                    Some(v) => values.push(trim_spaces(v)),
                     None => return false,
                 }
             }
@@ -439,7 +450,7 @@ impl Engine {
                 let raw = &rec[col];
                 match std::str::from_utf8(raw) {
                     Ok(s) => {
-                        values.push(s.trim_matches(' '));
+                        values.push(trim_spaces(s));
                         bad[fi] = false;
                     }
                     Err(_) => {

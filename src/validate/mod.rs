@@ -316,6 +316,13 @@ pub fn validate<V: Visitor>(
                         spare.push(recs);
                         break;
                     }
+                    if seq == 0 {
+                        // Size the id table for the whole file now rather than let it grow.
+                        let bytes = c.reader.position().byte().max(1);
+                        let estimate =
+                            (c.file_len as f64 / bytes as f64 * len as f64 * 1.1) as usize;
+                        seen.reserve(estimate.min(1 << 26));
+                    }
                     if job_tx
                         .send(Job {
                             seq,

@@ -10,16 +10,41 @@ use std::fs::File;
 use std::io::Read;
 
 /// A reader that hashes every byte it hands out.
+///
+/// The hashing runs on its own thread (the reading thread is the busiest one of a validation
+/// pass); it sees exactly the bytes that were parsed, so the hash describes what was checked.
 pub struct HashingReader<R> {
     inner: R,
-    hasher: Option<Sha256>,
+    hasher: Option<Hasher>,
+}
+
+struct Hasher {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    done: std::thread::JoinHandle<String>,
+}
+
+impl Hasher {
+    fn start() -> Hasher {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(64);
+        let done = std::thread::spawn(move || {
+            let mut h = Sha256::new();
+            while let Ok(chunk) = rx.recv() {
+                h.update(&chunk);
+            }
+            crate::keys::hex_lower(&h.finalize())
+        });
+        Hasher { tx, done }
+    }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if let Some(h) = &mut self.hasher {
-            h.update(&buf[..n]);
+        if let Some(h) = &self.hasher
+            && n > 0
+        {
+            h.tx.send(buf[..n].to_vec())
+                .map_err(|_| std::io::Error::other("the hashing thread stopped"))?;
         }
         Ok(n)
     }
@@ -141,15 +166,12 @@ impl<R: Read> Read for LineEnds<R> {
 }
 
 impl CsvRows {
-    /// The SHA-256 of the bytes read so far (the whole file once the rows are exhausted), when
-    /// the source was opened with hashing.
-    pub fn sha256(&self) -> Option<String> {
-        self.reader
-            .get_ref()
-            .inner
-            .hasher
-            .as_ref()
-            .map(|h| hex::encode(h.clone().finalize()))
+    /// The SHA-256 of the bytes read (the whole file once the rows are exhausted), when the
+    /// source was opened with hashing. Ends the hashing.
+    pub fn finish_sha256(&mut self) -> Option<String> {
+        let h = self.reader.get_mut().inner.hasher.take()?;
+        drop(h.tx);
+        h.done.join().ok()
     }
 }
 
@@ -175,6 +197,8 @@ pub struct CsvRows {
     pub header: Option<Vec<String>>,
     /// How many fields every record must have (the header's width), if known.
     pub width: Option<usize>,
+    /// The file's size in bytes, to size per-item tables before they grow.
+    pub file_len: u64,
 }
 
 pub struct InlineRows {
@@ -227,6 +251,7 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
             .hint("items.source is relative to the manifest's folder"),
         )
     })?;
+    let file_len = file.metadata().map(|md| md.len()).unwrap_or(0);
     if file.metadata().map(|md| md.is_dir()).unwrap_or(false) {
         return Err(OpenError::Io(Diagnostic::new(
             &src.display,
@@ -241,7 +266,7 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
         .buffer_capacity(1 << 16)
         .from_reader(LineEnds::new(HashingReader {
             inner: file,
-            hasher: hash.then(Sha256::new),
+            hasher: hash.then(Hasher::start),
         }));
     let invalid = |d: Diagnostic| OpenError::Invalid(Diagnostics(vec![d]));
     let mut header: Option<Vec<String>> = None;
@@ -390,7 +415,15 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
         && errors.iter().all(|e| e.rule == "csv.missing-column")
         && let Some(d) = delimiter_hint(&h[0], src.delimiter)
     {
-        errors = vec![Diagnostic::new(&src.display, "csv.delimiter", "the header has a single column, so no mapped column is found").at(1, 1).hint(d)];
+        errors = vec![
+            Diagnostic::new(
+                &src.display,
+                "csv.delimiter",
+                "the header has a single column, so no mapped column is found",
+            )
+            .at(1, 1)
+            .hint(d),
+        ];
     }
     if !errors.is_empty() {
         return Err(OpenError::Invalid(Diagnostics(errors)));
@@ -402,6 +435,7 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
             columns,
             header,
             width,
+            file_len,
         }),
         fields,
     ))
