@@ -62,16 +62,18 @@ fn the_json_plan_lists_every_item_with_the_keys_derived_from_batch_and_item_id()
         let key = item["key"].as_str().unwrap();
         assert_eq!(key, payrun::keys::item_key("acme-payroll-2026-11", id));
         assert!(keys.insert(key.to_string()), "keys are unique");
-        assert_eq!(
-            item["tasks"]["pay"].as_str().unwrap(),
-            payrun::keys::task_key(key, "0")
-        );
         assert_eq!(item["digest"].as_str().unwrap().len(), 32);
     }
     assert_eq!(plan["summary"]["items"], 50);
     assert_eq!(plan["format"], "payrun-plan/1");
     assert!(plan["fingerprint"]["sha256"].as_str().unwrap().len() == 64);
     // The preview carries the payload the provider would receive, masked.
+    // Task keys derive from the item key and the node's place in the template.
+    assert_eq!(plan["template"]["flow"][0]["tree_path"], "0");
+    assert_eq!(
+        plan["preview"][0]["tasks"][0]["key"].as_str().unwrap(),
+        payrun::keys::task_key(items[0]["key"].as_str().unwrap(), "0")
+    );
     let payload = &plan["preview"][0]["tasks"][0]["payload"];
     assert_eq!(payload["invoiceId"], items[0]["key"]);
     assert!(
