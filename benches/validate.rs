@@ -181,7 +181,7 @@ fn generate(path: &PathBuf, rows: usize) {
         let f = first[(x % 10) as usize];
         let l = last[((x >> 8) % 10) as usize];
         let (city, cc, cur, bic) = cities[((x >> 16) % 4) as usize];
-        let street = if x % 50 == 0 {
+        let street = if x.is_multiple_of(50) {
             format!("\"{} Main Street, Apt {}\"", x % 200, x % 40)
         } else {
             format!("{} Main Street", x % 200)

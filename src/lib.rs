@@ -1,3 +1,7 @@
+// Diagnostics are large by design (file, line, column, field, value, hint) and travel only on
+// error paths, so returning them by value is fine.
+#![allow(clippy::result_large_err)]
+
 //! payrun: declarative batch payouts. The pipeline reads top to bottom:
 //! manifest → schema → compile → validate → plan (→ execute, in a later stage).
 

@@ -19,8 +19,7 @@ pub fn mask(value: &str) -> String {
 pub fn shorten(value: &str) -> String {
     const MAX: usize = 60;
     let mut out = String::new();
-    let mut count = 0;
-    for c in value.chars() {
+    for (count, c) in value.chars().enumerate() {
         if count == MAX {
             out.push_str(&format!("… ({} bytes in all)", value.len()));
             return out;
@@ -32,7 +31,6 @@ pub fn shorten(value: &str) -> String {
             c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
             c => out.push(c),
         }
-        count += 1;
     }
     out
 }

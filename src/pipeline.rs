@@ -65,6 +65,7 @@ pub fn prepare(manifest_path: &Path, registry: &Registry) -> Result<Prepared, Fa
         },
         OpenError::Invalid(d) => Failure::invalid(d, Some(&manifest)),
     })?;
+    tracing::debug!(provider = %provider.name, operations = provider.operations.len(), fields = row_fields.len(), "schemas loaded and source opened");
     let flow = compile::compile(&manifest, &provider, &row_fields)
         .map_err(|d| Failure::invalid(d, Some(&manifest)))?;
     Ok(Prepared { flow, source })

@@ -692,10 +692,10 @@ fn node(
             );
         }
     }
-    let delay = match &r.delay {
-        None => None,
-        Some(_) => Some(c.duration(&at("delay"), &r.delay, Duration::ZERO)),
-    };
+    let delay = r
+        .delay
+        .as_ref()
+        .map(|_| c.duration(&at("delay"), &r.delay, Duration::ZERO));
     let mut kids = |link: &str, list: &[RawNode]| -> Vec<Node> {
         list.iter()
             .enumerate()

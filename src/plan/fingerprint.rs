@@ -29,7 +29,7 @@ impl Fingerprint {
         let mut inputs = vec![Input {
             kind: "manifest".into(),
             path: m.display.clone(),
-            sha256: hex::encode(Sha256::digest(&manifest_bytes)),
+            sha256: crate::keys::hex_lower(&Sha256::digest(&manifest_bytes)),
         }];
         if let (crate::manifest::Items::Csv(src), Some(sha)) = (&m.items, source_sha) {
             inputs.push(Input {
@@ -59,7 +59,7 @@ impl Fingerprint {
             h.update([0x1e]);
         }
         Fingerprint {
-            sha256: hex::encode(h.finalize()),
+            sha256: crate::keys::hex_lower(&h.finalize()),
             inputs,
         }
     }

@@ -18,7 +18,7 @@ use regex::Regex;
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 static EMBEDDED: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/schemas");
@@ -159,7 +159,7 @@ impl Registry {
         let mut operations = BTreeMap::new();
         for (name, bytes) in &files {
             let display = self.display(provider, name);
-            let sha = hex::encode(Sha256::digest(bytes));
+            let sha = crate::keys::hex_lower(&Sha256::digest(bytes));
             let Ok(text) = std::str::from_utf8(bytes) else {
                 errors.push(Diagnostic::new(
                     &display,
@@ -575,9 +575,4 @@ fn k_static(k: &str) -> &'static str {
         "format" => "format",
         _ => "values",
     }
-}
-
-/// Path display helper for callers that print schema locations.
-pub fn schema_path(dir: &Path, provider: &str, op: &str) -> PathBuf {
-    dir.join(provider).join(format!("{op}.yaml"))
 }

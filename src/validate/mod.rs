@@ -357,6 +357,11 @@ pub fn validate<V: Visitor>(
             }
         }
     }
+    tracing::debug!(
+        rows = report.rows,
+        errors = report.error_count,
+        "validation pass finished"
+    );
     if report.rows == 0 {
         let mut out = BatchOut::default();
         out.push(

@@ -184,7 +184,7 @@ pub enum OpenError {
 }
 
 pub enum Source {
-    Csv(CsvRows),
+    Csv(Box<CsvRows>),
     Inline(InlineRows),
 }
 
@@ -429,14 +429,14 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
         return Err(OpenError::Invalid(Diagnostics(errors)));
     }
     Ok((
-        Source::Csv(CsvRows {
+        Source::Csv(Box::new(CsvRows {
             display: src.display.clone(),
             reader,
             columns,
             header,
             width,
             file_len,
-        }),
+        })),
         fields,
     ))
 }
