@@ -44,6 +44,27 @@ struct Check {
     /// The row field the value comes from (for the column in diagnostics).
     fi: Option<usize>,
     cur: Cur,
+    /// Other (operation, field) pairs that take the same value under the same rule (a country
+    /// column used for the bank and the address): checked once, reported for each.
+    also: Vec<(String, Field)>,
+}
+
+impl Check {
+    /// Whether `other` applies exactly the same rule to exactly the same value.
+    fn same_rule(&self, other: &Check) -> bool {
+        let (a, b) = (&self.field, &other.field);
+        self.val == other.val
+            && a.kind.type_name() == b.kind.type_name()
+            && a.format() == b.format()
+            && a.required == b.required
+            && a.sensitive == b.sensitive
+            && match (self.cur, other.cur) {
+                (Cur::None, Cur::None) | (Cur::Unknown, Cur::Unknown) => true,
+                (Cur::Fixed(x), Cur::Fixed(y)) => x == y,
+                (Cur::Slot(x), Cur::Slot(y)) => x == y,
+                _ => false,
+            }
+    }
 }
 
 struct AnyOf {
@@ -82,6 +103,9 @@ pub struct BatchOut {
     pub diagnostics: Vec<Diagnostic>,
     pub by_rule: HashMap<String, u64>,
     pub totals: BTreeMap<Currency, (i128, u64)>,
+    /// (hash of the item id, line, row index, otherwise valid) of every row with an id, for the
+    /// duplicate check that runs once all rows are in.
+    pub ids: Vec<(u64, u64, u64, bool)>,
 }
 
 impl BatchOut {
@@ -282,6 +306,25 @@ fn looks_like_formula(s: &str) -> bool {
 }
 
 impl Engine {
+    /// The diagnostic for an item whose id appeared before, on line `first`.
+    pub fn duplicate(
+        &self,
+        place: &Place,
+        line: u64,
+        index: usize,
+        id: &str,
+        first: u64,
+    ) -> Diagnostic {
+        let mut d = place
+            .diag(line, index, Some(self.id_idx), &self.fields, "item.duplicate-id", format!("the item id is used twice (first on line {first})"))
+            .value(mask::shorten(id))
+            .hint("each item must have its own id: it seeds the idempotency key that stops double payment");
+        if !id.is_empty() {
+            d.item = Some(mask::shorten(id));
+        }
+        d
+    }
+
     pub fn new(flow: &Flow) -> Engine {
         let fields = &flow.row_fields;
         let paths: HashMap<&str, &str> = flow
@@ -319,9 +362,20 @@ impl Engine {
                     fi: first_field(&val),
                     val,
                     cur: cur(&c.currency, &c.task),
+                    also: Vec::new(),
                 }
             })
             .collect();
+        let checks = {
+            let mut merged: Vec<Check> = Vec::new();
+            for c in checks {
+                match merged.iter_mut().find(|m| m.same_rule(&c)) {
+                    Some(m) => m.also.push((c.op, c.field)),
+                    None => merged.push(c),
+                }
+            }
+            merged
+        };
         let money: Vec<Money> = flow
             .money
             .iter()
@@ -400,7 +454,7 @@ impl Engine {
     pub fn csv_row<'r>(
         &self,
         place: &Place,
-        rec: &'r csv::ByteRecord,
+        rec: &'r super::records::Row,
         line: u64,
         index: usize,
         width: Option<usize>,
@@ -599,20 +653,16 @@ impl Engine {
                 continue;
             }
             let v = render(&c.val, row, id, &self.batch);
+            let targets = std::iter::once((&c.op, &c.field)).chain(c.also.iter().map(|(o, f)| (o, f)));
             if v.is_empty() {
                 if c.field.required {
-                    let d = place
-                        .diag(
-                            line,
-                            index,
-                            c.fi,
-                            fields,
-                            "required",
-                            format!("{} `{}` is required but empty", c.op, c.field.path),
-                        )
-                        .field(c.field.path.clone())
-                        .hint(c.field.description.clone());
-                    out.push(with_item(d), cap);
+                    for (op, field) in targets {
+                        let d = place
+                            .diag(line, index, c.fi, fields, "required", format!("{op} `{}` is required but empty", field.path))
+                            .field(field.path.clone())
+                            .hint(field.description.clone());
+                        out.push(with_item(d), cap);
+                    }
                 }
                 continue;
             }
@@ -621,19 +671,14 @@ impl Engine {
                 _ => c.field.check(&v),
             };
             if let Err(viol) = res {
-                let d = place
-                    .diag(
-                        line,
-                        index,
-                        c.fi,
-                        fields,
-                        viol.rule,
-                        format!("{} `{}` {}", c.op, c.field.path, viol.message),
-                    )
-                    .field(c.field.path.clone())
-                    .value(mask::display(&v, c.field.sensitive))
-                    .hint(viol.hint);
-                out.push(with_item(d), cap);
+                for (op, field) in targets {
+                    let d = place
+                        .diag(line, index, c.fi, fields, viol.rule, format!("{op} `{}` {}", field.path, viol.message))
+                        .field(field.path.clone())
+                        .value(mask::display(&v, c.field.sensitive))
+                        .hint(viol.hint.clone());
+                    out.push(with_item(d), cap);
+                }
             }
         }
         for a in &self.any_of {

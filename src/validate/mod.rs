@@ -9,6 +9,7 @@
 //! flight, not by the file.
 
 pub mod engine;
+pub mod records;
 pub mod source;
 
 use crate::compile::Flow;
@@ -96,10 +97,8 @@ const BATCH: usize = 2048;
 
 /// A parsed record waiting to be checked.
 struct Rec {
-    rec: csv::ByteRecord,
+    rec: records::Row,
     line: u64,
-    /// The line of an earlier item with the same id.
-    dup_of: Option<u64>,
 }
 
 struct Job {
@@ -183,7 +182,6 @@ pub fn validate<V: Visitor>(
         Source::Csv(c) => {
             let width = c.width;
             let columns = c.columns.clone();
-            let id_col = columns[engine.id_idx];
             let workers = std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2)
@@ -192,6 +190,9 @@ pub fn validate<V: Visitor>(
             let job_rx = Arc::new(Mutex::new(job_rx));
             let (res_tx, res_rx) = mpsc::channel::<(u64, BatchOut, V::Chunk, Vec<Rec>)>();
             let mut failure: Option<Diagnostic> = None;
+            let hasher = std::collections::hash_map::RandomState::new();
+            // (id hash, line, row index, otherwise valid) of every item, in two halves by hash.
+            let mut ids: [Vec<(u64, u64, u64, bool)>; 2] = [Vec::new(), Vec::new()];
             std::thread::scope(|s| {
                 for _ in 0..workers {
                     let job_rx = Arc::clone(&job_rx);
@@ -199,6 +200,7 @@ pub fn validate<V: Visitor>(
                     let engine = &engine;
                     let place = &place;
                     let columns = &columns;
+                    let hasher = &hasher;
                     s.spawn(move || {
                         loop {
                             let job = match job_rx.lock() {
@@ -222,18 +224,23 @@ pub fn validate<V: Visitor>(
                                     index as usize,
                                     width,
                                     columns,
-                                    r.dup_of,
+                                    None,
                                     &mut values,
                                     &mut bad,
                                     &mut out,
                                     cap,
                                 );
                                 if let Some(valid) = valid {
+                                    let id = values[engine.id_idx];
+                                    if !id.is_empty() {
+                                        use std::hash::BuildHasher;
+                                        out.ids.push((hasher.hash_one(id), r.line, index, valid));
+                                    }
                                     visitor.item(
                                         &ItemRow {
                                             index,
                                             line: r.line,
-                                            id: values[engine.id_idx],
+                                            id,
                                             values: &values,
                                             valid,
                                         },
@@ -249,10 +256,7 @@ pub fn validate<V: Visitor>(
                     });
                 }
                 drop(res_tx);
-                // Parse on this thread; detect duplicate ids here, where the order is known.
-                let hasher = std::collections::hash_map::RandomState::new();
-                let mut seen: HashMap<u64, u64, std::hash::BuildHasherDefault<PassThrough>> =
-                    HashMap::default();
+                // Parse on this thread.
                 let mut pending: BTreeMap<u64, (BatchOut, V::Chunk)> = BTreeMap::new();
                 let mut spare: Vec<Vec<Rec>> = Vec::new();
                 let mut next_merge = 0u64;
@@ -261,7 +265,10 @@ pub fn validate<V: Visitor>(
                 let mut absorb = |pending: &mut BTreeMap<u64, (BatchOut, V::Chunk)>,
                                   next: &mut u64,
                                   report: &mut Report| {
-                    while let Some((out, chunk)) = pending.remove(next) {
+                    while let Some((mut out, chunk)) = pending.remove(next) {
+                        for id in out.ids.drain(..) {
+                            ids[(id.0 >> 63) as usize].push(id);
+                        }
                         report.absorb(out, cap);
                         merge(chunk);
                         *next += 1;
@@ -271,43 +278,24 @@ pub fn validate<V: Visitor>(
                     let mut recs = spare.pop().unwrap_or_else(|| {
                         (0..BATCH)
                             .map(|_| Rec {
-                                rec: csv::ByteRecord::new(),
+                                rec: records::Row::new(),
                                 line: 0,
-                                dup_of: None,
                             })
                             .collect()
                     });
                     let mut len = 0;
                     while len < BATCH {
                         let r = &mut recs[len];
-                        match c.reader.read_byte_record(&mut r.rec) {
-                            Ok(true) => {}
-                            Ok(false) => break,
+                        match c.reader.read(&mut r.rec) {
+                            Ok(Some(line)) => r.line = line,
+                            Ok(None) => break,
                             Err(e) => {
-                                let line = e.position().map(|p| p.line()).unwrap_or(0);
-                                failure = Some(
-                                    Diagnostic::new(
-                                        &c.display,
-                                        "source.io",
-                                        format!("cannot read the file: {e}"),
-                                    )
-                                    .at(line, 1),
-                                );
+                                failure = Some(Diagnostic::new(
+                                    &c.display,
+                                    "source.io",
+                                    format!("cannot read the file: {e}"),
+                                ));
                                 break 'read;
-                            }
-                        }
-                        let byte = r.rec.position().map(|p| p.byte()).unwrap_or(0);
-                        r.line = c.reader.get_mut().line_of(byte);
-                        r.dup_of = None;
-                        if let Some(id) = r.rec.get(id_col) {
-                            let id = trim_spaces(id);
-                            if !id.is_empty() && width.is_none_or(|w| r.rec.len() == w) {
-                                use std::hash::BuildHasher;
-                                let h = hasher.hash_one(id);
-                                if let Some(first) = seen.insert(h, r.line) {
-                                    seen.insert(h, first);
-                                    r.dup_of = Some(first);
-                                }
                             }
                         }
                         len += 1;
@@ -315,13 +303,6 @@ pub fn validate<V: Visitor>(
                     if len == 0 {
                         spare.push(recs);
                         break;
-                    }
-                    if seq == 0 {
-                        // Size the id table for the whole file now rather than let it grow.
-                        let bytes = c.reader.position().byte().max(1);
-                        let estimate =
-                            (c.file_len as f64 / bytes as f64 * len as f64 * 1.1) as usize;
-                        seen.reserve(estimate.min(1 << 26));
                     }
                     if job_tx
                         .send(Job {
@@ -355,6 +336,10 @@ pub fn validate<V: Visitor>(
             if let Some(f) = failure {
                 return Err(f);
             }
+            let dups = duplicates(ids);
+            if !dups.is_empty() {
+                report_duplicates(&engine, &place, c, dups, &mut report, cap);
+            }
         }
     }
     tracing::debug!(
@@ -379,28 +364,81 @@ pub fn validate<V: Visitor>(
     Ok(report)
 }
 
-fn trim_spaces(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|&c| c != b' ').unwrap_or(b.len());
-    let end = b.iter().rposition(|&c| c != b' ').map_or(start, |e| e + 1);
-    &b[start..end]
+/// Finds repeated item ids once every row is in: the (hash, line) pairs of each half are sorted
+/// (in parallel) and equal neighbours are duplicates. Sorting a million pairs costs a fraction of
+/// a million random inserts into a hash table that does not fit in cache.
+/// Returns (line, row index, otherwise valid, first line) for every repeat, by line.
+fn duplicates(halves: [Vec<(u64, u64, u64, bool)>; 2]) -> Vec<(u64, u64, bool, u64)> {
+    let found: Vec<Vec<(u64, u64, bool, u64)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = halves
+            .into_iter()
+            .map(|mut half| {
+                s.spawn(move || {
+                    half.sort_unstable_by_key(|&(h, line, _, _)| (h, line));
+                    let mut out = Vec::new();
+                    let mut first = 0;
+                    for i in 0..half.len() {
+                        if i > 0 && half[i].0 == half[i - 1].0 {
+                            out.push((half[i].1, half[i].2, half[i].3, half[first].1));
+                        } else {
+                            first = i;
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut all: Vec<(u64, u64, bool, u64)> = found.into_iter().flatten().collect();
+    all.sort_unstable();
+    all
 }
 
-/// A hasher for keys that already are hashes. Only the 64-bit hash of each id is kept, so
-/// memory stays small for a million items; two different ids colliding (odds about 1 in 37
-/// million for a million-row batch) would be reported as a duplicate, never missed.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl std::hash::Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
+/// Adds the duplicate-id diagnostics, in line order among the others, and recounts the items.
+/// The ids themselves are read again from the file: only the hashes were kept.
+fn report_duplicates(
+    engine: &Engine,
+    place: &Place,
+    c: &source::CsvRows,
+    dups: Vec<(u64, u64, bool, u64)>,
+    report: &mut Report,
+    cap: usize,
+) {
+    let mut texts: HashMap<u64, String> = HashMap::new();
+    if let Ok(file) = std::fs::File::open(&c.path) {
+        let mut r = records::Records::new(source::LineEnds::new(file), c.delimiter);
+        let mut row = records::Row::new();
+        let id_col = c.columns[engine.id_idx];
+        let mut want: std::collections::HashSet<u64> = dups.iter().map(|d| d.0).collect();
+        while let Ok(Some(line)) = r.read(&mut row) {
+            if want.remove(&line) {
+                texts.insert(
+                    line,
+                    row.get(id_col)
+                        .map(|b| String::from_utf8_lossy(b).trim_matches(' ').to_string())
+                        .unwrap_or_default(),
+                );
+                if want.is_empty() {
+                    break;
+                }
+            }
         }
     }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+    for (line, index, valid, first) in dups {
+        let id = texts.get(&line).map(String::as_str).unwrap_or("");
+        let d = engine.duplicate(place, line, index as usize, id, first);
+        report.error_count += 1;
+        *report.errors_by_rule.entry(d.rule.clone()).or_insert(0) += 1;
+        report.errors.push(d);
+        if valid {
+            report.valid_items -= 1;
+            report.invalid_items += 1;
+        }
     }
+    report.errors.sort_by_key(|d| (d.line, d.column));
+    report.errors.truncate(cap);
 }

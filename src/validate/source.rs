@@ -2,6 +2,7 @@
 //! Opening a source reads only the header, which fixes the item fields the flow compiles
 //! against; rows are then read one at a time, so memory does not grow with the file.
 
+use super::records::Records;
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::manifest::{ColumnRef, CsvSource, InlineItem, Items, Manifest};
 use crate::yaml::{self, Seg, key};
@@ -50,14 +51,10 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Normalises line ends to LF as the bytes stream by (`\r\n` and a lone `\r` become `\n`) and
-/// remembers where each line ends, so that every record gets its physical line number.
-///
-/// The csv crate's own line counter is not usable for that: after a CRLF it reports the next
-/// record one line too early, it does not count the blank lines it skips, and it never counts
-/// CR-only line ends. Instead, `line_of(byte)` counts the newlines before a record's first byte
-/// (skipping the blank lines the parser passed over). A `\r\n` inside a quoted value becomes
-/// `\n`; no payout field accepts either.
+/// Normalises line ends to LF as the bytes stream by: `\r\n` and a lone `\r` become `\n`, so
+/// that `Records` numbers lines the same way for files from Excel (CRLF), old Macs (CR) and
+/// everything else. A `\r\n` inside a quoted value becomes `\n`; no payout field accepts
+/// either.
 pub struct LineEnds<R> {
     inner: R,
     buf: Vec<u8>,
@@ -66,12 +63,6 @@ pub struct LineEnds<R> {
     /// The last byte of the previous fill was `\r`; it is held back until the next byte is known.
     carry_cr: bool,
     eof: bool,
-    /// Output offset of `buf[0]`.
-    offset: u64,
-    /// Offsets of newlines handed out but not yet passed by `line_of`.
-    newlines: std::collections::VecDeque<u64>,
-    /// Newlines already passed: the line of the last record is `passed + 1`.
-    passed: u64,
 }
 
 impl<R: Read> LineEnds<R> {
@@ -83,31 +74,10 @@ impl<R: Read> LineEnds<R> {
             end: 0,
             carry_cr: false,
             eof: false,
-            offset: 0,
-            newlines: std::collections::VecDeque::new(),
-            passed: 0,
         }
-    }
-
-    /// The 1-based line on which the record starting at output byte `byte` begins. Calls must
-    /// come in increasing `byte` order (records are read front to back).
-    pub fn line_of(&mut self, byte: u64) -> u64 {
-        while self.newlines.front().is_some_and(|&n| n < byte) {
-            self.newlines.pop_front();
-            self.passed += 1;
-        }
-        // The parser may report a record as starting on the newline(s) before it.
-        let mut b = byte;
-        while self.newlines.front() == Some(&b) {
-            self.newlines.pop_front();
-            self.passed += 1;
-            b += 1;
-        }
-        self.passed + 1
     }
 
     fn fill(&mut self) -> std::io::Result<()> {
-        self.offset += self.end as u64;
         let off = usize::from(self.carry_cr);
         if self.carry_cr {
             self.buf[0] = b'\r';
@@ -140,9 +110,6 @@ impl<R: Read> LineEnds<R> {
                     w += 1;
                 }
             }
-        }
-        for i in memchr::memchr_iter(b'\n', &self.buf[..w]) {
-            self.newlines.push_back(self.offset + i as u64);
         }
         self.start = 0;
         self.end = w;
@@ -190,7 +157,9 @@ pub enum Source {
 
 pub struct CsvRows {
     pub display: String,
-    pub reader: csv::Reader<LineEnds<HashingReader<File>>>,
+    pub path: std::path::PathBuf,
+    pub delimiter: u8,
+    pub reader: Records<LineEnds<HashingReader<File>>>,
     /// Column index (0-based) of each item field.
     pub columns: Vec<usize>,
     /// Header text of each column, for diagnostics (`None` without a header row).
@@ -259,21 +228,19 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
             "the item source is a folder, not a file",
         )));
     }
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(src.delimiter)
-        .has_headers(false)
-        .flexible(true)
-        .buffer_capacity(1 << 16)
-        .from_reader(LineEnds::new(HashingReader {
+    let mut reader = Records::new(
+        LineEnds::new(HashingReader {
             inner: file,
             hasher: hash.then(Hasher::start),
-        }));
+        }),
+        src.delimiter,
+    );
     let invalid = |d: Diagnostic| OpenError::Invalid(Diagnostics(vec![d]));
     let mut header: Option<Vec<String>> = None;
     let mut width = None;
     if src.header {
-        let mut rec = csv::ByteRecord::new();
-        let got = reader.read_byte_record(&mut rec).map_err(|e| {
+        let mut rec = super::records::Row::new();
+        let got = reader.read(&mut rec).map(|l| l.is_some()).map_err(|e| {
             OpenError::Io(Diagnostic::new(
                 &src.display,
                 "source.io",
@@ -431,6 +398,8 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
     Ok((
         Source::Csv(Box::new(CsvRows {
             display: src.display.clone(),
+            path: src.path.clone(),
+            delimiter: src.delimiter,
             reader,
             columns,
             header,
@@ -548,21 +517,14 @@ mod tests {
     }
 
     #[test]
-    fn records_get_their_physical_lines_across_blank_lines_and_multiline_values() {
+    fn records_get_their_physical_lines_across_crlf_cr_blank_lines_and_multiline_values() {
         let text = b"id,a\r\n1,x\r\n\r\n\r\n2,\"multi\r\nline\"\r\n3,y\r4,z\n";
         for chunk in [1, 3, 7, 64] {
-            let mut r = csv::ReaderBuilder::new()
-                .has_headers(false)
-                .flexible(true)
-                .from_reader(LineEnds::new(Chunks(text, chunk)));
-            let mut rec = csv::ByteRecord::new();
+            let mut r = Records::new(LineEnds::new(Chunks(text, chunk)), b',');
+            let mut rec = crate::validate::records::Row::new();
             let mut lines = Vec::new();
-            while r.read_byte_record(&mut rec).unwrap() {
-                let byte = rec.position().unwrap().byte();
-                lines.push((
-                    String::from_utf8_lossy(&rec[0]).to_string(),
-                    r.get_mut().line_of(byte),
-                ));
+            while let Some(line) = r.read(&mut rec).unwrap() {
+                lines.push((String::from_utf8_lossy(&rec[0]).to_string(), line));
             }
             let want: Vec<(String, u64)> = [("id", 1), ("1", 2), ("2", 5), ("3", 7), ("4", 8)]
                 .iter()
