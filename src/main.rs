@@ -187,16 +187,7 @@ fn validate(
         |_| {},
     ) {
         Ok(r) => r,
-        Err(d) => {
-            return fail(
-                Failure {
-                    exit_code: 2,
-                    diagnostics: vec![d],
-                    manifest: None,
-                },
-                format,
-            );
-        }
+        Err(d) => return fail(Failure::io(d), format),
     };
     match format {
         Format::Json => {
@@ -244,16 +235,7 @@ fn plan(
     });
     let built = match payrun::plan::build(prepared, show, full, tmp_dir.as_deref(), max_errors) {
         Ok(p) => p,
-        Err(d) => {
-            return fail(
-                Failure {
-                    exit_code: 2,
-                    diagnostics: vec![d],
-                    manifest: None,
-                },
-                format,
-            );
-        }
+        Err(d) => return fail(Failure::io(d), format),
     };
     let (mut plan, report) = built;
     if !report.is_ok() {

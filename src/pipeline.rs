@@ -19,6 +19,15 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// A file could not be read or written (exit 2).
+    pub fn io(d: Diagnostic) -> Failure {
+        Failure {
+            exit_code: 2,
+            diagnostics: vec![d],
+            manifest: None,
+        }
+    }
+
     fn invalid(d: Diagnostics, m: Option<&Manifest>) -> Failure {
         Failure {
             exit_code: 1,

@@ -475,7 +475,7 @@ impl Compiler<'_> {
         for (k, v) in &node.payload {
             let mut at = payload_at.clone();
             at.push(key(k));
-            self.flatten(k.clone(), v, at, ancestors, preflight, &mut leaves);
+            self.flatten(k.clone(), v, at, Some((ancestors, preflight)), &mut leaves);
         }
         let mut bindings = Vec::new();
         let mut seen = HashSet::new();
@@ -572,13 +572,14 @@ impl Compiler<'_> {
     }
 
     /// Turns one payload template value into leaves.
+    /// `scope` is (ancestor ids, preflight) for payload templates, `None` for a defaults block,
+    /// whose strings are taken literally.
     fn flatten(
         &mut self,
         path: String,
         v: &serde_yaml::Value,
         at: Vec<Seg>,
-        ancestors: &[String],
-        preflight: bool,
+        scope: Option<(&[String], bool)>,
         out: &mut Vec<(String, Bound, Vec<Seg>)>,
     ) {
         use serde_yaml::Value as Y;
@@ -591,7 +592,7 @@ impl Compiler<'_> {
                     };
                     let mut a = at.clone();
                     a.push(key(&k));
-                    self.flatten(format!("{path}.{k}"), v, a, ancestors, preflight, out);
+                    self.flatten(format!("{path}.{k}"), v, a, scope, out);
                 }
             }
             Y::Sequence(_) => self.error(
@@ -600,8 +601,10 @@ impl Compiler<'_> {
                 format!("`{path}` is a list; payload templates take values and blocks only"),
                 "list items one by one as separate items of the batch",
             ),
-            Y::Tagged(t) => self.flatten(path, &t.value, at, ancestors, preflight, out),
+            Y::Tagged(t) => self.flatten(path, &t.value, at, scope, out),
+            Y::String(s) if scope.is_none() => out.push((path, Bound::Const(s.clone()), at)),
             Y::String(s) => {
+                let (ancestors, preflight) = scope.expect("templates have a scope");
                 let parts = match template::parse(s) {
                     Ok(p) => p,
                     Err(e) => {
@@ -626,7 +629,8 @@ impl Compiler<'_> {
                     self.used_fields.insert(field.clone());
                     let mut dat = vec![key("defaults"), key(field)];
                     dat.extend(sub.iter().map(|s| key(s)));
-                    self.flatten_default(path, &block, dat, out);
+                    // Its scalars are constants, located in `defaults`; `${…}` in them is text.
+                    self.flatten(path, &block, dat, None, out);
                     return;
                 }
                 let mut bound = Vec::new();
@@ -656,42 +660,6 @@ impl Compiler<'_> {
                 let text = crate::schema::raw::scalar_text(other).unwrap_or_default();
                 out.push((path, Bound::Const(text), at));
             }
-        }
-    }
-
-    /// A defaults block used as a payload block: its scalars are constants located in `defaults`.
-    fn flatten_default(
-        &mut self,
-        path: String,
-        v: &serde_yaml::Value,
-        at: Vec<Seg>,
-        out: &mut Vec<(String, Bound, Vec<Seg>)>,
-    ) {
-        use serde_yaml::Value as Y;
-        match v {
-            Y::Null => {}
-            Y::Mapping(m) => {
-                for (k, v) in m {
-                    let Some(k) = crate::schema::raw::scalar_text(k) else {
-                        continue;
-                    };
-                    let mut a = at.clone();
-                    a.push(key(&k));
-                    self.flatten_default(format!("{path}.{k}"), v, a, out);
-                }
-            }
-            Y::Sequence(_) => self.error(
-                &at,
-                "flow.list-value",
-                format!("`{path}` is a list; payload templates take values and blocks only"),
-                "remove the list",
-            ),
-            Y::Tagged(t) => self.flatten_default(path, &t.value, at, out),
-            other => out.push((
-                path,
-                Bound::Const(crate::schema::raw::scalar_text(other).unwrap_or_default()),
-                at,
-            )),
         }
     }
 

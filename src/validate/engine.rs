@@ -465,7 +465,6 @@ impl Engine {
         out: &mut BatchOut,
         cap: usize,
     ) -> Option<bool> {
-        out.rows += 1;
         let width_ok = match width {
             Some(w) => rec.len() == w,
             None => columns.iter().all(|&i| i < rec.len()),
@@ -478,6 +477,7 @@ impl Engine {
                 .diag(line, index, None, &self.fields, "csv.ragged-row", format!("the row has {} fields but {want}", rec.len()))
                 .hint("a value probably contains the delimiter without quotes, or a column is missing; quote such values");
             out.push(d, cap);
+            out.rows += 1;
             out.invalid += 1;
             return None;
         }
@@ -529,7 +529,6 @@ impl Engine {
                 }
             }
         }
-        out.rows -= 1; // check_row counts the row
         let ok = self.check_row(
             place,
             line,
@@ -540,11 +539,7 @@ impl Engine {
             out,
             cap,
         );
-        if any_bad && ok {
-            out.valid -= 1;
-            out.invalid += 1;
-        }
-        Some(ok && !any_bad)
+        Some(ok)
     }
 
     /// Checks one row's values. `bad` marks unreadable cells (already reported).
@@ -653,12 +648,20 @@ impl Engine {
                 continue;
             }
             let v = render(&c.val, row, id, &self.batch);
-            let targets = std::iter::once((&c.op, &c.field)).chain(c.also.iter().map(|(o, f)| (o, f)));
+            let targets =
+                std::iter::once((&c.op, &c.field)).chain(c.also.iter().map(|(o, f)| (o, f)));
             if v.is_empty() {
                 if c.field.required {
                     for (op, field) in targets {
                         let d = place
-                            .diag(line, index, c.fi, fields, "required", format!("{op} `{}` is required but empty", field.path))
+                            .diag(
+                                line,
+                                index,
+                                c.fi,
+                                fields,
+                                "required",
+                                format!("{op} `{}` is required but empty", field.path),
+                            )
                             .field(field.path.clone())
                             .hint(field.description.clone());
                         out.push(with_item(d), cap);
@@ -673,7 +676,14 @@ impl Engine {
             if let Err(viol) = res {
                 for (op, field) in targets {
                     let d = place
-                        .diag(line, index, c.fi, fields, viol.rule, format!("{op} `{}` {}", field.path, viol.message))
+                        .diag(
+                            line,
+                            index,
+                            c.fi,
+                            fields,
+                            viol.rule,
+                            format!("{op} `{}` {}", field.path, viol.message),
+                        )
                         .field(field.path.clone())
                         .value(mask::display(&v, c.field.sensitive))
                         .hint(viol.hint.clone());
@@ -704,7 +714,8 @@ impl Engine {
                 out.push(with_item(d), cap);
             }
         }
-        let ok = out.error_count == before;
+        // Unreadable cells were reported before the row got here.
+        let ok = out.error_count == before && !bad.iter().any(|&b| b);
         if ok {
             out.valid += 1;
             for m in &self.money {
