@@ -13,6 +13,7 @@ pub mod mask;
 pub mod money;
 pub mod pipeline;
 pub mod plan;
+pub mod sandbox;
 pub mod schema;
 pub mod template;
 pub mod text;

@@ -77,6 +77,25 @@ enum Command {
         #[arg(long, default_value_t = 50, value_name = "N")]
         max_errors: usize,
     },
+    /// Run the provider sandbox: Paysend emulated as its documents describe, with faults.
+    ///
+    /// Prints the base URLs and the test credentials it accepts, then serves until Ctrl-C.
+    /// Sandbox-only endpoints: GET /__sandbox/ledger, GET /__sandbox/counters,
+    /// POST /__sandbox/reset.
+    Sandbox {
+        /// Address to listen on (loopback by default; port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8900")]
+        listen: std::net::SocketAddr,
+        /// Sandbox configuration (YAML): credentials, balances, timings, faults.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Seed for fault injection (overrides the config's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Provider time runs this many times faster than real time (overrides the config's).
+        #[arg(long, value_name = "FACTOR")]
+        time_scale: Option<f64>,
+    },
     /// Show what a payroll clerk needs to prepare a file for one provider operation.
     ///
     /// The columns with required/optional, format and an example, generated from the same
@@ -131,6 +150,12 @@ fn main() -> ExitCode {
             manifest,
             all,
         } => template(&registry, &provider, &operation, csv, manifest, all),
+        Command::Sandbox {
+            listen,
+            config,
+            seed,
+            time_scale,
+        } => sandbox(listen, config, seed, time_scale),
     };
     ExitCode::from(code)
 }
@@ -332,4 +357,66 @@ fn template(
     };
     print!("{out}");
     0
+}
+
+fn sandbox(
+    listen: std::net::SocketAddr,
+    config: Option<PathBuf>,
+    seed: Option<u64>,
+    time_scale: Option<f64>,
+) -> u8 {
+    use payrun::sandbox::{Sandbox, SandboxConfig};
+    let mut cfg = match &config {
+        Some(path) => match SandboxConfig::load(path) {
+            Ok(c) => c,
+            Err(d) => {
+                print_diagnostics(&[d], None);
+                return 2;
+            }
+        },
+        None => SandboxConfig::default(),
+    };
+    if let Some(s) = seed {
+        cfg.seed = s;
+    }
+    if let Some(t) = time_scale {
+        cfg.time_scale = t;
+    }
+    if let Err(m) = cfg.check() {
+        eprintln!("error[sandbox.config]: {m}");
+        return 2;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("payrun: cannot start the async runtime: {e}");
+            return 2;
+        }
+    };
+    runtime.block_on(async move {
+        let paysend = cfg.paysend.clone();
+        let sb = match Sandbox::start(cfg, listen).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error[sandbox.listen]: cannot listen on {listen}: {e}");
+                return 2;
+            }
+        };
+        println!("payrun sandbox listening on http://{}", sb.addr);
+        println!("paysend: {}", sb.base_url("paysend"));
+        println!("  partner_id:   {}", paysend.partner_id);
+        println!("  inbound_key:  {}", paysend.inbound_key);
+        println!("  outbound_key: {}", paysend.outbound_key);
+        println!(
+            "ledger: http://{0}/__sandbox/ledger  counters: http://{0}/__sandbox/counters  reset: POST http://{0}/__sandbox/reset",
+            sb.addr
+        );
+        eprintln!("press Ctrl-C to stop");
+        let _ = tokio::signal::ctrl_c().await;
+        sb.stop().await;
+        0
+    })
 }

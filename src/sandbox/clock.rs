@@ -1,0 +1,37 @@
+//! Provider time: real time multiplied by the configured `time_scale`, so that the provider's
+//! "wait 3 minutes" and "2-3 hours" windows can pass in milliseconds in tests.
+
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct Clock {
+    start: Instant,
+    scale: f64,
+}
+
+impl Clock {
+    pub fn new(scale: f64) -> Clock {
+        Clock {
+            start: Instant::now(),
+            scale,
+        }
+    }
+
+    /// Provider time elapsed since the sandbox started.
+    pub fn now(&self) -> Duration {
+        self.start.elapsed().mul_f64(self.scale)
+    }
+
+    /// How long to really wait for `d` of provider time to pass.
+    pub fn real(&self, d: Duration) -> Duration {
+        d.div_f64(self.scale)
+    }
+
+    /// Wall-clock date of provider time `at`, as RFC 3339 (the sandbox's dates move as fast as
+    /// its clock).
+    pub fn date(&self, at: Duration) -> String {
+        let base = chrono::Utc::now() - chrono::Duration::from_std(self.now()).unwrap_or_default();
+        (base + chrono::Duration::from_std(at).unwrap_or_default())
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
+    }
+}

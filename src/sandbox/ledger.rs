@@ -1,0 +1,117 @@
+//! The sandbox's ledger of money movements and its request counters: what tests and benchmarks
+//! read (`GET /__sandbox/ledger`, `GET /__sandbox/counters`) to assert that every item was paid
+//! exactly once. Recipient numbers are never stored, only a digest.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Entry {
+    pub provider: String,
+    /// The client's idempotency key for the payment (Paysend: invoiceId).
+    pub key: String,
+    /// The provider's id of the payment.
+    pub payment_id: String,
+    pub operation: String,
+    /// Exact decimal.
+    pub amount: String,
+    pub currency: String,
+    /// SHA-256 (hex, first 16 bytes) of the recipient's card or account number.
+    pub recipient_digest: String,
+    /// Provider time of the movement, RFC 3339.
+    pub time: String,
+    /// The request that carried it (Paysend: header.request.id).
+    pub request_id: String,
+}
+
+#[derive(Default)]
+pub struct Ledger {
+    entries: Mutex<Vec<Entry>>,
+    counters: Mutex<BTreeMap<String, u64>>,
+    pub rate_limited: AtomicU64,
+    pub duplicates_refused: AtomicU64,
+    pub replays: AtomicU64,
+    pub dropped_after_commit: AtomicU64,
+    pub webhooks_sent: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Counters {
+    /// "METHOD path status" → count.
+    pub requests: BTreeMap<String, u64>,
+    pub rate_limited: u64,
+    pub duplicates_refused: u64,
+    pub replays: u64,
+    pub dropped_after_commit: u64,
+    pub webhooks_sent: u64,
+    pub payments: u64,
+}
+
+impl Ledger {
+    pub fn record(&self, e: Entry) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(e);
+    }
+
+    pub fn entries(&self) -> Vec<Entry> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn count(&self, what: String) {
+        *self
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(what)
+            .or_insert(0) += 1;
+    }
+
+    pub fn counters(&self) -> Counters {
+        Counters {
+            requests: self
+                .counters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            duplicates_refused: self.duplicates_refused.load(Ordering::Relaxed),
+            replays: self.replays.load(Ordering::Relaxed),
+            dropped_after_commit: self.dropped_after_commit.load(Ordering::Relaxed),
+            webhooks_sent: self.webhooks_sent.load(Ordering::Relaxed),
+            payments: self.entries.lock().unwrap_or_else(|p| p.into_inner()).len() as u64,
+        }
+    }
+
+    pub fn reset(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        for c in [
+            &self.rate_limited,
+            &self.duplicates_refused,
+            &self.replays,
+            &self.dropped_after_commit,
+            &self.webhooks_sent,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The digest kept instead of a card or account number.
+pub fn recipient_digest(number: &str) -> String {
+    use sha2::{Digest, Sha256};
+    crate::keys::hex_lower(&Sha256::digest(number.as_bytes())[..16])
+}

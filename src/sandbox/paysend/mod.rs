@@ -1,0 +1,456 @@
+//! Paysend Enterprise, emulated from `paysend-enterprise-api.txt` (digest with line references in
+//! docs/paysend-wire.md).
+//!
+//! A request is checked (signature, envelope, partner), then its task trees are *committed* at
+//! once — payments recorded, balances debited, outcomes fixed — and its statuses unfold in
+//! provider time: Accepted, then InProgress while the levels of the trees run (`level_time`
+//! each), then Finished. Choices where the document is silent are marked "Choice:".
+
+pub mod codes;
+pub mod functions;
+pub mod tree;
+
+use super::State;
+use super::clock::Clock;
+use super::config::PaysendConfig;
+use super::faults;
+use super::server::DropConnection;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The documented answer when the provider is over its rate (L185).
+pub const BUSY: &str = "Sorry. Can't accept your request now.";
+
+/// A map split into independently locked shards: no global lock on the request path.
+pub struct Sharded<V> {
+    shards: Vec<Mutex<HashMap<String, V>>>,
+}
+
+impl<V> Sharded<V> {
+    fn new() -> Self {
+        Sharded {
+            shards: (0..32).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    pub fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<String, V>> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        self.shards[(h % self.shards.len() as u64) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn clear(&self) {
+        for s in &self.shards {
+            s.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+}
+
+/// A committed request, enough to answer status calls and replays.
+pub struct Stored {
+    pub global_id: String,
+    pub response_id: String,
+    pub accepted_at: Duration,
+    /// The request as received (its header and payload are echoed in every answer).
+    pub request: Value,
+    pub tree: Vec<tree::Executed>,
+    pub levels: usize,
+}
+
+/// A payment Paysend knows about (task.statusGet finds it by invoiceId or paymentId).
+#[derive(Clone)]
+pub struct Payment {
+    pub payment_id: String,
+    pub invoice_id: String,
+    pub accepted_at: Duration,
+    pub done_at: Duration,
+    /// `None`: completed; `Some(code)`: failed with that code.
+    pub error: Option<u32>,
+    pub data: Value,
+}
+
+pub struct Paysend {
+    pub config: PaysendConfig,
+    pub requests: Sharded<Arc<Stored>>,
+    pub by_global: Sharded<String>,
+    /// invoiceId → successful payment (3011 guard) or the last failed one.
+    pub invoices: Sharded<Payment>,
+    pub payments: Sharded<String>,
+    /// Minor units per currency.
+    pub balances: Sharded<i128>,
+    /// How many times each request id was seen (fault decisions).
+    attempts: Sharded<u64>,
+    limiter: Option<governor::DefaultDirectRateLimiter>,
+    sequence: AtomicU64,
+}
+
+impl Paysend {
+    pub fn new(config: &PaysendConfig, _clock: &Clock) -> Paysend {
+        let limiter = config.rate_limit.map(|r| {
+            let rps = std::num::NonZeroU32::new(r.requests_per_second)
+                .unwrap_or(std::num::NonZeroU32::MIN);
+            let burst = std::num::NonZeroU32::new(r.burst).unwrap_or(std::num::NonZeroU32::MIN);
+            governor::RateLimiter::direct(governor::Quota::per_second(rps).allow_burst(burst))
+        });
+        let p = Paysend {
+            config: config.clone(),
+            requests: Sharded::new(),
+            by_global: Sharded::new(),
+            invoices: Sharded::new(),
+            payments: Sharded::new(),
+            balances: Sharded::new(),
+            attempts: Sharded::new(),
+            limiter,
+            sequence: AtomicU64::new(1),
+        };
+        p.fund();
+        p
+    }
+
+    fn fund(&self) {
+        for (c, amount) in &self.config.balances {
+            let exp = crate::money::Currency::from_alpha(c)
+                .and_then(|c| c.exponent())
+                .unwrap_or(2);
+            if let Ok(a) = crate::money::parse_amount(amount, exp) {
+                self.balances.shard(c).insert(c.clone(), a.minor);
+            }
+        }
+    }
+
+    pub fn reset(&self) {
+        self.requests.clear();
+        self.by_global.clear();
+        self.invoices.clear();
+        self.payments.clear();
+        self.balances.clear();
+        self.attempts.clear();
+        self.fund();
+    }
+
+    /// A fresh provider id, unique within the sandbox's life, shaped as a UUID.
+    pub fn new_id(&self, salt: &str) -> String {
+        let n = self.sequence.fetch_add(1, Ordering::Relaxed);
+        crate::keys::task_key(&format!("paysend-sandbox/{n}"), salt)
+    }
+}
+
+pub fn routes() -> Router<Arc<State>> {
+    Router::new()
+        .route("/processing", post(processing))
+        .route("/processing/status/{global_id}", get(status))
+}
+
+fn error_body(status: StatusCode, code: u32, comment: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"status": "Error", "code": code, "comment": comment})),
+    )
+        .into_response()
+}
+
+fn busy() -> Response {
+    (StatusCode::NOT_FOUND, BUSY).into_response()
+}
+
+/// X-OPP-Signature: hex SHA-256 or SHA-512 of `data` + inbound key (the length says which),
+/// compared in constant time.
+pub fn signature_ok(headers: &HeaderMap, data: &[u8], key: &str) -> bool {
+    use sha2::{Digest, Sha256, Sha512};
+    use subtle::ConstantTimeEq;
+    let Some(given) = headers.get("x-opp-signature").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let given = given.trim().to_ascii_lowercase();
+    let expected = match given.len() {
+        64 => crate::keys::hex_lower(
+            &Sha256::new()
+                .chain_update(data)
+                .chain_update(key.as_bytes())
+                .finalize(),
+        ),
+        128 => crate::keys::hex_lower(
+            &Sha512::new()
+                .chain_update(data)
+                .chain_update(key.as_bytes())
+                .finalize(),
+        ),
+        _ => return false,
+    };
+    expected.as_bytes().ct_eq(given.as_bytes()).into()
+}
+
+async fn processing(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let ps = &state.paysend;
+    if let Some(l) = &ps.limiter
+        && l.check().is_err()
+    {
+        state.ledger.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return busy();
+    }
+    if !signature_ok(&headers, &body, &ps.config.inbound_key) {
+        return error_body(StatusCode::UNAUTHORIZED, 401, "Invalid X-OPP-Signature.");
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error_body(
+            StatusCode::BAD_REQUEST,
+            400,
+            "The request body is not JSON.",
+        );
+    };
+    let request_id = request
+        .pointer("/header/request/id")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let tasks_empty = request
+        .pointer("/payload/tasks")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
+    // L181: no header.request and empty payload.tasks is a 400. Choice: either alone is too,
+    // since neither can be processed.
+    if request_id.is_empty() || tasks_empty {
+        return error_body(
+            StatusCode::BAD_REQUEST,
+            400,
+            "header.request.id and payload.tasks are required.",
+        );
+    }
+    if request
+        .pointer("/payload/partner/identifier")
+        .and_then(Value::as_str)
+        != Some(ps.config.partner_id.as_str())
+    {
+        return error_body(StatusCode::UNAUTHORIZED, 401, "Unknown partner.");
+    }
+
+    // Faults are drawn per request id and attempt, so a rerun meets the same ones.
+    let attempt = {
+        let mut a = ps.attempts.shard(&request_id);
+        let n = a.entry(request_id.clone()).or_insert(0);
+        *n += 1;
+        *n - 1
+    };
+    let f = state.faults();
+    let mut rng = faults::rng(state.seed, &request_id, attempt, "paysend.processing");
+    if let (Some(lo), Some(hi)) = (f.latency_min, f.latency_max.or(f.latency_min)) {
+        use rand::Rng;
+        let ms =
+            rng.random_range(lo.as_millis() as u64..=hi.as_millis().max(lo.as_millis()) as u64);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if faults::happens(&mut rng, f.error_5xx_rate) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response();
+    }
+    if faults::happens(&mut rng, f.timeout_rate) {
+        tokio::time::sleep(f.timeout_after.unwrap_or(Duration::from_secs(30))).await;
+        let mut r = StatusCode::GATEWAY_TIMEOUT.into_response();
+        r.extensions_mut().insert(DropConnection);
+        return r;
+    }
+
+    let stored = commit(&state, &request_id, request);
+    let now = state.clock.now();
+    let mut resp = (StatusCode::OK, axum::Json(render(&state, &stored, now))).into_response();
+    if faults::happens(&mut rng, f.drop_after_commit_rate) {
+        state
+            .ledger
+            .dropped_after_commit
+            .fetch_add(1, Ordering::Relaxed);
+        resp.extensions_mut().insert(DropConnection);
+    }
+    resp
+}
+
+/// Processes a request once: a request id seen before gets its first answer again.
+fn commit(state: &Arc<State>, request_id: &str, request: Value) -> Arc<Stored> {
+    let ps = &state.paysend;
+    // The shard stays locked while the request commits, so two copies of one request arriving
+    // together cannot both be processed.
+    let mut shard = ps.requests.shard(request_id);
+    if let Some(s) = shard.get(request_id) {
+        state.ledger.replays.fetch_add(1, Ordering::Relaxed);
+        return Arc::clone(s);
+    }
+    let accepted_at = state.clock.now();
+    let global_id = ps.new_id("global");
+    let response_id = ps.new_id("response");
+    let tasks = request
+        .pointer("/payload/tasks")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let cfg = &ps.config;
+    let mut ctx = functions::Ctx {
+        state,
+        request_id,
+        accepted_at,
+        payments: Vec::new(),
+    };
+    let tree = tree::run(&tasks, &mut |ty, payload, level| {
+        functions::execute(&mut ctx, ty, payload, level)
+    });
+    let payments = ctx.payments;
+    // Levels are known only after the tree ran; payments learn when they complete.
+    let levels = tree::depth(&tree);
+    let stored = Arc::new(Stored {
+        global_id: global_id.clone(),
+        response_id,
+        accepted_at,
+        request,
+        tree,
+        levels,
+    });
+    let finish = accepted_at + cfg.accept_time + cfg.level_time * levels as u32;
+    shard.insert(request_id.to_string(), Arc::clone(&stored));
+    drop(shard);
+    ps.by_global
+        .shard(&global_id)
+        .insert(global_id.clone(), request_id.to_string());
+    functions::notify(state, &stored, finish, payments);
+    stored
+}
+
+/// The answer for a stored request at provider time `now`.
+pub fn render(state: &State, s: &Stored, now: Duration) -> Value {
+    let cfg = &state.paysend.config;
+    let started = s.accepted_at + cfg.accept_time;
+    let finished = started + cfg.level_time * s.levels as u32;
+    let (status, code) = if now < started {
+        ("Accepted", 0)
+    } else if now < finished {
+        ("InProgress", 1)
+    } else {
+        ("Finished", 2)
+    };
+    let req = &s.request;
+    let mut header = json!({
+        "request": req.pointer("/header/request").cloned().unwrap_or(Value::Null),
+        "response": {
+            "globalId": s.global_id,
+            "id": s.response_id,
+            "date": state.clock.date(s.accepted_at),
+            "statusUri": format!("http://host/processing/status/{}", s.global_id),
+        },
+    });
+    if let Some(service) = req.pointer("/header/service") {
+        header["service"] = service.clone();
+    }
+    let mut partner = req
+        .pointer("/payload/partner")
+        .cloned()
+        .unwrap_or(json!({}));
+    if partner.get("parameters").is_none() {
+        partner["parameters"] = json!({});
+    }
+    let tasks = req
+        .pointer("/payload/tasks")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let expiration = state
+        .clock
+        .date(s.accepted_at + Duration::from_secs(40 * 60));
+    let rendered: Vec<Value> = tasks
+        .iter()
+        .zip(&s.tree)
+        .map(|(t, e)| task(cfg, t, e, started, now, &expiration))
+        .collect();
+    let mut payload = json!({"partner": partner, "tasks": rendered});
+    if let Some(settings) = req.pointer("/payload/settings") {
+        payload["settings"] = settings.clone();
+    }
+    json!({"header": header, "result": {"status": status, "code": code}, "payload": payload})
+}
+
+fn task(
+    cfg: &PaysendConfig,
+    t: &Value,
+    e: &tree::Executed,
+    started: Duration,
+    now: Duration,
+    expiration: &str,
+) -> Value {
+    let mut out = json!({
+        "type": t.get("type").cloned().unwrap_or(Value::Null),
+        "payload": t.get("payload").cloned().unwrap_or(json!({})),
+    });
+    for (branch, kids) in [
+        ("success", &e.success),
+        ("fail", &e.fail),
+        ("always", &e.always),
+    ] {
+        let given = t
+            .get(branch)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        out[branch] = Value::Array(
+            given
+                .iter()
+                .zip(kids.iter())
+                .map(|(gt, ge)| task(cfg, gt, ge, started, now, expiration))
+                .collect(),
+        );
+    }
+    // Choice: a task its parent's result did not lead to gets no `result` (the document shows
+    // none); a task still waiting for its level is Accepted, one on its level InProgress.
+    if let Some(outcome) = &e.outcome {
+        let begins = started + cfg.level_time * e.level as u32;
+        let ends = begins + cfg.level_time;
+        out["result"] = if now < begins {
+            json!({"status": "Accepted", "code": 0})
+        } else if now < ends {
+            json!({"status": "InProgress", "code": 1})
+        } else {
+            outcome.result.clone()
+        };
+    }
+    out["expiration"] = json!({"date": expiration});
+    out
+}
+
+async fn status(
+    AxState(state): AxState<Arc<State>>,
+    Path(global_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let ps = &state.paysend;
+    if let Some(l) = &ps.limiter
+        && l.check().is_err()
+    {
+        state.ledger.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return busy();
+    }
+    // Status checks are signed over the globalId + key (L7015-7016).
+    if !signature_ok(&headers, global_id.as_bytes(), &ps.config.inbound_key) {
+        return error_body(StatusCode::UNAUTHORIZED, 401, "Invalid X-OPP-Signature.");
+    }
+    let request_id = ps.by_global.shard(&global_id).get(&global_id).cloned();
+    let stored = request_id.and_then(|r| ps.requests.shard(&r).get(&r).cloned());
+    let now = state.clock.now();
+    match stored {
+        // Choice: outside its window (docs: 2-3 hours) or unknown, the globalId is answered
+        // like the document's "no data was found" (3006) with HTTP 400 — not 404, which
+        // clients must read as "retry later".
+        Some(s) if now < s.accepted_at + ps.config.status_window => {
+            (StatusCode::OK, axum::Json(render(&state, &s, now))).into_response()
+        }
+        _ => error_body(StatusCode::BAD_REQUEST, 3006, codes::comment(3006)),
+    }
+}

@@ -1,0 +1,108 @@
+//! The HTTP server under the emulations: an axum router served connection by connection with
+//! hyper, so that a handler can ask for its connection to be dropped *after* it committed its
+//! work — the "provider paid, client never heard" fault that axum's own server cannot produce.
+
+use super::State;
+use axum::Router;
+use axum::extract::{Request, State as AxState};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+/// Put in a response's extensions: close the connection instead of sending the response.
+#[derive(Debug, Clone, Copy)]
+pub struct DropConnection;
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by fault injection")
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
+pub fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .nest("/paysend", super::paysend::routes())
+        .route("/__sandbox/ledger", get(ledger))
+        .route("/__sandbox/counters", get(counters))
+        .route("/__sandbox/reset", post(reset))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), count))
+        .with_state(state)
+}
+
+/// Counts every request by method, path pattern and status.
+async fn count(AxState(state): AxState<Arc<State>>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    // Ids in paths would make a counter per request: keep the pattern.
+    let pattern = match path.strip_prefix("/paysend/processing/status/") {
+        Some(_) => "/paysend/processing/status/{globalId}".to_string(),
+        None => path,
+    };
+    let resp = next.run(req).await;
+    let status = if resp.extensions().get::<DropConnection>().is_some() {
+        "dropped".to_string()
+    } else {
+        resp.status().as_u16().to_string()
+    };
+    state.ledger.count(format!("{method} {pattern} {status}"));
+    resp
+}
+
+async fn ledger(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
+    axum::Json(state.ledger.entries())
+}
+
+async fn counters(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
+    axum::Json(state.ledger.counters())
+}
+
+async fn reset(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
+    state.ledger.reset();
+    state.paysend.reset();
+    axum::http::StatusCode::NO_CONTENT
+}
+
+/// Accepts connections until `shutdown` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let router = router.clone();
+                    async move {
+                        let resp = router
+                            .oneshot(req.map(axum::body::Body::new))
+                            .await
+                            .unwrap_or_else(|never| match never {});
+                        if resp.extensions().get::<DropConnection>().is_some() {
+                            Err(DropConnection)
+                        } else {
+                            Ok(resp)
+                        }
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
