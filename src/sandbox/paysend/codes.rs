@@ -76,7 +76,7 @@ pub fn triggers(function: &str) -> Option<(&'static str, &'static [u32])> {
     }
 }
 
-/// task.statusGet identifiers of the mock: the third group of the UUID is the error code
+/// task.statusGet identifiers of the mock: the fourth group of the UUID is the error code
 /// returned (L535-561).
 pub const MOCK_IDENTIFIERS: &[&str] = &[
     "b21608ea-181d-4d06-3005-50baf7ef4ea3",
@@ -109,7 +109,7 @@ pub fn mock_status_code(identifier: Option<&str>, invoice_id: Option<&str>) -> O
     if let Some(id) = identifier
         && MOCK_IDENTIFIERS.contains(&id)
     {
-        return id.split('-').nth(2).and_then(|g| g.parse().ok());
+        return id.split('-').nth(3).and_then(|g| g.parse().ok());
     }
     let inv = invoice_id?;
     let code = inv
