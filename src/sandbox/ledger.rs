@@ -26,10 +26,24 @@ pub struct Entry {
     pub request_id: String,
 }
 
-#[derive(Default)]
+/// Entries and request counters are kept in shards picked by the recording thread, so that
+/// concurrent requests never wait on one lock; reading merges the shards.
+const SHARDS: usize = 16;
+
+fn shard() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    MINE.with(|m| *m)
+}
+
 pub struct Ledger {
-    entries: Mutex<Vec<Entry>>,
-    counters: Mutex<BTreeMap<String, u64>>,
+    /// (sequence, entry): the sequence restores the order of recording across shards.
+    entries: Vec<Mutex<Vec<(u64, Entry)>>>,
+    sequence: AtomicU64,
+    counters: Vec<Mutex<BTreeMap<String, u64>>>,
     pub rate_limited: AtomicU64,
     pub duplicates_refused: AtomicU64,
     pub replays: AtomicU64,
@@ -49,24 +63,43 @@ pub struct Counters {
     pub payments: u64,
 }
 
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger {
+            entries: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+            sequence: AtomicU64::new(0),
+            counters: (0..SHARDS).map(|_| Mutex::new(BTreeMap::new())).collect(),
+            rate_limited: AtomicU64::new(0),
+            duplicates_refused: AtomicU64::new(0),
+            replays: AtomicU64::new(0),
+            dropped_after_commit: AtomicU64::new(0),
+            webhooks_sent: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Ledger {
     pub fn record(&self, e: Entry) {
-        self.entries
+        let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
+        self.entries[shard()]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(e);
+            .push((seq, e));
     }
 
+    /// Every entry, in the order recorded.
     pub fn entries(&self) -> Vec<Entry> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        let mut all: Vec<(u64, Entry)> = self
+            .entries
+            .iter()
+            .flat_map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect();
+        all.sort_by_key(|(seq, _)| *seq);
+        all.into_iter().map(|(_, e)| e).collect()
     }
 
     pub fn count(&self, what: String) {
-        *self
-            .counters
+        *self.counters[shard()]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(what)
@@ -74,30 +107,34 @@ impl Ledger {
     }
 
     pub fn counters(&self) -> Counters {
+        let mut requests = BTreeMap::new();
+        for s in &self.counters {
+            for (k, v) in s.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                *requests.entry(k.clone()).or_insert(0) += v;
+            }
+        }
         Counters {
-            requests: self
-                .counters
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            requests,
             rate_limited: self.rate_limited.load(Ordering::Relaxed),
             duplicates_refused: self.duplicates_refused.load(Ordering::Relaxed),
             replays: self.replays.load(Ordering::Relaxed),
             dropped_after_commit: self.dropped_after_commit.load(Ordering::Relaxed),
             webhooks_sent: self.webhooks_sent.load(Ordering::Relaxed),
-            payments: self.entries.lock().unwrap_or_else(|p| p.into_inner()).len() as u64,
+            payments: self
+                .entries
+                .iter()
+                .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len() as u64)
+                .sum(),
         }
     }
 
     pub fn reset(&self) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        self.counters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        for s in self.entries.iter() {
+            s.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+        for s in self.counters.iter() {
+            s.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
         for c in [
             &self.rate_limited,
             &self.duplicates_refused,
