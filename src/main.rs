@@ -95,6 +95,10 @@ enum Command {
         /// Provider time runs this many times faster than real time (overrides the config's).
         #[arg(long, value_name = "FACTOR")]
         time_scale: Option<f64>,
+        /// Sets a fault knob, e.g. --fault error_5xx_rate=0.1 --fault latency_max=200ms
+        /// (repeatable; overrides the config's).
+        #[arg(long = "fault", value_name = "NAME=VALUE")]
+        faults: Vec<String>,
     },
     /// Show what a payroll clerk needs to prepare a file for one provider operation.
     ///
@@ -155,7 +159,8 @@ fn main() -> ExitCode {
             config,
             seed,
             time_scale,
-        } => sandbox(listen, config, seed, time_scale),
+            faults,
+        } => sandbox(listen, config, seed, time_scale, &faults),
     };
     ExitCode::from(code)
 }
@@ -364,6 +369,7 @@ fn sandbox(
     config: Option<PathBuf>,
     seed: Option<u64>,
     time_scale: Option<f64>,
+    faults: &[String],
 ) -> u8 {
     use payrun::sandbox::{Sandbox, SandboxConfig};
     let mut cfg = match &config {
@@ -381,6 +387,12 @@ fn sandbox(
     }
     if let Some(t) = time_scale {
         cfg.time_scale = t;
+    }
+    for f in faults {
+        if let Err(m) = cfg.faults.set(f) {
+            eprintln!("error[sandbox.fault]: {m}");
+            return 2;
+        }
     }
     if let Err(m) = cfg.check() {
         eprintln!("error[sandbox.config]: {m}");

@@ -12,7 +12,10 @@ use support::paysend::{sandbox, sign, to_account, to_card};
 
 /// Provider time 1000× faster: accept 200 ms → 0.2 ms, a level 500 ms → 0.5 ms.
 fn fast() -> SandboxConfig {
-    SandboxConfig { time_scale: 1000.0, ..SandboxConfig::default() }
+    SandboxConfig {
+        time_scale: 1000.0,
+        ..SandboxConfig::default()
+    }
 }
 
 /// Waits real time long enough for `provider` time to pass at 1000×.
@@ -23,13 +26,32 @@ async fn after(provider: Duration) {
 #[tokio::test]
 async fn a_request_without_a_valid_signature_is_refused_with_401() {
     let (_sb, c) = sandbox(fast()).await;
-    let body = serde_json::to_vec(&c.envelope("r1", json!([to_account("inv-1", "10", "EUR")]))).unwrap();
+    let body =
+        serde_json::to_vec(&c.envelope("r1", json!([to_account("inv-1", "10", "EUR")]))).unwrap();
     assert_eq!(c.post_raw(body.clone(), None).await.unwrap().status, 401);
-    assert_eq!(c.post_raw(body.clone(), Some(sign(&body, "wrong-key"))).await.unwrap().status, 401);
-    assert_eq!(c.post_raw(body.clone(), Some("00".repeat(32))).await.unwrap().status, 401);
+    assert_eq!(
+        c.post_raw(body.clone(), Some(sign(&body, "wrong-key")))
+            .await
+            .unwrap()
+            .status,
+        401
+    );
+    assert_eq!(
+        c.post_raw(body.clone(), Some("00".repeat(32)))
+            .await
+            .unwrap()
+            .status,
+        401
+    );
     // SHA-512 is accepted as well as SHA-256, and hex case does not matter.
     use sha2::{Digest, Sha512};
-    let sha512: String = Sha512::new().chain_update(&body).chain_update(c.key.as_bytes()).finalize().iter().map(|b| format!("{b:02X}")).collect();
+    let sha512: String = Sha512::new()
+        .chain_update(&body)
+        .chain_update(c.key.as_bytes())
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
     assert_eq!(c.post_raw(body, Some(sha512)).await.unwrap().status, 200);
     assert_eq!(c.ledger().await.len(), 1, "only the signed request paid");
 }
@@ -37,7 +59,11 @@ async fn a_request_without_a_valid_signature_is_refused_with_401() {
 #[tokio::test]
 async fn a_request_without_header_request_or_tasks_is_a_400() {
     let (_sb, c) = sandbox(fast()).await;
-    for body in [json!({"payload": {"partner": {"identifier": c.partner}, "tasks": []}}), c.envelope("r2", json!([])), json!({"header": {}})] {
+    for body in [
+        json!({"payload": {"partner": {"identifier": c.partner}, "tasks": []}}),
+        c.envelope("r2", json!([])),
+        json!({"header": {}}),
+    ] {
         let a = c.post(&body).await;
         assert_eq!(a.status, 400, "{body}");
     }
@@ -57,13 +83,20 @@ async fn an_unknown_partner_is_refused() {
 #[tokio::test]
 async fn a_payout_is_accepted_then_in_progress_then_finished() {
     // Real time: accept 200 ms, each level 500 ms.
-    let (_sb, c) = sandbox(SandboxConfig { time_scale: 1.0, ..SandboxConfig::default() }).await;
+    let (_sb, c) = sandbox(SandboxConfig {
+        time_scale: 1.0,
+        ..SandboxConfig::default()
+    })
+    .await;
     let a = c.run(json!([to_account("inv-4", "10.50", "EUR")])).await;
     assert_eq!(a.status, 200);
     let first = a.json();
     assert_eq!(first["result"], json!({"status": "Accepted", "code": 0}));
     assert_eq!(first["payload"]["tasks"][0]["result"]["status"], "Accepted");
-    let gid = first["header"]["response"]["globalId"].as_str().unwrap().to_string();
+    let gid = first["header"]["response"]["globalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     tokio::time::sleep(Duration::from_millis(350)).await;
     let mid = c.status(&gid).await.json();
     assert_eq!(mid["result"], json!({"status": "InProgress", "code": 1}));
@@ -74,12 +107,18 @@ async fn a_payout_is_accepted_then_in_progress_then_finished() {
     let r = &done["payload"]["tasks"][0]["result"];
     assert_eq!(r["status"], "Success");
     assert_eq!(r["code"], 0);
-    assert!(r["data"]["paymentId"].is_string() && r["data"]["traceId"].is_string(), "{r}");
+    assert!(
+        r["data"]["paymentId"].is_string() && r["data"]["traceId"].is_string(),
+        "{r}"
+    );
     let ledger = c.ledger().await;
     assert_eq!(ledger.len(), 1);
     assert_eq!(ledger[0]["amount"], "10.50");
     assert_eq!(ledger[0]["key"], "inv-4");
-    assert!(!ledger[0].to_string().contains("DE89370400440532013000"), "the ledger keeps a digest, not the IBAN");
+    assert!(
+        !ledger[0].to_string().contains("DE89370400440532013000"),
+        "the ledger keeps a digest, not the IBAN"
+    );
 }
 
 #[tokio::test]
@@ -88,7 +127,10 @@ async fn the_same_request_id_replays_the_first_answer_without_paying_again() {
     let body = c.envelope("same-id", json!([to_account("inv-5", "25", "EUR")]));
     let a = c.post(&body).await.json();
     let b = c.post(&body).await.json();
-    assert_eq!(a["header"]["response"]["globalId"], b["header"]["response"]["globalId"]);
+    assert_eq!(
+        a["header"]["response"]["globalId"],
+        b["header"]["response"]["globalId"]
+    );
     assert_eq!(c.ledger().await.len(), 1);
     assert_eq!(c.counters().await["replays"], 1);
 }
@@ -96,10 +138,18 @@ async fn the_same_request_id_replays_the_first_answer_without_paying_again() {
 #[tokio::test]
 async fn a_second_payment_with_a_paid_invoice_id_is_refused_with_3011() {
     let (_sb, c) = sandbox(fast()).await;
-    assert_eq!(c.run(json!([to_account("inv-6", "25", "EUR")])).await.json()["payload"]["tasks"][0]["result"]["status"], "Accepted");
+    assert_eq!(
+        c.run(json!([to_account("inv-6", "25", "EUR")]))
+            .await
+            .json()["payload"]["tasks"][0]["result"]["status"],
+        "Accepted"
+    );
     after(Duration::from_secs(2)).await;
     let second = c.run(json!([to_account("inv-6", "25", "EUR")])).await;
-    let gid = second.json()["header"]["response"]["globalId"].as_str().unwrap().to_string();
+    let gid = second.json()["header"]["response"]["globalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     after(Duration::from_secs(2)).await;
     let r = c.status(&gid).await.task();
     assert_eq!(r["code"], 3011, "{r}");
@@ -113,8 +163,16 @@ async fn a_payout_larger_than_the_balance_fails_with_3009() {
     let mut cfg = fast();
     cfg.paysend.balances.insert("EUR".into(), "100.00".into());
     let (_sb, c) = sandbox(cfg).await;
-    let a = c.run(json!([to_account("inv-7", "60", "EUR"), to_account("inv-8", "60", "EUR")])).await;
-    let gid = a.json()["header"]["response"]["globalId"].as_str().unwrap().to_string();
+    let a = c
+        .run(json!([
+            to_account("inv-7", "60", "EUR"),
+            to_account("inv-8", "60", "EUR")
+        ]))
+        .await;
+    let gid = a.json()["header"]["response"]["globalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     after(Duration::from_secs(2)).await;
     let done = c.status(&gid).await.json();
     assert_eq!(done["payload"]["tasks"][0]["result"]["status"], "Success");
@@ -126,7 +184,10 @@ async fn a_payout_larger_than_the_balance_fails_with_3009() {
 async fn finished(c: &support::paysend::Client, tasks: serde_json::Value) -> serde_json::Value {
     let a = c.run(tasks).await;
     assert_eq!(a.status, 200, "{}", a.text);
-    let gid = a.json()["header"]["response"]["globalId"].as_str().unwrap().to_string();
+    let gid = a.json()["header"]["response"]["globalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     after(Duration::from_secs(5)).await;
     let done = c.status(&gid).await.json();
     assert_eq!(done["result"]["status"], "Finished", "{done}");
@@ -136,23 +197,41 @@ async fn finished(c: &support::paysend::Client, tasks: serde_json::Value) -> ser
 #[tokio::test]
 async fn every_documented_trigger_yields_its_error_code() {
     let (_sb, c) = sandbox(fast()).await;
-    let account = [1000, 2000, 3008, 4003, 4006, 4007, 4008, 4009, 4010, 4011, 4012, 4013, 4014, 4015, 4016, 4017, 4018, 9999];
-    let card = [1000, 2000, 3002, 3008, 4000, 4002, 4003, 4004, 4005, 4006, 4007, 9999];
+    let account = [
+        1000, 2000, 3008, 4003, 4006, 4007, 4008, 4009, 4010, 4011, 4012, 4013, 4014, 4015, 4016,
+        4017, 4018, 9999,
+    ];
+    let card = [
+        1000, 2000, 3002, 3008, 4000, 4002, 4003, 4004, 4005, 4006, 4007, 9999,
+    ];
     let mut tasks = Vec::new();
     for code in account {
-        tasks.push((code, to_account(&format!("t-a-{code}"), &code.to_string(), "EUR")));
+        tasks.push((
+            code,
+            to_account(&format!("t-a-{code}"), &code.to_string(), "EUR"),
+        ));
     }
     for code in card {
-        tasks.push((code, to_card(&format!("t-c-{code}"), &code.to_string(), "840")));
+        tasks.push((
+            code,
+            to_card(&format!("t-c-{code}"), &code.to_string(), "840"),
+        ));
     }
     for code in [1000, 3005] {
         tasks.push((code, json!({"type": "fx.rateGet", "payload": {"currencyIn": "EUR", "currencyOut": "GBP", "amountIn": code, "paysystem": "VISA"}})));
         tasks.push((code, json!({"type": "fx.rateGet.p2a", "payload": {"payoutAmount": code.to_string(), "payinCurrency": "USD", "payoutCountry": "PK", "payoutCurrency": "PKR"}})));
     }
-    tasks.push((1000, json!({"type": "getBalance", "payload": {"currency": "1000"}})));
+    tasks.push((
+        1000,
+        json!({"type": "getBalance", "payload": {"currency": "1000"}}),
+    ));
     tasks.push((3006, json!({"type": "partner.statementGet", "payload": {"currency": "3006", "pageNumber": 1, "pageSize": 20}})));
     tasks.push((1000, json!({"type": "card.infoGet", "payload": {}})));
-    let done = finished(&c, json!(tasks.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>())).await;
+    let done = finished(
+        &c,
+        json!(tasks.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>()),
+    )
+    .await;
     for (i, (code, t)) in tasks.iter().enumerate() {
         let r = &done["payload"]["tasks"][i]["result"];
         assert_eq!(r["status"], "Error", "{t}: {r}");
@@ -175,7 +254,9 @@ async fn the_documented_status_get_identifiers_answer_with_their_codes() {
         ]),
     )
     .await;
-    let codes: Vec<_> = (0..4).map(|i| done["payload"]["tasks"][i]["result"]["code"].clone()).collect();
+    let codes: Vec<_> = (0..4)
+        .map(|i| done["payload"]["tasks"][i]["result"]["code"].clone())
+        .collect();
     assert_eq!(codes, [4003, 4017, 3006, 4000]);
 }
 
@@ -187,9 +268,18 @@ async fn an_invalid_payout_payload_gets_a_2000_with_the_documented_validation_re
     let done = finished(&c, json!([t])).await;
     let r = &done["payload"]["tasks"][0]["result"];
     assert_eq!(r["code"], 2000);
-    assert_eq!(r["data"]["validationResult"]["message"], "Validation error.");
-    assert_eq!(r["data"]["validationResult"]["errors"][0]["path"], "to.amount");
-    assert_eq!(r["data"]["validationResult"]["errors"][0]["value"], "amount");
+    assert_eq!(
+        r["data"]["validationResult"]["message"],
+        "Validation error."
+    );
+    assert_eq!(
+        r["data"]["validationResult"]["errors"][0]["path"],
+        "to.amount"
+    );
+    assert_eq!(
+        r["data"]["validationResult"]["errors"][0]["value"],
+        "amount"
+    );
 }
 
 #[tokio::test]
@@ -206,11 +296,20 @@ async fn fail_children_run_only_on_failure_and_always_children_always() {
     bad["always"] = json!([{"type": "getBalance", "payload": {}}]);
     let done = finished(&c, json!([ok, bad])).await;
     let t = &done["payload"]["tasks"];
-    assert_eq!(t[0]["success"][0]["result"]["code"], 3005, "success child of a success ran");
-    assert!(t[0]["fail"][0].get("result").is_none(), "fail child of a success never ran");
+    assert_eq!(
+        t[0]["success"][0]["result"]["code"], 3005,
+        "success child of a success ran"
+    );
+    assert!(
+        t[0]["fail"][0].get("result").is_none(),
+        "fail child of a success never ran"
+    );
     assert_eq!(t[0]["always"][0]["result"]["status"], "Success");
     assert!(t[1]["success"][0].get("result").is_none());
-    assert_eq!(t[1]["fail"][0]["result"]["code"], 3006, "fail child of a failure ran");
+    assert_eq!(
+        t[1]["fail"][0]["result"]["code"], 3006,
+        "fail child of a failure ran"
+    );
     assert_eq!(t[1]["always"][0]["result"]["status"], "Success");
 }
 
@@ -218,9 +317,16 @@ async fn fail_children_run_only_on_failure_and_always_children_always() {
 async fn task_status_get_finds_a_payment_only_after_the_propagation_delay() {
     let (_sb, c) = sandbox(fast()).await;
     let paid = finished(&c, json!([to_account("inv-10", "10", "EUR")])).await;
-    let payment_id = paid["payload"]["tasks"][0]["result"]["data"]["paymentId"].as_str().unwrap().to_string();
+    let payment_id = paid["payload"]["tasks"][0]["result"]["data"]["paymentId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Provider time since acceptance: a few seconds, far below 3 minutes.
-    let early = finished(&c, json!([{"type": "task.statusGet", "payload": {"invoiceId": "inv-10"}}])).await;
+    let early = finished(
+        &c,
+        json!([{"type": "task.statusGet", "payload": {"invoiceId": "inv-10"}}]),
+    )
+    .await;
     assert_eq!(early["payload"]["tasks"][0]["result"]["code"], 3006);
     after(Duration::from_secs(180)).await;
     let late = finished(&c, json!([{"type": "task.statusGet", "payload": {"identifier": payment_id}}, {"type": "task.statusGet", "payload": {"invoiceId": "inv-10"}}])).await;
@@ -230,8 +336,15 @@ async fn task_status_get_finds_a_payment_only_after_the_propagation_delay() {
         assert_eq!(r["data"]["status"]["description"], "Completed");
         assert_eq!(r["data"]["invoiceId"], "inv-10");
     }
-    let never = finished(&c, json!([{"type": "task.statusGet", "payload": {"invoiceId": "never-sent"}}])).await;
-    assert_eq!(never["payload"]["tasks"][0]["result"]["code"], 3006, "a payment never made is not found");
+    let never = finished(
+        &c,
+        json!([{"type": "task.statusGet", "payload": {"invoiceId": "never-sent"}}]),
+    )
+    .await;
+    assert_eq!(
+        never["payload"]["tasks"][0]["result"]["code"], 3006,
+        "a payment never made is not found"
+    );
 }
 
 #[tokio::test]
@@ -239,10 +352,21 @@ async fn the_global_id_status_answers_only_inside_its_window_and_only_when_signe
     let mut cfg = fast();
     cfg.paysend.status_window = Duration::from_secs(60);
     let (_sb, c) = sandbox(cfg).await;
-    let a = c.run(json!([{"type": "getBalance", "payload": {}}])).await.json();
-    let gid = a["header"]["response"]["globalId"].as_str().unwrap().to_string();
+    let a = c
+        .run(json!([{"type": "getBalance", "payload": {}}]))
+        .await
+        .json();
+    let gid = a["header"]["response"]["globalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(c.status(&gid).await.status, 200);
-    let unsigned = c.http.get(format!("{}/processing/status/{gid}", c.base)).send().await.unwrap();
+    let unsigned = c
+        .http
+        .get(format!("{}/processing/status/{gid}", c.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unsigned.status().as_u16(), 401);
     after(Duration::from_secs(61)).await;
     let expired = c.status(&gid).await;
@@ -253,17 +377,25 @@ async fn the_global_id_status_answers_only_inside_its_window_and_only_when_signe
 #[tokio::test]
 async fn over_the_rate_limit_the_documented_404_comes_back() {
     let mut cfg = fast();
-    cfg.paysend.rate_limit = Some(RateLimit { requests_per_second: 1, burst: 3 });
+    cfg.paysend.rate_limit = Some(RateLimit {
+        requests_per_second: 1,
+        burst: 3,
+    });
     let (_sb, c) = sandbox(cfg).await;
     let mut busy = 0;
     for i in 0..10 {
-        let a = c.run(json!([to_account(&format!("rl-{i}"), "1", "EUR")])).await;
+        let a = c
+            .run(json!([to_account(&format!("rl-{i}"), "1", "EUR")]))
+            .await;
         if a.status == 404 {
             assert_eq!(a.text, "Sorry. Can't accept your request now.");
             busy += 1;
         }
     }
-    assert!((6..=7).contains(&busy), "{busy} of 10 refused with burst 3 at 1/s");
+    assert!(
+        (6..=7).contains(&busy),
+        "{busy} of 10 refused with burst 3 at 1/s"
+    );
     assert_eq!(c.counters().await["rate_limited"], busy);
     assert_eq!(c.ledger().await.len(), 10 - busy as usize);
 }
@@ -274,14 +406,39 @@ async fn get_balance_reports_what_payouts_debited() {
     cfg.paysend.balances.insert("EUR".into(), "1000.00".into());
     let (_sb, c) = sandbox(cfg).await;
     finished(&c, json!([to_account("bal-1", "250.25", "EUR")])).await;
-    let done = finished(&c, json!([{"type": "getBalance", "payload": {"currency": "EUR"}}])).await;
-    assert_eq!(done["payload"]["tasks"][0]["result"]["data"]["balances"], json!({"EUR": 749.75}));
+    let done = finished(
+        &c,
+        json!([{"type": "getBalance", "payload": {"currency": "EUR"}}]),
+    )
+    .await;
+    assert_eq!(
+        done["payload"]["tasks"][0]["result"]["data"]["balances"],
+        json!({"EUR": 749.75})
+    );
 }
 
 #[test]
 fn the_documented_webhook_signature_example_holds() {
     use md5::{Digest, Md5};
     let body = r#"{"webhookType":"TransactionStatusUpdate","invoiceId":"MTCN123456789","transactionId":"5d8149f7-9dd5-4784-9f25-3da3215b8a7g","status":"OnHold","statusDateTime":"2025-06-19T00:27:01.810858+03:00","errorCode":"5","errorDescription":"Offline Antifraud check: RFI","rrn":null,"arn":null,"traceId":null}"#;
-    let sig: String = Md5::new().chain_update(body).chain_update("14130906-70e2-44ae-9ac1-e5f0688ebd77").finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let sig: String = Md5::new()
+        .chain_update(body)
+        .chain_update("14130906-70e2-44ae-9ac1-e5f0688ebd77")
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(sig, "1f373068bd1a17e4ad2ab4462e054d37");
+}
+
+#[tokio::test]
+async fn a_sync_request_that_finishes_within_its_wait_time_is_answered_finished() {
+    // Real time: accept 200 ms + one level 500 ms = 700 ms, inside WaitFor2000 but not WaitFor500.
+    let (_sb, c) = sandbox(SandboxConfig::default()).await;
+    let mut body = c.envelope("sync-1", json!([{"type": "getBalance", "payload": {}}]));
+    body["header"]["service"] = json!({"sync": true, "waitTime": "WaitFor2000"});
+    assert_eq!(c.post(&body).await.json()["result"]["status"], "Finished");
+    let mut body = c.envelope("sync-2", json!([{"type": "getBalance", "payload": {}}]));
+    body["header"]["service"] = json!({"sync": true, "waitTime": "WaitFor500"});
+    assert_eq!(c.post(&body).await.json()["result"]["status"], "InProgress");
 }

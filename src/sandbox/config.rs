@@ -131,6 +131,43 @@ mod humantime_serde_opt {
     }
 }
 
+impl Faults {
+    /// Sets one knob from `name=value` (the `--fault` flag).
+    pub fn set(&mut self, assignment: &str) -> Result<(), String> {
+        let (name, value) = assignment
+            .split_once('=')
+            .ok_or(format!("`{assignment}` is not name=value"))?;
+        let rate = || {
+            value
+                .parse::<f64>()
+                .map_err(|_| format!("`{value}` is not a number"))
+        };
+        let duration = || {
+            humantime::parse_duration(value)
+                .map_err(|_| format!("`{value}` is not a duration like 200ms"))
+        };
+        match name {
+            "latency_min" => self.latency_min = Some(duration()?),
+            "latency_max" => self.latency_max = Some(duration()?),
+            "timeout_after" => self.timeout_after = Some(duration()?),
+            "error_5xx_rate" => self.error_5xx_rate = rate()?,
+            "timeout_rate" => self.timeout_rate = rate()?,
+            "drop_after_commit_rate" => self.drop_after_commit_rate = rate()?,
+            "webhook_drop_rate" => self.webhook_drop_rate = rate()?,
+            "webhook_duplicate_rate" => self.webhook_duplicate_rate = rate()?,
+            "webhook_delay_rate" => self.webhook_delay_rate = rate()?,
+            "webhook_reorder_rate" => self.webhook_reorder_rate = rate()?,
+            "webhook_bad_signature_rate" => self.webhook_bad_signature_rate = rate()?,
+            other => {
+                return Err(format!(
+                    "unknown fault `{other}`; see batches/sandbox.yaml for the knobs"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl SandboxConfig {
     /// Loads a config file, strictly (unknown keys are errors with their line).
     pub fn load(path: &std::path::Path) -> Result<SandboxConfig, crate::diagnostic::Diagnostic> {

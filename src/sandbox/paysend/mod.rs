@@ -264,7 +264,26 @@ async fn processing(
         return r;
     }
 
+    let sync = request
+        .pointer("/header/service/sync")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let wait_for = request
+        .pointer("/header/service/waitTime")
+        .and_then(Value::as_str)
+        .and_then(|w| w.strip_prefix("WaitFor"))
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .unwrap_or(2000);
     let stored = commit(&state, &request_id, request);
+    // L73: with `sync`, a request that finishes within `waitTime` is answered finished; one that
+    // takes longer continues asynchronously.
+    if sync {
+        let cfg = &ps.config;
+        let finish = stored.accepted_at + cfg.accept_time + cfg.level_time * stored.levels as u32;
+        let left = finish.saturating_sub(state.clock.now());
+        let wait = left.min(Duration::from_millis(wait_for));
+        tokio::time::sleep(state.clock.real(wait)).await;
+    }
     let now = state.clock.now();
     let mut resp = (StatusCode::OK, axum::Json(render(&state, &stored, now))).into_response();
     if faults::happens(&mut rng, f.drop_after_commit_rate) {
