@@ -82,30 +82,56 @@ async fn an_unknown_partner_is_refused() {
 
 #[tokio::test]
 async fn a_payout_is_accepted_then_in_progress_then_finished() {
-    // Real time: accept 200 ms, each level 500 ms.
-    let (_sb, c) = sandbox(SandboxConfig {
+    // Real time: accepted for 1 s, then one level of 1 s.
+    let mut cfg = SandboxConfig {
         time_scale: 1.0,
         ..SandboxConfig::default()
-    })
-    .await;
-    let a = c.run(json!([to_account("inv-4", "10.50", "EUR")])).await;
-    assert_eq!(a.status, 200);
-    let first = a.json();
+    };
+    cfg.paysend.accept_time = Duration::from_secs(1);
+    cfg.paysend.level_time = Duration::from_secs(1);
+    let (_sb, c) = sandbox(cfg).await;
+    let first = c
+        .run(json!([to_account("inv-4", "10.50", "EUR")]))
+        .await
+        .json();
     assert_eq!(first["result"], json!({"status": "Accepted", "code": 0}));
     assert_eq!(first["payload"]["tasks"][0]["result"]["status"], "Accepted");
     let gid = first["header"]["response"]["globalId"]
         .as_str()
         .unwrap()
         .to_string();
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    let mid = c.status(&gid).await.json();
-    assert_eq!(mid["result"], json!({"status": "InProgress", "code": 1}));
-    assert_eq!(mid["payload"]["tasks"][0]["result"]["status"], "InProgress");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let done = c.status(&gid).await.json();
+    // Poll until finished; the request and its task must pass through every state, in order.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        let a = c.status(&gid).await.json();
+        let state = (
+            a["result"]["status"].as_str().unwrap().to_string(),
+            a["payload"]["tasks"][0]["result"]["status"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        if seen.last() != Some(&state) {
+            seen.push(state);
+        }
+        if a["result"]["status"] == "Finished" || std::time::Instant::now() > deadline {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let want = [
+        ("Accepted", "Accepted"),
+        ("InProgress", "InProgress"),
+        ("Finished", "Success"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(seen, want);
     assert_eq!(done["result"], json!({"status": "Finished", "code": 2}));
     let r = &done["payload"]["tasks"][0]["result"];
-    assert_eq!(r["status"], "Success");
     assert_eq!(r["code"], 0);
     assert!(
         r["data"]["paymentId"].is_string() && r["data"]["traceId"].is_string(),
