@@ -468,3 +468,45 @@ async fn a_sync_request_that_finishes_within_its_wait_time_is_answered_finished(
     body["header"]["service"] = json!({"sync": true, "waitTime": "WaitFor500"});
     assert_eq!(c.post(&body).await.json()["result"]["status"], "InProgress");
 }
+
+#[tokio::test]
+async fn a_held_payout_reports_code_5_until_its_review_ends_then_completes() {
+    let mut cfg = fast();
+    cfg.faults.on_hold_rate = 1.0;
+    cfg.faults.hold_time = Some(Duration::from_secs(600));
+    let (_sb, c) = sandbox(cfg).await;
+    let done = finished(&c, json!([to_account("held-1", "42", "EUR")])).await;
+    let r = &done["payload"]["tasks"][0]["result"];
+    assert_eq!(
+        (r["status"].as_str(), r["code"].as_i64()),
+        (Some("Error"), Some(5)),
+        "{r}"
+    );
+    assert_eq!(
+        c.ledger().await.len(),
+        1,
+        "a held payout is not declined: the money is reserved"
+    );
+    after(Duration::from_secs(180)).await;
+    let during = finished(
+        &c,
+        json!([{"type": "task.statusGet", "payload": {"invoiceId": "held-1"}}]),
+    )
+    .await;
+    assert_eq!(during["payload"]["tasks"][0]["result"]["code"], 5);
+    assert_eq!(
+        during["payload"]["tasks"][0]["result"]["data"]["status"]["description"],
+        "OnHold"
+    );
+    after(Duration::from_secs(600)).await;
+    let after_review = finished(
+        &c,
+        json!([{"type": "task.statusGet", "payload": {"invoiceId": "held-1"}}]),
+    )
+    .await;
+    assert_eq!(
+        after_review["payload"]["tasks"][0]["result"]["data"]["status"]["description"],
+        "Completed"
+    );
+    assert_eq!(c.ledger().await.len(), 1, "released, not paid again");
+}

@@ -108,6 +108,11 @@ pub struct Faults {
     pub webhook_delay_rate: f64,
     pub webhook_reorder_rate: f64,
     pub webhook_bad_signature_rate: f64,
+    /// Payouts held for manual review (task code 5, webhook status OnHold, L612-619, L649),
+    /// released as completed after `hold_time` of provider time.
+    pub on_hold_rate: f64,
+    #[serde(with = "humantime_serde_opt")]
+    pub hold_time: Option<std::time::Duration>,
 }
 
 mod humantime_serde_de {
@@ -158,6 +163,8 @@ impl Faults {
             "webhook_delay_rate" => self.webhook_delay_rate = rate()?,
             "webhook_reorder_rate" => self.webhook_reorder_rate = rate()?,
             "webhook_bad_signature_rate" => self.webhook_bad_signature_rate = rate()?,
+            "on_hold_rate" => self.on_hold_rate = rate()?,
+            "hold_time" => self.hold_time = Some(duration()?),
             other => {
                 return Err(format!(
                     "unknown fault `{other}`; see batches/sandbox.yaml for the knobs"
@@ -203,6 +210,7 @@ impl SandboxConfig {
             ("webhook_delay_rate", f.webhook_delay_rate),
             ("webhook_reorder_rate", f.webhook_reorder_rate),
             ("webhook_bad_signature_rate", f.webhook_bad_signature_rate),
+            ("on_hold_rate", f.on_hold_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!(

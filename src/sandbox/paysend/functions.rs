@@ -186,12 +186,19 @@ fn pay(
     } else {
         json!({"traceId": trace, "paymentId": payment_id})
     };
+    // A held payout is not declined: the money is reserved and the payment completes once the
+    // manual review is over. Meanwhile the task reports code 5 (L612-619).
+    let f = state.faults();
+    let mut rng = faults::rng(state.seed, &invoice, 0, "paysend.hold");
+    let held_until = faults::happens(&mut rng, f.on_hold_rate)
+        .then(|| done_at + f.hold_time.unwrap_or(Duration::from_secs(3600)));
     let payment = Payment {
         payment_id: payment_id.clone(),
         invoice_id: invoice.clone(),
         accepted_at: ctx.accepted_at,
         done_at,
         error: None,
+        held_until,
         data: data.clone(),
     };
     invoices.insert(invoice.clone(), payment.clone());
@@ -213,6 +220,12 @@ fn pay(
         request_id: ctx.request_id.to_string(),
     });
     ctx.payments.push(payment);
+    if held_until.is_some() {
+        return Outcome {
+            ok: false,
+            result: json!({"status": "Error", "code": 5, "comment": "Offline Antifraud check: RFI", "data": data}),
+        };
+    }
     ok(data)
 }
 
@@ -235,6 +248,11 @@ fn status_get(ctx: &mut Ctx, p: &Value) -> Outcome {
         // an in-doubt payment that never arrived reads as "not found".
         Some(pm) if now >= pm.accepted_at + ps.config.propagation_delay => match pm.error {
             Some(code) => err(code),
+            None if pm.held_until.is_some_and(|h| now < h) => Outcome {
+                ok: false,
+                result: json!({"status": "Error", "code": 5, "comment": "Offline Antifraud check: RFI",
+                    "data": {"code": "5", "status": {"code": "5", "description": "OnHold"}, "invoiceId": pm.invoice_id, "paymentId": pm.payment_id}}),
+            },
             None => {
                 let mut data = json!({
                     "code": "0",
@@ -503,22 +521,38 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
         });
     }
     let Some(url) = webhook else { return };
-    for pm in payments {
-        let mut rng = faults::rng(state.seed, &pm.payment_id, 0, "paysend.webhook");
+    // A held payment is announced OnHold when its task ends, Completed when it is released.
+    let events = payments.into_iter().flat_map(|pm| match pm.held_until {
+        Some(until) => vec![
+            (pm.clone(), pm.done_at, "OnHold", 1u64),
+            (pm, until, "Completed", 2),
+        ],
+        None => {
+            let status = if pm.error.is_none() {
+                "Completed"
+            } else {
+                "Failed"
+            };
+            vec![(pm.clone(), pm.done_at, status, 0)]
+        }
+    });
+    for (pm, at, status, n) in events {
+        let mut rng = faults::rng(state.seed, &pm.payment_id, n, "paysend.webhook");
         let plan = delivery(
             &mut rng,
             &f,
-            wait(pm.done_at),
+            wait(at),
             state.clock.real(state.paysend.config.level_time),
         );
+        let on_hold = status == "OnHold";
         let body = json!({
             "webhookType": "TransactionStatusUpdate",
             "invoiceId": pm.invoice_id,
             "transactionId": pm.payment_id,
-            "status": if pm.error.is_none() { "Completed" } else { "Failed" },
-            "statusDateTime": state.clock.date(pm.done_at),
-            "errorCode": pm.error.unwrap_or(0).to_string(),
-            "errorDescription": pm.error.map(codes::comment),
+            "status": status,
+            "statusDateTime": state.clock.date(at),
+            "errorCode": if on_hold { "5".to_string() } else { pm.error.unwrap_or(0).to_string() },
+            "errorDescription": if on_hold { Some("Offline Antifraud check: RFI") } else { pm.error.map(codes::comment) },
             "rrn": pm.data.get("rrn").cloned().unwrap_or(Value::Null),
             "arn": pm.data.get("arn").cloned().unwrap_or(Value::Null),
             "traceId": pm.data.get("traceId").cloned().unwrap_or(Value::Null),

@@ -77,6 +77,8 @@ pub struct Payment {
     pub done_at: Duration,
     /// `None`: completed; `Some(code)`: failed with that code.
     pub error: Option<u32>,
+    /// Held for manual review until then (provider time), then completed.
+    pub held_until: Option<Duration>,
     pub data: Value,
 }
 
