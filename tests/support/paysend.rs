@@ -18,8 +18,16 @@ pub fn sign(data: &[u8], key: &str) -> String {
 pub async fn sandbox(config: SandboxConfig) -> (Sandbox, Client) {
     let key = config.paysend.inbound_key.clone();
     let partner = config.paysend.partner_id.clone();
-    let sb = Sandbox::start(config, "127.0.0.1:0".parse().unwrap()).await.expect("the sandbox starts");
-    let client = Client { base: sb.base_url("paysend"), root: format!("http://{}", sb.addr), key, partner, http: reqwest::Client::new() };
+    let sb = Sandbox::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("the sandbox starts");
+    let client = Client {
+        base: sb.base_url("paysend"),
+        root: format!("http://{}", sb.addr),
+        key,
+        partner,
+        http: reqwest::Client::new(),
+    };
     (sb, client)
 }
 
@@ -55,21 +63,33 @@ impl Client {
         })
     }
 
-    pub async fn post_raw(&self, body: Vec<u8>, signature: Option<String>) -> Result<Answer, reqwest::Error> {
-        let mut req = self.http.post(format!("{}/processing", self.base)).header("content-type", "application/json");
+    pub async fn post_raw(
+        &self,
+        body: Vec<u8>,
+        signature: Option<String>,
+    ) -> Result<Answer, reqwest::Error> {
+        let mut req = self
+            .http
+            .post(format!("{}/processing", self.base))
+            .header("content-type", "application/json");
         if let Some(s) = signature {
             req = req.header("X-OPP-Signature", s);
         }
         let resp = req.body(body).send().await?;
         let status = resp.status().as_u16();
-        Ok(Answer { status, text: resp.text().await? })
+        Ok(Answer {
+            status,
+            text: resp.text().await?,
+        })
     }
 
     /// Posts a correctly signed request.
     pub async fn post(&self, body: &Value) -> Answer {
         let bytes = serde_json::to_vec(body).unwrap();
         let sig = sign(&bytes, &self.key);
-        self.post_raw(bytes, Some(sig)).await.expect("the sandbox answers")
+        self.post_raw(bytes, Some(sig))
+            .await
+            .expect("the sandbox answers")
     }
 
     /// One request with these tasks under a fresh request id.
@@ -87,22 +107,43 @@ impl Client {
             .await
             .expect("the sandbox answers");
         let status = resp.status().as_u16();
-        Answer { status, text: resp.text().await.unwrap() }
+        Answer {
+            status,
+            text: resp.text().await.unwrap(),
+        }
     }
 
     pub async fn ledger(&self) -> Vec<Value> {
-        self.http.get(format!("{}/__sandbox/ledger", self.root)).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(format!("{}/__sandbox/ledger", self.root))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn counters(&self) -> Value {
-        self.http.get(format!("{}/__sandbox/counters", self.root)).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(format!("{}/__sandbox/counters", self.root))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 }
 
 fn rand_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A pay.toAccount task that passes the documented validation.

@@ -464,6 +464,12 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
     if results.is_empty() && (webhook.is_none() || payments.is_empty()) {
         return;
     }
+    let request_id = stored
+        .request
+        .pointer("/header/request/id")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let f = state.faults();
     let key = state.paysend.config.outbound_key.clone();
     let now = state.clock.now();
@@ -478,7 +484,9 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
             .unwrap_or("GET")
             .to_ascii_uppercase();
         let global = stored.global_id.clone();
-        let mut rng = faults::rng(state.seed, &global, i as u64, "paysend.callback");
+        // Keyed on what the client chose (request id, result index), not on the provider's
+        // ids, which follow arrival order: the same run meets the same faults.
+        let mut rng = faults::rng(state.seed, &request_id, i as u64, "paysend.callback");
         let plan = delivery(
             &mut rng,
             &f,
@@ -537,7 +545,12 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
         }
     });
     for (pm, at, status, n) in events {
-        let mut rng = faults::rng(state.seed, &pm.payment_id, n, "paysend.webhook");
+        let mut rng = faults::rng(
+            state.seed,
+            &format!("{request_id}\u{1f}{}", pm.invoice_id),
+            n,
+            "paysend.webhook",
+        );
         let plan = delivery(
             &mut rng,
             &f,
@@ -602,13 +615,9 @@ fn delivery(
         at += step * 10;
     }
     if faults::happens(rng, f.webhook_reorder_rate) {
-        // Sent up to a few levels early or late, so it overtakes or trails its neighbours.
-        let shift = step.mul_f64(rng.random_range(0.0..3.0));
-        at = if rng.random_bool(0.5) {
-            at.saturating_sub(shift)
-        } else {
-            at + shift
-        };
+        // Sent up to a few levels late, so later notifications overtake it; never before the
+        // event it reports.
+        at += step.mul_f64(rng.random_range(0.5..3.0));
     }
     let bad = faults::happens(rng, f.webhook_bad_signature_rate);
     let mut plan = vec![(at, bad)];

@@ -250,11 +250,12 @@ async fn processing(
     };
     let f = state.faults();
     let mut rng = faults::rng(state.seed, &request_id, attempt, "paysend.processing");
-    if let (Some(lo), Some(hi)) = (f.latency_min, f.latency_max.or(f.latency_min)) {
+    // Either bound alone is enough: a missing minimum is 0, a missing maximum the minimum.
+    if f.latency_min.is_some() || f.latency_max.is_some() {
         use rand::Rng;
-        let ms =
-            rng.random_range(lo.as_millis() as u64..=hi.as_millis().max(lo.as_millis()) as u64);
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+        let lo = f.latency_min.unwrap_or_default().as_millis() as u64;
+        let hi = f.latency_max.map_or(lo, |h| h.as_millis() as u64).max(lo);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(lo..=hi))).await;
     }
     if faults::happens(&mut rng, f.error_5xx_rate) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response();
