@@ -166,6 +166,19 @@ fn busy() -> Response {
     (StatusCode::NOT_FOUND, BUSY).into_response()
 }
 
+/// Whether this request is over the configured rate (counted as refused when it is).
+fn over_rate(state: &State) -> bool {
+    let over = state
+        .paysend
+        .limiter
+        .as_ref()
+        .is_some_and(|l| l.check().is_err());
+    if over {
+        state.ledger.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+    over
+}
+
 /// X-OPP-Signature: hex SHA-256 or SHA-512 of `data` + inbound key (the length says which),
 /// compared in constant time.
 pub fn signature_ok(headers: &HeaderMap, data: &[u8], key: &str) -> bool {
@@ -199,10 +212,7 @@ async fn processing(
     body: Bytes,
 ) -> Response {
     let ps = &state.paysend;
-    if let Some(l) = &ps.limiter
-        && l.check().is_err()
-    {
-        state.ledger.rate_limited.fetch_add(1, Ordering::Relaxed);
+    if over_rate(&state) {
         return busy();
     }
     if !signature_ok(&headers, &body, &ps.config.inbound_key) {
@@ -453,10 +463,7 @@ async fn status(
     headers: HeaderMap,
 ) -> Response {
     let ps = &state.paysend;
-    if let Some(l) = &ps.limiter
-        && l.check().is_err()
-    {
-        state.ledger.rate_limited.fetch_add(1, Ordering::Relaxed);
+    if over_rate(&state) {
         return busy();
     }
     // Status checks are signed over the globalId + key (L7015-7016).
