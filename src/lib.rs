@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod diagnostic;
+pub mod execute;
 pub mod keys;
 pub mod manifest;
 pub mod mask;

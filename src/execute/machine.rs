@@ -1,0 +1,976 @@
+//! The life of one item's submission as a pure function: `step(state, event) -> (state,
+//! effects)`. The current time arrives inside the event; the executor persists the new state
+//! *before* it performs the effects, which is what makes "exactly once" hold across crashes:
+//!
+//! - `Sending` is recorded before a request leaves. A run that stops in `Sending` cannot know
+//!   whether the provider got the request, so on resume the item is `InDoubt`.
+//! - An item in doubt is never resent blindly: its key is looked up first, and only when the
+//!   provider has no record of it is it sent again — with the same key.
+//! - A provider that says "already paid with this key" (Paysend 3011) is reconciled by a lookup,
+//!   never counted as a failure.
+//! - Final states absorb every later event, so duplicated or late notifications are harmless.
+//!
+//! Provider adapters turn wire answers into `Verdict`s; nothing here knows a provider.
+
+use super::backoff::{self, ErrorClass};
+use crate::manifest::RetryPolicy;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = u64;
+
+fn plus(t: Millis, d: Duration) -> Millis {
+    t.saturating_add(d.as_millis() as u64)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum State {
+    Planned,
+    /// Recorded before the request leaves.
+    Sending {
+        attempt: u32,
+        since: Millis,
+    },
+    /// Nothing reached the provider, or it refused to process: send again at `at`.
+    RetryAt {
+        attempt: u32,
+        at: Millis,
+        class: ErrorClass,
+    },
+    /// Accepted; waiting for the outcome (a notification, or a poll at `poll_at`).
+    Submitted {
+        attempt: u32,
+        reference: String,
+        since: Millis,
+        poll_at: Millis,
+    },
+    /// The outcome is unknown; the key is looked up at `at` before anything is resent.
+    InDoubt {
+        attempt: u32,
+        since: Millis,
+        at: Millis,
+        lookups: u32,
+    },
+    Succeeded {
+        ids: BTreeMap<String, String>,
+        at: Millis,
+    },
+    Failed {
+        code: String,
+        description: String,
+        at: Millis,
+    },
+    /// A person must look (not final, or held for manual action); asked again at `at`.
+    NeedsReview {
+        attempt: u32,
+        code: String,
+        description: String,
+        since: Millis,
+        at: Millis,
+    },
+}
+
+impl State {
+    pub fn is_final(&self) -> bool {
+        matches!(self, State::Succeeded { .. } | State::Failed { .. })
+    }
+
+    /// When the item next needs attention, if it waits for a time.
+    pub fn due(&self) -> Option<Millis> {
+        match self {
+            State::RetryAt { at, .. }
+            | State::InDoubt { at, .. }
+            | State::NeedsReview { at, .. } => Some(*at),
+            State::Submitted { poll_at, .. } => Some(*poll_at),
+            _ => None,
+        }
+    }
+}
+
+/// What a provider's answer means, as the adapter classified it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Taken for processing; `reference` finds it again (Paysend: globalId).
+    Accepted {
+        reference: String,
+    },
+    Succeeded {
+        ids: BTreeMap<String, String>,
+    },
+    Failed {
+        code: String,
+        description: String,
+    },
+    /// Not final, or held for manual action (Paysend 9999, code 5 / OnHold).
+    NeedsReview {
+        code: String,
+        description: String,
+    },
+    /// "Already paid with this key" (Paysend 3011).
+    AlreadyExists,
+    /// The provider cannot see it yet (Paysend 3006 right after acceptance).
+    NotYetVisible,
+    /// The provider has no record of the key.
+    Unknown,
+    /// Not processed; safe to send again later.
+    RetryLater {
+        class: ErrorClass,
+        retry_after: Option<Duration>,
+    },
+    /// It may have been processed; nobody knows (timeout, dropped connection).
+    InDoubt,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Start, or a due time passed.
+    Tick { now: Millis },
+    /// The answer to the request sent in `Sending`.
+    Sent { verdict: Verdict, now: Millis },
+    /// A lookup's answer, or a verified notification.
+    Observed { verdict: Verdict, now: Millis },
+    /// The run starts again after it stopped, cleanly or not.
+    Resume { now: Millis },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Send the item's request, with the item's (unchanging) idempotency key.
+    Send {
+        attempt: u32,
+    },
+    /// Ask the provider for the outcome (by reference when submitted, by key otherwise).
+    Lookup,
+    WakeAt(Millis),
+}
+
+/// Provider timings the machine waits by.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// After acceptance the provider may not find the payment yet (Paysend: at least 3 min).
+    pub propagation: Duration,
+    /// Between polls of a submitted request.
+    pub poll_every: Duration,
+    /// Between follow-up lookups of an item under review.
+    pub review_every: Duration,
+    /// Failed lookups of an item in doubt before a person is asked to look.
+    pub max_lookups: u32,
+}
+
+pub fn step(
+    state: &State,
+    event: Event,
+    policy: &RetryPolicy,
+    t: &Timings,
+) -> (State, Vec<Effect>) {
+    use Event as E;
+    use State as S;
+    let keep = || (state.clone(), vec![]);
+    if state.is_final() {
+        return keep();
+    }
+    match (state, event) {
+        (S::Planned, E::Tick { now } | E::Resume { now }) => send(1, now),
+
+        (S::RetryAt { attempt, at, .. }, E::Tick { now } | E::Resume { now }) => {
+            if now >= *at {
+                send(attempt + 1, now)
+            } else {
+                (state.clone(), vec![Effect::WakeAt(*at)])
+            }
+        }
+
+        (S::Sending { attempt, .. }, E::Sent { verdict, now }) => {
+            after_send(*attempt, verdict, now, policy, t)
+        }
+
+        // The run stopped between recording `Sending` and learning the answer.
+        (S::Sending { attempt, .. }, E::Resume { now }) => {
+            let at = plus(now, t.propagation);
+            (
+                S::InDoubt {
+                    attempt: *attempt,
+                    since: now,
+                    at,
+                    lookups: 0,
+                },
+                vec![Effect::WakeAt(at)],
+            )
+        }
+
+        (
+            S::Submitted {
+                attempt,
+                reference,
+                since,
+                poll_at,
+            },
+            E::Tick { now } | E::Resume { now },
+        ) => {
+            if now >= *poll_at {
+                let next = plus(now, t.poll_every);
+                (
+                    S::Submitted {
+                        attempt: *attempt,
+                        reference: reference.clone(),
+                        since: *since,
+                        poll_at: next,
+                    },
+                    vec![Effect::Lookup, Effect::WakeAt(next)],
+                )
+            } else {
+                (state.clone(), vec![Effect::WakeAt(*poll_at)])
+            }
+        }
+
+        (
+            S::InDoubt {
+                attempt,
+                since,
+                at,
+                lookups,
+            },
+            E::Tick { now } | E::Resume { now },
+        ) => {
+            if now >= *at {
+                let next = plus(now, t.poll_every);
+                (
+                    S::InDoubt {
+                        attempt: *attempt,
+                        since: *since,
+                        at: next,
+                        lookups: lookups + 1,
+                    },
+                    vec![Effect::Lookup, Effect::WakeAt(next)],
+                )
+            } else {
+                (state.clone(), vec![Effect::WakeAt(*at)])
+            }
+        }
+
+        (
+            S::NeedsReview {
+                attempt,
+                code,
+                description,
+                since,
+                at,
+            },
+            E::Tick { now } | E::Resume { now },
+        ) => {
+            if now >= *at {
+                let next = plus(now, t.review_every);
+                (
+                    S::NeedsReview {
+                        attempt: *attempt,
+                        code: code.clone(),
+                        description: description.clone(),
+                        since: *since,
+                        at: next,
+                    },
+                    vec![Effect::Lookup, Effect::WakeAt(next)],
+                )
+            } else {
+                (state.clone(), vec![Effect::WakeAt(*at)])
+            }
+        }
+
+        (_, E::Observed { verdict, now }) => observed(state, verdict, now, t),
+
+        // Stale answers (a `Sent` when no request is outstanding) change nothing.
+        _ => keep(),
+    }
+}
+
+fn send(attempt: u32, now: Millis) -> (State, Vec<Effect>) {
+    (
+        State::Sending {
+            attempt,
+            since: now,
+        },
+        vec![Effect::Send { attempt }],
+    )
+}
+
+fn review(
+    attempt: u32,
+    code: String,
+    description: String,
+    now: Millis,
+    t: &Timings,
+) -> (State, Vec<Effect>) {
+    let at = plus(now, t.review_every);
+    (
+        State::NeedsReview {
+            attempt,
+            code,
+            description,
+            since: now,
+            at,
+        },
+        vec![Effect::WakeAt(at)],
+    )
+}
+
+fn in_doubt(
+    attempt: u32,
+    since: Millis,
+    now: Millis,
+    lookups: u32,
+    t: &Timings,
+) -> (State, Vec<Effect>) {
+    // The first lookup waits out the propagation delay: before it, "not found" means nothing.
+    let at = plus(now, t.poll_every).max(plus(since, t.propagation));
+    (
+        State::InDoubt {
+            attempt,
+            since,
+            at,
+            lookups,
+        },
+        vec![Effect::WakeAt(at)],
+    )
+}
+
+fn after_send(
+    attempt: u32,
+    verdict: Verdict,
+    now: Millis,
+    policy: &RetryPolicy,
+    t: &Timings,
+) -> (State, Vec<Effect>) {
+    match verdict {
+        Verdict::Accepted { reference } => {
+            let poll_at = plus(now, t.poll_every);
+            (
+                State::Submitted {
+                    attempt,
+                    reference,
+                    since: now,
+                    poll_at,
+                },
+                vec![Effect::WakeAt(poll_at)],
+            )
+        }
+        Verdict::Succeeded { ids } => (State::Succeeded { ids, at: now }, vec![]),
+        Verdict::Failed { code, description } => (
+            State::Failed {
+                code,
+                description,
+                at: now,
+            },
+            vec![],
+        ),
+        Verdict::NeedsReview { code, description } => review(attempt, code, description, now, t),
+        // Paid before with this key: find that payment rather than fail or pay again.
+        Verdict::AlreadyExists => {
+            let at = now;
+            (
+                State::InDoubt {
+                    attempt,
+                    since: now,
+                    at,
+                    lookups: 0,
+                },
+                vec![Effect::WakeAt(at)],
+            )
+        }
+        Verdict::RetryLater { class, retry_after } => {
+            match backoff::delay(policy.for_class(class), attempt, retry_after) {
+                Some(d) => {
+                    let at = plus(now, d);
+                    (
+                        State::RetryAt { attempt, at, class },
+                        vec![Effect::WakeAt(at)],
+                    )
+                }
+                // Nothing was processed, so giving up pays nothing.
+                None => (
+                    State::Failed {
+                        code: format!("retries-exhausted:{}", class_name(class)),
+                        description: format!(
+                            "the provider did not take the request after {attempt} attempts"
+                        ),
+                        at: now,
+                    },
+                    vec![],
+                ),
+            }
+        }
+        Verdict::InDoubt | Verdict::NotYetVisible | Verdict::Unknown => {
+            let at = plus(now, t.propagation);
+            (
+                State::InDoubt {
+                    attempt,
+                    since: now,
+                    at,
+                    lookups: 0,
+                },
+                vec![Effect::WakeAt(at)],
+            )
+        }
+    }
+}
+
+fn class_name(c: ErrorClass) -> &'static str {
+    match c {
+        ErrorClass::RateLimited => "rate_limited",
+        ErrorClass::ServerError => "server_error",
+        ErrorClass::Network => "network",
+    }
+}
+
+/// A lookup's answer or a notification, in any state that is not final.
+fn observed(state: &State, verdict: Verdict, now: Millis, t: &Timings) -> (State, Vec<Effect>) {
+    let attempt = match state {
+        State::Sending { attempt, .. }
+        | State::RetryAt { attempt, .. }
+        | State::Submitted { attempt, .. }
+        | State::InDoubt { attempt, .. }
+        | State::NeedsReview { attempt, .. } => *attempt,
+        _ => 0,
+    };
+    match verdict {
+        Verdict::Succeeded { ids } => (State::Succeeded { ids, at: now }, vec![]),
+        Verdict::Failed { code, description } => (
+            State::Failed {
+                code,
+                description,
+                at: now,
+            },
+            vec![],
+        ),
+        Verdict::NeedsReview { code, description } => match state {
+            // Still under review: keep the original time it began.
+            State::NeedsReview { since, at, .. } => (
+                State::NeedsReview {
+                    attempt,
+                    code,
+                    description,
+                    since: *since,
+                    at: *at,
+                },
+                vec![Effect::WakeAt(*at)],
+            ),
+            _ => review(attempt, code, description, now, t),
+        },
+        Verdict::Accepted { reference } => match state {
+            State::Submitted { .. } | State::NeedsReview { .. } => (
+                state.clone(),
+                state.due().map(Effect::WakeAt).into_iter().collect(),
+            ),
+            _ => {
+                let poll_at = plus(now, t.poll_every);
+                (
+                    State::Submitted {
+                        attempt,
+                        reference,
+                        since: now,
+                        poll_at,
+                    },
+                    vec![Effect::WakeAt(poll_at)],
+                )
+            }
+        },
+        Verdict::Unknown => match state {
+            // The provider has no record of the key once it could have one: send again, with
+            // the same key.
+            State::InDoubt { since, lookups, .. } => {
+                if now >= plus(*since, t.propagation) {
+                    send(attempt + 1, now)
+                } else {
+                    in_doubt(attempt, *since, now, *lookups, t)
+                }
+            }
+            _ => (
+                state.clone(),
+                state.due().map(Effect::WakeAt).into_iter().collect(),
+            ),
+        },
+        Verdict::NotYetVisible
+        | Verdict::RetryLater { .. }
+        | Verdict::InDoubt
+        | Verdict::AlreadyExists => match state {
+            State::InDoubt { since, lookups, .. } => {
+                if *lookups >= t.max_lookups {
+                    review(
+                        attempt,
+                        "in-doubt".into(),
+                        format!("the outcome is still unknown after {lookups} lookups"),
+                        now,
+                        t,
+                    )
+                } else {
+                    in_doubt(attempt, *since, now, *lookups, t)
+                }
+            }
+            _ => (
+                state.clone(),
+                state.due().map(Effect::WakeAt).into_iter().collect(),
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Backoff;
+
+    const MIN: u64 = 60_000;
+
+    fn policy() -> RetryPolicy {
+        let b = Backoff {
+            initial_interval: Duration::from_secs(1),
+            factor: 2.0,
+            max_interval: Duration::from_secs(60),
+            max_attempts: 3,
+        };
+        RetryPolicy {
+            default: b.clone(),
+            rate_limited: b.clone(),
+            server_error: b.clone(),
+            network: b,
+        }
+    }
+
+    fn timings() -> Timings {
+        Timings {
+            propagation: Duration::from_secs(180),
+            poll_every: Duration::from_secs(30),
+            review_every: Duration::from_secs(600),
+            max_lookups: 3,
+        }
+    }
+
+    /// Runs events through the machine from `Planned`, returning every state and effect.
+    fn run(events: Vec<Event>) -> (State, Vec<Vec<Effect>>) {
+        let mut s = State::Planned;
+        let mut all = Vec::new();
+        for e in events {
+            let (next, fx) = step(&s, e, &policy(), &timings());
+            s = next;
+            all.push(fx);
+        }
+        (s, all)
+    }
+
+    fn paid() -> Verdict {
+        Verdict::Succeeded {
+            ids: BTreeMap::from([("paymentId".to_string(), "p-1".to_string())]),
+        }
+    }
+
+    fn sends(fx: &[Vec<Effect>]) -> usize {
+        fx.iter()
+            .flatten()
+            .filter(|e| matches!(e, Effect::Send { .. }))
+            .count()
+    }
+
+    #[test]
+    fn a_planned_item_is_marked_sending_before_its_request_leaves() {
+        let (s, fx) = run(vec![Event::Tick { now: 0 }]);
+        assert_eq!(
+            s,
+            State::Sending {
+                attempt: 1,
+                since: 0
+            }
+        );
+        assert_eq!(fx, vec![vec![Effect::Send { attempt: 1 }]]);
+    }
+
+    #[test]
+    fn a_busy_provider_is_asked_again_after_backoff_and_honouring_retry_after() {
+        let busy = Verdict::RetryLater {
+            class: ErrorClass::RateLimited,
+            retry_after: Some(Duration::from_secs(5)),
+        };
+        let (s, fx) = run(vec![
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: busy,
+                now: 100,
+            },
+            Event::Tick { now: 2_000 },
+            Event::Tick { now: 5_100 },
+        ]);
+        assert_eq!(
+            s,
+            State::Sending {
+                attempt: 2,
+                since: 5_100
+            }
+        );
+        assert_eq!(
+            fx[1],
+            vec![Effect::WakeAt(5_100)],
+            "Retry-After 5 s beats the 1 s backoff"
+        );
+        assert_eq!(fx[2], vec![Effect::WakeAt(5_100)], "not due yet");
+        assert_eq!(fx[3], vec![Effect::Send { attempt: 2 }]);
+    }
+
+    #[test]
+    fn when_retries_run_out_the_item_fails_having_paid_nothing() {
+        let busy = || Verdict::RetryLater {
+            class: ErrorClass::ServerError,
+            retry_after: None,
+        };
+        let (s, fx) = run(vec![
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: busy(),
+                now: 0,
+            },
+            Event::Tick { now: 10_000 },
+            Event::Sent {
+                verdict: busy(),
+                now: 10_000,
+            },
+            Event::Tick { now: 20_000 },
+            Event::Sent {
+                verdict: busy(),
+                now: 20_000,
+            },
+        ]);
+        assert!(
+            matches!(&s, State::Failed { code, .. } if code == "retries-exhausted:server_error"),
+            "{s:?}"
+        );
+        assert_eq!(sends(&fx), 3, "max_attempts 3");
+    }
+
+    #[test]
+    fn a_lost_answer_makes_the_item_in_doubt_and_nothing_is_resent_before_a_lookup() {
+        let (s, fx) = run(vec![
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: Verdict::InDoubt,
+                now: 1_000,
+            },
+            Event::Tick { now: 2 * MIN },
+        ]);
+        assert!(matches!(s, State::InDoubt { .. }));
+        assert_eq!(sends(&fx), 1);
+        assert_eq!(
+            fx[1],
+            vec![Effect::WakeAt(1_000 + 3 * MIN)],
+            "the lookup waits out the propagation delay"
+        );
+    }
+
+    #[test]
+    fn an_in_doubt_item_the_provider_paid_is_settled_as_paid_without_resending() {
+        let (s, fx) = run(vec![
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: Verdict::InDoubt,
+                now: 0,
+            },
+            Event::Tick { now: 3 * MIN },
+            Event::Observed {
+                verdict: paid(),
+                now: 3 * MIN + 10,
+            },
+        ]);
+        assert!(matches!(s, State::Succeeded { .. }));
+        assert_eq!(fx[2][0], Effect::Lookup);
+        assert_eq!(sends(&fx), 1);
+    }
+
+    #[test]
+    fn an_in_doubt_item_the_provider_never_saw_is_sent_again_with_the_same_key() {
+        let (s, fx) = run(vec![
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: Verdict::InDoubt,
+                now: 0,
+            },
+            Event::Tick { now: 3 * MIN },
+            Event::Observed {
+                verdict: Verdict::Unknown,
+                now: 3 * MIN,
+            },
+        ]);
+        assert_eq!(
+            s,
+            State::Sending {
+                attempt: 2,
+                since: 3 * MIN
+            }
+        );
+        assert_eq!(fx[3], vec![Effect::Send { attempt: 2 }]);
+    }
+
+    #[test]
+    fn not_found_before_the_propagation_delay_is_not_taken_for_never_sent() {
+        let (s, fx) = run(vec![
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: Verdict::AlreadyExists,
+                now: 0,
+            },
+            Event::Tick { now: 0 },
+            Event::Observed {
+                verdict: Verdict::Unknown,
+                now: MIN,
+            },
+        ]);
+        assert!(
+            matches!(s, State::InDoubt { at, .. } if at == 3 * MIN),
+            "{s:?}"
+        );
+        assert_eq!(sends(&fx), 1);
+    }
+
+    #[test]
+    fn already_paid_is_reconciled_by_a_lookup_not_failed() {
+        let (s, fx) = run(vec![
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: Verdict::AlreadyExists,
+                now: 5,
+            },
+            Event::Tick { now: 5 },
+            Event::Observed {
+                verdict: paid(),
+                now: 6,
+            },
+        ]);
+        assert!(matches!(s, State::Succeeded { .. }));
+        assert_eq!(fx[2][0], Effect::Lookup, "looked up at once");
+        assert_eq!(sends(&fx), 1);
+    }
+
+    #[test]
+    fn a_run_that_stopped_while_sending_resumes_in_doubt() {
+        let (s, fx) = run(vec![
+            Event::Tick { now: 0 },
+            Event::Resume { now: 10 * MIN },
+        ]);
+        assert!(matches!(s, State::InDoubt { since, .. } if since == 10 * MIN));
+        assert_eq!(sends(&fx), 1, "nothing resent on resume");
+    }
+
+    #[test]
+    fn a_submitted_request_is_polled_until_its_outcome_is_known() {
+        let (s, fx) = run(vec![
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: Verdict::Accepted {
+                    reference: "g-1".into(),
+                },
+                now: 0,
+            },
+            Event::Tick { now: 30_000 },
+            Event::Observed {
+                verdict: Verdict::Accepted {
+                    reference: "g-1".into(),
+                },
+                now: 30_100,
+            },
+            Event::Tick { now: 60_000 },
+            Event::Observed {
+                verdict: paid(),
+                now: 60_100,
+            },
+        ]);
+        assert!(matches!(s, State::Succeeded { .. }));
+        assert_eq!(fx[2][0], Effect::Lookup);
+        assert_eq!(fx[4][0], Effect::Lookup);
+    }
+
+    #[test]
+    fn duplicate_and_late_notifications_change_nothing_after_a_final_state() {
+        let (s, fx) = run(vec![
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: paid(),
+                now: 1,
+            },
+            Event::Observed {
+                verdict: paid(),
+                now: 2,
+            },
+            Event::Observed {
+                verdict: Verdict::Failed {
+                    code: "4006".into(),
+                    description: "late".into(),
+                },
+                now: 3,
+            },
+            Event::Sent {
+                verdict: Verdict::InDoubt,
+                now: 4,
+            },
+            Event::Resume { now: 5 },
+        ]);
+        assert!(matches!(s, State::Succeeded { at: 1, .. }));
+        assert!(fx[2..].iter().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn an_item_under_review_is_asked_about_again_on_schedule_until_it_resolves() {
+        let held = Verdict::NeedsReview {
+            code: "5".into(),
+            description: "Offline Antifraud check: RFI".into(),
+        };
+        let (s, fx) = run(vec![
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: held.clone(),
+                now: 0,
+            },
+            Event::Tick { now: 10 * MIN },
+            Event::Observed {
+                verdict: held,
+                now: 10 * MIN,
+            },
+            Event::Tick { now: 20 * MIN },
+            Event::Observed {
+                verdict: paid(),
+                now: 20 * MIN,
+            },
+        ]);
+        assert!(matches!(s, State::Succeeded { .. }));
+        assert_eq!(fx[2][0], Effect::Lookup);
+        assert_eq!(fx[4][0], Effect::Lookup);
+        assert_eq!(sends(&fx), 1);
+    }
+
+    #[test]
+    fn lookups_that_keep_failing_hand_an_in_doubt_item_to_a_person() {
+        let mut events = vec![
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: Verdict::InDoubt,
+                now: 0,
+            },
+        ];
+        let mut now = 3 * MIN;
+        for _ in 0..4 {
+            events.push(Event::Tick { now });
+            events.push(Event::Observed {
+                verdict: Verdict::RetryLater {
+                    class: ErrorClass::Network,
+                    retry_after: None,
+                },
+                now,
+            });
+            now += MIN;
+        }
+        let (s, fx) = run(events);
+        assert!(
+            matches!(&s, State::NeedsReview { code, .. } if code == "in-doubt"),
+            "{s:?}"
+        );
+        assert_eq!(
+            sends(&fx),
+            1,
+            "an item in doubt is never resent without a definite 'unknown'"
+        );
+    }
+
+    /// Whatever the order of answers, lookups, notifications, timers and restarts, a request is
+    /// only sent from `Planned`, after a refusal that processed nothing (`RetryAt`), or when a
+    /// lookup said the provider never saw the key — never twice on a doubt, never after the end.
+    #[test]
+    fn no_sequence_of_events_sends_a_request_without_a_reason() {
+        let verdicts = || {
+            vec![
+                Verdict::Accepted {
+                    reference: "g".into(),
+                },
+                paid(),
+                Verdict::Failed {
+                    code: "4006".into(),
+                    description: "x".into(),
+                },
+                Verdict::NeedsReview {
+                    code: "9999".into(),
+                    description: "x".into(),
+                },
+                Verdict::AlreadyExists,
+                Verdict::NotYetVisible,
+                Verdict::Unknown,
+                Verdict::RetryLater {
+                    class: ErrorClass::RateLimited,
+                    retry_after: None,
+                },
+                Verdict::InDoubt,
+            ]
+        };
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..2_000 {
+            let mut s = State::Planned;
+            let mut now = 0;
+            for _ in 0..40 {
+                now += next() % (5 * MIN);
+                let v = verdicts()[(next() % 9) as usize].clone();
+                let e = match next() % 4 {
+                    0 => Event::Tick { now },
+                    1 => Event::Sent {
+                        verdict: v.clone(),
+                        now,
+                    },
+                    2 => Event::Observed {
+                        verdict: v.clone(),
+                        now,
+                    },
+                    _ => Event::Resume { now },
+                };
+                let (n, fx) = step(&s, e.clone(), &policy(), &timings());
+                if fx.iter().any(|f| matches!(f, Effect::Send { .. })) {
+                    let reason = matches!(
+                        (&s, &e),
+                        (State::Planned, _)
+                            | (State::RetryAt { .. }, _)
+                            | (
+                                State::InDoubt { .. },
+                                Event::Observed {
+                                    verdict: Verdict::Unknown,
+                                    ..
+                                }
+                            )
+                    );
+                    assert!(reason, "sent from {s:?} on {e:?}");
+                    assert!(
+                        matches!(n, State::Sending { .. }),
+                        "a send is always recorded as Sending first"
+                    );
+                }
+                if s.is_final() {
+                    assert_eq!(n, s, "final states absorb everything");
+                }
+                s = n;
+            }
+        }
+    }
+
+    #[test]
+    fn states_survive_a_round_trip_through_the_store_format() {
+        let s = State::InDoubt {
+            attempt: 2,
+            since: 5,
+            at: 9,
+            lookups: 1,
+        };
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(
+            json,
+            r#"{"state":"in_doubt","attempt":2,"since":5,"at":9,"lookups":1}"#
+        );
+        assert_eq!(serde_json::from_str::<State>(&json).unwrap(), s);
+    }
+}
