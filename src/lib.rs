@@ -14,6 +14,7 @@ pub mod mask;
 pub mod money;
 pub mod pipeline;
 pub mod plan;
+pub mod providers;
 pub mod sandbox;
 pub mod schema;
 pub mod template;

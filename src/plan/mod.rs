@@ -405,6 +405,12 @@ fn eval(b: &Bound, flow: &Flow, item: &ItemRow, key: &str, task: &Task) -> Strin
 
 /// A task's payload for one item, as the JSON the provider would receive, sensitive values masked.
 pub fn payload(flow: &Flow, task: &Task, item: &ItemRow, key: &str) -> Value {
+    render_payload(flow, task, item, key, true)
+}
+
+/// A task's payload for one item; `masked` hides sensitive values (every output does; only
+/// the request sent to the provider carries them).
+pub fn render_payload(flow: &Flow, task: &Task, item: &ItemRow, key: &str, masked: bool) -> Value {
     let op = flow.op(&task.op);
     let mut root = serde_json::Map::new();
     for b in &task.bindings {
@@ -429,7 +435,7 @@ pub fn payload(flow: &Flow, task: &Task, item: &ItemRow, key: &str) -> Value {
         if text.is_empty() {
             continue;
         }
-        let value = if field.sensitive {
+        let value = if field.sensitive && masked {
             Value::String(mask::mask(&text))
         } else if matches!(b.value, Bound::Result { .. }) {
             Value::String(text)

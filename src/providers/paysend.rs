@@ -1,0 +1,475 @@
+//! The Paysend Enterprise client adapter: payrun's item trees to `POST /processing` requests,
+//! and Paysend's answers, lookups and webhooks back to provider-neutral `Verdict`s. Pure
+//! functions: the runner does the I/O. Wire facts with document lines are in
+//! docs/paysend-wire.md; this module shares no code with the sandbox's emulation.
+
+use crate::compile::{Flow, Task};
+use crate::execute::backoff::ErrorClass;
+use crate::execute::machine::Verdict;
+use crate::manifest::Link;
+use crate::validate::ItemRow;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The documented "retry later" answer (HTTP 404, L185).
+const BUSY: &str = "Sorry. Can't accept your request now.";
+
+/// One item's task tree as Paysend takes it (`payload.tasks[]` element), with real values.
+pub fn item_tree(flow: &Flow, item: &ItemRow, key: &str) -> Vec<Value> {
+    fn task(flow: &Flow, t: &Task, item: &ItemRow, key: &str) -> Value {
+        let mut v = json!({"type": t.op, "payload": crate::plan::render_payload(flow, t, item, key, false)});
+        for (link, c) in t.children() {
+            let branch = v
+                .as_object_mut()
+                .expect("object")
+                .entry(link.as_str())
+                .or_insert_with(|| Value::Array(vec![]));
+            branch
+                .as_array_mut()
+                .expect("array")
+                .push(task(flow, c, item, key));
+        }
+        v
+    }
+    flow.tasks
+        .iter()
+        .map(|t| task(flow, t, item, key))
+        .collect()
+}
+
+/// A signed request, ready to send.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub request_id: String,
+    pub body: Vec<u8>,
+    pub signature: String,
+}
+
+/// The request id of a pack of items: the same items always give the same id, so resending a
+/// pack is a replay to Paysend (L7021-7036), never a second request.
+pub fn request_id(item_keys: &[&str]) -> String {
+    let mut keys: Vec<&str> = item_keys.to_vec();
+    keys.sort_unstable();
+    crate::keys::task_key("paysend/request", &keys.join(","))
+}
+
+/// Builds and signs `POST /processing` for a pack of item trees (one root task per tree).
+pub fn submission(
+    partner_id: &str,
+    inbound_key: &str,
+    item_keys: &[&str],
+    trees: Vec<Value>,
+    callback: Option<&str>,
+    date: &str,
+) -> Submission {
+    let request_id = request_id(item_keys);
+    let mut service = json!({"sync": false});
+    if let Some(uri) = callback {
+        service["result"] = json!([{"type": "web", "uri": uri, "method": "POST"}]);
+    }
+    let body = json!({
+        "header": {"request": {"id": request_id, "date": date}, "service": service},
+        "payload": {"partner": {"identifier": partner_id}, "tasks": trees}
+    });
+    let body = serde_json::to_vec(&body).expect("JSON values serialise");
+    let signature = sign(&body, inbound_key);
+    Submission {
+        request_id,
+        body,
+        signature,
+    }
+}
+
+/// X-OPP-Signature: lowercase hex SHA-256 of the data followed by the inbound key (L7010-7016).
+pub fn sign(data: &[u8], inbound_key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    crate::keys::hex_lower(
+        &Sha256::new()
+            .chain_update(data)
+            .chain_update(inbound_key.as_bytes())
+            .finalize(),
+    )
+}
+
+/// What came back from one HTTP exchange.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Http {
+        status: u16,
+        body: Vec<u8>,
+        retry_after: Option<Duration>,
+    },
+    /// No answer. `maybe_sent`: the request may have reached Paysend (a timeout or a connection
+    /// lost after sending), as opposed to a connection that was never made.
+    Transport { maybe_sent: bool },
+}
+
+/// The verdict of one task `result` object (L612-722; on the wire a success has code 0 and an
+/// error carries the processing error code itself).
+pub fn task_verdict(result: Option<&Value>, global_id: &str) -> Verdict {
+    let Some(r) = result else {
+        return Verdict::Accepted {
+            reference: global_id.to_string(),
+        };
+    };
+    let status = r.get("status").and_then(Value::as_str).unwrap_or("");
+    let code = match r.get("code") {
+        Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
+        Some(Value::String(s)) => s.parse().unwrap_or(0),
+        _ => 0,
+    };
+    let comment = r
+        .get("comment")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    match status {
+        "Accepted" | "InProgress" => Verdict::Accepted {
+            reference: global_id.to_string(),
+        },
+        "Success" => {
+            let mut ids = BTreeMap::new();
+            ids.insert("globalId".to_string(), global_id.to_string());
+            for k in ["paymentId", "traceId", "rrn", "arn"] {
+                if let Some(v) = r.pointer(&format!("/data/{k}")).and_then(Value::as_str) {
+                    ids.insert(k.to_string(), v.to_string());
+                }
+            }
+            Verdict::Succeeded { ids }
+        }
+        _ => match code {
+            // 3011: already paid with this invoiceId — reconcile, never a failure.
+            3011 => Verdict::AlreadyExists,
+            // 9999 is "Not final"; 5 waits for manual action (sanctions review, RFI).
+            9999 | 5 => Verdict::NeedsReview {
+                code: code.to_string(),
+                description: comment,
+            },
+            3006 => Verdict::Unknown,
+            _ => Verdict::Failed {
+                code: code.to_string(),
+                description: comment,
+            },
+        },
+    }
+}
+
+/// The verdict for one item from its task tree in an answer: the first payout task that ran
+/// decides; if none ran, the first error on the way decides; otherwise it is still running.
+pub fn tree_verdict(flow: &Flow, tree: &Value, global_id: &str) -> Verdict {
+    fn payout<'a>(flow: &Flow, task: &Task, v: &'a Value, out: &mut Option<&'a Value>) {
+        if out.is_some() {
+            return;
+        }
+        if flow.op(&task.op).role == crate::schema::Role::Payout && v.get("result").is_some() {
+            *out = v.get("result");
+            return;
+        }
+        for (link, child) in task.children() {
+            let idx = match link {
+                Link::Success => task.success.iter().position(|c| std::ptr::eq(c, child)),
+                Link::Fail => task.fail.iter().position(|c| std::ptr::eq(c, child)),
+                Link::Always => task.always.iter().position(|c| std::ptr::eq(c, child)),
+            };
+            if let Some(cv) = idx.and_then(|i| v.get(link.as_str()).and_then(|a| a.get(i))) {
+                payout(flow, child, cv, out);
+            }
+        }
+    }
+    let Some(root) = flow.tasks.first() else {
+        return Verdict::Accepted {
+            reference: global_id.to_string(),
+        };
+    };
+    let mut found = None;
+    payout(flow, root, tree, &mut found);
+    if let Some(r) = found {
+        return task_verdict(Some(r), global_id);
+    }
+    // No payout ran: still running, or a task before it failed.
+    match task_verdict(tree.get("result"), global_id) {
+        Verdict::Succeeded { .. }
+            if flow
+                .all_tasks()
+                .iter()
+                .any(|t| flow.op(&t.op).role == crate::schema::Role::Payout) =>
+        {
+            Verdict::Failed {
+                code: "not-paid".into(),
+                description: "the tree finished without running its payout".into(),
+            }
+        }
+        v => v,
+    }
+}
+
+/// Classifies the answer to a submission of `n` item trees (in the order sent).
+pub fn classify_submission(flow: &Flow, answer: &Answer, n: usize) -> Vec<Verdict> {
+    let all = |v: Verdict| vec![v; n];
+    match answer {
+        Answer::Transport { maybe_sent: true } => all(Verdict::InDoubt),
+        Answer::Transport { maybe_sent: false } => all(Verdict::RetryLater {
+            class: ErrorClass::Network,
+            retry_after: None,
+        }),
+        Answer::Http {
+            status: 404,
+            body,
+            retry_after,
+        } if String::from_utf8_lossy(body).trim() == BUSY => all(Verdict::RetryLater {
+            class: ErrorClass::RateLimited,
+            retry_after: *retry_after,
+        }),
+        Answer::Http {
+            status,
+            retry_after,
+            ..
+        } if *status >= 500 => all(Verdict::RetryLater {
+            class: ErrorClass::ServerError,
+            retry_after: *retry_after,
+        }),
+        Answer::Http {
+            status: 200, body, ..
+        } => match serde_json::from_slice::<Value>(body) {
+            Ok(v) => classify_envelope(flow, &v, n),
+            // An unreadable 200 may still mean Paysend took the request.
+            Err(_) => all(Verdict::InDoubt),
+        },
+        // 400/401 and anything else: Paysend refused the request as a whole; nothing ran.
+        Answer::Http { status, body, .. } => {
+            let text = String::from_utf8_lossy(body);
+            let comment = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("comment").and_then(Value::as_str).map(String::from))
+                .unwrap_or_else(|| crate::mask::shorten(&text));
+            all(Verdict::Failed {
+                code: format!("http-{status}"),
+                description: comment,
+            })
+        }
+    }
+}
+
+/// Verdicts from a /processing answer or a GET /processing/status answer.
+pub fn classify_envelope(flow: &Flow, v: &Value, n: usize) -> Vec<Verdict> {
+    let global = v
+        .pointer("/header/response/globalId")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let tasks = v
+        .pointer("/payload/tasks")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    (0..n)
+        .map(|i| {
+            tasks
+                .get(i)
+                .map_or(Verdict::InDoubt, |t| tree_verdict(flow, t, &global))
+        })
+        .collect()
+}
+
+/// A `task.statusGet` request for one item's invoiceId (the failover lookup, L661-683).
+pub fn lookup(
+    partner_id: &str,
+    inbound_key: &str,
+    key: &str,
+    attempt: u32,
+    date: &str,
+) -> Submission {
+    let request_id = crate::keys::task_key(key, &format!("lookup/{attempt}"));
+    let body = json!({
+        "header": {"request": {"id": request_id, "date": date}, "service": {"sync": true, "waitTime": "WaitFor2000"}},
+        "payload": {"partner": {"identifier": partner_id}, "tasks": [{"type": "task.statusGet", "payload": {"invoiceId": key}}]}
+    });
+    let body = serde_json::to_vec(&body).expect("JSON values serialise");
+    let signature = sign(&body, inbound_key);
+    Submission {
+        request_id,
+        body,
+        signature,
+    }
+}
+
+/// The verdict of a task.statusGet answer about a payment.
+pub fn classify_lookup(answer: &Answer) -> Verdict {
+    let Answer::Http {
+        status: 200, body, ..
+    } = answer
+    else {
+        return Verdict::RetryLater {
+            class: ErrorClass::Network,
+            retry_after: None,
+        };
+    };
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Verdict::RetryLater {
+            class: ErrorClass::ServerError,
+            retry_after: None,
+        };
+    };
+    let Some(r) = v.pointer("/payload/tasks/0/result") else {
+        return Verdict::RetryLater {
+            class: ErrorClass::ServerError,
+            retry_after: None,
+        };
+    };
+    match r.get("status").and_then(Value::as_str) {
+        Some("Success") => match r
+            .pointer("/data/status/description")
+            .and_then(Value::as_str)
+        {
+            Some("Completed") | None => task_verdict(Some(r), ""),
+            Some(other) => Verdict::NeedsReview {
+                code: other.to_string(),
+                description: format!("payment status {other}"),
+            },
+        },
+        // The lookup itself has not run yet (the request was answered before it finished).
+        Some("Accepted") | Some("InProgress") | None => Verdict::RetryLater {
+            class: ErrorClass::ServerError,
+            retry_after: None,
+        },
+        // 1000 is the lookup failing, not the payment.
+        _ if r.get("code").and_then(Value::as_u64) == Some(1000) => Verdict::RetryLater {
+            class: ErrorClass::ServerError,
+            retry_after: None,
+        },
+        _ => task_verdict(Some(r), ""),
+    }
+}
+
+/// Verifies an expanded webhook: lowercase hex MD5 of the raw body followed by the outbound key
+/// (L634-654), compared in constant time.
+pub fn webhook_is_authentic(body: &[u8], signature: &str, outbound_key: &str) -> bool {
+    use md5::{Digest, Md5};
+    use subtle::ConstantTimeEq;
+    let expected = crate::keys::hex_lower(
+        &Md5::new()
+            .chain_update(body)
+            .chain_update(outbound_key.as_bytes())
+            .finalize(),
+    );
+    expected
+        .as_bytes()
+        .ct_eq(signature.trim().to_ascii_lowercase().as_bytes())
+        .into()
+}
+
+/// An authentic `TransactionStatusUpdate` webhook: the invoiceId (the item key) and its verdict.
+pub fn webhook_verdict(body: &[u8]) -> Option<(String, Verdict)> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    if v.get("webhookType").and_then(Value::as_str) != Some("TransactionStatusUpdate") {
+        return None;
+    }
+    let invoice = v.get("invoiceId").and_then(Value::as_str)?.to_string();
+    let code = v
+        .get("errorCode")
+        .and_then(|c| {
+            c.as_str()
+                .map(String::from)
+                .or_else(|| c.as_u64().map(|n| n.to_string()))
+        })
+        .unwrap_or_default();
+    let description = v
+        .get("errorDescription")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let verdict = match v.get("status").and_then(Value::as_str)? {
+        "Completed" => {
+            let mut ids = BTreeMap::new();
+            for (k, name) in [
+                ("transactionId", "paymentId"),
+                ("traceId", "traceId"),
+                ("rrn", "rrn"),
+                ("arn", "arn"),
+            ] {
+                if let Some(s) = v.get(k).and_then(Value::as_str) {
+                    ids.insert(name.to_string(), s.to_string());
+                }
+            }
+            Verdict::Succeeded { ids }
+        }
+        "OnHold" => Verdict::NeedsReview {
+            code: if code.is_empty() { "5".into() } else { code },
+            description,
+        },
+        other => Verdict::Failed {
+            code: if code.is_empty() {
+                other.to_string()
+            } else {
+                code
+            },
+            description,
+        },
+    };
+    Some((invoice, verdict))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_webhook_example_is_authentic_and_on_hold() {
+        let body = br#"{"webhookType":"TransactionStatusUpdate","invoiceId":"MTCN123456789","transactionId":"5d8149f7-9dd5-4784-9f25-3da3215b8a7g","status":"OnHold","statusDateTime":"2025-06-19T00:27:01.810858+03:00","errorCode":"5","errorDescription":"Offline Antifraud check: RFI","rrn":null,"arn":null,"traceId":null}"#;
+        assert!(webhook_is_authentic(
+            body,
+            "1f373068bd1a17e4ad2ab4462e054d37",
+            "14130906-70e2-44ae-9ac1-e5f0688ebd77"
+        ));
+        assert!(!webhook_is_authentic(
+            body,
+            "1f373068bd1a17e4ad2ab4462e054d38",
+            "14130906-70e2-44ae-9ac1-e5f0688ebd77"
+        ));
+        let (invoice, v) = webhook_verdict(body).unwrap();
+        assert_eq!(invoice, "MTCN123456789");
+        assert!(matches!(v, Verdict::NeedsReview { code, .. } if code == "5"));
+    }
+
+    #[test]
+    fn task_results_map_to_verdicts_by_the_error_table() {
+        let r = |v: Value| task_verdict(Some(&v), "g");
+        assert!(
+            matches!(r(json!({"status": "Success", "code": 0, "data": {"paymentId": "p"}})), Verdict::Succeeded { ids } if ids["paymentId"] == "p")
+        );
+        assert_eq!(
+            r(json!({"status": "Error", "code": 3011})),
+            Verdict::AlreadyExists
+        );
+        assert!(matches!(
+            r(json!({"status": "Error", "code": 9999})),
+            Verdict::NeedsReview { .. }
+        ));
+        assert!(matches!(
+            r(json!({"status": "Error", "code": 5})),
+            Verdict::NeedsReview { .. }
+        ));
+        assert!(
+            matches!(r(json!({"status": "Error", "code": 4006, "comment": "x"})), Verdict::Failed { code, .. } if code == "4006")
+        );
+        assert_eq!(
+            r(json!({"status": "InProgress", "code": 1})),
+            Verdict::Accepted {
+                reference: "g".into()
+            }
+        );
+        assert_eq!(
+            task_verdict(None, "g"),
+            Verdict::Accepted {
+                reference: "g".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_same_pack_always_has_the_same_request_id() {
+        assert_eq!(request_id(&["b", "a"]), request_id(&["a", "b"]));
+        assert_ne!(request_id(&["a"]), request_id(&["a", "b"]));
+    }
+}
