@@ -77,6 +77,56 @@ enum Command {
         #[arg(long, default_value_t = 50, value_name = "N")]
         max_errors: usize,
     },
+    /// Execute a batch: every item paid exactly once, checkpointed so a stopped run resumes.
+    ///
+    /// Validates first (nothing is sent for an invalid batch), shows the totals and asks for
+    /// confirmation (--yes to skip; required without a terminal). A batch that was started
+    /// before continues where it stopped. Exit codes: 0 every item paid; 1 invalid batch or
+    /// stale plan; 2 usage or I/O error; 4 the run ended with items failed or needing review;
+    /// 130 stopped by Ctrl-C (resume with `payrun resume <batch>`).
+    Run {
+        /// The batch manifest (YAML).
+        manifest: PathBuf,
+        /// Start the embedded sandbox and run the batch against it (a rehearsal).
+        #[arg(long)]
+        sandbox: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Refuse to run unless the inputs still match this saved plan's fingerprint.
+        #[arg(long, value_name = "FILE")]
+        plan: Option<PathBuf>,
+        /// Where batch state is kept.
+        #[arg(
+            long,
+            default_value = ".payrun",
+            env = "PAYRUN_STATE",
+            value_name = "DIR"
+        )]
+        state_dir: PathBuf,
+        /// Provider time runs this many times faster (only for a sandbox started with the same
+        /// --time-scale; it shortens the documented waits such as Paysend's 3 minutes).
+        #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
+        time_scale: f64,
+    },
+    /// Continue a stopped batch where it stopped (in-doubt items are settled first).
+    Resume {
+        /// The batch id (as in the manifest's `batch:`).
+        batch: String,
+        /// Run against the embedded sandbox.
+        #[arg(long)]
+        sandbox: bool,
+        #[arg(
+            long,
+            default_value = ".payrun",
+            env = "PAYRUN_STATE",
+            value_name = "DIR"
+        )]
+        state_dir: PathBuf,
+        /// As for `run`.
+        #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
+        time_scale: f64,
+    },
     /// Run the provider sandbox: Paysend emulated as its documents describe, with faults.
     ///
     /// Prints the base URLs and the test credentials it accepts, then serves until Ctrl-C.
@@ -161,6 +211,28 @@ fn main() -> ExitCode {
             time_scale,
             faults,
         } => sandbox(listen, config, seed, time_scale, &faults),
+        Command::Run {
+            manifest,
+            sandbox,
+            yes,
+            plan,
+            state_dir,
+            time_scale,
+        } => payrun::execute::command::run(
+            &registry,
+            &manifest,
+            sandbox,
+            yes,
+            plan.as_deref(),
+            &state_dir,
+            time_scale,
+        ),
+        Command::Resume {
+            batch,
+            sandbox,
+            state_dir,
+            time_scale,
+        } => payrun::execute::command::resume(&registry, &batch, sandbox, &state_dir, time_scale),
     };
     ExitCode::from(code)
 }

@@ -485,6 +485,9 @@ fn observed(state: &State, verdict: Verdict, now: Millis, t: &Timings) -> (State
                     in_doubt(attempt, *since, now, *lookups, t)
                 }
             }
+            // The provider no longer finds an accepted request by its reference (Paysend: the
+            // globalId window passed): look the key up instead.
+            State::Submitted { since, .. } => in_doubt(attempt, *since, now, 0, t),
             _ => (
                 state.clone(),
                 state.due().map(Effect::WakeAt).into_iter().collect(),

@@ -5,4 +5,7 @@
 //! module so far.
 
 pub mod backoff;
+pub mod command;
 pub mod machine;
+pub mod runner;
+pub mod store;

@@ -59,9 +59,11 @@ pub struct PaysendConfig {
 impl Default for PaysendConfig {
     fn default() -> Self {
         let mut balances = BTreeMap::new();
-        for c in ["EUR", "GBP", "USD"] {
+        for c in ["EUR", "GBP", "USD", "CHF"] {
             balances.insert(c.to_string(), "10000000.00".to_string());
         }
+        balances.insert("JPY".into(), "1000000000".into());
+        balances.insert("KWD".into(), "1000000.000".into());
         PaysendConfig {
             partner_id: "payrun-sandbox".into(),
             inbound_key: "sandbox-inbound-key".into(),

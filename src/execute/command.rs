@@ -1,0 +1,342 @@
+//! `payrun run` and `payrun resume`: the front end of execution — validate, check a saved plan,
+//! confirm, open the batch's store (refusing items that changed since they were started), pick
+//! the endpoint (the embedded sandbox or the manifest's environment with credentials from the
+//! environment variables it names), run, and report. Returns the process exit code.
+
+use super::machine::Timings;
+use super::runner::{self, Endpoint, PlannedItem};
+use super::store::Store;
+use crate::compile::Flow;
+use crate::pipeline;
+use crate::schema::Registry;
+use crate::validate::{ItemRow, Visitor};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+struct Collect<'f>(&'f Flow);
+
+impl Visitor for Collect<'_> {
+    type Chunk = Vec<PlannedItem>;
+    fn item(&self, item: &ItemRow, chunk: &mut Vec<PlannedItem>) {
+        if !item.valid {
+            return;
+        }
+        let key = crate::keys::item_key(&self.0.manifest.batch, item.id);
+        chunk.push(PlannedItem {
+            id: item.id.to_string(),
+            digest: crate::plan::content_digest(self.0, item.values),
+            line: item.line,
+            trees: crate::providers::paysend::item_tree(self.0, item, &key),
+            key,
+        });
+    }
+}
+
+/// Paysend's timings as its document gives them (L633, L659-667), and this runner's polling;
+/// `scale` > 1 for a sandbox whose provider time runs that much faster.
+fn timings(scale: f64) -> Timings {
+    let s = |d: Duration| d.div_f64(scale.max(1.0)).max(Duration::from_millis(20));
+    Timings {
+        propagation: s(Duration::from_secs(180)),
+        poll_every: s(Duration::from_secs(1)),
+        review_every: s(Duration::from_secs(600)),
+        max_lookups: 20,
+    }
+}
+
+pub fn run(
+    registry: &Registry,
+    manifest: &Path,
+    sandbox: bool,
+    yes: bool,
+    plan: Option<&Path>,
+    state_dir: &Path,
+    time_scale: f64,
+) -> u8 {
+    let prepared = match pipeline::prepare(manifest, registry) {
+        Ok(p) => p,
+        Err(f) => {
+            for d in &f.diagnostics {
+                eprintln!("{}\n", d.render());
+            }
+            return f.exit_code as u8;
+        }
+    };
+    let flow = prepared.flow;
+    if flow.provider.name != "paysend" {
+        eprintln!(
+            "error[run.provider]: `payrun run` drives Paysend so far; {} comes with its adapter",
+            flow.provider.name
+        );
+        return 2;
+    }
+    let mut source = prepared.source;
+    let mut items: Vec<PlannedItem> = Vec::new();
+    let report = match crate::validate::validate(
+        &flow,
+        &mut source,
+        20,
+        &Collect(&flow),
+        |c: Vec<PlannedItem>| items.extend(c),
+    ) {
+        Ok(r) => r,
+        Err(d) => {
+            eprintln!("{}", d.render());
+            return 2;
+        }
+    };
+    if !report.is_ok() {
+        for d in &report.errors {
+            eprintln!("{}\n", d.render());
+        }
+        eprintln!(
+            "payrun: the batch is invalid ({} errors); nothing was sent",
+            report.error_count
+        );
+        return 1;
+    }
+    if let Some(plan) = plan
+        && let Some(code) = check_plan(&flow, plan)
+    {
+        return code;
+    }
+    let totals: Vec<String> = report
+        .totals
+        .iter()
+        .map(|(c, (minor, n))| {
+            format!(
+                "{} {} ({n} payouts)",
+                c.code(),
+                crate::plan::amount_text(*c, *minor)
+            )
+        })
+        .collect();
+    eprintln!(
+        "batch {}: {} items, {}",
+        flow.manifest.batch,
+        items.len(),
+        totals.join(", ")
+    );
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            eprintln!(
+                "error[run.confirm]: no terminal to confirm on; pass --yes to run without asking"
+            );
+            return 2;
+        }
+        eprint!(
+            "pay these {} items{}? [y/N] ",
+            items.len(),
+            if sandbox { " in the sandbox" } else { "" }
+        );
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("nothing was sent");
+            return 0;
+        }
+    }
+    execute(&flow, &items, sandbox, state_dir, manifest, time_scale)
+}
+
+/// Compares a saved plan's fingerprint with the inputs as they are now.
+fn check_plan(flow: &Flow, plan: &Path) -> Option<u8> {
+    use crate::plan::fingerprint::Fingerprint;
+    let saved: Option<Fingerprint> = std::fs::read(plan)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| serde_json::from_value(v["fingerprint"].clone()).ok());
+    let Some(saved) = saved else {
+        eprintln!(
+            "error[run.plan]: {} is not a plan written by `payrun plan -o`",
+            plan.display()
+        );
+        return Some(2);
+    };
+    let source_sha = match &flow.manifest.items {
+        crate::manifest::Items::Csv(src) => std::fs::read(&src.path).ok().map(|b| {
+            use sha2::{Digest, Sha256};
+            crate::keys::hex_lower(&Sha256::digest(&b))
+        }),
+        crate::manifest::Items::Inline(_) => None,
+    };
+    let now = Fingerprint::of(flow, source_sha.as_deref());
+    if now.sha256 != saved.sha256 {
+        eprintln!(
+            "error[run.stale-plan]: the plan {} no longer matches its inputs:",
+            plan.display()
+        );
+        for c in saved.changes(&now) {
+            eprintln!("  {c}");
+        }
+        eprintln!("  hint: run `payrun plan` again and review it");
+        return Some(1);
+    }
+    None
+}
+
+pub fn resume(
+    registry: &Registry,
+    batch: &str,
+    sandbox: bool,
+    state_dir: &Path,
+    time_scale: f64,
+) -> u8 {
+    let manifest = {
+        let store = match Store::open(state_dir, batch) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error[resume.store]: {e}");
+                return 2;
+            }
+        };
+        match store.meta("manifest") {
+            Ok(Some(m)) => std::path::PathBuf::from(m),
+            _ => {
+                eprintln!(
+                    "error[resume.unknown]: no batch `{batch}` in {}",
+                    state_dir.display()
+                );
+                return 2;
+            }
+        }
+    };
+    run(
+        registry, &manifest, sandbox, true, None, state_dir, time_scale,
+    )
+}
+
+fn execute(
+    flow: &Flow,
+    items: &[PlannedItem],
+    sandbox: bool,
+    state_dir: &Path,
+    manifest: &Path,
+    time_scale: f64,
+) -> u8 {
+    let mut store = match Store::open(state_dir, &flow.manifest.batch) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error[run.store]: {e}");
+            return 2;
+        }
+    };
+    // An item whose content changed since it was started is never sent as it is now.
+    let stored = store.items().unwrap_or_default();
+    let changed: Vec<String> = stored
+        .iter()
+        .filter(|(i, r)| {
+            items
+                .get(*i as usize)
+                .is_none_or(|it| it.key != r.key || it.digest != r.digest)
+        })
+        .map(|(_, r)| format!("{} (line {})", r.id, r.line))
+        .collect();
+    if !changed.is_empty() {
+        eprintln!(
+            "error[run.changed-items]: {} item(s) changed since this batch started: {}",
+            changed.len(),
+            changed
+                .iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        eprintln!(
+            "  hint: a started batch must not change; put corrections in a new batch with a new id"
+        );
+        return 1;
+    }
+    let manifest_abs = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
+    if let Err(e) = store.set_meta(&[
+        ("manifest", &manifest_abs.to_string_lossy()),
+        ("batch", &flow.manifest.batch),
+        ("provider", &flow.provider.name),
+    ]) {
+        eprintln!("error[run.store]: {e}");
+        return 2;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("payrun: cannot start the async runtime: {e}");
+            return 2;
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    runtime.block_on(async {
+        let mut sandbox_handle = None;
+        let endpoint = if sandbox {
+            let cfg = crate::sandbox::SandboxConfig { time_scale: time_scale.max(1.0), ..crate::sandbox::SandboxConfig::default() };
+            let (partner_id, inbound_key) = (cfg.paysend.partner_id.clone(), cfg.paysend.inbound_key.clone());
+            match crate::sandbox::Sandbox::start(cfg, "127.0.0.1:0".parse().expect("loopback address")).await {
+                Ok(sb) => {
+                    let e = Endpoint { base_url: sb.base_url("paysend"), partner_id, inbound_key };
+                    eprintln!("sandbox: {}", e.base_url);
+                    sandbox_handle = Some(sb);
+                    e
+                }
+                Err(e) => {
+                    eprintln!("error[run.sandbox]: cannot start the sandbox: {e}");
+                    return 2;
+                }
+            }
+        } else {
+            let Some(base_url) = flow.base_url.clone() else {
+                eprintln!("error[run.endpoint]: no base URL for environment {:?}", flow.manifest.environment);
+                return 2;
+            };
+            let var = |name: &str| flow.manifest.credentials.iter().find(|(n, _)| n == name).and_then(|(_, v)| std::env::var(v).ok().map(|x| (v.clone(), x)));
+            let (Some((_, partner_id)), Some((_, inbound_key))) = (var("partner_id"), var("inbound_key")) else {
+                let names: Vec<String> = flow.manifest.credentials.iter().map(|(_, v)| format!("${v}")).collect();
+                eprintln!("error[run.credentials]: set the environment variables the manifest names: {}", names.join(", "));
+                return 2;
+            };
+            Endpoint { base_url, partner_id, inbound_key }
+        };
+        let flag = Arc::clone(&stop);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\nstopping: no new requests; waiting for the ones in flight");
+                flag.store(true, Ordering::Relaxed);
+            }
+        });
+        let started = std::time::Instant::now();
+        let summary = match runner::run(flow, items, &mut store, &endpoint, &timings(time_scale), Arc::clone(&stop)).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error[run.store]: {e}");
+                return 2;
+            }
+        };
+        if let Some(sb) = sandbox_handle {
+            sb.stop().await;
+        }
+        println!(
+            "{}: {} items: {} paid, {} failed, {} need review, {} unfinished; {} requests, {} commits ({:.2} per item), {:.1} s",
+            flow.manifest.batch,
+            summary.items,
+            summary.succeeded,
+            summary.failed,
+            summary.needs_review,
+            summary.unfinished,
+            summary.requests,
+            summary.commits,
+            summary.commits as f64 / summary.items.max(1) as f64,
+            started.elapsed().as_secs_f64()
+        );
+        if stop.load(Ordering::Relaxed) {
+            eprintln!("stopped; continue with: payrun resume {}{}", flow.manifest.batch, if sandbox { " --sandbox" } else { "" });
+            return 130;
+        }
+        if summary.failed + summary.needs_review + summary.unfinished > 0 { 4 } else { 0 }
+    })
+}

@@ -1,0 +1,422 @@
+//! The runner: the I/O around the pure state machine. One loop owns every item's state; it
+//! ticks the items that are due, commits their new states in one transaction, and only then
+//! performs the effects (packed submissions, lookups) on spawned tasks bounded by the rate
+//! limiter and the concurrency cap. Answers come back as events, are applied, and committed
+//! together (group commit).
+//!
+//! This first runner drives Paysend by polling (GET /processing/status, then task.statusGet);
+//! webhooks, preflight tasks and delayed subtrees come next (issue 4).
+
+use super::machine::{self, Effect, Event, Millis, State, Timings, Verdict};
+use super::store::{Record, Store, StoreError};
+use crate::compile::Flow;
+use crate::providers::paysend::{self, Answer};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// One item as planned: identity, content digest and its task trees (with real values; kept in
+/// memory only, never stored).
+pub struct PlannedItem {
+    pub id: String,
+    pub key: String,
+    pub digest: String,
+    pub line: u64,
+    pub trees: Vec<Value>,
+}
+
+/// Where and as whom to send.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub base_url: String,
+    pub partner_id: String,
+    pub inbound_key: String,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Summary {
+    pub items: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub needs_review: usize,
+    pub unfinished: usize,
+    pub requests: u64,
+    pub commits: u64,
+}
+
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn rfc3339(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+}
+
+/// What a spawned request reports back.
+enum Outcome {
+    Sent(Vec<(usize, Verdict)>),
+    Observed(Vec<(usize, Verdict)>),
+}
+
+/// Runs `items` to the end (or until `stop` is set), resuming from whatever `store` holds.
+pub async fn run(
+    flow: &Flow,
+    items: &[PlannedItem],
+    store: &mut Store,
+    endpoint: &Endpoint,
+    timings: &Timings,
+    stop: Arc<AtomicBool>,
+) -> Result<Summary, StoreError> {
+    let policy = &flow.manifest.retry;
+    let limits = &flow.limits;
+    let stored: BTreeMap<u64, Record> = store.items()?.into_iter().collect();
+    let mut recs: Vec<Record> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| {
+            stored.get(&(i as u64)).cloned().unwrap_or(Record {
+                id: it.id.clone(),
+                key: it.key.clone(),
+                digest: it.digest.clone(),
+                line: it.line,
+                state: State::Planned,
+                requests: 0,
+            })
+        })
+        .collect();
+    // A resumed run: whatever was being sent when it stopped is now in doubt.
+    let now = now_ms();
+    let mut changed: Vec<usize> = Vec::new();
+    for (i, r) in recs.iter_mut().enumerate() {
+        if stored.contains_key(&(i as u64)) && !r.state.is_final() {
+            let (s, _) = machine::step(&r.state, Event::Resume { now }, policy, timings);
+            if s != r.state {
+                r.state = s;
+                changed.push(i);
+            }
+        }
+    }
+    commit(store, &recs, &mut changed)?;
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| StoreError(e.to_string()))?;
+    let rps = std::num::NonZeroU32::new(limits.requests_per_second.ceil().max(1.0) as u32)
+        .unwrap_or(std::num::NonZeroU32::MIN);
+    let burst = std::num::NonZeroU32::new(limits.burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    let limiter = Arc::new(governor::RateLimiter::direct(
+        governor::Quota::per_second(rps).allow_burst(burst),
+    ));
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        limits.concurrency.max(1) as usize
+    ));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
+    let shared = Arc::new(flow.clone());
+    let mut in_flight: HashSet<usize> = HashSet::new();
+    let pack = limits.tasks_per_request.max(1) as usize;
+    let mut requests = 0u64;
+    // Effects that answers asked for (e.g. "the provider never saw it: send again"); carried
+    // out next round, after their states are committed.
+    let mut sends: Vec<usize> = Vec::new();
+    let mut lookups: Vec<usize> = Vec::new();
+
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        let now = now_ms();
+        if stopping {
+            sends.clear();
+            lookups.clear();
+        }
+        if !stopping {
+            for (i, r) in recs.iter_mut().enumerate() {
+                let due =
+                    matches!(r.state, State::Planned) || r.state.due().is_some_and(|d| d <= now);
+                if in_flight.contains(&i) || r.state.is_final() || !due {
+                    continue;
+                }
+                let (s, fx) = machine::step(&r.state, Event::Tick { now }, policy, timings);
+                if s != r.state {
+                    r.state = s;
+                    changed.push(i);
+                }
+                for e in fx {
+                    match e {
+                        Effect::Send { .. } => sends.push(i),
+                        Effect::Lookup => lookups.push(i),
+                        Effect::WakeAt(_) => {}
+                    }
+                }
+            }
+        }
+        // Durable before anything leaves: a crash after this commit finds `Sending`.
+        commit(store, &recs, &mut changed)?;
+        tracing::debug!(
+            sends = sends.len(),
+            lookups = lookups.len(),
+            in_flight = in_flight.len(),
+            "tick"
+        );
+
+        let sends_now = std::mem::take(&mut sends);
+        let lookups_now = std::mem::take(&mut lookups);
+        for chunk in sends_now.chunks(pack) {
+            let idx: Vec<usize> = chunk.to_vec();
+            in_flight.extend(&idx);
+            requests += 1;
+            for &i in &idx {
+                recs[i].requests += 1;
+            }
+            let keys: Vec<&str> = idx.iter().map(|&i| items[i].key.as_str()).collect();
+            let trees: Vec<Value> = idx.iter().flat_map(|&i| items[i].trees.clone()).collect();
+            let sub = paysend::submission(
+                &endpoint.partner_id,
+                &endpoint.inbound_key,
+                &keys,
+                trees,
+                None,
+                &rfc3339(now),
+            );
+            let (http, limiter, slots, tx, url) = (
+                http.clone(),
+                limiter.clone(),
+                slots.clone(),
+                tx.clone(),
+                format!("{}/processing", endpoint.base_url),
+            );
+            let n = idx.len();
+            let flow_tasks = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let _slot = slots.acquire().await;
+                limiter.until_ready().await;
+                let answer = post(&http, &url, sub.body, &sub.signature).await;
+                // The items of a pack share its globalId; each keeps its place in the pack, which
+                // is where its tree sits in every status answer.
+                let verdicts = paysend::classify_submission(&flow_tasks, &answer, n)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(pos, v)| match v {
+                        Verdict::Accepted { reference } => Verdict::Accepted {
+                            reference: format!("{reference}#{pos}"),
+                        },
+                        v => v,
+                    });
+                let _ = tx.send(Outcome::Sent(idx.into_iter().zip(verdicts).collect()));
+            });
+        }
+        // Lookups: a submitted pack is asked about once by its globalId; the rest by key.
+        let mut by_reference: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
+        for &i in &lookups_now {
+            in_flight.insert(i);
+            recs[i].requests += 1;
+            match &recs[i].state {
+                State::Submitted { reference, .. } => {
+                    let (global, pos) = reference
+                        .rsplit_once('#')
+                        .unwrap_or((reference.as_str(), "0"));
+                    by_reference
+                        .entry(global.to_string())
+                        .or_default()
+                        .push((i, pos.parse().unwrap_or(0)));
+                }
+                _ => {
+                    requests += 1;
+                    let sub = paysend::lookup(
+                        &endpoint.partner_id,
+                        &endpoint.inbound_key,
+                        &items[i].key,
+                        recs[i].requests,
+                        &rfc3339(now),
+                    );
+                    let (http, limiter, slots, tx, url) = (
+                        http.clone(),
+                        limiter.clone(),
+                        slots.clone(),
+                        tx.clone(),
+                        format!("{}/processing", endpoint.base_url),
+                    );
+                    tokio::spawn(async move {
+                        let _slot = slots.acquire().await;
+                        limiter.until_ready().await;
+                        let answer = post(&http, &url, sub.body, &sub.signature).await;
+                        let _ = tx.send(Outcome::Observed(vec![(
+                            i,
+                            paysend::classify_lookup(&answer),
+                        )]));
+                    });
+                }
+            }
+        }
+        for (global, members) in by_reference {
+            requests += 1;
+            let (http, limiter, slots, tx) =
+                (http.clone(), limiter.clone(), slots.clone(), tx.clone());
+            let url = format!("{}/processing/status/{global}", endpoint.base_url);
+            let signature = paysend::sign(global.as_bytes(), &endpoint.inbound_key);
+            let flow_tasks = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let _slot = slots.acquire().await;
+                limiter.until_ready().await;
+                let answer = match http
+                    .get(&url)
+                    .header("X-OPP-Signature", signature)
+                    .send()
+                    .await
+                {
+                    Ok(r) => Answer::Http {
+                        status: r.status().as_u16(),
+                        body: r.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
+                        retry_after: None,
+                    },
+                    Err(_) => Answer::Transport { maybe_sent: false },
+                };
+                let n = members.iter().map(|(_, p)| p + 1).max().unwrap_or(1);
+                let verdicts: Vec<Verdict> = match &answer {
+                    Answer::Http {
+                        status: 200, body, ..
+                    } => match serde_json::from_slice::<Value>(body) {
+                        Ok(v) => paysend::classify_envelope(&flow_tasks, &v, n),
+                        Err(_) => vec![Verdict::InDoubt; n],
+                    },
+                    // Outside its window the globalId is unknown: look the keys up instead.
+                    Answer::Http { status: 400, .. } => vec![Verdict::Unknown; n],
+                    _ => vec![
+                        Verdict::RetryLater {
+                            class: super::backoff::ErrorClass::Network,
+                            retry_after: None
+                        };
+                        n
+                    ],
+                };
+                let _ = tx.send(Outcome::Observed(
+                    members
+                        .into_iter()
+                        .map(|(i, p)| (i, verdicts[p].clone()))
+                        .collect(),
+                ));
+            });
+        }
+
+        let settled = recs
+            .iter()
+            .all(|r| r.state.is_final() || matches!(r.state, State::NeedsReview { .. }));
+        if in_flight.is_empty() && (settled || stopping) {
+            break;
+        }
+        // Wait for an answer, the next due time, or a stop.
+        let next_due = recs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !in_flight.contains(i))
+            .filter_map(|(_, r)| r.state.due())
+            .filter(|_| !stopping)
+            .min();
+        let wait = next_due
+            .map(|d| Duration::from_millis(d.saturating_sub(now_ms()).min(60_000)))
+            .unwrap_or(Duration::from_millis(500));
+        let first = tokio::select! {
+            m = rx.recv() => m,
+            _ = tokio::time::sleep(wait) => None,
+        };
+        // Apply every answer that is in, then commit them together.
+        let mut msgs: Vec<Outcome> = first.into_iter().collect();
+        while let Ok(m) = rx.try_recv() {
+            msgs.push(m);
+        }
+        let now = now_ms();
+        for m in msgs {
+            let (list, sent) = match m {
+                Outcome::Sent(l) => (l, true),
+                Outcome::Observed(l) => (l, false),
+            };
+            for (i, verdict) in list {
+                in_flight.remove(&i);
+                tracing::debug!(item = %recs[i].id, ?verdict, sent, "answer");
+                let event = if sent {
+                    Event::Sent { verdict, now }
+                } else {
+                    Event::Observed { verdict, now }
+                };
+                let (s, fx) = machine::step(&recs[i].state, event, policy, timings);
+                if s != recs[i].state {
+                    recs[i].state = s;
+                    changed.push(i);
+                }
+                for e in fx {
+                    match e {
+                        Effect::Send { .. } => sends.push(i),
+                        Effect::Lookup => lookups.push(i),
+                        Effect::WakeAt(_) => {}
+                    }
+                }
+            }
+        }
+        commit(store, &recs, &mut changed)?;
+    }
+    commit(store, &recs, &mut changed)?;
+    let mut s = Summary {
+        items: recs.len(),
+        requests,
+        commits: store.commits,
+        ..Summary::default()
+    };
+    for r in &recs {
+        match r.state {
+            State::Succeeded { .. } => s.succeeded += 1,
+            State::Failed { .. } => s.failed += 1,
+            State::NeedsReview { .. } => s.needs_review += 1,
+            _ => s.unfinished += 1,
+        }
+    }
+    Ok(s)
+}
+
+fn commit(store: &mut Store, recs: &[Record], changed: &mut Vec<usize>) -> Result<(), StoreError> {
+    changed.sort_unstable();
+    changed.dedup();
+    let rows: Vec<(u64, &Record)> = changed.iter().map(|&i| (i as u64, &recs[i])).collect();
+    store.commit(&rows)?;
+    changed.clear();
+    Ok(())
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>, signature: &str) -> Answer {
+    match http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("X-OPP-Signature", signature)
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let retry_after = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.parse::<u64>().ok())
+                .map(Duration::from_secs);
+            match r.bytes().await {
+                Ok(b) => Answer::Http {
+                    status,
+                    body: b.to_vec(),
+                    retry_after,
+                },
+                // The answer began but broke off: the request did arrive.
+                Err(_) => Answer::Transport { maybe_sent: true },
+            }
+        }
+        // A connection that could not be made sent nothing; anything else may have.
+        Err(e) => Answer::Transport {
+            maybe_sent: !e.is_connect(),
+        },
+    }
+}

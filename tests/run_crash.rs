@@ -1,0 +1,271 @@
+//! `payrun run` against a sandbox process, killed with SIGKILL mid-run and resumed: every item
+//! is paid exactly once, even with answers lost after the provider committed (in doubt).
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills the process when dropped, so no test leaves one behind.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct SandboxProcess {
+    _child: Killed,
+    base: String,
+    partner: String,
+    key: String,
+}
+
+fn start_sandbox(faults: &[&str]) -> SandboxProcess {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_payrun"));
+    cmd.args([
+        "sandbox",
+        "--listen",
+        "127.0.0.1:0",
+        "--seed",
+        "5",
+        "--time-scale",
+        "1000",
+    ]);
+    for f in faults {
+        cmd.args(["--fault", f]);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let (mut base, mut partner, mut key) = (String::new(), String::new(), String::new());
+    for line in out.lines().map_while(Result::ok) {
+        if let Some(u) = line.strip_prefix("paysend: ") {
+            base = u.trim().to_string();
+        } else if let Some(p) = line.trim().strip_prefix("partner_id:") {
+            partner = p.trim().to_string();
+        } else if let Some(k) = line.trim().strip_prefix("inbound_key:") {
+            key = k.trim().to_string();
+        } else if line.starts_with("ledger:") {
+            break;
+        }
+    }
+    assert!(!base.is_empty(), "the sandbox printed its URL");
+    SandboxProcess {
+        _child: Killed(child),
+        base,
+        partner,
+        key,
+    }
+}
+
+fn payrun(dir: &Path, sb: &SandboxProcess, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_payrun"));
+    cmd.current_dir(dir)
+        .args(args)
+        .env("PAYSEND_PARTNER_ID", &sb.partner)
+        .env("PAYSEND_INBOUND_KEY", &sb.key)
+        .env("PAYSEND_OUTBOUND_KEY", "unused");
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    cmd
+}
+
+/// The payroll example pointed at the sandbox, in small packs at a modest rate so a run lasts
+/// long enough to be killed in the middle.
+fn batch_for(sb: &SandboxProcess) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("batches/payroll-paysend");
+    std::fs::copy(src.join("employees.csv"), dir.path().join("employees.csv")).unwrap();
+    let m = std::fs::read_to_string(src.join("manifest.yaml")).unwrap();
+    let m = m
+        .replace("environment: sandbox", &format!("environment: {}", sb.base))
+        .replace("requests_per_second: 5", "requests_per_second: 20")
+        .replace("burst: 5", "burst: 1")
+        .replace("tasks_per_request: 10 ", "tasks_per_request: 2 ");
+    std::fs::write(dir.path().join("manifest.yaml"), m).unwrap();
+    dir
+}
+
+fn ledger(sb: &SandboxProcess) -> Vec<Value> {
+    let root = sb.base.trim_end_matches("/paysend");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        reqwest::get(format!("{root}/__sandbox/ledger"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    })
+}
+
+fn wait_exit(mut child: Child, limit: Duration) -> i32 {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("payrun did not finish in {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_each_employee_paid_once(sb: &SandboxProcess) {
+    let entries = ledger(sb);
+    let mut keys: Vec<&str> = entries.iter().map(|e| e["key"].as_str().unwrap()).collect();
+    keys.sort_unstable();
+    let n = keys.len();
+    keys.dedup();
+    assert_eq!(keys.len(), n, "a key was paid twice");
+    let csv = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("batches/payroll-paysend/employees.csv"),
+    )
+    .unwrap();
+    let ids: Vec<String> = csv
+        .lines()
+        .filter_map(|l| l.split(',').next())
+        .filter(|c| c.starts_with('E') && c.len() == 6)
+        .map(String::from)
+        .collect();
+    assert_eq!(ids.len(), 50);
+    for id in ids {
+        let k = payrun::keys::item_key("acme-payroll-2026-11", &id);
+        assert!(keys.contains(&k.as_str()), "{id} was not paid");
+    }
+    assert_eq!(n, 50);
+}
+
+#[test]
+fn a_run_killed_mid_batch_and_resumed_pays_every_item_exactly_once() {
+    let sb = start_sandbox(&["drop_after_commit_rate=0.2"]);
+    let dir = batch_for(&sb);
+    let run = payrun(
+        dir.path(),
+        &sb,
+        &[
+            "run",
+            "manifest.yaml",
+            "--yes",
+            "--state-dir",
+            "state",
+            "--time-scale",
+            "1000",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(900));
+    let mut run = Killed(run);
+    run.0.kill().unwrap(); // SIGKILL: no chance to clean up
+    let _ = run.0.wait();
+    let paid_before = ledger(&sb).len();
+    assert!(
+        paid_before > 0 && paid_before < 50,
+        "killed mid-run ({paid_before} paid)"
+    );
+    let resume = payrun(
+        dir.path(),
+        &sb,
+        &[
+            "resume",
+            "acme-payroll-2026-11",
+            "--state-dir",
+            "state",
+            "--time-scale",
+            "1000",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    assert_eq!(wait_exit(resume, Duration::from_secs(60)), 0);
+    assert_each_employee_paid_once(&sb);
+}
+
+#[test]
+fn a_second_runner_for_the_same_batch_is_refused() {
+    let sb = start_sandbox(&[]);
+    let dir = batch_for(&sb);
+    let first = Killed(
+        payrun(
+            dir.path(),
+            &sb,
+            &[
+                "run",
+                "manifest.yaml",
+                "--yes",
+                "--state-dir",
+                "state",
+                "--time-scale",
+                "1000",
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let second = payrun(
+        dir.path(),
+        &sb,
+        &[
+            "run",
+            "manifest.yaml",
+            "--yes",
+            "--state-dir",
+            "state",
+            "--time-scale",
+            "1000",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    assert_eq!(wait_exit(second, Duration::from_secs(30)), 2);
+    drop(first);
+}
+
+#[test]
+fn an_item_changed_after_the_batch_started_is_refused_on_resume() {
+    let sb = start_sandbox(&[]);
+    let dir = batch_for(&sb);
+    let run = payrun(
+        dir.path(),
+        &sb,
+        &[
+            "run",
+            "manifest.yaml",
+            "--yes",
+            "--state-dir",
+            "state",
+            "--time-scale",
+            "1000",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    assert_eq!(wait_exit(run, Duration::from_secs(60)), 0);
+    let csv = dir.path().join("employees.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    std::fs::write(&csv, text.replacen("COBADEFFXXX", "DEUTDEFFXXX", 1)).unwrap();
+    let out = payrun(
+        dir.path(),
+        &sb,
+        &["run", "manifest.yaml", "--yes", "--state-dir", "state"],
+    )
+    .stderr(Stdio::piped())
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("changed since this batch started"));
+    assert_each_employee_paid_once(&sb);
+}
