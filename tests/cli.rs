@@ -289,3 +289,61 @@ fn every_command_has_help() {
         payrun(cmd).succeeds().stdout_has("Usage:");
     }
 }
+
+#[test]
+fn the_readme_run_pays_the_example_payroll_in_the_sandbox_and_a_second_run_pays_nothing() {
+    let state = tempfile::tempdir().unwrap();
+    let s = state.path().to_str().unwrap();
+    payrun(["run", PAYROLL, "--sandbox", "--yes", "--state-dir", s])
+        .succeeds()
+        .stdout_has("50 items: 50 paid, 0 failed");
+    payrun(["run", PAYROLL, "--sandbox", "--yes", "--state-dir", s])
+        .succeeds()
+        .stdout_has("50 paid")
+        .stdout_has("0 requests");
+}
+
+#[test]
+fn run_refuses_to_pay_without_confirmation_when_there_is_no_terminal() {
+    let state = tempfile::tempdir().unwrap();
+    payrun([
+        "run",
+        PAYROLL,
+        "--sandbox",
+        "--state-dir",
+        state.path().to_str().unwrap(),
+    ])
+    .exits_with(2)
+    .stderr_has("pass --yes");
+}
+
+#[test]
+fn run_refuses_a_stale_plan_and_names_what_changed() {
+    let dir = copy_batch("payroll-paysend");
+    let m = dir.path().join("manifest.yaml");
+    let plan = dir.path().join("plan.json");
+    payrun([
+        "plan".as_ref(),
+        m.as_os_str(),
+        "-o".as_ref(),
+        plan.as_os_str(),
+    ])
+    .succeeds();
+    let csv = dir.path().join("employees.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    std::fs::write(&csv, text.replacen("Berlin", "Bremen", 1)).unwrap();
+    let state = dir.path().join("state");
+    payrun([
+        "run".as_ref(),
+        m.as_os_str(),
+        "--sandbox".as_ref(),
+        "--yes".as_ref(),
+        "--plan".as_ref(),
+        plan.as_os_str(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+    ])
+    .exits_with(1)
+    .stderr_has("no longer matches")
+    .stderr_has("employees.csv changed");
+}
