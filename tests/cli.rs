@@ -285,6 +285,9 @@ fn every_command_has_help() {
         vec!["validate", "--help"],
         vec!["plan", "--help"],
         vec!["template", "--help"],
+        vec!["sandbox", "--help"],
+        vec!["run", "--help"],
+        vec!["resume", "--help"],
     ] {
         payrun(cmd).succeeds().stdout_has("Usage:");
     }
