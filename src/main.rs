@@ -127,6 +127,39 @@ enum Command {
         #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
         time_scale: f64,
     },
+    /// Show a batch's progress: items by state, amounts per currency paid / pending / failed /
+    /// under review, items in doubt or needing review, and the runner holding it.
+    ///
+    /// Works while a run is in progress in another process (from the snapshot it keeps) and
+    /// after it ended (from the store).
+    Status {
+        batch: String,
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+        #[arg(
+            long,
+            default_value = ".payrun",
+            env = "PAYRUN_STATE",
+            value_name = "DIR"
+        )]
+        state_dir: PathBuf,
+    },
+    /// Write the per-item results: id, state, provider ids, error code and description,
+    /// amount, currency, requests, time. Cells that a spreadsheet would run as formulas are
+    /// neutralised.
+    Report {
+        batch: String,
+        /// Write to this file instead of stdout.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[arg(
+            long,
+            default_value = ".payrun",
+            env = "PAYRUN_STATE",
+            value_name = "DIR"
+        )]
+        state_dir: PathBuf,
+    },
     /// Run the provider sandbox: Paysend emulated as its documents describe, with faults.
     ///
     /// Prints the base URLs and the test credentials it accepts, then serves until Ctrl-C.
@@ -233,6 +266,16 @@ fn main() -> ExitCode {
             state_dir,
             time_scale,
         } => payrun::execute::command::resume(&registry, &batch, sandbox, &state_dir, time_scale),
+        Command::Status {
+            batch,
+            format,
+            state_dir,
+        } => payrun::execute::command::status(&batch, &state_dir, format == Format::Json),
+        Command::Report {
+            batch,
+            output,
+            state_dir,
+        } => payrun::execute::command::report(&batch, &state_dir, output.as_deref()),
     };
     ExitCode::from(code)
 }

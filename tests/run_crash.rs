@@ -269,3 +269,122 @@ fn an_item_changed_after_the_batch_started_is_refused_on_resume() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("changed since this batch started"));
     assert_each_employee_paid_once(&sb);
 }
+
+#[test]
+fn status_works_during_a_run_from_another_process_and_the_report_after_it() {
+    let sb = start_sandbox(&[]);
+    let dir = batch_for(&sb);
+    let run = payrun(
+        dir.path(),
+        &sb,
+        &[
+            "run",
+            "manifest.yaml",
+            "--yes",
+            "--state-dir",
+            "state",
+            "--time-scale",
+            "1000",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let during = payrun(
+        dir.path(),
+        &sb,
+        &[
+            "status",
+            "acme-payroll-2026-11",
+            "--state-dir",
+            "state",
+            "--format",
+            "json",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .output()
+    .unwrap();
+    assert_eq!(during.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&during.stdout).unwrap();
+    assert_eq!(v["items"], 50);
+    assert!(v["running"]["pid"].is_u64(), "{v}");
+    let report_during = payrun(
+        dir.path(),
+        &sb,
+        &["report", "acme-payroll-2026-11", "--state-dir", "state"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        report_during.status.code(),
+        Some(2),
+        "the per-item report waits for the run to stop"
+    );
+    assert_eq!(wait_exit(run, Duration::from_secs(60)), 0);
+    let after = payrun(
+        dir.path(),
+        &sb,
+        &[
+            "status",
+            "acme-payroll-2026-11",
+            "--state-dir",
+            "state",
+            "--format",
+            "json",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .output()
+    .unwrap();
+    let v: Value = serde_json::from_slice(&after.stdout).unwrap();
+    assert!(v["running"].is_null());
+    assert_eq!(v["states"]["paid"], 50);
+    let report = payrun(
+        dir.path(),
+        &sb,
+        &[
+            "report",
+            "acme-payroll-2026-11",
+            "--state-dir",
+            "state",
+            "-o",
+            "results.csv",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(report.status.code(), Some(0));
+    let csv = std::fs::read_to_string(dir.path().join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 51);
+    assert!(csv.lines().skip(1).all(|l| l.contains(",paid,")));
+    let employees = std::fs::read_to_string(dir.path().join("employees.csv")).unwrap();
+    for iban in employees
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(7))
+        .filter(|c| c.len() > 15)
+    {
+        assert!(
+            !csv.contains(iban),
+            "the report shows the account number {iban}"
+        );
+    }
+    let state_files: Vec<u8> = std::fs::read_dir(dir.path().join("state"))
+        .unwrap()
+        .flatten()
+        .flat_map(|e| std::fs::read(e.path()).unwrap())
+        .collect();
+    let state_text = String::from_utf8_lossy(&state_files);
+    for iban in employees
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(7))
+        .filter(|c| c.len() > 15)
+    {
+        assert!(
+            !state_text.contains(iban),
+            "the state store holds the account number {iban}"
+        );
+    }
+}

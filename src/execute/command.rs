@@ -30,6 +30,7 @@ impl Visitor for Collect<'_> {
             digest: crate::plan::content_digest(self.0, item.values),
             line: item.line,
             trees: crate::providers::paysend::item_tree(self.0, item, &key),
+            money: crate::plan::item_money(self.0, item, &key),
             key,
         });
     }
@@ -339,4 +340,92 @@ fn execute(
         }
         if summary.failed + summary.needs_review + summary.unfinished > 0 { 4 } else { 0 }
     })
+}
+
+/// Reads a batch's status: from its store when no runner holds it, else from the runner's
+/// snapshot.
+fn status_view(
+    batch: &str,
+    state_dir: &Path,
+) -> Result<(super::status::StatusView, Option<Vec<super::store::Record>>), String> {
+    match Store::open_existing(state_dir, batch) {
+        Ok(store) => {
+            let records: Vec<super::store::Record> = store
+                .items()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect();
+            Ok((super::status::view(batch, &records, None), Some(records)))
+        }
+        Err(e) if e.0.contains("another payrun process") => {
+            let snap = state_dir.join(format!("{batch}.status.json"));
+            let bytes = std::fs::read(&snap)
+                .map_err(|_| format!("{e}, and it has written no status yet"))?;
+            let view = serde_json::from_slice(&bytes)
+                .map_err(|x| format!("cannot read {}: {x}", snap.display()))?;
+            Ok((view, None))
+        }
+        Err(e) => Err(e.0),
+    }
+}
+
+/// `payrun status <batch>`.
+pub fn status(batch: &str, state_dir: &Path, json: bool) -> u8 {
+    match status_view(batch, state_dir) {
+        Ok((v, _)) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", super::status::render(&v));
+            }
+            0
+        }
+        Err(m) => {
+            eprintln!("error[status]: {m}");
+            2
+        }
+    }
+}
+
+/// `payrun report <batch> -o results.csv`: one row per item, spreadsheet-safe.
+pub fn report(batch: &str, state_dir: &Path, output: Option<&Path>) -> u8 {
+    let records = match status_view(batch, state_dir) {
+        Ok((_, Some(r))) => r,
+        Ok((v, None)) => {
+            let who = v
+                .running
+                .map(|h| format!("pid {} on {}", h.pid, h.host))
+                .unwrap_or_default();
+            eprintln!(
+                "error[report.running]: the batch is running ({who}); `payrun status {batch}` shows its progress, the per-item report is available once it stops"
+            );
+            return 2;
+        }
+        Err(m) => {
+            eprintln!("error[report]: {m}");
+            return 2;
+        }
+    };
+    let csv = super::status::report_csv(&records);
+    match output {
+        Some(path) => match std::fs::write(path, &csv) {
+            Ok(()) => {
+                eprintln!(
+                    "report of {} items written to {}",
+                    records.len(),
+                    path.display()
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("error[report.io]: cannot write {}: {e}", path.display());
+                2
+            }
+        },
+        None => {
+            let _ = std::io::stdout().write_all(&csv);
+            0
+        }
+    }
 }

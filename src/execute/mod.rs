@@ -8,4 +8,5 @@ pub mod backoff;
 pub mod command;
 pub mod machine;
 pub mod runner;
+pub mod status;
 pub mod store;

@@ -25,6 +25,7 @@ pub struct PlannedItem {
     pub digest: String,
     pub line: u64,
     pub trees: Vec<Value>,
+    pub money: Vec<(String, String)>,
 }
 
 /// Where and as whom to send.
@@ -88,6 +89,7 @@ pub async fn run(
                 line: it.line,
                 state: State::Planned,
                 requests: 0,
+                money: it.money.clone(),
             })
         })
         .collect();
@@ -127,6 +129,9 @@ pub async fn run(
     // out next round, after their states are committed.
     let mut sends: Vec<usize> = Vec::new();
     let mut lookups: Vec<usize> = Vec::new();
+    let holder = super::status::Holder::me(&rfc3339(now_ms()));
+    let snapshot = store.path.with_extension("status.json");
+    let mut last_snapshot = std::time::Instant::now() - Duration::from_secs(1);
 
     loop {
         let stopping = stop.load(Ordering::Relaxed);
@@ -359,8 +364,14 @@ pub async fn run(
             }
         }
         commit(store, &recs, &mut changed)?;
+        // While this process holds the store, others read the batch's status from here.
+        if last_snapshot.elapsed() > Duration::from_millis(300) {
+            write_snapshot(&snapshot, &flow.manifest.batch, &recs, Some(holder.clone()));
+            last_snapshot = std::time::Instant::now();
+        }
     }
     commit(store, &recs, &mut changed)?;
+    write_snapshot(&snapshot, &flow.manifest.batch, &recs, None);
     let mut s = Summary {
         items: recs.len(),
         requests,
@@ -376,6 +387,22 @@ pub async fn run(
         }
     }
     Ok(s)
+}
+
+/// Replaces the status snapshot atomically (write, then rename). A failure only costs freshness.
+fn write_snapshot(
+    path: &std::path::Path,
+    batch: &str,
+    recs: &[Record],
+    holder: Option<super::status::Holder>,
+) {
+    let view = super::status::view(batch, recs, holder);
+    let tmp = path.with_extension("json.partial");
+    if let Ok(bytes) = serde_json::to_vec_pretty(&view)
+        && std::fs::write(&tmp, bytes).is_ok()
+    {
+        let _ = std::fs::rename(&tmp, path);
+    }
 }
 
 fn commit(store: &mut Store, recs: &[Record], changed: &mut Vec<usize>) -> Result<(), StoreError> {

@@ -24,6 +24,9 @@ pub struct Record {
     pub state: State,
     /// Requests sent for this item, lookups included.
     pub requests: u32,
+    /// (amount, currency) of each payout of the item.
+    #[serde(default)]
+    pub money: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -93,6 +96,15 @@ impl Store {
         Ok(())
     }
 
+    /// Opens an existing store; fails while a runner holds it.
+    pub fn open_existing(dir: &Path, batch: &str) -> Result<Store, StoreError> {
+        let path = dir.join(format!("{batch}.redb"));
+        if !path.exists() {
+            return Err(err(format!("no batch `{batch}` in {}", dir.display())));
+        }
+        Store::open(dir, batch)
+    }
+
     /// Every stored item, by index.
     pub fn items(&self) -> Result<Vec<(u64, Record)>, StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
@@ -136,6 +148,7 @@ mod tests {
             line: i + 2,
             state,
             requests: 0,
+            money: vec![],
         }
     }
 

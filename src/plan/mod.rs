@@ -403,6 +403,30 @@ fn eval(b: &Bound, flow: &Flow, item: &ItemRow, key: &str, task: &Task) -> Strin
     }
 }
 
+/// The (amount, currency) of each payout task of one item, as text (currency as the ISO alpha
+/// code when it is a code payrun knows).
+pub fn item_money(flow: &Flow, item: &ItemRow, key: &str) -> Vec<(String, String)> {
+    let all = flow.all_tasks();
+    flow.money
+        .iter()
+        .filter_map(|m| {
+            let task = all.iter().find(|t| t.id == m.task)?;
+            let amount = eval(&m.amount, flow, item, key, task);
+            let currency = match &m.currency {
+                crate::compile::CurrencySource::Fixed(c) => c.code(),
+                crate::compile::CurrencySource::Row { value, .. } => {
+                    eval(value, flow, item, key, task)
+                }
+                crate::compile::CurrencySource::Unknown => String::new(),
+            };
+            let currency = Currency::from_any(&currency)
+                .map(|c| c.code())
+                .unwrap_or(currency);
+            Some((amount, currency))
+        })
+        .collect()
+}
+
 /// A task's payload for one item, as the JSON the provider would receive, sensitive values masked.
 pub fn payload(flow: &Flow, task: &Task, item: &ItemRow, key: &str) -> Value {
     render_payload(flow, task, item, key, true)

@@ -1,0 +1,328 @@
+//! What a batch looks like from outside: counts by state, amounts per currency paid / pending /
+//! failed / under review, the items in doubt or needing review, and who is running it. Built
+//! from the store when no runner holds it, and from the snapshot a runner writes next to the
+//! store (`<batch>.status.json`) while it runs — the store admits one process at a time.
+
+use super::machine::State;
+use super::store::Record;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+/// The process running a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub host: String,
+    pub started: String,
+}
+
+impl Holder {
+    pub fn me(started: &str) -> Holder {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "localhost".into());
+        Holder {
+            pid: std::process::id(),
+            host,
+            started: started.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Problem {
+    pub id: String,
+    pub line: u64,
+    pub code: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    pub batch: String,
+    pub items: usize,
+    /// State name → items.
+    pub states: BTreeMap<String, usize>,
+    /// Currency → bucket (paid, pending, failed, review) → exact decimal.
+    pub amounts: BTreeMap<String, BTreeMap<String, String>>,
+    pub in_doubt: Vec<String>,
+    pub needs_review: Vec<Problem>,
+    pub failed: Vec<Problem>,
+    /// Set while a runner holds the batch.
+    pub running: Option<Holder>,
+    pub updated: String,
+}
+
+pub fn state_name(s: &State) -> &'static str {
+    match s {
+        State::Planned => "planned",
+        State::Sending { .. } => "sending",
+        State::RetryAt { .. } => "retry_wait",
+        State::Submitted { .. } => "submitted",
+        State::InDoubt { .. } => "in_doubt",
+        State::Succeeded { .. } => "paid",
+        State::Failed { .. } => "failed",
+        State::NeedsReview { .. } => "needs_review",
+    }
+}
+
+fn bucket(s: &State) -> &'static str {
+    match s {
+        State::Succeeded { .. } => "paid",
+        State::Failed { .. } => "failed",
+        State::NeedsReview { .. } => "review",
+        _ => "pending",
+    }
+}
+
+/// At most this many problems are listed (the counts cover all).
+const LIST: usize = 100;
+
+pub fn view(batch: &str, records: &[Record], running: Option<Holder>) -> StatusView {
+    let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    let mut sums: BTreeMap<String, BTreeMap<String, Decimal>> = BTreeMap::new();
+    let mut in_doubt = Vec::new();
+    let mut needs_review = Vec::new();
+    let mut failed = Vec::new();
+    for r in records {
+        *states.entry(state_name(&r.state).to_string()).or_insert(0) += 1;
+        for (amount, currency) in &r.money {
+            let d = Decimal::from_str(amount).unwrap_or_default();
+            *sums
+                .entry(currency.clone())
+                .or_default()
+                .entry(bucket(&r.state).to_string())
+                .or_insert(Decimal::ZERO) += d;
+        }
+        match &r.state {
+            State::InDoubt { .. } if in_doubt.len() < LIST => in_doubt.push(r.id.clone()),
+            State::NeedsReview {
+                code, description, ..
+            } if needs_review.len() < LIST => needs_review.push(Problem {
+                id: r.id.clone(),
+                line: r.line,
+                code: code.clone(),
+                description: description.clone(),
+            }),
+            State::Failed {
+                code, description, ..
+            } if failed.len() < LIST => failed.push(Problem {
+                id: r.id.clone(),
+                line: r.line,
+                code: code.clone(),
+                description: description.clone(),
+            }),
+            _ => {}
+        }
+    }
+    let amounts = sums
+        .into_iter()
+        .map(|(c, b)| (c, b.into_iter().map(|(k, v)| (k, v.to_string())).collect()))
+        .collect();
+    StatusView {
+        batch: batch.to_string(),
+        items: records.len(),
+        states,
+        amounts,
+        in_doubt,
+        needs_review,
+        failed,
+        running,
+        updated: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    }
+}
+
+pub fn render(v: &StatusView) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "batch {}: {} items (as of {})",
+        v.batch, v.items, v.updated
+    );
+    match &v.running {
+        Some(h) => {
+            let _ = writeln!(
+                out,
+                "running: pid {} on {} since {}",
+                h.pid, h.host, h.started
+            );
+        }
+        None => {
+            let _ = writeln!(out, "not running");
+        }
+    }
+    let states: Vec<String> = v.states.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let _ = writeln!(out, "states: {}", states.join(", "));
+    for (c, b) in &v.amounts {
+        let parts: Vec<String> = ["paid", "pending", "failed", "review"]
+            .iter()
+            .filter_map(|k| b.get(*k).map(|a| format!("{k} {a}")))
+            .collect();
+        let _ = writeln!(out, "{c}: {}", parts.join(", "));
+    }
+    if !v.in_doubt.is_empty() {
+        let _ = writeln!(
+            out,
+            "in doubt (settled by lookup before anything is resent): {}",
+            v.in_doubt.join(", ")
+        );
+    }
+    for (title, list) in [("needs review", &v.needs_review), ("failed", &v.failed)] {
+        for p in list {
+            let _ = writeln!(
+                out,
+                "{title}: {} (line {}): {} {}",
+                p.id, p.line, p.code, p.description
+            );
+        }
+    }
+    out
+}
+
+/// A spreadsheet-safe cell: a value that a spreadsheet would read as a formula gets a leading
+/// apostrophe (OWASP CSV injection advice).
+pub fn safe_cell(s: &str) -> String {
+    match s.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{s}"),
+        _ => s.to_string(),
+    }
+}
+
+/// The results CSV: one row per item.
+pub fn report_csv(records: &[Record]) -> Vec<u8> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.write_record([
+        "item_id",
+        "line",
+        "state",
+        "payment_id",
+        "global_id",
+        "error_code",
+        "error_description",
+        "amount",
+        "currency",
+        "requests",
+        "updated_at",
+    ]);
+    for r in records {
+        let (ids, code, desc, at) = match &r.state {
+            State::Succeeded { ids, at } => (Some(ids), "", "", Some(*at)),
+            State::Failed {
+                code,
+                description,
+                at,
+            } => (None, code.as_str(), description.as_str(), Some(*at)),
+            State::NeedsReview {
+                code,
+                description,
+                since,
+                ..
+            } => (None, code.as_str(), description.as_str(), Some(*since)),
+            State::Sending { since, .. }
+            | State::InDoubt { since, .. }
+            | State::Submitted { since, .. } => (None, "", "", Some(*since)),
+            _ => (None, "", "", None),
+        };
+        let get = |k: &str| ids.and_then(|m| m.get(k)).cloned().unwrap_or_default();
+        let (amount, currency) = r.money.first().cloned().unwrap_or_default();
+        let at = at
+            .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64))
+            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default();
+        let row = [
+            r.id.clone(),
+            r.line.to_string(),
+            state_name(&r.state).to_string(),
+            get("paymentId"),
+            get("globalId"),
+            code.to_string(),
+            desc.to_string(),
+            amount,
+            currency,
+            r.requests.to_string(),
+            at,
+        ];
+        let _ = w.write_record(row.iter().map(|c| safe_cell(c)));
+    }
+    w.into_inner().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, state: State, amount: &str) -> Record {
+        Record {
+            id: id.into(),
+            key: format!("k-{id}"),
+            digest: "d".into(),
+            line: 2,
+            state,
+            requests: 1,
+            money: vec![(amount.into(), "EUR".into())],
+        }
+    }
+
+    #[test]
+    fn amounts_are_summed_per_currency_and_outcome() {
+        let records = vec![
+            rec(
+                "a",
+                State::Succeeded {
+                    ids: Default::default(),
+                    at: 1,
+                },
+                "10.50",
+            ),
+            rec(
+                "b",
+                State::Succeeded {
+                    ids: Default::default(),
+                    at: 1,
+                },
+                "0.50",
+            ),
+            rec(
+                "c",
+                State::Failed {
+                    code: "4006".into(),
+                    description: "x".into(),
+                    at: 1,
+                },
+                "3",
+            ),
+            rec(
+                "d",
+                State::InDoubt {
+                    attempt: 1,
+                    since: 0,
+                    at: 0,
+                    lookups: 0,
+                },
+                "7",
+            ),
+        ];
+        let v = view("b1", &records, None);
+        assert_eq!(v.amounts["EUR"]["paid"], "11.00");
+        assert_eq!(v.amounts["EUR"]["failed"], "3");
+        assert_eq!(v.amounts["EUR"]["pending"], "7");
+        assert_eq!(v.in_doubt, vec!["d"]);
+        assert_eq!(v.failed[0].code, "4006");
+        assert_eq!(v.states["paid"], 2);
+    }
+
+    #[test]
+    fn report_cells_that_look_like_formulas_are_neutralised() {
+        assert_eq!(safe_cell("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(safe_cell("-5"), "'-5");
+        assert_eq!(safe_cell("E001"), "E001");
+        let csv = String::from_utf8(report_csv(&[rec("=cmd", State::Planned, "1")])).unwrap();
+        assert!(csv.contains("'=cmd"), "{csv}");
+    }
+}
