@@ -160,6 +160,20 @@ enum Command {
         )]
         state_dir: PathBuf,
     },
+    /// Remove a batch's lock left by a runner that is gone (another machine, or a lost process).
+    Unlock {
+        batch: String,
+        /// Confirm that the holder named in the lock is gone.
+        #[arg(long)]
+        force: bool,
+        #[arg(
+            long,
+            default_value = ".payrun",
+            env = "PAYRUN_STATE",
+            value_name = "DIR"
+        )]
+        state_dir: PathBuf,
+    },
     /// Run the provider sandbox: Paysend emulated as its documents describe, with faults.
     ///
     /// Prints the base URLs and the test credentials it accepts, then serves until Ctrl-C.
@@ -276,6 +290,11 @@ fn main() -> ExitCode {
             output,
             state_dir,
         } => payrun::execute::command::report(&batch, &state_dir, output.as_deref()),
+        Command::Unlock {
+            batch,
+            force,
+            state_dir,
+        } => payrun::execute::command::unlock(&batch, &state_dir, force),
     };
     ExitCode::from(code)
 }

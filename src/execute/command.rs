@@ -219,6 +219,18 @@ fn execute(
     manifest: &Path,
     time_scale: f64,
 ) -> u8 {
+    let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let _lock = match super::lock::Lock::take(state_dir, &flow.manifest.batch, &started) {
+        Ok(l) => l,
+        Err(m) => {
+            eprintln!("error[run.locked]: {m}");
+            eprintln!(
+                "  hint: one runner per batch; if that process is gone, `payrun unlock {} --force`",
+                flow.manifest.batch
+            );
+            return 2;
+        }
+    };
     let mut store = match Store::open(state_dir, &flow.manifest.batch) {
         Ok(s) => s,
         Err(e) => {
@@ -426,6 +438,20 @@ pub fn report(batch: &str, state_dir: &Path, output: Option<&Path>) -> u8 {
         None => {
             let _ = std::io::stdout().write_all(&csv);
             0
+        }
+    }
+}
+
+/// `payrun unlock <batch> --force`.
+pub fn unlock(batch: &str, state_dir: &Path, force: bool) -> u8 {
+    match super::lock::unlock(state_dir, batch, force) {
+        Ok(m) => {
+            eprintln!("{m}");
+            0
+        }
+        Err(m) => {
+            eprintln!("error[unlock]: {m}");
+            2
         }
     }
 }

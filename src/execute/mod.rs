@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod command;
+pub mod lock;
 pub mod machine;
 pub mod runner;
 pub mod status;
