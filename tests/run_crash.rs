@@ -194,34 +194,38 @@ fn a_run_killed_mid_batch_and_resumed_pays_every_item_exactly_once() {
 }
 
 #[test]
-fn a_second_runner_for_the_same_batch_is_refused() {
+fn a_second_runner_for_the_same_batch_is_refused_with_who_holds_it() {
     let sb = start_sandbox(&[]);
     let dir = batch_for(&sb);
-    let first = Killed(
-        payrun(
-            dir.path(),
-            &sb,
-            &[
-                "run",
-                "manifest.yaml",
-                "--yes",
-                "--state-dir",
-                "state",
-                "--time-scale",
-                "1000",
-            ],
-        )
-        .spawn()
-        .unwrap(),
-    );
+    let args = [
+        "run",
+        "manifest.yaml",
+        "--yes",
+        "--state-dir",
+        "state",
+        "--time-scale",
+        "1000",
+    ];
+    let first = Killed(payrun(dir.path(), &sb, &args).spawn().unwrap());
     std::thread::sleep(Duration::from_millis(300));
-    let second = payrun(
+    let second = payrun(dir.path(), &sb, &args)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        said.contains(&format!("is being run by pid {}", first.0.id())),
+        "{said}"
+    );
+    drop(first);
+    // The killed holder's lock is stale: the batch resumes without `unlock`.
+    let resume = payrun(
         dir.path(),
         &sb,
         &[
-            "run",
-            "manifest.yaml",
-            "--yes",
+            "resume",
+            "acme-payroll-2026-11",
             "--state-dir",
             "state",
             "--time-scale",
@@ -230,8 +234,8 @@ fn a_second_runner_for_the_same_batch_is_refused() {
     )
     .spawn()
     .unwrap();
-    assert_eq!(wait_exit(second, Duration::from_secs(30)), 2);
-    drop(first);
+    assert_eq!(wait_exit(resume, Duration::from_secs(60)), 0);
+    assert_each_employee_paid_once(&sb);
 }
 
 #[test]
