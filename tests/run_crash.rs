@@ -25,6 +25,10 @@ struct SandboxProcess {
 }
 
 fn start_sandbox(faults: &[&str]) -> SandboxProcess {
+    start_sandbox_with(faults, None)
+}
+
+fn start_sandbox_with(faults: &[&str], config: Option<&Path>) -> SandboxProcess {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_payrun"));
     cmd.args([
         "sandbox",
@@ -35,6 +39,9 @@ fn start_sandbox(faults: &[&str]) -> SandboxProcess {
         "--time-scale",
         "1000",
     ]);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
     for f in faults {
         cmd.args(["--fault", f]);
     }
@@ -166,7 +173,12 @@ fn a_run_killed_mid_batch_and_resumed_pays_every_item_exactly_once() {
     )
     .spawn()
     .unwrap();
-    std::thread::sleep(Duration::from_millis(900));
+    // Kill it once payments are under way (not at a fixed time: the run's pace depends on the
+    // faults it meets).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ledger(&sb).len() < 6 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut run = Killed(run);
     run.0.kill().unwrap(); // SIGKILL: no chance to clean up
     let _ = run.0.wait();
@@ -391,4 +403,40 @@ fn status_works_during_a_run_from_another_process_and_the_report_after_it() {
             "the state store holds the account number {iban}"
         );
     }
+}
+
+#[test]
+fn a_balance_below_the_batch_total_stops_the_run_before_any_payout() {
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("sandbox.yaml");
+    std::fs::write(
+        &cfg,
+        "paysend:\n  balances:\n    EUR: \"1000.00\"\n    GBP: \"1000000.00\"\n",
+    )
+    .unwrap();
+    let sb = start_sandbox_with(&[], Some(&cfg));
+    let dir = batch_for(&sb);
+    let out = payrun(
+        dir.path(),
+        &sb,
+        &[
+            "run",
+            "manifest.yaml",
+            "--yes",
+            "--state-dir",
+            "state",
+            "--time-scale",
+            "1000",
+        ],
+    )
+    .stderr(Stdio::piped())
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("EUR balance is 1000") && said.contains("nothing was sent"),
+        "{said}"
+    );
+    assert!(ledger(&sb).is_empty());
 }

@@ -315,6 +315,12 @@ fn execute(
             };
             Endpoint { base_url, partner_id, inbound_key }
         };
+        // Preflight (e.g. getBalance): before any payout of this run; a balance below what is
+        // still to be paid in a currency stops the run with nothing sent.
+        if let Err(m) = preflight(flow, &endpoint, &store, items).await {
+            eprintln!("error[run.preflight]: {m}");
+            return 1;
+        }
         let flag = Arc::clone(&stop);
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
@@ -454,4 +460,135 @@ pub fn unlock(batch: &str, state_dir: &Path, force: bool) -> u8 {
             2
         }
     }
+}
+
+/// Runs the manifest's preflight tasks once and checks balances against what is still to pay.
+async fn preflight(
+    flow: &Flow,
+    endpoint: &Endpoint,
+    store: &Store,
+    items: &[PlannedItem],
+) -> Result<(), String> {
+    use rust_decimal::Decimal;
+    use std::str::FromStr;
+    let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false);
+    let Some(sub) = crate::providers::paysend::preflight(
+        flow,
+        &endpoint.partner_id,
+        &endpoint.inbound_key,
+        &date,
+    ) else {
+        return Ok(());
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    // Preflight tasks only read (balances, rates): a lost or refused answer is simply asked again,
+    // with the same request id, following the manifest's backoff.
+    let policy = &flow.manifest.retry.default;
+    let mut attempt = 1;
+    let (status, mut v) = loop {
+        let sent = http
+            .post(format!("{}/processing", endpoint.base_url))
+            .header("content-type", "application/json")
+            .header("X-OPP-Signature", &sub.signature)
+            .body(sub.body.clone())
+            .send()
+            .await;
+        let failure = match sent {
+            Ok(a)
+                if a.status().is_success()
+                    || a.status().as_u16() == 400
+                    || a.status().as_u16() == 401 =>
+            {
+                let status = a.status().as_u16();
+                match a.json::<serde_json::Value>().await {
+                    Ok(v) => break (status, v),
+                    Err(e) => format!("the preflight answer is not JSON ({status}): {e}"),
+                }
+            }
+            Ok(a) => format!("the preflight request was answered {}", a.status()),
+            Err(e) => format!("the preflight request failed: {e}"),
+        };
+        match super::backoff::delay(policy, attempt, None) {
+            Some(d) => tokio::time::sleep(d).await,
+            None => return Err(failure),
+        }
+        attempt += 1;
+    };
+    // Not finished within the sync wait: ask again by globalId (bounded).
+    for _ in 0..30 {
+        if v.pointer("/result/status")
+            .and_then(serde_json::Value::as_str)
+            == Some("Finished")
+        {
+            break;
+        }
+        let Some(global) = v
+            .pointer("/header/response/globalId")
+            .and_then(serde_json::Value::as_str)
+            .map(String::from)
+        else {
+            return Err(format!("the preflight request was refused ({status}): {v}"));
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        v = http
+            .get(format!("{}/processing/status/{global}", endpoint.base_url))
+            .header(
+                "X-OPP-Signature",
+                crate::providers::paysend::sign(global.as_bytes(), &endpoint.inbound_key),
+            )
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    // What is still to pay, per currency: items not started yet.
+    let mut owed: std::collections::BTreeMap<String, Decimal> = std::collections::BTreeMap::new();
+    let started: std::collections::HashSet<String> = store
+        .items()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|(_, r)| !matches!(r.state, super::machine::State::Planned))
+        .map(|(_, r)| r.key)
+        .collect();
+    for it in items.iter().filter(|it| !started.contains(&it.key)) {
+        for (a, c) in &it.money {
+            *owed.entry(c.clone()).or_default() += Decimal::from_str(a).unwrap_or_default();
+        }
+    }
+    for (ty, result) in crate::providers::paysend::preflight_results(&v) {
+        if result.get("status").and_then(serde_json::Value::as_str) != Some("Success") {
+            return Err(format!(
+                "preflight {ty} failed: {} {}",
+                result.get("code").unwrap_or(&serde_json::Value::Null),
+                result
+                    .get("comment")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("")
+            ));
+        }
+        if ty == "getBalance"
+            && let Some(balances) = result
+                .pointer("/data/balances")
+                .and_then(serde_json::Value::as_object)
+        {
+            for (currency, need) in &owed {
+                let have = balances
+                    .get(currency)
+                    .map(|b| Decimal::from_str(&b.to_string()).unwrap_or_default());
+                if let Some(have) = have
+                    && have < *need
+                {
+                    return Err(format!(
+                        "the {currency} balance is {have}, below the {need} this batch still has to pay; nothing was sent (hint: top up, or split the batch)"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -272,6 +272,90 @@ pub fn classify_envelope(flow: &Flow, v: &Value, n: usize) -> Vec<Verdict> {
         .collect()
 }
 
+/// The preflight request: the manifest's preflight trees (constants only), answered in one go.
+pub fn preflight(
+    flow: &Flow,
+    partner_id: &str,
+    inbound_key: &str,
+    date: &str,
+) -> Option<Submission> {
+    if flow.preflight.is_empty() {
+        return None;
+    }
+    let values: Vec<&str> = vec![""; flow.row_fields.len()];
+    let none = ItemRow {
+        index: 0,
+        line: 0,
+        id: "",
+        values: &values,
+        valid: true,
+    };
+    fn task(flow: &Flow, t: &Task, item: &ItemRow) -> Value {
+        let mut v =
+            json!({"type": t.op, "payload": crate::plan::render_payload(flow, t, item, "", false)});
+        for (link, c) in t.children() {
+            let branch = v
+                .as_object_mut()
+                .expect("object")
+                .entry(link.as_str())
+                .or_insert_with(|| Value::Array(vec![]));
+            branch
+                .as_array_mut()
+                .expect("array")
+                .push(task(flow, c, item));
+        }
+        v
+    }
+    let trees: Vec<Value> = flow
+        .preflight
+        .iter()
+        .map(|t| task(flow, t, &none))
+        .collect();
+    let request_id =
+        crate::keys::task_key(&format!("paysend/preflight/{}", flow.manifest.batch), date);
+    let body = json!({
+        "header": {"request": {"id": request_id, "date": date}, "service": {"sync": true, "waitTime": "WaitFor2000"}},
+        "payload": {"partner": {"identifier": partner_id}, "tasks": trees}
+    });
+    let body = serde_json::to_vec(&body).expect("JSON values serialise");
+    let signature = sign(&body, inbound_key);
+    Some(Submission {
+        request_id,
+        body,
+        signature,
+    })
+}
+
+/// Every task result of a finished preflight answer, depth first: (type, result).
+pub fn preflight_results(v: &Value) -> Vec<(String, Value)> {
+    fn walk(t: &Value, out: &mut Vec<(String, Value)>) {
+        if let Some(r) = t.get("result") {
+            out.push((
+                t.get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                r.clone(),
+            ));
+        }
+        for b in ["success", "fail", "always"] {
+            for c in t.get(b).and_then(Value::as_array).into_iter().flatten() {
+                walk(c, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for t in v
+        .pointer("/payload/tasks")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        walk(t, &mut out);
+    }
+    out
+}
+
 /// A `task.statusGet` request for one item's invoiceId (the failover lookup, L661-683).
 pub fn lookup(
     partner_id: &str,
