@@ -119,8 +119,8 @@ fn a_saved_plan_has_a_fingerprint_that_changes_with_the_source_file() {
     let kinds: Vec<&str> = inputs.iter().map(|i| i["kind"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
-        ["manifest", "source", "schema", "schema"],
-        "manifest, CSV, provider.yaml and pay.toAccount.yaml"
+        ["manifest", "source", "schema", "schema", "schema"],
+        "manifest, CSV, and the schemas of getBalance (preflight), provider.yaml and pay.toAccount"
     );
 
     // One cent more for one employee: the source hash and the fingerprint change.
