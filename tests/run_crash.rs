@@ -440,3 +440,49 @@ fn a_balance_below_the_batch_total_stops_the_run_before_any_payout() {
     );
     assert!(ledger(&sb).is_empty());
 }
+
+#[test]
+fn forged_and_duplicated_webhooks_change_nothing_and_polling_still_finishes_the_batch() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("sandbox.yaml");
+    std::fs::write(&cfg, format!("paysend:\n  outbound_key: hook-key\n  webhook_url: http://127.0.0.1:{port}/paysend/webhook\n")).unwrap();
+    let sb = start_sandbox_with(
+        &[
+            "webhook_bad_signature_rate=0.5",
+            "webhook_duplicate_rate=0.5",
+        ],
+        Some(&cfg),
+    );
+    let dir = batch_for(&sb);
+    let manifest = dir.path().join("manifest.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let text = text.replace(
+        "notifications:\n  mode: polling",
+        &format!(
+            "notifications:\n  listen: 127.0.0.1:{port}\n  public_url: http://127.0.0.1:{port}"
+        ),
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let mut cmd = payrun(
+        dir.path(),
+        &sb,
+        &[
+            "run",
+            "manifest.yaml",
+            "--yes",
+            "--state-dir",
+            "state",
+            "--time-scale",
+            "1000",
+        ],
+    );
+    cmd.env("PAYSEND_OUTBOUND_KEY", "hook-key");
+    let run = cmd.spawn().unwrap();
+    assert_eq!(wait_exit(run, Duration::from_secs(60)), 0);
+    assert_each_employee_paid_once(&sb);
+}

@@ -287,8 +287,16 @@ fn execute(
     let stop = Arc::new(AtomicBool::new(false));
     runtime.block_on(async {
         let mut sandbox_handle = None;
+        let webhooks = flow.manifest.notifications.mode == crate::manifest::raw::NotificationMode::Webhook;
+        // In a rehearsal the sandbox calls payrun's listener on a free loopback port.
+        let local = if sandbox && webhooks { std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).ok() } else { None };
+        let mut listener = None;
         let endpoint = if sandbox {
-            let cfg = crate::sandbox::SandboxConfig { time_scale: time_scale.max(1.0), ..crate::sandbox::SandboxConfig::default() };
+            let mut cfg = crate::sandbox::SandboxConfig { time_scale: time_scale.max(1.0), ..crate::sandbox::SandboxConfig::default() };
+            if let Some(addr) = local {
+                cfg.paysend.webhook_url = Some(format!("http://{addr}/paysend/webhook"));
+                listener = Some(runner::Listener { listen: addr, callback_url: format!("http://{addr}/paysend/callback"), outbound_key: cfg.paysend.outbound_key.clone() });
+            }
             let (partner_id, inbound_key) = (cfg.paysend.partner_id.clone(), cfg.paysend.inbound_key.clone());
             match crate::sandbox::Sandbox::start(cfg, "127.0.0.1:0".parse().expect("loopback address")).await {
                 Ok(sb) => {
@@ -313,6 +321,20 @@ fn execute(
                 eprintln!("error[run.credentials]: set the environment variables the manifest names: {}", names.join(", "));
                 return 2;
             };
+            if webhooks {
+                let n = &flow.manifest.notifications;
+                let (Some(listen), Some(public)) = (n.listen.as_ref().and_then(|l| l.parse().ok()), n.public_url.as_ref()) else {
+                    eprintln!("error[run.notifications]: webhook notifications need `listen` and `public_url`");
+                    return 2;
+                };
+                let Some((_, outbound_key)) = var("outbound_key") else {
+                    eprintln!("error[run.credentials]: webhooks are verified with the outbound key: set the variable named by credentials.outbound_key");
+                    return 2;
+                };
+                let public = public.trim_end_matches('/');
+                eprintln!("notifications: callbacks to {public}/paysend/callback; set {public}/paysend/webhook as the expanded webhook URL with Paysend");
+                listener = Some(runner::Listener { listen, callback_url: format!("{public}/paysend/callback"), outbound_key });
+            }
             Endpoint { base_url, partner_id, inbound_key }
         };
         // Preflight (e.g. getBalance): before any payout of this run; a balance below what is
@@ -329,7 +351,7 @@ fn execute(
             }
         });
         let started = std::time::Instant::now();
-        let summary = match runner::run(flow, items, &mut store, &endpoint, &timings(time_scale), Arc::clone(&stop)).await {
+        let summary = match runner::run(flow, items, &mut store, &endpoint, &timings(time_scale), Arc::clone(&stop), listener).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error[run.store]: {e}");

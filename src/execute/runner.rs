@@ -64,6 +64,77 @@ fn rfc3339(ms: Millis) -> String {
 enum Outcome {
     Sent(Vec<(usize, Verdict)>),
     Observed(Vec<(usize, Verdict)>),
+    /// A verified expanded webhook: the item's key and what it says.
+    Webhook(String, Verdict),
+    /// A basic callback: the request with this globalId finished; ask about its items now.
+    Finished(String),
+}
+
+/// Where Paysend's notifications are received (the manifest's `notifications`).
+#[derive(Clone)]
+pub struct Listener {
+    pub listen: std::net::SocketAddr,
+    /// The URL Paysend calls for basic callbacks (`header.service.result`).
+    pub callback_url: String,
+    /// Verifies expanded webhooks (MD5 of raw body + key).
+    pub outbound_key: String,
+}
+
+/// Serves `POST /paysend/webhook` (expanded webhooks, verified in constant time; forged ones
+/// are refused and logged) and `GET|POST /paysend/callback` (basic callbacks with globalId).
+async fn listen(
+    l: Listener,
+    tx: tokio::sync::mpsc::UnboundedSender<Outcome>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use axum::routing::post;
+    let socket = tokio::net::TcpListener::bind(l.listen).await?;
+    let key = l.outbound_key.clone();
+    let tx_hook = tx.clone();
+    let webhook = move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+        let (key, tx) = (key.clone(), tx_hook.clone());
+        async move {
+            let sig = headers
+                .get("x-opp-signature")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !paysend::webhook_is_authentic(&body, sig, &key) {
+                tracing::warn!("refused a webhook with a wrong signature");
+                return axum::http::StatusCode::UNAUTHORIZED;
+            }
+            if let Some((invoice, verdict)) = paysend::webhook_verdict(&body) {
+                let _ = tx.send(Outcome::Webhook(invoice, verdict));
+            }
+            axum::http::StatusCode::OK
+        }
+    };
+    let tx_get = tx.clone();
+    let callback_get = move |q: axum::extract::Query<std::collections::HashMap<String, String>>| {
+        let tx = tx_get.clone();
+        async move {
+            if let Some(g) = q.get("globalId") {
+                let _ = tx.send(Outcome::Finished(g.clone()));
+            }
+            axum::http::StatusCode::OK
+        }
+    };
+    let callback_post = move |body: String| {
+        let tx = tx.clone();
+        async move {
+            if let Some(g) = body.trim().strip_prefix("globalId=") {
+                let _ = tx.send(Outcome::Finished(g.to_string()));
+            }
+            axum::http::StatusCode::OK
+        }
+    };
+    let app = axum::Router::new()
+        .route("/paysend/webhook", post(webhook))
+        .route(
+            "/paysend/callback",
+            axum::routing::get(callback_get).post(callback_post),
+        );
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(socket, app).await;
+    }))
 }
 
 /// Runs `items` to the end (or until `stop` is set), resuming from whatever `store` holds.
@@ -74,6 +145,7 @@ pub async fn run(
     endpoint: &Endpoint,
     timings: &Timings,
     stop: Arc<AtomicBool>,
+    listener: Option<Listener>,
 ) -> Result<Summary, StoreError> {
     let policy = &flow.manifest.retry;
     let limits = &flow.limits;
@@ -130,6 +202,21 @@ pub async fn run(
     let mut sends: Vec<usize> = Vec::new();
     let mut lookups: Vec<usize> = Vec::new();
     let holder = super::status::Holder::me(&rfc3339(now_ms()));
+    let callback = listener.as_ref().map(|l| l.callback_url.clone());
+    let by_key: std::collections::HashMap<&str, usize> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| (it.key.as_str(), i))
+        .collect();
+    let server = match &listener {
+        Some(l) => Some(listen(l.clone(), tx.clone()).await.map_err(|e| {
+            StoreError(format!(
+                "cannot listen for notifications on {}: {e}",
+                l.listen
+            ))
+        })?),
+        None => None,
+    };
     let snapshot = store.path.with_extension("status.json");
     let mut last_snapshot = std::time::Instant::now() - Duration::from_secs(1);
 
@@ -170,8 +257,16 @@ pub async fn run(
             "tick"
         );
 
-        let sends_now = std::mem::take(&mut sends);
-        let lookups_now = std::mem::take(&mut lookups);
+        // Effects asked for earlier may have been overtaken (a webhook settled the item): only
+        // what the current state still calls for is carried out.
+        let mut sends_now = std::mem::take(&mut sends);
+        sends_now
+            .retain(|&i| matches!(recs[i].state, State::Sending { .. }) && !in_flight.contains(&i));
+        sends_now.dedup();
+        let mut lookups_now = std::mem::take(&mut lookups);
+        lookups_now.retain(|&i| !recs[i].state.is_final() && !in_flight.contains(&i));
+        lookups_now.sort_unstable();
+        lookups_now.dedup();
         for chunk in sends_now.chunks(pack) {
             let idx: Vec<usize> = chunk.to_vec();
             in_flight.extend(&idx);
@@ -186,7 +281,7 @@ pub async fn run(
                 &endpoint.inbound_key,
                 &keys,
                 trees,
-                None,
+                callback.as_deref(),
                 &rfc3339(now),
             );
             let (http, limiter, slots, tx, url) = (
@@ -340,6 +435,25 @@ pub async fn run(
             let (list, sent) = match m {
                 Outcome::Sent(l) => (l, true),
                 Outcome::Observed(l) => (l, false),
+                // A notification is one more observation; duplicates and stale ones are absorbed
+                // by the state machine. It does not end a request in flight for that item.
+                Outcome::Webhook(key, verdict) => match by_key.get(key.as_str()) {
+                    Some(&i) if !in_flight.contains(&i) => (vec![(i, verdict)], false),
+                    _ => continue,
+                },
+                // Ask about that request's items now instead of at their next poll.
+                Outcome::Finished(global) => {
+                    let prefix = format!("{global}#");
+                    for (i, r) in recs.iter().enumerate() {
+                        if let State::Submitted { reference, .. } = &r.state
+                            && reference.starts_with(&prefix)
+                            && !in_flight.contains(&i)
+                        {
+                            lookups.push(i);
+                        }
+                    }
+                    continue;
+                }
             };
             for (i, verdict) in list {
                 in_flight.remove(&i);
@@ -372,6 +486,9 @@ pub async fn run(
     }
     commit(store, &recs, &mut changed)?;
     write_snapshot(&snapshot, &flow.manifest.batch, &recs, None);
+    if let Some(s) = server {
+        s.abort();
+    }
     let mut s = Summary {
         items: recs.len(),
         requests,
