@@ -350,3 +350,32 @@ fn run_refuses_a_stale_plan_and_names_what_changed() {
     .stderr_has("no longer matches")
     .stderr_has("employees.csv changed");
 }
+
+#[test]
+fn run_refuses_a_flow_with_delays_it_cannot_carry_out() {
+    let dir = copy_batch("contractors-cards");
+    let m = dir.path().join("manifest.yaml");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(
+        &m,
+        text.replace(
+            "            op: task.statusGet\n",
+            "            op: task.statusGet\n            delay: 3m\n",
+        ),
+    )
+    .unwrap();
+    payrun(["plan".as_ref(), m.as_os_str()])
+        .succeeds()
+        .stdout_has("after 3m");
+    let state = dir.path().join("state");
+    payrun([
+        "run".as_ref(),
+        m.as_os_str(),
+        "--sandbox".as_ref(),
+        "--yes".as_ref(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+    ])
+    .exits_with(1)
+    .stderr_has("error[run.delay]");
+}

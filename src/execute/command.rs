@@ -74,6 +74,19 @@ pub fn run(
         );
         return 2;
     }
+    // Paysend runs a whole tree itself and has no delays; a delayed subtree would have to be
+    // sent by payrun later, which this runner does not do yet. Refuse rather than run something
+    // other than what `plan` shows.
+    if let Some(t) = flow.all_tasks().into_iter().find(|t| t.delay.is_some()) {
+        eprintln!(
+            "error[run.delay]: task `{}` has a `delay`, which `payrun run` does not carry out yet; nothing was sent",
+            t.id
+        );
+        eprintln!(
+            "  hint: remove the delay to let Paysend run the subtree at once, or run that step as a separate batch later"
+        );
+        return 1;
+    }
     let mut source = prepared.source;
     let mut items: Vec<PlannedItem> = Vec::new();
     let report = match crate::validate::validate(
