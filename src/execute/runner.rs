@@ -228,24 +228,24 @@ pub async fn run(
             lookups.clear();
         }
         if !stopping {
-            for (i, r) in recs.iter_mut().enumerate() {
-                let due =
-                    matches!(r.state, State::Planned) || r.state.due().is_some_and(|d| d <= now);
-                if in_flight.contains(&i) || r.state.is_final() || !due {
+            for i in 0..recs.len() {
+                let state = &recs[i].state;
+                let due = matches!(state, State::Planned) || state.due().is_some_and(|d| d <= now);
+                if in_flight.contains(&i) || state.is_final() || !due {
                     continue;
                 }
-                let (s, fx) = machine::step(&r.state, Event::Tick { now }, policy, timings);
-                if s != r.state {
-                    r.state = s;
-                    changed.push(i);
-                }
-                for e in fx {
-                    match e {
-                        Effect::Send { .. } => sends.push(i),
-                        Effect::Lookup => lookups.push(i),
-                        Effect::WakeAt(_) => {}
-                    }
-                }
+                apply(
+                    &mut recs,
+                    i,
+                    Event::Tick { now },
+                    policy,
+                    timings,
+                    &mut Routes {
+                        changed: &mut changed,
+                        sends: &mut sends,
+                        lookups: &mut lookups,
+                    },
+                );
             }
         }
         // Durable before anything leaves: a crash after this commit finds `Sending`.
@@ -463,18 +463,18 @@ pub async fn run(
                 } else {
                     Event::Observed { verdict, now }
                 };
-                let (s, fx) = machine::step(&recs[i].state, event, policy, timings);
-                if s != recs[i].state {
-                    recs[i].state = s;
-                    changed.push(i);
-                }
-                for e in fx {
-                    match e {
-                        Effect::Send { .. } => sends.push(i),
-                        Effect::Lookup => lookups.push(i),
-                        Effect::WakeAt(_) => {}
-                    }
-                }
+                apply(
+                    &mut recs,
+                    i,
+                    event,
+                    policy,
+                    timings,
+                    &mut Routes {
+                        changed: &mut changed,
+                        sends: &mut sends,
+                        lookups: &mut lookups,
+                    },
+                );
             }
         }
         commit(store, &recs, &mut changed)?;
@@ -519,6 +519,36 @@ fn write_snapshot(
         && std::fs::write(&tmp, bytes).is_ok()
     {
         let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+/// Where a step's consequences go: the items to commit, to send and to look up.
+struct Routes<'a> {
+    changed: &'a mut Vec<usize>,
+    sends: &'a mut Vec<usize>,
+    lookups: &'a mut Vec<usize>,
+}
+
+/// Steps item `i` with `event`: records a changed state and routes the effects.
+fn apply(
+    recs: &mut [Record],
+    i: usize,
+    event: Event,
+    policy: &crate::manifest::RetryPolicy,
+    timings: &Timings,
+    to: &mut Routes,
+) {
+    let (s, fx) = machine::step(&recs[i].state, event, policy, timings);
+    if s != recs[i].state {
+        recs[i].state = s;
+        to.changed.push(i);
+    }
+    for e in fx {
+        match e {
+            Effect::Send { .. } => to.sends.push(i),
+            Effect::Lookup => to.lookups.push(i),
+            Effect::WakeAt(_) => {}
+        }
     }
 }
 
