@@ -15,26 +15,29 @@ use std::time::Duration;
 /// The documented "retry later" answer (HTTP 404, L185).
 const BUSY: &str = "Sorry. Can't accept your request now.";
 
-/// One item's task tree as Paysend takes it (`payload.tasks[]` element), with real values.
-pub fn item_tree(flow: &Flow, item: &ItemRow, key: &str) -> Vec<Value> {
-    fn task(flow: &Flow, t: &Task, item: &ItemRow, key: &str) -> Value {
-        let mut v = json!({"type": t.op, "payload": crate::plan::render_payload(flow, t, item, key, false)});
-        for (link, c) in t.children() {
-            let branch = v
-                .as_object_mut()
-                .expect("object")
-                .entry(link.as_str())
-                .or_insert_with(|| Value::Array(vec![]));
-            branch
-                .as_array_mut()
-                .expect("array")
-                .push(task(flow, c, item, key));
-        }
-        v
+/// One task and its children as Paysend takes them, with real (unmasked) values.
+fn tree(flow: &Flow, t: &Task, item: &ItemRow, key: &str) -> Value {
+    let mut v =
+        json!({"type": t.op, "payload": crate::plan::render_payload(flow, t, item, key, false)});
+    for (link, c) in t.children() {
+        let branch = v
+            .as_object_mut()
+            .expect("object")
+            .entry(link.as_str())
+            .or_insert_with(|| Value::Array(vec![]));
+        branch
+            .as_array_mut()
+            .expect("array")
+            .push(tree(flow, c, item, key));
     }
+    v
+}
+
+/// One item's task trees as Paysend takes them (`payload.tasks[]` elements).
+pub fn item_tree(flow: &Flow, item: &ItemRow, key: &str) -> Vec<Value> {
     flow.tasks
         .iter()
-        .map(|t| task(flow, t, item, key))
+        .map(|t| tree(flow, t, item, key))
         .collect()
 }
 
@@ -290,26 +293,10 @@ pub fn preflight(
         values: &values,
         valid: true,
     };
-    fn task(flow: &Flow, t: &Task, item: &ItemRow) -> Value {
-        let mut v =
-            json!({"type": t.op, "payload": crate::plan::render_payload(flow, t, item, "", false)});
-        for (link, c) in t.children() {
-            let branch = v
-                .as_object_mut()
-                .expect("object")
-                .entry(link.as_str())
-                .or_insert_with(|| Value::Array(vec![]));
-            branch
-                .as_array_mut()
-                .expect("array")
-                .push(task(flow, c, item));
-        }
-        v
-    }
     let trees: Vec<Value> = flow
         .preflight
         .iter()
-        .map(|t| task(flow, t, &none))
+        .map(|t| tree(flow, t, &none, ""))
         .collect();
     let request_id =
         crate::keys::task_key(&format!("paysend/preflight/{}", flow.manifest.batch), date);
