@@ -7,6 +7,25 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A run of the test batch with a state folder of its own, provider time 1000× faster.
+const RUN: [&str; 7] = [
+    "run",
+    "manifest.yaml",
+    "--yes",
+    "--state-dir",
+    "state",
+    "--time-scale",
+    "1000",
+];
+const RESUME: [&str; 6] = [
+    "resume",
+    "acme-payroll-2026-11",
+    "--state-dir",
+    "state",
+    "--time-scale",
+    "1000",
+];
+
 /// Kills the process when dropped, so no test leaves one behind.
 struct Killed(Child);
 
@@ -158,21 +177,7 @@ fn assert_each_employee_paid_once(sb: &SandboxProcess) {
 fn a_run_killed_mid_batch_and_resumed_pays_every_item_exactly_once() {
     let sb = start_sandbox(&["drop_after_commit_rate=0.2"]);
     let dir = batch_for(&sb);
-    let run = payrun(
-        dir.path(),
-        &sb,
-        &[
-            "run",
-            "manifest.yaml",
-            "--yes",
-            "--state-dir",
-            "state",
-            "--time-scale",
-            "1000",
-        ],
-    )
-    .spawn()
-    .unwrap();
+    let run = payrun(dir.path(), &sb, &RUN).spawn().unwrap();
     // Kill it once payments are under way (not at a fixed time: the run's pace depends on the
     // faults it meets).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -187,20 +192,7 @@ fn a_run_killed_mid_batch_and_resumed_pays_every_item_exactly_once() {
         paid_before > 0 && paid_before < 50,
         "killed mid-run ({paid_before} paid)"
     );
-    let resume = payrun(
-        dir.path(),
-        &sb,
-        &[
-            "resume",
-            "acme-payroll-2026-11",
-            "--state-dir",
-            "state",
-            "--time-scale",
-            "1000",
-        ],
-    )
-    .spawn()
-    .unwrap();
+    let resume = payrun(dir.path(), &sb, &RESUME).spawn().unwrap();
     assert_eq!(wait_exit(resume, Duration::from_secs(60)), 0);
     assert_each_employee_paid_once(&sb);
 }
@@ -209,15 +201,7 @@ fn a_run_killed_mid_batch_and_resumed_pays_every_item_exactly_once() {
 fn a_second_runner_for_the_same_batch_is_refused_with_who_holds_it() {
     let sb = start_sandbox(&[]);
     let dir = batch_for(&sb);
-    let args = [
-        "run",
-        "manifest.yaml",
-        "--yes",
-        "--state-dir",
-        "state",
-        "--time-scale",
-        "1000",
-    ];
+    let args = RUN;
     let first = Killed(payrun(dir.path(), &sb, &args).spawn().unwrap());
     std::thread::sleep(Duration::from_millis(300));
     let second = payrun(dir.path(), &sb, &args)
@@ -232,20 +216,7 @@ fn a_second_runner_for_the_same_batch_is_refused_with_who_holds_it() {
     );
     drop(first);
     // The killed holder's lock is stale: the batch resumes without `unlock`.
-    let resume = payrun(
-        dir.path(),
-        &sb,
-        &[
-            "resume",
-            "acme-payroll-2026-11",
-            "--state-dir",
-            "state",
-            "--time-scale",
-            "1000",
-        ],
-    )
-    .spawn()
-    .unwrap();
+    let resume = payrun(dir.path(), &sb, &RESUME).spawn().unwrap();
     assert_eq!(wait_exit(resume, Duration::from_secs(60)), 0);
     assert_each_employee_paid_once(&sb);
 }
@@ -254,21 +225,7 @@ fn a_second_runner_for_the_same_batch_is_refused_with_who_holds_it() {
 fn an_item_changed_after_the_batch_started_is_refused_on_resume() {
     let sb = start_sandbox(&[]);
     let dir = batch_for(&sb);
-    let run = payrun(
-        dir.path(),
-        &sb,
-        &[
-            "run",
-            "manifest.yaml",
-            "--yes",
-            "--state-dir",
-            "state",
-            "--time-scale",
-            "1000",
-        ],
-    )
-    .spawn()
-    .unwrap();
+    let run = payrun(dir.path(), &sb, &RUN).spawn().unwrap();
     assert_eq!(wait_exit(run, Duration::from_secs(60)), 0);
     let csv = dir.path().join("employees.csv");
     let text = std::fs::read_to_string(&csv).unwrap();
@@ -290,21 +247,7 @@ fn an_item_changed_after_the_batch_started_is_refused_on_resume() {
 fn status_works_during_a_run_from_another_process_and_the_report_after_it() {
     let sb = start_sandbox(&[]);
     let dir = batch_for(&sb);
-    let run = payrun(
-        dir.path(),
-        &sb,
-        &[
-            "run",
-            "manifest.yaml",
-            "--yes",
-            "--state-dir",
-            "state",
-            "--time-scale",
-            "1000",
-        ],
-    )
-    .spawn()
-    .unwrap();
+    let run = payrun(dir.path(), &sb, &RUN).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(700));
     let during = payrun(
         dir.path(),
@@ -416,22 +359,10 @@ fn a_balance_below_the_batch_total_stops_the_run_before_any_payout() {
     .unwrap();
     let sb = start_sandbox_with(&[], Some(&cfg));
     let dir = batch_for(&sb);
-    let out = payrun(
-        dir.path(),
-        &sb,
-        &[
-            "run",
-            "manifest.yaml",
-            "--yes",
-            "--state-dir",
-            "state",
-            "--time-scale",
-            "1000",
-        ],
-    )
-    .stderr(Stdio::piped())
-    .output()
-    .unwrap();
+    let out = payrun(dir.path(), &sb, &RUN)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -468,19 +399,7 @@ fn forged_and_duplicated_webhooks_change_nothing_and_polling_still_finishes_the_
         ),
     );
     std::fs::write(&manifest, text).unwrap();
-    let mut cmd = payrun(
-        dir.path(),
-        &sb,
-        &[
-            "run",
-            "manifest.yaml",
-            "--yes",
-            "--state-dir",
-            "state",
-            "--time-scale",
-            "1000",
-        ],
-    );
+    let mut cmd = payrun(dir.path(), &sb, &RUN);
     cmd.env("PAYSEND_OUTBOUND_KEY", "hook-key");
     let run = cmd.spawn().unwrap();
     assert_eq!(wait_exit(run, Duration::from_secs(60)), 0);
