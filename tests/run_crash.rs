@@ -405,3 +405,55 @@ fn forged_and_duplicated_webhooks_change_nothing_and_polling_still_finishes_the_
     assert_eq!(wait_exit(run, Duration::from_secs(60)), 0);
     assert_each_employee_paid_once(&sb);
 }
+
+#[test]
+fn every_documented_pay_to_account_error_ends_in_the_right_state() {
+    // The Mock Service declines a payout whose transferAmount is an error code (L452-471).
+    let sb = start_sandbox(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let codes = [
+        1000, 2000, 3008, 4003, 4006, 4007, 4008, 4009, 4010, 4011, 4012, 4013, 4014, 4015, 4016,
+        4017, 4018, 9999,
+    ];
+    let mut items = String::new();
+    for (i, c) in codes.iter().enumerate() {
+        items.push_str(&format!("    - {{id: T{i:02}, amount: \"{c}\"}}\n"));
+    }
+    items.push_str("    - {id: OK1, amount: \"12.34\"}\n");
+    let manifest = format!(
+        "batch: error-table-{}\nprovider: paysend\nenvironment: {}\ncredentials:\n  partner_id: PAYSEND_PARTNER_ID\n  inbound_key: PAYSEND_INBOUND_KEY\n  outbound_key: PAYSEND_OUTBOUND_KEY\nitems:\n  inline:\n{items}defaults:\n  company: {{type: LegalEntity, name: ACME, address: {{addressLine1: Main 1, city: Berlin, country: DE}}}}\nflow:\n  - op: pay.toAccount\n    payload:\n      transferAmount: ${{item.amount}}\n      transferCurrency: EUR\n      purposeOfPayment: Salary\n      from: {{sender: \"${{item.company}}\"}}\n      to:\n        destinationTransactionInstrument: {{identifierType: IBAN, accountIdentifier: DE89370400440532013000, bic: COBADEFFXXX, country: DE}}\n        recipient: {{type: Individual, firstName: Anna, lastName: Muller, address: {{addressLine1: Main 2, city: Berlin, country: DE}}}}\nlimits: {{requests_per_second: 100, burst: 20, tasks_per_request: 5}}\n",
+        std::process::id(),
+        sb.base
+    );
+    std::fs::write(dir.path().join("manifest.yaml"), manifest).unwrap();
+    let out = payrun(dir.path(), &sb, &RUN)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "items failed or need review: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let batch = format!("error-table-{}", std::process::id());
+    let out = payrun(dir.path(), &sb, &["report", &batch, "--state-dir", "state"])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    let csv = String::from_utf8_lossy(&out.stdout).to_string();
+    let row = |id: &str| {
+        csv.lines()
+            .find(|l| l.starts_with(&format!("{id},")))
+            .unwrap_or_else(|| panic!("no row for {id}:\n{csv}"))
+            .to_string()
+    };
+    for (i, c) in codes.iter().enumerate() {
+        let r = row(&format!("T{i:02}"));
+        let cells: Vec<&str> = r.split(',').collect();
+        let want = if *c == 9999 { "needs_review" } else { "failed" };
+        assert_eq!((cells[2], cells[5]), (want, c.to_string().as_str()), "{r}");
+    }
+    assert!(row("OK1").contains(",paid,"));
+    assert_eq!(ledger(&sb).len(), 1, "only the ordinary payout moved money");
+}
