@@ -160,6 +160,18 @@ enum Command {
         )]
         state_dir: PathBuf,
     },
+    /// List the batches in the state folder with their progress and runner.
+    List {
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+        #[arg(
+            long,
+            default_value = ".payrun",
+            env = "PAYRUN_STATE",
+            value_name = "DIR"
+        )]
+        state_dir: PathBuf,
+    },
     /// Remove a batch's lock left by a runner that is gone (another machine, or a lost process).
     Unlock {
         batch: String,
@@ -295,6 +307,9 @@ fn main() -> ExitCode {
             force,
             state_dir,
         } => payrun::execute::command::unlock(&batch, &state_dir, force),
+        Command::List { format, state_dir } => {
+            payrun::execute::command::list(&state_dir, format == Format::Json)
+        }
     };
     ExitCode::from(code)
 }

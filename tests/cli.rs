@@ -288,6 +288,10 @@ fn every_command_has_help() {
         vec!["sandbox", "--help"],
         vec!["run", "--help"],
         vec!["resume", "--help"],
+        vec!["status", "--help"],
+        vec!["report", "--help"],
+        vec!["list", "--help"],
+        vec!["unlock", "--help"],
     ] {
         payrun(cmd).succeeds().stdout_has("Usage:");
     }

@@ -627,3 +627,60 @@ async fn preflight(
     }
     Ok(())
 }
+
+/// `payrun list`: the batches in `state_dir`, with their states.
+pub fn list(state_dir: &Path, json: bool) -> u8 {
+    let mut batches: Vec<String> = std::fs::read_dir(state_dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".redb"))
+                        .map(String::from)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    batches.sort();
+    let mut views = Vec::new();
+    for b in &batches {
+        match status_view(b, state_dir) {
+            Ok((v, _)) => views.push(v),
+            Err(m) => eprintln!("warning: {b}: {m}"),
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&views).unwrap_or_default()
+        );
+        return 0;
+    }
+    if views.is_empty() {
+        eprintln!("no batches in {}", state_dir.display());
+        return 0;
+    }
+    println!(
+        "{:<32} {:>8} {:>8} {:>8} {:>8} {:>8}  {}",
+        "BATCH", "ITEMS", "PAID", "FAILED", "REVIEW", "OPEN", "RUNNER"
+    );
+    for v in views {
+        let n = |k: &str| v.states.get(k).copied().unwrap_or(0);
+        let open = v.items - n("paid") - n("failed") - n("needs_review");
+        let runner = v
+            .running
+            .map(|h| format!("pid {} on {}", h.pid, h.host))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<32} {:>8} {:>8} {:>8} {:>8} {:>8}  {runner}",
+            v.batch,
+            v.items,
+            n("paid"),
+            n("failed"),
+            n("needs_review"),
+            open
+        );
+    }
+    0
+}
