@@ -308,6 +308,13 @@ fn the_readme_run_pays_the_example_payroll_in_the_sandbox_and_a_second_run_pays_
         .succeeds()
         .stdout_has("50 paid")
         .stdout_has("0 requests");
+    payrun(["list", "--state-dir", s])
+        .succeeds()
+        .stdout_has("acme-payroll-2026-11");
+    payrun(["status", "acme-payroll-2026-11", "--state-dir", s])
+        .succeeds()
+        .stdout_has("paid 50")
+        .stdout_has("not running");
 }
 
 #[test]

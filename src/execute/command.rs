@@ -662,8 +662,8 @@ pub fn list(state_dir: &Path, json: bool) -> u8 {
         return 0;
     }
     println!(
-        "{:<32} {:>8} {:>8} {:>8} {:>8} {:>8}  {}",
-        "BATCH", "ITEMS", "PAID", "FAILED", "REVIEW", "OPEN", "RUNNER"
+        "{:<32} {:>8} {:>8} {:>8} {:>8} {:>8}  RUNNER",
+        "BATCH", "ITEMS", "PAID", "FAILED", "REVIEW", "OPEN"
     );
     for v in views {
         let n = |k: &str| v.states.get(k).copied().unwrap_or(0);
