@@ -23,8 +23,17 @@ struct Cli {
     /// Read provider schemas from this folder instead of the ones built into payrun.
     #[arg(long, global = true, env = "PAYRUN_SCHEMAS", value_name = "DIR")]
     schemas: Option<PathBuf>,
+    /// Log lines (stderr, level from PAYRUN_LOG, default warn) as text or as JSON objects.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -232,13 +241,20 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PAYRUN_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("PAYRUN_LOG").unwrap_or_else(|_| "warn".into())
+    };
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter())
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter())
+            .init(),
+    }
     let registry = Registry::from_option(cli.schemas);
     let code = match cli.command {
         Command::Validate {

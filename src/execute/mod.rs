@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod command;
 pub mod lock;
 pub mod machine;
+pub mod progress;
 pub mod runner;
 pub mod status;
 pub mod store;

@@ -202,6 +202,12 @@ pub async fn run(
     let mut sends: Vec<usize> = Vec::new();
     let mut lookups: Vec<usize> = Vec::new();
     let holder = super::status::Holder::me(&rfc3339(now_ms()));
+    let mut progress = super::progress::Progress::new(recs.len());
+    // Items already settled before this run are not announced again.
+    let settled: Vec<usize> = (0..recs.len())
+        .filter(|&i| recs[i].state.is_final() || matches!(recs[i].state, State::NeedsReview { .. }))
+        .collect();
+    progress.already(&recs, &settled);
     let callback = listener.as_ref().map(|l| l.callback_url.clone());
     let by_key: std::collections::HashMap<&str, usize> = items
         .iter()
@@ -249,6 +255,7 @@ pub async fn run(
             }
         }
         // Durable before anything leaves: a crash after this commit finds `Sending`.
+        progress.update(&recs, &changed, in_flight.len());
         commit(store, &recs, &mut changed)?;
         tracing::debug!(
             sends = sends.len(),
@@ -477,6 +484,7 @@ pub async fn run(
                 );
             }
         }
+        progress.update(&recs, &changed, in_flight.len());
         commit(store, &recs, &mut changed)?;
         // While this process holds the store, others read the batch's status from here.
         if last_snapshot.elapsed() > Duration::from_millis(300) {
@@ -484,7 +492,9 @@ pub async fn run(
             last_snapshot = std::time::Instant::now();
         }
     }
+    progress.update(&recs, &changed, in_flight.len());
     commit(store, &recs, &mut changed)?;
+    progress.finish();
     write_snapshot(&snapshot, &flow.manifest.batch, &recs, None);
     if let Some(s) = server {
         s.abort();
