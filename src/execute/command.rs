@@ -304,7 +304,7 @@ fn execute(
         // In a rehearsal the sandbox calls payrun's listener on a free loopback port.
         let local = if sandbox && webhooks { std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).ok() } else { None };
         let mut listener = None;
-        let endpoint = if sandbox {
+        let mut endpoint = if sandbox {
             let mut cfg = crate::sandbox::SandboxConfig { time_scale: time_scale.max(1.0), ..crate::sandbox::SandboxConfig::default() };
             if let Some(addr) = local {
                 cfg.paysend.webhook_url = Some(format!("http://{addr}/paysend/webhook"));
@@ -313,7 +313,7 @@ fn execute(
             let (partner_id, inbound_key) = (cfg.paysend.partner_id.clone(), cfg.paysend.inbound_key.clone());
             match crate::sandbox::Sandbox::start(cfg, "127.0.0.1:0".parse().expect("loopback address")).await {
                 Ok(sb) => {
-                    let e = Endpoint { base_url: sb.base_url("paysend"), partner_id, inbound_key };
+                    let e = Endpoint { base_url: sb.base_url("paysend"), partner_id, inbound_key, spent: 0 };
                     eprintln!("sandbox: {}", e.base_url);
                     sandbox_handle = Some(sb);
                     e
@@ -348,13 +348,16 @@ fn execute(
                 eprintln!("notifications: callbacks to {public}/paysend/callback; set {public}/paysend/webhook as the expanded webhook URL with Paysend");
                 listener = Some(runner::Listener { listen, callback_url: format!("{public}/paysend/callback"), outbound_key });
             }
-            Endpoint { base_url, partner_id, inbound_key }
+            Endpoint { base_url, partner_id, inbound_key, spent: 0 }
         };
         // Preflight (e.g. getBalance): before any payout of this run; a balance below what is
         // still to be paid in a currency stops the run with nothing sent.
-        if let Err(m) = preflight(flow, &endpoint, &store, items).await {
-            eprintln!("error[run.preflight]: {m}");
-            return 1;
+        match preflight(flow, &endpoint, &store, items).await {
+            Ok(sent) => endpoint.spent = sent,
+            Err(m) => {
+                eprintln!("error[run.preflight]: {m}");
+                return 1;
+            }
         }
         let flag = Arc::clone(&stop);
         tokio::spawn(async move {
@@ -497,13 +500,14 @@ pub fn unlock(batch: &str, state_dir: &Path, force: bool) -> u8 {
     }
 }
 
-/// Runs the manifest's preflight tasks once and checks balances against what is still to pay.
+/// Runs the manifest's preflight tasks once and checks balances against what is still to pay;
+/// returns how many requests it sent.
 async fn preflight(
     flow: &Flow,
     endpoint: &Endpoint,
     store: &Store,
     items: &[PlannedItem],
-) -> Result<(), String> {
+) -> Result<u32, String> {
     use rust_decimal::Decimal;
     use std::str::FromStr;
     let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false);
@@ -513,7 +517,7 @@ async fn preflight(
         &endpoint.inbound_key,
         &date,
     ) else {
-        return Ok(());
+        return Ok(0);
     };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -523,7 +527,9 @@ async fn preflight(
     // with the same request id, following the manifest's backoff.
     let policy = &flow.manifest.retry.default;
     let mut attempt = 1;
+    let mut requests = 0u32;
     let (status, mut v) = loop {
+        requests += 1;
         let sent = http
             .post(format!("{}/processing", endpoint.base_url))
             .header("content-type", "application/json")
@@ -568,6 +574,7 @@ async fn preflight(
             return Err(format!("the preflight request was refused ({status}): {v}"));
         };
         tokio::time::sleep(Duration::from_millis(500)).await;
+        requests += 1;
         v = http
             .get(format!("{}/processing/status/{global}", endpoint.base_url))
             .header(
@@ -625,7 +632,7 @@ async fn preflight(
             }
         }
     }
-    Ok(())
+    Ok(requests)
 }
 
 /// `payrun list`: the batches in `state_dir`, with their states.

@@ -34,6 +34,9 @@ pub struct Endpoint {
     pub base_url: String,
     pub partner_id: String,
     pub inbound_key: String,
+    /// Requests already sent against the provider's rate just before the run (preflight): the
+    /// run's limiter starts with that many fewer in its burst.
+    pub spent: u32,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -183,12 +186,17 @@ pub async fn run(
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| StoreError(e.to_string()))?;
-    let rps = std::num::NonZeroU32::new(limits.requests_per_second.ceil().max(1.0) as u32)
-        .unwrap_or(std::num::NonZeroU32::MIN);
+    // 1% under the configured rate: requests that leave evenly spaced can still arrive bunched,
+    // and a provider's limiter counts arrivals.
+    let period = Duration::from_secs_f64(1.0 / (limits.requests_per_second.max(0.001) * 0.99));
     let burst = std::num::NonZeroU32::new(limits.burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
-    let limiter = Arc::new(governor::RateLimiter::direct(
-        governor::Quota::per_second(rps).allow_burst(burst),
-    ));
+    let quota = governor::Quota::with_period(period)
+        .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN))
+        .allow_burst(burst);
+    let limiter = Arc::new(governor::RateLimiter::direct(quota));
+    for _ in 0..endpoint.spent {
+        let _ = limiter.check();
+    }
     let slots = Arc::new(tokio::sync::Semaphore::new(
         limits.concurrency.max(1) as usize
     ));
