@@ -106,6 +106,7 @@ fn main() {
             .unwrap()
     });
     let _ = sb.kill();
+    let _ = sb.wait();
     let requests: u64 = counters["requests"]
         .as_object()
         .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
