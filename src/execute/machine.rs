@@ -202,87 +202,41 @@ pub fn step(
         }
 
         (
-            S::Submitted {
-                attempt,
-                reference,
-                since,
-                poll_at,
-            },
+            S::Submitted { .. } | S::InDoubt { .. } | S::NeedsReview { .. },
             E::Tick { now } | E::Resume { now },
-        ) => {
-            if now >= *poll_at {
-                let next = plus(now, t.poll_every);
-                (
-                    S::Submitted {
-                        attempt: *attempt,
-                        reference: reference.clone(),
-                        since: *since,
-                        poll_at: next,
-                    },
-                    vec![Effect::Lookup, Effect::WakeAt(next)],
-                )
-            } else {
-                (state.clone(), vec![Effect::WakeAt(*poll_at)])
-            }
-        }
-
-        (
-            S::InDoubt {
-                attempt,
-                since,
-                at,
-                lookups,
-            },
-            E::Tick { now } | E::Resume { now },
-        ) => {
-            if now >= *at {
-                let next = plus(now, t.poll_every);
-                (
-                    S::InDoubt {
-                        attempt: *attempt,
-                        since: *since,
-                        at: next,
-                        lookups: lookups + 1,
-                    },
-                    vec![Effect::Lookup, Effect::WakeAt(next)],
-                )
-            } else {
-                (state.clone(), vec![Effect::WakeAt(*at)])
-            }
-        }
-
-        (
-            S::NeedsReview {
-                attempt,
-                code,
-                description,
-                since,
-                at,
-            },
-            E::Tick { now } | E::Resume { now },
-        ) => {
-            if now >= *at {
-                let next = plus(now, t.review_every);
-                (
-                    S::NeedsReview {
-                        attempt: *attempt,
-                        code: code.clone(),
-                        description: description.clone(),
-                        since: *since,
-                        at: next,
-                    },
-                    vec![Effect::Lookup, Effect::WakeAt(next)],
-                )
-            } else {
-                (state.clone(), vec![Effect::WakeAt(*at)])
-            }
-        }
+        ) => look_again(state, now, t),
 
         (_, E::Observed { verdict, now }) => observed(state, verdict, now, t),
 
         // Stale answers (a `Sent` when no request is outstanding) change nothing.
         _ => keep(),
     }
+}
+
+/// An item waiting on the provider whose time came: ask again, and wait until the next ask.
+fn look_again(state: &State, now: Millis, t: &Timings) -> (State, Vec<Effect>) {
+    let due = state.due().unwrap_or(now);
+    if now < due {
+        return (state.clone(), vec![Effect::WakeAt(due)]);
+    }
+    let mut next = state.clone();
+    let at = match &mut next {
+        State::Submitted { poll_at, .. } => {
+            *poll_at = plus(now, t.poll_every);
+            *poll_at
+        }
+        State::InDoubt { at, lookups, .. } => {
+            *lookups += 1;
+            *at = plus(now, t.poll_every);
+            *at
+        }
+        State::NeedsReview { at, .. } => {
+            *at = plus(now, t.review_every);
+            *at
+        }
+        _ => return (state.clone(), vec![]),
+    };
+    (next, vec![Effect::Lookup, Effect::WakeAt(at)])
 }
 
 fn send(attempt: u32, now: Millis) -> (State, Vec<Effect>) {
