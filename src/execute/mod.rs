@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod command;
+pub mod crash;
 pub mod lock;
 pub mod machine;
 pub mod progress;

@@ -157,14 +157,8 @@ pub async fn run(
         .iter()
         .enumerate()
         .map(|(i, it)| {
-            stored.get(&(i as u64)).cloned().unwrap_or(Record {
-                id: it.id.clone(),
-                key: it.key.clone(),
-                digest: it.digest.clone(),
-                line: it.line,
-                state: State::Planned,
-                requests: 0,
-                money: it.money.clone(),
+            stored.get(&(i as u64)).cloned().unwrap_or_else(|| {
+                Record::planned(&it.id, &it.key, &it.digest, it.line, it.money.clone())
             })
         })
         .collect();
@@ -176,6 +170,7 @@ pub async fn run(
             let (s, _) = machine::step(&r.state, Event::Resume { now }, policy, timings);
             if s != r.state {
                 r.state = s;
+                r.updated = now;
                 changed.push(i);
             }
         }
@@ -311,7 +306,9 @@ pub async fn run(
             tokio::spawn(async move {
                 let _slot = slots.acquire().await;
                 limiter.until_ready().await;
+                super::crash::point("before-send");
                 let answer = post(&http, &url, sub.body, &sub.signature).await;
+                super::crash::point("after-send");
                 // The items of a pack share its globalId; each keeps its place in the pack, which
                 // is where its tree sits in every status answer.
                 let verdicts = paysend::classify_submission(&flow_tasks, &answer, n)
@@ -556,9 +553,20 @@ fn apply(
     timings: &Timings,
     to: &mut Routes,
 ) {
+    let now = match &event {
+        Event::Tick { now }
+        | Event::Sent { now, .. }
+        | Event::Observed { now, .. }
+        | Event::Resume { now } => *now,
+    };
     let (s, fx) = machine::step(&recs[i].state, event, policy, timings);
     if s != recs[i].state {
-        recs[i].state = s;
+        let r = &mut recs[i];
+        if matches!(s, State::Sending { .. }) && r.first_sent.is_none() {
+            r.first_sent = Some(now);
+        }
+        r.updated = now;
+        r.state = s;
         to.changed.push(i);
     }
     for e in fx {

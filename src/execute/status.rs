@@ -207,11 +207,16 @@ pub fn report_csv(records: &[Record]) -> Vec<u8> {
         "error_description",
         "amount",
         "currency",
+        "attempt",
+        "idempotency_key",
         "requests",
+        "first_sent_at",
+        "finished_at",
         "updated_at",
+        "earlier_attempts",
     ]);
     for r in records {
-        let (ids, code, desc, at) = match &r.state {
+        let (ids, code, desc, finished) = match &r.state {
             State::Succeeded { ids, at } => (Some(ids), "", "", Some(*at)),
             State::Failed {
                 code,
@@ -219,22 +224,23 @@ pub fn report_csv(records: &[Record]) -> Vec<u8> {
                 at,
             } => (None, code.as_str(), description.as_str(), Some(*at)),
             State::NeedsReview {
-                code,
-                description,
-                since,
-                ..
-            } => (None, code.as_str(), description.as_str(), Some(*since)),
-            State::Sending { since, .. }
-            | State::InDoubt { since, .. }
-            | State::Submitted { since, .. } => (None, "", "", Some(*since)),
+                code, description, ..
+            } => (None, code.as_str(), description.as_str(), None),
             _ => (None, "", "", None),
         };
         let get = |k: &str| ids.and_then(|m| m.get(k)).cloned().unwrap_or_default();
         let (amount, currency) = r.money.first().cloned().unwrap_or_default();
-        let at = at
-            .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64))
-            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            .unwrap_or_default();
+        let time = |ms: Option<u64>| {
+            ms.filter(|&ms| ms > 0)
+                .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64))
+                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                .unwrap_or_default()
+        };
+        let earlier: Vec<String> = r
+            .earlier
+            .iter()
+            .map(|e| format!("{} {} {}", e.key, e.code, time(Some(e.at))))
+            .collect();
         let row = [
             r.id.clone(),
             r.line.to_string(),
@@ -245,8 +251,13 @@ pub fn report_csv(records: &[Record]) -> Vec<u8> {
             desc.to_string(),
             amount,
             currency,
+            r.attempt.to_string(),
+            r.key.clone(),
             r.requests.to_string(),
-            at,
+            time(r.first_sent),
+            time(finished),
+            time(Some(r.updated)),
+            earlier.join("; "),
         ];
         let _ = w.write_record(row.iter().map(|c| safe_cell(c)));
     }
@@ -259,13 +270,15 @@ mod tests {
 
     fn rec(id: &str, state: State, amount: &str) -> Record {
         Record {
-            id: id.into(),
-            key: format!("k-{id}"),
-            digest: "d".into(),
-            line: 2,
             state,
             requests: 1,
-            money: vec![(amount.into(), "EUR".into())],
+            ..Record::planned(
+                id,
+                &format!("k-{id}"),
+                "d",
+                2,
+                vec![(amount.into(), "EUR".into())],
+            )
         }
     }
 

@@ -27,6 +27,55 @@ pub struct Record {
     /// (amount, currency) of each payout of the item.
     #[serde(default)]
     pub money: Vec<(String, String)>,
+    /// The item's attempt: 1, then 2 (with a new key) after `run --retry-failed`.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// Earlier attempts' keys and how they ended (oldest first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<Earlier>,
+    /// When a request for this attempt first left (ms since the epoch).
+    #[serde(default)]
+    pub first_sent: Option<u64>,
+    /// When the state last changed.
+    #[serde(default)]
+    pub updated: u64,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+/// An attempt that ended in a failure the provider calls safe to resend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Earlier {
+    pub key: String,
+    pub code: String,
+    pub at: u64,
+}
+
+impl Record {
+    /// A planned item that has not been touched yet.
+    pub fn planned(
+        id: &str,
+        key: &str,
+        digest: &str,
+        line: u64,
+        money: Vec<(String, String)>,
+    ) -> Record {
+        Record {
+            id: id.to_string(),
+            key: key.to_string(),
+            digest: digest.to_string(),
+            line,
+            state: State::Planned,
+            requests: 0,
+            money,
+            attempt: 1,
+            earlier: Vec::new(),
+            first_sent: None,
+            updated: 0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -130,7 +179,9 @@ impl Store {
                 t.insert(*i, bytes.as_slice()).map_err(err)?;
             }
         }
+        super::crash::point("mid-commit");
         txn.commit().map_err(err)?;
+        super::crash::point("after-commit");
         self.commits += 1;
         Ok(())
     }
@@ -142,13 +193,8 @@ mod tests {
 
     fn record(i: u64, state: State) -> Record {
         Record {
-            id: format!("E{i}"),
-            key: format!("k{i}"),
-            digest: "d".into(),
-            line: i + 2,
             state,
-            requests: 0,
-            money: vec![],
+            ..Record::planned(&format!("E{i}"), &format!("k{i}"), "d", i + 2, vec![])
         }
     }
 
