@@ -33,6 +33,16 @@ pub fn task_key(item_key: &str, node: &str) -> String {
     uuid_v8(&h.finalize())
 }
 
+/// The key of an item's attempt `n` (`run --retry-failed`): attempt 1 is the item key itself,
+/// every later attempt a key of its own derived from it, so the provider sees a new payment.
+pub fn attempt_key(item_key: &str, n: u32) -> String {
+    if n <= 1 {
+        item_key.to_string()
+    } else {
+        task_key(item_key, &format!("attempt/{n}"))
+    }
+}
+
 /// Lower-case hex, table driven (the `hex` crate's iterator is slow on hot paths).
 pub fn hex_lower(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -94,7 +94,7 @@ enum Command {
     /// stale plan; 2 usage or I/O error; 4 the run ended with items failed or needing review;
     /// 130 stopped by Ctrl-C (resume with `payrun resume <batch>`).
     Run {
-        /// The batch manifest (YAML).
+        /// The batch manifest (YAML); with --retry-failed, the batch id will do.
         manifest: PathBuf,
         /// Start the embedded sandbox and run the batch against it (a rehearsal).
         #[arg(long)]
@@ -117,6 +117,12 @@ enum Command {
         /// --time-scale; it shortens the documented waits such as Paysend's 3 minutes).
         #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
         time_scale: f64,
+        /// Send again the failed items whose error the provider's table calls safe to resend
+        /// (Paysend: 1000, 3004, 3009, 4000, 4002, 4010, and requests payrun gave up retrying),
+        /// each as a new attempt with a new idempotency key; the earlier key and code stay in
+        /// the report.
+        #[arg(long)]
+        retry_failed: bool,
     },
     /// Continue a stopped batch where it stopped (in-doubt items are settled first).
     Resume {
@@ -293,14 +299,18 @@ fn main() -> ExitCode {
             plan,
             state_dir,
             time_scale,
+            retry_failed,
         } => payrun::execute::command::run(
             &registry,
             &manifest,
-            sandbox,
-            yes,
-            plan.as_deref(),
-            &state_dir,
-            time_scale,
+            &payrun::execute::command::RunOptions {
+                sandbox,
+                yes,
+                plan: plan.as_deref(),
+                state_dir: &state_dir,
+                time_scale,
+                retry_failed,
+            },
         ),
         Command::Resume {
             batch,

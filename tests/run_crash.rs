@@ -244,7 +244,7 @@ fn an_item_changed_after_the_batch_started_is_refused_on_resume() {
 }
 
 #[test]
-fn status_works_during_a_run_from_another_process_and_the_report_after_it() {
+fn status_and_report_work_during_a_run_from_another_process_and_after_it() {
     let sb = start_sandbox(&[]);
     let dir = batch_for(&sb);
     let run = payrun(dir.path(), &sb, &RUN).spawn().unwrap();
@@ -273,13 +273,18 @@ fn status_works_during_a_run_from_another_process_and_the_report_after_it() {
         &sb,
         &["report", "acme-payroll-2026-11", "--state-dir", "state"],
     )
+    .stdout(Stdio::piped())
     .output()
     .unwrap();
     assert_eq!(
         report_during.status.code(),
-        Some(2),
-        "the per-item report waits for the run to stop"
+        Some(0),
+        "the running process answers for its records"
     );
+    let rows = String::from_utf8_lossy(&report_during.stdout)
+        .lines()
+        .count();
+    assert_eq!(rows, 51, "a header and one row per item, during the run");
     assert_eq!(wait_exit(run, Duration::from_secs(60)), 0);
     let after = payrun(
         dir.path(),

@@ -335,7 +335,25 @@ pub fn compile(
         } else {
             provider.limits.tasks_per_request
         },
+        endpoints: m.limits.endpoints.clone(),
     };
+    for (name, _, _) in &m.limits.endpoints {
+        if !provider.endpoints.contains(name) {
+            c.error(
+                &[key("limits"), key("endpoints"), key(name)],
+                "manifest.limits",
+                format!(
+                    "{} has no endpoint `{name}` payrun can limit",
+                    provider.title
+                ),
+                if provider.endpoints.is_empty() {
+                    "remove limits.endpoints: this provider has one limit".to_string()
+                } else {
+                    format!("use one of: {}", provider.endpoints.join(", "))
+                },
+            );
+        }
+    }
     if !provider.packing && m.limits.tasks_per_request > 1 {
         c.error(
             &[key("limits"), key("tasks_per_request")],

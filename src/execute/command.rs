@@ -10,13 +10,19 @@ use crate::compile::Flow;
 use crate::pipeline;
 use crate::schema::Registry;
 use crate::validate::{ItemRow, Visitor};
+use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-struct Collect<'f>(&'f Flow);
+/// Collects the valid items with what the adapter sends for them. `attempts`: items sent again
+/// by `--retry-failed`, with their new attempt number (their key changes with it).
+struct Collect<'f> {
+    flow: &'f Flow,
+    attempts: &'f HashMap<String, u32>,
+}
 
 impl Visitor for Collect<'_> {
     type Chunk = Vec<PlannedItem>;
@@ -24,16 +30,37 @@ impl Visitor for Collect<'_> {
         if !item.valid {
             return;
         }
-        let key = crate::keys::item_key(&self.0.manifest.batch, item.id);
+        let mut key = crate::keys::item_key(&self.flow.manifest.batch, item.id);
+        if let Some(&n) = self.attempts.get(item.id) {
+            key = crate::keys::attempt_key(&key, n);
+        }
         chunk.push(PlannedItem {
             id: item.id.to_string(),
-            digest: crate::plan::content_digest(self.0, item.values),
+            digest: crate::plan::content_digest(self.flow, item.values),
             line: item.line,
-            trees: crate::providers::paysend::item_tree(self.0, item, &key),
-            money: crate::plan::item_money(self.0, item, &key),
+            payload: crate::providers::render(self.flow, item, &key),
+            money: crate::plan::item_money(self.flow, item, &key),
             key,
         });
     }
+}
+
+/// The failed items `--retry-failed` sends again: those whose code the provider's table calls
+/// safe to resend (schemas/<provider>/provider.yaml `resend_safe`), and those payrun gave up on
+/// before the provider took them. Returns (item id → next attempt, codes seen).
+fn retry_selection(flow: &Flow, records: &[super::store::Record]) -> HashMap<String, u32> {
+    records
+        .iter()
+        .filter_map(|r| match &r.state {
+            super::machine::State::Failed { code, .. }
+                if code.starts_with("retries-exhausted:")
+                    || flow.provider.resend_safe.iter().any(|c| c == code) =>
+            {
+                Some((r.id.clone(), r.attempt + 1))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Paysend's timings as its document gives them (L633, L659-667), and this runner's polling;
@@ -48,15 +75,40 @@ fn timings(scale: f64) -> Timings {
     }
 }
 
-pub fn run(
-    registry: &Registry,
-    manifest: &Path,
-    sandbox: bool,
-    yes: bool,
-    plan: Option<&Path>,
-    state_dir: &Path,
-    time_scale: f64,
-) -> u8 {
+/// How `run` was asked to run.
+pub struct RunOptions<'a> {
+    pub sandbox: bool,
+    pub yes: bool,
+    pub plan: Option<&'a Path>,
+    pub state_dir: &'a Path,
+    pub time_scale: f64,
+    /// Send again, with a new key, the failed items the provider calls safe to resend.
+    pub retry_failed: bool,
+}
+
+/// The manifest a started batch was run from.
+fn stored_manifest(batch: &str, state_dir: &Path) -> Result<std::path::PathBuf, (String, u8)> {
+    let store = Store::open_existing(state_dir, batch).map_err(|e| (e.0, 2))?;
+    match store.meta("manifest") {
+        Ok(Some(m)) => Ok(std::path::PathBuf::from(m)),
+        _ => Err((format!("no batch `{batch}` in {}", state_dir.display()), 2)),
+    }
+}
+
+/// `payrun run <manifest>`; with `--retry-failed`, `<manifest>` may be the batch id.
+pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
+    let manifest = if o.retry_failed && !target.is_file() {
+        match stored_manifest(&target.to_string_lossy(), o.state_dir) {
+            Ok(m) => m,
+            Err((m, code)) => {
+                eprintln!("error[run.retry-failed]: {m}");
+                return code;
+            }
+        }
+    } else {
+        target.to_path_buf()
+    };
+    let manifest = manifest.as_path();
     let prepared = match pipeline::prepare(manifest, registry) {
         Ok(p) => p,
         Err(f) => {
@@ -69,11 +121,48 @@ pub fn run(
     let flow = prepared.flow;
     if flow.provider.name != "paysend" {
         eprintln!(
-            "error[run.provider]: `payrun run` drives Paysend so far; {} comes with its adapter",
+            "error[run.provider]: `payrun run` has no adapter for {} yet (validate and plan work); nothing was sent",
             flow.provider.name
         );
         return 2;
     }
+    // `--retry-failed`: which items go again, decided from the store before their keys are made.
+    let attempts = if o.retry_failed {
+        let records =
+            match Store::open_existing(o.state_dir, &flow.manifest.batch).and_then(|s| s.items()) {
+                Ok(r) => r.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
+                Err(e) => {
+                    eprintln!("error[run.retry-failed]: {e}");
+                    return 2;
+                }
+            };
+        let pick = retry_selection(&flow, &records);
+        let unsafe_codes: std::collections::BTreeSet<&str> = records
+            .iter()
+            .filter(|r| !pick.contains_key(&r.id))
+            .filter_map(|r| match &r.state {
+                super::machine::State::Failed { code, .. } => Some(code.as_str()),
+                _ => None,
+            })
+            .collect();
+        if !unsafe_codes.is_empty() {
+            eprintln!(
+                "not sent again (the provider's table does not call these safe to resend): {}",
+                unsafe_codes.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
+        if pick.is_empty() {
+            eprintln!(
+                "no failed item of batch {} is safe to resend; nothing was sent",
+                flow.manifest.batch
+            );
+            return 0;
+        }
+        eprintln!("retrying {} failed item(s) with new keys", pick.len());
+        pick
+    } else {
+        HashMap::new()
+    };
     // Paysend runs a whole tree itself and has no delays; a delayed subtree would have to be
     // sent by payrun later, which this runner does not do yet. Refuse rather than run something
     // other than what `plan` shows.
@@ -93,7 +182,10 @@ pub fn run(
         &flow,
         &mut source,
         20,
-        &Collect(&flow),
+        &Collect {
+            flow: &flow,
+            attempts: &attempts,
+        },
         |c: Vec<PlannedItem>| items.extend(c),
     ) {
         Ok(r) => r,
@@ -112,7 +204,7 @@ pub fn run(
         );
         return 1;
     }
-    if let Some(plan) = plan
+    if let Some(plan) = o.plan
         && let Some(code) = check_plan(&flow, plan)
     {
         return code;
@@ -134,7 +226,7 @@ pub fn run(
         items.len(),
         totals.join(", ")
     );
-    if !yes {
+    if !o.yes {
         if !std::io::stdin().is_terminal() {
             eprintln!(
                 "error[run.confirm]: no terminal to confirm on; pass --yes to run without asking"
@@ -144,7 +236,7 @@ pub fn run(
         eprint!(
             "pay these {} items{}? [y/N] ",
             items.len(),
-            if sandbox { " in the sandbox" } else { "" }
+            if o.sandbox { " in the sandbox" } else { "" }
         );
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
@@ -154,7 +246,7 @@ pub fn run(
             return 0;
         }
     }
-    execute(&flow, &items, sandbox, state_dir, manifest, time_scale)
+    execute(&flow, &items, manifest, &attempts, o)
 }
 
 /// Compares a saved plan's fingerprint with the inputs as they are now.
@@ -200,38 +292,35 @@ pub fn resume(
     state_dir: &Path,
     time_scale: f64,
 ) -> u8 {
-    let manifest = {
-        let store = match Store::open(state_dir, batch) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error[resume.store]: {e}");
-                return 2;
-            }
-        };
-        match store.meta("manifest") {
-            Ok(Some(m)) => std::path::PathBuf::from(m),
-            _ => {
-                eprintln!(
-                    "error[resume.unknown]: no batch `{batch}` in {}",
-                    state_dir.display()
-                );
-                return 2;
-            }
+    let manifest = match stored_manifest(batch, state_dir) {
+        Ok(m) => m,
+        Err((m, code)) => {
+            eprintln!("error[resume]: {m}");
+            return code;
         }
     };
     run(
-        registry, &manifest, sandbox, true, None, state_dir, time_scale,
+        registry,
+        &manifest,
+        &RunOptions {
+            sandbox,
+            yes: true,
+            plan: None,
+            state_dir,
+            time_scale,
+            retry_failed: false,
+        },
     )
 }
 
 fn execute(
     flow: &Flow,
     items: &[PlannedItem],
-    sandbox: bool,
-    state_dir: &Path,
     manifest: &Path,
-    time_scale: f64,
+    attempts: &HashMap<String, u32>,
+    o: &RunOptions,
 ) -> u8 {
+    let (sandbox, state_dir, time_scale) = (o.sandbox, o.state_dir, o.time_scale);
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let _lock = match super::lock::Lock::take(state_dir, &flow.manifest.batch, &started) {
         Ok(l) => l,
@@ -251,8 +340,51 @@ fn execute(
             return 2;
         }
     };
+    let mut stored = match store.items() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error[run.store]: {e}");
+            return 2;
+        }
+    };
+    // `--retry-failed`: each chosen item starts a new attempt with a new key; the old key and
+    // how it ended are kept. Committed before anything is sent.
+    if !attempts.is_empty() {
+        let now = runner::now_ms();
+        let mut rows = Vec::new();
+        for (i, r) in stored.iter_mut() {
+            let Some(&n) = attempts.get(&r.id) else {
+                continue;
+            };
+            let super::machine::State::Failed { code, at, .. } = &r.state else {
+                eprintln!(
+                    "error[run.retry-failed]: item {} is no longer failed (another run changed the batch); nothing was sent",
+                    r.id
+                );
+                return 2;
+            };
+            let Some(it) = items.get(*i as usize) else {
+                continue;
+            };
+            r.earlier.push(super::store::Earlier {
+                key: r.key.clone(),
+                code: code.clone(),
+                at: *at,
+            });
+            r.attempt = n;
+            r.key = it.key.clone();
+            r.state = super::machine::State::Planned;
+            r.first_sent = None;
+            r.updated = now;
+            rows.push((*i, r.clone()));
+        }
+        let refs: Vec<(u64, &super::store::Record)> = rows.iter().map(|(i, r)| (*i, r)).collect();
+        if let Err(e) = store.commit(&refs) {
+            eprintln!("error[run.store]: {e}");
+            return 2;
+        }
+    }
     // An item whose content changed since it was started is never sent as it is now.
-    let stored = store.items().unwrap_or_default();
     let changed: Vec<String> = stored
         .iter()
         .filter(|(i, r)| {
@@ -300,23 +432,39 @@ fn execute(
     let stop = Arc::new(AtomicBool::new(false));
     runtime.block_on(async {
         let mut sandbox_handle = None;
-        let webhooks = flow.manifest.notifications.mode == crate::manifest::raw::NotificationMode::Webhook;
-        // In a rehearsal the sandbox calls payrun's listener on a free loopback port.
-        let local = if sandbox && webhooks { std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).ok() } else { None };
-        let mut listener = None;
-        let mut endpoint = if sandbox {
-            let mut cfg = crate::sandbox::SandboxConfig { time_scale: time_scale.max(1.0), ..crate::sandbox::SandboxConfig::default() };
-            if let Some(addr) = local {
-                cfg.paysend.webhook_url = Some(format!("http://{addr}/paysend/webhook"));
-                listener = Some(runner::Listener { listen: addr, callback_url: format!("http://{addr}/paysend/callback"), outbound_key: cfg.paysend.outbound_key.clone() });
+        let webhooks =
+            flow.manifest.notifications.mode == crate::manifest::raw::NotificationMode::Webhook;
+        let mut listen = None;
+        let mut callback = None;
+        let (base_url, credentials) = if sandbox {
+            // In a rehearsal the sandbox calls payrun's listener on a free loopback port.
+            let mut cfg = crate::sandbox::SandboxConfig {
+                time_scale: time_scale.max(1.0),
+                ..crate::sandbox::SandboxConfig::default()
+            };
+            if webhooks
+                && let Ok(addr) =
+                    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr())
+            {
+                cfg.paysend.webhook_url =
+                    Some(format!("http://{addr}{}", crate::providers::paysend::WEBHOOK_PATH));
+                callback = Some(format!("http://{addr}{}", crate::providers::paysend::CALLBACK_PATH));
+                listen = Some(addr);
             }
-            let (partner_id, inbound_key) = (cfg.paysend.partner_id.clone(), cfg.paysend.inbound_key.clone());
+            let credentials: crate::providers::Credentials = [
+                ("partner_id", cfg.paysend.partner_id.clone()),
+                ("inbound_key", cfg.paysend.inbound_key.clone()),
+                ("outbound_key", cfg.paysend.outbound_key.clone()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
             match crate::sandbox::Sandbox::start(cfg, "127.0.0.1:0".parse().expect("loopback address")).await {
                 Ok(sb) => {
-                    let e = Endpoint { base_url: sb.base_url("paysend"), partner_id, inbound_key, spent: 0 };
-                    eprintln!("sandbox: {}", e.base_url);
+                    let base = sb.base_url(&flow.provider.name);
+                    eprintln!("sandbox: {base}");
                     sandbox_handle = Some(sb);
-                    e
+                    (base, credentials)
                 }
                 Err(e) => {
                     eprintln!("error[run.sandbox]: cannot start the sandbox: {e}");
@@ -328,28 +476,59 @@ fn execute(
                 eprintln!("error[run.endpoint]: no base URL for environment {:?}", flow.manifest.environment);
                 return 2;
             };
-            let var = |name: &str| flow.manifest.credentials.iter().find(|(n, _)| n == name).and_then(|(_, v)| std::env::var(v).ok().map(|x| (v.clone(), x)));
-            let (Some((_, partner_id)), Some((_, inbound_key))) = (var("partner_id"), var("inbound_key")) else {
-                let names: Vec<String> = flow.manifest.credentials.iter().map(|(_, v)| format!("${v}")).collect();
-                eprintln!("error[run.credentials]: set the environment variables the manifest names: {}", names.join(", "));
+            // Credentials come from the environment variables the manifest names, never from
+            // the manifest itself.
+            let mut credentials = crate::providers::Credentials::new();
+            let mut missing = Vec::new();
+            for (name, var) in &flow.manifest.credentials {
+                match std::env::var(var) {
+                    Ok(v) if !v.is_empty() => {
+                        credentials.insert(name.clone(), v);
+                    }
+                    _ => missing.push(format!("${var} ({name})")),
+                }
+            }
+            let needed = |name: &str| name != "outbound_key" || webhooks;
+            let missing: Vec<String> = missing
+                .into_iter()
+                .filter(|m| needed(m.rsplit_once('(').map_or("", |(_, n)| n.trim_end_matches(')'))))
+                .collect();
+            if !missing.is_empty() {
+                eprintln!(
+                    "error[run.credentials]: set the environment variables the manifest names: {}; nothing was sent",
+                    missing.join(", ")
+                );
                 return 2;
-            };
+            }
             if webhooks {
                 let n = &flow.manifest.notifications;
-                let (Some(listen), Some(public)) = (n.listen.as_ref().and_then(|l| l.parse().ok()), n.public_url.as_ref()) else {
+                let (Some(addr), Some(public)) = (n.listen.as_ref().and_then(|l| l.parse().ok()), n.public_url.as_ref()) else {
                     eprintln!("error[run.notifications]: webhook notifications need `listen` and `public_url`");
                     return 2;
                 };
-                let Some((_, outbound_key)) = var("outbound_key") else {
+                if !credentials.contains_key("outbound_key") {
                     eprintln!("error[run.credentials]: webhooks are verified with the outbound key: set the variable named by credentials.outbound_key");
                     return 2;
-                };
+                }
                 let public = public.trim_end_matches('/');
-                eprintln!("notifications: callbacks to {public}/paysend/callback; set {public}/paysend/webhook as the expanded webhook URL with Paysend");
-                listener = Some(runner::Listener { listen, callback_url: format!("{public}/paysend/callback"), outbound_key });
+                eprintln!(
+                    "notifications: callbacks to {public}{}; set {public}{} as the expanded webhook URL with Paysend",
+                    crate::providers::paysend::CALLBACK_PATH,
+                    crate::providers::paysend::WEBHOOK_PATH
+                );
+                callback = Some(format!("{public}{}", crate::providers::paysend::CALLBACK_PATH));
+                listen = Some(addr);
             }
-            Endpoint { base_url, partner_id, inbound_key, spent: 0 }
+            (base_url, credentials)
         };
+        let adapter = match crate::providers::adapter(flow, &credentials, callback) {
+            Ok(a) => a,
+            Err(m) => {
+                eprintln!("error[run.adapter]: {m}; nothing was sent");
+                return 2;
+            }
+        };
+        let mut endpoint = Endpoint { base_url, adapter, spent: 0 };
         // Preflight (e.g. getBalance): before any payout of this run; a balance below what is
         // still to be paid in a currency stops the run with nothing sent.
         match preflight(flow, &endpoint, &store, items).await {
@@ -361,13 +540,23 @@ fn execute(
         }
         let flag = Arc::clone(&stop);
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\nstopping: no new requests; waiting for the ones in flight");
-                flag.store(true, Ordering::Relaxed);
+            let term = async {
+                #[cfg(unix)]
+                if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    s.recv().await;
+                    return;
+                }
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => if r.is_err() { return },
+                _ = term => {}
             }
+            eprintln!("\nstopping: no new requests; waiting for the ones in flight");
+            flag.store(true, Ordering::Relaxed);
         });
         let started = std::time::Instant::now();
-        let summary = match runner::run(flow, items, &mut store, &endpoint, &timings(time_scale), Arc::clone(&stop), listener).await {
+        let summary = match runner::run(flow, items, &mut store, &endpoint, &timings(time_scale), Arc::clone(&stop), listen).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error[run.store]: {e}");
@@ -391,15 +580,20 @@ fn execute(
             started.elapsed().as_secs_f64()
         );
         if stop.load(Ordering::Relaxed) {
-            eprintln!("stopped; continue with: payrun resume {}{}", flow.manifest.batch, if sandbox { " --sandbox" } else { "" });
+            eprintln!(
+                "stopped; continue with: payrun resume {}{} --state-dir {}",
+                flow.manifest.batch,
+                if sandbox { " --sandbox" } else { "" },
+                state_dir.display()
+            );
             return 130;
         }
         if summary.failed + summary.needs_review + summary.unfinished > 0 { 4 } else { 0 }
     })
 }
 
-/// Reads a batch's status: from its store when no runner holds it, else from the runner's
-/// snapshot.
+/// Reads a batch's status: from its store when no runner holds it; else from the runner itself
+/// (its control socket), or failing that from the snapshot it keeps.
 fn status_view(
     batch: &str,
     state_dir: &Path,
@@ -415,6 +609,11 @@ fn status_view(
             Ok((super::status::view(batch, &records, None), Some(records)))
         }
         Err(e) if e.0.contains("another payrun process") => {
+            let store_path = state_dir.join(format!("{batch}.redb"));
+            if let Some(records) = runner::records_from_runner(&store_path) {
+                let holder = super::lock::holder(state_dir, batch);
+                return Ok((super::status::view(batch, &records, holder), Some(records)));
+            }
             let snap = state_dir.join(format!("{batch}.status.json"));
             let bytes = std::fs::read(&snap)
                 .map_err(|_| format!("{e}, and it has written no status yet"))?;
@@ -454,7 +653,7 @@ pub fn report(batch: &str, state_dir: &Path, output: Option<&Path>) -> u8 {
                 .map(|h| format!("pid {} on {}", h.pid, h.host))
                 .unwrap_or_default();
             eprintln!(
-                "error[report.running]: the batch is running ({who}); `payrun status {batch}` shows its progress, the per-item report is available once it stops"
+                "error[report.running]: the batch is running ({who}) and did not answer for its records; `payrun status {batch}` shows its progress"
             );
             return 2;
         }
@@ -501,93 +700,54 @@ pub fn unlock(batch: &str, state_dir: &Path, force: bool) -> u8 {
 }
 
 /// Runs the manifest's preflight tasks once and checks balances against what is still to pay;
-/// returns how many requests it sent.
+/// returns how many requests it sent. Preflight tasks only read (balances, rates): a lost or
+/// refused answer is simply asked again, following the manifest's backoff.
 async fn preflight(
     flow: &Flow,
     endpoint: &Endpoint,
     store: &Store,
     items: &[PlannedItem],
 ) -> Result<u32, String> {
+    use crate::providers::Preflight;
     use rust_decimal::Decimal;
     use std::str::FromStr;
-    let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false);
-    let Some(sub) = crate::providers::paysend::preflight(
-        flow,
-        &endpoint.partner_id,
-        &endpoint.inbound_key,
-        &date,
-    ) else {
+    let Some(first) = endpoint
+        .adapter
+        .preflight(&runner::rfc3339(runner::now_ms()))
+    else {
         return Ok(0);
     };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| e.to_string())?;
-    // Preflight tasks only read (balances, rates): a lost or refused answer is simply asked again,
-    // with the same request id, following the manifest's backoff.
     let policy = &flow.manifest.retry.default;
-    let mut attempt = 1;
-    let mut requests = 0u32;
-    let (status, mut v) = loop {
+    let (mut attempt, mut requests, mut polls) = (1, 0u32, 0);
+    let mut req = first.clone();
+    let balances = loop {
         requests += 1;
-        let sent = http
-            .post(format!("{}/processing", endpoint.base_url))
-            .header("content-type", "application/json")
-            .header("X-OPP-Signature", &sub.signature)
-            .body(sub.body.clone())
-            .send()
-            .await;
-        let failure = match sent {
-            Ok(a)
-                if a.status().is_success()
-                    || a.status().as_u16() == 400
-                    || a.status().as_u16() == 401 =>
-            {
-                let status = a.status().as_u16();
-                match a.json::<serde_json::Value>().await {
-                    Ok(v) => break (status, v),
-                    Err(e) => format!("the preflight answer is not JSON ({status}): {e}"),
+        let answer = runner::exchange_once(&http, &endpoint.base_url, req.clone()).await;
+        match endpoint.adapter.classify_preflight(&answer) {
+            Preflight::Done { balances } => break balances,
+            Preflight::Failed(m) => return Err(format!("{m}; nothing was sent")),
+            Preflight::Again(next) => {
+                polls += 1;
+                if polls > 60 {
+                    return Err("the preflight did not finish; nothing was sent".into());
                 }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                req = next;
             }
-            Ok(a) => format!("the preflight request was answered {}", a.status()),
-            Err(e) => format!("the preflight request failed: {e}"),
-        };
-        match super::backoff::delay(policy, attempt, None) {
-            Some(d) => tokio::time::sleep(d).await,
-            None => return Err(failure),
+            Preflight::Retry(m) => {
+                match super::backoff::delay(policy, attempt, None) {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => return Err(format!("{m}; nothing was sent")),
+                }
+                attempt += 1;
+                req = first.clone();
+            }
         }
-        attempt += 1;
     };
-    // Not finished within the sync wait: ask again by globalId (bounded).
-    for _ in 0..30 {
-        if v.pointer("/result/status")
-            .and_then(serde_json::Value::as_str)
-            == Some("Finished")
-        {
-            break;
-        }
-        let Some(global) = v
-            .pointer("/header/response/globalId")
-            .and_then(serde_json::Value::as_str)
-            .map(String::from)
-        else {
-            return Err(format!("the preflight request was refused ({status}): {v}"));
-        };
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        requests += 1;
-        v = http
-            .get(format!("{}/processing/status/{global}", endpoint.base_url))
-            .header(
-                "X-OPP-Signature",
-                crate::providers::paysend::sign(global.as_bytes(), &endpoint.inbound_key),
-            )
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-    }
     // What is still to pay, per currency: items not started yet.
     let mut owed: std::collections::BTreeMap<String, Decimal> = std::collections::BTreeMap::new();
     let started: std::collections::HashSet<String> = store
@@ -602,34 +762,13 @@ async fn preflight(
             *owed.entry(c.clone()).or_default() += Decimal::from_str(a).unwrap_or_default();
         }
     }
-    for (ty, result) in crate::providers::paysend::preflight_results(&v) {
-        if result.get("status").and_then(serde_json::Value::as_str) != Some("Success") {
-            return Err(format!(
-                "preflight {ty} failed: {} {}",
-                result.get("code").unwrap_or(&serde_json::Value::Null),
-                result
-                    .get("comment")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or("")
-            ));
-        }
-        if ty == "getBalance"
-            && let Some(balances) = result
-                .pointer("/data/balances")
-                .and_then(serde_json::Value::as_object)
+    for (currency, need) in &owed {
+        if let Some(have) = balances.get(currency)
+            && have < need
         {
-            for (currency, need) in &owed {
-                let have = balances
-                    .get(currency)
-                    .map(|b| Decimal::from_str(&b.to_string()).unwrap_or_default());
-                if let Some(have) = have
-                    && have < *need
-                {
-                    return Err(format!(
-                        "the {currency} balance is {have}, below the {need} this batch still has to pay; nothing was sent (hint: top up, or split the batch)"
-                    ));
-                }
-            }
+            return Err(format!(
+                "the {currency} balance is {have}, below the {need} this batch still has to pay; nothing was sent (hint: top up, or split the batch)"
+            ));
         }
     }
     Ok(requests)

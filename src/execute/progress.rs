@@ -1,48 +1,77 @@
-//! Progress on stderr while a batch runs: a bar on a terminal (done / in flight / awaiting an
-//! outcome / failed / under review), and otherwise one plain line per item that reaches an end
-//! or needs review — what a log collector wants.
+//! Progress on stderr while a batch runs. On a terminal: a bar with done / in flight / awaiting
+//! an outcome / failed / under review, the amounts paid per currency and the rate. Otherwise one
+//! plain line per item that reaches an end or needs review — what a log collector wants — and a
+//! closing line with the amounts.
 
 use super::machine::State;
 use super::store::Record;
-use std::collections::HashSet;
+use rust_decimal::Decimal;
+use std::collections::{BTreeMap, HashSet};
 use std::io::IsTerminal;
+use std::str::FromStr;
 
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
     reported: HashSet<usize>,
+    /// Amounts paid per currency, this run and before.
+    paid: BTreeMap<String, Decimal>,
+    started: std::time::Instant,
+    /// Items settled by this run (for the rate).
+    settled_now: u64,
 }
 
 impl Progress {
-    pub fn new(items: usize) -> Progress {
+    /// Counts items settled before this run without announcing them again.
+    pub fn new(recs: &[Record]) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new(items as u64);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} done · {msg} · {per_sec}",
-            ) {
+            let b = indicatif::ProgressBar::new(recs.len() as u64);
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} done · {msg}")
+            {
                 b.set_style(style);
             }
             b
         });
-        Progress {
+        let mut p = Progress {
             bar,
             reported: HashSet::new(),
+            paid: BTreeMap::new(),
+            started: std::time::Instant::now(),
+            settled_now: 0,
+        };
+        for (i, r) in recs.iter().enumerate() {
+            if r.state.is_final() || matches!(r.state, State::NeedsReview { .. }) {
+                p.reported.insert(i);
+                if r.state.is_final()
+                    && let Some(b) = &p.bar
+                {
+                    b.inc(1);
+                }
+                p.count_paid(r);
+            }
         }
+        p
     }
 
-    /// Counts items settled before this run without announcing them again.
-    pub fn already(&mut self, recs: &[Record], settled: &[usize]) {
-        for &i in settled {
-            if self.reported.insert(i)
-                && let Some(b) = &self.bar
-                && recs[i].state.is_final()
-            {
-                b.inc(1);
+    fn count_paid(&mut self, r: &Record) {
+        if matches!(r.state, State::Succeeded { .. }) {
+            for (amount, currency) in &r.money {
+                *self.paid.entry(currency.clone()).or_default() +=
+                    Decimal::from_str(amount).unwrap_or_default();
             }
         }
     }
 
+    fn amounts(&self) -> String {
+        if self.paid.is_empty() {
+            return "nothing paid yet".to_string();
+        }
+        let parts: Vec<String> = self.paid.iter().map(|(c, a)| format!("{c} {a}")).collect();
+        format!("{} paid", parts.join(", "))
+    }
+
     /// Reports the items among `changed` that just reached an end or review, and refreshes the
-    /// bar. `in_flight` is how many requests are out.
+    /// bar. `in_flight` is how many items have a request out.
     pub fn update(&mut self, recs: &[Record], changed: &[usize], in_flight: usize) {
         for &i in changed {
             let r = &recs[i];
@@ -65,10 +94,12 @@ impl Progress {
             if let Some(line) = line
                 && self.reported.insert(i)
             {
+                self.settled_now += 1;
+                self.count_paid(r);
                 match &self.bar {
                     // Final states count as done; review is shown in the message.
                     Some(b) => {
-                        if !matches!(r.state, State::NeedsReview { .. }) {
+                        if r.state.is_final() {
                             b.inc(1);
                         }
                     }
@@ -76,18 +107,31 @@ impl Progress {
                 }
             }
         }
-        if let Some(b) = &self.bar {
+        if let Some(b) = &self.bar
+            && !changed.is_empty()
+        {
             let count = |f: fn(&State) -> bool| recs.iter().filter(|r| f(&r.state)).count();
             let awaiting = count(|s| matches!(s, State::Submitted { .. } | State::InDoubt { .. }));
             let failed = count(|s| matches!(s, State::Failed { .. }));
             let review = count(|s| matches!(s, State::NeedsReview { .. }));
-            b.set_message(format!("{in_flight} in flight · {awaiting} awaiting outcome · {failed} failed · {review} review"));
+            b.set_message(format!(
+                "{in_flight} in flight · {awaiting} awaiting outcome · {failed} failed · {review} review · {} · {}",
+                self.amounts(),
+                self.rate()
+            ));
         }
     }
 
-    pub fn finish(&self) {
+    fn rate(&self) -> String {
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        format!("{:.1} items/s", self.settled_now as f64 / secs)
+    }
+
+    pub fn finish(&self, recs: &[Record]) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+        let _ = recs;
+        eprintln!("{} ({} this run)", self.amounts(), self.rate());
     }
 }

@@ -1,39 +1,37 @@
-//! The runner: the I/O around the pure state machine. One loop owns every item's state; it
-//! ticks the items that are due, commits their new states in one transaction, and only then
-//! performs the effects (packed submissions, lookups) on spawned tasks bounded by the rate
-//! limiter and the concurrency cap. Answers come back as events, are applied, and committed
-//! together (group commit).
-//!
-//! This first runner drives Paysend by polling (GET /processing/status, then task.statusGet);
-//! webhooks, preflight tasks and delayed subtrees come next (issue 4).
+//! The runner: the I/O around the pure state machine, for any provider behind the `Adapter`
+//! trait. One loop owns every item's state. Items wait in a ready queue (not started) or a timer
+//! queue (due at a time); the loop ticks what is due, admits new items only as fast as requests
+//! can leave (so a crash finds few items "sending"), commits the new states in one transaction,
+//! and only then performs the effects — packed submissions and lookups — on spawned tasks bounded
+//! by the rate limiters and the concurrency cap. Answers and notifications come back as events,
+//! are applied, and committed together (group commit).
 
 use super::machine::{self, Effect, Event, Millis, State, Timings, Verdict};
 use super::store::{Record, Store, StoreError};
 use crate::compile::Flow;
-use crate::providers::paysend::{self, Answer};
+use crate::providers::{Adapter, Answer, Method, Notice, Outgoing, Request};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// One item as planned: identity, content digest and its task trees (with real values; kept in
-/// memory only, never stored).
+/// One item as planned: identity, content digest and what the adapter rendered for it (real
+/// values; kept in memory only, never stored).
 pub struct PlannedItem {
     pub id: String,
     pub key: String,
     pub digest: String,
     pub line: u64,
-    pub trees: Vec<Value>,
+    pub payload: Vec<Value>,
     pub money: Vec<(String, String)>,
 }
 
-/// Where and as whom to send.
+/// Where and through which adapter to send.
 #[derive(Clone)]
 pub struct Endpoint {
     pub base_url: String,
-    pub partner_id: String,
-    pub inbound_key: String,
+    pub adapter: Arc<dyn Adapter>,
     /// Requests already sent against the provider's rate just before the run (preflight): the
     /// run's limiter starts with that many fewer in its burst.
     pub spent: u32,
@@ -57,87 +55,276 @@ pub fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
-fn rfc3339(ms: Millis) -> String {
+pub fn rfc3339(ms: Millis) -> String {
     chrono::DateTime::from_timestamp_millis(ms as i64)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
 }
 
-/// What a spawned request reports back.
+/// What comes back to the loop.
 enum Outcome {
     Sent(Vec<(usize, Verdict)>),
     Observed(Vec<(usize, Verdict)>),
-    /// A verified expanded webhook: the item's key and what it says.
-    Webhook(String, Verdict),
-    /// A basic callback: the request with this globalId finished; ask about its items now.
-    Finished(String),
+    /// A verified notification.
+    Notice(Notice),
+    /// `payrun report` (another process) asks for the records as they are now.
+    Records(tokio::sync::oneshot::Sender<Vec<Record>>),
 }
 
-/// Where Paysend's notifications are received (the manifest's `notifications`).
-#[derive(Clone)]
-pub struct Listener {
-    pub listen: std::net::SocketAddr,
-    /// The URL Paysend calls for basic callbacks (`header.service.result`).
-    pub callback_url: String,
-    /// Verifies expanded webhooks (MD5 of raw body + key).
-    pub outbound_key: String,
-}
-
-/// Serves `POST /paysend/webhook` (expanded webhooks, verified in constant time; forged ones
-/// are refused and logged) and `GET|POST /paysend/callback` (basic callbacks with globalId).
+/// Serves the adapter's notification paths on `addr`. Forged notifications are answered with
+/// the adapter's refusal and logged; they never reach the loop.
 async fn listen(
-    l: Listener,
+    addr: std::net::SocketAddr,
+    adapter: Arc<dyn Adapter>,
     tx: tokio::sync::mpsc::UnboundedSender<Outcome>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    use axum::routing::post;
-    let socket = tokio::net::TcpListener::bind(l.listen).await?;
-    let key = l.outbound_key.clone();
-    let tx_hook = tx.clone();
-    let webhook = move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-        let (key, tx) = (key.clone(), tx_hook.clone());
-        async move {
-            let sig = headers
-                .get("x-opp-signature")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if !paysend::webhook_is_authentic(&body, sig, &key) {
-                tracing::warn!("refused a webhook with a wrong signature");
-                return axum::http::StatusCode::UNAUTHORIZED;
-            }
-            if let Some((invoice, verdict)) = paysend::webhook_verdict(&body) {
-                let _ = tx.send(Outcome::Webhook(invoice, verdict));
-            }
-            axum::http::StatusCode::OK
-        }
-    };
-    let tx_get = tx.clone();
-    let callback_get = move |q: axum::extract::Query<std::collections::HashMap<String, String>>| {
-        let tx = tx_get.clone();
-        async move {
-            if let Some(g) = q.get("globalId") {
-                let _ = tx.send(Outcome::Finished(g.clone()));
-            }
-            axum::http::StatusCode::OK
-        }
-    };
-    let callback_post = move |body: String| {
-        let tx = tx.clone();
-        async move {
-            if let Some(g) = body.trim().strip_prefix("globalId=") {
-                let _ = tx.send(Outcome::Finished(g.to_string()));
-            }
-            axum::http::StatusCode::OK
-        }
-    };
-    let app = axum::Router::new()
-        .route("/paysend/webhook", post(webhook))
-        .route(
-            "/paysend/callback",
-            axum::routing::get(callback_get).post(callback_post),
-        );
+    let socket = tokio::net::TcpListener::bind(addr).await?;
+    let mut app = axum::Router::new();
+    for &path in adapter.notification_paths() {
+        let (adapter, tx) = (Arc::clone(&adapter), tx.clone());
+        let handler =
+            move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let (adapter, tx) = (Arc::clone(&adapter), tx.clone());
+                async move {
+                    match adapter.notice(path, &headers, uri.query(), &body) {
+                        Notice::Refused(status, why) => {
+                            tracing::warn!(path, status, "refused {why}");
+                            axum::http::StatusCode::from_u16(status)
+                                .unwrap_or(axum::http::StatusCode::BAD_REQUEST)
+                        }
+                        Notice::Ignored => axum::http::StatusCode::OK,
+                        n => {
+                            let _ = tx.send(Outcome::Notice(n));
+                            axum::http::StatusCode::OK
+                        }
+                    }
+                }
+            };
+        app = app.route(path, axum::routing::any(handler));
+    }
     Ok(tokio::spawn(async move {
         let _ = axum::serve(socket, app).await;
     }))
+}
+
+/// Where a running batch answers `payrun report` from other processes.
+pub fn control_path(store: &std::path::Path) -> std::path::PathBuf {
+    store.with_extension("sock")
+}
+
+/// Serves the records, one JSON line each, to whoever connects to the control socket.
+#[cfg(unix)]
+fn serve_records(
+    path: std::path::PathBuf,
+    tx: tokio::sync::mpsc::UnboundedSender<Outcome>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use tokio::io::AsyncWriteExt;
+    let _ = std::fs::remove_file(&path);
+    let socket = tokio::net::UnixListener::bind(&path).ok()?;
+    Some(tokio::spawn(async move {
+        while let Ok((mut conn, _)) = socket.accept().await {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            if tx.send(Outcome::Records(reply)).is_err() {
+                break;
+            }
+            tokio::spawn(async move {
+                if let Ok(records) = answer.await {
+                    let mut out = Vec::with_capacity(records.len() * 256);
+                    for r in &records {
+                        if serde_json::to_writer(&mut out, r).is_ok() {
+                            out.push(b'\n');
+                        }
+                    }
+                    let _ = conn.write_all(&out).await;
+                    let _ = conn.shutdown().await;
+                }
+            });
+        }
+    }))
+}
+
+#[cfg(not(unix))]
+fn serve_records(
+    _path: std::path::PathBuf,
+    _tx: tokio::sync::mpsc::UnboundedSender<Outcome>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    None
+}
+
+/// Reads the records from a running batch's control socket (None when nobody answers).
+pub fn records_from_runner(store: &std::path::Path) -> Option<Vec<Record>> {
+    #[cfg(unix)]
+    {
+        use std::io::{BufRead, BufReader};
+        let conn = std::os::unix::net::UnixStream::connect(control_path(store)).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        let mut out = Vec::new();
+        for line in BufReader::new(conn).lines() {
+            out.push(serde_json::from_str(&line.ok()?).ok()?);
+        }
+        Some(out)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = store;
+        None
+    }
+}
+
+type Limiter = governor::DefaultDirectRateLimiter;
+
+/// A limiter 1% under `rate`: requests that leave evenly spaced can still arrive bunched, and a
+/// provider's limiter counts arrivals.
+fn limiter(rate: f64, burst: u32) -> Limiter {
+    let period = Duration::from_secs_f64(1.0 / (rate.max(0.001) * 0.99));
+    let burst = std::num::NonZeroU32::new(burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    let quota = governor::Quota::with_period(period)
+        .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN))
+        .allow_burst(burst);
+    governor::RateLimiter::direct(quota)
+}
+
+/// Everything a spawned exchange needs: the client, the limits, the way back.
+#[derive(Clone)]
+struct Wire {
+    http: reqwest::Client,
+    base_url: String,
+    limiter: Arc<Limiter>,
+    per_endpoint: Arc<HashMap<String, Limiter>>,
+    slots: Arc<tokio::sync::Semaphore>,
+    tx: tokio::sync::mpsc::UnboundedSender<Outcome>,
+}
+
+impl Wire {
+    /// Waits for a slot and the limiters, then sends.
+    /// `submission`: the request may pay (crash points apply).
+    async fn exchange(
+        &self,
+        req: Request,
+        submission: bool,
+    ) -> (tokio::sync::OwnedSemaphorePermit, Answer) {
+        let slot = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        if let Some(l) = self.per_endpoint.get(req.endpoint) {
+            l.until_ready().await;
+        }
+        self.limiter.until_ready().await;
+        if submission {
+            super::crash::point("before-send");
+        }
+        let answer = send(&self.http, &self.base_url, req).await;
+        if submission {
+            super::crash::point("after-send");
+        }
+        (slot, answer)
+    }
+}
+
+/// The loop's bookkeeping around the records: which items wait for what.
+struct Book {
+    recs: Vec<Record>,
+    /// Not started yet, in file order.
+    ready: VecDeque<usize>,
+    /// (due time, item); stale entries are skipped when popped.
+    timers: BTreeSet<(Millis, usize)>,
+    /// Items with a request out (their answers are awaited).
+    in_flight: HashSet<usize>,
+    /// Items neither final nor under review.
+    open: usize,
+    /// Submitted items by the group their reference belongs to.
+    groups: HashMap<String, Vec<usize>>,
+    changed: Vec<usize>,
+    sends: Vec<usize>,
+    lookups: Vec<usize>,
+}
+
+fn is_open(s: &State) -> bool {
+    !(s.is_final() || matches!(s, State::NeedsReview { .. }))
+}
+
+impl Book {
+    /// Steps item `i` with `event`: records a changed state, schedules its next due time and
+    /// routes the effects.
+    fn apply(
+        &mut self,
+        i: usize,
+        event: Event,
+        policy: &crate::manifest::RetryPolicy,
+        timings: &Timings,
+        adapter: &dyn Adapter,
+    ) {
+        let now = match &event {
+            Event::Tick { now }
+            | Event::Sent { now, .. }
+            | Event::Observed { now, .. }
+            | Event::Resume { now } => *now,
+        };
+        let (s, fx) = machine::step(&self.recs[i].state, event, policy, timings);
+        if s != self.recs[i].state {
+            let r = &mut self.recs[i];
+            if matches!(s, State::Sending { .. }) && r.first_sent.is_none() {
+                r.first_sent = Some(now);
+            }
+            if let State::Submitted { reference, .. } = &s {
+                let (group, _) = adapter.reference_group(reference);
+                self.groups.entry(group).or_default().push(i);
+            }
+            match (is_open(&r.state), is_open(&s)) {
+                (true, false) => self.open -= 1,
+                (false, true) => self.open += 1,
+                _ => {}
+            }
+            r.updated = now;
+            r.state = s;
+            self.changed.push(i);
+        }
+        self.schedule(i);
+        for e in fx {
+            match e {
+                Effect::Send { .. } => self.sends.push(i),
+                Effect::Lookup => self.lookups.push(i),
+                Effect::WakeAt(_) => {}
+            }
+        }
+    }
+
+    fn schedule(&mut self, i: usize) {
+        if let Some(d) = self.recs[i].state.due() {
+            self.timers.insert((d, i));
+        }
+    }
+
+    /// Items whose due time has come, each once.
+    fn due(&mut self, now: Millis) -> Vec<usize> {
+        let mut out = Vec::new();
+        while let Some(&(t, i)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            if self.recs[i].state.due() == Some(t) && !self.in_flight.contains(&i) {
+                out.push(i);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn commit(&mut self, store: &mut Store) -> Result<(), StoreError> {
+        self.changed.sort_unstable();
+        self.changed.dedup();
+        let rows: Vec<(u64, &Record)> = self
+            .changed
+            .iter()
+            .map(|&i| (i as u64, &self.recs[i]))
+            .collect();
+        store.commit(&rows)?;
+        self.changed.clear();
+        Ok(())
+    }
 }
 
 /// Runs `items` to the end (or until `stop` is set), resuming from whatever `store` holds.
@@ -148,84 +335,99 @@ pub async fn run(
     endpoint: &Endpoint,
     timings: &Timings,
     stop: Arc<AtomicBool>,
-    listener: Option<Listener>,
+    listener: Option<std::net::SocketAddr>,
 ) -> Result<Summary, StoreError> {
     let policy = &flow.manifest.retry;
     let limits = &flow.limits;
-    let stored: BTreeMap<u64, Record> = store.items()?.into_iter().collect();
-    let mut recs: Vec<Record> = items
+    let adapter: &dyn Adapter = endpoint.adapter.as_ref();
+    let mut stored: HashMap<u64, Record> = store.items()?.into_iter().collect();
+    let recs: Vec<Record> = items
         .iter()
         .enumerate()
         .map(|(i, it)| {
-            stored.get(&(i as u64)).cloned().unwrap_or_else(|| {
+            stored.remove(&(i as u64)).unwrap_or_else(|| {
                 Record::planned(&it.id, &it.key, &it.digest, it.line, it.money.clone())
             })
         })
         .collect();
-    // A resumed run: whatever was being sent when it stopped is now in doubt.
+    drop(stored);
+    let mut book = Book {
+        open: recs.iter().filter(|r| is_open(&r.state)).count(),
+        recs,
+        ready: VecDeque::new(),
+        timers: BTreeSet::new(),
+        in_flight: HashSet::new(),
+        groups: HashMap::new(),
+        changed: Vec::new(),
+        sends: Vec::new(),
+        lookups: Vec::new(),
+    };
+    // A resumed run: whatever was being sent when it stopped is now in doubt; whatever waited
+    // keeps its due time (pending backoffs are respected).
     let now = now_ms();
-    let mut changed: Vec<usize> = Vec::new();
-    for (i, r) in recs.iter_mut().enumerate() {
-        if stored.contains_key(&(i as u64)) && !r.state.is_final() {
-            let (s, _) = machine::step(&r.state, Event::Resume { now }, policy, timings);
-            if s != r.state {
-                r.state = s;
-                r.updated = now;
-                changed.push(i);
+    for i in 0..book.recs.len() {
+        match &book.recs[i].state {
+            State::Planned => book.ready.push_back(i),
+            State::Sending { .. } => book.apply(i, Event::Resume { now }, policy, timings, adapter),
+            State::Submitted { reference, .. } => {
+                let (group, _) = adapter.reference_group(reference);
+                book.groups.entry(group).or_default().push(i);
+                book.schedule(i);
             }
+            _ => book.schedule(i),
         }
     }
-    commit(store, &recs, &mut changed)?;
+    book.commit(store)?;
 
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| StoreError(e.to_string()))?;
-    // 1% under the configured rate: requests that leave evenly spaced can still arrive bunched,
-    // and a provider's limiter counts arrivals.
-    let period = Duration::from_secs_f64(1.0 / (limits.requests_per_second.max(0.001) * 0.99));
-    let burst = std::num::NonZeroU32::new(limits.burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
-    let quota = governor::Quota::with_period(period)
-        .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN))
-        .allow_burst(burst);
-    let limiter = Arc::new(governor::RateLimiter::direct(quota));
+    let provider_limiter = Arc::new(limiter(limits.requests_per_second, limits.burst));
     for _ in 0..endpoint.spent {
-        let _ = limiter.check();
+        let _ = provider_limiter.check();
     }
-    let slots = Arc::new(tokio::sync::Semaphore::new(
-        limits.concurrency.max(1) as usize
-    ));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
-    let shared = Arc::new(flow.clone());
-    let mut in_flight: HashSet<usize> = HashSet::new();
-    let pack = limits.tasks_per_request.max(1) as usize;
+    let wire = Wire {
+        http,
+        base_url: endpoint.base_url.clone(),
+        limiter: provider_limiter,
+        per_endpoint: Arc::new(
+            limits
+                .endpoints
+                .iter()
+                .map(|(name, rate, burst)| (name.clone(), limiter(*rate, *burst)))
+                .collect(),
+        ),
+        slots: Arc::new(tokio::sync::Semaphore::new(
+            limits.concurrency.max(1) as usize
+        )),
+        tx: tx.clone(),
+    };
+    let pack = adapter.pack_limit().max(1);
+    // Items admitted to `sending` at most this far ahead of the requests actually leaving.
+    let window = pack * limits.concurrency.max(1) as usize * 2;
+    let mut sending = 0usize;
     let mut requests = 0u64;
-    // Effects that answers asked for (e.g. "the provider never saw it: send again"); carried
-    // out next round, after their states are committed.
-    let mut sends: Vec<usize> = Vec::new();
-    let mut lookups: Vec<usize> = Vec::new();
     let holder = super::status::Holder::me(&rfc3339(now_ms()));
-    let mut progress = super::progress::Progress::new(recs.len());
-    // Items already settled before this run are not announced again.
-    let settled: Vec<usize> = (0..recs.len())
-        .filter(|&i| recs[i].state.is_final() || matches!(recs[i].state, State::NeedsReview { .. }))
-        .collect();
-    progress.already(&recs, &settled);
-    let callback = listener.as_ref().map(|l| l.callback_url.clone());
-    let by_key: std::collections::HashMap<&str, usize> = items
+    let mut progress = super::progress::Progress::new(&book.recs);
+    let by_key: HashMap<String, usize> = book
+        .recs
         .iter()
         .enumerate()
-        .map(|(i, it)| (it.key.as_str(), i))
+        .map(|(i, r)| (r.key.clone(), i))
         .collect();
-    let server = match &listener {
-        Some(l) => Some(listen(l.clone(), tx.clone()).await.map_err(|e| {
-            StoreError(format!(
-                "cannot listen for notifications on {}: {e}",
-                l.listen
-            ))
-        })?),
+    let server = match listener {
+        Some(addr) => Some(
+            listen(addr, Arc::clone(&endpoint.adapter), tx.clone())
+                .await
+                .map_err(|e| {
+                    StoreError(format!("cannot listen for notifications on {addr}: {e}"))
+                })?,
+        ),
         None => None,
     };
+    let control = serve_records(control_path(&store.path), tx.clone());
     let snapshot = store.path.with_extension("status.json");
     let mut last_snapshot = std::time::Instant::now() - Duration::from_secs(1);
 
@@ -233,205 +435,115 @@ pub async fn run(
         let stopping = stop.load(Ordering::Relaxed);
         let now = now_ms();
         if stopping {
-            sends.clear();
-            lookups.clear();
-        }
-        if !stopping {
-            for i in 0..recs.len() {
-                let state = &recs[i].state;
-                let due = matches!(state, State::Planned) || state.due().is_some_and(|d| d <= now);
-                if in_flight.contains(&i) || state.is_final() || !due {
-                    continue;
+            book.sends.clear();
+            book.lookups.clear();
+        } else {
+            for i in book.due(now) {
+                book.apply(i, Event::Tick { now }, policy, timings, adapter);
+            }
+            // New items only as fast as requests can leave.
+            while sending + book.sends.len() < window {
+                let Some(i) = book.ready.pop_front() else {
+                    break;
+                };
+                if matches!(book.recs[i].state, State::Planned) {
+                    book.apply(i, Event::Tick { now }, policy, timings, adapter);
                 }
-                apply(
-                    &mut recs,
-                    i,
-                    Event::Tick { now },
-                    policy,
-                    timings,
-                    &mut Routes {
-                        changed: &mut changed,
-                        sends: &mut sends,
-                        lookups: &mut lookups,
-                    },
-                );
             }
         }
         // Durable before anything leaves: a crash after this commit finds `Sending`.
-        progress.update(&recs, &changed, in_flight.len());
-        commit(store, &recs, &mut changed)?;
-        tracing::debug!(
-            sends = sends.len(),
-            lookups = lookups.len(),
-            in_flight = in_flight.len(),
-            "tick"
-        );
+        progress.update(&book.recs, &book.changed, book.in_flight.len());
+        book.commit(store)?;
 
-        // Effects asked for earlier may have been overtaken (a webhook settled the item): only
-        // what the current state still calls for is carried out.
-        let mut sends_now = std::mem::take(&mut sends);
-        sends_now
-            .retain(|&i| matches!(recs[i].state, State::Sending { .. }) && !in_flight.contains(&i));
+        // Effects asked for earlier may have been overtaken (a notification settled the item):
+        // only what the current state still calls for is carried out.
+        let mut sends_now = std::mem::take(&mut book.sends);
+        sends_now.sort_unstable();
         sends_now.dedup();
-        let mut lookups_now = std::mem::take(&mut lookups);
-        lookups_now.retain(|&i| !recs[i].state.is_final() && !in_flight.contains(&i));
+        sends_now.retain(|&i| {
+            matches!(book.recs[i].state, State::Sending { .. }) && !book.in_flight.contains(&i)
+        });
+        let mut lookups_now = std::mem::take(&mut book.lookups);
         lookups_now.sort_unstable();
         lookups_now.dedup();
+        lookups_now.retain(|&i| !book.recs[i].state.is_final() && !book.in_flight.contains(&i));
         for chunk in sends_now.chunks(pack) {
             let idx: Vec<usize> = chunk.to_vec();
-            in_flight.extend(&idx);
+            book.in_flight.extend(&idx);
+            sending += idx.len();
             requests += 1;
             for &i in &idx {
-                recs[i].requests += 1;
+                book.recs[i].requests += 1;
             }
-            let keys: Vec<&str> = idx.iter().map(|&i| items[i].key.as_str()).collect();
-            let trees: Vec<Value> = idx.iter().flat_map(|&i| items[i].trees.clone()).collect();
-            let sub = paysend::submission(
-                &endpoint.partner_id,
-                &endpoint.inbound_key,
-                &keys,
-                trees,
-                callback.as_deref(),
-                &rfc3339(now),
-            );
-            let (http, limiter, slots, tx, url) = (
-                http.clone(),
-                limiter.clone(),
-                slots.clone(),
-                tx.clone(),
-                format!("{}/processing", endpoint.base_url),
-            );
-            let n = idx.len();
-            let flow_tasks = Arc::clone(&shared);
+            let out: Vec<Outgoing> = idx
+                .iter()
+                .map(|&i| Outgoing {
+                    key: &book.recs[i].key,
+                    payload: &items[i].payload,
+                })
+                .collect();
+            let req = adapter.submit(&out, &rfc3339(now));
+            let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
             tokio::spawn(async move {
-                let _slot = slots.acquire().await;
-                limiter.until_ready().await;
-                super::crash::point("before-send");
-                let answer = post(&http, &url, sub.body, &sub.signature).await;
-                super::crash::point("after-send");
-                // The items of a pack share its globalId; each keeps its place in the pack, which
-                // is where its tree sits in every status answer.
-                let verdicts = paysend::classify_submission(&flow_tasks, &answer, n)
-                    .into_iter()
-                    .enumerate()
-                    .map(|(pos, v)| match v {
-                        Verdict::Accepted { reference } => Verdict::Accepted {
-                            reference: format!("{reference}#{pos}"),
-                        },
-                        v => v,
-                    });
-                let _ = tx.send(Outcome::Sent(idx.into_iter().zip(verdicts).collect()));
+                let (_slot, answer) = wire.exchange(req, true).await;
+                let verdicts = adapter.classify_submit(&answer, idx.len());
+                let _ = wire
+                    .tx
+                    .send(Outcome::Sent(idx.into_iter().zip(verdicts).collect()));
             });
         }
-        // Lookups: a submitted pack is asked about once by its globalId; the rest by key.
-        let mut by_reference: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
+        // Lookups: a submitted group is asked about once; the rest by key.
+        let mut by_group: std::collections::BTreeMap<String, Vec<(usize, usize)>> =
+            std::collections::BTreeMap::new();
         for &i in &lookups_now {
-            in_flight.insert(i);
-            recs[i].requests += 1;
-            match &recs[i].state {
+            book.in_flight.insert(i);
+            book.recs[i].requests += 1;
+            match &book.recs[i].state {
                 State::Submitted { reference, .. } => {
-                    let (global, pos) = reference
-                        .rsplit_once('#')
-                        .unwrap_or((reference.as_str(), "0"));
-                    by_reference
-                        .entry(global.to_string())
-                        .or_default()
-                        .push((i, pos.parse().unwrap_or(0)));
+                    let (group, pos) = adapter.reference_group(reference);
+                    by_group.entry(group).or_default().push((i, pos));
                 }
                 _ => {
                     requests += 1;
-                    let sub = paysend::lookup(
-                        &endpoint.partner_id,
-                        &endpoint.inbound_key,
-                        &items[i].key,
-                        recs[i].requests,
-                        &rfc3339(now),
-                    );
-                    let (http, limiter, slots, tx, url) = (
-                        http.clone(),
-                        limiter.clone(),
-                        slots.clone(),
-                        tx.clone(),
-                        format!("{}/processing", endpoint.base_url),
-                    );
+                    let req =
+                        adapter.key_lookup(&book.recs[i].key, book.recs[i].requests, &rfc3339(now));
+                    let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
                     tokio::spawn(async move {
-                        let _slot = slots.acquire().await;
-                        limiter.until_ready().await;
-                        let answer = post(&http, &url, sub.body, &sub.signature).await;
-                        let _ = tx.send(Outcome::Observed(vec![(
-                            i,
-                            paysend::classify_lookup(&answer),
-                        )]));
+                        let (_slot, answer) = wire.exchange(req, false).await;
+                        let verdict = adapter.classify_key_lookup(&answer);
+                        let _ = wire.tx.send(Outcome::Observed(vec![(i, verdict)]));
                     });
                 }
             }
         }
-        for (global, members) in by_reference {
+        for (group, members) in by_group {
             requests += 1;
-            let (http, limiter, slots, tx) =
-                (http.clone(), limiter.clone(), slots.clone(), tx.clone());
-            let url = format!("{}/processing/status/{global}", endpoint.base_url);
-            let signature = paysend::sign(global.as_bytes(), &endpoint.inbound_key);
-            let flow_tasks = Arc::clone(&shared);
+            let req = adapter.group_lookup(&group);
+            let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
             tokio::spawn(async move {
-                let _slot = slots.acquire().await;
-                limiter.until_ready().await;
-                let answer = match http
-                    .get(&url)
-                    .header("X-OPP-Signature", signature)
-                    .send()
-                    .await
-                {
-                    Ok(r) => Answer::Http {
-                        status: r.status().as_u16(),
-                        body: r.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
-                        retry_after: None,
-                    },
-                    Err(_) => Answer::Transport { maybe_sent: false },
-                };
+                let (_slot, answer) = wire.exchange(req, false).await;
                 let n = members.iter().map(|(_, p)| p + 1).max().unwrap_or(1);
-                let verdicts: Vec<Verdict> = match &answer {
-                    Answer::Http {
-                        status: 200, body, ..
-                    } => match serde_json::from_slice::<Value>(body) {
-                        Ok(v) => paysend::classify_envelope(&flow_tasks, &v, n),
-                        Err(_) => vec![Verdict::InDoubt; n],
-                    },
-                    // Outside its window the globalId is unknown: look the keys up instead.
-                    Answer::Http { status: 400, .. } => vec![Verdict::Unknown; n],
-                    _ => vec![
-                        Verdict::RetryLater {
-                            class: super::backoff::ErrorClass::Network,
-                            retry_after: None
-                        };
-                        n
-                    ],
-                };
-                let _ = tx.send(Outcome::Observed(
+                let verdicts = adapter.classify_group(&answer, n);
+                let _ = wire.tx.send(Outcome::Observed(
                     members
                         .into_iter()
-                        .map(|(i, p)| (i, verdicts[p].clone()))
+                        .map(|(i, p)| (i, verdicts.get(p).cloned().unwrap_or(Verdict::InDoubt)))
                         .collect(),
                 ));
             });
         }
 
-        let settled = recs
-            .iter()
-            .all(|r| r.state.is_final() || matches!(r.state, State::NeedsReview { .. }));
-        if in_flight.is_empty() && (settled || stopping) {
+        if book.in_flight.is_empty() && (stopping || (book.open == 0 && book.ready.is_empty())) {
             break;
         }
         // Wait for an answer, the next due time, or a stop.
-        let next_due = recs
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !in_flight.contains(i))
-            .filter_map(|(_, r)| r.state.due())
-            .filter(|_| !stopping)
-            .min();
+        let next_due = if stopping {
+            None
+        } else {
+            book.timers.first().map(|&(t, _)| t)
+        };
         let wait = next_due
-            .map(|d| Duration::from_millis(d.saturating_sub(now_ms()).min(60_000)))
+            .map(|d| Duration::from_millis(d.saturating_sub(now_ms()).min(500)))
             .unwrap_or(Duration::from_millis(500));
         let first = tokio::select! {
             m = rx.recv() => m,
@@ -445,72 +557,89 @@ pub async fn run(
         let now = now_ms();
         for m in msgs {
             let (list, sent) = match m {
-                Outcome::Sent(l) => (l, true),
+                Outcome::Sent(l) => {
+                    sending = sending.saturating_sub(l.len());
+                    (l, true)
+                }
                 Outcome::Observed(l) => (l, false),
                 // A notification is one more observation; duplicates and stale ones are absorbed
-                // by the state machine. It does not end a request in flight for that item.
-                Outcome::Webhook(key, verdict) => match by_key.get(key.as_str()) {
-                    Some(&i) if !in_flight.contains(&i) => (vec![(i, verdict)], false),
-                    _ => continue,
-                },
-                // Ask about that request's items now instead of at their next poll.
-                Outcome::Finished(global) => {
-                    let prefix = format!("{global}#");
-                    for (i, r) in recs.iter().enumerate() {
-                        if let State::Submitted { reference, .. } = &r.state
-                            && reference.starts_with(&prefix)
-                            && !in_flight.contains(&i)
+                // by the state machine.
+                Outcome::Notice(Notice::Item { key, verdict }) => {
+                    match by_key.get(key.as_str()) {
+                        Some(&i) => {
+                            tracing::debug!(item = %book.recs[i].id, ?verdict, "notification");
+                            book.apply(
+                                i,
+                                Event::Observed { verdict, now },
+                                policy,
+                                timings,
+                                adapter,
+                            );
+                        }
+                        None => tracing::warn!("a notification about a key not in this batch"),
+                    }
+                    continue;
+                }
+                // Ask about that submission's items now instead of at their next poll.
+                Outcome::Notice(Notice::Group(group)) => {
+                    for i in book.groups.get(&group).cloned().unwrap_or_default() {
+                        if let State::Submitted { reference, .. } = &book.recs[i].state
+                            && adapter.reference_group(reference).0 == group
+                            && !book.in_flight.contains(&i)
                         {
-                            lookups.push(i);
+                            book.lookups.push(i);
                         }
                     }
                     continue;
                 }
+                Outcome::Notice(_) => continue,
+                Outcome::Records(reply) => {
+                    let _ = reply.send(book.recs.clone());
+                    continue;
+                }
             };
             for (i, verdict) in list {
-                in_flight.remove(&i);
-                tracing::debug!(item = %recs[i].id, ?verdict, sent, "answer");
+                book.in_flight.remove(&i);
+                tracing::debug!(item = %book.recs[i].id, ?verdict, sent, "answer");
                 let event = if sent {
                     Event::Sent { verdict, now }
                 } else {
                     Event::Observed { verdict, now }
                 };
-                apply(
-                    &mut recs,
-                    i,
-                    event,
-                    policy,
-                    timings,
-                    &mut Routes {
-                        changed: &mut changed,
-                        sends: &mut sends,
-                        lookups: &mut lookups,
-                    },
-                );
+                book.apply(i, event, policy, timings, adapter);
             }
         }
-        progress.update(&recs, &changed, in_flight.len());
-        commit(store, &recs, &mut changed)?;
+        progress.update(&book.recs, &book.changed, book.in_flight.len());
+        book.commit(store)?;
         // While this process holds the store, others read the batch's status from here.
         if last_snapshot.elapsed() > Duration::from_millis(300) {
-            write_snapshot(&snapshot, &flow.manifest.batch, &recs, Some(holder.clone()));
+            write_snapshot(
+                &snapshot,
+                &flow.manifest.batch,
+                &book.recs,
+                Some(holder.clone()),
+            );
             last_snapshot = std::time::Instant::now();
         }
     }
-    progress.update(&recs, &changed, in_flight.len());
-    commit(store, &recs, &mut changed)?;
-    progress.finish();
-    write_snapshot(&snapshot, &flow.manifest.batch, &recs, None);
+    progress.update(&book.recs, &book.changed, book.in_flight.len());
+    book.commit(store)?;
+    progress.finish(&book.recs);
+    write_snapshot(&snapshot, &flow.manifest.batch, &book.recs, None);
     if let Some(s) = server {
         s.abort();
     }
+    if let Some(c) = control {
+        c.abort();
+        let _ = std::fs::remove_file(control_path(&store.path));
+    }
     let mut s = Summary {
-        items: recs.len(),
+        items: book.recs.len(),
         requests,
         commits: store.commits,
         ..Summary::default()
     };
-    for r in &recs {
+    for r in &book.recs {
         match r.state {
             State::Succeeded { .. } => s.succeeded += 1,
             State::Failed { .. } => s.failed += 1,
@@ -537,72 +666,29 @@ fn write_snapshot(
     }
 }
 
-/// Where a step's consequences go: the items to commit, to send and to look up.
-struct Routes<'a> {
-    changed: &'a mut Vec<usize>,
-    sends: &'a mut Vec<usize>,
-    lookups: &'a mut Vec<usize>,
+/// One HTTP exchange as the adapter described it, outside the run's limiters (preflight).
+pub async fn exchange_once(http: &reqwest::Client, base_url: &str, req: Request) -> Answer {
+    send(http, base_url, req).await
 }
 
-/// Steps item `i` with `event`: records a changed state and routes the effects.
-fn apply(
-    recs: &mut [Record],
-    i: usize,
-    event: Event,
-    policy: &crate::manifest::RetryPolicy,
-    timings: &Timings,
-    to: &mut Routes,
-) {
-    let now = match &event {
-        Event::Tick { now }
-        | Event::Sent { now, .. }
-        | Event::Observed { now, .. }
-        | Event::Resume { now } => *now,
+/// One HTTP exchange as the adapter described it.
+async fn send(http: &reqwest::Client, base_url: &str, req: Request) -> Answer {
+    let url = format!("{base_url}{}", req.path);
+    let mut b = match req.method {
+        Method::Get => http.get(url),
+        Method::Post => http.post(url).body(req.body),
     };
-    let (s, fx) = machine::step(&recs[i].state, event, policy, timings);
-    if s != recs[i].state {
-        let r = &mut recs[i];
-        if matches!(s, State::Sending { .. }) && r.first_sent.is_none() {
-            r.first_sent = Some(now);
-        }
-        r.updated = now;
-        r.state = s;
-        to.changed.push(i);
+    for (name, value) in req.headers {
+        b = b.header(name, value);
     }
-    for e in fx {
-        match e {
-            Effect::Send { .. } => to.sends.push(i),
-            Effect::Lookup => to.lookups.push(i),
-            Effect::WakeAt(_) => {}
-        }
-    }
-}
-
-fn commit(store: &mut Store, recs: &[Record], changed: &mut Vec<usize>) -> Result<(), StoreError> {
-    changed.sort_unstable();
-    changed.dedup();
-    let rows: Vec<(u64, &Record)> = changed.iter().map(|&i| (i as u64, &recs[i])).collect();
-    store.commit(&rows)?;
-    changed.clear();
-    Ok(())
-}
-
-async fn post(http: &reqwest::Client, url: &str, body: Vec<u8>, signature: &str) -> Answer {
-    match http
-        .post(url)
-        .header("content-type", "application/json")
-        .header("X-OPP-Signature", signature)
-        .body(body)
-        .send()
-        .await
-    {
+    match b.send().await {
         Ok(r) => {
             let status = r.status().as_u16();
             let retry_after = r
                 .headers()
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|s| s.parse::<u64>().ok())
+                .and_then(|s| s.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
             match r.bytes().await {
                 Ok(b) => Answer::Http {

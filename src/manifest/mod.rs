@@ -31,6 +31,17 @@ pub struct Manifest {
     pub limits: Limits,
     pub retry: RetryPolicy,
     pub notifications: Notifications,
+    pub signature: Signature,
+}
+
+/// The digest of request signatures where a provider offers a choice (Paysend's
+/// X-OPP-Signature: SHA-256 or SHA-512 of body + key, L7010-7016).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signature {
+    #[default]
+    Sha256,
+    Sha512,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -123,6 +134,9 @@ pub struct Limits {
     pub burst: u32,
     pub concurrency: u32,
     pub tasks_per_request: u32,
+    /// Per-endpoint limits (name → (requests per second, burst)), on top of the provider-wide
+    /// limit.
+    pub endpoints: Vec<(String, f64, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -372,7 +386,44 @@ fn check(
         burst: l.burst.unwrap_or(0),
         concurrency: l.concurrency.unwrap_or(0),
         tasks_per_request: l.tasks_per_request.unwrap_or(0),
+        endpoints: l
+            .endpoints
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.requests_per_second,
+                    v.burst.unwrap_or(1).max(1),
+                )
+            })
+            .collect(),
     };
+    for (name, e) in &l.endpoints {
+        if !(e.requests_per_second > 0.0 && e.requests_per_second <= 10_000.0) {
+            c.error(
+                &[
+                    key("limits"),
+                    key("endpoints"),
+                    key(name),
+                    key("requests_per_second"),
+                ],
+                "manifest.limits",
+                format!(
+                    "requests_per_second {} is not in (0, 10000]",
+                    e.requests_per_second
+                ),
+                "ask the provider for the endpoint's rate limit",
+            );
+        }
+        if e.burst == Some(0) {
+            c.error(
+                &[key("limits"), key("endpoints"), key(name), key("burst")],
+                "manifest.limits",
+                "burst must be at least 1",
+                "1 sends evenly spaced requests",
+            );
+        }
+    }
     if let Some(r) = l.requests_per_second
         && !(r > 0.0 && r <= 10_000.0)
     {
@@ -468,6 +519,24 @@ fn check(
         listen: n.listen.clone(),
         public_url: n.public_url.clone(),
     };
+    let signature = match raw
+        .signature
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("sha256" | "sha-256") => Signature::Sha256,
+        Some("sha512" | "sha-512") => Signature::Sha512,
+        Some(other) => {
+            c.error(
+                &[key("signature")],
+                "manifest.signature",
+                format!("`{other}` is not a signature digest payrun knows"),
+                "write sha256 or sha512",
+            );
+            Signature::Sha256
+        }
+    };
 
     if !c.errors.is_empty() {
         return Err(Diagnostics(c.errors));
@@ -487,6 +556,7 @@ fn check(
         limits,
         retry,
         notifications,
+        signature,
     })
 }
 

@@ -24,6 +24,8 @@ pub struct RawManifest {
     pub retry: RawRetry,
     #[serde(default)]
     pub notifications: RawNotifications,
+    /// How requests are signed where the provider offers a choice (Paysend: sha256 or sha512).
+    pub signature: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +61,16 @@ pub struct RawLimits {
     pub burst: Option<u32>,
     pub concurrency: Option<u32>,
     pub tasks_per_request: Option<u32>,
+    /// Limits of single endpoints, on top of the provider-wide one.
+    #[serde(default)]
+    pub endpoints: IndexMap<String, RawEndpointLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpointLimit {
+    pub requests_per_second: f64,
+    pub burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -1,5 +1,154 @@
 //! Client adapters, one per provider: payrun's compiled items to the provider's requests, and
 //! the provider's answers to provider-neutral verdicts (`execute::machine::Verdict`). Provider
-//! types never leave their module. (In progress with issue 4: Paysend first.)
+//! types never leave their module; the runner knows only the `Adapter` trait below, builds no
+//! request and reads no answer itself, and performs the HTTP exchanges adapters describe.
 
 pub mod paysend;
+
+use crate::execute::machine::Verdict;
+use serde_json::Value;
+use std::time::Duration;
+
+/// What came back from one HTTP exchange.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Http {
+        status: u16,
+        body: Vec<u8>,
+        retry_after: Option<Duration>,
+    },
+    /// No answer. `maybe_sent`: the request may have reached the provider (a timeout or a
+    /// connection lost after sending), as opposed to a connection that was never made.
+    Transport { maybe_sent: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+/// A request an adapter wants sent, relative to the provider's base URL.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: Method,
+    pub path: String,
+    /// The endpoint's name for per-endpoint rate limits (`limits.endpoints.<name>`).
+    pub endpoint: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+/// An item going out in a submission: its key and what the adapter rendered for it at plan
+/// time (real values, memory only).
+pub struct Outgoing<'a> {
+    pub key: &'a str,
+    pub payload: &'a [Value],
+}
+
+/// What a notification said, once the adapter checked it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Forged or malformed: answered with this HTTP status and logged, never acted on.
+    Refused(u16, &'static str),
+    /// About one item, by its idempotency key.
+    Item { key: String, verdict: Verdict },
+    /// A submission (by its group reference) has news: look its items up now.
+    Group(String),
+    /// Authentic but of no interest.
+    Ignored,
+}
+
+/// What a preflight answer says.
+#[derive(Debug, Clone)]
+pub enum Preflight {
+    /// Every preflight task finished: the balances reported per currency (if any).
+    Done {
+        balances: std::collections::BTreeMap<String, rust_decimal::Decimal>,
+    },
+    /// A preflight task failed: nothing may be sent.
+    Failed(String),
+    /// Not finished yet: ask with this request (after a short wait).
+    Again(Request),
+    /// Not taken (busy, lost, refused for now): send the preflight again later.
+    Retry(String),
+}
+
+/// What the credentials of a run are, by the names the provider's schema gives them
+/// (`partner_id`, `inbound_key`, ...), with their values from the environment.
+pub type Credentials = std::collections::BTreeMap<String, String>;
+
+/// The adapter of `flow`'s provider. `callback_url` is where the provider should send its
+/// notifications, when payrun listens for them.
+pub fn adapter(
+    flow: &crate::compile::Flow,
+    credentials: &Credentials,
+    callback_url: Option<String>,
+) -> Result<std::sync::Arc<dyn Adapter>, String> {
+    let need = |name: &str| {
+        credentials
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("the credential `{name}` is not set"))
+    };
+    match flow.provider.name.as_str() {
+        "paysend" => Ok(std::sync::Arc::new(paysend::Paysend {
+            flow: std::sync::Arc::new(flow.clone()),
+            partner_id: need("partner_id")?,
+            inbound_key: need("inbound_key")?,
+            outbound_key: credentials.get("outbound_key").cloned(),
+            callback_url,
+            signature: flow.manifest.signature,
+        })),
+        other => Err(format!(
+            "`payrun run` has no adapter for {other} yet; `validate` and `plan` work for it"
+        )),
+    }
+}
+
+/// What the adapter sends for one item, rendered once at plan time (real values, memory only).
+pub fn render(
+    flow: &crate::compile::Flow,
+    item: &crate::validate::ItemRow,
+    key: &str,
+) -> Vec<Value> {
+    match flow.provider.name.as_str() {
+        "paysend" => paysend::item_tree(flow, item, key),
+        _ => Vec::new(),
+    }
+}
+
+/// One provider's wire protocol, as the runner needs it. Pure: no I/O.
+pub trait Adapter: Send + Sync {
+    /// How many items one submission may carry.
+    fn pack_limit(&self) -> usize;
+    /// The request that submits `items` (always the same request for the same items, so a
+    /// resend is a replay to the provider).
+    fn submit(&self, items: &[Outgoing<'_>], now: &str) -> Request;
+    /// One verdict per submitted item, in order. An `Accepted` reference is what
+    /// `reference_group` splits.
+    fn classify_submit(&self, answer: &Answer, n: usize) -> Vec<Verdict>;
+    /// The submission a reference belongs to, and the item's position in it; items of one group
+    /// are looked up with one `group_lookup`.
+    fn reference_group(&self, reference: &str) -> (String, usize);
+    /// The lookup of a whole submission by its group reference.
+    fn group_lookup(&self, group: &str) -> Request;
+    /// Verdicts for positions `0..n` of a group from a `group_lookup` answer.
+    fn classify_group(&self, answer: &Answer, n: usize) -> Vec<Verdict>;
+    /// The lookup of one item by its idempotency key (`seq` counts this item's lookups).
+    fn key_lookup(&self, key: &str, seq: u32, now: &str) -> Request;
+    fn classify_key_lookup(&self, answer: &Answer) -> Verdict;
+    /// The preflight request (e.g. Paysend getBalance), if the manifest has preflight tasks.
+    fn preflight(&self, now: &str) -> Option<Request>;
+    fn classify_preflight(&self, answer: &Answer) -> Preflight;
+    /// The listener paths notifications arrive on (e.g. `/paysend/webhook`).
+    fn notification_paths(&self) -> &'static [&'static str];
+    /// Checks and reads a notification that arrived on `path`.
+    fn notice(
+        &self,
+        path: &str,
+        headers: &axum::http::HeaderMap,
+        query: Option<&str>,
+        body: &[u8],
+    ) -> Notice;
+}

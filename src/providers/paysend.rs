@@ -3,14 +3,16 @@
 //! functions: the runner does the I/O. Wire facts with document lines are in
 //! docs/paysend-wire.md; this module shares no code with the sandbox's emulation.
 
+use super::{Adapter, Method, Notice, Outgoing, Preflight, Request};
 use crate::compile::{Flow, Task};
 use crate::execute::backoff::ErrorClass;
 use crate::execute::machine::Verdict;
 use crate::manifest::Link;
+use crate::manifest::Signature;
 use crate::validate::ItemRow;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::Arc;
 
 /// The documented "retry later" answer (HTTP 404, L185).
 const BUSY: &str = "Sorry. Can't accept your request now.";
@@ -66,47 +68,294 @@ pub fn submission(
     callback: Option<&str>,
     date: &str,
 ) -> Submission {
-    let request_id = request_id(item_keys);
-    let mut service = json!({"sync": false});
-    if let Some(uri) = callback {
-        service["result"] = json!([{"type": "web", "uri": uri, "method": "POST"}]);
-    }
-    let body = json!({
-        "header": {"request": {"id": request_id, "date": date}, "service": service},
-        "payload": {"partner": {"identifier": partner_id}, "tasks": trees}
-    });
-    let body = serde_json::to_vec(&body).expect("JSON values serialise");
+    let body = submission_body(partner_id, item_keys, trees, callback, date);
     let signature = sign(&body, inbound_key);
     Submission {
-        request_id,
+        request_id: request_id(item_keys),
         body,
         signature,
     }
 }
 
-/// X-OPP-Signature: lowercase hex SHA-256 of the data followed by the inbound key (L7010-7016).
-pub fn sign(data: &[u8], inbound_key: &str) -> String {
-    use sha2::{Digest, Sha256};
-    crate::keys::hex_lower(
-        &Sha256::new()
-            .chain_update(data)
-            .chain_update(inbound_key.as_bytes())
-            .finalize(),
-    )
+fn submission_body(
+    partner_id: &str,
+    item_keys: &[&str],
+    trees: Vec<Value>,
+    callback: Option<&str>,
+    date: &str,
+) -> Vec<u8> {
+    let mut service = json!({"sync": false});
+    if let Some(uri) = callback {
+        service["result"] = json!([{"type": "web", "uri": uri, "method": "POST"}]);
+    }
+    let body = json!({
+        "header": {"request": {"id": request_id(item_keys), "date": date}, "service": service},
+        "payload": {"partner": {"identifier": partner_id}, "tasks": trees}
+    });
+    serde_json::to_vec(&body).expect("JSON values serialise")
 }
 
-/// What came back from one HTTP exchange.
-#[derive(Debug, Clone)]
-pub enum Answer {
-    Http {
-        status: u16,
-        body: Vec<u8>,
-        retry_after: Option<Duration>,
-    },
-    /// No answer. `maybe_sent`: the request may have reached Paysend (a timeout or a connection
-    /// lost after sending), as opposed to a connection that was never made.
-    Transport { maybe_sent: bool },
+/// X-OPP-Signature: lowercase hex SHA-256 of the data followed by the inbound key (L7010-7016).
+pub fn sign(data: &[u8], inbound_key: &str) -> String {
+    sign_with(Signature::Sha256, data, inbound_key)
 }
+
+/// X-OPP-Signature with the digest the manifest chose (SHA-256 or SHA-512, L7010-7016).
+pub fn sign_with(alg: Signature, data: &[u8], inbound_key: &str) -> String {
+    use sha2::{Digest, Sha256, Sha512};
+    match alg {
+        Signature::Sha256 => crate::keys::hex_lower(
+            &Sha256::new()
+                .chain_update(data)
+                .chain_update(inbound_key.as_bytes())
+                .finalize(),
+        ),
+        Signature::Sha512 => crate::keys::hex_lower(
+            &Sha512::new()
+                .chain_update(data)
+                .chain_update(inbound_key.as_bytes())
+                .finalize(),
+        ),
+    }
+}
+
+/// Where the runner's listener takes Paysend's expanded webhooks and basic callbacks.
+pub const WEBHOOK_PATH: &str = "/paysend/webhook";
+pub const CALLBACK_PATH: &str = "/paysend/callback";
+
+/// Paysend as the runner sees it: who we are, how we sign, where callbacks go.
+pub struct Paysend {
+    pub flow: Arc<Flow>,
+    pub partner_id: String,
+    pub inbound_key: String,
+    /// Verifies expanded webhooks; None when webhooks are not used.
+    pub outbound_key: Option<String>,
+    /// `header.service.result` of submissions: where basic callbacks go.
+    pub callback_url: Option<String>,
+    pub signature: Signature,
+}
+
+impl Paysend {
+    fn post(&self, path: &str, endpoint: &'static str, body: Vec<u8>) -> Request {
+        let signature = sign_with(self.signature, &body, &self.inbound_key);
+        Request {
+            method: Method::Post,
+            path: path.to_string(),
+            endpoint,
+            headers: vec![
+                ("content-type", "application/json".to_string()),
+                ("X-OPP-Signature", signature),
+            ],
+            body,
+        }
+    }
+}
+
+impl Adapter for Paysend {
+    fn pack_limit(&self) -> usize {
+        self.flow.limits.tasks_per_request.max(1) as usize
+    }
+
+    fn submit(&self, items: &[Outgoing<'_>], now: &str) -> Request {
+        let keys: Vec<&str> = items.iter().map(|o| o.key).collect();
+        let trees: Vec<Value> = items.iter().flat_map(|o| o.payload.to_vec()).collect();
+        let body = submission_body(
+            &self.partner_id,
+            &keys,
+            trees,
+            self.callback_url.as_deref(),
+            now,
+        );
+        self.post("/processing", "processing", body)
+    }
+
+    fn classify_submit(&self, answer: &Answer, n: usize) -> Vec<Verdict> {
+        // The items of a pack share its globalId; each keeps its place in the pack, which is
+        // where its tree sits in every status answer.
+        classify_submission(&self.flow, answer, n)
+            .into_iter()
+            .enumerate()
+            .map(|(pos, v)| match v {
+                Verdict::Accepted { reference } => Verdict::Accepted {
+                    reference: format!("{reference}#{pos}"),
+                },
+                v => v,
+            })
+            .collect()
+    }
+
+    fn reference_group(&self, reference: &str) -> (String, usize) {
+        match reference.rsplit_once('#') {
+            Some((global, pos)) => (global.to_string(), pos.parse().unwrap_or(0)),
+            None => (reference.to_string(), 0),
+        }
+    }
+
+    fn group_lookup(&self, group: &str) -> Request {
+        Request {
+            method: Method::Get,
+            path: format!("/processing/status/{group}"),
+            endpoint: "status",
+            headers: vec![(
+                "X-OPP-Signature",
+                sign_with(self.signature, group.as_bytes(), &self.inbound_key),
+            )],
+            body: Vec::new(),
+        }
+    }
+
+    fn classify_group(&self, answer: &Answer, n: usize) -> Vec<Verdict> {
+        match answer {
+            Answer::Http {
+                status: 200, body, ..
+            } => match serde_json::from_slice::<Value>(body) {
+                Ok(v) => classify_envelope(&self.flow, &v, n),
+                Err(_) => vec![Verdict::InDoubt; n],
+            },
+            // Outside its window the globalId is unknown: look the keys up instead.
+            Answer::Http { status: 400, .. } => vec![Verdict::Unknown; n],
+            Answer::Http {
+                status,
+                retry_after,
+                ..
+            } => vec![
+                Verdict::RetryLater {
+                    class: if *status == 404 {
+                        ErrorClass::RateLimited
+                    } else {
+                        ErrorClass::ServerError
+                    },
+                    retry_after: *retry_after,
+                };
+                n
+            ],
+            Answer::Transport { .. } => vec![
+                Verdict::RetryLater {
+                    class: ErrorClass::Network,
+                    retry_after: None
+                };
+                n
+            ],
+        }
+    }
+
+    fn key_lookup(&self, key: &str, seq: u32, now: &str) -> Request {
+        self.post(
+            "/processing",
+            "processing",
+            lookup_body(&self.partner_id, key, seq, now),
+        )
+    }
+
+    fn classify_key_lookup(&self, answer: &Answer) -> Verdict {
+        classify_lookup(answer)
+    }
+
+    fn preflight(&self, now: &str) -> Option<Request> {
+        let sub = preflight(&self.flow, &self.partner_id, &self.inbound_key, now)?;
+        Some(self.post("/processing", "processing", sub.body))
+    }
+
+    fn classify_preflight(&self, answer: &Answer) -> Preflight {
+        let (status, body) = match answer {
+            Answer::Http { status, body, .. } => (*status, body),
+            Answer::Transport { .. } => {
+                return Preflight::Retry("the preflight request got no answer".into());
+            }
+        };
+        let v = match serde_json::from_slice::<Value>(body) {
+            Ok(v) if matches!(status, 200 | 400 | 401) => v,
+            _ => {
+                return Preflight::Retry(format!(
+                    "the preflight request was answered {status}: {}",
+                    crate::mask::shorten(&String::from_utf8_lossy(body))
+                ));
+            }
+        };
+        if v.pointer("/result/status").and_then(Value::as_str) != Some("Finished") {
+            return match v
+                .pointer("/header/response/globalId")
+                .and_then(Value::as_str)
+            {
+                // Not finished within the sync wait: ask by globalId.
+                Some(global) if status == 200 => Preflight::Again(self.group_lookup(global)),
+                _ => Preflight::Failed(format!(
+                    "the preflight request was refused ({status}): {}",
+                    v.get("comment").and_then(Value::as_str).unwrap_or("")
+                )),
+            };
+        }
+        let mut balances = BTreeMap::new();
+        for (ty, result) in preflight_results(&v) {
+            if result.get("status").and_then(Value::as_str) != Some("Success") {
+                return Preflight::Failed(format!(
+                    "preflight {ty} failed: {} {}",
+                    result.get("code").unwrap_or(&Value::Null),
+                    result.get("comment").and_then(Value::as_str).unwrap_or("")
+                ));
+            }
+            if ty == "getBalance"
+                && let Some(b) = result.pointer("/data/balances").and_then(Value::as_object)
+            {
+                for (currency, amount) in b {
+                    if let Ok(d) =
+                        rust_decimal::Decimal::from_str_exact(&amount.to_string().replace('"', ""))
+                    {
+                        balances.insert(currency.clone(), d);
+                    }
+                }
+            }
+        }
+        Preflight::Done { balances }
+    }
+
+    fn notification_paths(&self) -> &'static [&'static str] {
+        &[WEBHOOK_PATH, CALLBACK_PATH]
+    }
+
+    fn notice(
+        &self,
+        path: &str,
+        headers: &axum::http::HeaderMap,
+        query: Option<&str>,
+        body: &[u8],
+    ) -> Notice {
+        match path {
+            WEBHOOK_PATH => {
+                let Some(key) = &self.outbound_key else {
+                    return Notice::Refused(404, "expanded webhooks are not expected");
+                };
+                let sig = headers
+                    .get("x-opp-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !webhook_is_authentic(body, sig, key) {
+                    return Notice::Refused(401, "a webhook with a wrong signature");
+                }
+                match webhook_verdict(body) {
+                    Some((key, verdict)) => Notice::Item { key, verdict },
+                    None => Notice::Ignored,
+                }
+            }
+            // Basic callbacks carry only the globalId (GET query or form body, L598-611).
+            _ => {
+                let from_query = query.and_then(|q| {
+                    q.split('&')
+                        .find_map(|p| p.strip_prefix("globalId=").map(String::from))
+                });
+                let from_body = std::str::from_utf8(body)
+                    .ok()
+                    .and_then(|b| b.trim().strip_prefix("globalId=").map(String::from));
+                match from_query.or(from_body) {
+                    Some(g) if !g.is_empty() => Notice::Group(g),
+                    _ => Notice::Ignored,
+                }
+            }
+        }
+    }
+}
+
+pub use super::Answer;
 
 /// The verdict of one task `result` object (L612-722; on the wire a success has code 0 and an
 /// error carries the processing error code itself).
@@ -351,18 +600,22 @@ pub fn lookup(
     attempt: u32,
     date: &str,
 ) -> Submission {
+    let body = lookup_body(partner_id, key, attempt, date);
+    let signature = sign(&body, inbound_key);
+    Submission {
+        request_id: crate::keys::task_key(key, &format!("lookup/{attempt}")),
+        body,
+        signature,
+    }
+}
+
+fn lookup_body(partner_id: &str, key: &str, attempt: u32, date: &str) -> Vec<u8> {
     let request_id = crate::keys::task_key(key, &format!("lookup/{attempt}"));
     let body = json!({
         "header": {"request": {"id": request_id, "date": date}, "service": {"sync": true, "waitTime": "WaitFor2000"}},
         "payload": {"partner": {"identifier": partner_id}, "tasks": [{"type": "task.statusGet", "payload": {"invoiceId": key}}]}
     });
-    let body = serde_json::to_vec(&body).expect("JSON values serialise");
-    let signature = sign(&body, inbound_key);
-    Submission {
-        request_id,
-        body,
-        signature,
-    }
+    serde_json::to_vec(&body).expect("JSON values serialise")
 }
 
 /// The verdict of a task.statusGet answer about a payment.

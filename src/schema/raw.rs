@@ -17,6 +17,14 @@ pub struct RawProvider {
     #[serde(default)]
     pub packing: bool,
     pub limits: RawProviderLimits,
+    /// Names of the provider's endpoints a manifest may give a rate limit of its own
+    /// (`limits.endpoints.<name>`).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Final error codes the provider's table says can be resent as they are (with a new
+    /// idempotency key): what `run --retry-failed` sends again.
+    #[serde(default)]
+    pub resend_safe: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
