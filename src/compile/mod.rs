@@ -9,7 +9,9 @@ use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::keys;
 use crate::manifest::{Environment, Limits, Link, Manifest, Node};
 use crate::money::Currency;
-use crate::schema::{CurrencyFormat, CurrencyRef, Field, FieldKind, Operation, Provider, Role};
+use crate::schema::{
+    CurrencyFormat, CurrencyRef, Field, FieldKind, Operation, Provider, Role, TreeExecution,
+};
 use crate::yaml::{self, Seg, key};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -66,6 +68,75 @@ impl Bound {
             Bound::Batch => "${batch}".into(),
             Bound::Result { node, path } => format!("${{result.{node}.{path}}}"),
         }
+    }
+}
+
+/// Marks, in a task's list of ancestors, where a new request begins (a delayed task of a
+/// server-run tree); node ids cannot contain `|`.
+const REQUEST_BOUNDARY: &str = "|";
+
+/// Delays in trees the provider runs itself: payrun sends a delayed subtree in a request of its
+/// own once it knows how the task above it ended, and what it knows is the item's payout verdict.
+/// So a delayed task must hang off a payout task that is the only payout of its request, and
+/// the tree's roots cannot wait (run the batch later instead).
+fn check_server_delays(c: &mut Compiler, roots: &[Node], provider: &crate::schema::Provider) {
+    let is_payout = |n: &Node| {
+        provider
+            .operation(&n.op)
+            .is_some_and(|o| o.role == Role::Payout)
+    };
+    // Payout tasks of the request that `n` belongs to, below `n` (not crossing delays).
+    fn payouts_in_request(n: &Node, is_payout: &dyn Fn(&Node) -> bool) -> usize {
+        usize::from(is_payout(n))
+            + n.children()
+                .filter(|(_, c)| c.delay.is_none())
+                .map(|(_, c)| payouts_in_request(c, is_payout))
+                .sum::<usize>()
+    }
+    fn walk(
+        c: &mut Compiler,
+        n: &Node,
+        request_root: &Node,
+        is_payout: &dyn Fn(&Node) -> bool,
+        title: &str,
+    ) {
+        for (_, child) in n.children() {
+            if child.delay.is_some() {
+                let mut at = child.yaml_path.clone();
+                at.push(key("delay"));
+                if !is_payout(n) {
+                    c.error(
+                        &at,
+                        "flow.delay",
+                        format!("{title} runs a whole tree itself; payrun can delay a task only after a payout it follows, and `{}` is not one", n.op),
+                        "move the delay to a task under the payout, or drop it to let the provider run the task at once",
+                    );
+                } else if payouts_in_request(request_root, is_payout) > 1 {
+                    c.error(
+                        &at,
+                        "flow.delay",
+                        format!("the request this delay follows has more than one payout, so payrun cannot tell which one `{}` waits for", n.op),
+                        "give the other payouts a delay of their own, so each request has one payout",
+                    );
+                }
+                walk(c, child, child, is_payout, title);
+            } else {
+                walk(c, child, request_root, is_payout, title);
+            }
+        }
+    }
+    for r in roots {
+        if r.delay.is_some() {
+            let mut at = r.yaml_path.clone();
+            at.push(key("delay"));
+            c.error(
+                &at,
+                "flow.delay",
+                "a task at the top of the flow cannot wait: it is what starts each item",
+                "run the batch later instead, or put the delay on a task under a payout",
+            );
+        }
+        walk(c, r, r, &is_payout, &provider.title);
     }
 }
 
@@ -313,6 +384,9 @@ pub fn compile(
     }
     let preflight: Vec<Task> = m.preflight.iter().map(|n| c.task(n, &[], true)).collect();
     let tasks: Vec<Task> = m.flow.iter().map(|n| c.task(n, &[], false)).collect();
+    if provider.tree == TreeExecution::Server {
+        check_server_delays(&mut c, &m.flow, provider);
+    }
 
     let limits = Limits {
         requests_per_second: if m.limits.requests_per_second > 0.0 {
@@ -428,6 +502,16 @@ impl Compiler<'_> {
 
     fn task(&mut self, node: &Node, ancestors: &[String], preflight: bool) -> Task {
         self.failed_paths.clear();
+        // A delayed task of a provider that runs whole trees is sent by payrun in a request of
+        // its own, after the tasks above it finished: their results are known from here on.
+        let mut marked;
+        let ancestors = if node.delay.is_some() && self.provider.tree == TreeExecution::Server {
+            marked = ancestors.to_vec();
+            marked.push(REQUEST_BOUNDARY.to_string());
+            marked.as_slice()
+        } else {
+            ancestors
+        };
         let op_at = {
             let mut p = node.yaml_path.clone();
             p.push(key("op"));
@@ -704,6 +788,17 @@ impl Compiler<'_> {
             Ref::TaskKey => Ok(Bound::TaskKey),
             Ref::Batch => Ok(Bound::Batch),
             Ref::Result { node, path } => {
+                let boundary = ancestors.iter().rposition(|a| a == REQUEST_BOUNDARY);
+                let position = ancestors.iter().position(|a| *a == node);
+                if self.provider.tree == TreeExecution::Server
+                    && let Some(at) = position
+                    && boundary.is_none_or(|b| at > b)
+                {
+                    return Err((
+                        format!("{} runs a whole task tree in one request, so `result.{node}` is not known when this task is sent", self.provider.title),
+                        format!("give this task (or one between it and `{node}`) a `delay`: payrun then sends it in a request of its own once `{node}` finished"),
+                    ));
+                }
                 if ancestors.contains(&node) || (!preflight && self.preflight_ids.contains(&node)) {
                     Ok(Bound::Result { node, path })
                 } else {
