@@ -171,6 +171,16 @@ impl Task {
             .chain(self.always.iter().map(|t| (Link::Always, t)))
     }
 
+    /// This task and the tasks below it that go in the same request (not below a delay).
+    pub fn walk_request<'a>(&'a self, out: &mut Vec<&'a Task>) {
+        out.push(self);
+        for (_, c) in self.children() {
+            if c.delay.is_none() {
+                c.walk_request(out);
+            }
+        }
+    }
+
     /// This task and all below it, depth first.
     pub fn walk<'a>(&'a self, out: &mut Vec<&'a Task>) {
         out.push(self);
@@ -182,6 +192,22 @@ impl Task {
     pub fn binding(&self, path: &str) -> Option<&Binding> {
         self.bindings.iter().find(|b| b.path == path)
     }
+}
+
+/// A delayed step (see `Flow::steps`).
+#[derive(Debug, Clone)]
+pub struct Step<'a> {
+    /// The delayed task: the root of the step's request.
+    pub task: &'a Task,
+    /// The step whose outcome it waits for (0: the item's first request).
+    pub after: usize,
+    /// The payout task it hangs off (the only payout of step `after`).
+    pub after_task: &'a Task,
+    pub link: Link,
+    pub delay: Duration,
+    /// The step's request contains a payout (so an answer lost in transit is settled by a
+    /// lookup by key, not by sending it again).
+    pub pays: bool,
 }
 
 /// How an amount finds its currency, per row.
@@ -251,6 +277,41 @@ impl Flow {
         let mut out = Vec::new();
         for t in &self.tasks {
             t.walk(&mut out);
+        }
+        out
+    }
+
+    /// The delayed steps of a tree the provider runs itself: each delayed task (with the tasks
+    /// below it up to the next delay) is a request payrun sends once the payout above it ended
+    /// and the delay passed. Step 0 — the item's first request — is not in the list; step `k`
+    /// is `steps()[k - 1]`. Depth first, so a step's parent step comes before it.
+    pub fn steps(&self) -> Vec<Step<'_>> {
+        fn walk<'a>(flow: &Flow, t: &'a Task, current: usize, out: &mut Vec<Step<'a>>) {
+            for (link, c) in t.children() {
+                match c.delay {
+                    Some(delay) => {
+                        let mut below = Vec::new();
+                        c.walk_request(&mut below);
+                        out.push(Step {
+                            task: c,
+                            after: current,
+                            after_task: t,
+                            link,
+                            delay,
+                            pays: below.iter().any(|t| flow.op(&t.op).role == Role::Payout),
+                        });
+                        let me = out.len();
+                        walk(flow, c, me, out);
+                    }
+                    None => walk(flow, c, current, out),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if self.provider.tree == TreeExecution::Server {
+            for t in &self.tasks {
+                walk(self, t, 0, &mut out);
+            }
         }
         out
     }
@@ -795,8 +856,13 @@ impl Compiler<'_> {
                     && boundary.is_none_or(|b| at > b)
                 {
                     return Err((
-                        format!("{} runs a whole task tree in one request, so `result.{node}` is not known when this task is sent", self.provider.title),
-                        format!("give this task (or one between it and `{node}`) a `delay`: payrun then sends it in a request of its own once `{node}` finished"),
+                        format!(
+                            "{} runs a whole task tree in one request, so `result.{node}` is not known when this task is sent",
+                            self.provider.title
+                        ),
+                        format!(
+                            "give this task (or one between it and `{node}`) a `delay`: payrun then sends it in a request of its own once `{node}` finished"
+                        ),
                     ));
                 }
                 if ancestors.contains(&node) || (!preflight && self.preflight_ids.contains(&node)) {

@@ -39,6 +39,7 @@ impl Visitor for Collect<'_> {
             digest: crate::plan::content_digest(self.flow, item.values),
             line: item.line,
             payload: crate::providers::render(self.flow, item, &key),
+            steps: crate::providers::render_steps(self.flow, item, &key),
             money: crate::plan::item_money(self.flow, item, &key),
             key,
         });
@@ -51,6 +52,7 @@ impl Visitor for Collect<'_> {
 fn retry_selection(flow: &Flow, records: &[super::store::Record]) -> HashMap<String, u32> {
     records
         .iter()
+        .filter(|r| r.step.is_none())
         .filter_map(|r| match &r.state {
             super::machine::State::Failed { code, .. }
                 if code.starts_with("retries-exhausted:")
@@ -139,7 +141,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         let pick = retry_selection(&flow, &records);
         let unsafe_codes: std::collections::BTreeSet<&str> = records
             .iter()
-            .filter(|r| !pick.contains_key(&r.id))
+            .filter(|r| r.step.is_none() && !pick.contains_key(&r.id))
             .filter_map(|r| match &r.state {
                 super::machine::State::Failed { code, .. } => Some(code.as_str()),
                 _ => None,
@@ -163,19 +165,6 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
     } else {
         HashMap::new()
     };
-    // Paysend runs a whole tree itself and has no delays; a delayed subtree would have to be
-    // sent by payrun later, which this runner does not do yet. Refuse rather than run something
-    // other than what `plan` shows.
-    if let Some(t) = flow.all_tasks().into_iter().find(|t| t.delay.is_some()) {
-        eprintln!(
-            "error[run.delay]: task `{}` has a `delay`, which `payrun run` does not carry out yet; nothing was sent",
-            t.id
-        );
-        eprintln!(
-            "  hint: remove the delay to let Paysend run the subtree at once, or run that step as a separate batch later"
-        );
-        return 1;
-    }
     let mut source = prepared.source;
     let mut items: Vec<PlannedItem> = Vec::new();
     let report = match crate::validate::validate(
@@ -352,7 +341,7 @@ fn execute(
     if !attempts.is_empty() {
         let now = runner::now_ms();
         let mut rows = Vec::new();
-        for (i, r) in stored.iter_mut() {
+        for (i, r) in stored.iter_mut().filter(|(_, r)| r.step.is_none()) {
             let Some(&n) = attempts.get(&r.id) else {
                 continue;
             };
@@ -387,6 +376,7 @@ fn execute(
     // An item whose content changed since it was started is never sent as it is now.
     let changed: Vec<String> = stored
         .iter()
+        .filter(|(_, r)| r.step.is_none())
         .filter(|(i, r)| {
             items
                 .get(*i as usize)
@@ -588,7 +578,13 @@ fn execute(
             );
             return 130;
         }
-        if summary.failed + summary.needs_review + summary.unfinished > 0 { 4 } else { 0 }
+        if summary.steps_done + summary.steps_failed + summary.steps_open > 0 {
+            println!(
+                "delayed steps: {} done or skipped, {} failed, {} unfinished",
+                summary.steps_done, summary.steps_failed, summary.steps_open
+            );
+        }
+        if summary.failed + summary.needs_review + summary.unfinished + summary.steps_failed + summary.steps_open > 0 { 4 } else { 0 }
     })
 }
 

@@ -29,6 +29,15 @@ fn plus(t: Millis, d: Duration) -> Millis {
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum State {
     Planned,
+    /// A delayed step: sent at `at` (once the task it follows ended and its delay passed).
+    Scheduled {
+        at: Millis,
+    },
+    /// A delayed step whose branch was not taken: nothing is sent.
+    Skipped {
+        reason: String,
+        at: Millis,
+    },
     /// Recorded before the request leaves.
     Sending {
         attempt: u32,
@@ -75,13 +84,17 @@ pub enum State {
 
 impl State {
     pub fn is_final(&self) -> bool {
-        matches!(self, State::Succeeded { .. } | State::Failed { .. })
+        matches!(
+            self,
+            State::Succeeded { .. } | State::Failed { .. } | State::Skipped { .. }
+        )
     }
 
     /// When the item next needs attention, if it waits for a time.
     pub fn due(&self) -> Option<Millis> {
         match self {
             State::RetryAt { at, .. }
+            | State::Scheduled { at }
             | State::InDoubt { at, .. }
             | State::NeedsReview { at, .. } => Some(*at),
             State::Submitted { poll_at, .. } => Some(*poll_at),
@@ -174,6 +187,14 @@ pub fn step(
     }
     match (state, event) {
         (S::Planned, E::Tick { now } | E::Resume { now }) => send(1, now),
+
+        (S::Scheduled { at }, E::Tick { now } | E::Resume { now }) => {
+            if now >= *at {
+                send(1, now)
+            } else {
+                (state.clone(), vec![Effect::WakeAt(*at)])
+            }
+        }
 
         (S::RetryAt { attempt, at, .. }, E::Tick { now } | E::Resume { now }) => {
             if now >= *at {

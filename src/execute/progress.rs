@@ -24,7 +24,9 @@ impl Progress {
     /// Counts items settled before this run without announcing them again.
     pub fn new(recs: &[Record]) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new(recs.len() as u64);
+            let b = indicatif::ProgressBar::new(
+                recs.iter().filter(|r| r.step.is_none()).count() as u64
+            );
             if let Ok(style) =
                 indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} done · {msg}")
             {
@@ -40,6 +42,9 @@ impl Progress {
             settled_now: 0,
         };
         for (i, r) in recs.iter().enumerate() {
+            if r.step.is_some() {
+                continue;
+            }
             if r.state.is_final() || matches!(r.state, State::NeedsReview { .. }) {
                 p.reported.insert(i);
                 if r.state.is_final()
@@ -75,6 +80,23 @@ impl Progress {
     pub fn update(&mut self, recs: &[Record], changed: &[usize], in_flight: usize) {
         for &i in changed {
             let r = &recs[i];
+            if let Some(path) = &r.step {
+                // Delayed steps are reported as lines of their own, not counted as items.
+                let what = match &r.state {
+                    State::Succeeded { .. } => Some("done".to_string()),
+                    State::Failed {
+                        code, description, ..
+                    } => Some(format!("failed: {code} {description}")),
+                    State::Skipped { reason, .. } => Some(format!("skipped ({reason})")),
+                    _ => None,
+                };
+                if let Some(what) = what
+                    && self.bar.is_none()
+                {
+                    eprintln!("{} step {path} {what}", r.id);
+                }
+                continue;
+            }
             let line = match &r.state {
                 State::Succeeded { ids, .. } => Some(format!(
                     "{} paid{}",
@@ -110,7 +132,11 @@ impl Progress {
         if let Some(b) = &self.bar
             && !changed.is_empty()
         {
-            let count = |f: fn(&State) -> bool| recs.iter().filter(|r| f(&r.state)).count();
+            let count = |f: fn(&State) -> bool| {
+                recs.iter()
+                    .filter(|r| r.step.is_none() && f(&r.state))
+                    .count()
+            };
             let awaiting = count(|s| matches!(s, State::Submitted { .. } | State::InDoubt { .. }));
             let failed = count(|s| matches!(s, State::Failed { .. }));
             let review = count(|s| matches!(s, State::NeedsReview { .. }));

@@ -24,6 +24,8 @@ pub struct PlannedItem {
     pub digest: String,
     pub line: u64,
     pub payload: Vec<Value>,
+    /// What each delayed step sends (`Flow::steps` order; results filled in when sent).
+    pub steps: Vec<Value>,
     pub money: Vec<(String, String)>,
 }
 
@@ -46,6 +48,10 @@ pub struct Summary {
     pub unfinished: usize,
     pub requests: u64,
     pub commits: u64,
+    /// Delayed steps: done (sent and answered, or skipped), failed, not finished.
+    pub steps_done: usize,
+    pub steps_failed: usize,
+    pub steps_open: usize,
 }
 
 pub fn now_ms() -> Millis {
@@ -222,9 +228,29 @@ impl Wire {
     }
 }
 
-/// The loop's bookkeeping around the records: which items wait for what.
+/// A delayed step as the runner needs it (see `Flow::steps`).
+struct StepInfo {
+    path: String,
+    /// The step it follows (0: the item's first request).
+    after: usize,
+    /// The id of the payout task it follows (`${result.<id>.<path>}`).
+    after_id: String,
+    link: crate::manifest::Link,
+    delay: Duration,
+    pays: bool,
+}
+
+/// The loop's bookkeeping around the records: which items wait for what. A record is a *unit*:
+/// an item's first request (units `0..items`, in batch order) or one of its delayed steps
+/// (appended as they come due).
 struct Book {
     recs: Vec<Record>,
+    /// (item, step) of each unit; step 0 is the item's first request.
+    units: Vec<(usize, usize)>,
+    unit_at: HashMap<(usize, usize), usize>,
+    /// Steps 1.. (index k - 1), and the steps that follow each step (index k).
+    steps: Vec<StepInfo>,
+    followers: Vec<Vec<usize>>,
     /// Not started yet, in file order.
     ready: VecDeque<usize>,
     /// (due time, item); stale entries are skipped when popped.
@@ -262,6 +288,7 @@ impl Book {
             | Event::Resume { now } => *now,
         };
         let (s, fx) = machine::step(&self.recs[i].state, event, policy, timings);
+        let ends = s.is_final() && !self.recs[i].state.is_final();
         if s != self.recs[i].state {
             let r = &mut self.recs[i];
             if matches!(s, State::Sending { .. }) && r.first_sent.is_none() {
@@ -281,12 +308,115 @@ impl Book {
             self.changed.push(i);
         }
         self.schedule(i);
+        if ends {
+            self.follow(i, now);
+        }
         for e in fx {
             match e {
                 Effect::Send { .. } => self.sends.push(i),
                 Effect::Lookup => self.lookups.push(i),
                 Effect::WakeAt(_) => {}
             }
+        }
+    }
+
+    /// Creates the delayed steps that follow unit `u`, which just ended: scheduled after their
+    /// delay when the branch they hang on was taken, skipped otherwise. Committed with `u`'s
+    /// final state, so a crash cannot lose them.
+    fn follow(&mut self, u: usize, now: Millis) {
+        use crate::manifest::Link;
+        let (item, step) = self.units[u];
+        for k in self.followers[step].clone() {
+            if self.unit_at.contains_key(&(item, k)) {
+                continue;
+            }
+            let s = &self.steps[k - 1];
+            let outcome = match &self.recs[u].state {
+                State::Succeeded { .. } => Some(Link::Success),
+                State::Failed { .. } => Some(Link::Fail),
+                _ => None,
+            };
+            let state = match outcome {
+                Some(o) if s.link == Link::Always || s.link == o => State::Scheduled {
+                    at: now.saturating_add(s.delay.as_millis() as u64),
+                },
+                Some(o) => State::Skipped {
+                    reason: format!("`{}` ended in {}", s.after_id, o.as_str()),
+                    at: now,
+                },
+                None => State::Skipped {
+                    reason: format!("`{}` did not run", s.after_id),
+                    at: now,
+                },
+            };
+            let base = &self.recs[self.unit_at[&(item, 0)]];
+            let mut r = Record::planned(
+                &base.id,
+                &crate::keys::task_key(&base.key, &format!("step/{}", s.path)),
+                &base.digest,
+                base.line,
+                Vec::new(),
+            );
+            r.step = Some(s.path.clone());
+            r.updated = now;
+            let skipped = state.is_final();
+            r.state = state;
+            let v = self.recs.len();
+            self.recs.push(r);
+            self.units.push((item, k));
+            self.unit_at.insert((item, k), v);
+            if !skipped {
+                self.open += 1;
+            }
+            self.changed.push(v);
+            self.schedule(v);
+            if skipped {
+                self.follow(v, now);
+            }
+        }
+    }
+
+    /// The request of delayed step unit `u`, with the results of the payout it follows.
+    fn step_payload(&self, u: usize, planned: &Value) -> Result<Value, String> {
+        let (item, step) = self.units[u];
+        let s = &self.steps[step - 1];
+        let parent = &self.recs[self.unit_at[&(item, s.after)]].state;
+        let lookup = |id: &str, path: &str| -> Option<Value> {
+            if id != s.after_id {
+                return None;
+            }
+            let name = path.rsplit('.').next().unwrap_or(path);
+            match parent {
+                State::Succeeded { ids, .. } => ids.get(path).or_else(|| ids.get(name)).cloned(),
+                State::Failed {
+                    code, description, ..
+                } => match name {
+                    "code" => Some(code.clone()),
+                    "description" | "comment" => Some(description.clone()),
+                    _ => None,
+                },
+                _ => None,
+            }
+            .map(Value::String)
+        };
+        let mut v = planned.clone();
+        let mut missing = Vec::new();
+        crate::providers::fill_results(&mut v, &lookup, &mut missing);
+        if missing.is_empty() {
+            Ok(v)
+        } else {
+            Err(format!(
+                "the step needs {} of the payout it follows, which did not report it",
+                missing.join(", ")
+            ))
+        }
+    }
+
+    /// Where unit `u` is stored.
+    fn store_index(&self, u: usize) -> u64 {
+        match self.units[u] {
+            (item, 0) => item as u64,
+            (item, step) => super::store::step_index(step, item),
         }
     }
 
@@ -319,7 +449,7 @@ impl Book {
         let rows: Vec<(u64, &Record)> = self
             .changed
             .iter()
-            .map(|&i| (i as u64, &self.recs[i]))
+            .map(|&i| (self.store_index(i), &self.recs[i]))
             .collect();
         store.commit(&rows)?;
         self.changed.clear();
@@ -341,7 +471,7 @@ pub async fn run(
     let limits = &flow.limits;
     let adapter: &dyn Adapter = endpoint.adapter.as_ref();
     let mut stored: HashMap<u64, Record> = store.items()?.into_iter().collect();
-    let recs: Vec<Record> = items
+    let mut recs: Vec<Record> = items
         .iter()
         .enumerate()
         .map(|(i, it)| {
@@ -350,9 +480,39 @@ pub async fn run(
             })
         })
         .collect();
-    drop(stored);
+    let mut units: Vec<(usize, usize)> = (0..recs.len()).map(|i| (i, 0)).collect();
+    // Delayed steps already under way, after the items.
+    let mut rest: Vec<(u64, Record)> = stored.into_iter().collect();
+    rest.sort_unstable_by_key(|(i, _)| *i);
+    for (index, r) in rest {
+        let (step, item) = super::store::split_index(index);
+        if step > 0 && item < items.len() {
+            units.push((item, step));
+            recs.push(r);
+        }
+    }
+    let steps: Vec<StepInfo> = flow
+        .steps()
+        .iter()
+        .map(|s| StepInfo {
+            path: s.task.tree_path.clone(),
+            after: s.after,
+            after_id: s.after_task.id.clone(),
+            link: s.link,
+            delay: s.delay,
+            pays: s.pays,
+        })
+        .collect();
+    let mut followers = vec![Vec::new(); steps.len() + 1];
+    for (k, s) in steps.iter().enumerate() {
+        followers[s.after].push(k + 1);
+    }
     let mut book = Book {
         open: recs.iter().filter(|r| is_open(&r.state)).count(),
+        unit_at: units.iter().enumerate().map(|(u, &iu)| (iu, u)).collect(),
+        units,
+        steps,
+        followers,
         recs,
         ready: VecDeque::new(),
         timers: BTreeSet::new(),
@@ -375,6 +535,12 @@ pub async fn run(
                 book.schedule(i);
             }
             _ => book.schedule(i),
+        }
+    }
+    // Steps that should follow what ended before (a batch started by an older payrun).
+    for u in 0..book.recs.len() {
+        if book.recs[u].state.is_final() {
+            book.follow(u, now);
         }
     }
     book.commit(store)?;
@@ -467,8 +633,33 @@ pub async fn run(
         lookups_now.sort_unstable();
         lookups_now.dedup();
         lookups_now.retain(|&i| !book.recs[i].state.is_final() && !book.in_flight.contains(&i));
-        for chunk in sends_now.chunks(pack) {
-            let idx: Vec<usize> = chunk.to_vec();
+        // A delayed step's request gets the results of the payout it follows; one that cannot
+        // be filled in is not sent.
+        let mut unresolved: Vec<(usize, String)> = Vec::new();
+        let mut filled: HashMap<usize, Vec<Value>> = HashMap::new();
+        sends_now.retain(|&u| {
+            let (item, step) = book.units[u];
+            if step == 0 {
+                return true;
+            }
+            match book.step_payload(u, &items[item].steps[step - 1]) {
+                Ok(v) => {
+                    filled.insert(u, vec![v]);
+                    true
+                }
+                Err(why) => {
+                    unresolved.push((u, why));
+                    false
+                }
+            }
+        });
+        // One step per request (a pack's answer is read against one kind of tree).
+        sends_now.sort_unstable_by_key(|&u| (book.units[u].1, u));
+        let packs: Vec<Vec<usize>> = sends_now
+            .chunk_by(|&a, &b| book.units[a].1 == book.units[b].1)
+            .flat_map(|same| same.chunks(pack).map(<[usize]>::to_vec))
+            .collect();
+        for idx in packs {
             book.in_flight.extend(&idx);
             sending += idx.len();
             requests += 1;
@@ -477,9 +668,12 @@ pub async fn run(
             }
             let out: Vec<Outgoing> = idx
                 .iter()
-                .map(|&i| Outgoing {
-                    key: &book.recs[i].key,
-                    payload: &items[i].payload,
+                .map(|&u| Outgoing {
+                    key: &book.recs[u].key,
+                    payload: match filled.get(&u) {
+                        Some(v) => v,
+                        None => &items[book.units[u].0].payload,
+                    },
                 })
                 .collect();
             let req = adapter.submit(&out, &rfc3339(now));
@@ -503,10 +697,44 @@ pub async fn run(
                     let (group, pos) = adapter.reference_group(reference);
                     by_group.entry(group).or_default().push((i, pos));
                 }
+                // A delayed step that pays nothing is settled by sending it again (it only
+                // reads); one that pays is looked up by the item's key like the item itself.
+                _ if book.units[i].1 > 0 && !book.steps[book.units[i].1 - 1].pays => {
+                    let (item, step) = book.units[i];
+                    match book.step_payload(i, &items[item].steps[step - 1]) {
+                        Ok(v) => {
+                            requests += 1;
+                            let payload = [v];
+                            let req = adapter.submit(
+                                &[Outgoing {
+                                    key: &book.recs[i].key,
+                                    payload: &payload,
+                                }],
+                                &rfc3339(now),
+                            );
+                            let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
+                            tokio::spawn(async move {
+                                let (_slot, answer) = wire.exchange(req, false).await;
+                                let verdict = adapter
+                                    .classify_submit(&answer, 1)
+                                    .pop()
+                                    .unwrap_or(Verdict::InDoubt);
+                                let _ = wire.tx.send(Outcome::Observed(vec![(i, verdict)]));
+                            });
+                        }
+                        Err(why) => {
+                            book.in_flight.remove(&i);
+                            unresolved.push((i, why));
+                        }
+                    }
+                }
                 _ => {
+                    let key = match book.units[i] {
+                        (item, s) if s > 0 => book.recs[book.unit_at[&(item, 0)]].key.clone(),
+                        _ => book.recs[i].key.clone(),
+                    };
                     requests += 1;
-                    let req =
-                        adapter.key_lookup(&book.recs[i].key, book.recs[i].requests, &rfc3339(now));
+                    let req = adapter.key_lookup(&key, book.recs[i].requests, &rfc3339(now));
                     let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
                     tokio::spawn(async move {
                         let (_slot, answer) = wire.exchange(req, false).await;
@@ -533,6 +761,19 @@ pub async fn run(
             });
         }
 
+        for (u, why) in unresolved {
+            let verdict = Verdict::Failed {
+                code: "unresolved-result".into(),
+                description: why,
+            };
+            book.apply(
+                u,
+                Event::Observed { verdict, now },
+                policy,
+                timings,
+                adapter,
+            );
+        }
         if book.in_flight.is_empty() && (stopping || (book.open == 0 && book.ready.is_empty())) {
             break;
         }
@@ -634,12 +875,20 @@ pub async fn run(
         let _ = std::fs::remove_file(control_path(&store.path));
     }
     let mut s = Summary {
-        items: book.recs.len(),
+        items: book.recs.iter().filter(|r| r.step.is_none()).count(),
         requests,
         commits: store.commits,
         ..Summary::default()
     };
     for r in &book.recs {
+        if r.step.is_some() {
+            match r.state {
+                State::Succeeded { .. } | State::Skipped { .. } => s.steps_done += 1,
+                State::Failed { .. } => s.steps_failed += 1,
+                _ => s.steps_open += 1,
+            }
+            continue;
+        }
         match r.state {
             State::Succeeded { .. } => s.succeeded += 1,
             State::Failed { .. } => s.failed += 1,

@@ -53,6 +53,9 @@ pub struct StatusView {
     pub in_doubt: Vec<String>,
     pub needs_review: Vec<Problem>,
     pub failed: Vec<Problem>,
+    /// Delayed steps (requests payrun sends after a payout), state name → steps.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub steps: BTreeMap<String, usize>,
     /// Set while a runner holds the batch.
     pub running: Option<Holder>,
     pub updated: String,
@@ -61,6 +64,8 @@ pub struct StatusView {
 pub fn state_name(s: &State) -> &'static str {
     match s {
         State::Planned => "planned",
+        State::Scheduled { .. } => "scheduled",
+        State::Skipped { .. } => "skipped",
         State::Sending { .. } => "sending",
         State::RetryAt { .. } => "retry_wait",
         State::Submitted { .. } => "submitted",
@@ -68,6 +73,15 @@ pub fn state_name(s: &State) -> &'static str {
         State::Succeeded { .. } => "paid",
         State::Failed { .. } => "failed",
         State::NeedsReview { .. } => "needs_review",
+    }
+}
+
+/// A delayed step's state: a step that got its answer is `done`, not `paid` (most steps pay
+/// nothing).
+pub fn step_state_name(s: &State) -> &'static str {
+    match s {
+        State::Succeeded { .. } => "done",
+        s => state_name(s),
     }
 }
 
@@ -89,8 +103,22 @@ pub fn view(batch: &str, records: &[Record], running: Option<Holder>) -> StatusV
     let mut in_doubt = Vec::new();
     let mut needs_review = Vec::new();
     let mut failed = Vec::new();
+    let mut steps: BTreeMap<String, usize> = BTreeMap::new();
+    let mut items = 0;
     for r in records {
-        *states.entry(state_name(&r.state).to_string()).or_insert(0) += 1;
+        let id = match &r.step {
+            Some(path) => {
+                *steps
+                    .entry(step_state_name(&r.state).to_string())
+                    .or_insert(0) += 1;
+                format!("{} (step {path})", r.id)
+            }
+            None => {
+                items += 1;
+                *states.entry(state_name(&r.state).to_string()).or_insert(0) += 1;
+                r.id.clone()
+            }
+        };
         for (amount, currency) in &r.money {
             let d = Decimal::from_str(amount).unwrap_or_default();
             *sums
@@ -100,11 +128,11 @@ pub fn view(batch: &str, records: &[Record], running: Option<Holder>) -> StatusV
                 .or_insert(Decimal::ZERO) += d;
         }
         match &r.state {
-            State::InDoubt { .. } if in_doubt.len() < LIST => in_doubt.push(r.id.clone()),
+            State::InDoubt { .. } if in_doubt.len() < LIST => in_doubt.push(id),
             State::NeedsReview {
                 code, description, ..
             } if needs_review.len() < LIST => needs_review.push(Problem {
-                id: r.id.clone(),
+                id,
                 line: r.line,
                 code: code.clone(),
                 description: description.clone(),
@@ -112,7 +140,7 @@ pub fn view(batch: &str, records: &[Record], running: Option<Holder>) -> StatusV
             State::Failed {
                 code, description, ..
             } if failed.len() < LIST => failed.push(Problem {
-                id: r.id.clone(),
+                id,
                 line: r.line,
                 code: code.clone(),
                 description: description.clone(),
@@ -126,8 +154,9 @@ pub fn view(batch: &str, records: &[Record], running: Option<Holder>) -> StatusV
         .collect();
     StatusView {
         batch: batch.to_string(),
-        items: records.len(),
+        items,
         states,
+        steps,
         amounts,
         in_doubt,
         needs_review,
@@ -159,6 +188,10 @@ pub fn render(v: &StatusView) -> String {
     }
     let states: Vec<String> = v.states.iter().map(|(k, n)| format!("{k} {n}")).collect();
     let _ = writeln!(out, "states: {}", states.join(", "));
+    if !v.steps.is_empty() {
+        let steps: Vec<String> = v.steps.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(out, "delayed steps: {}", steps.join(", "));
+    }
     for (c, b) in &v.amounts {
         let parts: Vec<String> = ["paid", "pending", "failed", "review"]
             .iter()
@@ -214,8 +247,38 @@ pub fn report_csv(records: &[Record]) -> Vec<u8> {
         "finished_at",
         "updated_at",
         "earlier_attempts",
+        "delayed_steps",
     ]);
+    // Delayed steps, by item: "path state [code]".
+    let mut steps: std::collections::HashMap<&str, Vec<String>> = std::collections::HashMap::new();
     for r in records {
+        if let Some(path) = &r.step {
+            let mut detail = match &r.state {
+                State::Failed { code, .. } | State::NeedsReview { code, .. } => {
+                    format!(" {code}")
+                }
+                State::Succeeded { ids, .. } => ids
+                    .get("globalId")
+                    .map(|g| format!(" {g}"))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            if let Some(t) = r
+                .first_sent
+                .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64))
+            {
+                detail.push_str(&format!(
+                    " sent {}",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                ));
+            }
+            steps
+                .entry(r.id.as_str())
+                .or_default()
+                .push(format!("{path} {}{detail}", step_state_name(&r.state)));
+        }
+    }
+    for r in records.iter().filter(|r| r.step.is_none()) {
         let (ids, code, desc, finished) = match &r.state {
             State::Succeeded { ids, at } => (Some(ids), "", "", Some(*at)),
             State::Failed {
@@ -258,6 +321,10 @@ pub fn report_csv(records: &[Record]) -> Vec<u8> {
             time(finished),
             time(Some(r.updated)),
             earlier.join("; "),
+            steps
+                .get(r.id.as_str())
+                .map(|s| s.join("; "))
+                .unwrap_or_default(),
         ];
         let _ = w.write_record(row.iter().map(|c| safe_cell(c)));
     }

@@ -39,6 +39,10 @@ pub struct Record {
     /// When the state last changed.
     #[serde(default)]
     pub updated: u64,
+    /// Set for a delayed step of the item (the tree path of its delayed task): a request payrun
+    /// sends on its own after the payout it follows ended. Absent for the item itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 fn first_attempt() -> u32 {
@@ -51,6 +55,16 @@ pub struct Earlier {
     pub key: String,
     pub code: String,
     pub at: u64,
+}
+
+/// Where a delayed step of item `item` is stored: above every item index.
+pub fn step_index(step: usize, item: usize) -> u64 {
+    ((step as u64) << 32) | item as u64
+}
+
+/// (step, item) of a stored index; step 0 is the item itself.
+pub fn split_index(index: u64) -> (usize, usize) {
+    ((index >> 32) as usize, (index & 0xffff_ffff) as usize)
 }
 
 impl Record {
@@ -74,6 +88,7 @@ impl Record {
             earlier: Vec::new(),
             first_sent: None,
             updated: 0,
+            step: None,
         }
     }
 }
@@ -154,7 +169,8 @@ impl Store {
         Store::open(dir, batch)
     }
 
-    /// Every stored item, by index.
+    /// Every stored record by index: items at their position in the batch, delayed steps at
+    /// `step_index`.
     pub fn items(&self) -> Result<Vec<(u64, Record)>, StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
         let t = txn.open_table(ITEMS).map_err(err)?;

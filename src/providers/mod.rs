@@ -118,6 +118,47 @@ pub fn render(
     }
 }
 
+/// The requests of an item's delayed steps (`Flow::steps` order), rendered at plan time with
+/// `${result.<id>.<path>}` left for the runner to fill in when the step is sent.
+pub fn render_steps(
+    flow: &crate::compile::Flow,
+    item: &crate::validate::ItemRow,
+    key: &str,
+) -> Vec<Value> {
+    match flow.provider.name.as_str() {
+        "paysend" => paysend::step_trees(flow, item, key),
+        _ => Vec::new(),
+    }
+}
+
+/// Replaces every string that is exactly `${result.<id>.<path>}` with what `lookup(id, path)`
+/// gives; returns the references it could not fill.
+pub fn fill_results(
+    v: &mut Value,
+    lookup: &dyn Fn(&str, &str) -> Option<Value>,
+    missing: &mut Vec<String>,
+) {
+    match v {
+        Value::String(s) => {
+            if let Some(inner) = s
+                .strip_prefix("${result.")
+                .and_then(|r| r.strip_suffix('}'))
+                && let Some((id, path)) = inner.split_once('.')
+            {
+                match lookup(id, path) {
+                    Some(x) => *v = x,
+                    None => missing.push(format!("result.{id}.{path}")),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| fill_results(x, lookup, missing)),
+        Value::Object(o) => o
+            .values_mut()
+            .for_each(|x| fill_results(x, lookup, missing)),
+        _ => {}
+    }
+}
+
 /// One provider's wire protocol, as the runner needs it. Pure: no I/O.
 pub trait Adapter: Send + Sync {
     /// How many items one submission may carry.

@@ -7,7 +7,6 @@ use super::{Adapter, Method, Notice, Outgoing, Preflight, Request};
 use crate::compile::{Flow, Task};
 use crate::execute::backoff::ErrorClass;
 use crate::execute::machine::Verdict;
-use crate::manifest::Link;
 use crate::manifest::Signature;
 use crate::validate::ItemRow;
 use serde_json::{Value, json};
@@ -21,7 +20,8 @@ const BUSY: &str = "Sorry. Can't accept your request now.";
 fn tree(flow: &Flow, t: &Task, item: &ItemRow, key: &str) -> Value {
     let mut v =
         json!({"type": t.op, "payload": crate::plan::render_payload(flow, t, item, key, false)});
-    for (link, c) in t.children() {
+    // A delayed task goes in a request of its own, later (see `step_trees`).
+    for (link, c) in t.children().filter(|(_, c)| c.delay.is_none()) {
         let branch = v
             .as_object_mut()
             .expect("object")
@@ -33,6 +33,15 @@ fn tree(flow: &Flow, t: &Task, item: &ItemRow, key: &str) -> Value {
             .push(tree(flow, c, item, key));
     }
     v
+}
+
+/// The trees of an item's delayed steps (`Flow::steps` order), one per step. References to
+/// the results of the tasks they follow stay `${result.<id>.<path>}` until they are sent.
+pub fn step_trees(flow: &Flow, item: &ItemRow, key: &str) -> Vec<Value> {
+    flow.steps()
+        .iter()
+        .map(|s| tree(flow, s.task, item, key))
+        .collect()
 }
 
 /// One item's task trees as Paysend takes them (`payload.tasks[]` elements).
@@ -409,47 +418,62 @@ pub fn task_verdict(result: Option<&Value>, global_id: &str) -> Verdict {
 
 /// The verdict for one item from its task tree in an answer: the first payout task that ran
 /// decides; if none ran, the first error on the way decides; otherwise it is still running.
+/// The answer's tree is read by its task types, so it works for an item's first request and for
+/// its delayed steps alike.
 pub fn tree_verdict(flow: &Flow, tree: &Value, global_id: &str) -> Verdict {
-    fn payout<'a>(flow: &Flow, task: &Task, v: &'a Value, out: &mut Option<&'a Value>) {
-        if out.is_some() {
-            return;
+    let is_payout = |v: &Value| {
+        v.get("type")
+            .and_then(Value::as_str)
+            .and_then(|t| flow.provider.operation(t))
+            .is_some_and(|o| o.role == crate::schema::Role::Payout)
+    };
+    fn first_payout<'a>(v: &'a Value, is_payout: &dyn Fn(&Value) -> bool) -> Option<&'a Value> {
+        if is_payout(v)
+            && let Some(r) = v.get("result")
+        {
+            return Some(r);
         }
-        if flow.op(&task.op).role == crate::schema::Role::Payout && v.get("result").is_some() {
-            *out = v.get("result");
-            return;
-        }
-        for (link, child) in task.children() {
-            let idx = match link {
-                Link::Success => task.success.iter().position(|c| std::ptr::eq(c, child)),
-                Link::Fail => task.fail.iter().position(|c| std::ptr::eq(c, child)),
-                Link::Always => task.always.iter().position(|c| std::ptr::eq(c, child)),
-            };
-            if let Some(cv) = idx.and_then(|i| v.get(link.as_str()).and_then(|a| a.get(i))) {
-                payout(flow, child, cv, out);
+        for b in ["success", "fail", "always"] {
+            for c in v.get(b).and_then(Value::as_array).into_iter().flatten() {
+                if let Some(r) = first_payout(c, is_payout) {
+                    return Some(r);
+                }
             }
         }
+        None
     }
-    let Some(root) = flow.tasks.first() else {
-        return Verdict::Accepted {
-            reference: global_id.to_string(),
-        };
-    };
-    let mut found = None;
-    payout(flow, root, tree, &mut found);
-    if let Some(r) = found {
+    if let Some(r) = first_payout(tree, &is_payout) {
         return task_verdict(Some(r), global_id);
     }
-    // No payout ran: still running, or a task before it failed.
+    // No payout ran: still running, or a task before it failed — or the request had none.
+    let root_type = tree.get("type").and_then(Value::as_str).unwrap_or("");
+    let mut roots: Vec<&Task> = flow.tasks.iter().collect();
+    roots.extend(flow.steps().into_iter().map(|s| s.task));
+    let expects_payout = roots.iter().filter(|t| t.op == root_type).any(|t| {
+        let mut all = Vec::new();
+        t.walk_request(&mut all);
+        all.iter()
+            .any(|t| flow.op(&t.op).role == crate::schema::Role::Payout)
+    });
     match task_verdict(tree.get("result"), global_id) {
-        Verdict::Succeeded { .. }
-            if flow
-                .all_tasks()
-                .iter()
-                .any(|t| flow.op(&t.op).role == crate::schema::Role::Payout) =>
-        {
+        Verdict::Succeeded { .. } if expects_payout => Verdict::Failed {
+            code: "not-paid".into(),
+            description: "the tree finished without running its payout".into(),
+        },
+        // 3006 and 3011 say something about a payout only when a payout answered them; from any
+        // other task (a delayed task.statusGet, say) they are simply how that task ended.
+        Verdict::Unknown | Verdict::AlreadyExists => {
+            let r = tree.get("result");
             Verdict::Failed {
-                code: "not-paid".into(),
-                description: "the tree finished without running its payout".into(),
+                code: r
+                    .and_then(|r| r.get("code"))
+                    .map(|c| c.to_string().trim_matches('"').to_string())
+                    .unwrap_or_default(),
+                description: r
+                    .and_then(|r| r.get("comment"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
             }
         }
         v => v,
