@@ -235,7 +235,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
             return 0;
         }
     }
-    execute(&flow, &items, manifest, &attempts, o)
+    execute(&flow, &mut items, manifest, &attempts, o)
 }
 
 /// Compares a saved plan's fingerprint with the inputs as they are now.
@@ -304,7 +304,7 @@ pub fn resume(
 
 fn execute(
     flow: &Flow,
-    items: &[PlannedItem],
+    items: &mut [PlannedItem],
     manifest: &Path,
     attempts: &HashMap<String, u32>,
     o: &RunOptions,
@@ -702,7 +702,7 @@ async fn preflight(
     flow: &Flow,
     endpoint: &Endpoint,
     store: &Store,
-    items: &[PlannedItem],
+    items: &mut [PlannedItem],
 ) -> Result<u32, String> {
     use crate::providers::Preflight;
     use rust_decimal::Decimal;
@@ -720,11 +720,11 @@ async fn preflight(
     let policy = &flow.manifest.retry.default;
     let (mut attempt, mut requests, mut polls) = (1, 0u32, 0);
     let mut req = first.clone();
-    let balances = loop {
+    let (balances, results) = loop {
         requests += 1;
         let answer = runner::exchange_once(&http, &endpoint.base_url, req.clone()).await;
         match endpoint.adapter.classify_preflight(&answer) {
-            Preflight::Done { balances } => break balances,
+            Preflight::Done { balances, results } => break (balances, results),
             Preflight::Failed(m) => return Err(format!("{m}; nothing was sent")),
             Preflight::Again(next) => {
                 polls += 1;
@@ -744,6 +744,47 @@ async fn preflight(
             }
         }
     };
+    // `${result.<preflight id>.<path>}` in the flow: filled in from what the preflight said,
+    // in every item's requests (first and delayed), before anything is sent.
+    let lookup = |id: &str, path: &str| -> Option<serde_json::Value> {
+        let mut v = results.get(id)?;
+        for seg in path.split('.') {
+            v = match v {
+                serde_json::Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+                other => other.get(seg)?,
+            };
+        }
+        Some(v.clone())
+    };
+    let preflight_ids: std::collections::HashSet<&str> = flow
+        .preflight
+        .iter()
+        .flat_map(|t| {
+            let mut all = Vec::new();
+            t.walk(&mut all);
+            all.into_iter().map(|t| t.id.as_str()).collect::<Vec<_>>()
+        })
+        .collect();
+    let only_preflight = |id: &str, path: &str| {
+        if preflight_ids.contains(id) {
+            lookup(id, path)
+        } else {
+            // Left for the runner (results of the payout a delayed step follows).
+            Some(serde_json::Value::String(format!("${{result.{id}.{path}}}")))
+        }
+    };
+    for it in items.iter_mut() {
+        let mut missing = Vec::new();
+        for v in it.payload.iter_mut().chain(it.steps.iter_mut()) {
+            crate::providers::fill_results(v, &only_preflight, &mut missing);
+        }
+        if let Some(m) = missing.first() {
+            return Err(format!(
+                "the preflight answer has no `{m}`, which item {} needs; nothing was sent",
+                it.id
+            ));
+        }
+    }
     // What is still to pay, per currency: items not started yet.
     let mut owed: std::collections::BTreeMap<String, Decimal> = std::collections::BTreeMap::new();
     let started: std::collections::HashSet<String> = store

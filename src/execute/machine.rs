@@ -208,13 +208,15 @@ pub fn step(
             after_send(*attempt, verdict, now, policy, t)
         }
 
-        // The run stopped between recording `Sending` and learning the answer.
-        (S::Sending { attempt, .. }, E::Resume { now }) => {
-            let at = plus(now, t.propagation);
+        // The run stopped between recording `Sending` and learning the answer. The propagation
+        // delay counts from when the request may have left, not from the resume: a run resumed
+        // hours later looks the key up at once.
+        (S::Sending { attempt, since }, E::Resume { now }) => {
+            let at = plus(*since, t.propagation).max(now);
             (
                 S::InDoubt {
                     attempt: *attempt,
-                    since: now,
+                    since: *since,
                     at,
                     lookups: 0,
                 },
@@ -731,8 +733,22 @@ mod tests {
             Event::Tick { now: 0 },
             Event::Resume { now: 10 * MIN },
         ]);
-        assert!(matches!(s, State::InDoubt { since, .. } if since == 10 * MIN));
+        assert!(
+            matches!(s, State::InDoubt { since: 0, at, .. } if at == 10 * MIN),
+            "in doubt since the request may have left; the propagation delay is long over: {s:?}"
+        );
         assert_eq!(sends(&fx), 1, "nothing resent on resume");
+    }
+
+    #[test]
+    fn a_run_resumed_soon_after_sending_still_waits_out_the_propagation_delay() {
+        let t = timings();
+        let (s, _) = run(vec![
+            Event::Tick { now: 0 },
+            Event::Resume { now: 1_000 },
+        ]);
+        let due = t.propagation.as_millis() as u64;
+        assert!(matches!(s, State::InDoubt { at, .. } if at == due), "{s:?}");
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub enum Preflight {
     /// Every preflight task finished: the balances reported per currency (if any).
     Done {
         balances: std::collections::BTreeMap<String, rust_decimal::Decimal>,
+        /// Each preflight task's result by its id, for `${result.<id>.<path>}` in the flow.
+        results: std::collections::BTreeMap<String, Value>,
     },
     /// A preflight task failed: nothing may be sent.
     Failed(String),
@@ -192,4 +194,31 @@ pub trait Adapter: Send + Sync {
         query: Option<&str>,
         body: &[u8],
     ) -> Notice;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn result_references_are_filled_in_where_they_stand_alone_and_the_rest_is_left_alone() {
+        let mut v = json!({
+            "amount": "${result.bal.data.balances.EUR}",
+            "nested": [{"id": "${result.pay.paymentId}"}],
+            "text": "not ${result.bal.x} a reference on its own",
+            "plain": 5
+        });
+        let lookup = |id: &str, path: &str| match (id, path) {
+            ("bal", "data.balances.EUR") => Some(json!("1000.00")),
+            _ => None,
+        };
+        let mut missing = Vec::new();
+        fill_results(&mut v, &lookup, &mut missing);
+        assert_eq!(v["amount"], "1000.00");
+        assert_eq!(v["nested"][0]["id"], "${result.pay.paymentId}");
+        assert_eq!(v["text"], "not ${result.bal.x} a reference on its own");
+        assert_eq!(v["plain"], 5);
+        assert_eq!(missing, vec!["result.pay.paymentId".to_string()]);
+    }
 }

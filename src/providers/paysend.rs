@@ -295,6 +295,29 @@ impl Adapter for Paysend {
             };
         }
         let mut balances = BTreeMap::new();
+        let mut results = BTreeMap::new();
+        // Results by task id: the answer's trees mirror the preflight templates.
+        fn by_id(t: &Task, v: &Value, out: &mut BTreeMap<String, Value>) {
+            if let Some(r) = v.get("result") {
+                out.insert(t.id.clone(), r.clone());
+            }
+            let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+            for (link, c) in t.children() {
+                let n = seen.entry(link.as_str()).or_insert(0);
+                if let Some(cv) = v.get(link.as_str()).and_then(|a| a.get(*n)) {
+                    by_id(c, cv, out);
+                }
+                *n += 1;
+            }
+        }
+        let answered = v
+            .pointer("/payload/tasks")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (t, tv) in self.flow.preflight.iter().zip(answered.iter()) {
+            by_id(t, tv, &mut results);
+        }
         for (ty, result) in preflight_results(&v) {
             if result.get("status").and_then(Value::as_str) != Some("Success") {
                 return Preflight::Failed(format!(
@@ -315,7 +338,7 @@ impl Adapter for Paysend {
                 }
             }
         }
-        Preflight::Done { balances }
+        Preflight::Done { balances, results }
     }
 
     fn notification_paths(&self) -> &'static [&'static str] {
