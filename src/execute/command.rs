@@ -22,6 +22,9 @@ use std::time::Duration;
 struct Collect<'f> {
     flow: &'f Flow,
     attempts: &'f HashMap<String, u32>,
+    /// Items that ended in an earlier run: nothing will be sent for them, so their requests
+    /// are not built (a resume of a large batch starts sending at once).
+    settled: &'f std::collections::HashSet<String>,
 }
 
 impl Visitor for Collect<'_> {
@@ -34,12 +37,21 @@ impl Visitor for Collect<'_> {
         if let Some(&n) = self.attempts.get(item.id) {
             key = crate::keys::attempt_key(&key, n);
         }
+        let settled = self.settled.contains(item.id);
         chunk.push(PlannedItem {
             id: item.id.to_string(),
             digest: crate::plan::content_digest(self.flow, item.values),
             line: item.line,
-            payload: crate::providers::render(self.flow, item, &key),
-            steps: crate::providers::render_steps(self.flow, item, &key),
+            payload: if settled {
+                Vec::new()
+            } else {
+                crate::providers::render(self.flow, item, &key)
+            },
+            steps: if settled {
+                Vec::new()
+            } else {
+                crate::providers::render_steps(self.flow, item, &key)
+            },
             money: crate::plan::item_money(self.flow, item, &key),
             key,
         });
@@ -129,16 +141,20 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         return 2;
     }
     // `--retry-failed`: which items go again, decided from the store before their keys are made.
+    // What an earlier run left (read once, without the lock: anything it says ended stays
+    // ended; execute checks again under the lock).
+    let prior: Vec<super::store::Record> =
+        match Store::open_existing(o.state_dir, &flow.manifest.batch).and_then(|s| s.items()) {
+            Ok(r) => r.into_iter().map(|(_, r)| r).collect(),
+            Err(e) if o.retry_failed => {
+                eprintln!("error[run.retry-failed]: {e}");
+                return 2;
+            }
+            Err(_) => Vec::new(),
+        };
     let attempts = if o.retry_failed {
-        let records =
-            match Store::open_existing(o.state_dir, &flow.manifest.batch).and_then(|s| s.items()) {
-                Ok(r) => r.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
-                Err(e) => {
-                    eprintln!("error[run.retry-failed]: {e}");
-                    return 2;
-                }
-            };
-        let pick = retry_selection(&flow, &records);
+        let records = &prior;
+        let pick = retry_selection(&flow, records);
         let unsafe_codes: std::collections::BTreeSet<&str> = records
             .iter()
             .filter(|r| r.step.is_none() && !pick.contains_key(&r.id))
@@ -165,6 +181,16 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
     } else {
         HashMap::new()
     };
+    let settled: std::collections::HashSet<String> = if flow.steps().is_empty() {
+        prior
+            .iter()
+            .filter(|r| r.step.is_none() && r.state.is_final() && !attempts.contains_key(&r.id))
+            .map(|r| r.id.clone())
+            .collect()
+    } else {
+        std::collections::HashSet::new()
+    };
+    drop(prior);
     let mut source = prepared.source;
     let mut items: Vec<PlannedItem> = Vec::new();
     let report = match crate::validate::validate(
@@ -174,6 +200,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         &Collect {
             flow: &flow,
             attempts: &attempts,
+            settled: &settled,
         },
         |c: Vec<PlannedItem>| items.extend(c),
     ) {
@@ -373,6 +400,21 @@ fn execute(
             return 2;
         }
     }
+    // Requests were built only for items not ended before; one that another run reopened in
+    // the meantime would have nothing to send.
+    if let Some((_, r)) = stored.iter().find(|(i, r)| {
+        r.step.is_none()
+            && !r.state.is_final()
+            && items
+                .get(*i as usize)
+                .is_some_and(|it| it.payload.is_empty())
+    }) {
+        eprintln!(
+            "error[run.raced]: item {} changed state while this run started (another run?); nothing was sent; run again",
+            r.id
+        );
+        return 2;
+    }
     // An item whose content changed since it was started is never sent as it is now.
     let changed: Vec<String> = stored
         .iter()
@@ -521,7 +563,7 @@ fn execute(
         let mut endpoint = Endpoint { base_url, adapter, spent: 0 };
         // Preflight (e.g. getBalance): before any payout of this run; a balance below what is
         // still to be paid in a currency stops the run with nothing sent.
-        match preflight(flow, &endpoint, &store, items).await {
+        match preflight(flow, &endpoint, &stored, items).await {
             Ok(sent) => endpoint.spent = sent,
             Err(m) => {
                 eprintln!("error[run.preflight]: {m}");
@@ -546,7 +588,7 @@ fn execute(
             flag.store(true, Ordering::Relaxed);
         });
         let started = std::time::Instant::now();
-        let summary = match runner::run(flow, items, &mut store, &endpoint, &timings(time_scale), Arc::clone(&stop), listen).await {
+        let summary = match runner::run(flow, items, std::mem::take(&mut stored), &mut store, &endpoint, &timings(time_scale), Arc::clone(&stop), listen).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error[run.store]: {e}");
@@ -701,7 +743,7 @@ pub fn unlock(batch: &str, state_dir: &Path, force: bool) -> u8 {
 async fn preflight(
     flow: &Flow,
     endpoint: &Endpoint,
-    store: &Store,
+    stored: &[(u64, super::store::Record)],
     items: &mut [PlannedItem],
 ) -> Result<u32, String> {
     use crate::providers::Preflight;
@@ -770,13 +812,15 @@ async fn preflight(
             lookup(id, path)
         } else {
             // Left for the runner (results of the payout a delayed step follows).
-            Some(serde_json::Value::String(format!("${{result.{id}.{path}}}")))
+            Some(serde_json::Value::String(format!(
+                "${{result.{id}.{path}}}"
+            )))
         }
     };
     for it in items.iter_mut() {
         let mut missing = Vec::new();
         for v in it.payload.iter_mut().chain(it.steps.iter_mut()) {
-            crate::providers::fill_results(v, &only_preflight, &mut missing);
+            *v = crate::providers::fill_rendered(v, &only_preflight, &mut missing);
         }
         if let Some(m) = missing.first() {
             return Err(format!(
@@ -787,14 +831,12 @@ async fn preflight(
     }
     // What is still to pay, per currency: items not started yet.
     let mut owed: std::collections::BTreeMap<String, Decimal> = std::collections::BTreeMap::new();
-    let started: std::collections::HashSet<String> = store
-        .items()
-        .map_err(|e| e.to_string())?
-        .into_iter()
+    let started: std::collections::HashSet<&str> = stored
+        .iter()
         .filter(|(_, r)| !matches!(r.state, super::machine::State::Planned))
-        .map(|(_, r)| r.key)
+        .map(|(_, r)| r.key.as_str())
         .collect();
-    for it in items.iter().filter(|it| !started.contains(&it.key)) {
+    for it in items.iter().filter(|it| !started.contains(it.key.as_str())) {
         for (a, c) in &it.money {
             *owed.entry(c.clone()).or_default() += Decimal::from_str(a).unwrap_or_default();
         }

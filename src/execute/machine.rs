@@ -743,10 +743,7 @@ mod tests {
     #[test]
     fn a_run_resumed_soon_after_sending_still_waits_out_the_propagation_delay() {
         let t = timings();
-        let (s, _) = run(vec![
-            Event::Tick { now: 0 },
-            Event::Resume { now: 1_000 },
-        ]);
+        let (s, _) = run(vec![Event::Tick { now: 0 }, Event::Resume { now: 1_000 }]);
         let due = t.propagation.as_millis() as u64;
         assert!(matches!(s, State::InDoubt { at, .. } if at == due), "{s:?}");
     }

@@ -9,7 +9,7 @@
 use super::machine::{self, Effect, Event, Millis, State, Timings, Verdict};
 use super::store::{Record, Store, StoreError};
 use crate::compile::Flow;
-use crate::providers::{Adapter, Answer, Method, Notice, Outgoing, Request};
+use crate::providers::{Adapter, Answer, Method, Notice, Outgoing, Rendered, Request};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -23,9 +23,9 @@ pub struct PlannedItem {
     pub key: String,
     pub digest: String,
     pub line: u64,
-    pub payload: Vec<Value>,
+    pub payload: Vec<Rendered>,
     /// What each delayed step sends (`Flow::steps` order; results filled in when sent).
-    pub steps: Vec<Value>,
+    pub steps: Vec<Rendered>,
     pub money: Vec<(String, String)>,
 }
 
@@ -377,7 +377,7 @@ impl Book {
     }
 
     /// The request of delayed step unit `u`, with the results of the payout it follows.
-    fn step_payload(&self, u: usize, planned: &Value) -> Result<Value, String> {
+    fn step_payload(&self, u: usize, planned: &Rendered) -> Result<Rendered, String> {
         let (item, step) = self.units[u];
         let s = &self.steps[step - 1];
         let parent = &self.recs[self.unit_at[&(item, s.after)]].state;
@@ -399,9 +399,8 @@ impl Book {
             }
             .map(Value::String)
         };
-        let mut v = planned.clone();
         let mut missing = Vec::new();
-        crate::providers::fill_results(&mut v, &lookup, &mut missing);
+        let v = crate::providers::fill_rendered(planned, &lookup, &mut missing);
         if missing.is_empty() {
             Ok(v)
         } else {
@@ -458,9 +457,11 @@ impl Book {
 }
 
 /// Runs `items` to the end (or until `stop` is set), resuming from whatever `store` holds.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     flow: &Flow,
     items: &[PlannedItem],
+    stored: Vec<(u64, Record)>,
     store: &mut Store,
     endpoint: &Endpoint,
     timings: &Timings,
@@ -470,7 +471,7 @@ pub async fn run(
     let policy = &flow.manifest.retry;
     let limits = &flow.limits;
     let adapter: &dyn Adapter = endpoint.adapter.as_ref();
-    let mut stored: HashMap<u64, Record> = store.items()?.into_iter().collect();
+    let mut stored: HashMap<u64, Record> = stored.into_iter().collect();
     let mut recs: Vec<Record> = items
         .iter()
         .enumerate()
@@ -596,6 +597,7 @@ pub async fn run(
     let control = serve_records(control_path(&store.path), tx.clone());
     let snapshot = store.path.with_extension("status.json");
     let mut last_snapshot = std::time::Instant::now() - Duration::from_secs(1);
+    let mut snapshot_every = Duration::from_millis(300);
 
     loop {
         let stopping = stop.load(Ordering::Relaxed);
@@ -636,7 +638,7 @@ pub async fn run(
         // A delayed step's request gets the results of the payout it follows; one that cannot
         // be filled in is not sent.
         let mut unresolved: Vec<(usize, String)> = Vec::new();
-        let mut filled: HashMap<usize, Vec<Value>> = HashMap::new();
+        let mut filled: HashMap<usize, Vec<Rendered>> = HashMap::new();
         sends_now.retain(|&u| {
             let (item, step) = book.units[u];
             if step == 0 {
@@ -853,13 +855,16 @@ pub async fn run(
         progress.update(&book.recs, &book.changed, book.in_flight.len());
         book.commit(store)?;
         // While this process holds the store, others read the batch's status from here.
-        if last_snapshot.elapsed() > Duration::from_millis(300) {
+        // At most every 300 ms, and never more than ~5% of the loop's time on a large batch.
+        if last_snapshot.elapsed() > snapshot_every {
+            let t = std::time::Instant::now();
             write_snapshot(
                 &snapshot,
                 &flow.manifest.batch,
                 &book.recs,
                 Some(holder.clone()),
             );
+            snapshot_every = Duration::from_millis(300).max(t.elapsed() * 20);
             last_snapshot = std::time::Instant::now();
         }
     }

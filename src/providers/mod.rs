@@ -39,11 +39,20 @@ pub struct Request {
     pub body: Vec<u8>,
 }
 
+/// What an adapter rendered for an item, kept as compact JSON text (a tenth of the memory of a
+/// `Value` tree, and written into request bodies as it is).
+pub type Rendered = Box<serde_json::value::RawValue>;
+
+/// Renders a value for keeping.
+pub fn keep(v: &Value) -> Rendered {
+    serde_json::value::to_raw_value(v).expect("JSON values serialise")
+}
+
 /// An item going out in a submission: its key and what the adapter rendered for it at plan
 /// time (real values, memory only).
 pub struct Outgoing<'a> {
     pub key: &'a str,
-    pub payload: &'a [Value],
+    pub payload: &'a [Rendered],
 }
 
 /// What a notification said, once the adapter checked it.
@@ -113,9 +122,12 @@ pub fn render(
     flow: &crate::compile::Flow,
     item: &crate::validate::ItemRow,
     key: &str,
-) -> Vec<Value> {
+) -> Vec<Rendered> {
     match flow.provider.name.as_str() {
-        "paysend" => paysend::item_tree(flow, item, key),
+        "paysend" => paysend::item_tree(flow, item, key)
+            .iter()
+            .map(keep)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -126,11 +138,28 @@ pub fn render_steps(
     flow: &crate::compile::Flow,
     item: &crate::validate::ItemRow,
     key: &str,
-) -> Vec<Value> {
+) -> Vec<Rendered> {
     match flow.provider.name.as_str() {
-        "paysend" => paysend::step_trees(flow, item, key),
+        "paysend" => paysend::step_trees(flow, item, key)
+            .iter()
+            .map(keep)
+            .collect(),
         _ => Vec::new(),
     }
+}
+
+/// `fill_results` on kept JSON; untouched (no parse) when it holds no reference.
+pub fn fill_rendered(
+    r: &Rendered,
+    lookup: &dyn Fn(&str, &str) -> Option<Value>,
+    missing: &mut Vec<String>,
+) -> Rendered {
+    if !r.get().contains("${result.") {
+        return r.clone();
+    }
+    let mut v: Value = serde_json::from_str(r.get()).expect("kept JSON parses");
+    fill_results(&mut v, lookup, missing);
+    keep(&v)
 }
 
 /// Replaces every string that is exactly `${result.<id>.<path>}` with what `lookup(id, path)`

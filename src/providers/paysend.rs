@@ -166,15 +166,32 @@ impl Adapter for Paysend {
     }
 
     fn submit(&self, items: &[Outgoing<'_>], now: &str) -> Request {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            header: Value,
+            payload: Payload<'a>,
+        }
+        #[derive(serde::Serialize)]
+        struct Payload<'a> {
+            partner: Value,
+            tasks: Vec<&'a serde_json::value::RawValue>,
+        }
         let keys: Vec<&str> = items.iter().map(|o| o.key).collect();
-        let trees: Vec<Value> = items.iter().flat_map(|o| o.payload.to_vec()).collect();
-        let body = submission_body(
-            &self.partner_id,
-            &keys,
-            trees,
-            self.callback_url.as_deref(),
-            now,
-        );
+        let mut service = json!({"sync": false});
+        if let Some(uri) = &self.callback_url {
+            service["result"] = json!([{"type": "web", "uri": uri, "method": "POST"}]);
+        }
+        let body = Body {
+            header: json!({"request": {"id": request_id(&keys), "date": now}, "service": service}),
+            payload: Payload {
+                partner: json!({"identifier": self.partner_id}),
+                tasks: items
+                    .iter()
+                    .flat_map(|o| o.payload.iter().map(|r| r.as_ref()))
+                    .collect(),
+            },
+        };
+        let body = serde_json::to_vec(&body).expect("JSON values serialise");
         self.post("/processing", "processing", body)
     }
 
