@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod paysend;
+pub mod run;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
