@@ -457,6 +457,11 @@ impl Batch {
 
     /// `payrun status <batch> --format json` (works while a runner holds the batch).
     pub fn status(&self) -> Value {
+        self.try_status().expect("payrun status answers")
+    }
+
+    /// The status, or `None` while there is none yet (a runner that has just started).
+    pub fn try_status(&self) -> Option<Value> {
         let out = self
             .payrun(&[
                 "status",
@@ -467,8 +472,10 @@ impl Batch {
                 "json",
             ])
             .output();
-        assert_eq!(out.status.code(), Some(0), "status failed");
-        serde_json::from_slice(&out.stdout).expect("status prints JSON")
+        if out.status.code() != Some(0) {
+            return None;
+        }
+        Some(serde_json::from_slice(&out.stdout).expect("status prints JSON"))
     }
 
     /// `payrun report <batch> -o report.csv`, read back.
