@@ -81,41 +81,6 @@ fn assert_ends_as_documented(report: &Report, id: &str, code: u32) {
     assert!(r.get("payment_id").is_empty(), "{id} has no payment");
 }
 
-/// Bank payouts whose `transferAmount` and `transferCurrency` come from each item.
-fn to_account_manifest(batch: &str, items: &[(String, String, &str)]) -> String {
-    let mut list = String::new();
-    for (id, amount, currency) in items {
-        list.push_str(&format!(
-            "    - {{id: {id}, amount: \"{amount}\", currency: {currency}}}\n"
-        ));
-    }
-    format!(
-        "batch: {batch}
-provider: paysend
-environment: sandbox
-credentials:
-  partner_id: PAYSEND_PARTNER_ID
-  inbound_key: PAYSEND_INBOUND_KEY
-  outbound_key: PAYSEND_OUTBOUND_KEY
-items:
-  inline:
-{list}defaults:
-  company: {{type: LegalEntity, name: ACME, address: {{addressLine1: Main 1, city: Berlin, country: DE}}}}
-flow:
-  - op: pay.toAccount
-    payload:
-      transferAmount: ${{item.amount}}
-      transferCurrency: ${{item.currency}}
-      purposeOfPayment: Salary
-      from: {{sender: \"${{item.company}}\"}}
-      to:
-        destinationTransactionInstrument: {{identifierType: IBAN, accountIdentifier: DE89370400440532013000, bic: COBADEFFXXX, country: DE}}
-        recipient: {{type: Individual, firstName: Anna, lastName: Muller, address: {{addressLine1: Main 2, city: Berlin, country: DE}}}}
-limits: {{requests_per_second: 100, burst: 20, tasks_per_request: 5}}
-"
-    )
-}
-
 #[test]
 fn every_bank_payout_error_the_mock_can_trigger_ends_with_the_documented_code_and_text() {
     // GBP is nearly empty: a GBP payout is refused with 3009, and nothing else is touched.
@@ -132,7 +97,7 @@ fn every_bank_payout_error_the_mock_can_trigger_ends_with_the_documented_code_an
         .collect();
     items.push(("SHORT".into(), "50.00".into(), "GBP"));
     items.push(("OK".into(), "12.34".into(), "EUR"));
-    let batch = Batch::new(&sandbox, &to_account_manifest("bank-errors", &items), &[]);
+    let batch = Batch::new(&sandbox, &bank_payouts_manifest("bank-errors", &items), &[]);
 
     batch.run().exits_with(4);
 

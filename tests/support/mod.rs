@@ -5,6 +5,7 @@
 
 pub mod paysend;
 pub mod run;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -295,19 +295,19 @@ impl Batch {
     /// id of its own.
     pub fn payroll_of(sandbox: &Sandbox, n: usize) -> Batch {
         let src = root().join("batches/payroll-paysend");
-        let csv = std::fs::read_to_string(src.join("employees.csv")).unwrap();
-        let mut lines = csv.lines();
-        let header = lines.next().unwrap();
-        let rows: Vec<&str> = lines.filter(|l| !l.trim().is_empty()).collect();
-        assert!(rows.iter().all(|r| !r.contains('"')), "plain rows only");
-        let mut out = format!("{header}\n");
+        let mut r = csv::Reader::from_path(src.join("employees.csv")).unwrap();
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(r.headers().unwrap()).unwrap();
+        let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
         for i in 0..n {
-            let row = rows[i % rows.len()];
-            let rest = row.split_once(',').unwrap().1;
-            out.push_str(&format!("X{:05},{rest}\n", i + 1));
+            let row = &rows[i % rows.len()];
+            let id = format!("X{:05}", i + 1);
+            w.write_record(std::iter::once(id.as_str()).chain(row.iter().skip(1)))
+                .unwrap();
         }
+        let csv = String::from_utf8(w.into_inner().unwrap()).unwrap();
         let manifest = std::fs::read_to_string(src.join("manifest.yaml")).unwrap();
-        Batch::new(sandbox, &manifest, &[("employees.csv", &out)]).fast_retries()
+        Batch::new(sandbox, &manifest, &[("employees.csv", &csv)]).fast_retries()
     }
 
     /// batches/contractors-cards (fx.rateGet → pay.toCard → on fail task.statusGet) with its
@@ -349,6 +349,23 @@ impl Batch {
         self
     }
 
+    /// Sends to another base URL (e.g. a proxy in front of the sandbox).
+    pub fn environment(self, base_url: &str) -> Self {
+        let text = std::fs::read_to_string(self.manifest()).unwrap();
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("environment: ") {
+                    format!("environment: {base_url}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(self.manifest(), text).unwrap();
+        self
+    }
+
     /// Another batch id (so several batches can share one sandbox).
     pub fn named(self, id: &str) -> Self {
         let text = std::fs::read_to_string(self.manifest()).unwrap();
@@ -380,7 +397,7 @@ impl Batch {
         self.limits(100, 10, 4, pack)
     }
 
-    fn fast_retries(self) -> Self {
+    pub fn fast_retries(self) -> Self {
         self.replace_block("retry:", FAST_RETRY)
     }
 
@@ -498,6 +515,41 @@ impl Batch {
     pub fn lose_state(&self) {
         std::fs::remove_dir_all(self.dir.path().join("state")).unwrap();
     }
+}
+
+/// Bank payouts whose `transferAmount` and `transferCurrency` come from each item.
+pub fn bank_payouts_manifest(batch: &str, items: &[(String, String, &str)]) -> String {
+    let mut list = String::new();
+    for (id, amount, currency) in items {
+        list.push_str(&format!(
+            "    - {{id: {id}, amount: \"{amount}\", currency: {currency}}}\n"
+        ));
+    }
+    format!(
+        "batch: {batch}
+provider: paysend
+environment: sandbox
+credentials:
+  partner_id: PAYSEND_PARTNER_ID
+  inbound_key: PAYSEND_INBOUND_KEY
+  outbound_key: PAYSEND_OUTBOUND_KEY
+items:
+  inline:
+{list}defaults:
+  company: {{type: LegalEntity, name: ACME, address: {{addressLine1: Main 1, city: Berlin, country: DE}}}}
+flow:
+  - op: pay.toAccount
+    payload:
+      transferAmount: ${{item.amount}}
+      transferCurrency: ${{item.currency}}
+      purposeOfPayment: Salary
+      from: {{sender: \"${{item.company}}\"}}
+      to:
+        destinationTransactionInstrument: {{identifierType: IBAN, accountIdentifier: DE89370400440532013000, bic: COBADEFFXXX, country: DE}}
+        recipient: {{type: Individual, firstName: Anna, lastName: Muller, address: {{addressLine1: Main 2, city: Berlin, country: DE}}}}
+limits: {{requests_per_second: 100, burst: 20, tasks_per_request: 5}}
+"
+    )
 }
 
 /// A payrun command about to run; its stderr goes to a log file quoted when something fails.
