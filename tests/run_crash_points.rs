@@ -97,12 +97,7 @@ fn killed_while_items_wait_for_their_webhooks_then_resumed_pays_every_item_exact
         .webhooks_to(port)
         .fault("webhook_delay_rate=1")
         .start();
-    let batch = Batch::payroll(&sandbox).packs_of(5).edit(
-        "notifications:\n  mode: polling",
-        &format!(
-            "notifications:\n  listen: 127.0.0.1:{port}\n  public_url: http://127.0.0.1:{port}"
-        ),
-    );
+    let batch = Batch::payroll(&sandbox).packs_of(5).webhooks_on(port);
     let run = batch.run().spawn();
     let waiting = eventually(Duration::from_secs(10), || {
         batch

@@ -337,6 +337,16 @@ impl Batch {
             .fast_retries()
     }
 
+    /// Payroll-style batches: outcomes also by webhook, to payrun's listener on `port`.
+    pub fn webhooks_on(self, port: u16) -> Self {
+        self.edit(
+            "notifications:\n  mode: polling",
+            &format!(
+                "notifications:\n  listen: 127.0.0.1:{port}\n  public_url: http://127.0.0.1:{port}"
+            ),
+        )
+    }
+
     pub fn manifest(&self) -> PathBuf {
         self.dir.path().join("manifest.yaml")
     }
