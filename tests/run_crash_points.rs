@@ -89,11 +89,11 @@ fn killed_just_after_a_group_commit_then_resumed_pays_every_item_exactly_once() 
 
 #[test]
 fn killed_while_items_wait_for_their_webhooks_then_resumed_pays_every_item_exactly_once() {
-    // Each level of a tree takes 20 provider minutes (1.2 s here), and webhooks come late: the
-    // runner has sent everything and waits, with items `submitted`, when it is killed.
+    // Each level of a tree takes 30 provider minutes (1.8 s here), and webhooks come late: the
+    // runner has sent everything and waits, with every item `submitted`, when it is killed.
     let port = free_port();
     let sandbox = sandbox()
-        .paysend("level_time: 20m")
+        .paysend("level_time: 30m")
         .webhooks_to(port)
         .fault("webhook_delay_rate=1")
         .start();
@@ -102,7 +102,7 @@ fn killed_while_items_wait_for_their_webhooks_then_resumed_pays_every_item_exact
     let waiting = eventually(Duration::from_secs(10), || {
         batch
             .try_status()
-            .is_some_and(|s| s["states"]["submitted"].as_u64().unwrap_or(0) >= 20)
+            .is_some_and(|s| s["states"]["submitted"] == 50)
     });
     assert!(
         waiting,
@@ -121,7 +121,7 @@ fn killed_while_items_wait_for_their_webhooks_then_resumed_pays_every_item_exact
 
     let paid_at_kill = sandbox.ledger().len();
     assert!(
-        paid_at_kill >= 20,
+        paid_at_kill == 50,
         "the provider had taken them: {paid_at_kill}"
     );
     batch.resume().succeeds();
