@@ -212,8 +212,8 @@ fn a_provider_slower_than_its_documented_propagation_delay_still_pays_nobody_twi
 }
 
 #[test]
-#[ignore = "bug: a pack sent again with its items in another order has the same request id \\
-            (paysend::request_id sorts the keys), Paysend replays the first answer, and the \\
+#[ignore = "bug: a pack sent again with its items in another order has the same request id \
+            (paysend::request_id sorts the keys), Paysend replays the first answer, and the \
             runner maps its task results to items by position: results are swapped"]
 fn a_pack_sent_again_in_another_order_gets_each_item_its_own_result() {
     // The proxy loses the answers to every 10th pack of two (the sandbox paid them). The
