@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod paysend;
+pub mod run;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
