@@ -1,0 +1,302 @@
+//! Shared by the execution benches (`throughput`, `resume`): a generated payroll in the format
+//! of batches/payroll-paysend, its manifest, peak RSS of a child process, and the Paysend
+//! request trees of every item as `payrun run` builds them.
+
+#![allow(dead_code)]
+
+use payrun::compile::Flow;
+use payrun::validate::{ItemRow, Visitor};
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Limits written into the generated manifest.
+pub struct Limits {
+    pub requests_per_second: u32,
+    pub burst: u32,
+    pub concurrency: u32,
+    pub tasks_per_request: u32,
+}
+
+/// Writes `employees.csv` (`items` rows, ids `E0000000`…) and `manifest.yaml` for `batch` into
+/// `dir`; `environment` is `sandbox` or a base URL. Amounts average about 26 EUR, so that even
+/// a few hundred thousand items stay inside the sandbox's default EUR balance (10,000,000).
+pub fn write_batch(
+    dir: &Path,
+    batch: &str,
+    items: usize,
+    environment: &str,
+    limits: &Limits,
+) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut csv =
+        std::io::BufWriter::new(std::fs::File::create(dir.join("employees.csv")).unwrap());
+    writeln!(
+        csv,
+        "employee_id,first_name,last_name,email,street,city,country,iban,bic,net_pay,currency"
+    )
+    .unwrap();
+    for i in 0..items {
+        writeln!(
+            csv,
+            "{},Anna,Muller,anna{}@acme.example,Torstrasse {},Berlin,DE,DE89370400440532013000,COBADEFFXXX,{}.{:02},EUR",
+            item_id(i),
+            i % 1000,
+            i % 200 + 1,
+            1 + i % 50,
+            i % 100
+        )
+        .unwrap();
+    }
+    csv.flush().unwrap();
+    let manifest = std::fs::read_to_string(root.join("batches/payroll-paysend/manifest.yaml"))
+        .unwrap()
+        .replace("batch: acme-payroll-2026-11", &format!("batch: {batch}"))
+        .replace(
+            "environment: sandbox",
+            &format!("environment: {environment}"),
+        )
+        .replace(
+            "requests_per_second: 5",
+            &format!("requests_per_second: {}", limits.requests_per_second),
+        )
+        .replace("burst: 5", &format!("burst: {}", limits.burst))
+        .replace(
+            "concurrency: 4",
+            &format!("concurrency: {}", limits.concurrency),
+        )
+        .replace(
+            "tasks_per_request: 10 ",
+            &format!("tasks_per_request: {} ", limits.tasks_per_request),
+        );
+    let path = dir.join("manifest.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    path
+}
+
+/// The id of generated item `i`.
+pub fn item_id(i: usize) -> String {
+    format!("E{i:07}")
+}
+
+/// Every valid item's idempotency key and Paysend task trees, exactly as `payrun run` computes
+/// them (the same library functions: `keys::item_key`, `providers::paysend::item_tree`).
+pub fn item_trees(manifest: &Path) -> (Flow, Vec<(String, Vec<Value>)>) {
+    struct Trees<'f>(&'f Flow);
+    impl Visitor for Trees<'_> {
+        type Chunk = Vec<(String, Vec<Value>)>;
+        fn item(&self, item: &ItemRow, chunk: &mut Self::Chunk) {
+            if item.valid {
+                let key = payrun::keys::item_key(&self.0.manifest.batch, item.id);
+                let trees = payrun::providers::paysend::item_tree(self.0, item, &key);
+                chunk.push((key, trees));
+            }
+        }
+    }
+    let registry = payrun::schema::Registry::from_option(None);
+    let prepared = payrun::pipeline::prepare(manifest, &registry)
+        .unwrap_or_else(|f| panic!("the generated manifest is invalid: {:?}", f.diagnostics));
+    let flow = prepared.flow;
+    let mut source = prepared.source;
+    let mut items = Vec::new();
+    let report =
+        payrun::validate::validate(&flow, &mut source, 5, &Trees(&flow), |c| items.extend(c))
+            .expect("the generated CSV reads");
+    assert!(report.is_ok(), "the generated batch is invalid");
+    (flow, items)
+}
+
+/// What wait4 tells about a child that ended.
+pub struct Ended {
+    /// The status as wait4 gives it.
+    pub status: i32,
+    /// Peak RSS in KiB (this child's own; also when it was killed).
+    pub rss_kib: u64,
+    /// User + system CPU time.
+    pub cpu: std::time::Duration,
+}
+
+/// Waits for `child` to end.
+pub fn wait_rss(child: &mut std::process::Child) -> Ended {
+    let pid = child.id();
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: plain syscall on a child of this process, with valid out-pointers.
+    let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid as libc::pid_t, "wait4");
+    // Reaped already; this only lets `Child` know.
+    let _ = child.try_wait();
+    Ended {
+        status,
+        rss_kib: usage.ru_maxrss as u64,
+        cpu: cpu(&usage),
+    }
+}
+
+fn cpu(u: &libc::rusage) -> std::time::Duration {
+    let t = |v: libc::timeval| {
+        std::time::Duration::from_secs(v.tv_sec as u64)
+            + std::time::Duration::from_micros(v.tv_usec as u64)
+    };
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// CPU time (user + system) this process has used so far.
+pub fn own_cpu() -> std::time::Duration {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    cpu(&usage)
+}
+
+/// "exit 0", "killed by signal 9", …
+pub fn describe(status: i32) -> String {
+    if libc::WIFEXITED(status) {
+        format!("exit {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("killed by signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("status {status}")
+    }
+}
+
+pub fn mb(kib: u64) -> String {
+    format!("{:.1} MB", kib as f64 / 1024.0)
+}
+
+/// `--name value` from the command line, parsed.
+pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .map(|w| {
+            w[1].parse()
+                .unwrap_or_else(|_| panic!("{name}: cannot read `{}`", w[1]))
+        })
+        .unwrap_or(default)
+}
+
+/// Rows of `payrun run`'s summary line: "… N requests, M commits (x per item), s s".
+pub fn summary_numbers(stdout: &str) -> Option<(u64, u64)> {
+    let line = stdout.lines().find(|l| l.contains(" requests, "))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let before = |w: &str| {
+        words
+            .iter()
+            .position(|x| x.trim_end_matches(',') == w)
+            .and_then(|p| words.get(p - 1))
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    Some((before("requests")?, before("commits")?))
+}
+
+/// Samples a process every 5 ms until it is gone: its CPU time (user + system, all threads,
+/// from /proc/<pid>/stat) against wall-clock milliseconds since the epoch, and its peak RSS
+/// (VmHWM). `cpu_at` then interpolates CPU time at instants the child timestamped itself.
+///
+/// Why VmHWM and not wait4's ru_maxrss: Linux folds the RSS of the image a child had before
+/// `exec` into ru_maxrss — with `posix_spawn`/vfork that is this bench process's own peak — so a
+/// bench holding a big sandbox would see its own size reported for every child it starts.
+/// VmHWM belongs to the child's own address space.
+pub struct ProcSampler {
+    samples: std::sync::Arc<std::sync::Mutex<Vec<(u64, f64)>>>,
+    hwm_kib: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A process's peak RSS so far (VmHWM, KiB), if it still has an address space.
+pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+impl ProcSampler {
+    pub fn start(pid: u32) -> ProcSampler {
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let hwm_kib = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (s, h) = (
+            std::sync::Arc::clone(&samples),
+            std::sync::Arc::clone(&hwm_kib),
+        );
+        // SAFETY: sysconf has no preconditions.
+        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let thread = std::thread::spawn(move || {
+            let path = format!("/proc/{pid}/stat");
+            loop {
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    return;
+                };
+                if let Some(kib) = vm_hwm_kib(pid) {
+                    h.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                }
+                // Fields after the command's closing parenthesis: state is field 3, utime 14,
+                // stime 15; a zombie still has its times.
+                let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                if f.len() < 13 {
+                    return;
+                }
+                let ticks =
+                    f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0);
+                s.lock().unwrap().push((epoch_ms(), ticks / tick));
+                if f[0] == "Z" || f[0] == "X" {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        });
+        ProcSampler {
+            samples,
+            hwm_kib,
+            thread: Some(thread),
+        }
+    }
+
+    /// The highest VmHWM seen so far (KiB).
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.hwm_kib.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits for the sampling to end (the process has ended) and returns the CPU samples and
+    /// the peak RSS (KiB).
+    pub fn finish(mut self) -> (Vec<(u64, f64)>, u64) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let samples = std::mem::take(&mut *self.samples.lock().unwrap());
+        (samples, self.peak_rss_kib())
+    }
+}
+
+/// CPU seconds used by `at` (ms since the epoch), interpolated between samples.
+pub fn cpu_at(samples: &[(u64, f64)], at: u64) -> f64 {
+    let i = samples.partition_point(|(t, _)| *t <= at);
+    match (
+        i.checked_sub(1).and_then(|j| samples.get(j)),
+        samples.get(i),
+    ) {
+        (Some(&(t0, c0)), Some(&(t1, c1))) if t1 > t0 => {
+            c0 + (c1 - c0) * (at - t0) as f64 / (t1 - t0) as f64
+        }
+        (Some(&(_, c)), _) | (None, Some(&(_, c))) => c,
+        (None, None) => 0.0,
+    }
+}
+
+pub fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The machine's 1-minute load average (other work on a shared machine skews wall times).
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(String::from))
+        .unwrap_or_else(|| "?".into())
+}
