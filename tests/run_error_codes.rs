@@ -189,9 +189,6 @@ fn a_payout_already_made_with_this_invoice_id_is_reconciled_as_paid_not_failed_o
 }
 
 #[test]
-#[ignore = "bug: 3011 in the status of an accepted request is ignored (machine.rs `observed`, \
-            AlreadyExists in Submitted); the item is polled until the globalId's status window \
-            (2-3 h) has passed"]
 fn a_3011_that_arrives_after_the_request_was_accepted_is_reconciled_without_delay() {
     // Paysend answers a request that takes longer than 2 s asynchronously (L73): the answer
     // says Accepted and 3011 shows up later, in GET /processing/status. The status window is
@@ -258,8 +255,6 @@ fn a_held_payout_needs_review_with_code_5_and_nothing_is_paid_twice() {
 }
 
 #[test]
-#[ignore = "bug: resume never looks up items under review (runner.rs drops the Resume effects \
-            and ends the loop when only needs_review items are left)"]
 fn a_held_payout_released_by_the_provider_is_paid_after_resume() {
     // The document: "The result of manual action can be received as a result of
     // task.statusGet function" (L619). Once the hold is over, `payrun resume` must ask.

@@ -212,9 +212,6 @@ fn a_provider_slower_than_its_documented_propagation_delay_still_pays_nobody_twi
 }
 
 #[test]
-#[ignore = "bug: a pack sent again with its items in another order has the same request id \
-            (paysend::request_id sorts the keys), Paysend replays the first answer, and the \
-            runner maps its task results to items by position: results are swapped"]
 fn a_pack_sent_again_in_another_order_gets_each_item_its_own_result() {
     // The proxy loses the answers to every 10th pack of two (the sandbox paid them). The
     // sandbox finds a payment only after 20 provider minutes, so both items of such a pack are
@@ -273,9 +270,6 @@ fn reordered_replays(proxy: &Proxy) -> Vec<(String, Vec<String>, Vec<String>)> {
 }
 
 #[test]
-#[ignore = "bug: a task.statusGet lookup that Paysend answers asynchronously (Accepted or \
-            InProgress after WaitFor2000) is asked again under a new request id and never \
-            followed to its result; after 20 lookups the item goes to needs_review `in-doubt`"]
 fn an_item_in_doubt_is_settled_even_when_its_lookups_are_answered_asynchronously() {
     // Paysend answers at once only what finishes within the 2 s it waits (L73); here each
     // level of a task tree takes 20 provider minutes, so a task.statusGet lookup is answered

@@ -63,9 +63,6 @@ fn duplicated_delayed_reordered_and_forged_webhooks_leave_every_card_payout_in_i
 }
 
 #[test]
-#[ignore = "bug: a webhook for an item with a request in flight (even one only queued behind \
-            the rate limiter) is dropped (runner.rs, Outcome::Webhook: `if \
-            !in_flight.contains(&i)`); a held payout's Completed webhook is lost that way"]
 fn a_held_payout_whose_completed_webhook_payrun_accepted_during_the_run_ends_paid() {
     // Half the payouts are held for 1 provider minute (60 ms); each level of a tree takes 2
     // (120 ms); notifications are shifted by up to 3 levels, so "Completed" often comes before

@@ -226,6 +226,17 @@ pub fn step(
             )
         }
 
+        // A new run asks at once about items left under review: the provider may have released
+        // or settled them since.
+        (S::NeedsReview { at, .. }, E::Resume { now }) if *at > now => {
+            let mut next = state.clone();
+            let at = plus(now, t.review_every);
+            if let State::NeedsReview { at: a, .. } = &mut next {
+                *a = at;
+            }
+            (next, vec![Effect::Lookup, Effect::WakeAt(at)])
+        }
+
         (
             S::Submitted { .. } | S::InDoubt { .. } | S::NeedsReview { .. },
             E::Tick { now } | E::Resume { now },
@@ -472,6 +483,18 @@ fn observed(state: &State, verdict: Verdict, now: Millis, t: &Timings) -> (State
                 state.due().map(Effect::WakeAt).into_iter().collect(),
             ),
         },
+        // "Already paid with this key" about a request we thought accepted or still open (the
+        // key was paid by an earlier request): find that payment now, rather than poll a
+        // request that will never pay.
+        Verdict::AlreadyExists if !matches!(state, State::InDoubt { .. }) => (
+            State::InDoubt {
+                attempt,
+                since: now,
+                at: now,
+                lookups: 0,
+            },
+            vec![Effect::WakeAt(now)],
+        ),
         Verdict::NotYetVisible
         | Verdict::RetryLater { .. }
         | Verdict::InDoubt
@@ -741,6 +764,51 @@ mod tests {
             "in doubt since it was marked; looked up once the propagation delay has passed after the resume: {s:?}"
         );
         assert_eq!(sends(&fx), 1, "nothing resent on resume");
+    }
+
+    #[test]
+    fn already_paid_about_a_request_thought_accepted_is_looked_up_at_once() {
+        let (s, fx) = run(vec![
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: Verdict::Accepted {
+                    reference: "g#0".into(),
+                },
+                now: 10,
+            },
+            Event::Observed {
+                verdict: Verdict::AlreadyExists,
+                now: 20,
+            },
+            Event::Tick { now: 20 },
+        ]);
+        assert!(matches!(s, State::InDoubt { .. }), "{s:?}");
+        assert_eq!(
+            fx[3],
+            vec![
+                Effect::Lookup,
+                Effect::WakeAt(20 + timings().poll_every.as_millis() as u64)
+            ]
+        );
+        assert_eq!(sends(&fx), 1, "never sent again");
+    }
+
+    #[test]
+    fn a_new_run_asks_at_once_about_items_left_under_review() {
+        let (s, fx) = run(vec![
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: Verdict::NeedsReview {
+                    code: "5".into(),
+                    description: "OnHold".into(),
+                },
+                now: 10,
+            },
+            Event::Resume { now: 20 },
+        ]);
+        assert!(matches!(s, State::NeedsReview { .. }));
+        assert_eq!(fx[2][0], Effect::Lookup);
+        assert_eq!(sends(&fx), 1);
     }
 
     #[test]

@@ -529,7 +529,9 @@ pub async fn run(
     for i in 0..book.recs.len() {
         match &book.recs[i].state {
             State::Planned => book.ready.push_back(i),
-            State::Sending { .. } => book.apply(i, Event::Resume { now }, policy, timings, adapter),
+            State::Sending { .. } | State::NeedsReview { .. } => {
+                book.apply(i, Event::Resume { now }, policy, timings, adapter)
+            }
             State::Submitted { reference, .. } => {
                 let (group, _) = adapter.reference_group(reference);
                 book.groups.entry(group).or_default().push(i);
@@ -661,7 +663,10 @@ pub async fn run(
             .chunk_by(|&a, &b| book.units[a].1 == book.units[b].1)
             .flat_map(|same| same.chunks(pack).map(<[usize]>::to_vec))
             .collect();
-        for idx in packs {
+        for mut idx in packs {
+            // Always the same order for the same items: a pack sent again is the same request,
+            // and the provider's replayed answer lines up with it.
+            idx.sort_unstable_by(|&a, &b| book.recs[a].key.cmp(&book.recs[b].key));
             book.in_flight.extend(&idx);
             sending += idx.len();
             requests += 1;
@@ -739,7 +744,17 @@ pub async fn run(
                     let req = adapter.key_lookup(&key, book.recs[i].requests, &rfc3339(now));
                     let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
                     tokio::spawn(async move {
-                        let (_slot, answer) = wire.exchange(req, false).await;
+                        let (slot, mut answer) = wire.exchange(req, false).await;
+                        drop(slot);
+                        // Answered before the lookup ran: fetch its outcome by the lookup's own
+                        // reference, a few times.
+                        for _ in 0..10 {
+                            let Some(next) = adapter.lookup_followup(&answer) else {
+                                break;
+                            };
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            answer = wire.exchange(next, false).await.1;
+                        }
                         let verdict = adapter.classify_key_lookup(&answer);
                         let _ = wire.tx.send(Outcome::Observed(vec![(i, verdict)]));
                     });

@@ -210,6 +210,9 @@ pub trait Adapter: Send + Sync {
     /// The lookup of one item by its idempotency key (`seq` counts this item's lookups).
     fn key_lookup(&self, key: &str, seq: u32, now: &str) -> Request;
     fn classify_key_lookup(&self, answer: &Answer) -> Verdict;
+    /// A key lookup the provider answered before it finished: the request that fetches its
+    /// outcome (asked again after a short wait, a few times, before the lookup counts as lost).
+    fn lookup_followup(&self, answer: &Answer) -> Option<Request>;
     /// The preflight request (e.g. Paysend getBalance), if the manifest has preflight tasks.
     fn preflight(&self, now: &str) -> Option<Request>;
     fn classify_preflight(&self, answer: &Answer) -> Preflight;

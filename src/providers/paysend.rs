@@ -277,6 +277,22 @@ impl Adapter for Paysend {
         classify_lookup(answer)
     }
 
+    fn lookup_followup(&self, answer: &Answer) -> Option<Request> {
+        let Answer::Http {
+            status: 200, body, ..
+        } = answer
+        else {
+            return None;
+        };
+        let v: Value = serde_json::from_slice(body).ok()?;
+        let running = match v.pointer("/payload/tasks/0/result/status") {
+            None => true,
+            Some(s) => matches!(s.as_str(), Some("Accepted" | "InProgress")),
+        };
+        let global = v.pointer("/header/response/globalId")?.as_str()?;
+        running.then(|| self.group_lookup(global))
+    }
+
     fn preflight(&self, now: &str) -> Option<Request> {
         let sub = preflight(&self.flow, &self.partner_id, &self.inbound_key, now)?;
         Some(self.post("/processing", "processing", sub.body))
