@@ -91,8 +91,9 @@ enum Command {
     /// Validates first (nothing is sent for an invalid batch), shows the totals and asks for
     /// confirmation (--yes to skip; required without a terminal). A batch that was started
     /// before continues where it stopped. Exit codes: 0 every item paid; 1 invalid batch or
-    /// stale plan; 2 usage or I/O error; 4 the run ended with items failed or needing review;
-    /// 130 stopped by Ctrl-C (resume with `payrun resume <batch>`).
+    /// stale plan; 2 usage or I/O error; 4 the run ended with items (or delayed steps) failed
+    /// or needing review; 130 stopped by Ctrl-C or SIGTERM (resume with `payrun resume
+    /// <batch>`).
     Run {
         /// The batch manifest (YAML); with --retry-failed, the batch id will do.
         manifest: PathBuf,
@@ -143,10 +144,11 @@ enum Command {
         time_scale: f64,
     },
     /// Show a batch's progress: items by state, amounts per currency paid / pending / failed /
-    /// under review, items in doubt or needing review, and the runner holding it.
+    /// under review, items in doubt or needing review, delayed steps, and the runner holding it.
     ///
-    /// Works while a run is in progress in another process (from the snapshot it keeps) and
-    /// after it ended (from the store).
+    /// Works while a run is in progress in another process (the runner answers on
+    /// <state-dir>/<batch>.sock, or the snapshot it keeps is read) and after it ended (from the
+    /// store).
     Status {
         batch: String,
         #[arg(long, value_enum, default_value = "human")]
@@ -159,9 +161,10 @@ enum Command {
         )]
         state_dir: PathBuf,
     },
-    /// Write the per-item results: id, state, provider ids, error code and description,
-    /// amount, currency, requests, time. Cells that a spreadsheet would run as formulas are
-    /// neutralised.
+    /// Write the per-item results as CSV: id, line, state, payment and global ids, error code
+    /// and the provider's description, amount, currency, attempt, idempotency key, requests,
+    /// first sent / finished / updated times, earlier attempts and delayed steps. Cells that a
+    /// spreadsheet would run as formulas are neutralised. Works during a run too.
     Report {
         batch: String,
         /// Write to this file instead of stdout.

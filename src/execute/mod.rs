@@ -1,8 +1,8 @@
-//! Execution (in progress, issue 4): the pure core first. `machine` is the life of one item's
-//! submission as `(state, event) -> (state, effects)`; `backoff` turns the manifest's retry
-//! policy into delays. The runner (tokio loop, rate limiter, checkpoint store, provider adapter)
-//! that feeds events in and carries effects out is not built yet, and no command uses this
-//! module so far.
+//! Execution: `machine` is the life of one item (or delayed step) as a pure
+//! `(state, event) -> (state, effects)`; `backoff` turns the manifest's retry policy into delays;
+//! `store` is the redb checkpoint store; `runner` is the tokio loop around them (rate limiters,
+//! group commit, notifications, provider adapters); `command` is `run`, `resume`, `status`,
+//! `report`, `list` and `unlock`; `crash` holds the crash points the crash tests use.
 
 pub mod backoff;
 pub mod command;
