@@ -61,7 +61,7 @@ impl Visitor for Collect<'_> {
 /// The failed items `--retry-failed` sends again: those whose code the provider's table calls
 /// safe to resend (schemas/<provider>/provider.yaml `resend_safe`), and those payrun gave up on
 /// before the provider took them. Returns (item id → next attempt, codes seen).
-fn retry_selection(flow: &Flow, records: &[super::store::Record]) -> HashMap<String, u32> {
+fn retry_selection(flow: &Flow, records: &[&super::store::Record]) -> HashMap<String, u32> {
     records
         .iter()
         .filter(|r| r.step.is_none())
@@ -141,17 +141,32 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         return 2;
     }
     // `--retry-failed`: which items go again, decided from the store before their keys are made.
-    // What an earlier run left (read once, without the lock: anything it says ended stays
-    // ended; execute checks again under the lock).
-    let prior: Vec<super::store::Record> =
-        match Store::open_existing(o.state_dir, &flow.manifest.batch).and_then(|s| s.items()) {
-            Ok(r) => r.into_iter().map(|(_, r)| r).collect(),
-            Err(e) if o.retry_failed => {
-                eprintln!("error[run.retry-failed]: {e}");
-                return 2;
-            }
-            Err(_) => Vec::new(),
-        };
+    // A batch started before: taken (lock, store) now and read once; a new batch gets its
+    // store only once it is known to be valid.
+    let batch_exists = o
+        .state_dir
+        .join(format!("{}.redb", flow.manifest.batch))
+        .exists();
+    if o.retry_failed && !batch_exists {
+        eprintln!(
+            "error[run.retry-failed]: no batch `{}` in {}",
+            flow.manifest.batch,
+            o.state_dir.display()
+        );
+        return 2;
+    }
+    let held = if batch_exists {
+        match hold(&flow.manifest.batch, o.state_dir) {
+            Ok(h) => Some(h),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
+    let prior: Vec<&super::store::Record> = held
+        .as_ref()
+        .map(|h| h.stored.iter().map(|(_, r)| r).collect())
+        .unwrap_or_default();
     let attempts = if o.retry_failed {
         let records = &prior;
         let pick = retry_selection(&flow, records);
@@ -262,7 +277,10 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
             return 0;
         }
     }
-    execute(&flow, &mut items, manifest, &attempts, o)
+    let code = execute(&flow, &mut items, manifest, &attempts, o, held);
+    // The process ends right after; freeing every item's requests one by one only costs time.
+    std::mem::forget(items);
+    code
 }
 
 /// Compares a saved plan's fingerprint with the inputs as they are now.
@@ -329,40 +347,62 @@ pub fn resume(
     )
 }
 
+/// The batch taken for this process: its lock, its store, and what the store held then.
+struct Held {
+    _lock: super::lock::Lock,
+    store: Store,
+    stored: Vec<(u64, super::store::Record)>,
+}
+
+/// Takes the batch's lock, then opens and reads its store (creating it when `create`).
+fn hold(batch: &str, state_dir: &Path) -> Result<Held, u8> {
+    let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let lock = match super::lock::Lock::take(state_dir, batch, &started) {
+        Ok(l) => l,
+        Err(m) => {
+            eprintln!("error[run.locked]: {m}");
+            eprintln!(
+                "  hint: one runner per batch; if that process is gone, `payrun unlock {batch} --force`"
+            );
+            return Err(2);
+        }
+    };
+    let store = Store::open(state_dir, batch).map_err(|e| {
+        eprintln!("error[run.store]: {e}");
+        2u8
+    })?;
+    let stored = store.items().map_err(|e| {
+        eprintln!("error[run.store]: {e}");
+        2u8
+    })?;
+    Ok(Held {
+        _lock: lock,
+        store,
+        stored,
+    })
+}
+
 fn execute(
     flow: &Flow,
     items: &mut [PlannedItem],
     manifest: &Path,
     attempts: &HashMap<String, u32>,
     o: &RunOptions,
+    held: Option<Held>,
 ) -> u8 {
     let (sandbox, state_dir, time_scale) = (o.sandbox, o.state_dir, o.time_scale);
-    let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let _lock = match super::lock::Lock::take(state_dir, &flow.manifest.batch, &started) {
-        Ok(l) => l,
-        Err(m) => {
-            eprintln!("error[run.locked]: {m}");
-            eprintln!(
-                "  hint: one runner per batch; if that process is gone, `payrun unlock {} --force`",
-                flow.manifest.batch
-            );
-            return 2;
-        }
+    let held = match held {
+        Some(h) => h,
+        None => match hold(&flow.manifest.batch, state_dir) {
+            Ok(h) => h,
+            Err(code) => return code,
+        },
     };
-    let mut store = match Store::open(state_dir, &flow.manifest.batch) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error[run.store]: {e}");
-            return 2;
-        }
-    };
-    let mut stored = match store.items() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error[run.store]: {e}");
-            return 2;
-        }
-    };
+    let Held {
+        _lock,
+        mut store,
+        mut stored,
+    } = held;
     // `--retry-failed`: each chosen item starts a new attempt with a new key; the old key and
     // how it ended are kept. Committed before anything is sent.
     if !attempts.is_empty() {

@@ -78,6 +78,9 @@ impl Progress {
     /// Reports the items among `changed` that just reached an end or review, and refreshes the
     /// bar. `in_flight` is how many items have a request out.
     pub fn update(&mut self, recs: &[Record], changed: &[usize], in_flight: usize) {
+        use std::fmt::Write as _;
+        // Plain lines go out in one write per round, not one per item.
+        let mut lines = String::new();
         for &i in changed {
             let r = &recs[i];
             if let Some(path) = &r.step {
@@ -93,7 +96,7 @@ impl Progress {
                 if let Some(what) = what
                     && self.bar.is_none()
                 {
-                    eprintln!("{} step {path} {what}", r.id);
+                    let _ = writeln!(lines, "{} step {path} {what}", r.id);
                 }
                 continue;
             }
@@ -125,9 +128,15 @@ impl Progress {
                             b.inc(1);
                         }
                     }
-                    None => eprintln!("{line}"),
+                    None => {
+                        let _ = writeln!(lines, "{line}");
+                    }
                 }
             }
+        }
+        if !lines.is_empty() {
+            use std::io::Write as _;
+            let _ = std::io::stderr().lock().write_all(lines.as_bytes());
         }
         if let Some(b) = &self.bar
             && !changed.is_empty()

@@ -590,11 +590,11 @@ pub fn classify_envelope(flow: &Flow, v: &Value, n: usize) -> Vec<Verdict> {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
+    let none = Vec::new();
     let tasks = v
         .pointer("/payload/tasks")
         .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+        .unwrap_or(&none);
     (0..n)
         .map(|i| {
             tasks
