@@ -247,6 +247,7 @@ struct Book {
     recs: Vec<Record>,
     /// (item, step) of each unit; step 0 is the item's first request.
     units: Vec<(usize, usize)>,
+    /// Delayed steps' units by (item, step); an item's first request is unit `item`.
     unit_at: HashMap<(usize, usize), usize>,
     /// Steps 1.. (index k - 1), and the steps that follow each step (index k).
     steps: Vec<StepInfo>,
@@ -349,7 +350,7 @@ impl Book {
                     at: now,
                 },
             };
-            let base = &self.recs[self.unit_at[&(item, 0)]];
+            let base = &self.recs[item];
             let mut r = Record::planned(
                 &base.id,
                 &crate::keys::task_key(&base.key, &format!("step/{}", s.path)),
@@ -380,7 +381,7 @@ impl Book {
     fn step_payload(&self, u: usize, planned: &Rendered) -> Result<Rendered, String> {
         let (item, step) = self.units[u];
         let s = &self.steps[step - 1];
-        let parent = &self.recs[self.unit_at[&(item, s.after)]].state;
+        let parent = &self.recs[self.unit(item, s.after)].state;
         let lookup = |id: &str, path: &str| -> Option<Value> {
             if id != s.after_id {
                 return None;
@@ -408,6 +409,15 @@ impl Book {
                 "the step needs {} of the payout it follows, which did not report it",
                 missing.join(", ")
             ))
+        }
+    }
+
+    /// The unit of `item`'s step `step`.
+    fn unit(&self, item: usize, step: usize) -> usize {
+        if step == 0 {
+            item
+        } else {
+            self.unit_at[&(item, step)]
         }
     }
 
@@ -510,7 +520,12 @@ pub async fn run(
     }
     let mut book = Book {
         open: recs.iter().filter(|r| is_open(&r.state)).count(),
-        unit_at: units.iter().enumerate().map(|(u, &iu)| (iu, u)).collect(),
+        unit_at: units
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, step))| *step > 0)
+            .map(|(u, &iu)| (iu, u))
+            .collect(),
         units,
         steps,
         followers,
@@ -580,12 +595,17 @@ pub async fn run(
     let mut requests = 0u64;
     let holder = super::status::Holder::me(&rfc3339(now_ms()));
     let mut progress = super::progress::Progress::new(&book.recs);
-    let by_key: HashMap<String, usize> = book
-        .recs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.key.clone(), i))
-        .collect();
+    // Notifications name items by key (only needed when they can arrive).
+    let by_key: HashMap<String, usize> = if listener.is_some() {
+        book.recs
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.step.is_none())
+            .map(|(i, r)| (r.key.clone(), i))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let server = match listener {
         Some(addr) => Some(
             listen(addr, Arc::clone(&endpoint.adapter), tx.clone())
@@ -737,7 +757,7 @@ pub async fn run(
                 }
                 _ => {
                     let key = match book.units[i] {
-                        (item, s) if s > 0 => book.recs[book.unit_at[&(item, 0)]].key.clone(),
+                        (item, s) if s > 0 => book.recs[item].key.clone(),
                         _ => book.recs[i].key.clone(),
                     };
                     requests += 1;
