@@ -43,6 +43,14 @@ pub fn attempt_key(item_key: &str, n: u32) -> String {
     }
 }
 
+/// A key as the provider takes it: the UUID itself, or its 32 hex digits.
+pub fn on_wire(key: &str, format: crate::schema::KeyFormat) -> String {
+    match format {
+        crate::schema::KeyFormat::Uuid => key.to_string(),
+        crate::schema::KeyFormat::Hex => key.replace('-', ""),
+    }
+}
+
 /// Lower-case hex, table driven (the `hex` crate's iterator is slow on hot paths).
 pub fn hex_lower(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";

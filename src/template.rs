@@ -10,11 +10,13 @@ pub fn column_name(path: &str) -> String {
     path.replace('.', "_")
 }
 
-/// Fields a clerk fills in: everything but the idempotency field, which payrun fills.
+/// Fields a clerk fills in: everything but the idempotency and notification URL fields, which
+/// payrun fills.
 fn fillable(op: &Operation) -> impl Iterator<Item = &Field> {
-    op.fields
-        .iter()
-        .filter(move |f| op.idempotency.as_deref() != Some(f.path.as_str()))
+    op.fields.iter().filter(move |f| {
+        op.idempotency.as_deref() != Some(f.path.as_str())
+            && op.notification_url.as_deref() != Some(f.path.as_str())
+    })
 }
 
 /// Required fields, the first field of each any_of group, and the money fields; `all` adds the rest.
@@ -59,6 +61,12 @@ pub fn table(op: &Operation) -> String {
         let _ = writeln!(
             out,
             "payrun fills `{i}` with each item's idempotency key; every file also needs an `id` column (a stable item id)."
+        );
+    }
+    if let Some(n) = &op.notification_url {
+        let _ = writeln!(
+            out,
+            "payrun fills `{n}` with the URL where it listens for the answer (notifications.public_url and a secret token)."
         );
     }
     let _ = writeln!(out);
@@ -226,6 +234,9 @@ pub fn manifest(provider: &Provider, op: &Operation, all: bool) -> String {
             "      # {i}: filled in by payrun with ${{idempotency_key}}"
         );
     }
+    if let Some(n) = &op.notification_url {
+        let _ = writeln!(out, "      # {n}: filled in by payrun (its listener's URL)");
+    }
     let l = &provider.limits;
     let _ = writeln!(
         out,
@@ -238,6 +249,18 @@ pub fn manifest(provider: &Provider, op: &Operation, all: bool) -> String {
         let _ = writeln!(out, "  tasks_per_request: {}", l.tasks_per_request);
     }
     let _ = writeln!(out, "notifications:");
-    let _ = writeln!(out, "  mode: polling");
+    if op.completion == crate::schema::Completion::Notification {
+        // The answer only ever arrives as a POST to payrun's listener.
+        let _ = writeln!(
+            out,
+            "  listen: 127.0.0.1:8787                          # where payrun listens"
+        );
+        let _ = writeln!(
+            out,
+            "  public_url: https://CHANGE-ME.example/payrun    # the URL the provider can reach"
+        );
+    } else {
+        let _ = writeln!(out, "  mode: polling");
+    }
     out
 }

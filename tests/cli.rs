@@ -214,15 +214,21 @@ fn validation_errors_name_file_line_column_rule_value_and_hint() {
 }
 
 #[test]
-fn every_paysend_operation_template_validates_as_generated() {
-    for op in [
-        "pay.toAccount",
-        "pay.toCard",
-        "fx.rateGet",
-        "fx.rateGet.p2a",
-        "card.infoGet",
-        "getBalance",
-        "task.statusGet",
+fn every_operation_template_validates_as_generated() {
+    for (provider, op) in [
+        ("paysend", "pay.toAccount"),
+        ("paysend", "pay.toCard"),
+        ("paysend", "fx.rateGet"),
+        ("paysend", "fx.rateGet.p2a"),
+        ("paysend", "card.infoGet"),
+        ("paysend", "getBalance"),
+        ("paysend", "task.statusGet"),
+        ("payonic", "payout"),
+        ("payonic", "refund"),
+        ("payonic", "capture"),
+        ("payonic", "void"),
+        ("payonic", "mit"),
+        ("payonic", "payment"),
     ] {
         for all in [false, true] {
             let dir = tempfile::tempdir().unwrap();
@@ -233,10 +239,10 @@ fn every_paysend_operation_template_validates_as_generated() {
                     vec![f.to_string()]
                 }
             };
-            let mut csv_args = vec!["template".to_string(), "paysend".into(), op.into()];
+            let mut csv_args = vec!["template".to_string(), provider.into(), op.into()];
             csv_args.extend(flag("--csv"));
             let csv = payrun(&csv_args).succeeds().stdout();
-            let mut man_args = vec!["template".to_string(), "paysend".into(), op.into()];
+            let mut man_args = vec!["template".to_string(), provider.into(), op.into()];
             man_args.extend(flag("--manifest"));
             let manifest = payrun(&man_args).succeeds().stdout();
             std::fs::write(dir.path().join(format!("{op}.csv")), csv).unwrap();

@@ -36,7 +36,13 @@ pub enum Bound {
         node: String,
         path: String,
     },
+    /// The URL where payrun listens for this task's notification (with the batch's secret
+    /// token), known only at run time; filled in by the runner.
+    NotifyUrl,
 }
+
+/// How a run-time notification URL stands in a rendered payload until the runner fills it.
+pub const NOTIFY_URL: &str = "${notification_url}";
 
 impl Bound {
     /// True when the value is the same for every item.
@@ -67,6 +73,7 @@ impl Bound {
             Bound::TaskKey => "${task_key}".into(),
             Bound::Batch => "${batch}".into(),
             Bound::Result { node, path } => format!("${{result.{node}.{path}}}"),
+            Bound::NotifyUrl => NOTIFY_URL.into(),
         }
     }
 }
@@ -389,7 +396,14 @@ pub fn compile(
     let base_url = match &m.environment {
         Environment::Sandbox => provider.sandbox_url.clone(),
         Environment::Production => {
-            if provider.production_url.is_none() {
+            // A provider with one host per operation (Payonic) needs no single production URL.
+            let per_operation = !provider.operations.is_empty()
+                && provider.operations.values().all(|o| {
+                    o.request
+                        .as_ref()
+                        .is_some_and(|r| r.hosts.contains_key("production"))
+                });
+            if provider.production_url.is_none() && !per_operation {
                 c.error(
                     &[key("environment")],
                     "manifest.environment",
@@ -703,6 +717,28 @@ impl Compiler<'_> {
                 _ => {}
             }
         }
+        // The notification URL is payrun's own (its listener, with the batch's token); without a
+        // listener it is left out.
+        let listening =
+            self.manifest.notifications.mode == crate::manifest::raw::NotificationMode::Webhook;
+        if let Some(np) = &op.notification_url {
+            match bindings.iter().find(|b| &b.path == np) {
+                None if !listening => {}
+                None => {
+                    let i = op.field_index(np).expect("checked when the schema loaded");
+                    bindings.push(Binding {
+                        path: np.clone(),
+                        field: i,
+                        value: Bound::NotifyUrl,
+                    });
+                }
+                Some(_) => {
+                    let mut at = payload_at.clone();
+                    at.extend(np.split('.').map(key));
+                    self.error(&at, "flow.notification-url", format!("`{np}` of {} is where payrun listens for the answer", op.name), format!("leave `{np}` out: payrun fills in its listener's URL (notifications.public_url) with a secret token"));
+                }
+            }
+        }
         let mut task = Task {
             id: node.id.clone(),
             op: op.name.clone(),
@@ -974,8 +1010,12 @@ impl Compiler<'_> {
             let sample = match &b.value {
                 Bound::Const(s) => Some(s.clone()),
                 Bound::Batch => Some(self.manifest.batch.clone()),
-                Bound::IdempotencyKey => Some(self.sample_key.clone()),
-                Bound::TaskKey => Some(keys::task_key(&self.sample_key, &task.tree_path)),
+                Bound::IdempotencyKey => Some(keys::on_wire(&self.sample_key, self.provider.keys)),
+                Bound::TaskKey => Some(keys::on_wire(
+                    &keys::task_key(&self.sample_key, &task.tree_path),
+                    self.provider.keys,
+                )),
+                Bound::NotifyUrl => Some("https://payrun.invalid/notify/token".into()),
                 _ => None,
             };
             let row_currency = matches!(currency, Some(CurrencySource::Row { .. }));

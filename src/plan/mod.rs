@@ -396,10 +396,10 @@ fn eval(b: &Bound, flow: &Flow, item: &ItemRow, key: &str, task: &Task) -> Strin
             .iter()
             .map(|p| eval(p, flow, item, key, task))
             .collect(),
-        Bound::IdempotencyKey => key.to_string(),
-        Bound::TaskKey => keys::task_key(key, &task.tree_path),
+        Bound::IdempotencyKey => keys::on_wire(key, flow.provider.keys),
+        Bound::TaskKey => keys::on_wire(&keys::task_key(key, &task.tree_path), flow.provider.keys),
         Bound::Batch => flow.manifest.batch.clone(),
-        Bound::Result { .. } => b.describe(),
+        Bound::Result { .. } | Bound::NotifyUrl => b.describe(),
     }
 }
 

@@ -78,6 +78,10 @@ pub struct Field {
     pub wire: Wire,
     pub description: String,
     pub example: Option<String>,
+    /// A URL path variable of the operation's request, not a body field.
+    pub in_path: bool,
+    /// Used by payrun only (e.g. to convert an amount to minor units), never sent.
+    pub local: bool,
 }
 
 /// A broken rule: the rule id, a message that reads after "value …", and a hint.
@@ -555,6 +559,8 @@ mod tests {
             wire: Wire::String,
             description: String::new(),
             example: None,
+            in_path: false,
+            local: false,
         }
     }
 

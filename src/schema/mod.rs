@@ -8,7 +8,7 @@ pub mod raw;
 
 pub use field::{CurrencyFormat, CurrencyRef, Field, FieldKind, Violation, Wire};
 pub use operation::Operation;
-pub use raw::{Completion, Role, TreeExecution};
+pub use raw::{Completion, KeyFormat, Location, Role, TreeExecution};
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::money::Currency;
@@ -46,6 +46,7 @@ pub struct Provider {
     pub limits: raw::RawProviderLimits,
     pub endpoints: Vec<String>,
     pub resend_safe: Vec<String>,
+    pub keys: raw::KeyFormat,
     pub operations: BTreeMap<String, Operation>,
     pub file: String,
     pub sha256: String,
@@ -226,6 +227,7 @@ impl Registry {
             packing: p.packing,
             endpoints: p.endpoints.clone(),
             resend_safe: p.resend_safe.clone(),
+            keys: p.keys,
             limits: p.limits,
             operations,
             file,
@@ -288,7 +290,9 @@ fn compile_operation(
             )),
         }
     }
-    let op = Operation::new(
+    let request = raw.request.clone();
+    let notification_url = raw.notification_url.clone();
+    let mut op = Operation::new(
         raw.provider.clone(),
         raw.operation.clone(),
         raw.summary,
@@ -302,6 +306,59 @@ fn compile_operation(
         display.to_string(),
         sha256,
     );
+    op.request = request;
+    op.notification_url = notification_url;
+    if let Some(r) = &op.request {
+        if !matches!(r.method.as_str(), "GET" | "POST") {
+            errors.push(err(
+                &[key("request"), key("method")],
+                "schema.request",
+                format!("method `{}` is not GET or POST", r.method),
+            ));
+        }
+        let vars: Vec<&str> = r
+            .path
+            .split('{')
+            .skip(1)
+            .filter_map(|s| s.split_once('}').map(|(v, _)| v))
+            .collect();
+        for v in &vars {
+            if !op.field(v).is_some_and(|f| f.in_path) {
+                errors.push(err(
+                    &[key("request"), key("path")],
+                    "schema.request",
+                    format!("`{{{v}}}` in the path is not a field with `in: path`"),
+                ));
+            }
+        }
+        for f in op.fields.iter().filter(|f| f.in_path) {
+            if !vars.contains(&f.path.as_str()) {
+                errors.push(err(
+                    &[key("request"), key("path")],
+                    "schema.request",
+                    format!(
+                        "field `{}` is `in: path` but the path has no `{{{}}}`",
+                        f.path, f.path
+                    ),
+                ));
+            }
+        }
+    } else if op.fields.iter().any(|f| f.in_path) {
+        errors.push(err(
+            &[key("request")],
+            "schema.request",
+            "fields with `in: path` need a `request:` with their path".into(),
+        ));
+    }
+    if let Some(n) = &op.notification_url
+        && op.field(n).is_none()
+    {
+        errors.push(err(
+            &[key("notification_url")],
+            "schema.notification-url",
+            format!("notification_url `{n}` is not a field"),
+        ));
+    }
     // Cross-field consistency.
     if let Some((a, c)) = &op.money {
         if !matches!(op.field(a).map(|f| &f.kind), Some(FieldKind::Amount { .. })) {
@@ -564,6 +621,8 @@ fn compile_field(f: &raw::RawField, all: &[raw::RawField]) -> Result<Field, Fiel
         wire: f.wire.unwrap_or(default_wire),
         description: f.description.clone(),
         example,
+        in_path: f.location == raw::Location::Path,
+        local: f.location == raw::Location::Local,
     })
 }
 

@@ -19,6 +19,10 @@ pub struct Operation {
     /// Groups of paths of which at least one must be present.
     pub any_of: Vec<Vec<String>>,
     pub fields: Vec<Field>,
+    /// Where the request goes (providers with one URL per operation).
+    pub request: Option<super::raw::RawRequest>,
+    /// The field payrun fills with its notification URL.
+    pub notification_url: Option<String>,
     by_path: HashMap<String, usize>,
     /// The schema file this came from and its SHA-256, for plan fingerprints.
     pub file: String,
@@ -57,6 +61,8 @@ impl Operation {
             idempotency,
             any_of,
             fields,
+            request: None,
+            notification_url: None,
             by_path,
             file,
             sha256,

@@ -25,6 +25,32 @@ pub struct RawProvider {
     /// idempotency key): what `run --retry-failed` sends again.
     #[serde(default)]
     pub resend_safe: Vec<String>,
+    /// How idempotency and task keys are written on the wire: `uuid` (default) or `hex` (the
+    /// same 128 bits as 32 hex digits, for ids like `^[a-zA-Z0-9]{1,32}$`).
+    #[serde(default)]
+    pub keys: KeyFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyFormat {
+    #[default]
+    Uuid,
+    Hex,
+}
+
+/// Where an operation's request goes, for providers with one URL per operation.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequest {
+    /// GET or POST.
+    pub method: String,
+    /// Path below the base URL, with `{field}` for fields whose `in` is `path`.
+    pub path: String,
+    /// The operation's own host per environment (sandbox, production), when the provider has
+    /// one host per operation.
+    #[serde(default)]
+    pub hosts: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +102,9 @@ pub struct RawOperation {
     pub completion: Completion,
     pub money: Option<RawMoney>,
     pub idempotency: Option<String>,
+    /// The field payrun fills with the URL where it listens for this operation's notification.
+    pub notification_url: Option<String>,
+    pub request: Option<RawRequest>,
     #[serde(default)]
     pub any_of: Vec<Vec<String>>,
     pub fields: Vec<RawField>,
@@ -134,8 +163,22 @@ pub struct RawField {
     #[serde(default)]
     pub sensitive: bool,
     pub wire: Option<Wire>,
+    /// `body` (default) or `path`: a URL path variable of the operation's request.
+    #[serde(rename = "in", default)]
+    pub location: Location,
     pub example: Option<serde_yaml::Value>,
     pub description: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Location {
+    #[default]
+    Body,
+    Path,
+    /// Checked and used by payrun (e.g. the currency that converts an amount to minor units)
+    /// but not sent: the provider's request has no such field.
+    Local,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

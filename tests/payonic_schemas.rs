@@ -1,0 +1,135 @@
+//! Payonic's field schemas (schemas/payonic/) and example batches: amounts become exact minor
+//! units with each currency's exponent (never rounded), keys fit Payonic's ids, payrun fills the
+//! note and the notification URL itself, and `run` refuses until the adapter exists.
+
+mod support;
+
+use rand::{Rng, SeedableRng};
+use support::{payrun, payrun_in};
+
+fn preview(manifest: &str) -> serde_json::Value {
+    payrun(["plan", manifest, "--format", "json", "--show", "100"])
+        .succeeds()
+        .json()["preview"]
+        .clone()
+}
+
+#[test]
+fn both_payonic_examples_validate() {
+    payrun(["validate", "batches/payouts-payonic/manifest.yaml"])
+        .succeeds()
+        .stdout_has("5 items, 5 valid");
+    payrun(["validate", "batches/refunds-payonic/manifest.yaml"])
+        .succeeds()
+        .stdout_has("4 items, 4 valid");
+}
+
+#[test]
+fn payout_amounts_are_sent_in_exact_minor_units_and_the_note_carries_the_key() {
+    let items = preview("batches/payouts-payonic/manifest.yaml");
+    let amounts: Vec<String> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["tasks"][0]["payload"]["amount"].to_string())
+        .collect();
+    // DKK 125.50, DKK 80.00, JPY 1500, KWD 42.125, EUR 19.99.
+    assert_eq!(amounts, ["12550", "8000", "1500", "42125", "1999"]);
+    for i in items.as_array().unwrap() {
+        let note = i["tasks"][0]["payload"]["note"].as_str().unwrap();
+        assert_eq!(note, i["key"].as_str().unwrap().replace('-', ""));
+        assert!(note.len() == 32 && note.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}
+
+#[test]
+fn refunds_get_payruns_notification_url_which_the_template_leaves_out() {
+    let items = preview("batches/refunds-payonic/manifest.yaml");
+    let p = &items[0]["tasks"][0]["payload"];
+    assert_eq!(p["notificationurl"], "${notification_url}");
+    assert_eq!(p["amount"], 2500);
+    payrun(["template", "payonic", "refund"])
+        .succeeds()
+        .stdout_has("payrun fills `notificationurl`")
+        .stdout_lacks("\nnotificationurl ");
+}
+
+/// A one-item refund batch with this amount and currency.
+fn refund_batch(amount: &str, currency: &str, extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("manifest.yaml"),
+        format!(
+            "batch: b\nprovider: payonic\nenvironment: production\ncredentials: {{api_key: PAYONIC_API_KEY}}\nitems:\n  inline:\n    - {{id: R1, payment: abc123, amount: \"{amount}\", currency: {currency}}}\nflow:\n  - op: refund\n    payload:\n      paymentid: ${{item.payment}}\n      amount: ${{item.amount}}\n      currency: ${{item.currency}}\n{extra}notifications: {{listen: 127.0.0.1:8788, public_url: https://acme.example/payrun}}\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn random_amounts_in_jpy_dkk_and_kwd_convert_to_minor_units_exactly() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for (currency, exponent) in [("JPY", 0u32), ("DKK", 2), ("KWD", 3)] {
+        for _ in 0..5 {
+            let minor: u64 = rng.random_range(1..10_000_000_000);
+            let scale = 10u64.pow(exponent);
+            let text = if exponent == 0 {
+                minor.to_string()
+            } else {
+                format!(
+                    "{}.{:0width$}",
+                    minor / scale,
+                    minor % scale,
+                    width = exponent as usize
+                )
+            };
+            let dir = refund_batch(&text, currency, "");
+            let out = payrun_in(dir.path(), ["plan", "manifest.yaml", "--format", "json"])
+                .succeeds()
+                .json();
+            assert_eq!(
+                out["preview"][0]["tasks"][0]["payload"]["amount"].to_string(),
+                minor.to_string(),
+                "{currency} {text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_amount_with_more_decimals_than_its_currency_is_refused_never_rounded() {
+    for (amount, currency) in [("10.955", "DKK"), ("1500.5", "JPY"), ("1.0001", "KWD")] {
+        let dir = refund_batch(amount, currency, "");
+        payrun_in(dir.path(), ["validate", "manifest.yaml"])
+            .exits_with(1)
+            .stderr_has(currency);
+    }
+}
+
+#[test]
+fn a_notification_url_written_in_the_manifest_is_refused() {
+    let dir = refund_batch(
+        "10.95",
+        "DKK",
+        "      notificationurl: https://evil.example/steal\n",
+    );
+    payrun_in(dir.path(), ["validate", "manifest.yaml"])
+        .exits_with(1)
+        .stderr_has("flow.notification-url");
+}
+
+#[test]
+fn run_refuses_a_payonic_batch_until_its_adapter_exists_and_sends_nothing() {
+    payrun([
+        "run",
+        "batches/payouts-payonic/manifest.yaml",
+        "--sandbox",
+        "--yes",
+        "--state-dir",
+        "target/payonic-refused",
+    ])
+    .exits_with(2)
+    .stderr_has("no adapter for payonic")
+    .stderr_has("nothing was sent");
+}
