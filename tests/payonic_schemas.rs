@@ -1,6 +1,6 @@
 //! Payonic's field schemas (schemas/payonic/) and example batches: amounts become exact minor
 //! units with each currency's exponent (never rounded), keys fit Payonic's ids, payrun fills the
-//! note and the notification URL itself, and `run` refuses until the adapter exists.
+//! note and the notification URL itself.
 
 mod support;
 
@@ -120,16 +120,25 @@ fn a_notification_url_written_in_the_manifest_is_refused() {
 }
 
 #[test]
-fn run_refuses_a_payonic_batch_until_its_adapter_exists_and_sends_nothing() {
-    payrun([
-        "run",
-        "batches/payouts-payonic/manifest.yaml",
-        "--sandbox",
-        "--yes",
-        "--state-dir",
-        "target/payonic-refused",
-    ])
-    .exits_with(2)
-    .stderr_has("no adapter for payonic")
+fn run_refuses_a_payonic_flow_of_more_than_one_task_per_item_and_sends_nothing() {
+    let dir = refund_batch(
+        "10.95",
+        "DKK",
+        "    success:\n      - op: capture\n        payload:\n          paymentid: ${item.payment}\n          amount: ${item.amount}\n          currency: ${item.currency}\n",
+    );
+    payrun_in(dir.path(), ["validate", "manifest.yaml"]).succeeds();
+    payrun_in(
+        dir.path(),
+        [
+            "run",
+            "manifest.yaml",
+            "--sandbox",
+            "--yes",
+            "--state-dir",
+            "state",
+        ],
+    )
+    .exits_with(1)
+    .stderr_has("flows of one task per item")
     .stderr_has("nothing was sent");
 }

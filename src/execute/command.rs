@@ -77,6 +77,9 @@ fn retry_selection(flow: &Flow, records: &[&super::store::Record]) -> HashMap<St
         .collect()
 }
 
+/// The Payonic emulation's test API key (src/sandbox/payonic, `payonic.api_key`).
+const SANDBOX_PAYONIC_KEY: &str = "sandbox-payonic-key";
+
 /// Paysend's timings as its document gives them (L633, L659-667), and this runner's polling;
 /// `scale` > 1 for a sandbox whose provider time runs that much faster.
 fn timings(scale: f64) -> Timings {
@@ -86,6 +89,7 @@ fn timings(scale: f64) -> Timings {
         poll_every: s(Duration::from_secs(1)),
         review_every: s(Duration::from_secs(600)),
         max_lookups: 20,
+        max_polls: None,
     }
 }
 
@@ -133,12 +137,24 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         }
     };
     let flow = prepared.flow;
-    if flow.provider.name != "paysend" {
+    if !matches!(flow.provider.name.as_str(), "paysend" | "payonic") {
         eprintln!(
             "error[run.provider]: `payrun run` has no adapter for {} yet (validate and plan work); nothing was sent",
             flow.provider.name
         );
         return 2;
+    }
+    // A provider that takes one call per task: payrun runs flows of one task per item so far.
+    if flow.provider.tree == crate::schema::TreeExecution::Client
+        && (flow.tasks.len() != 1 || flow.tasks[0].children().next().is_some())
+    {
+        eprintln!(
+            "error[run.flow]: `payrun run` drives {} flows of one task per item so far (this flow has {}); nothing was sent",
+            flow.provider.title,
+            flow.all_tasks().len()
+        );
+        eprintln!("  hint: run each operation as a batch of its own");
+        return 1;
     }
     // `--retry-failed`: which items go again, decided from the store before their keys are made.
     // A batch started before: taken (lock, store) now and read once; a new batch gets its
@@ -507,8 +523,10 @@ fn execute(
         let webhooks =
             flow.manifest.notifications.mode == crate::manifest::raw::NotificationMode::Webhook;
         let mut listen = None;
+        // Where the provider reaches payrun's listener (each adapter adds its own paths).
         let mut callback = None;
-        let (base_url, credentials) = if sandbox {
+        let paysend = flow.provider.name == "paysend";
+        let (base_url, mut credentials) = if sandbox {
             // In a rehearsal the sandbox calls payrun's listener on a free loopback port.
             let mut cfg = crate::sandbox::SandboxConfig {
                 time_scale: time_scale.max(1.0),
@@ -520,13 +538,14 @@ fn execute(
             {
                 cfg.paysend.webhook_url =
                     Some(format!("http://{addr}{}", crate::providers::paysend::WEBHOOK_PATH));
-                callback = Some(format!("http://{addr}{}", crate::providers::paysend::CALLBACK_PATH));
+                callback = Some(format!("http://{addr}"));
                 listen = Some(addr);
             }
             let credentials: crate::providers::Credentials = [
                 ("partner_id", cfg.paysend.partner_id.clone()),
                 ("inbound_key", cfg.paysend.inbound_key.clone()),
                 ("outbound_key", cfg.paysend.outbound_key.clone()),
+                ("api_key", SANDBOX_PAYONIC_KEY.to_string()),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
@@ -544,9 +563,19 @@ fn execute(
                 }
             }
         } else {
-            let Some(base_url) = flow.base_url.clone() else {
-                eprintln!("error[run.endpoint]: no base URL for environment {:?}", flow.manifest.environment);
-                return 2;
+            // A provider with one host per operation (Payonic in production) needs no base URL.
+            let per_operation = flow.provider.operations.values().all(|o| {
+                o.request
+                    .as_ref()
+                    .is_some_and(|r| r.hosts.contains_key("production"))
+            });
+            let base_url = match flow.base_url.clone() {
+                Some(u) => u,
+                None if per_operation => String::new(),
+                None => {
+                    eprintln!("error[run.endpoint]: no base URL for environment {:?}", flow.manifest.environment);
+                    return 2;
+                }
             };
             // Credentials come from the environment variables the manifest names, never from
             // the manifest itself.
@@ -560,7 +589,7 @@ fn execute(
                     _ => missing.push(format!("${var} ({name})")),
                 }
             }
-            let needed = |name: &str| name != "outbound_key" || webhooks;
+            let needed = |name: &str| name != "outbound_key" || webhooks || !paysend;
             let missing: Vec<String> = missing
                 .into_iter()
                 .filter(|m| needed(m.rsplit_once('(').map_or("", |(_, n)| n.trim_end_matches(')'))))
@@ -578,22 +607,39 @@ fn execute(
                     eprintln!("error[run.notifications]: webhook notifications need `listen` and `public_url`");
                     return 2;
                 };
-                if !credentials.contains_key("outbound_key") {
+                if paysend && !credentials.contains_key("outbound_key") {
                     eprintln!("error[run.credentials]: webhooks are verified with the outbound key: set the variable named by credentials.outbound_key");
                     return 2;
                 }
                 let public = public.trim_end_matches('/');
-                eprintln!(
-                    "notifications: callbacks to {public}{}; set {public}{} as the expanded webhook URL with Paysend",
-                    crate::providers::paysend::CALLBACK_PATH,
-                    crate::providers::paysend::WEBHOOK_PATH
-                );
-                callback = Some(format!("{public}{}", crate::providers::paysend::CALLBACK_PATH));
+                if paysend {
+                    eprintln!(
+                        "notifications: callbacks to {public}{}; set {public}{} as the expanded webhook URL with Paysend",
+                        crate::providers::paysend::CALLBACK_PATH,
+                        crate::providers::paysend::WEBHOOK_PATH
+                    );
+                } else {
+                    eprintln!("notifications: {} posts outcomes to {public}/{}/notify/<a secret token of this batch>", flow.provider.title, flow.provider.name);
+                }
+                callback = Some(public.to_string());
                 listen = Some(addr);
             }
             (base_url, credentials)
         };
-        let adapter = match crate::providers::adapter(flow, &credentials, callback) {
+        // Unsigned notifications (Payonic) are taken only on a URL with this batch's secret token:
+        // derived from the API key and the batch, so it survives a resume and is never stored.
+        if let Some(k) = credentials.get("api_key") {
+            use sha2::{Digest, Sha256};
+            let digest = Sha256::new()
+                .chain_update(b"payrun/notify-token/v1\x1f")
+                .chain_update(flow.manifest.batch.as_bytes())
+                .chain_update(b"\x1f")
+                .chain_update(k.as_bytes())
+                .finalize();
+            let token = crate::keys::hex_lower(&digest[..16]);
+            credentials.insert("notify_token".into(), token);
+        }
+        let adapter = match crate::providers::adapter(flow, &credentials, callback, &base_url) {
             Ok(a) => a,
             Err(m) => {
                 eprintln!("error[run.adapter]: {m}; nothing was sent");
@@ -628,7 +674,7 @@ fn execute(
             flag.store(true, Ordering::Relaxed);
         });
         let started = std::time::Instant::now();
-        let summary = match runner::run(flow, items, std::mem::take(&mut stored), &mut store, &endpoint, &timings(time_scale), Arc::clone(&stop), listen).await {
+        let summary = match runner::run(flow, items, std::mem::take(&mut stored), &mut store, &endpoint, &endpoint.adapter.timings(timings(time_scale)), Arc::clone(&stop), listen).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error[run.store]: {e}");

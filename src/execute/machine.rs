@@ -55,6 +55,9 @@ pub enum State {
         reference: String,
         since: Millis,
         poll_at: Millis,
+        /// Lookups made while waiting (counted only where `Timings::max_polls` is set).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        polls: u32,
     },
     /// The outcome is unknown; the key is looked up at `at` before anything is resent.
     InDoubt {
@@ -135,6 +138,8 @@ pub enum Verdict {
     },
     /// It may have been processed; nobody knows (timeout, dropped connection).
     InDoubt,
+    /// A lookup was taken; its answer comes later, by notification (Payonic's Payment API).
+    Pending,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +176,14 @@ pub struct Timings {
     pub review_every: Duration,
     /// Failed lookups of an item in doubt before a person is asked to look.
     pub max_lookups: u32,
+    /// Lookups of a submitted item before a person is asked to look; None: poll as long as it
+    /// takes (Paysend's status polls). Set for providers whose outcome comes by notification,
+    /// where a lookup is the fallback for one that never came.
+    pub max_polls: Option<u32>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 pub fn step(
@@ -257,7 +270,24 @@ fn look_again(state: &State, now: Millis, t: &Timings) -> (State, Vec<Effect>) {
     }
     let mut next = state.clone();
     let at = match &mut next {
-        State::Submitted { poll_at, .. } => {
+        State::Submitted {
+            poll_at,
+            polls,
+            attempt,
+            ..
+        } => {
+            *polls += 1;
+            if let Some(max) = t.max_polls
+                && *polls > max
+            {
+                return review(
+                    *attempt,
+                    "no-outcome".into(),
+                    format!("accepted, but no outcome arrived after {max} lookups"),
+                    now,
+                    t,
+                );
+            }
             *poll_at = plus(now, t.poll_every);
             *poll_at
         }
@@ -341,6 +371,7 @@ fn after_send(
                     reference,
                     since: now,
                     poll_at,
+                    polls: 0,
                 },
                 vec![Effect::WakeAt(poll_at)],
             )
@@ -390,7 +421,7 @@ fn after_send(
                 ),
             }
         }
-        Verdict::InDoubt | Verdict::NotYetVisible | Verdict::Unknown => {
+        Verdict::InDoubt | Verdict::NotYetVisible | Verdict::Unknown | Verdict::Pending => {
             let at = plus(now, t.propagation);
             (
                 State::InDoubt {
@@ -460,6 +491,7 @@ fn observed(state: &State, verdict: Verdict, now: Millis, t: &Timings) -> (State
                         reference,
                         since: now,
                         poll_at,
+                        polls: 0,
                     },
                     vec![Effect::WakeAt(poll_at)],
                 )
@@ -483,6 +515,11 @@ fn observed(state: &State, verdict: Verdict, now: Millis, t: &Timings) -> (State
                 state.due().map(Effect::WakeAt).into_iter().collect(),
             ),
         },
+        // The answer is on its way: wait for it (or for the next lookup).
+        Verdict::Pending => (
+            state.clone(),
+            state.due().map(Effect::WakeAt).into_iter().collect(),
+        ),
         // "Already paid with this key" about a request we thought accepted or still open (the
         // key was paid by an earlier request): find that payment now, rather than poll a
         // request that will never pay.
@@ -548,6 +585,7 @@ mod tests {
             poll_every: Duration::from_secs(30),
             review_every: Duration::from_secs(600),
             max_lookups: 3,
+            max_polls: None,
         }
     }
 

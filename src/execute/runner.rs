@@ -92,7 +92,8 @@ async fn listen(
             move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                 let (adapter, tx) = (Arc::clone(&adapter), tx.clone());
                 async move {
-                    match adapter.notice(path, &headers, uri.query(), &body) {
+                    let _ = path;
+                    match adapter.notice(uri.path(), &headers, uri.query(), &body) {
                         Notice::Refused(status, why) => {
                             tracing::warn!(path, status, "refused {why}");
                             axum::http::StatusCode::from_u16(status)
@@ -601,7 +602,7 @@ pub async fn run(
             .iter()
             .enumerate()
             .filter(|(_, r)| r.step.is_none())
-            .map(|(i, r)| (r.key.clone(), i))
+            .map(|(i, r)| (r.key.replace('-', ""), i))
             .collect()
     } else {
         HashMap::new()
@@ -620,6 +621,8 @@ pub async fn run(
     let snapshot = store.path.with_extension("status.json");
     let mut last_snapshot = std::time::Instant::now() - Duration::from_secs(1);
     let mut snapshot_every = Duration::from_millis(300);
+    // Items in doubt whose lookup's answer will come as a `Notice::Subject`, by subject.
+    let mut asked: HashMap<String, Vec<usize>> = HashMap::new();
 
     loop {
         let stopping = stop.load(Ordering::Relaxed);
@@ -706,8 +709,9 @@ pub async fn run(
             let req = adapter.submit(&out, &rfc3339(now));
             let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
             tokio::spawn(async move {
+                let path = req.path.clone();
                 let (_slot, answer) = wire.exchange(req, true).await;
-                let verdicts = adapter.classify_submit(&answer, idx.len());
+                let verdicts = adapter.classify_submit(&path, &answer, idx.len());
                 let _ = wire
                     .tx
                     .send(Outcome::Sent(idx.into_iter().zip(verdicts).collect()));
@@ -741,9 +745,10 @@ pub async fn run(
                             );
                             let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
                             tokio::spawn(async move {
+                                let path = req.path.clone();
                                 let (_slot, answer) = wire.exchange(req, false).await;
                                 let verdict = adapter
-                                    .classify_submit(&answer, 1)
+                                    .classify_submit(&path, &answer, 1)
                                     .pop()
                                     .unwrap_or(Verdict::InDoubt);
                                 let _ = wire.tx.send(Outcome::Observed(vec![(i, verdict)]));
@@ -761,7 +766,16 @@ pub async fn run(
                         _ => book.recs[i].key.clone(),
                     };
                     requests += 1;
-                    let req = adapter.key_lookup(&key, book.recs[i].requests, &rfc3339(now));
+                    let (item, _) = book.units[i];
+                    let req = adapter.key_lookup(
+                        &key,
+                        &items[item].payload,
+                        book.recs[i].requests,
+                        &rfc3339(now),
+                    );
+                    if let Some(subject) = adapter.lookup_subject(&items[item].payload) {
+                        asked.entry(subject).or_default().push(i);
+                    }
                     let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
                     tokio::spawn(async move {
                         let (slot, mut answer) = wire.exchange(req, false).await;
@@ -843,7 +857,7 @@ pub async fn run(
                 // A notification is one more observation; duplicates and stale ones are absorbed
                 // by the state machine.
                 Outcome::Notice(Notice::Item { key, verdict }) => {
-                    match by_key.get(key.as_str()) {
+                    match by_key.get(&key.replace('-', "")) {
                         Some(&i) => {
                             tracing::debug!(item = %book.recs[i].id, ?verdict, "notification");
                             book.apply(
@@ -866,6 +880,70 @@ pub async fn run(
                             && !book.in_flight.contains(&i)
                         {
                             book.lookups.push(i);
+                        }
+                    }
+                    continue;
+                }
+                // The outcome of an accepted request: only an item waiting for exactly that
+                // reference takes it; anything else is rejected (notifications may be unsigned).
+                Outcome::Notice(Notice::Reference {
+                    candidates,
+                    verdict,
+                }) => {
+                    let mut taken = false;
+                    for c in &candidates {
+                        for i in book.groups.get(c).cloned().unwrap_or_default() {
+                            if let State::Submitted { reference, .. } = &book.recs[i].state
+                                && reference == c
+                            {
+                                tracing::debug!(item = %book.recs[i].id, ?verdict, "notification");
+                                let event = Event::Observed {
+                                    verdict: verdict.clone(),
+                                    now,
+                                };
+                                book.apply(i, event, policy, timings, adapter);
+                                taken = true;
+                            }
+                        }
+                    }
+                    if !taken {
+                        tracing::warn!(
+                            "rejected a notification that no item of this run waits for"
+                        );
+                    }
+                    continue;
+                }
+                // A lookup's answer about a subject: the items it lists, and the items in doubt
+                // that asked about it and are not listed (never processed: sent again with the
+                // same key).
+                Outcome::Notice(Notice::Subject { subjects, found }) => {
+                    let mut listed = HashSet::new();
+                    for (key, verdict) in found {
+                        if let Some(&i) = by_key.get(&key.replace('-', "")) {
+                            listed.insert(i);
+                            book.apply(
+                                i,
+                                Event::Observed { verdict, now },
+                                policy,
+                                timings,
+                                adapter,
+                            );
+                        }
+                    }
+                    for s in subjects {
+                        for i in asked.remove(&s).unwrap_or_default() {
+                            if !listed.contains(&i)
+                                && matches!(book.recs[i].state, State::InDoubt { .. })
+                            {
+                                let verdict = Verdict::Unknown;
+                                book.apply(
+                                    i,
+                                    Event::Observed { verdict, now },
+                                    policy,
+                                    timings,
+                                    adapter,
+                                );
+                            }
                         }
                     }
                     continue;
@@ -962,11 +1040,20 @@ pub async fn exchange_once(http: &reqwest::Client, base_url: &str, req: Request)
 
 /// One HTTP exchange as the adapter described it.
 async fn send(http: &reqwest::Client, base_url: &str, req: Request) -> Answer {
-    let url = format!("{base_url}{}", req.path);
+    // An operation with a host of its own (Payonic in production) comes with its full URL.
+    let url = if req.path.starts_with("http://") || req.path.starts_with("https://") {
+        req.path.clone()
+    } else {
+        format!("{base_url}{}", req.path)
+    };
     let mut b = match req.method {
         Method::Get => http.get(url),
-        Method::Post => http.post(url).body(req.body),
+        Method::Post => http.post(url),
     };
+    // Payonic's Payment API takes a JSON body on its GET (L270-282).
+    if !req.body.is_empty() {
+        b = b.body(req.body);
+    }
     for (name, value) in req.headers {
         b = b.header(name, value);
     }

@@ -3,6 +3,7 @@
 //! types never leave their module; the runner knows only the `Adapter` trait below, builds no
 //! request and reads no answer itself, and performs the HTTP exchanges adapters describe.
 
+pub mod payonic;
 pub mod paysend;
 
 use crate::execute::machine::Verdict;
@@ -64,6 +65,19 @@ pub enum Notice {
     Item { key: String, verdict: Verdict },
     /// A submission (by its group reference) has news: look its items up now.
     Group(String),
+    /// The outcome of an accepted request, for the submitted item whose reference is one of
+    /// `candidates` (Payonic: responseid and the payment it names). No such item: rejected.
+    Reference {
+        candidates: Vec<String>,
+        verdict: Verdict,
+    },
+    /// A lookup's answer about a subject (Payonic: a payment by paymentid or merchantpaymentid):
+    /// the outcomes it lists by item key. An item in doubt about this subject that is not
+    /// listed was never processed.
+    Subject {
+        subjects: Vec<String>,
+        found: Vec<(String, Verdict)>,
+    },
     /// Authentic but of no interest.
     Ignored,
 }
@@ -89,12 +103,13 @@ pub enum Preflight {
 /// (`partner_id`, `inbound_key`, ...), with their values from the environment.
 pub type Credentials = std::collections::BTreeMap<String, String>;
 
-/// The adapter of `flow`'s provider. `callback_url` is where the provider should send its
-/// notifications, when payrun listens for them.
+/// The adapter of `flow`'s provider. `callback_url` is the base URL where the provider reaches
+/// payrun's listener, when it listens (each adapter adds its own paths).
 pub fn adapter(
     flow: &crate::compile::Flow,
     credentials: &Credentials,
     callback_url: Option<String>,
+    base_url: &str,
 ) -> Result<std::sync::Arc<dyn Adapter>, String> {
     let need = |name: &str| {
         credentials
@@ -108,8 +123,18 @@ pub fn adapter(
             partner_id: need("partner_id")?,
             inbound_key: need("inbound_key")?,
             outbound_key: credentials.get("outbound_key").cloned(),
-            callback_url,
+            callback_url: callback_url.map(|base| format!("{base}{}", paysend::CALLBACK_PATH)),
             signature: flow.manifest.signature,
+        })),
+        "payonic" => Ok(std::sync::Arc::new(payonic::Payonic {
+            flow: std::sync::Arc::new(flow.clone()),
+            api_key: need("api_key")?,
+            listener: callback_url,
+            token: credentials
+                .get("notify_token")
+                .cloned()
+                .ok_or("no notification token for the batch")?,
+            per_operation_hosts: base_url.is_empty(),
         })),
         other => Err(format!(
             "`payrun run` has no adapter for {other} yet; `validate` and `plan` work for it"
@@ -128,7 +153,13 @@ pub fn render(
             .iter()
             .map(keep)
             .collect(),
-        _ => Vec::new(),
+        // One call per task: the root task's payload (a client-run flow of one task).
+        _ => flow
+            .tasks
+            .first()
+            .map(|t| keep(&crate::plan::render_payload(flow, t, item, key, false)))
+            .into_iter()
+            .collect(),
     }
 }
 
@@ -197,9 +228,9 @@ pub trait Adapter: Send + Sync {
     /// The request that submits `items` (always the same request for the same items, so a
     /// resend is a replay to the provider).
     fn submit(&self, items: &[Outgoing<'_>], now: &str) -> Request;
-    /// One verdict per submitted item, in order. An `Accepted` reference is what
-    /// `reference_group` splits.
-    fn classify_submit(&self, answer: &Answer, n: usize) -> Vec<Verdict>;
+    /// One verdict per submitted item, in order (`sent_path`: the path the request went to).
+    /// An `Accepted` reference is what `reference_group` splits.
+    fn classify_submit(&self, sent_path: &str, answer: &Answer, n: usize) -> Vec<Verdict>;
     /// The submission a reference belongs to, and the item's position in it; items of one group
     /// are looked up with one `group_lookup`.
     fn reference_group(&self, reference: &str) -> (String, usize);
@@ -207,8 +238,17 @@ pub trait Adapter: Send + Sync {
     fn group_lookup(&self, group: &str) -> Request;
     /// Verdicts for positions `0..n` of a group from a `group_lookup` answer.
     fn classify_group(&self, answer: &Answer, n: usize) -> Vec<Verdict>;
-    /// The lookup of one item by its idempotency key (`seq` counts this item's lookups).
-    fn key_lookup(&self, key: &str, seq: u32, now: &str) -> Request;
+    /// The lookup of one item by its idempotency key (`seq` counts this item's lookups);
+    /// `payload` is what the item sends.
+    fn key_lookup(&self, key: &str, payload: &[Rendered], seq: u32, now: &str) -> Request;
+    /// What a lookup of this item is about, when its answer arrives as a `Notice::Subject`.
+    fn lookup_subject(&self, _payload: &[Rendered]) -> Option<String> {
+        None
+    }
+    /// This provider's waits, from payrun's defaults.
+    fn timings(&self, base: crate::execute::machine::Timings) -> crate::execute::machine::Timings {
+        base
+    }
     fn classify_key_lookup(&self, answer: &Answer) -> Verdict;
     /// A key lookup the provider answered before it finished: the request that fetches its
     /// outcome (asked again after a short wait, a few times, before the lookup counts as lost).

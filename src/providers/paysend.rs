@@ -3,7 +3,7 @@
 //! functions: the runner does the I/O. Wire facts with document lines are in
 //! docs/paysend-wire.md; this module shares no code with the sandbox's emulation.
 
-use super::{Adapter, Method, Notice, Outgoing, Preflight, Request};
+use super::{Adapter, Method, Notice, Outgoing, Preflight, Rendered, Request};
 use crate::compile::{Flow, Task};
 use crate::execute::backoff::ErrorClass;
 use crate::execute::machine::Verdict;
@@ -195,7 +195,7 @@ impl Adapter for Paysend {
         self.post("/processing", "processing", body)
     }
 
-    fn classify_submit(&self, answer: &Answer, n: usize) -> Vec<Verdict> {
+    fn classify_submit(&self, _sent_path: &str, answer: &Answer, n: usize) -> Vec<Verdict> {
         // The items of a pack share its globalId; each keeps its place in the pack, which is
         // where its tree sits in every status answer.
         classify_submission(&self.flow, answer, n)
@@ -265,7 +265,7 @@ impl Adapter for Paysend {
         }
     }
 
-    fn key_lookup(&self, key: &str, seq: u32, now: &str) -> Request {
+    fn key_lookup(&self, key: &str, _payload: &[Rendered], seq: u32, now: &str) -> Request {
         self.post(
             "/processing",
             "processing",

@@ -1,0 +1,610 @@
+//! The Payonic client adapter (payonic-api.txt; digest in docs/payonic-wire.md). One REST call
+//! per item; `payout` and `health` answer on the socket, everything else answers with a
+//! `responseid` and POSTs the outcome later to the `notificationurl` payrun gives out (Flow,
+//! L16-23). Pure functions: the runner does the I/O.
+//!
+//! - The notification URL is `<listener>/payonic/notify/<token>`, the token a per-batch secret:
+//!   Payonic does not sign notifications, so a notification is taken only on the right URL, for
+//!   a responseid this run waits for, naming the payment the request was about.
+//! - Payouts and refunds carry no client reference in the document, so payrun writes each item's
+//!   key (32 hex digits) in `note`, the one operation field the Payment API reports back
+//!   (operations[].note, L351). An item whose answer was lost is looked up through the Payment
+//!   API (whose answer is itself a notification) and recognised there by its note; not listed
+//!   means not processed, and it is sent again.
+
+use super::{Adapter, Answer, Method, Notice, Outgoing, Preflight, Rendered, Request};
+use crate::compile::Flow;
+use crate::execute::backoff::ErrorClass;
+use crate::execute::machine::{Timings, Verdict};
+use crate::schema::{Completion, Operation};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Where the runner's listener takes Payonic's notifications: this prefix and the token.
+pub const NOTIFY_PREFIX: &str = "/payonic/notify/";
+
+pub struct Payonic {
+    pub flow: Arc<Flow>,
+    pub api_key: String,
+    /// `<listener base>` (public_url, or the loopback listener in a rehearsal); None when the
+    /// manifest has no listener.
+    pub listener: Option<String>,
+    /// The batch's secret notification token.
+    pub token: String,
+    /// Send each operation to its own production host (`request.hosts.production`) instead of
+    /// the base URL.
+    pub per_operation_hosts: bool,
+}
+
+/// The responsecode of an approved operation (L90, L128, L258).
+const APPROVED: &str = "00";
+
+fn text(v: &Value, k: &str) -> Option<String> {
+    match v.get(k)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// An operation's outcome from its `responsecode` and `status` (L90-91, L128-130, L258-259).
+fn outcome(v: &Value) -> Option<Verdict> {
+    let code = text(v, "responsecode");
+    let status = text(v, "status");
+    if code.is_none() && status.is_none() {
+        return None;
+    }
+    let approved = code.as_deref() == Some(APPROVED)
+        && status
+            .as_deref()
+            .is_none_or(|s| s.eq_ignore_ascii_case("approved"));
+    if approved {
+        let mut ids = BTreeMap::new();
+        for (k, name) in [
+            ("responseid", "responseid"),
+            ("paymentid", "paymentId"),
+            ("operationid", "operationid"),
+            ("authorizationcode", "authorizationcode"),
+            ("newmerchantpaymentid", "newmerchantpaymentid"),
+        ] {
+            if let Some(s) = text(v, k) {
+                ids.insert(name.to_string(), s);
+            }
+        }
+        Some(Verdict::Succeeded { ids })
+    } else {
+        Some(Verdict::Failed {
+            code: code.unwrap_or_else(|| "declined".into()),
+            description: status.unwrap_or_default(),
+        })
+    }
+}
+
+impl Payonic {
+    /// The flow's (single) operation.
+    fn op(&self) -> &Operation {
+        self.flow.op(&self.flow.tasks[0].op)
+    }
+
+    fn notify_url(&self) -> Option<String> {
+        self.listener
+            .as_ref()
+            .map(|l| format!("{}{NOTIFY_PREFIX}{}", l.trim_end_matches('/'), self.token))
+    }
+
+    /// The URL (relative to the base, or absolute with per-operation hosts) of `op` with its
+    /// path variables filled from `payload`, and the body that remains.
+    fn request(&self, op: &Operation, payload: &Value, trace: &str) -> Request {
+        let shape = op
+            .request
+            .as_ref()
+            .expect("Payonic operations have a request");
+        let mut body: Map<String, Value> = payload.as_object().cloned().unwrap_or_default();
+        let mut path = shape.path.clone();
+        for f in &op.fields {
+            if f.in_path {
+                let v = body
+                    .remove(&f.path)
+                    .map(|v| match v {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    })
+                    .unwrap_or_default();
+                path = path.replace(&format!("{{{}}}", f.path), &v);
+            } else if f.local {
+                body.remove(&f.path);
+            }
+        }
+        if let Some(n) = &op.notification_url {
+            match self.notify_url() {
+                Some(url) => {
+                    body.insert(n.clone(), Value::String(url));
+                }
+                None => {
+                    body.remove(n);
+                }
+            }
+        }
+        if self.per_operation_hosts
+            && let Some(host) = shape.hosts.get("production")
+        {
+            path = format!("{}{path}", host.trim_end_matches('/'));
+        }
+        let body = if body.is_empty() && shape.method == "GET" {
+            Vec::new()
+        } else {
+            serde_json::to_vec(&Value::Object(body)).expect("JSON values serialise")
+        };
+        Request {
+            method: if shape.method == "GET" {
+                Method::Get
+            } else {
+                Method::Post
+            },
+            path,
+            endpoint: endpoint_name(&op.name),
+            headers: vec![
+                ("content-type", "application/json".to_string()),
+                ("Authorization", format!("Basic {}", self.api_key)),
+                ("TraceApi", trace.to_string()),
+            ],
+            body,
+        }
+    }
+
+    /// The Payment API request for `paymentid` (L268-282); its answer comes by notification.
+    fn payment_lookup(&self, paymentid: &str, trace: &str) -> Request {
+        let op = self
+            .flow
+            .provider
+            .operation("payment")
+            .expect("payonic has payment");
+        let mut payload = Map::new();
+        payload.insert("paymentid".into(), Value::String(paymentid.to_string()));
+        if op.notification_url.is_some() {
+            payload.insert(
+                "notificationurl".into(),
+                Value::String(crate::compile::NOTIFY_URL.into()),
+            );
+        }
+        self.request(op, &Value::Object(payload), trace)
+    }
+
+    /// The payment an item's request is about (its `{paymentid}` path variable).
+    fn paymentid(&self, payload: &[Rendered]) -> Option<String> {
+        let v: Value = serde_json::from_str(payload.first()?.get()).ok()?;
+        let f = self.op().fields.iter().find(|f| f.in_path)?;
+        text(&v, &f.path)
+    }
+}
+
+/// Names for per-endpoint limits (provider.yaml `endpoints`).
+fn endpoint_name(op: &str) -> &'static str {
+    match op {
+        "mit" => "mit",
+        "capture" => "capture",
+        "refund" => "refund",
+        "void" => "void",
+        "payout" => "payout",
+        "payment" => "payment",
+        _ => "health",
+    }
+}
+
+/// The payment id in a request path `…/api/{paymentid}/<function>`.
+fn path_paymentid(path: &str) -> Option<&str> {
+    let rest = &path[path.find("/api/")? + 5..];
+    let (id, _) = rest.split_once('/')?;
+    Some(id)
+}
+
+/// A TraceApi value for a request: 32 hex digits (L28-31), derived from the item's key so a
+/// support ticket can quote it from the report.
+fn trace(key: &str, what: &str) -> String {
+    crate::keys::task_key(key, &format!("payonic/trace/{what}")).replace('-', "")
+}
+
+fn retry(class: ErrorClass) -> Verdict {
+    Verdict::RetryLater {
+        class,
+        retry_after: None,
+    }
+}
+
+impl Adapter for Payonic {
+    fn pack_limit(&self) -> usize {
+        1
+    }
+
+    fn submit(&self, items: &[Outgoing<'_>], _now: &str) -> Request {
+        let item = &items[0];
+        let payload: Value = item
+            .payload
+            .first()
+            .and_then(|r| serde_json::from_str(r.get()).ok())
+            .unwrap_or(Value::Null);
+        self.request(self.op(), &payload, &trace(item.key, "submit"))
+    }
+
+    fn classify_submit(&self, sent_path: &str, answer: &Answer, n: usize) -> Vec<Verdict> {
+        let verdict = match answer {
+            Answer::Transport { maybe_sent: true } => Verdict::InDoubt,
+            Answer::Transport { maybe_sent: false } => retry(ErrorClass::Network),
+            Answer::Http {
+                status,
+                retry_after,
+                ..
+            } if *status >= 500 || *status == 429 => Verdict::RetryLater {
+                class: if *status == 429 {
+                    ErrorClass::RateLimited
+                } else {
+                    ErrorClass::ServerError
+                },
+                retry_after: *retry_after,
+            },
+            Answer::Http {
+                status: 200, body, ..
+            } => match serde_json::from_slice::<Value>(body) {
+                Ok(v) => match (self.op().completion, text(&v, "responseid")) {
+                    // Payout answers on the socket (L228, L254-260).
+                    (Completion::Sync, _) => outcome(&v).unwrap_or(Verdict::InDoubt),
+                    (_, Some(rid)) => Verdict::Accepted {
+                        reference: format!(
+                            "{rid}@{}",
+                            path_paymentid(sent_path).unwrap_or_default()
+                        ),
+                    },
+                    // A 200 without a responseid may still have been taken.
+                    (_, None) => Verdict::InDoubt,
+                },
+                Err(_) => Verdict::InDoubt,
+            },
+            // 400, 401, 404 …: refused as a whole; nothing was done.
+            Answer::Http { status, body, .. } => {
+                let text = String::from_utf8_lossy(body);
+                let why = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v.get("error").and_then(Value::as_str).map(String::from))
+                    .unwrap_or_else(|| crate::mask::shorten(&text));
+                Verdict::Failed {
+                    code: format!("http-{status}"),
+                    description: why,
+                }
+            }
+        };
+        vec![verdict; n]
+    }
+
+    fn reference_group(&self, reference: &str) -> (String, usize) {
+        (reference.to_string(), 0)
+    }
+
+    /// A request accepted and still without its notification: ask the Payment API.
+    fn group_lookup(&self, group: &str) -> Request {
+        let (rid, paymentid) = group.split_once('@').unwrap_or((group, ""));
+        self.payment_lookup(paymentid, &trace(rid, "lookup"))
+    }
+
+    fn classify_group(&self, answer: &Answer, n: usize) -> Vec<Verdict> {
+        vec![self.classify_key_lookup(answer); n]
+    }
+
+    fn key_lookup(&self, key: &str, payload: &[Rendered], seq: u32, _now: &str) -> Request {
+        let paymentid = self.paymentid(payload).unwrap_or_default();
+        self.payment_lookup(&paymentid, &trace(key, &format!("lookup/{seq}")))
+    }
+
+    /// Taken: the answer comes as a notification (L283-289).
+    fn classify_key_lookup(&self, answer: &Answer) -> Verdict {
+        match answer {
+            Answer::Http { status: 200, .. } => Verdict::Pending,
+            Answer::Http { status: 429, .. } => retry(ErrorClass::RateLimited),
+            Answer::Http { status, .. } if *status >= 500 => retry(ErrorClass::ServerError),
+            _ => retry(ErrorClass::Network),
+        }
+    }
+
+    fn lookup_followup(&self, _answer: &Answer) -> Option<Request> {
+        None
+    }
+
+    fn lookup_subject(&self, payload: &[Rendered]) -> Option<String> {
+        self.paymentid(payload)
+    }
+
+    /// Payonic documents no propagation delay or answer time: a notification is awaited a
+    /// minute (provider time) before the Payment API is asked, at most 5 times, then a person
+    /// looks; an item in doubt is looked up after 5 s.
+    fn timings(&self, base: Timings) -> Timings {
+        Timings {
+            propagation: base.poll_every * 5,
+            poll_every: base.poll_every * 60,
+            review_every: base.review_every,
+            max_lookups: 10,
+            max_polls: Some(5),
+        }
+    }
+
+    fn preflight(&self, _now: &str) -> Option<Request> {
+        let t = self.flow.preflight.first()?;
+        let op = self.flow.op(&t.op);
+        Some(self.request(
+            op,
+            &Value::Object(Map::new()),
+            &trace(&self.token, "health"),
+        ))
+    }
+
+    /// The health document (L414-460): refuse to start when an API the batch uses reports an
+    /// error.
+    fn classify_preflight(&self, answer: &Answer) -> Preflight {
+        let v = match answer {
+            Answer::Http {
+                status: 200, body, ..
+            } => match serde_json::from_slice::<Value>(body) {
+                Ok(v) => v,
+                Err(e) => return Preflight::Retry(format!("the health answer is not JSON: {e}")),
+            },
+            Answer::Http { status, .. } => {
+                return Preflight::Retry(format!("the health request was answered {status}"));
+            }
+            Answer::Transport { .. } => {
+                return Preflight::Retry("the health request got no answer".into());
+            }
+        };
+        let mut needed: Vec<String> = self
+            .flow
+            .tasks
+            .iter()
+            .filter_map(|t| self.flow.op(&t.op).request.as_ref())
+            .filter_map(|r| r.hosts.get("production"))
+            .map(|h| {
+                h.trim_start_matches("https://")
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .to_string()
+            })
+            .collect();
+        needed.push("api.payment.payonic.com".into());
+        for api in v.get("api").and_then(Value::as_array).into_iter().flatten() {
+            let name = text(api, "api").unwrap_or_default();
+            if needed.contains(&name) && text(api, "status").as_deref() != Some("ok") {
+                return Preflight::Failed(format!(
+                    "Payonic reports {name} as {}: {}",
+                    text(api, "status").unwrap_or_default(),
+                    text(api, "msg").unwrap_or_default()
+                ));
+            }
+        }
+        let mut results = BTreeMap::new();
+        results.insert(self.flow.preflight[0].id.clone(), v);
+        Preflight::Done {
+            balances: BTreeMap::new(),
+            results,
+        }
+    }
+
+    fn notification_paths(&self) -> &'static [&'static str] {
+        &["/payonic/notify/{token}"]
+    }
+
+    fn notice(
+        &self,
+        path: &str,
+        _headers: &axum::http::HeaderMap,
+        _query: Option<&str>,
+        body: &[u8],
+    ) -> Notice {
+        use subtle::ConstantTimeEq;
+        let token = path.strip_prefix(NOTIFY_PREFIX).unwrap_or("");
+        if !bool::from(token.as_bytes().ct_eq(self.token.as_bytes())) {
+            return Notice::Refused(404, "a notification on a URL without the batch's token");
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return Notice::Refused(400, "a notification that is not JSON");
+        };
+        let ids: Vec<String> = ["paymentid", "merchantpaymentid"]
+            .iter()
+            .filter_map(|k| text(&v, k))
+            .collect();
+        // The Payment API's answer: the payment with its operations (L289-365).
+        if let Some(ops) = v.get("operations").and_then(Value::as_array) {
+            let found = ops
+                .iter()
+                .filter_map(|op| {
+                    let note = text(op, "note")?;
+                    let is_key = note.len() == 32 && note.chars().all(|c| c.is_ascii_hexdigit());
+                    if !is_key {
+                        return None;
+                    }
+                    let mut verdict = outcome(op)?;
+                    if let Verdict::Succeeded { ids: found_ids } = &mut verdict
+                        && let Some(p) = text(&v, "paymentid")
+                    {
+                        found_ids.insert("paymentId".into(), p);
+                    }
+                    Some((note, verdict))
+                })
+                .collect();
+            return Notice::Subject {
+                subjects: ids,
+                found,
+            };
+        }
+        // An operation's outcome (L86-95, L124-131, L164-171, L204-211).
+        match (text(&v, "responseid"), outcome(&v)) {
+            (Some(rid), Some(verdict)) => Notice::Reference {
+                candidates: ids.iter().map(|p| format!("{rid}@{p}")).collect(),
+                verdict,
+            },
+            // Life cycle notifications (L461-472) and anything else: nothing to act on.
+            _ => Notice::Ignored,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Registry;
+
+    /// The refunds example as an adapter with a listener at https://acme.example/payrun.
+    fn refunds() -> Payonic {
+        let p = crate::pipeline::prepare(
+            std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/batches/refunds-payonic/manifest.yaml"
+            )),
+            &Registry::Embedded,
+        )
+        .map_err(|f| f.diagnostics)
+        .expect("the example compiles");
+        Payonic {
+            flow: Arc::new(p.flow),
+            api_key: "k123".into(),
+            listener: Some("https://acme.example/payrun".into()),
+            token: "0123456789abcdef0123456789abcdef".into(),
+            per_operation_hosts: false,
+        }
+    }
+
+    fn keep(v: serde_json::Value) -> Vec<Rendered> {
+        vec![super::super::keep(&v)]
+    }
+
+    #[test]
+    fn a_refund_goes_to_its_payments_path_with_the_key_in_note_and_payruns_notification_url() {
+        let a = refunds();
+        let payload = keep(serde_json::json!({
+            "paymentid": "abc123", "amount": 2500, "currency": "DKK",
+            "note": "aa11", "notificationurl": crate::compile::NOTIFY_URL
+        }));
+        let r = a.submit(
+            &[Outgoing {
+                key: "k-1",
+                payload: &payload,
+            }],
+            "now",
+        );
+        assert_eq!(r.method, Method::Post);
+        assert_eq!(r.path, "/api/abc123/refund");
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"amount": 2500, "note": "aa11",
+                "notificationurl": "https://acme.example/payrun/payonic/notify/0123456789abcdef0123456789abcdef"}),
+            "the path variable and the local currency are not in the body"
+        );
+        assert!(r.headers.contains(&("Authorization", "Basic k123".into())));
+        assert!(
+            r.headers
+                .iter()
+                .any(|(h, v)| *h == "TraceApi" && v.len() == 32)
+        );
+        let accepted = a.classify_submit(
+            &r.path,
+            &Answer::Http {
+                status: 200,
+                body: br#"{"responseid": "r9"}"#.to_vec(),
+                retry_after: None,
+            },
+            1,
+        );
+        assert_eq!(
+            accepted,
+            vec![Verdict::Accepted {
+                reference: "r9@abc123".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_notification_is_taken_only_on_the_tokened_url_and_names_its_payment() {
+        let a = refunds();
+        let h = axum::http::HeaderMap::new();
+        let body = br#"{"responseid": "r9", "paymentid": "abc123", "merchantpaymentid": "m1", "responsecode": "00", "status": "approved"}"#;
+        assert!(matches!(
+            a.notice("/payonic/notify/wrong", &h, None, body),
+            Notice::Refused(404, _)
+        ));
+        match a.notice(
+            "/payonic/notify/0123456789abcdef0123456789abcdef",
+            &h,
+            None,
+            body,
+        ) {
+            Notice::Reference {
+                candidates,
+                verdict,
+            } => {
+                assert_eq!(candidates, ["r9@abc123", "r9@m1"]);
+                assert!(matches!(verdict, Verdict::Succeeded { .. }));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_payment_apis_answer_lists_payruns_operations_by_the_key_in_their_note() {
+        let a = refunds();
+        let h = axum::http::HeaderMap::new();
+        let key = "a6431184f3088de2bb16f2aa4cd2153a";
+        let body = serde_json::json!({
+            "paymentid": "abc123", "merchantpaymentid": "m1", "responseid": "r2",
+            "operations": [
+                {"operationid": "o1", "operationtype": "capture", "note": "a capture", "responsecode": "00", "status": "approved"},
+                {"operationid": "o2", "operationtype": "refund", "note": key, "responsecode": "51", "status": "declined"}
+            ]
+        });
+        match a.notice(
+            "/payonic/notify/0123456789abcdef0123456789abcdef",
+            &h,
+            None,
+            &serde_json::to_vec(&body).unwrap(),
+        ) {
+            Notice::Subject { subjects, found } => {
+                assert_eq!(subjects, ["abc123", "m1"]);
+                assert_eq!(
+                    found,
+                    vec![(
+                        key.to_string(),
+                        Verdict::Failed {
+                            code: "51".into(),
+                            description: "declined".into()
+                        }
+                    )]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_payment_id_is_read_from_a_request_path() {
+        assert_eq!(path_paymentid("/api/abc123/refund"), Some("abc123"));
+        assert_eq!(
+            path_paymentid("https://api.refund.payonic.com/api/abc123/refund"),
+            Some("abc123")
+        );
+        assert_eq!(path_paymentid("/api/health"), None);
+    }
+
+    #[test]
+    fn an_approved_operation_succeeds_and_a_declined_one_fails_with_its_code() {
+        let ok = serde_json::json!({"responseid": "r1", "responsecode": "00", "status": "approved", "authorizationcode": "654321"});
+        assert!(
+            matches!(outcome(&ok), Some(Verdict::Succeeded { ids }) if ids["authorizationcode"] == "654321")
+        );
+        let no =
+            serde_json::json!({"responseid": "r1", "responsecode": "51", "status": "declined"});
+        assert_eq!(
+            outcome(&no),
+            Some(Verdict::Failed {
+                code: "51".into(),
+                description: "declined".into()
+            })
+        );
+        assert_eq!(outcome(&serde_json::json!({"responseid": "r1"})), None);
+    }
+}
