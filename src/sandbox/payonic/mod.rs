@@ -307,9 +307,18 @@ fn check(
         }
     };
     let body_value = wire::object(body, empty_ok).map_err(bad_request)?;
+    // Without a TraceApi, a request is what the client chose: the function, the path's id and
+    // the body — less the notificationurl, which names the client's own endpoint (its port
+    // may change from run to run).
     let identity = match &trace {
         Some(t) => t.clone(),
-        None => hex_id(0, &[what, &String::from_utf8_lossy(body)]),
+        None => {
+            let mut chosen = body_value.clone();
+            if let Value::Object(m) = &mut chosen {
+                m.remove("notificationurl");
+            }
+            hex_id(0, &[what, &chosen.to_string()])
+        }
     };
     let attempt = {
         let mut a = ctx.payonic.attempts.shard(&identity);
@@ -565,7 +574,13 @@ async fn modify(
     ty: OpType,
 ) -> Response {
     let state = &ctx.state;
-    let call = match check(&ctx, &headers, ty.as_str(), &body, false) {
+    let call = match check(
+        &ctx,
+        &headers,
+        &format!("{}/{id}", ty.as_str()),
+        &body,
+        false,
+    ) {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -643,7 +658,7 @@ async fn payout(
     body: Bytes,
 ) -> Response {
     let state = &ctx.state;
-    let call = match check(&ctx, &headers, "payout", &body, false) {
+    let call = match check(&ctx, &headers, &format!("payout/{id}"), &body, false) {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -702,7 +717,12 @@ async fn payment_info(
     body: Bytes,
 ) -> Response {
     let state = &ctx.state;
-    let mut call = match check(&ctx, &headers, &format!("payment?{query:?}"), &body, true) {
+    let chosen: Vec<_> = query
+        .iter()
+        .filter(|(k, _)| k.as_str() != "notificationurl")
+        .collect();
+    let what = format!("payment/{id}?{chosen:?}");
+    let mut call = match check(&ctx, &headers, &what, &body, true) {
         Ok(c) => c,
         Err(r) => return r,
     };
