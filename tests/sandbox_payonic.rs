@@ -615,7 +615,12 @@ async fn operations_that_break_the_rules_are_declined_and_move_no_money() {
             "capt1 refund 15.00"
         ]
     );
-    let events = &c.counters().await["events"];
+    let counters = c.counters().await;
+    assert_eq!(
+        counters["requests"]["POST /payonic/api/{paymentid}/capture 200"], 5,
+        "counted per endpoint, not per payment"
+    );
+    let events = &counters["events"];
     assert_eq!(events["payonic.declined.capture"], 3);
     assert_eq!(events["payonic.declined.refund"], 3);
     assert_eq!(events["payonic.declined.void"], 1);
