@@ -30,8 +30,13 @@ impl Clock {
     /// Wall-clock date of provider time `at`, as RFC 3339 (the sandbox's dates move as fast as
     /// its clock).
     pub fn date(&self, at: Duration) -> String {
-        let base = chrono::Utc::now() - chrono::Duration::from_std(self.now()).unwrap_or_default();
-        (base + chrono::Duration::from_std(at).unwrap_or_default())
+        self.datetime(at)
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
+    }
+
+    /// Wall-clock time of provider time `at`.
+    pub fn datetime(&self, at: Duration) -> chrono::DateTime<chrono::Utc> {
+        let base = chrono::Utc::now() - chrono::Duration::from_std(self.now()).unwrap_or_default();
+        base + chrono::Duration::from_std(at).unwrap_or_default()
     }
 }

@@ -13,6 +13,7 @@ pub struct SandboxConfig {
     /// How many times faster than real time provider time runs.
     pub time_scale: f64,
     pub paysend: PaysendConfig,
+    pub payonic: PayonicConfig,
     pub faults: Faults,
 }
 
@@ -22,6 +23,7 @@ impl Default for SandboxConfig {
             seed: 1,
             time_scale: 1.0,
             paysend: PaysendConfig::default(),
+            payonic: PayonicConfig::default(),
             faults: Faults::default(),
         }
     }
@@ -77,6 +79,103 @@ impl Default for PaysendConfig {
             webhook_url: None,
         }
     }
+}
+
+/// Test credentials, timings, health and payments of the Payonic emulation
+/// (`payonic-api.txt`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PayonicConfig {
+    /// Expected after "Basic " in the Authorization header (L24-27).
+    pub api_key: String,
+    /// The merchantid of seeded and generated payments (the Payment notification carries it).
+    pub merchant_id: String,
+    /// An async function's notification is posted this long after the request, uniformly
+    /// between the two (provider time).
+    #[serde(with = "humantime_serde_de")]
+    pub notify_delay_min: std::time::Duration,
+    #[serde(with = "humantime_serde_de")]
+    pub notify_delay_max: std::time::Duration,
+    /// Status reported by the Health API (L409-460) per API: keys `cit`, `mit`, `capture`,
+    /// `refund`, `payout`, `payment` (the `api.<name>.payonic.com` entries), `app`, `www`.
+    /// Unlisted ones report "ok".
+    pub health: BTreeMap<String, HealthStatus>,
+    /// Payments that exist when the sandbox starts (captures, refunds, voids and payouts need
+    /// one; an MIT needs its parent).
+    pub payments: Vec<PayonicPayment>,
+    /// Many identical payments for big tests and benchmarks.
+    pub generate: Option<PayonicGenerate>,
+}
+
+impl Default for PayonicConfig {
+    fn default() -> Self {
+        PayonicConfig {
+            api_key: "sandbox-payonic-key".into(),
+            merchant_id: "payrunsandbox".into(),
+            notify_delay_min: std::time::Duration::from_millis(200),
+            notify_delay_max: std::time::Duration::from_secs(2),
+            health: BTreeMap::new(),
+            payments: Vec::new(),
+            generate: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthStatus {
+    /// "ok" or "error".
+    pub status: String,
+    #[serde(default)]
+    pub msg: String,
+}
+
+/// The state a seeded payment starts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeedState {
+    Authorized,
+    Captured,
+}
+
+/// A seeded Payonic payment: an approved authorization, and a capture of all of it when
+/// `state` is `captured`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayonicPayment {
+    pub paymentid: String,
+    /// Defaults to the paymentid.
+    #[serde(default)]
+    pub merchantpaymentid: Option<String>,
+    /// Minor units.
+    pub amount: u64,
+    pub currency: String,
+    pub state: SeedState,
+    #[serde(default)]
+    pub reference: String,
+    #[serde(default)]
+    pub customer: PayonicCustomer,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PayonicCustomer {
+    pub email: String,
+    pub firstname: String,
+    pub surename: String,
+    pub ipaddress: String,
+}
+
+/// `count` payments with ids `<prefix><n>`, n from 1 zero-padded to 8 digits; the
+/// merchantpaymentid is the same as the paymentid.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayonicGenerate {
+    pub prefix: String,
+    pub count: u64,
+    pub amount: u64,
+    pub currency: String,
+    pub state: SeedState,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -226,12 +325,71 @@ impl SandboxConfig {
             crate::money::parse_amount(amount, cur.exponent().unwrap_or(0))
                 .map_err(|e| format!("paysend.balances.{c}: `{amount}` {}", e.message()))?;
         }
+        self.payonic.check()?;
         if let Some(r) = self.paysend.rate_limit
             && (r.requests_per_second == 0 || r.burst == 0)
         {
             return Err(
                 "paysend.rate_limit needs requests_per_second and burst of at least 1".into(),
             );
+        }
+        Ok(())
+    }
+}
+
+impl PayonicConfig {
+    fn check(&self) -> Result<(), String> {
+        let id_ok =
+            |s: &str| (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric());
+        if self.api_key.is_empty() {
+            return Err("payonic.api_key must not be empty".into());
+        }
+        if self.notify_delay_min > self.notify_delay_max {
+            return Err("payonic.notify_delay_min is above notify_delay_max".into());
+        }
+        for (name, h) in &self.health {
+            if !crate::sandbox::payonic::health::NAMES.contains(&name.as_str()) {
+                return Err(format!(
+                    "payonic.health: unknown API `{name}` (hint: one of {})",
+                    crate::sandbox::payonic::health::NAMES.join(", ")
+                ));
+            }
+            if h.status != "ok" && h.status != "error" {
+                return Err(format!(
+                    "payonic.health.{name}.status `{}` must be ok or error",
+                    h.status
+                ));
+            }
+        }
+        let amount_ok = |a: u64| a <= 999_999_999_999;
+        for p in &self.payments {
+            let mpid = p.merchantpaymentid.as_deref().unwrap_or(&p.paymentid);
+            if !id_ok(&p.paymentid) || !id_ok(mpid) {
+                return Err(format!(
+                    "payonic.payments: `{}`/`{mpid}` must be 1 to 32 letters or digits",
+                    p.paymentid
+                ));
+            }
+            if crate::money::Currency::from_alpha(&p.currency).is_none() || !amount_ok(p.amount) {
+                return Err(format!(
+                    "payonic.payments.{}: amount {} {} is not 0..=999999999999 minor units of an ISO 4217 currency",
+                    p.paymentid, p.amount, p.currency
+                ));
+            }
+        }
+        if let Some(g) = &self.generate {
+            if !g.prefix.bytes().all(|b| b.is_ascii_alphanumeric()) || g.prefix.len() > 24 {
+                return Err("payonic.generate.prefix must be at most 24 letters or digits".into());
+            }
+            if g.count > 99_999_999 {
+                return Err("payonic.generate.count must be below 100000000".into());
+            }
+            if crate::money::Currency::from_alpha(&g.currency).is_none() || !amount_ok(g.amount) {
+                return Err(format!(
+                    "payonic.generate: amount {} {} is not 0..=999999999999 minor units of an ISO 4217 currency",
+                    g.amount, g.currency
+                ));
+            }
         }
         Ok(())
     }

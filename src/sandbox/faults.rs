@@ -25,6 +25,50 @@ pub fn happens(rng: &mut StdRng, rate: f64) -> bool {
     rate > 0.0 && rng.random::<f64>() < rate
 }
 
+/// How one notification is delivered: each send is (real delay after the previous send, or
+/// after now for the first; signed wrongly?).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delivery {
+    /// None (dropped), one, or two (duplicated).
+    pub sends: Vec<(std::time::Duration, bool)>,
+    pub dropped: bool,
+    pub delayed: bool,
+    pub reordered: bool,
+    pub duplicated: bool,
+}
+
+/// When to deliver one notification due after `due`, and whether to sign it wrongly: not at all
+/// (dropped), once, or twice (duplicated); late by ten `step`s (delayed) or by half a step to
+/// three (reordered: later notifications overtake it, but it never precedes its event).
+pub fn delivery(
+    rng: &mut StdRng,
+    f: &crate::sandbox::Faults,
+    due: std::time::Duration,
+    step: std::time::Duration,
+) -> Delivery {
+    let mut d = Delivery::default();
+    if happens(rng, f.webhook_drop_rate) {
+        d.dropped = true;
+        return d;
+    }
+    let mut at = due;
+    if happens(rng, f.webhook_delay_rate) {
+        d.delayed = true;
+        at += step * 10;
+    }
+    if happens(rng, f.webhook_reorder_rate) {
+        d.reordered = true;
+        at += step.mul_f64(rng.random_range(0.5..3.0));
+    }
+    let bad = happens(rng, f.webhook_bad_signature_rate);
+    d.sends.push((at, bad));
+    if happens(rng, f.webhook_duplicate_rate) {
+        d.duplicated = true;
+        d.sends.push((step / 2, bad));
+    }
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

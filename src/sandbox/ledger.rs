@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Entry {
     pub provider: String,
-    /// The client's idempotency key for the payment (Paysend: invoiceId).
+    /// The client's idempotency key for the payment (Paysend: invoiceId). Payonic has none:
+    /// `<paymentid>/<operationid>`, the operation that moved the money.
     pub key: String,
     /// The provider's id of the payment.
     pub payment_id: String,
@@ -22,7 +23,8 @@ pub struct Entry {
     pub recipient_digest: String,
     /// Provider time of the movement, RFC 3339.
     pub time: String,
-    /// The request that carried it (Paysend: header.request.id).
+    /// The request that carried it (Paysend: header.request.id; Payonic: its TraceApi header,
+    /// empty without one).
     pub request_id: String,
 }
 
@@ -44,6 +46,8 @@ pub struct Ledger {
     entries: Vec<Mutex<Vec<(u64, Entry)>>>,
     sequence: AtomicU64,
     counters: Vec<Mutex<BTreeMap<String, u64>>>,
+    /// Named events ("payonic.notifications.dropped", "payonic.declined.capture", …).
+    events: Vec<Mutex<BTreeMap<String, u64>>>,
     pub rate_limited: AtomicU64,
     pub duplicates_refused: AtomicU64,
     pub replays: AtomicU64,
@@ -55,6 +59,9 @@ pub struct Ledger {
 pub struct Counters {
     /// "METHOD path status" → count.
     pub requests: BTreeMap<String, u64>,
+    /// Named events → count (Payonic: notifications sent/dropped/duplicated/delayed/reordered/
+    /// failed, declined operations per function, replayed MITs).
+    pub events: BTreeMap<String, u64>,
     pub rate_limited: u64,
     pub duplicates_refused: u64,
     pub replays: u64,
@@ -69,6 +76,7 @@ impl Default for Ledger {
             entries: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
             sequence: AtomicU64::new(0),
             counters: (0..SHARDS).map(|_| Mutex::new(BTreeMap::new())).collect(),
+            events: (0..SHARDS).map(|_| Mutex::new(BTreeMap::new())).collect(),
             rate_limited: AtomicU64::new(0),
             duplicates_refused: AtomicU64::new(0),
             replays: AtomicU64::new(0),
@@ -106,15 +114,31 @@ impl Ledger {
             .or_insert(0) += 1;
     }
 
-    pub fn counters(&self) -> Counters {
-        let mut requests = BTreeMap::new();
-        for s in &self.counters {
-            for (k, v) in s.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                *requests.entry(k.clone()).or_insert(0) += v;
+    pub fn event(&self, what: &str) {
+        let mut m = self.events[shard()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match m.get_mut(what) {
+            Some(n) => *n += 1,
+            None => {
+                m.insert(what.to_string(), 1);
             }
         }
+    }
+
+    pub fn counters(&self) -> Counters {
+        let merge = |maps: &[Mutex<BTreeMap<String, u64>>]| {
+            let mut all = BTreeMap::new();
+            for s in maps {
+                for (k, v) in s.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    *all.entry(k.clone()).or_insert(0) += v;
+                }
+            }
+            all
+        };
         Counters {
-            requests,
+            requests: merge(&self.counters),
+            events: merge(&self.events),
             rate_limited: self.rate_limited.load(Ordering::Relaxed),
             duplicates_refused: self.duplicates_refused.load(Ordering::Relaxed),
             replays: self.replays.load(Ordering::Relaxed),
@@ -132,7 +156,7 @@ impl Ledger {
         for s in self.entries.iter() {
             s.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
-        for s in self.counters.iter() {
+        for s in self.counters.iter().chain(self.events.iter()) {
             s.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
         for c in [

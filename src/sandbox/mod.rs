@@ -1,7 +1,8 @@
 //! `payrun sandbox`: payout providers emulated as their documents describe them — error codes,
 //! signatures, idempotency, asynchronous statuses and notifications — plus reproducible fault
 //! injection and a ledger of every money movement. Users rehearse batches on it; payrun's tests
-//! use it as ground truth. Each provider lives under its own path prefix (`/paysend/…`); the
+//! use it as ground truth. Each provider lives under its own path prefix (`/paysend/…`,
+//! `/payonic/…`); the
 //! sandbox's own endpoints are under `/__sandbox/` and exist only here.
 //!
 //! The emulations live apart from payrun's client adapters: nothing here is shared with the
@@ -11,8 +12,10 @@ pub mod clock;
 pub mod config;
 pub mod faults;
 pub mod ledger;
+pub mod payonic;
 pub mod paysend;
 mod server;
+pub mod sharded;
 
 pub use config::{Faults, SandboxConfig};
 
@@ -41,6 +44,8 @@ impl State {
 pub struct Sandbox {
     pub addr: SocketAddr,
     pub state: Arc<State>,
+    /// The Payonic emulation (see `payonic::Ctx` for why it is not in `State`).
+    pub payonic: Arc<payonic::Ctx>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -60,20 +65,26 @@ impl Sandbox {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let payonic = Arc::new(payonic::Ctx {
+            state: Arc::clone(&state),
+            payonic: payonic::Payonic::new(&config.payonic, config.seed),
+        });
         let task = tokio::spawn(server::serve(
             listener,
-            server::router(Arc::clone(&state)),
+            server::router(Arc::clone(&state), Arc::clone(&payonic)),
             rx,
         ));
         Ok(Sandbox {
             addr,
             state,
+            payonic,
             shutdown: Some(tx),
             task,
         })
     }
 
-    /// The base URL of a provider's emulation, e.g. `http://127.0.0.1:PORT/paysend`.
+    /// The base URL of a provider's emulation, e.g. `http://127.0.0.1:PORT/paysend` or
+    /// `…/payonic` (whose functions are under `…/payonic/api/`).
     pub fn base_url(&self, provider: &str) -> String {
         format!("http://{}/{provider}", self.addr)
     }

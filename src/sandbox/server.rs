@@ -24,12 +24,20 @@ impl std::fmt::Display for DropConnection {
 
 impl std::error::Error for DropConnection {}
 
-pub fn router(state: Arc<State>) -> Router {
+pub fn router(state: Arc<State>, payonic: Arc<super::payonic::Ctx>) -> Router {
+    let reset_payonic = Arc::clone(&payonic);
     Router::new()
         .nest("/paysend", super::paysend::routes())
+        .nest("/payonic", super::payonic::routes(payonic))
         .route("/__sandbox/ledger", get(ledger))
         .route("/__sandbox/counters", get(counters))
-        .route("/__sandbox/reset", post(reset))
+        .route(
+            "/__sandbox/reset",
+            post(move |st: AxState<Arc<State>>| async move {
+                reset_payonic.payonic.reset();
+                reset(st).await
+            }),
+        )
         .layer(middleware::from_fn_with_state(Arc::clone(&state), count))
         .with_state(state)
 }
@@ -39,9 +47,15 @@ async fn count(AxState(state): AxState<Arc<State>>, req: Request, next: Next) ->
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     // Ids in paths would make a counter per request: keep the pattern.
-    let pattern = match path.strip_prefix("/paysend/processing/status/") {
-        Some(_) => "/paysend/processing/status/{globalId}".to_string(),
-        None => path,
+    let pattern = if path.starts_with("/paysend/processing/status/") {
+        "/paysend/processing/status/{globalId}".to_string()
+    } else if let Some((_, function)) = path
+        .strip_prefix("/payonic/api/")
+        .and_then(|rest| rest.split_once('/'))
+    {
+        format!("/payonic/api/{{paymentid}}/{function}")
+    } else {
+        path
     };
     let resp = next.run(req).await;
     let status = if resp.extensions().get::<DropConnection>().is_some() {

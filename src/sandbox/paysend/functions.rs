@@ -487,12 +487,13 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
         // Keyed on what the client chose (request id, result index), not on the provider's
         // ids, which follow arrival order: the same run meets the same faults.
         let mut rng = faults::rng(state.seed, &request_id, i as u64, "paysend.callback");
-        let plan = delivery(
+        let plan = faults::delivery(
             &mut rng,
             &f,
             wait(finish),
             state.clock.real(state.paysend.config.level_time),
-        );
+        )
+        .sends;
         let key = key.clone();
         let state = Arc::clone(state);
         tokio::spawn(async move {
@@ -551,12 +552,13 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
             n,
             "paysend.webhook",
         );
-        let plan = delivery(
+        let plan = faults::delivery(
             &mut rng,
             &f,
             wait(at),
             state.clock.real(state.paysend.config.level_time),
-        );
+        )
+        .sends;
         let on_hold = status == "OnHold";
         let body = json!({
             "webhookType": "TransactionStatusUpdate",
@@ -596,33 +598,4 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
             }
         });
     }
-}
-
-/// When to deliver one notification, and whether to sign it wrongly: none (dropped), once,
-/// or twice (duplicated); late (delayed) or shuffled against its neighbours (reordered).
-fn delivery(
-    rng: &mut rand::rngs::StdRng,
-    f: &crate::sandbox::Faults,
-    due: Duration,
-    step: Duration,
-) -> Vec<(Duration, bool)> {
-    use rand::Rng;
-    if faults::happens(rng, f.webhook_drop_rate) {
-        return vec![];
-    }
-    let mut at = due;
-    if faults::happens(rng, f.webhook_delay_rate) {
-        at += step * 10;
-    }
-    if faults::happens(rng, f.webhook_reorder_rate) {
-        // Sent up to a few levels late, so later notifications overtake it; never before the
-        // event it reports.
-        at += step.mul_f64(rng.random_range(0.5..3.0));
-    }
-    let bad = faults::happens(rng, f.webhook_bad_signature_rate);
-    let mut plan = vec![(at, bad)];
-    if faults::happens(rng, f.webhook_duplicate_rate) {
-        plan.push((step / 2, bad));
-    }
-    plan
 }

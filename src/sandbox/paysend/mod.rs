@@ -10,6 +10,8 @@ pub mod codes;
 pub mod functions;
 pub mod tree;
 
+pub use super::sharded::Sharded;
+
 use super::State;
 use super::clock::Clock;
 use super::config::PaysendConfig;
@@ -22,40 +24,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The documented answer when the provider is over its rate (L185).
 pub const BUSY: &str = "Sorry. Can't accept your request now.";
-
-/// A map split into independently locked shards: no global lock on the request path.
-pub struct Sharded<V> {
-    shards: Vec<Mutex<HashMap<String, V>>>,
-}
-
-impl<V> Sharded<V> {
-    fn new() -> Self {
-        Sharded {
-            shards: (0..32).map(|_| Mutex::new(HashMap::new())).collect(),
-        }
-    }
-
-    pub fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<String, V>> {
-        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
-        self.shards[(h % self.shards.len() as u64) as usize]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn clear(&self) {
-        for s in &self.shards {
-            s.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        }
-    }
-}
 
 /// A committed request, enough to answer status calls and replays.
 pub struct Stored {

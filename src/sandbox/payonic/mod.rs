@@ -1,0 +1,780 @@
+//! Payonic, emulated from `payonic-api.txt` (line references "Lnnn" are to that document).
+//!
+//! The document gives each function its own host (api.mit…, api.capture…, …); their paths are
+//! distinct, so the sandbox serves them all under `/payonic`: `POST /api/mit`,
+//! `POST /api/{paymentid}/capture|refund|void|payout`, `GET /api/{paymentid}/payment` and
+//! `GET /api/health`. `{paymentid}` is a paymentid or a merchantpaymentid (L107, L147 …).
+//!
+//! A request is checked (API key, TraceApi, body), then decided at once against the payment's
+//! history ([`payment::Payment::decide`]) and recorded as an operation — approved or declined —
+//! so that requests are decided in the order they arrive. Async functions answer only a
+//! `responseid` (L20) and post their notification after `notify_delay_min..max` of provider
+//! time, when the operation counts as processed: the Payment API shows an operation only from
+//! then on, and its ledger row bears that time. Payout answers on the socket (L228).
+//!
+//! Choices where the document is silent (besides those in `wire`, `codes`, `payment`,
+//! `notify`, `health`):
+//! - a wrong or missing API key is 401, an unknown {paymentid} 404, both with
+//!   `{"error", "field"}` bodies like the 400s; the health API wants the key too ("all API
+//!   requests", L26);
+//! - TraceApi, when sent, must be a UUID: 32 hex digits (L31) or the dashed 8-4-4-4-12 form;
+//! - an MIT's `paymentid` is the parent payment whose stored card it charges: it must exist;
+//!   the new payment gets a fresh paymentid and the request's merchantpaymentid
+//!   (`newmerchantpaymentid`, L86/L98). A second MIT with a merchantpaymentid already known
+//!   creates nothing: it is answered with the first authorization's responseid, and that
+//!   authorization's notification is posted again to the new notificationurl;
+//! - a declined MIT still creates its payment (with the declined authorization), so the
+//!   merchantpaymentid is taken and the Payment API shows why;
+//! - payouts have no idempotency key in the document: a repeated payout pays again. A payout
+//!   posts no notification (it is answered on the socket); its notificationurl is only
+//!   checked;
+//! - the shared request faults (latency, 5xx, timeout, drop after commit) apply to Payonic
+//!   requests too, drawn from the seed, the request's identity (its TraceApi, else a digest
+//!   of method, path and body) and how many times that identity was seen.
+
+pub mod codes;
+pub mod health;
+pub mod notify;
+pub mod payment;
+pub mod wire;
+
+use super::State;
+use super::config::{PayonicConfig, SeedState};
+use super::faults;
+use super::ledger::{Entry, recipient_digest};
+use super::server::DropConnection;
+use super::sharded::Sharded;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use payment::{OpType, Operation, Payment};
+use rand::Rng;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use wire::Invalid;
+
+pub struct Payonic {
+    pub config: PayonicConfig,
+    seed: u64,
+    /// paymentid → payment.
+    payments: Sharded<Payment>,
+    /// merchantpaymentid → paymentid.
+    aliases: Sharded<String>,
+    /// How many times each request identity was seen (fault decisions, ids).
+    attempts: Sharded<u64>,
+}
+
+/// 32 lowercase hex digits from the seed and `parts`: the shape of every id in the document.
+fn hex_id(seed: u64, parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(seed.to_le_bytes());
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0x1f]);
+    }
+    crate::keys::hex_lower(&h.finalize()[..16])
+}
+
+/// A six-digit authorization code for an approved operation, "" for a declined one (choice).
+fn authorization_code(operationid: &str, code: &str) -> String {
+    if code != codes::APPROVED {
+        return String::new();
+    }
+    let n = u64::from_str_radix(&operationid[..8.min(operationid.len())], 16).unwrap_or(0);
+    format!("{:06}", n % 1_000_000)
+}
+
+impl Payonic {
+    pub fn new(config: &PayonicConfig, seed: u64) -> Payonic {
+        let p = Payonic {
+            config: config.clone(),
+            seed,
+            payments: Sharded::new(),
+            aliases: Sharded::new(),
+            attempts: Sharded::new(),
+        };
+        p.seed_payments();
+        p
+    }
+
+    pub fn reset(&self) {
+        self.payments.clear();
+        self.aliases.clear();
+        self.attempts.clear();
+        self.seed_payments();
+    }
+
+    fn seed_payments(&self) {
+        let c = &self.config;
+        for s in &c.payments {
+            let mpid = s.merchantpaymentid.clone().unwrap_or(s.paymentid.clone());
+            self.seed_one(
+                &s.paymentid,
+                &mpid,
+                s.amount,
+                &s.currency,
+                s.state,
+                &s.reference,
+                s.customer.clone(),
+            );
+        }
+        if let Some(g) = &c.generate {
+            for n in 1..=g.count {
+                let id = format!("{}{n:08}", g.prefix);
+                self.seed_one(
+                    &id,
+                    &id,
+                    g.amount,
+                    &g.currency,
+                    g.state,
+                    "",
+                    Default::default(),
+                );
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn seed_one(
+        &self,
+        paymentid: &str,
+        merchantpaymentid: &str,
+        amount: u64,
+        currency: &str,
+        state: SeedState,
+        reference: &str,
+        customer: super::config::PayonicCustomer,
+    ) {
+        let op = |ty: OpType| {
+            let operationid = hex_id(self.seed, &[paymentid, "seed", ty.as_str()]);
+            Operation {
+                responseid: hex_id(self.seed, &[paymentid, "seed-response", ty.as_str()]),
+                authorizationcode: authorization_code(&operationid, codes::APPROVED),
+                operationid,
+                optype: ty,
+                paymenttype: (ty == OpType::Authorize).then(|| "unscheduled".to_string()),
+                amount,
+                currency: currency.to_string(),
+                at: Duration::ZERO,
+                created: chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string(),
+                note: String::new(),
+                tags: String::new(),
+                responsecode: codes::APPROVED,
+                traceapi: None,
+            }
+        };
+        let mut operations = vec![op(OpType::Authorize)];
+        if state == SeedState::Captured {
+            operations.push(op(OpType::Capture));
+        }
+        let p = Payment {
+            paymentid: paymentid.to_string(),
+            merchantpaymentid: merchantpaymentid.to_string(),
+            parentpaymentid: None,
+            merchantid: self.config.merchant_id.clone(),
+            amount,
+            currency: currency.to_string(),
+            reference: reference.to_string(),
+            paymenttype: "unscheduled".into(),
+            processor: "finaro".into(),
+            textonstatement: String::new(),
+            note: String::new(),
+            tags: String::new(),
+            customer,
+            operations,
+        };
+        self.aliases
+            .shard(merchantpaymentid)
+            .insert(merchantpaymentid.to_string(), paymentid.to_string());
+        self.payments
+            .shard(paymentid)
+            .insert(paymentid.to_string(), p);
+    }
+
+    /// The paymentid for a paymentid or merchantpaymentid.
+    fn resolve(&self, id: &str) -> Option<String> {
+        if self.payments.shard(id).contains_key(id) {
+            return Some(id.to_string());
+        }
+        self.aliases.shard(id).get(id).cloned()
+    }
+
+    /// A copy of a payment (tests and the sandbox's own views).
+    pub fn payment(&self, id: &str) -> Option<Payment> {
+        let pid = self.resolve(id)?;
+        self.payments.shard(&pid).get(&pid).cloned()
+    }
+}
+
+/// The Payonic emulation and the sandbox's shared state. Choice: it is kept beside `State`, not
+/// in it, so that code assembling a `State` by hand (benches/resume.rs) needs no change.
+pub struct Ctx {
+    pub state: Arc<State>,
+    pub payonic: Payonic,
+}
+
+pub fn routes(ctx: Arc<Ctx>) -> Router<Arc<State>> {
+    Router::new()
+        .route("/api/mit", post(mit))
+        .route("/api/health", get(health))
+        .route("/api/{paymentid}/capture", post(capture))
+        .route("/api/{paymentid}/refund", post(refund))
+        .route("/api/{paymentid}/void", post(void))
+        .route("/api/{paymentid}/payout", post(payout))
+        .route("/api/{paymentid}/payment", get(payment_info))
+        .with_state(ctx)
+}
+
+fn error(status: StatusCode, field: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": message, "field": field})),
+    )
+        .into_response()
+}
+
+fn bad_request(e: Invalid) -> Response {
+    error(StatusCode::BAD_REQUEST, &e.field, &e.error)
+}
+
+fn unknown_payment(id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "paymentid",
+        &format!("no payment with paymentid or merchantpaymentid `{id}`"),
+    )
+}
+
+/// A checked request: who sent it and how often (for faults and ids).
+struct Call {
+    trace: Option<String>,
+    identity: String,
+    attempt: u64,
+    body: Value,
+}
+
+fn trace_ok(t: &str) -> bool {
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    match t.len() {
+        32 => hex(t),
+        36 => {
+            let parts: Vec<&str> = t.split('-').collect();
+            parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12]) && parts.iter().all(|p| hex(p))
+        }
+        _ => false,
+    }
+}
+
+/// Authorization (L24-27: "Basic " then the key itself, not base64 user:password) and TraceApi
+/// (L28-31), then the body as a JSON object.
+fn check(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    what: &str,
+    body: &[u8],
+    empty_ok: bool,
+) -> Result<Call, Response> {
+    use subtle::ConstantTimeEq;
+    let key = &ctx.payonic.config.api_key;
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .unwrap_or("");
+    let auth_ok: bool = given.as_bytes().ct_eq(key.as_bytes()).into();
+    if !auth_ok {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "Authorization",
+            "missing or wrong API key (hint: Authorization: Basic <api-key>)",
+        ));
+    }
+    let trace = match headers.get("traceapi").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(t)) if trace_ok(t) => Some(t.to_string()),
+        Some(_) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "TraceApi",
+                "TraceApi must be a UUID: 32 hex digits or the 8-4-4-4-12 form",
+            ));
+        }
+    };
+    let body_value = wire::object(body, empty_ok).map_err(bad_request)?;
+    // Without a TraceApi, a request is what the client chose: the function, the path's id and
+    // the body — less the notificationurl, which names the client's own endpoint (its port
+    // may change from run to run).
+    let identity = match &trace {
+        Some(t) => t.clone(),
+        None => {
+            let mut chosen = body_value.clone();
+            if let Value::Object(m) = &mut chosen {
+                m.remove("notificationurl");
+            }
+            hex_id(0, &[what, &chosen.to_string()])
+        }
+    };
+    let attempt = {
+        let mut a = ctx.payonic.attempts.shard(&identity);
+        let n = a.entry(identity.clone()).or_insert(0);
+        *n += 1;
+        *n - 1
+    };
+    Ok(Call {
+        trace,
+        identity,
+        attempt,
+        body: body_value,
+    })
+}
+
+/// The shared request faults before processing: latency, 5xx, timeout. On success, the
+/// generator that later decides whether the answer is dropped after commit.
+async fn request_faults(state: &State, call: &Call) -> Result<rand::rngs::StdRng, Response> {
+    let f = state.faults();
+    let mut rng = faults::rng(state.seed, &call.identity, call.attempt, "payonic.request");
+    if f.latency_min.is_some() || f.latency_max.is_some() {
+        let lo = f.latency_min.unwrap_or_default().as_millis() as u64;
+        let hi = f.latency_max.map_or(lo, |h| h.as_millis() as u64).max(lo);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(lo..=hi))).await;
+    }
+    if faults::happens(&mut rng, f.error_5xx_rate) {
+        return Err((StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response());
+    }
+    if faults::happens(&mut rng, f.timeout_rate) {
+        tokio::time::sleep(f.timeout_after.unwrap_or(Duration::from_secs(30))).await;
+        let mut r = StatusCode::GATEWAY_TIMEOUT.into_response();
+        r.extensions_mut().insert(DropConnection);
+        return Err(r);
+    }
+    Ok(rng)
+}
+
+fn answer(state: &State, rng: &mut rand::rngs::StdRng, body: Value) -> Response {
+    let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
+    if faults::happens(rng, state.faults().drop_after_commit_rate) {
+        state
+            .ledger
+            .dropped_after_commit
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        resp.extensions_mut().insert(DropConnection);
+    }
+    resp
+}
+
+/// When an async request made now is processed, drawn from `notify_delay_min..=max`.
+fn processing_time(ctx: &Ctx, call: &Call) -> Duration {
+    let state = &ctx.state;
+    let c = &ctx.payonic.config;
+    let mut rng = faults::rng(state.seed, &call.identity, call.attempt, "payonic.delay");
+    let lo = c.notify_delay_min.as_micros() as u64;
+    let hi = (c.notify_delay_max.as_micros() as u64).max(lo);
+    state.clock.now() + Duration::from_micros(rng.random_range(lo..=hi))
+}
+
+fn notification_rng(state: &State, call: &Call) -> rand::rngs::StdRng {
+    faults::rng(
+        state.seed,
+        &call.identity,
+        call.attempt,
+        "payonic.notification",
+    )
+}
+
+/// A new operation of `ty` decided against `p` and appended to it.
+#[allow(clippy::too_many_arguments)]
+fn operate(
+    state: &State,
+    call: &Call,
+    p: &mut Payment,
+    ty: OpType,
+    amount: u64,
+    currency: &str,
+    at: Duration,
+    note: &str,
+    tags: &str,
+) -> Operation {
+    let seed = state.seed;
+    let attempt = call.attempt.to_string();
+    let code = p.decide(ty, amount);
+    let operationid = hex_id(seed, &[&call.identity, &attempt, "operationid"]);
+    let op = Operation {
+        responseid: hex_id(seed, &[&call.identity, &attempt, "responseid"]),
+        authorizationcode: authorization_code(&operationid, code),
+        operationid,
+        optype: ty,
+        paymenttype: (ty == OpType::Authorize).then(|| p.paymenttype.clone()),
+        amount,
+        currency: currency.to_string(),
+        at,
+        created: state
+            .clock
+            .datetime(at)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
+        note: note.to_string(),
+        tags: tags.to_string(),
+        responsecode: code,
+        traceapi: call.trace.clone(),
+    };
+    p.operations.push(op.clone());
+    if !op.approved() {
+        state
+            .ledger
+            .event(&format!("payonic.declined.{}", ty.as_str()));
+    } else if ty.moves_money() {
+        let exp = crate::money::Currency::from_alpha(currency)
+            .and_then(|c| c.exponent())
+            .unwrap_or(2);
+        state.ledger.record(Entry {
+            provider: "payonic".into(),
+            key: format!("{}/{}", p.paymentid, op.operationid),
+            payment_id: p.paymentid.clone(),
+            operation: ty.as_str().into(),
+            amount: rust_decimal::Decimal::try_from_i128_with_scale(i128::from(amount), exp)
+                .unwrap_or_default()
+                .to_string(),
+            currency: currency.to_string(),
+            recipient_digest: recipient_digest(&p.customer.email),
+            time: state.clock.date(at),
+            request_id: call.trace.clone().unwrap_or_default(),
+        });
+    }
+    op
+}
+
+/// The capture/refund/void notification (L129-136).
+fn modify_notification(p: &Payment, op: &Operation) -> Value {
+    json!({
+        "responseid": op.responseid,
+        "paymentid": p.paymentid,
+        "merchantpaymentid": p.merchantpaymentid,
+        "responsecode": op.responsecode,
+        "authorizationcode": op.authorizationcode,
+        "status": codes::status(op.responsecode),
+    })
+}
+
+/// The MIT notification (L83-93). Choice: eci "07" and a PAR derived from the root payment
+/// (the same card gives the same PAR).
+fn mit_notification(p: &Payment, op: &Operation, seed: u64) -> Value {
+    let root = p.parentpaymentid.as_deref().unwrap_or(&p.paymentid);
+    let par = hex_id(seed, &[root, "par"]) + &hex_id(seed, &[root, "par2"]);
+    json!({
+        "responseid": op.responseid,
+        "paymentid": p.paymentid,
+        "newmerchantpaymentid": p.merchantpaymentid,
+        "responsecode": op.responsecode,
+        "authorizationcode": op.authorizationcode,
+        "status": codes::status(op.responsecode),
+        "processor": p.processor,
+        "eci": "07",
+        "par": &par[..29],
+    })
+}
+
+async fn mit(AxState(ctx): AxState<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -> Response {
+    let state = &ctx.state;
+    let call = match check(&ctx, &headers, "mit", &body, false) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let req = match wire::Mit::parse(&call.body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let Some(parent) = ctx.payonic.payment(&req.paymentid) else {
+        return unknown_payment(&req.paymentid);
+    };
+    let mut rng = match request_faults(state, &call).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let ps = &ctx.payonic;
+    let at = processing_time(&ctx, &call);
+    // The alias shard stays locked from the lookup to the insert: two MITs with one
+    // merchantpaymentid cannot both create a payment.
+    let mut aliases = ps.aliases.shard(&req.merchantpaymentid);
+    if let Some(pid) = aliases.get(&req.merchantpaymentid).cloned() {
+        drop(aliases);
+        state.ledger.event("payonic.mit.replayed");
+        let first = ps.payments.shard(&pid).get(&pid).and_then(|p| {
+            p.first_authorization()
+                .map(|op| (op.responseid.clone(), mit_notification(p, op, state.seed)))
+        });
+        let Some((responseid, body)) = first else {
+            return unknown_payment(&req.merchantpaymentid);
+        };
+        notify::send(
+            &ctx,
+            &mut notification_rng(state, &call),
+            &req.notificationurl,
+            call.trace.as_deref(),
+            at,
+            body,
+        );
+        return answer(state, &mut rng, json!({"responseid": responseid}));
+    }
+    let attempt = call.attempt.to_string();
+    let paymentid = hex_id(state.seed, &[&call.identity, &attempt, "paymentid"]);
+    let mut p = Payment {
+        paymentid: paymentid.clone(),
+        merchantpaymentid: req.merchantpaymentid.clone(),
+        parentpaymentid: Some(parent.paymentid.clone()),
+        merchantid: req.merchantid,
+        amount: req.amount,
+        currency: req.currency.clone(),
+        reference: req.reference,
+        paymenttype: req.paymenttype,
+        processor: req.processor.unwrap_or(parent.processor),
+        textonstatement: req.textonstatement,
+        note: req.note.clone(),
+        tags: req.tags.clone(),
+        customer: req.customer.unwrap_or(parent.customer),
+        operations: Vec::new(),
+    };
+    let op = operate(
+        state,
+        &call,
+        &mut p,
+        OpType::Authorize,
+        req.amount,
+        &req.currency,
+        at,
+        &req.note,
+        &req.tags,
+    );
+    let body = mit_notification(&p, &op, state.seed);
+    aliases.insert(req.merchantpaymentid.clone(), paymentid.clone());
+    ps.payments.shard(&paymentid).insert(paymentid.clone(), p);
+    drop(aliases);
+    notify::send(
+        &ctx,
+        &mut notification_rng(state, &call),
+        &req.notificationurl,
+        call.trace.as_deref(),
+        at,
+        body,
+    );
+    answer(state, &mut rng, json!({"responseid": op.responseid}))
+}
+
+/// Capture, refund and void: the same request shape and notification.
+async fn modify(
+    ctx: Arc<Ctx>,
+    id: String,
+    headers: HeaderMap,
+    body: Bytes,
+    ty: OpType,
+) -> Response {
+    let state = &ctx.state;
+    let call = match check(
+        &ctx,
+        &headers,
+        &format!("{}/{id}", ty.as_str()),
+        &body,
+        false,
+    ) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let req = match wire::Modify::parse(&call.body, ty != OpType::Void) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let Some(pid) = ctx.payonic.resolve(&id) else {
+        return unknown_payment(&id);
+    };
+    let mut rng = match request_faults(state, &call).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let at = processing_time(&ctx, &call);
+    let notification = {
+        let mut shard = ctx.payonic.payments.shard(&pid);
+        let Some(p) = shard.get_mut(&pid) else {
+            return unknown_payment(&id);
+        };
+        let amount = match ty {
+            OpType::Void => p.voidable(),
+            _ => req.amount.unwrap_or(0),
+        };
+        let currency = p.currency.clone();
+        let op = operate(
+            state, &call, p, ty, amount, &currency, at, &req.note, &req.tags,
+        );
+        modify_notification(p, &op)
+    };
+    let responseid = notification["responseid"].clone();
+    notify::send(
+        &ctx,
+        &mut notification_rng(state, &call),
+        &req.notificationurl,
+        call.trace.as_deref(),
+        at,
+        notification,
+    );
+    answer(state, &mut rng, json!({"responseid": responseid}))
+}
+
+async fn capture(
+    AxState(ctx): AxState<Arc<Ctx>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    modify(ctx, id, headers, body, OpType::Capture).await
+}
+
+async fn refund(
+    AxState(ctx): AxState<Arc<Ctx>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    modify(ctx, id, headers, body, OpType::Refund).await
+}
+
+async fn void(
+    AxState(ctx): AxState<Arc<Ctx>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    modify(ctx, id, headers, body, OpType::Void).await
+}
+
+/// Payout, synchronous (L228): the answer is L254-260.
+async fn payout(
+    AxState(ctx): AxState<Arc<Ctx>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let state = &ctx.state;
+    let call = match check(&ctx, &headers, &format!("payout/{id}"), &body, false) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let req = match wire::Payout::parse(&call.body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let Some(pid) = ctx.payonic.resolve(&id) else {
+        return unknown_payment(&id);
+    };
+    let mut rng = match request_faults(state, &call).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let now = state.clock.now();
+    let answer_body = {
+        let mut shard = ctx.payonic.payments.shard(&pid);
+        let Some(p) = shard.get_mut(&pid) else {
+            return unknown_payment(&id);
+        };
+        // The recipient's e-mail, when given, is what the ledger digests.
+        let saved = p.customer.email.clone();
+        if !req.email.is_empty() {
+            p.customer.email = req.email.clone();
+        }
+        let op = operate(
+            state,
+            &call,
+            p,
+            OpType::Payout,
+            req.amount,
+            &req.currency,
+            now,
+            &req.note,
+            &req.tags,
+        );
+        p.customer.email = saved;
+        json!({
+            "responseid": op.responseid,
+            "responsecode": op.responsecode,
+            "authorizationcode": op.authorizationcode,
+            "status": codes::status(op.responsecode),
+            "processor": req.processor.unwrap_or(p.processor.clone()),
+        })
+    };
+    answer(state, &mut rng, answer_body)
+}
+
+/// Payment (L270-365): its fields come in a JSON body on the GET (L272-276) or, as the
+/// sandbox also accepts, as query parameters; the body wins where both give one.
+async fn payment_info(
+    AxState(ctx): AxState<Arc<Ctx>>,
+    Path(id): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let state = &ctx.state;
+    let chosen: Vec<_> = query
+        .iter()
+        .filter(|(k, _)| k.as_str() != "notificationurl")
+        .collect();
+    let what = format!("payment/{id}?{chosen:?}");
+    let mut call = match check(&ctx, &headers, &what, &body, true) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if let Value::Object(m) = &mut call.body {
+        for (k, v) in query {
+            m.entry(k).or_insert(Value::String(v));
+        }
+    }
+    let req = match wire::PaymentQuery::parse(&call.body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let Some(p) = ctx.payonic.payment(&id) else {
+        return unknown_payment(&id);
+    };
+    if let Some(op) = &req.operationid
+        && !p.operations.iter().any(|o| &o.operationid == op)
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            "operationid",
+            &format!("payment `{id}` has no operation `{op}`"),
+        );
+    }
+    let mut rng = match request_faults(state, &call).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let at = processing_time(&ctx, &call);
+    let responseid = hex_id(
+        state.seed,
+        &[&call.identity, &call.attempt.to_string(), "responseid"],
+    );
+    let body = p.to_json(&responseid, at, req.operationid.as_deref(), req.gfx);
+    notify::send(
+        &ctx,
+        &mut notification_rng(state, &call),
+        &req.notificationurl,
+        call.trace.as_deref(),
+        at,
+        body,
+    );
+    answer(state, &mut rng, json!({"responseid": responseid}))
+}
+
+async fn health(AxState(ctx): AxState<Arc<Ctx>>, headers: HeaderMap) -> Response {
+    if let Err(r) = check(&ctx, &headers, "health", b"", true) {
+        return r;
+    }
+    (
+        StatusCode::OK,
+        axum::Json(health::document(&ctx.payonic.config.health)),
+    )
+        .into_response()
+}

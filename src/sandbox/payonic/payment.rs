@@ -1,0 +1,363 @@
+//! A Payonic payment and its `operations[]` history (L318-354), and the rules that decide an
+//! operation before any money moves: capture only an authorized payment and up to its amount,
+//! refund only what is captured and not yet refunded, void only before any capture. Everything
+//! a payment "has" (authorized, captured, refunded, voided) is derived from its approved
+//! operations, so the history cannot disagree with the totals. Pure: no I/O, no clock.
+
+use super::codes;
+use crate::sandbox::config::PayonicCustomer;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpType {
+    Authorize,
+    Capture,
+    Refund,
+    Void,
+    Payout,
+}
+
+impl OpType {
+    /// `operations[].operationtype` (L322, L334, L345); "void" and "payout" follow the
+    /// function names (choice: the document shows no such operation).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpType::Authorize => "authorize",
+            OpType::Capture => "capture",
+            OpType::Refund => "refund",
+            OpType::Void => "void",
+            OpType::Payout => "payout",
+        }
+    }
+
+    /// Whether an approved operation of this type moves money (a ledger row).
+    pub fn moves_money(self) -> bool {
+        matches!(self, OpType::Capture | OpType::Refund | OpType::Payout)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Operation {
+    pub operationid: String,
+    /// The answer to the request that made it (a replayed MIT answers it again).
+    pub responseid: String,
+    pub optype: OpType,
+    /// Only for authorizations (L323).
+    pub paymenttype: Option<String>,
+    pub amount: u64,
+    pub currency: String,
+    /// Provider time at which it was processed (and its notification is due).
+    pub at: Duration,
+    /// `created` (L326), UTC "YYYY-MM-DD HH:MM:SS" (L395).
+    pub created: String,
+    pub note: String,
+    pub tags: String,
+    pub responsecode: &'static str,
+    pub authorizationcode: String,
+    /// The request's TraceApi header (L28-31), so support can quote it.
+    pub traceapi: Option<String>,
+}
+
+impl Operation {
+    pub fn approved(&self) -> bool {
+        self.responsecode == codes::APPROVED
+    }
+
+    /// One entry of `operations[]` (L320-331). Amounts are strings there, as in the document.
+    /// `tags` and `traceapi` are additions (choice): a client recognises its own operation by
+    /// its note and tags, support by the trace id.
+    pub fn to_json(&self) -> Value {
+        let mut o = json!({
+            "operationid": self.operationid,
+            "operationtype": self.optype.as_str(),
+        });
+        if let Some(t) = &self.paymenttype {
+            o["paymenttype"] = json!(t);
+        }
+        o["amount"] = json!(self.amount.to_string());
+        o["currency"] = json!(self.currency);
+        o["created"] = json!(self.created);
+        o["note"] = json!(self.note);
+        o["tags"] = json!(self.tags);
+        o["responsecode"] = json!(self.responsecode);
+        o["authorizationcode"] = json!(self.authorizationcode);
+        o["status"] = json!(codes::status(self.responsecode));
+        if let Some(t) = &self.traceapi {
+            o["traceapi"] = json!(t);
+        }
+        o
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Payment {
+    pub paymentid: String,
+    pub merchantpaymentid: String,
+    /// For an MIT, the payment whose stored card it used (L371).
+    pub parentpaymentid: Option<String>,
+    pub merchantid: String,
+    /// The authorized amount asked for, minor units.
+    pub amount: u64,
+    pub currency: String,
+    pub reference: String,
+    pub paymenttype: String,
+    pub processor: String,
+    pub textonstatement: String,
+    pub note: String,
+    pub tags: String,
+    pub customer: PayonicCustomer,
+    pub operations: Vec<Operation>,
+}
+
+/// What a payment's approved operations add up to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub authorized: u64,
+    pub captured: u64,
+    pub refunded: u64,
+    pub voided: bool,
+}
+
+impl Payment {
+    /// Totals over the approved operations processed by `until` (all when `None`).
+    pub fn totals(&self, until: Option<Duration>) -> Totals {
+        let mut t = Totals::default();
+        for op in self
+            .operations
+            .iter()
+            .filter(|o| o.approved() && until.is_none_or(|u| o.at <= u))
+        {
+            match op.optype {
+                OpType::Authorize => t.authorized += op.amount,
+                OpType::Capture => t.captured += op.amount,
+                OpType::Refund => t.refunded += op.amount,
+                OpType::Void => t.voided = true,
+                OpType::Payout => {}
+            }
+        }
+        t
+    }
+
+    /// The response code for an operation of `ty` over `amount`, given everything already
+    /// decided on this payment. The payment's own rules come first (Payonic checks them before
+    /// it asks the processor, L21-23), then the processor's mock triggers.
+    pub fn decide(&self, ty: OpType, amount: u64) -> &'static str {
+        let t = self.totals(None);
+        let rule = match ty {
+            OpType::Authorize => None,
+            OpType::Capture if t.voided || t.authorized == 0 => Some(codes::INVALID_TRANSACTION),
+            OpType::Capture if amount == 0 || t.captured + amount > t.authorized => {
+                Some(codes::INVALID_AMOUNT)
+            }
+            OpType::Capture => None,
+            OpType::Refund if t.captured == 0 => Some(codes::INVALID_TRANSACTION),
+            OpType::Refund if amount == 0 || t.refunded + amount > t.captured => {
+                Some(codes::INVALID_AMOUNT)
+            }
+            OpType::Refund => None,
+            OpType::Void if t.voided || t.captured > 0 || t.authorized == 0 => {
+                Some(codes::INVALID_TRANSACTION)
+            }
+            // Choice: a void cancels the whole authorization; its amount is not a rule.
+            OpType::Void => return codes::APPROVED,
+            OpType::Payout if amount == 0 => Some(codes::INVALID_AMOUNT),
+            OpType::Payout => None,
+        };
+        rule.or_else(|| codes::trigger(amount))
+            .unwrap_or(codes::APPROVED)
+    }
+
+    /// The amount a void cancels: what is authorized and not captured.
+    pub fn voidable(&self) -> u64 {
+        let t = self.totals(None);
+        t.authorized.saturating_sub(t.captured)
+    }
+
+    pub fn first_authorization(&self) -> Option<&Operation> {
+        self.operations
+            .iter()
+            .find(|o| o.optype == OpType::Authorize)
+    }
+
+    /// The Payment API's notification (L290-365) as of provider time `at`: operations not yet
+    /// processed then are left out. `balance` (L297) is the choice "authorized, not captured
+    /// nor voided" — the example's 0 after a full capture (L296-297, L318-342) fits it.
+    pub fn to_json(
+        &self,
+        responseid: &str,
+        at: Duration,
+        operationid: Option<&str>,
+        gfx: bool,
+    ) -> Value {
+        let t = self.totals(Some(at));
+        let balance = if t.voided {
+            0
+        } else {
+            t.authorized.saturating_sub(t.captured)
+        };
+        let operations: Vec<Value> = self
+            .operations
+            .iter()
+            .filter(|o| o.at <= at && operationid.is_none_or(|id| o.operationid == id))
+            .map(Operation::to_json)
+            .collect();
+        // Choice: the card fields (L304-310) are fixed sandbox values; the PAN is never real.
+        let mut v = json!({
+            "merchantid": self.merchantid,
+            "paymentid": self.paymentid,
+            "merchantpaymentid": self.merchantpaymentid,
+            "parentpaymentid": self.parentpaymentid.clone().unwrap_or_default(),
+            "responseid": responseid,
+            "amount": self.amount,
+            "balance": balance,
+            "currency": self.currency,
+            "reference": self.reference,
+            "paymenttype": self.paymenttype,
+            "processor": self.processor,
+            "textonstatement": self.textonstatement,
+            "note": self.note,
+            "tags": self.tags,
+            "sca": "0",
+            "scheme": "visa",
+            "segment": "consumer",
+            "Issuer": "Payrun Sandbox Bank",
+            "Expiry date": "12/2030",
+            "last4": "4242",
+            "funding": "debit",
+            "pantype": "dpan",
+            "customer": self.customer,
+            "operations": operations,
+        });
+        if gfx {
+            v["gfx"] = json!({
+                "b64image": PIXEL_PNG,
+                "mimetype": "image/png",
+                "height": 1,
+                "width": 1,
+                "expmonth": 12,
+                "expyear": 2030,
+                "last4": "4242",
+                "issuer": "Payrun Sandbox Bank",
+            });
+        }
+        v
+    }
+}
+
+/// A 1×1 transparent PNG: the sandbox's card image (L357).
+const PIXEL_PNG: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payment(ops: &[(OpType, u64, &'static str)]) -> Payment {
+        Payment {
+            paymentid: "p1".into(),
+            merchantpaymentid: "m1".into(),
+            parentpaymentid: None,
+            merchantid: "m".into(),
+            amount: 1000,
+            currency: "DKK".into(),
+            reference: String::new(),
+            paymenttype: "unscheduled".into(),
+            processor: "finaro".into(),
+            textonstatement: String::new(),
+            note: String::new(),
+            tags: String::new(),
+            customer: PayonicCustomer::default(),
+            operations: ops
+                .iter()
+                .enumerate()
+                .map(|(i, (ty, amount, code))| Operation {
+                    operationid: format!("op{i}"),
+                    responseid: format!("r{i}"),
+                    optype: *ty,
+                    paymenttype: None,
+                    amount: *amount,
+                    currency: "DKK".into(),
+                    at: Duration::from_secs(i as u64),
+                    created: String::new(),
+                    note: String::new(),
+                    tags: String::new(),
+                    responsecode: code,
+                    authorizationcode: String::new(),
+                    traceapi: None,
+                })
+                .collect(),
+        }
+    }
+
+    use OpType::*;
+
+    #[test]
+    fn the_rules_decide_each_operation_from_the_history() {
+        let authorized = [(Authorize, 1000, "00")];
+        let captured = [(Authorize, 1000, "00"), (Capture, 600, "00")];
+        let refunded = [
+            (Authorize, 1000, "00"),
+            (Capture, 600, "00"),
+            (Refund, 500, "00"),
+        ];
+        let voided = [(Authorize, 1000, "00"), (Void, 1000, "00")];
+        let declined_auth = [(Authorize, 1000, "51")];
+        for (what, history, ty, amount, code) in [
+            ("capture in full", &authorized[..], Capture, 1000, "00"),
+            ("capture beyond", &authorized[..], Capture, 1001, "13"),
+            ("second capture within", &captured[..], Capture, 400, "00"),
+            ("second capture beyond", &captured[..], Capture, 401, "13"),
+            ("capture after void", &voided[..], Capture, 10, "12"),
+            (
+                "capture of a declined auth",
+                &declined_auth[..],
+                Capture,
+                10,
+                "12",
+            ),
+            (
+                "refund of nothing captured",
+                &authorized[..],
+                Refund,
+                10,
+                "12",
+            ),
+            ("refund within", &captured[..], Refund, 600, "00"),
+            ("refund beyond", &refunded[..], Refund, 101, "13"),
+            ("refund the rest", &refunded[..], Refund, 100, "00"),
+            ("void before capture", &authorized[..], Void, 0, "00"),
+            ("void after capture", &captured[..], Void, 0, "12"),
+            ("void twice", &voided[..], Void, 0, "12"),
+            ("zero capture", &authorized[..], Capture, 0, "13"),
+            ("payout", &captured[..], Payout, 5000, "00"),
+            ("trigger 051", &authorized[..], Capture, 51, "51"),
+            ("trigger 005", &captured[..], Payout, 2005, "05"),
+            (
+                "rules before triggers",
+                &authorized[..],
+                Capture,
+                2051,
+                "13",
+            ),
+        ] {
+            assert_eq!(payment(history).decide(ty, amount), code, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_payment_view_shows_what_was_processed_by_then() {
+        let p = payment(&[
+            (Authorize, 1000, "00"),
+            (Capture, 1000, "00"),
+            (Refund, 500, "00"),
+        ]);
+        let v = p.to_json("r", Duration::from_secs(1), None, false);
+        assert_eq!(v["operations"].as_array().unwrap().len(), 2);
+        assert_eq!(v["balance"], 0);
+        let v = p.to_json("r", Duration::from_secs(9), Some("op2"), true);
+        assert_eq!(v["operations"][0]["operationtype"], "refund");
+        assert_eq!(v["operations"][0]["amount"], "500");
+        assert_eq!(v["gfx"]["mimetype"], "image/png");
+    }
+}

@@ -1,0 +1,945 @@
+//! The Payonic emulation seen from outside, as a merchant and its notification endpoint would
+//! see it: each function's answer and notification shape, request validation, the API key and
+//! TraceApi, the payment rules (declined, no money moved), the Payment API's operations[]
+//! history, payouts without idempotency, the health document, and notification faults at their
+//! rates. In-process sandbox, provider time 1000× faster; every wait is a bounded poll.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use payrun::sandbox::config::{HealthStatus, PayonicGenerate, PayonicPayment, SeedState};
+use payrun::sandbox::{Faults, Sandbox, SandboxConfig};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "sandbox-payonic-key";
+
+/// A notification as received.
+#[derive(Debug, Clone)]
+struct Received {
+    path: String,
+    trace: Option<String>,
+    body: Value,
+}
+
+/// A local endpoint that records every notification posted to it.
+struct Inbox {
+    url: String,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Inbox {
+    async fn start() -> Inbox {
+        let got: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let app = axum::Router::new()
+            .fallback(
+                |State(got): State<Arc<Mutex<Vec<Received>>>>,
+                 uri: axum::http::Uri,
+                 headers: HeaderMap,
+                 body: Bytes| async move {
+                    got.lock().unwrap().push(Received {
+                        path: uri.path().to_string(),
+                        trace: headers
+                            .get("traceapi")
+                            .map(|v| v.to_str().unwrap().to_string()),
+                        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                    });
+                    "ok"
+                },
+            )
+            .with_state(Arc::clone(&got));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Inbox { url, got }
+    }
+
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    fn all(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits (at most 5 s) for a notification carrying `responseid`.
+    async fn for_response(&self, responseid: &str) -> Received {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(r) = self
+                .all()
+                .into_iter()
+                .find(|r| r.body["responseid"] == responseid)
+            {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no notification for {responseid}; got {:?}",
+                self.all()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+fn seeded(id: &str, mpid: &str, amount: u64, state: SeedState) -> PayonicPayment {
+    serde_json::from_value::<PayonicPayment>(json!({
+        "paymentid": id, "merchantpaymentid": mpid, "amount": amount, "currency": "DKK",
+        "state": match state { SeedState::Authorized => "authorized", SeedState::Captured => "captured" },
+        "customer": {"email": "don.johnson@example.com", "firstname": "Don", "surename": "Johnson"},
+    }))
+    .unwrap()
+}
+
+fn config() -> SandboxConfig {
+    let mut c = SandboxConfig {
+        seed: 7,
+        time_scale: 1000.0,
+        ..SandboxConfig::default()
+    };
+    c.payonic.payments = vec![
+        seeded("auth1", "order1", 1095, SeedState::Authorized),
+        seeded("auth2", "order2", 1000, SeedState::Authorized),
+        seeded("auth3", "order3", 1000, SeedState::Authorized),
+        seeded("capt1", "order4", 2000, SeedState::Captured),
+    ];
+    c
+}
+
+struct Client {
+    sb: Sandbox,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    async fn start(config: SandboxConfig) -> Client {
+        let sb = Sandbox::start(config, "127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("the sandbox starts");
+        Client {
+            base: format!("{}/api", sb.base_url("payonic")),
+            sb,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(5));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        if let Some(b) = body {
+            r = r.body(b.to_string());
+        }
+        let resp = r.send().await.expect("an answer");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// POST with the right key.
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let auth = format!("Basic {KEY}");
+        self.send(
+            reqwest::Method::POST,
+            path,
+            &[("Authorization", &auth)],
+            Some(&body),
+        )
+        .await
+    }
+
+    async fn get(&self, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let auth = format!("Basic {KEY}");
+        self.send(
+            reqwest::Method::GET,
+            path,
+            &[("Authorization", &auth)],
+            body,
+        )
+        .await
+    }
+
+    /// An async function's responseid (asserting the 200 and its shape).
+    async fn accepted(&self, path: &str, body: Value) -> String {
+        let (status, answer) = self.post(path, body).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+        let id = answer["responseid"]
+            .as_str()
+            .expect("a responseid")
+            .to_string();
+        assert!(is_hex32(&id), "{id}");
+        id
+    }
+
+    async fn ledger(&self) -> Vec<Value> {
+        let url = format!("http://{}/__sandbox/ledger", self.sb.addr);
+        let v: Value = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["provider"] == "payonic")
+            .cloned()
+            .collect()
+    }
+
+    async fn counters(&self) -> Value {
+        let url = format!("http://{}/__sandbox/counters", self.sb.addr);
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+fn is_hex32(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Each function's happy path and notification shape
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_mit_creates_a_payment_and_notifies_it_and_a_repeated_one_creates_none() {
+    let c = Client::start(config()).await;
+    let inbox = Inbox::start().await;
+    let mit = json!({
+        "merchantid": "4f4e2451482d441ead8e2862369727d0", "paymentid": "auth1",
+        "merchantpaymentid": "eeee2451482d441ead8e28623697eeee", "amount": 1095,
+        "currency": "DKK", "reference": "order-12345", "paymenttype": "unscheduled",
+        "processor": "finaro", "textonstatement": "cardtokens-io order-12345",
+        "note": "monthly", "tags": "taga tagb",
+        "customer": {"email": "don.johnson.miami-vice@payonic.com", "firstname": "Don",
+                     "surename": "Johnson", "ipaddress": "127.0.0.1"},
+        "notificationurl": inbox.at("/mit"),
+    });
+    let rid = c.accepted("/mit", mit.clone()).await;
+    let n = inbox.for_response(&rid).await;
+    assert_eq!(n.path, "/mit");
+    // L83-93.
+    assert_eq!(
+        keys(&n.body),
+        [
+            "responseid",
+            "paymentid",
+            "newmerchantpaymentid",
+            "responsecode",
+            "authorizationcode",
+            "status",
+            "processor",
+            "eci",
+            "par"
+        ]
+    );
+    assert_eq!(n.body["status"], "approved");
+    assert_eq!(n.body["responsecode"], "00");
+    assert_eq!(
+        n.body["newmerchantpaymentid"],
+        "eeee2451482d441ead8e28623697eeee"
+    );
+    assert_eq!(n.body["par"].as_str().unwrap().len(), 29);
+    let paymentid = n.body["paymentid"].as_str().unwrap().to_string();
+    assert!(is_hex32(&paymentid) && paymentid != "auth1");
+
+    // The same merchantpaymentid again: the first authorization is answered again.
+    let again = c.accepted("/mit", mit).await;
+    assert_eq!(again, rid);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let copies: Vec<_> = inbox
+        .all()
+        .into_iter()
+        .filter(|r| r.body["responseid"] == rid.as_str())
+        .collect();
+    assert_eq!(copies.len(), 2, "its notification is posted again");
+    assert_eq!(copies[1].body["paymentid"], paymentid.as_str());
+    let p =
+        c.sb.payonic
+            .payonic
+            .payment("eeee2451482d441ead8e28623697eeee")
+            .unwrap();
+    assert_eq!(p.paymentid, paymentid);
+    assert_eq!(p.parentpaymentid.as_deref(), Some("auth1"));
+    assert_eq!(p.operations.len(), 1, "no second authorization");
+    assert!(
+        c.ledger().await.is_empty(),
+        "an authorization moves no money"
+    );
+}
+
+#[tokio::test]
+async fn capture_then_refund_notify_and_the_payment_api_shows_the_history() {
+    let c = Client::start(config()).await;
+    let inbox = Inbox::start().await;
+    let trace = "e018fdfb5bda40e4a7e91759c22922fd";
+    let auth = format!("Basic {KEY}");
+    let (status, answer) = c
+        .send(
+            reqwest::Method::POST,
+            "/order1/capture",
+            &[("Authorization", &auth), ("TraceApi", trace)],
+            Some(
+                &json!({"amount": 1095, "note": "item 17", "tags": "batch-3 item-17",
+                        "notificationurl": inbox.at("/capture")}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let captured = inbox
+        .for_response(answer["responseid"].as_str().unwrap())
+        .await;
+    // L129-136, with the merchantpaymentid as the path's {paymentid} (L107).
+    assert_eq!(
+        captured.body,
+        json!({"responseid": answer["responseid"], "paymentid": "auth1",
+               "merchantpaymentid": "order1", "responsecode": "00",
+               "authorizationcode": captured.body["authorizationcode"], "status": "approved"})
+    );
+    assert_eq!(captured.trace.as_deref(), Some(trace), "TraceApi is echoed");
+
+    let rid = c
+        .accepted(
+            "/auth1/refund",
+            json!({"amount": 500, "note": "partial", "tags": "refund-1",
+                   "notificationurl": inbox.at("/refund")}),
+        )
+        .await;
+    assert_eq!(inbox.for_response(&rid).await.body["status"], "approved");
+
+    let (status, answer) = c
+        .get(
+            "/order1/payment",
+            Some(&json!({"notificationurl": inbox.at("/payment")})),
+        )
+        .await;
+    assert_eq!(status, 200, "a GET with a JSON body (L270-276): {answer}");
+    let rid = answer["responseid"].as_str().unwrap().to_string();
+    let payment = inbox.for_response(&rid).await.body;
+    assert_eq!(payment["paymentid"], "auth1");
+    assert_eq!(payment["merchantpaymentid"], "order1");
+    assert_eq!(payment["amount"], 1095);
+    assert_eq!(payment["balance"], 0);
+    assert_eq!(payment["customer"]["email"], "don.johnson@example.com");
+    let ops = payment["operations"].as_array().unwrap();
+    let kinds: Vec<&str> = ops
+        .iter()
+        .map(|o| o["operationtype"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["authorize", "capture", "refund"]);
+    assert_eq!(
+        ops[1]["amount"], "1095",
+        "amounts are strings in operations[] (L324)"
+    );
+    assert_eq!(ops[1]["note"], "item 17");
+    assert_eq!(
+        ops[1]["tags"], "batch-3 item-17",
+        "a client recognises its operation"
+    );
+    assert_eq!(ops[1]["traceapi"], trace);
+    assert_eq!(ops[2]["amount"], "500");
+    let created = ops[2]["created"].as_str().unwrap();
+    assert!(
+        regex::Regex::new(r"^\d{4}-\d{2}-\d{2} ([01]?[0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]$")
+            .unwrap()
+            .is_match(created),
+        "L396: {created}"
+    );
+
+    // One operation only, by query parameters on the GET, with the card image.
+    let opid = ops[2]["operationid"].as_str().unwrap();
+    let url = format!(
+        "/auth1/payment?notificationurl={}&gfx=1&operationid={opid}",
+        inbox.at("/payment2")
+    );
+    let (status, answer) = c.get(&url, None).await;
+    assert_eq!(status, 200, "{answer}");
+    let one = inbox
+        .for_response(answer["responseid"].as_str().unwrap())
+        .await
+        .body;
+    assert_eq!(one["operations"].as_array().unwrap().len(), 1);
+    assert_eq!(one["operations"][0]["operationtype"], "refund");
+    assert_eq!(one["gfx"]["mimetype"], "image/png");
+
+    let ledger = c.ledger().await;
+    let rows: Vec<(&str, &str)> = ledger
+        .iter()
+        .map(|e| {
+            (
+                e["operation"].as_str().unwrap(),
+                e["amount"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, [("capture", "10.95"), ("refund", "5.00")]);
+    assert_eq!(
+        ledger[0]["request_id"], trace,
+        "the ledger row quotes TraceApi"
+    );
+    assert!(ledger[0]["key"].as_str().unwrap().starts_with("auth1/"));
+}
+
+#[tokio::test]
+async fn a_void_cancels_an_authorization_and_nothing_can_be_captured_after_it() {
+    let c = Client::start(config()).await;
+    let inbox = Inbox::start().await;
+    let rid = c
+        .accepted("/auth2/void", json!({"notificationurl": inbox.at("/void")}))
+        .await;
+    let n = inbox.for_response(&rid).await;
+    assert_eq!(n.body["status"], "approved");
+    assert_eq!(
+        keys(&n.body),
+        [
+            "responseid",
+            "paymentid",
+            "merchantpaymentid",
+            "responsecode",
+            "authorizationcode",
+            "status"
+        ]
+    );
+    let rid = c
+        .accepted(
+            "/auth2/capture",
+            json!({"amount": 10, "notificationurl": inbox.at("/capture")}),
+        )
+        .await;
+    let n = inbox.for_response(&rid).await;
+    assert_eq!(
+        (n.body["status"].as_str(), n.body["responsecode"].as_str()),
+        (Some("declined"), Some("12"))
+    );
+    assert_eq!(n.body["authorizationcode"], "");
+    assert!(c.ledger().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_payout_is_answered_on_the_socket_and_a_repeated_one_pays_again() {
+    let c = Client::start(config()).await;
+    let body = json!({"amount": 25000, "currency": "EUR", "email": "winner@example.com",
+        "firstname": "Don", "surename": "Johnson", "note": "winnings", "tags": "w-1",
+        "textonstatement": "www payonic com", "processor": "finaro"});
+    let (status, first) = c.post("/capt1/payout", body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    // L254-260.
+    assert_eq!(
+        keys(&first),
+        [
+            "responseid",
+            "responsecode",
+            "authorizationcode",
+            "status",
+            "processor"
+        ]
+    );
+    assert_eq!(first["status"], "approved");
+    let (_, second) = c.post("/order4/payout", body).await;
+    assert_eq!(second["status"], "approved");
+    assert_ne!(first["responseid"], second["responseid"]);
+    let ledger = c.ledger().await;
+    assert_eq!(ledger.len(), 2, "no idempotency key: paid twice");
+    assert!(
+        ledger.iter().all(|e| e["operation"] == "payout"
+            && e["amount"] == "250.00"
+            && e["currency"] == "EUR")
+    );
+    assert_ne!(ledger[0]["key"], ledger[1]["key"]);
+
+    let (_, declined) = c
+        .post("/capt1/payout", json!({"amount": 1051, "currency": "EUR"}))
+        .await;
+    assert_eq!(
+        (
+            declined["status"].as_str(),
+            declined["responsecode"].as_str()
+        ),
+        (Some("declined"), Some("51"))
+    );
+    assert_eq!(c.ledger().await.len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rules: declined, recorded, no money moved
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn operations_that_break_the_rules_are_declined_and_move_no_money() {
+    let c = Client::start(config()).await;
+    let inbox = Inbox::start().await;
+    let url = inbox.at("/n");
+    let outcome = async |path: &str, body: Value| {
+        let rid = c.accepted(path, body).await;
+        let n = inbox.for_response(&rid).await.body;
+        format!(
+            "{} {}",
+            n["status"].as_str().unwrap(),
+            n["responsecode"].as_str().unwrap()
+        )
+    };
+    // auth3: 1000 authorized.
+    assert_eq!(
+        outcome(
+            "/auth3/capture",
+            json!({"amount": 600, "notificationurl": url})
+        )
+        .await,
+        "approved 00"
+    );
+    assert_eq!(
+        outcome(
+            "/auth3/capture",
+            json!({"amount": 401, "notificationurl": url})
+        )
+        .await,
+        "declined 13",
+        "beyond the authorized amount"
+    );
+    assert_eq!(
+        outcome(
+            "/auth3/capture",
+            json!({"amount": 400, "notificationurl": url})
+        )
+        .await,
+        "approved 00"
+    );
+    assert_eq!(
+        outcome(
+            "/auth3/refund",
+            json!({"amount": 1001, "notificationurl": url})
+        )
+        .await,
+        "declined 13",
+        "beyond what is captured"
+    );
+    assert_eq!(
+        outcome("/auth3/void", json!({"notificationurl": url})).await,
+        "declined 12",
+        "after a capture"
+    );
+    // capt1: 2000 captured.
+    assert_eq!(
+        outcome(
+            "/capt1/refund",
+            json!({"amount": 1500, "notificationurl": url})
+        )
+        .await,
+        "approved 00"
+    );
+    assert_eq!(
+        outcome(
+            "/capt1/refund",
+            json!({"amount": 501, "notificationurl": url})
+        )
+        .await,
+        "declined 13",
+        "refunded beyond captured"
+    );
+    assert_eq!(
+        outcome(
+            "/capt1/capture",
+            json!({"amount": 1, "notificationurl": url})
+        )
+        .await,
+        "declined 13",
+        "already captured in full"
+    );
+    // auth2: nothing captured.
+    assert_eq!(
+        outcome(
+            "/auth2/refund",
+            json!({"amount": 1, "notificationurl": url})
+        )
+        .await,
+        "declined 12"
+    );
+    assert_eq!(
+        outcome(
+            "/auth2/capture",
+            json!({"amount": 5, "notificationurl": url})
+        )
+        .await,
+        "declined 05",
+        "mock trigger"
+    );
+
+    let rows: Vec<String> = c
+        .ledger()
+        .await
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["payment_id"].as_str().unwrap(),
+                e["operation"].as_str().unwrap(),
+                e["amount"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "auth3 capture 6.00",
+            "auth3 capture 4.00",
+            "capt1 refund 15.00"
+        ]
+    );
+    let counters = c.counters().await;
+    assert_eq!(
+        counters["requests"]["POST /payonic/api/{paymentid}/capture 200"], 5,
+        "counted per endpoint, not per payment"
+    );
+    let events = &counters["events"];
+    assert_eq!(events["payonic.declined.capture"], 3);
+    assert_eq!(events["payonic.declined.refund"], 3);
+    assert_eq!(events["payonic.declined.void"], 1);
+    let p = c.sb.payonic.payonic.payment("auth3").unwrap();
+    assert_eq!(
+        p.operations.iter().filter(|o| !o.approved()).count(),
+        3,
+        "declines are recorded"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation, authentication, TraceApi
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn bad_requests_are_400_naming_their_field() {
+    let c = Client::start(config()).await;
+    let url = "http://127.0.0.1:9/n";
+    let mit = json!({"merchantid": "m1", "paymentid": "auth1", "merchantpaymentid": "new1",
+        "amount": 100, "currency": "DKK", "notificationurl": url});
+    let with = |k: &str, v: Value| {
+        let mut b = mit.clone();
+        b[k] = v;
+        b
+    };
+    let without = |k: &str| {
+        let mut b = mit.clone();
+        b.as_object_mut().unwrap().remove(k);
+        b
+    };
+    for (path, body, field) in [
+        (
+            "/auth1/capture",
+            json!({"amount": 10.95, "notificationurl": url}),
+            "amount",
+        ),
+        (
+            "/auth1/capture",
+            json!({"amount": "1095", "notificationurl": url}),
+            "amount",
+        ),
+        ("/auth1/capture", json!({"notificationurl": url}), "amount"),
+        ("/auth1/refund", json!({"amount": 1}), "notificationurl"),
+        (
+            "/auth1/refund",
+            json!({"amount": 1, "notificationurl": "mailto:x@y.z"}),
+            "notificationurl",
+        ),
+        (
+            "/auth1/payout",
+            json!({"amount": 1, "currency": "EURO"}),
+            "currency",
+        ),
+        (
+            "/auth1/payout",
+            json!({"amount": 1, "currency": "EUR", "email": "x@y"}),
+            "email",
+        ),
+        (
+            "/auth1/payout",
+            json!({"amount": 1, "currency": "EUR", "textonstatement": "www.payonic.com"}),
+            "textonstatement",
+        ),
+        ("/mit", with("reference", json!("order_1")), "reference"),
+        (
+            "/mit",
+            with("merchantpaymentid", json!("a-b")),
+            "merchantpaymentid",
+        ),
+        (
+            "/mit",
+            with("amount", json!(1_000_000_000_000u64)),
+            "amount",
+        ),
+        ("/mit", without("currency"), "currency"),
+        ("/mit", without("notificationurl"), "notificationurl"),
+        (
+            "/auth1/payment",
+            json!({"gfx": 2, "notificationurl": url}),
+            "gfx",
+        ),
+    ] {
+        let (status, answer) = c.post(path, body.clone()).await;
+        let (status, answer) = if path.ends_with("/payment") {
+            c.get(path, Some(&body)).await
+        } else {
+            (status, answer)
+        };
+        assert_eq!(status, 400, "{path} {body}: {answer}");
+        assert_eq!(answer["field"], field, "{path} {body}: {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    let (status, answer) = c
+        .send(
+            reqwest::Method::POST,
+            "/auth1/capture",
+            &[("Authorization", &format!("Basic {KEY}"))],
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "an empty body: {answer}");
+    let (status, answer) = c
+        .post(
+            "/nosuchpayment/capture",
+            json!({"amount": 1, "notificationurl": url}),
+        )
+        .await;
+    assert_eq!((status, answer["field"].as_str()), (404, Some("paymentid")));
+    let (status, _) = c
+        .post("/mit", with("paymentid", json!("nosuchparent")))
+        .await;
+    assert_eq!(status, 404, "an MIT needs its parent payment");
+    assert!(c.ledger().await.is_empty());
+}
+
+#[tokio::test]
+async fn the_api_key_is_required_and_trace_api_must_be_a_uuid() {
+    let c = Client::start(config()).await;
+    let body = json!({"amount": 1, "currency": "EUR"});
+    for auth in [
+        None,
+        Some("Basic wrong-key".to_string()),
+        Some(KEY.to_string()),
+        Some(format!("Bearer {KEY}")),
+        Some(format!("Basic {KEY}x")),
+    ] {
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let (status, answer) = c
+            .send(
+                reqwest::Method::POST,
+                "/auth1/payout",
+                &headers,
+                Some(&body),
+            )
+            .await;
+        assert_eq!(status, 401, "{auth:?}: {answer}");
+        assert_eq!(answer["field"], "Authorization");
+        let (status, _) = c
+            .send(reqwest::Method::GET, "/health", &headers, None)
+            .await;
+        assert_eq!(status, 401, "health too: {auth:?}");
+    }
+    let auth = format!("Basic {KEY}");
+    for (trace, expected) in [
+        ("e018fdfb5bda40e4a7e91759c22922fd", 200),
+        ("e018fdfb-5bda-40e4-a7e9-1759c22922fd", 200),
+        ("not-a-uuid", 400),
+        ("e018fdfb5bda40e4a7e91759c22922f", 400),
+        ("g018fdfb5bda40e4a7e91759c22922fd", 400),
+    ] {
+        let (status, answer) = c
+            .send(
+                reqwest::Method::POST,
+                "/auth1/payout",
+                &[("Authorization", &auth), ("TraceApi", trace)],
+                Some(&body),
+            )
+            .await;
+        assert_eq!(status, expected, "{trace}: {answer}");
+        if expected == 400 {
+            assert_eq!(answer["field"], "TraceApi");
+        }
+    }
+    assert_eq!(c.ledger().await.len(), 2);
+}
+
+#[tokio::test]
+async fn the_health_document_reports_a_configured_error() {
+    let mut cfg = config();
+    cfg.payonic.health.insert(
+        "capture".into(),
+        HealthStatus {
+            status: "error".into(),
+            msg: "No response received from the API request.".into(),
+        },
+    );
+    let c = Client::start(cfg).await;
+    let (status, doc) = c.get("/health", None).await;
+    assert_eq!(status, 200);
+    let apis: Vec<(String, String)> = doc["api"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["api"].as_str().unwrap().into(),
+                a["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        apis,
+        [
+            ("api.cit.payonic.com", "ok"),
+            ("api.mit.payonic.com", "ok"),
+            ("api.capture.payonic.com", "error"),
+            ("api.refund.payonic.com", "ok"),
+            ("api.payout.payonic.com", "ok"),
+            ("api.payment.payonic.com", "ok"),
+        ]
+        .map(|(a, s)| (a.to_string(), s.to_string()))
+    );
+    assert_eq!(
+        doc["api"][2]["msg"],
+        "No response received from the API request."
+    );
+    assert_eq!(doc["app.payonic.com"]["status"], "ok");
+    assert_eq!(doc["www.payonic.com"]["status"], "ok");
+}
+
+#[test]
+fn an_unknown_health_entry_is_a_config_error() {
+    let mut cfg = config();
+    cfg.payonic.health.insert(
+        "capturer".into(),
+        HealthStatus {
+            status: "ok".into(),
+            msg: String::new(),
+        },
+    );
+    assert!(cfg.check().unwrap_err().contains("capturer"));
+}
+
+#[test]
+fn the_documented_sandbox_config_loads_with_its_payonic_section() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("batches/sandbox.yaml");
+    let cfg = SandboxConfig::load(&path).expect("batches/sandbox.yaml loads");
+    assert_eq!(cfg.payonic.api_key, KEY);
+    assert_eq!(cfg.payonic.payments.len(), 1);
+    assert_eq!(cfg.payonic.generate.as_ref().unwrap().count, 1000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Notification faults
+// ---------------------------------------------------------------------------------------------
+
+/// Captures `n` generated payments once each; returns how many notifications each responseid
+/// got, in request order.
+async fn captures_under_faults(seed: u64, n: u64) -> (Vec<usize>, Value) {
+    let mut cfg = config();
+    cfg.seed = seed;
+    cfg.payonic.generate = Some(PayonicGenerate {
+        prefix: "gen".into(),
+        count: n,
+        amount: 1000,
+        currency: "EUR".into(),
+        state: SeedState::Authorized,
+    });
+    cfg.faults = Faults {
+        webhook_drop_rate: 0.2,
+        webhook_duplicate_rate: 0.2,
+        webhook_delay_rate: 0.1,
+        webhook_reorder_rate: 0.1,
+        ..Faults::default()
+    };
+    let c = Client::start(cfg).await;
+    let inbox = Inbox::start().await;
+    let mut rids = Vec::new();
+    for i in 1..=n {
+        rids.push(
+            c.accepted(
+                &format!("/gen{i:08}/capture"),
+                json!({"amount": 1000, "notificationurl": inbox.at("/n")}),
+            )
+            .await,
+        );
+    }
+    // Every send is due within notify_delay_max (2 ms) + 10 steps + 3 steps + half a step.
+    let counters = loop {
+        let counters = c.counters().await;
+        let ev = &counters["events"];
+        let sent = ev["payonic.notifications.sent"].as_u64().unwrap_or(0);
+        let dropped = ev["payonic.notifications.dropped"].as_u64().unwrap_or(0);
+        let dup = ev["payonic.notifications.duplicated"].as_u64().unwrap_or(0);
+        if sent == n - dropped + dup {
+            break counters;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let got = inbox.all();
+    let per: Vec<usize> = rids
+        .iter()
+        .map(|r| {
+            got.iter()
+                .filter(|g| g.body["responseid"] == r.as_str())
+                .count()
+        })
+        .collect();
+    assert_eq!(
+        c.ledger().await.len() as u64,
+        n,
+        "every capture moved money once"
+    );
+    (per, counters["events"].clone())
+}
+
+#[tokio::test]
+async fn notifications_are_dropped_and_duplicated_at_their_rates_reproducibly() {
+    let started = Instant::now();
+    let n = 200;
+    let (per, events) = tokio::time::timeout(Duration::from_secs(30), captures_under_faults(3, n))
+        .await
+        .expect("bounded in time");
+    let dropped = per.iter().filter(|&&k| k == 0).count();
+    let twice = per.iter().filter(|&&k| k == 2).count();
+    assert!(per.iter().all(|&k| k <= 2));
+    eprintln!("dropped {dropped}, duplicated {twice} of {n}; events {events}");
+    assert_eq!(events["payonic.notifications.dropped"], dropped as u64);
+    assert_eq!(events["payonic.notifications.duplicated"], twice as u64);
+    // 20 % dropped; 20 % of the rest duplicated (16 % of all).
+    assert!((25..=55).contains(&dropped), "dropped {dropped} of {n}");
+    assert!((18..=48).contains(&twice), "duplicated {twice} of {n}");
+    assert!(events["payonic.notifications.delayed"].as_u64().unwrap() > 0);
+
+    let (again, _) = captures_under_faults(3, n).await;
+    assert_eq!(per, again, "the same seed, the same faults");
+    let (other, _) = captures_under_faults(4, n).await;
+    assert_ne!(per, other, "another seed, other faults");
+    eprintln!("three runs of {n} in {:?}", started.elapsed());
+}
