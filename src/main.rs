@@ -588,6 +588,7 @@ fn sandbox(
     };
     runtime.block_on(async move {
         let paysend = cfg.paysend.clone();
+        let payonic = cfg.payonic.clone();
         let sb = match Sandbox::start(cfg, listen).await {
             Ok(s) => s,
             Err(e) => {
@@ -600,6 +601,8 @@ fn sandbox(
         println!("  partner_id:   {}", paysend.partner_id);
         println!("  inbound_key:  {}", paysend.inbound_key);
         println!("  outbound_key: {}", paysend.outbound_key);
+        println!("payonic: {}", sb.base_url("payonic"));
+        println!("  api_key:      {}", payonic.api_key);
         println!(
             "ledger: http://{0}/__sandbox/ledger  counters: http://{0}/__sandbox/counters  reset: POST http://{0}/__sandbox/reset",
             sb.addr

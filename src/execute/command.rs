@@ -80,6 +80,57 @@ fn retry_selection(flow: &Flow, records: &[&super::store::Record]) -> HashMap<St
 /// The Payonic emulation's test API key (src/sandbox/payonic, `payonic.api_key`).
 const SANDBOX_PAYONIC_KEY: &str = "sandbox-payonic-key";
 
+/// A rehearsal of a Payonic batch needs the payments its items name (refunds, captures, voids
+/// and payouts act on existing payments): each is created in the embedded sandbox, captured,
+/// for ten times the item's amount in the item's currency.
+fn seed_payonic(cfg: &mut crate::sandbox::SandboxConfig, flow: &Flow, items: &[PlannedItem]) {
+    let Some(op) = flow.tasks.first().map(|t| flow.op(&t.op)) else {
+        return;
+    };
+    let Some(var) = op.fields.iter().find(|f| f.in_path).map(|f| f.path.clone()) else {
+        return;
+    };
+    let mut seen = std::collections::HashSet::new();
+    for it in items {
+        let Some(v) = it
+            .payload
+            .first()
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok())
+        else {
+            continue;
+        };
+        let Some(id) = v.get(&var).and_then(|x| x.as_str()).map(String::from) else {
+            continue;
+        };
+        let amount = v
+            .get("amount")
+            .and_then(|a| a.to_string().parse::<u64>().ok())
+            .unwrap_or(100_000);
+        let currency = it
+            .money
+            .first()
+            .map(|(_, c)| c.clone())
+            .unwrap_or_else(|| "EUR".into());
+        if seen.insert(id.clone()) {
+            cfg.payonic
+                .payments
+                .push(crate::sandbox::config::PayonicPayment {
+                    paymentid: id,
+                    merchantpaymentid: None,
+                    amount: amount.saturating_mul(10).max(1),
+                    currency,
+                    state: crate::sandbox::config::SeedState::Captured,
+                    reference: String::new(),
+                    customer: Default::default(),
+                });
+        }
+    }
+    eprintln!(
+        "sandbox: created the {} payments the batch refers to",
+        cfg.payonic.payments.len()
+    );
+}
+
 /// Paysend's timings as its document gives them (L633, L659-667), and this runner's polling;
 /// `scale` > 1 for a sandbox whose provider time runs that much faster.
 fn timings(scale: f64) -> Timings {
@@ -540,6 +591,9 @@ fn execute(
                     Some(format!("http://{addr}{}", crate::providers::paysend::WEBHOOK_PATH));
                 callback = Some(format!("http://{addr}"));
                 listen = Some(addr);
+            }
+            if flow.provider.name == "payonic" {
+                seed_payonic(&mut cfg, flow, items);
             }
             let credentials: crate::providers::Credentials = [
                 ("partner_id", cfg.paysend.partner_id.clone()),

@@ -68,6 +68,7 @@ pub struct SandboxSpec {
     seed: u64,
     faults: Vec<String>,
     paysend: Vec<String>,
+    payonic: Vec<String>,
 }
 
 /// A sandbox to start: seed 5, provider time 1000× faster, no faults.
@@ -76,6 +77,7 @@ pub fn sandbox() -> SandboxSpec {
         seed: 5,
         faults: Vec::new(),
         paysend: Vec::new(),
+        payonic: Vec::new(),
     }
 }
 
@@ -97,6 +99,12 @@ impl SandboxSpec {
         self
     }
 
+    /// A line of the sandbox config's `payonic:` section, e.g. `notify_delay_max: 1m`.
+    pub fn payonic(mut self, line: &str) -> Self {
+        self.payonic.push(line.to_string());
+        self
+    }
+
     /// Expanded webhooks to payrun's listener on `port` (signed with the outbound key).
     pub fn webhooks_to(self, port: u16) -> Self {
         self.paysend(&format!(
@@ -109,6 +117,10 @@ impl SandboxSpec {
         let config = config_dir.path().join("sandbox.yaml");
         let mut text = String::from("paysend:\n");
         for l in &self.paysend {
+            text.push_str(&format!("  {l}\n"));
+        }
+        text.push_str("payonic:\n");
+        for l in &self.payonic {
             text.push_str(&format!("  {l}\n"));
         }
         std::fs::write(&config, text).unwrap();
@@ -150,6 +162,7 @@ impl SandboxSpec {
             partner: said["partner_id"].clone(),
             inbound_key: said["inbound_key"].clone(),
             outbound_key: said["outbound_key"].clone(),
+            payonic_key: said.get("api_key").cloned().unwrap_or_default(),
             _child: child,
             _config: config_dir,
         }
@@ -164,6 +177,8 @@ pub struct Sandbox {
     pub partner: String,
     pub inbound_key: String,
     pub outbound_key: String,
+    /// The Payonic emulation's API key (its base is `<root>/payonic`).
+    pub payonic_key: String,
     _child: Killed,
     _config: tempfile::TempDir,
 }

@@ -1,0 +1,245 @@
+//! `payrun run` driving Payonic's async request → notification flow against a `payrun sandbox`
+//! process: refunds accepted now and completed by a notification later, or never (settled
+//! through the Payment API); forged notifications rejected; `kill -9` while waiting, then
+//! `resume`; the sandbox's ledger as judge.
+
+mod support;
+
+use serde_json::Value;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::run::*;
+
+/// A refund batch of `n` items against generated captured payments `rf00000001…`, with
+/// payrun's listener on `port`.
+fn refunds(dir: &std::path::Path, sb: &Sandbox, n: usize, port: u16) {
+    let mut csv = String::from("payment,amount,currency\n");
+    for i in 1..=n {
+        csv.push_str(&format!("rf{i:08},{}.{:02},DKK\n", 10 + i % 50, i % 100));
+    }
+    std::fs::write(dir.join("refunds.csv"), csv).unwrap();
+    std::fs::write(
+        dir.join("manifest.yaml"),
+        format!(
+            "batch: refunds-test\nprovider: payonic\nenvironment: {}/payonic\ncredentials:\n  api_key: PAYONIC_API_KEY\nitems:\n  source: refunds.csv\n  columns: {{id: payment, paymentid: payment, amount: amount, currency: currency}}\npreflight:\n  - id: health\n    op: health\nflow:\n  - op: refund\n    payload:\n      paymentid: ${{item.paymentid}}\n      amount: ${{item.amount}}\n      currency: ${{item.currency}}\nnotifications:\n  listen: 127.0.0.1:{port}\n  public_url: http://127.0.0.1:{port}\nlimits: {{requests_per_second: 200, burst: 50, concurrency: 8}}\n",
+            sb.root
+        ),
+    )
+    .unwrap();
+}
+
+fn payrun(dir: &std::path::Path, sb: &Sandbox, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_payrun"));
+    cmd.current_dir(dir)
+        .args(args)
+        .env("PAYONIC_API_KEY", &sb.payonic_key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// POSTs JSON to payrun's listener; the HTTP status.
+fn post(port: u16, path: &str, body: &Value) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let body = body.to_string();
+    write!(
+        c,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).ok()?;
+    answer.split(' ').nth(1)?.parse().ok()
+}
+
+const RUN: [&str; 7] = [
+    "run",
+    "manifest.yaml",
+    "--yes",
+    "--state-dir",
+    "state",
+    "--time-scale",
+    "1000",
+];
+const RESUME: [&str; 6] = [
+    "resume",
+    "refunds-test",
+    "--state-dir",
+    "state",
+    "--time-scale",
+    "1000",
+];
+
+fn report(dir: &std::path::Path, sb: &Sandbox) -> Vec<csv::StringRecord> {
+    let out = payrun(dir, sb, &["report", "refunds-test", "--state-dir", "state"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    csv::Reader::from_reader(out.stdout.as_slice())
+        .records()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Every item refunded once: one ledger row per payment, none twice.
+fn each_refunded_once(sb: &Sandbox, n: usize) {
+    let ledger = sb.ledger();
+    let mut by_payment: std::collections::HashMap<String, usize> = Default::default();
+    for row in &ledger.0 {
+        if row["provider"] == "payonic" {
+            let key = row["key"].as_str().unwrap_or("");
+            let payment = key.split('/').next().unwrap_or("").to_string();
+            *by_payment.entry(payment).or_default() += 1;
+        }
+    }
+    // The generated payments were captured when the sandbox started (no ledger rows): every
+    // row is a refund.
+    assert_eq!(by_payment.len(), n, "refunded payments: {by_payment:?}");
+    assert!(
+        by_payment.values().all(|&c| c == 1),
+        "a payment refunded twice: {by_payment:?}"
+    );
+}
+
+fn sandbox_with_payments(n: usize, faults: &[&str], delay: &str) -> Sandbox {
+    let mut spec = sandbox()
+        .payonic(&format!(
+            "generate: {{prefix: rf, count: {n}, amount: 100000, currency: DKK, state: captured}}"
+        ))
+        .payonic(&format!("notify_delay_min: {delay}"))
+        .payonic(&format!("notify_delay_max: {delay}"));
+    for f in faults {
+        spec = spec.fault(f);
+    }
+    spec.start()
+}
+
+#[test]
+fn refunds_are_completed_by_their_notifications_and_each_refunded_once() {
+    let sb = sandbox_with_payments(40, &[], "5m");
+    let dir = tempfile::tempdir().unwrap();
+    refunds(dir.path(), &sb, 40, free_port());
+    let out = payrun(dir.path(), &sb, &RUN).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = report(dir.path(), &sb);
+    assert_eq!(rows.len(), 40);
+    assert!(rows.iter().all(|r| &r[2] == "paid"), "{rows:?}");
+    each_refunded_once(&sb, 40);
+}
+
+#[test]
+fn refunds_whose_notifications_never_come_are_settled_through_the_payment_api() {
+    // Every notification is dropped: only the Payment API (whose answer is itself a
+    // notification, dropped at the same rate) can tell; half of those get through.
+    let sb = sandbox_with_payments(20, &["webhook_drop_rate=0.5"], "500ms");
+    let dir = tempfile::tempdir().unwrap();
+    refunds(dir.path(), &sb, 20, free_port());
+    let out = payrun(dir.path(), &sb, &RUN).output().unwrap();
+    let rows = report(dir.path(), &sb);
+    let paid = rows.iter().filter(|r| &r[2] == "paid").count();
+    let review = rows.iter().filter(|r| &r[2] == "needs_review").count();
+    assert_eq!(
+        paid + review,
+        20,
+        "nothing silently failed: {rows:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(paid >= 15, "most settled through the Payment API: {paid}");
+    each_refunded_once(&sb, 20);
+    let lookups = sb.requests("GET /payonic/api/{paymentid}/payment 200");
+    assert!(lookups > 0, "the Payment API was asked: {}", sb.counters());
+}
+
+#[test]
+fn forged_notifications_are_rejected_and_change_nothing() {
+    let port = free_port();
+    // Slow notifications (30 provider minutes, 1.8 s here): the run waits while the forgeries
+    // arrive.
+    let sb = sandbox_with_payments(5, &[], "30m");
+    let dir = tempfile::tempdir().unwrap();
+    refunds(dir.path(), &sb, 5, port);
+    let mut run = Killed(payrun(dir.path(), &sb, &RUN).spawn().unwrap());
+    let forged = serde_json::json!({"responseid": "0000", "paymentid": "rf00000001", "responsecode": "51", "status": "declined"});
+    let listening = eventually(Duration::from_secs(10), || {
+        post(port, "/payonic/notify/not-the-token", &forged) == Some(404)
+    });
+    assert!(
+        listening,
+        "a notification without the batch's token is refused"
+    );
+    // With the right token (derived from the API key and the batch), a responseid no item
+    // waits for is taken by the listener and then rejected by the runner.
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"payrun/notify-token/v1\x1frefunds-test\x1f")
+        .chain_update(sb.payonic_key.as_bytes())
+        .finalize();
+    let token: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        post(port, &format!("/payonic/notify/{token}"), &forged),
+        Some(200)
+    );
+    let status = run.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let rows = report(dir.path(), &sb);
+    assert!(
+        rows.iter().all(|r| &r[2] == "paid"),
+        "the forged decline changed nothing: {rows:?}"
+    );
+    each_refunded_once(&sb, 5);
+}
+
+#[test]
+fn a_run_killed_while_waiting_for_notifications_resumes_and_refunds_each_payment_once() {
+    let port = free_port();
+    // Notifications an hour of provider time (3.6 s here) after each request.
+    let sb = sandbox_with_payments(30, &[], "1h");
+    let dir = tempfile::tempdir().unwrap();
+    refunds(dir.path(), &sb, 30, port);
+    let run = Killed(payrun(dir.path(), &sb, &RUN).spawn().unwrap());
+    let status = |dir: &std::path::Path| -> Option<Value> {
+        let out = payrun(
+            dir,
+            &sb,
+            &[
+                "status",
+                "refunds-test",
+                "--state-dir",
+                "state",
+                "--format",
+                "json",
+            ],
+        )
+        .output()
+        .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let waiting = eventually(Duration::from_secs(15), || {
+        status(dir.path()).is_some_and(|s| s["states"]["submitted"] == 30)
+    });
+    assert!(
+        waiting,
+        "all 30 accepted and waiting: {:?}",
+        status(dir.path())
+    );
+    drop(run); // kill -9
+    // The notifications come while payrun is down: lost. Resume asks the Payment API.
+    let out = payrun(dir.path(), &sb, &RESUME).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = report(dir.path(), &sb);
+    assert!(rows.iter().all(|r| &r[2] == "paid"), "{rows:?}");
+    each_refunded_once(&sb, 30);
+}
