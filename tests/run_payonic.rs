@@ -84,8 +84,8 @@ fn report(dir: &std::path::Path, sb: &Sandbox) -> Vec<csv::StringRecord> {
         .collect()
 }
 
-/// Every item refunded once: one ledger row per payment, none twice.
-fn each_refunded_once(sb: &Sandbox, n: usize) {
+/// Every item paid (refunded or paid out) once: one ledger row per payment, none twice.
+fn each_paid_once(sb: &Sandbox, n: usize) {
     let ledger = sb.ledger();
     let mut by_payment: std::collections::HashMap<String, usize> = Default::default();
     for row in &ledger.0 {
@@ -118,7 +118,7 @@ fn sandbox_with_payments(n: usize, faults: &[&str], delay: &str) -> Sandbox {
 }
 
 #[test]
-fn refunds_are_completed_by_their_notifications_and_each_refunded_once() {
+fn refunds_are_completed_by_their_notifications_and_each_paid_once() {
     let sb = sandbox_with_payments(40, &[], "5m");
     let dir = tempfile::tempdir().unwrap();
     refunds(dir.path(), &sb, 40, free_port());
@@ -132,7 +132,7 @@ fn refunds_are_completed_by_their_notifications_and_each_refunded_once() {
     let rows = report(dir.path(), &sb);
     assert_eq!(rows.len(), 40);
     assert!(rows.iter().all(|r| &r[2] == "paid"), "{rows:?}");
-    each_refunded_once(&sb, 40);
+    each_paid_once(&sb, 40);
 }
 
 #[test]
@@ -153,7 +153,7 @@ fn refunds_whose_notifications_never_come_are_settled_through_the_payment_api() 
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(paid >= 15, "most settled through the Payment API: {paid}");
-    each_refunded_once(&sb, 20);
+    each_paid_once(&sb, 20);
     let lookups = sb.requests("GET /payonic/api/{paymentid}/payment 200");
     assert!(lookups > 0, "the Payment API was asked: {}", sb.counters());
 }
@@ -194,7 +194,7 @@ fn forged_notifications_are_rejected_and_change_nothing() {
         rows.iter().all(|r| &r[2] == "paid"),
         "the forged decline changed nothing: {rows:?}"
     );
-    each_refunded_once(&sb, 5);
+    each_paid_once(&sb, 5);
 }
 
 #[test]
@@ -241,5 +241,52 @@ fn a_run_killed_while_waiting_for_notifications_resumes_and_refunds_each_payment
     );
     let rows = report(dir.path(), &sb);
     assert!(rows.iter().all(|r| &r[2] == "paid"), "{rows:?}");
-    each_refunded_once(&sb, 30);
+    each_paid_once(&sb, 30);
+}
+
+/// A payout batch of `n` items against generated payments `rf00000001…`.
+fn payouts(dir: &std::path::Path, sb: &Sandbox, n: usize, port: u16) {
+    let mut csv = String::from("player,paymentid,amount,currency,email\n");
+    for i in 1..=n {
+        csv.push_str(&format!(
+            "P{i:04},rf{i:08},{}.{:02},DKK,p{i}@example.com\n",
+            20 + i % 30,
+            i % 100
+        ));
+    }
+    std::fs::write(dir.join("payouts.csv"), csv).unwrap();
+    std::fs::write(
+        dir.join("manifest.yaml"),
+        format!(
+            "batch: refunds-test\nprovider: payonic\nenvironment: {}/payonic\ncredentials:\n  api_key: PAYONIC_API_KEY\nitems:\n  source: payouts.csv\n  columns: {{id: player, paymentid: paymentid, amount: amount, currency: currency, email: email}}\nflow:\n  - op: payout\n    payload:\n      paymentid: ${{item.paymentid}}\n      amount: ${{item.amount}}\n      currency: ${{item.currency}}\n      email: ${{item.email}}\nnotifications:\n  listen: 127.0.0.1:{port}\n  public_url: http://127.0.0.1:{port}\nlimits: {{requests_per_second: 200, burst: 50, concurrency: 8}}\n{}",
+            sb.root,
+            "retry: {initial_interval: 20ms, max_interval: 200ms, max_attempts: 30}\n"
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn payouts_whose_answers_were_lost_after_paying_are_found_by_their_note_not_paid_twice() {
+    // A third of the payouts are made and their answers dropped; Payonic has no idempotency
+    // key for payouts, so only the Payment API lookup (by the key in `note`) prevents a second
+    // payout.
+    let sb = sandbox_with_payments(30, &["drop_after_commit_rate=0.3"], "1m");
+    let dir = tempfile::tempdir().unwrap();
+    payouts(dir.path(), &sb, 30, free_port());
+    let out = payrun(dir.path(), &sb, &RUN).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = report(dir.path(), &sb);
+    assert!(rows.iter().all(|r| &r[2] == "paid"), "{rows:?}");
+    each_paid_once(&sb, 30);
+    let c = sb.counters();
+    assert!(
+        c["dropped_after_commit"].as_u64().unwrap_or(0) > 0,
+        "answers were lost: {c}"
+    );
 }
