@@ -290,3 +290,32 @@ fn payouts_whose_answers_were_lost_after_paying_are_found_by_their_note_not_paid
         "answers were lost: {c}"
     );
 }
+
+#[test]
+fn a_run_killed_between_a_refund_being_taken_and_its_responseid_being_recorded_resumes_without_refunding_twice()
+ {
+    for n in [1, 7] {
+        let sb = sandbox_with_payments(12, &[], "10m");
+        let dir = tempfile::tempdir().unwrap();
+        refunds(dir.path(), &sb, 12, free_port());
+        let out = payrun(dir.path(), &sb, &RUN)
+            .env("PAYRUN_CRASH_AT", format!("after-send:{n}"))
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(9), "killed at after-send:{n}");
+        let out = payrun(dir.path(), &sb, &RESUME).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows = report(dir.path(), &sb);
+        assert!(
+            rows.iter().all(|r| &r[2] == "paid"),
+            "after-send:{n}: {rows:?}"
+        );
+        each_paid_once(&sb, 12);
+    }
+}
