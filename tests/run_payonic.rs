@@ -319,3 +319,37 @@ fn a_run_killed_between_a_refund_being_taken_and_its_responseid_being_recorded_r
         each_paid_once(&sb, 12);
     }
 }
+
+#[test]
+fn a_reconciliation_batch_reads_each_payment_through_the_payment_api() {
+    let port = free_port();
+    let sb = sandbox_with_payments(10, &[], "1m");
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("payment\n");
+    for i in 1..=10 {
+        csv.push_str(&format!("rf{i:08}\n"));
+    }
+    std::fs::write(dir.path().join("payments.csv"), csv).unwrap();
+    std::fs::write(
+        dir.path().join("manifest.yaml"),
+        format!(
+            "batch: refunds-test\nprovider: payonic\nenvironment: {}/payonic\ncredentials:\n  api_key: PAYONIC_API_KEY\nitems:\n  source: payments.csv\n  columns: {{id: payment, paymentid: payment}}\nflow:\n  - op: payment\n    payload:\n      paymentid: ${{item.paymentid}}\nnotifications:\n  listen: 127.0.0.1:{port}\n  public_url: http://127.0.0.1:{port}\n",
+            sb.root
+        ),
+    )
+    .unwrap();
+    let out = payrun(dir.path(), &sb, &RUN).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = report(dir.path(), &sb);
+    assert_eq!(rows.len(), 10);
+    assert!(
+        rows.iter().all(|r| &r[2] == "paid" && &r[3] == &r[0]),
+        "{rows:?}"
+    );
+    assert!(sb.ledger().is_empty(), "reading moves no money");
+}

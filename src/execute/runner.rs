@@ -916,8 +916,29 @@ pub async fn run(
                 // A lookup's answer about a subject: the items it lists, and the items in doubt
                 // that asked about it and are not listed (never processed: sent again with the
                 // same key).
-                Outcome::Notice(Notice::Subject { subjects, found }) => {
+                Outcome::Notice(Notice::Subject {
+                    subjects,
+                    found,
+                    answered,
+                }) => {
                     let mut listed = HashSet::new();
+                    // An item whose own request was this lookup (a reconciliation batch).
+                    if let Some((rid, verdict)) = &answered {
+                        for s in &subjects {
+                            let reference = format!("{rid}@{s}");
+                            for i in book.groups.get(&reference).cloned().unwrap_or_default() {
+                                if matches!(&book.recs[i].state, State::Submitted { reference: r, .. } if *r == reference)
+                                {
+                                    listed.insert(i);
+                                    let event = Event::Observed {
+                                        verdict: verdict.clone(),
+                                        now,
+                                    };
+                                    book.apply(i, event, policy, timings, adapter);
+                                }
+                            }
+                        }
+                    }
                     for (key, verdict) in found {
                         if let Some(&i) = by_key.get(&key.replace('-', "")) {
                             listed.insert(i);

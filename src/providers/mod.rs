@@ -77,6 +77,9 @@ pub enum Notice {
     Subject {
         subjects: Vec<String>,
         found: Vec<(String, Verdict)>,
+        /// The answer's own request (`<responseid>`), and what it says about the subject
+        /// itself: the outcome of an item whose request *was* this lookup (a reconciliation).
+        answered: Option<(String, Verdict)>,
     },
     /// Authentic but of no interest.
     Ignored,

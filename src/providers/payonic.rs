@@ -427,9 +427,28 @@ impl Adapter for Payonic {
                     Some((note, verdict))
                 })
                 .collect();
+            // A reconciliation item's own answer: the payment as Payonic has it.
+            let answered = text(&v, "responseid").map(|rid| {
+                let mut about = BTreeMap::new();
+                for (k, name) in [
+                    ("paymentid", "paymentId"),
+                    ("merchantpaymentid", "merchantpaymentid"),
+                    ("balance", "balance"),
+                    ("amount", "amount"),
+                    ("currency", "currency"),
+                ] {
+                    if let Some(s) = text(&v, k) {
+                        about.insert(name.to_string(), s);
+                    }
+                }
+                about.insert("operations".into(), ops.len().to_string());
+                about.insert("responseid".into(), rid.clone());
+                (rid, Verdict::Succeeded { ids: about })
+            });
             return Notice::Subject {
                 subjects: ids,
                 found,
+                answered,
             };
         }
         // An operation's outcome (L86-95, L124-131, L164-171, L204-211).
@@ -563,7 +582,9 @@ mod tests {
             None,
             &serde_json::to_vec(&body).unwrap(),
         ) {
-            Notice::Subject { subjects, found } => {
+            Notice::Subject {
+                subjects, found, ..
+            } => {
                 assert_eq!(subjects, ["abc123", "m1"]);
                 assert_eq!(
                     found,
