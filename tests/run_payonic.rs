@@ -55,6 +55,18 @@ fn post(port: u16, path: &str, body: &Value) -> Option<u16> {
     answer.split(' ').nth(1)?.parse().ok()
 }
 
+/// Runs `cmd` and insists on exit 0 (showing its stderr otherwise).
+fn succeeds(mut cmd: Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 const RUN: [&str; 7] = [
     "run",
     "manifest.yaml",
@@ -122,13 +134,7 @@ fn refunds_are_completed_by_their_notifications_and_each_paid_once() {
     let sb = sandbox_with_payments(40, &[], "5m");
     let dir = tempfile::tempdir().unwrap();
     refunds(dir.path(), &sb, 40, free_port());
-    let out = payrun(dir.path(), &sb, &RUN).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(payrun(dir.path(), &sb, &RUN));
     let rows = report(dir.path(), &sb);
     assert_eq!(rows.len(), 40);
     assert!(rows.iter().all(|r| &r[2] == "paid"), "{rows:?}");
@@ -232,13 +238,7 @@ fn a_run_killed_while_waiting_for_notifications_resumes_and_refunds_each_payment
     );
     drop(run); // kill -9
     // The notifications come while payrun is down: lost. Resume asks the Payment API.
-    let out = payrun(dir.path(), &sb, &RESUME).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(payrun(dir.path(), &sb, &RESUME));
     let rows = report(dir.path(), &sb);
     assert!(rows.iter().all(|r| &r[2] == "paid"), "{rows:?}");
     each_paid_once(&sb, 30);
@@ -274,13 +274,7 @@ fn payouts_whose_answers_were_lost_after_paying_are_found_by_their_note_not_paid
     let sb = sandbox_with_payments(30, &["drop_after_commit_rate=0.3"], "1m");
     let dir = tempfile::tempdir().unwrap();
     payouts(dir.path(), &sb, 30, free_port());
-    let out = payrun(dir.path(), &sb, &RUN).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(payrun(dir.path(), &sb, &RUN));
     let rows = report(dir.path(), &sb);
     assert!(rows.iter().all(|r| &r[2] == "paid"), "{rows:?}");
     each_paid_once(&sb, 30);
@@ -304,13 +298,7 @@ fn a_run_killed_between_a_refund_being_taken_and_its_responseid_being_recorded_r
             .unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(out.status.signal(), Some(9), "killed at after-send:{n}");
-        let out = payrun(dir.path(), &sb, &RESUME).output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeds(payrun(dir.path(), &sb, &RESUME));
         let rows = report(dir.path(), &sb);
         assert!(
             rows.iter().all(|r| &r[2] == "paid"),
@@ -338,13 +326,7 @@ fn a_reconciliation_batch_reads_each_payment_through_the_payment_api() {
         ),
     )
     .unwrap();
-    let out = payrun(dir.path(), &sb, &RUN).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(payrun(dir.path(), &sb, &RUN));
     let rows = report(dir.path(), &sb);
     assert_eq!(rows.len(), 10);
     assert!(
