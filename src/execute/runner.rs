@@ -71,8 +71,8 @@ pub fn rfc3339(ms: Millis) -> String {
 enum Outcome {
     Sent(Vec<(usize, Verdict)>),
     Observed(Vec<(usize, Verdict)>),
-    /// A verified notification.
-    Notice(Notice),
+    /// A verified notification, and who waits to answer it until its effect is durable.
+    Notice(Notice, tokio::sync::oneshot::Sender<()>),
     /// `payrun report` (another process) asks for the records as they are now.
     Records(tokio::sync::oneshot::Sender<Vec<Record>>),
 }
@@ -100,9 +100,18 @@ async fn listen(
                                 .unwrap_or(axum::http::StatusCode::BAD_REQUEST)
                         }
                         Notice::Ignored => axum::http::StatusCode::OK,
+                        // Answered 200 only once what it says is committed: a crash before that
+                        // leaves the provider without an acknowledgement (and the item to be
+                        // looked up), never with one for a notification payrun lost.
                         n => {
-                            let _ = tx.send(Outcome::Notice(n));
-                            axum::http::StatusCode::OK
+                            let (ack, durable) = tokio::sync::oneshot::channel();
+                            if tx.send(Outcome::Notice(n, ack)).is_err() {
+                                return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                            }
+                            match tokio::time::timeout(Duration::from_secs(30), durable).await {
+                                Ok(Ok(())) => axum::http::StatusCode::OK,
+                                _ => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            }
                         }
                     }
                 }
@@ -847,6 +856,8 @@ pub async fn run(
             msgs.push(m);
         }
         let now = now_ms();
+        // Notifications acknowledged once this round is committed.
+        let mut acks = Vec::new();
         for m in msgs {
             let (list, sent) = match m {
                 Outcome::Sent(l) => {
@@ -856,7 +867,8 @@ pub async fn run(
                 Outcome::Observed(l) => (l, false),
                 // A notification is one more observation; duplicates and stale ones are absorbed
                 // by the state machine.
-                Outcome::Notice(Notice::Item { key, verdict }) => {
+                Outcome::Notice(Notice::Item { key, verdict }, ack) => {
+                    acks.push(ack);
                     match by_key.get(&key.replace('-', "")) {
                         Some(&i) => {
                             tracing::debug!(item = %book.recs[i].id, ?verdict, "notification");
@@ -873,7 +885,8 @@ pub async fn run(
                     continue;
                 }
                 // Ask about that submission's items now instead of at their next poll.
-                Outcome::Notice(Notice::Group(group)) => {
+                Outcome::Notice(Notice::Group(group), ack) => {
+                    acks.push(ack);
                     for i in book.groups.get(&group).cloned().unwrap_or_default() {
                         if let State::Submitted { reference, .. } = &book.recs[i].state
                             && adapter.reference_group(reference).0 == group
@@ -886,10 +899,14 @@ pub async fn run(
                 }
                 // The outcome of an accepted request: only an item waiting for exactly that
                 // reference takes it; anything else is rejected (notifications may be unsigned).
-                Outcome::Notice(Notice::Reference {
-                    candidates,
-                    verdict,
-                }) => {
+                Outcome::Notice(
+                    Notice::Reference {
+                        candidates,
+                        verdict,
+                    },
+                    ack,
+                ) => {
+                    acks.push(ack);
                     let mut taken = false;
                     for c in &candidates {
                         for i in book.groups.get(c).cloned().unwrap_or_default() {
@@ -916,11 +933,15 @@ pub async fn run(
                 // A lookup's answer about a subject: the items it lists, and the items in doubt
                 // that asked about it and are not listed (never processed: sent again with the
                 // same key).
-                Outcome::Notice(Notice::Subject {
-                    subjects,
-                    found,
-                    answered,
-                }) => {
+                Outcome::Notice(
+                    Notice::Subject {
+                        subjects,
+                        found,
+                        answered,
+                    },
+                    ack,
+                ) => {
+                    acks.push(ack);
                     let mut listed = HashSet::new();
                     // An item whose own request was this lookup (a reconciliation batch).
                     if let Some((rid, verdict)) = &answered {
@@ -969,7 +990,10 @@ pub async fn run(
                     }
                     continue;
                 }
-                Outcome::Notice(_) => continue,
+                Outcome::Notice(_, ack) => {
+                    acks.push(ack);
+                    continue;
+                }
                 Outcome::Records(reply) => {
                     let _ = reply.send(book.recs.clone());
                     continue;
@@ -988,6 +1012,9 @@ pub async fn run(
         }
         progress.update(&book.recs, &book.changed, book.in_flight.len());
         book.commit(store)?;
+        for ack in acks {
+            let _ = ack.send(());
+        }
         // While this process holds the store, others read the batch's status from here.
         // At most every 300 ms, and never more than ~5% of the loop's time on a large batch.
         if last_snapshot.elapsed() > snapshot_every {
