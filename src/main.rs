@@ -88,7 +88,8 @@ enum Command {
     },
     /// Execute a batch: every item paid exactly once, checkpointed so a stopped run resumes.
     ///
-    /// Validates first (nothing is sent for an invalid batch), shows the totals and asks for
+    /// Paysend and Payonic batches so far. Validates first (nothing is sent for an invalid
+    /// batch), shows the totals and asks for
     /// confirmation (--yes to skip; required without a terminal). A batch that was started
     /// before continues where it stopped. Exit codes: 0 every item paid; 1 invalid batch or
     /// stale plan; 2 usage or I/O error; 4 the run ended with items (or delayed steps) failed
@@ -204,7 +205,8 @@ enum Command {
         )]
         state_dir: PathBuf,
     },
-    /// Run the provider sandbox: Paysend emulated as its documents describe, with faults.
+    /// Run the provider sandbox: Paysend and Payonic emulated as their documents describe,
+    /// with faults.
     ///
     /// Prints the base URLs and the test credentials it accepts, then serves until Ctrl-C.
     /// Sandbox-only endpoints: GET /__sandbox/ledger, GET /__sandbox/counters,
