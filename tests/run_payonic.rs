@@ -330,7 +330,7 @@ fn a_reconciliation_batch_reads_each_payment_through_the_payment_api() {
     let rows = report(dir.path(), &sb);
     assert_eq!(rows.len(), 10);
     assert!(
-        rows.iter().all(|r| &r[2] == "paid" && r[3] == r[0]),
+        rows.iter().all(|r| &r[2] == "done" && r[3] == r[0]),
         "{rows:?}"
     );
     assert!(sb.ledger().is_empty(), "reading moves no money");

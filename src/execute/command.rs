@@ -1028,11 +1028,14 @@ pub fn list(state_dir: &Path, json: bool) -> u8 {
     }
     println!(
         "{:<32} {:>8} {:>8} {:>8} {:>8} {:>8}  RUNNER",
-        "BATCH", "ITEMS", "PAID", "FAILED", "REVIEW", "OPEN"
+        "BATCH", "ITEMS", "DONE", "FAILED", "REVIEW", "OPEN"
     );
     for v in views {
         let n = |k: &str| v.states.get(k).copied().unwrap_or(0);
-        let open = v.items - n("paid") - n("failed") - n("needs_review");
+        let done = n("paid") + n("done");
+        let open = v
+            .items
+            .saturating_sub(done + n("failed") + n("needs_review"));
         let runner = v
             .running
             .map(|h| format!("pid {} on {}", h.pid, h.host))
@@ -1041,7 +1044,7 @@ pub fn list(state_dir: &Path, json: bool) -> u8 {
             "{:<32} {:>8} {:>8} {:>8} {:>8} {:>8}  {runner}",
             v.batch,
             v.items,
-            n("paid"),
+            done,
             n("failed"),
             n("needs_review"),
             open

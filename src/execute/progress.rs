@@ -102,8 +102,9 @@ impl Progress {
             }
             let line = match &r.state {
                 State::Succeeded { ids, .. } => Some(format!(
-                    "{} paid{}",
+                    "{} {}{}",
                     r.id,
+                    super::status::item_state_name(r),
                     ids.get("paymentId")
                         .map(|p| format!(" (paymentId {p})"))
                         .unwrap_or_default()

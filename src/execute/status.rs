@@ -76,6 +76,15 @@ pub fn state_name(s: &State) -> &'static str {
     }
 }
 
+/// An item's state: one that pays nothing (no payout in its flow, e.g. a reconciliation or a
+/// capture) and succeeded is `done`, not `paid`.
+pub fn item_state_name(r: &Record) -> &'static str {
+    match &r.state {
+        State::Succeeded { .. } if r.money.is_empty() => "done",
+        s => state_name(s),
+    }
+}
+
 /// A delayed step's state: a step that got its answer is `done`, not `paid` (most steps pay
 /// nothing).
 pub fn step_state_name(s: &State) -> &'static str {
@@ -115,7 +124,7 @@ pub fn view(batch: &str, records: &[Record], running: Option<Holder>) -> StatusV
             }
             None => {
                 items += 1;
-                *states.entry(state_name(&r.state).to_string()).or_insert(0) += 1;
+                *states.entry(item_state_name(r).to_string()).or_insert(0) += 1;
                 r.id.clone()
             }
         };
@@ -307,7 +316,7 @@ pub fn report_csv(records: &[Record]) -> Vec<u8> {
         let row = [
             r.id.clone(),
             r.line.to_string(),
-            state_name(&r.state).to_string(),
+            item_state_name(r).to_string(),
             get("paymentId"),
             get("globalId"),
             code.to_string(),
