@@ -162,6 +162,8 @@ pub struct Notifications {
     pub mode: NotificationMode,
     pub listen: Option<String>,
     pub public_url: Option<String>,
+    pub deadline: Option<Duration>,
+    pub lookups: Option<u32>,
 }
 
 mod humantime_serde_compat {
@@ -514,10 +516,27 @@ fn check(
             "write the full URL, e.g. https://payroll.example.com/payrun",
         );
     }
+    let deadline = n.deadline.as_ref().map(|_| {
+        c.duration(
+            &[key("notifications"), key("deadline")],
+            &n.deadline,
+            Duration::ZERO,
+        )
+    });
+    if n.lookups == Some(0) {
+        c.error(
+            &[key("notifications"), key("lookups")],
+            "manifest.notifications",
+            "lookups must be at least 1",
+            "how many times payrun asks before a person looks, e.g. 5",
+        );
+    }
     let notifications = Notifications {
         mode,
         listen: n.listen.clone(),
         public_url: n.public_url.clone(),
+        deadline,
+        lookups: n.lookups,
     };
     let signature = match raw
         .signature

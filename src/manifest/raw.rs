@@ -118,4 +118,10 @@ pub struct RawNotifications {
     pub mode: Option<NotificationMode>,
     pub listen: Option<String>,
     pub public_url: Option<String>,
+    /// How long an accepted request's notification is awaited before payrun asks (provider
+    /// time); default: the provider's own.
+    pub deadline: Option<String>,
+    /// How many times payrun asks about an accepted request whose notification never came
+    /// before a person is asked to look; default: the provider's own.
+    pub lookups: Option<u32>,
 }

@@ -313,16 +313,23 @@ impl Adapter for Payonic {
         self.paymentid(payload)
     }
 
-    /// Payonic documents no propagation delay or answer time: a notification is awaited a
-    /// minute (provider time) before the Payment API is asked, at most 5 times, then a person
-    /// looks; an item in doubt is looked up after 5 s.
+    /// Payonic documents no propagation delay or answer time: by default a notification is
+    /// awaited a minute (provider time; `notifications.deadline`) before the Payment API is
+    /// asked, at most 5 times (`notifications.lookups`), then a person looks; an item in doubt
+    /// is looked up after 5 s.
     fn timings(&self, base: Timings) -> Timings {
+        // `base.poll_every` is one second of provider time.
+        let n = &self.flow.manifest.notifications;
+        let deadline = n
+            .deadline
+            .map(|d| base.poll_every.mul_f64(d.as_secs_f64()))
+            .unwrap_or(base.poll_every * 60);
         Timings {
             propagation: base.poll_every * 5,
-            poll_every: base.poll_every * 60,
+            poll_every: deadline.max(std::time::Duration::from_millis(20)),
             review_every: base.review_every,
             max_lookups: 10,
-            max_polls: Some(5),
+            max_polls: Some(n.lookups.unwrap_or(5)),
         }
     }
 
