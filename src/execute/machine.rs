@@ -305,6 +305,21 @@ fn look_again(state: &State, now: Millis, t: &Timings) -> (State, Vec<Effect>) {
     (next, vec![Effect::Lookup, Effect::WakeAt(at)])
 }
 
+/// Accepted by the provider: wait for the outcome, asking again after `poll_every`.
+fn submitted(attempt: u32, reference: String, now: Millis, t: &Timings) -> (State, Vec<Effect>) {
+    let poll_at = plus(now, t.poll_every);
+    (
+        State::Submitted {
+            attempt,
+            reference,
+            since: now,
+            poll_at,
+            polls: 0,
+        },
+        vec![Effect::WakeAt(poll_at)],
+    )
+}
+
 fn send(attempt: u32, now: Millis) -> (State, Vec<Effect>) {
     (
         State::Sending {
@@ -363,19 +378,7 @@ fn after_send(
     t: &Timings,
 ) -> (State, Vec<Effect>) {
     match verdict {
-        Verdict::Accepted { reference } => {
-            let poll_at = plus(now, t.poll_every);
-            (
-                State::Submitted {
-                    attempt,
-                    reference,
-                    since: now,
-                    poll_at,
-                    polls: 0,
-                },
-                vec![Effect::WakeAt(poll_at)],
-            )
-        }
+        Verdict::Accepted { reference } => submitted(attempt, reference, now, t),
         Verdict::Succeeded { ids } => (State::Succeeded { ids, at: now }, vec![]),
         Verdict::Failed { code, description } => (
             State::Failed {
@@ -483,19 +486,7 @@ fn observed(state: &State, verdict: Verdict, now: Millis, t: &Timings) -> (State
                 state.clone(),
                 state.due().map(Effect::WakeAt).into_iter().collect(),
             ),
-            _ => {
-                let poll_at = plus(now, t.poll_every);
-                (
-                    State::Submitted {
-                        attempt,
-                        reference,
-                        since: now,
-                        poll_at,
-                        polls: 0,
-                    },
-                    vec![Effect::WakeAt(poll_at)],
-                )
-            }
+            _ => submitted(attempt, reference, now, t),
         },
         Verdict::Unknown => match state {
             // The provider has no record of the key once it could have one: send again, with

@@ -502,17 +502,20 @@ pub fn tree_verdict(flow: &Flow, tree: &Value, global_id: &str) -> Verdict {
         return task_verdict(Some(r), global_id);
     }
     // No payout ran: still running, or a task before it failed — or the request had none.
-    let root_type = tree.get("type").and_then(Value::as_str).unwrap_or("");
-    let mut roots: Vec<&Task> = flow.tasks.iter().collect();
-    roots.extend(flow.steps().into_iter().map(|s| s.task));
-    let expects_payout = roots.iter().filter(|t| t.op == root_type).any(|t| {
-        let mut all = Vec::new();
-        t.walk_request(&mut all);
-        all.iter()
-            .any(|t| flow.op(&t.op).role == crate::schema::Role::Payout)
-    });
+    // Only asked when the request's first task succeeded and no payout ran.
+    let expects_payout = || {
+        let root_type = tree.get("type").and_then(Value::as_str).unwrap_or("");
+        let mut roots: Vec<&Task> = flow.tasks.iter().collect();
+        roots.extend(flow.steps().into_iter().map(|s| s.task));
+        roots.iter().filter(|t| t.op == root_type).any(|t| {
+            let mut all = Vec::new();
+            t.walk_request(&mut all);
+            all.iter()
+                .any(|t| flow.op(&t.op).role == crate::schema::Role::Payout)
+        })
+    };
     match task_verdict(tree.get("result"), global_id) {
-        Verdict::Succeeded { .. } if expects_payout => Verdict::Failed {
+        Verdict::Succeeded { .. } if expects_payout() => Verdict::Failed {
             code: "not-paid".into(),
             description: "the tree finished without running its payout".into(),
         },
