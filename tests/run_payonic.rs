@@ -158,7 +158,11 @@ fn refunds_whose_notifications_never_come_are_settled_through_the_payment_api() 
         "nothing silently failed: {rows:?}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(paid >= 15, "most settled through the Payment API: {paid}");
+    assert!(
+        paid >= 15,
+        "most settled through the Payment API: {paid}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     each_paid_once(&sb, 20);
     let lookups = sb.requests("GET /payonic/api/{paymentid}/payment 200");
     assert!(lookups > 0, "the Payment API was asked: {}", sb.counters());
@@ -182,23 +186,57 @@ fn forged_notifications_are_rejected_and_change_nothing() {
         "a notification without the batch's token is refused"
     );
     // With the right token (derived from the API key and the batch), a responseid no item
-    // waits for is taken by the listener and then rejected by the runner.
+    // waits for passes the listener and is rejected by the runner.
     use sha2::{Digest, Sha256};
     let digest = Sha256::new()
         .chain_update(b"payrun/notify-token/v1\x1frefunds-test\x1f")
         .chain_update(sb.payonic_key.as_bytes())
         .finalize();
     let token: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(
-        post(port, &format!("/payonic/notify/{token}"), &forged),
-        Some(200)
+    let url = format!("/payonic/notify/{token}");
+    assert_eq!(post(port, &url, &forged), Some(422));
+    // The real responseid of a waiting refund (the report shows it during the run), with an
+    // amount other than the one refunded: a forgery, rejected.
+    let mut waiting = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            waiting = report(dir.path(), &sb)
+                .iter()
+                .find(|r| !r[17].is_empty() && &r[2] != "paid")
+                .map(|r| (r[0].to_string(), r[17].to_string(), r[18].to_string()));
+            waiting.is_some()
+        }),
+        "a refund waits for its notification"
     );
+    let (item, reference, trace) = waiting.unwrap();
+    // An accepted refund: waiting, or under review once its lookups went unanswered.
+    let (rid, payment) = reference.split_once('@').unwrap();
+    assert_eq!(payment, item, "the reference names the refunded payment");
+    assert_eq!(trace.len(), 32, "the TraceApi sent is kept: {trace}");
+    let wrong_amount = serde_json::json!({"responseid": rid, "paymentid": payment, "amount": 1, "responsecode": "51", "status": "declined"});
+    assert_eq!(post(port, &url, &wrong_amount), Some(422));
+    // A Payment API answer to a lookup payrun never made, listing nothing: rejected too (it
+    // could otherwise pass for "never processed" and get the refund sent again).
+    let no_lookup = serde_json::json!({"responseid": "1234", "paymentid": payment, "amount": 2000, "currency": "DKK", "operations": []});
+    assert_eq!(post(port, &url, &no_lookup), Some(422));
+    // The genuine outcome, delivered twice: taken once, the copy recognised by its digest.
+    let genuine = serde_json::json!({"responseid": rid, "paymentid": payment, "responsecode": "00", "authorizationcode": "654321", "status": "approved"});
+    assert_eq!(post(port, &url, &genuine), Some(200));
+    assert_eq!(post(port, &url, &genuine), Some(200));
     let status = run.0.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+    let out = run
+        .0
+        .stdout
+        .take()
+        .map(std::io::read_to_string)
+        .unwrap()
+        .unwrap();
+    assert!(out.contains("1 duplicates, 3 rejected"), "{out}");
     let rows = report(dir.path(), &sb);
     assert!(
         rows.iter().all(|r| &r[2] == "paid"),
-        "the forged decline changed nothing: {rows:?}"
+        "the forged declines changed nothing: {rows:?}"
     );
     each_paid_once(&sb, 5);
 }
@@ -303,6 +341,35 @@ fn a_run_killed_between_a_refund_being_taken_and_its_responseid_being_recorded_r
         assert!(
             rows.iter().all(|r| &r[2] == "paid"),
             "after-send:{n}: {rows:?}"
+        );
+        each_paid_once(&sb, 12);
+    }
+}
+
+#[test]
+fn a_run_killed_after_journaling_notifications_acts_on_them_when_resumed() {
+    {
+        let n = 1;
+        let sb = sandbox_with_payments(12, &[], "10m");
+        let dir = tempfile::tempdir().unwrap();
+        refunds(dir.path(), &sb, 12, free_port());
+        // Killed with notifications durable in the journal, neither acknowledged nor acted on.
+        let out = payrun(dir.path(), &sb, &RUN)
+            .env("PAYRUN_CRASH_AT", format!("after-journal:{n}"))
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(9), "killed at after-journal:{n}");
+        let resumed = succeeds(payrun(dir.path(), &sb, &RESUME));
+        let said = String::from_utf8_lossy(&resumed.stdout);
+        assert!(
+            said.contains("journaled before the stop taken now"),
+            "after-journal:{n}: {said}"
+        );
+        let rows = report(dir.path(), &sb);
+        assert!(
+            rows.iter().all(|r| &r[2] == "paid"),
+            "after-journal:{n}: {rows:?}"
         );
         each_paid_once(&sb, 12);
     }

@@ -760,6 +760,16 @@ fn execute(
             );
             return 130;
         }
+        let n = summary.notices;
+        if n.taken + n.duplicates + n.rejected + n.replayed > 0 {
+            println!(
+                "notifications: {} taken, {} duplicates, {} rejected{}",
+                n.taken,
+                n.duplicates,
+                n.rejected,
+                if n.replayed > 0 { format!(", {} journaled before the stop taken now", n.replayed) } else { String::new() }
+            );
+        }
         if summary.steps_done + summary.steps_failed + summary.steps_open > 0 {
             println!(
                 "delayed steps: {} done or skipped, {} failed, {} unfinished",

@@ -6,6 +6,7 @@
 //! - `after-send`: the provider answered (and committed its side); the answer is not recorded.
 //! - `mid-commit`: a group commit has written its rows but not committed the transaction.
 //! - `after-commit`: a group commit is durable; nothing else happened since.
+//! - `after-journal`: notifications are journaled; they are neither acknowledged nor acted on.
 //!
 //! Without the variable each point costs one relaxed atomic load.
 

@@ -82,6 +82,10 @@ pub enum State {
         description: String,
         since: Millis,
         at: Millis,
+        /// The reference it was accepted under, when it came here from `Submitted`: its
+        /// outcome may still arrive by notification.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
     },
 }
 
@@ -91,6 +95,15 @@ impl State {
             self,
             State::Succeeded { .. } | State::Failed { .. } | State::Skipped { .. }
         )
+    }
+
+    /// The reference of the accepted request whose outcome this item waits for, if any.
+    pub fn reference(&self) -> Option<&str> {
+        match self {
+            State::Submitted { reference, .. } => Some(reference),
+            State::NeedsReview { reference, .. } => reference.as_deref(),
+            _ => None,
+        }
     }
 
     /// When the item next needs attention, if it waits for a time.
@@ -107,7 +120,7 @@ impl State {
 }
 
 /// What a provider's answer means, as the adapter classified it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Verdict {
     /// Taken for processing; `reference` finds it again (Paysend: globalId).
     Accepted {
@@ -250,6 +263,16 @@ pub fn step(
             (next, vec![Effect::Lookup, Effect::WakeAt(at)])
         }
 
+        // A new run asks at once about accepted items: their notifications may have come while
+        // no run listened.
+        (S::Submitted { poll_at, .. }, E::Resume { now }) if *poll_at > now => {
+            let mut due_now = state.clone();
+            if let S::Submitted { poll_at, .. } = &mut due_now {
+                *poll_at = now;
+            }
+            look_again(&due_now, now, t)
+        }
+
         (
             S::Submitted { .. } | S::InDoubt { .. } | S::NeedsReview { .. },
             E::Tick { now } | E::Resume { now },
@@ -274,6 +297,7 @@ fn look_again(state: &State, now: Millis, t: &Timings) -> (State, Vec<Effect>) {
             poll_at,
             polls,
             attempt,
+            reference,
             ..
         } => {
             *polls += 1;
@@ -286,6 +310,7 @@ fn look_again(state: &State, now: Millis, t: &Timings) -> (State, Vec<Effect>) {
                     format!("accepted, but no outcome arrived after {max} lookups"),
                     now,
                     t,
+                    Some(reference.clone()),
                 );
             }
             *poll_at = plus(now, t.poll_every);
@@ -336,6 +361,7 @@ fn review(
     description: String,
     now: Millis,
     t: &Timings,
+    reference: Option<String>,
 ) -> (State, Vec<Effect>) {
     let at = plus(now, t.review_every);
     (
@@ -345,6 +371,7 @@ fn review(
             description,
             since: now,
             at,
+            reference,
         },
         vec![Effect::WakeAt(at)],
     )
@@ -388,7 +415,9 @@ fn after_send(
             },
             vec![],
         ),
-        Verdict::NeedsReview { code, description } => review(attempt, code, description, now, t),
+        Verdict::NeedsReview { code, description } => {
+            review(attempt, code, description, now, t, None)
+        }
         // Paid before with this key: find that payment rather than fail or pay again.
         Verdict::AlreadyExists => {
             let at = now;
@@ -469,17 +498,30 @@ fn observed(state: &State, verdict: Verdict, now: Millis, t: &Timings) -> (State
         ),
         Verdict::NeedsReview { code, description } => match state {
             // Still under review: keep the original time it began.
-            State::NeedsReview { since, at, .. } => (
+            State::NeedsReview {
+                since,
+                at,
+                reference,
+                ..
+            } => (
                 State::NeedsReview {
                     attempt,
                     code,
                     description,
                     since: *since,
                     at: *at,
+                    reference: reference.clone(),
                 },
                 vec![Effect::WakeAt(*at)],
             ),
-            _ => review(attempt, code, description, now, t),
+            _ => review(
+                attempt,
+                code,
+                description,
+                now,
+                t,
+                state.reference().map(str::to_string),
+            ),
         },
         Verdict::Accepted { reference } => match state {
             State::Submitted { .. } | State::NeedsReview { .. } => (
@@ -535,6 +577,7 @@ fn observed(state: &State, verdict: Verdict, now: Millis, t: &Timings) -> (State
                         format!("the outcome is still unknown after {lookups} lookups"),
                         now,
                         t,
+                        None,
                     )
                 } else {
                     in_doubt(attempt, *since, now, *lookups, t)
@@ -895,6 +938,60 @@ mod tests {
         ]);
         assert!(matches!(s, State::Succeeded { at: 1, .. }));
         assert!(fx[2..].iter().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn an_accepted_item_is_asked_about_at_once_by_a_new_run_then_waits_its_usual_interval() {
+        let (s, fx) = run(vec![
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: Verdict::Accepted {
+                    reference: "r1@p1".into(),
+                },
+                now: 1,
+            },
+            Event::Resume { now: 2 },
+        ]);
+        assert_eq!(
+            fx[2],
+            vec![
+                Effect::Lookup,
+                Effect::WakeAt(2 + timings().poll_every.as_millis() as u64)
+            ]
+        );
+        assert!(matches!(s, State::Submitted { polls: 1, .. }));
+    }
+
+    #[test]
+    fn an_accepted_item_sent_to_review_for_lack_of_news_keeps_its_reference_for_a_late_outcome() {
+        let t = Timings {
+            max_polls: Some(1),
+            ..timings()
+        };
+        let mut s = State::Planned;
+        for e in [
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: Verdict::Accepted {
+                    reference: "r1@p1".into(),
+                },
+                now: 1,
+            },
+            Event::Tick { now: 31_000 },
+            Event::Tick { now: 62_000 },
+        ] {
+            s = step(&s, e, &policy(), &t).0;
+        }
+        assert!(matches!(&s, State::NeedsReview { code, .. } if code == "no-outcome"));
+        assert_eq!(s.reference(), Some("r1@p1"));
+        let late = Event::Observed {
+            verdict: paid(),
+            now: 70_000,
+        };
+        assert!(matches!(
+            step(&s, late, &policy(), &t).0,
+            State::Succeeded { .. }
+        ));
     }
 
     #[test]

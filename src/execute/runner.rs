@@ -9,7 +9,9 @@
 use super::machine::{self, Effect, Event, Millis, State, Timings, Verdict};
 use super::store::{Record, Store, StoreError};
 use crate::compile::Flow;
-use crate::providers::{Adapter, Answer, Method, Notice, Outgoing, Rendered, Request};
+use crate::providers::{
+    Adapter, Answer, Method, Notice, Outgoing, Rendered, Request, contradiction,
+};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -52,6 +54,18 @@ pub struct Summary {
     pub steps_done: usize,
     pub steps_failed: usize,
     pub steps_open: usize,
+    /// Notifications journaled and acted on, recognised as duplicates, and rejected (they name
+    /// nothing this run waits for, or contradict what an item sent).
+    pub notices: NoticeCounts,
+}
+
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct NoticeCounts {
+    pub taken: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    /// Taken from the journal after a stop: journaled, but their effect was not committed.
+    pub replayed: u64,
 }
 
 pub fn now_ms() -> Millis {
@@ -71,8 +85,11 @@ pub fn rfc3339(ms: Millis) -> String {
 enum Outcome {
     Sent(Vec<(usize, Verdict)>),
     Observed(Vec<(usize, Verdict)>),
-    /// A verified notification, and who waits to answer it until its effect is durable.
-    Notice(Notice, tokio::sync::oneshot::Sender<()>),
+    /// A lookup of this unit was taken under this reference; its answer comes by notification.
+    Asked(usize, String),
+    /// An authentic notification, the SHA-256 of its path and body, and who waits to answer it
+    /// (with this HTTP status) until it is journaled.
+    Notice(Notice, [u8; 32], tokio::sync::oneshot::Sender<u16>),
     /// `payrun report` (another process) asks for the records as they are now.
     Records(tokio::sync::oneshot::Sender<Vec<Record>>),
 }
@@ -100,16 +117,24 @@ async fn listen(
                                 .unwrap_or(axum::http::StatusCode::BAD_REQUEST)
                         }
                         Notice::Ignored => axum::http::StatusCode::OK,
-                        // Answered 200 only once what it says is committed: a crash before that
-                        // leaves the provider without an acknowledgement (and the item to be
-                        // looked up), never with one for a notification payrun lost.
+                        // Answered 200 only once journaled: a crash before that leaves the
+                        // provider without an acknowledgement (and the item to be looked up),
+                        // never with one for a notification payrun lost.
                         n => {
-                            let (ack, durable) = tokio::sync::oneshot::channel();
-                            if tx.send(Outcome::Notice(n, ack)).is_err() {
+                            use sha2::Digest;
+                            let digest: [u8; 32] = sha2::Sha256::new()
+                                .chain_update(uri.path().as_bytes())
+                                .chain_update([0u8])
+                                .chain_update(&body)
+                                .finalize()
+                                .into();
+                            let (ack, answered) = tokio::sync::oneshot::channel();
+                            if tx.send(Outcome::Notice(n, digest, ack)).is_err() {
                                 return axum::http::StatusCode::SERVICE_UNAVAILABLE;
                             }
-                            match tokio::time::timeout(Duration::from_secs(30), durable).await {
-                                Ok(Ok(())) => axum::http::StatusCode::OK,
+                            match tokio::time::timeout(Duration::from_secs(30), answered).await {
+                                Ok(Ok(code)) => axum::http::StatusCode::from_u16(code)
+                                    .unwrap_or(axum::http::StatusCode::OK),
                                 _ => axum::http::StatusCode::SERVICE_UNAVAILABLE,
                             }
                         }
@@ -275,6 +300,14 @@ struct Book {
     changed: Vec<usize>,
     sends: Vec<usize>,
     lookups: Vec<usize>,
+    /// Items by key, as notifications name them (built when notifications can arrive).
+    by_key: HashMap<String, usize>,
+    /// Lookups whose answer comes as a `Notice::Subject`: the units that asked, by the lookup's
+    /// reference.
+    asked: HashMap<String, Vec<usize>>,
+    /// The last journaled notice acted on since the last commit (committed with the states).
+    applied: Option<u64>,
+    notices: NoticeCounts,
 }
 
 fn is_open(s: &State) -> bool {
@@ -470,9 +503,193 @@ impl Book {
             .iter()
             .map(|&i| (self.store_index(i), &self.recs[i]))
             .collect();
-        store.commit(&rows)?;
+        store.commit_with(&rows, self.applied)?;
         self.changed.clear();
+        self.applied = None;
         Ok(())
+    }
+
+    /// What unit `u` sends: its item's request, or its delayed step's.
+    fn sent<'a>(&self, items: &'a [PlannedItem], u: usize) -> &'a [Rendered] {
+        match self.units[u] {
+            (item, 0) => &items[item].payload,
+            (item, s) => items[item]
+                .steps
+                .get(s - 1)
+                .map(std::slice::from_ref)
+                .unwrap_or(&[]),
+        }
+    }
+
+    /// Submitted units waiting for exactly `reference`.
+    fn waiting_for<'a>(&'a self, reference: &'a str) -> impl Iterator<Item = usize> + 'a {
+        self.groups
+            .get(reference)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .copied()
+            .filter(move |&i| self.recs[i].state.reference() == Some(reference))
+    }
+
+    /// Checks an authentic notice against this run before it is journaled: it must concern an
+    /// item of the batch — for a reference, one waiting for exactly it; for a lookup's answer, a
+    /// lookup payrun made — and agree with what the item sent. Err says why it is rejected
+    /// (it then changes nothing).
+    fn vet(&self, notice: &Notice, items: &[PlannedItem]) -> Result<(), String> {
+        match notice {
+            Notice::Item { key, .. } => match self.by_key.contains_key(&key.replace('-', "")) {
+                true => Ok(()),
+                false => Err("a notification about a key not in this batch".into()),
+            },
+            Notice::Reference {
+                candidates, claims, ..
+            } => {
+                let mut waiting = false;
+                for c in candidates {
+                    // Waiting for it, or settled since it was accepted under it (a late copy).
+                    let members = self.groups.get(c).map(Vec::as_slice).unwrap_or(&[]);
+                    let concerned = members.iter().copied().filter(|&i| {
+                        let s = &self.recs[i].state;
+                        s.is_final() || s.reference() == Some(c.as_str())
+                    });
+                    for i in concerned {
+                        if let Some(why) = contradiction(self.sent(items, i), claims) {
+                            return Err(format!(
+                                "a notification about item {} that contradicts it: {why}",
+                                self.recs[i].id
+                            ));
+                        }
+                        waiting = true;
+                    }
+                }
+                match waiting {
+                    true => Ok(()),
+                    false => Err(
+                        "a notification for a request no item of this run waits for \
+                                  (unknown responseid or payment)"
+                            .into(),
+                    ),
+                }
+            }
+            Notice::Subject {
+                subjects,
+                found,
+                answered,
+            } => {
+                let rid = answered.as_ref().map(|(rid, _)| rid.as_str());
+                let reconciles = rid.is_some_and(|rid| {
+                    subjects
+                        .iter()
+                        .any(|s| self.waiting_for(&format!("{rid}@{s}")).next().is_some())
+                });
+                if !reconciles && !rid.is_some_and(|rid| self.asked.contains_key(rid)) {
+                    return Err("a payment notification answering no request of this run \
+                                (unknown responseid)"
+                        .into());
+                }
+                for (key, _, claims) in found {
+                    if let Some(&i) = self.by_key.get(&key.replace('-', ""))
+                        && let Some(why) = contradiction(self.sent(items, i), claims)
+                    {
+                        return Err(format!(
+                            "a payment notification that contradicts item {}: {why}",
+                            self.recs[i].id
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Notice::Group(_) | Notice::Refused(..) | Notice::Ignored => Ok(()),
+        }
+    }
+
+    /// Acts on a notice (vetted before it was journaled, or replayed from the journal).
+    fn take(
+        &mut self,
+        notice: Notice,
+        now: Millis,
+        policy: &crate::manifest::RetryPolicy,
+        timings: &Timings,
+        adapter: &dyn Adapter,
+    ) {
+        let observe = |book: &mut Book, i: usize, verdict: Verdict| {
+            tracing::debug!(item = %book.recs[i].id, ?verdict, "notification");
+            book.apply(
+                i,
+                Event::Observed { verdict, now },
+                policy,
+                timings,
+                adapter,
+            );
+        };
+        match notice {
+            // One more observation; duplicates and stale ones are absorbed by the state machine.
+            Notice::Item { key, verdict } => {
+                if let Some(&i) = self.by_key.get(&key.replace('-', "")) {
+                    observe(self, i, verdict);
+                }
+            }
+            // Ask about that submission's items now instead of at their next poll.
+            Notice::Group(group) => {
+                for i in self.groups.get(&group).cloned().unwrap_or_default() {
+                    if let State::Submitted { reference, .. } = &self.recs[i].state
+                        && adapter.reference_group(reference).0 == group
+                        && !self.in_flight.contains(&i)
+                    {
+                        self.lookups.push(i);
+                    }
+                }
+            }
+            // The outcome of an accepted request, for the item waiting for exactly it.
+            Notice::Reference {
+                candidates,
+                verdict,
+                ..
+            } => {
+                for c in &candidates {
+                    let waiting: Vec<usize> = self.waiting_for(c).collect();
+                    for i in waiting {
+                        observe(self, i, verdict.clone());
+                    }
+                }
+            }
+            // A lookup's answer about a subject: the items it lists; an item whose own request
+            // was this lookup (a reconciliation); and the items in doubt that asked through it
+            // and are not listed (never processed: sent again with the same key).
+            Notice::Subject {
+                subjects,
+                found,
+                answered,
+            } => {
+                let mut listed = HashSet::new();
+                if let Some((rid, verdict)) = &answered {
+                    for s in &subjects {
+                        let waiting: Vec<usize> = self.waiting_for(&format!("{rid}@{s}")).collect();
+                        for i in waiting {
+                            listed.insert(i);
+                            observe(self, i, verdict.clone());
+                        }
+                    }
+                }
+                for (key, verdict, _) in found {
+                    if let Some(&i) = self.by_key.get(&key.replace('-', "")) {
+                        listed.insert(i);
+                        observe(self, i, verdict);
+                    }
+                }
+                let asked = answered
+                    .as_ref()
+                    .and_then(|(rid, _)| self.asked.remove(rid))
+                    .unwrap_or_default();
+                for i in asked {
+                    if !listed.contains(&i) && matches!(self.recs[i].state, State::InDoubt { .. }) {
+                        observe(self, i, Verdict::Unknown);
+                    }
+                }
+            }
+            Notice::Refused(..) | Notice::Ignored => {}
+        }
     }
 }
 
@@ -547,6 +764,10 @@ pub async fn run(
         changed: Vec::new(),
         sends: Vec::new(),
         lookups: Vec::new(),
+        by_key: HashMap::new(),
+        asked: HashMap::new(),
+        applied: None,
+        notices: NoticeCounts::default(),
     };
     // A resumed run: whatever was being sent when it stopped is now in doubt; whatever waited
     // keeps its due time (pending backoffs are respected).
@@ -555,12 +776,18 @@ pub async fn run(
         match &book.recs[i].state {
             State::Planned => book.ready.push_back(i),
             State::Sending { .. } | State::NeedsReview { .. } => {
+                if let Some(reference) = book.recs[i].state.reference() {
+                    let (group, _) = adapter.reference_group(reference);
+                    book.groups.entry(group).or_default().push(i);
+                }
                 book.apply(i, Event::Resume { now }, policy, timings, adapter)
             }
+            // Accepted and waiting: whatever the provider told while no run listened is lost,
+            // so each is asked about once now.
             State::Submitted { reference, .. } => {
                 let (group, _) = adapter.reference_group(reference);
                 book.groups.entry(group).or_default().push(i);
-                book.schedule(i);
+                book.apply(i, Event::Resume { now }, policy, timings, adapter);
             }
             _ => book.schedule(i),
         }
@@ -605,17 +832,26 @@ pub async fn run(
     let mut requests = 0u64;
     let holder = super::status::Holder::me(&rfc3339(now_ms()));
     let mut progress = super::progress::Progress::new(&book.recs);
+    // Notifications journaled before a stop whose effect was not committed: taken now.
+    let unapplied = store.unapplied_notices()?;
     // Notifications name items by key (only needed when they can arrive).
-    let by_key: HashMap<String, usize> = if listener.is_some() {
-        book.recs
+    if listener.is_some() || !unapplied.is_empty() {
+        book.by_key = book
+            .recs
             .iter()
             .enumerate()
             .filter(|(_, r)| r.step.is_none())
             .map(|(i, r)| (r.key.replace('-', ""), i))
-            .collect()
-    } else {
-        HashMap::new()
-    };
+            .collect();
+    }
+    let now = now_ms();
+    for (seq, j) in unapplied {
+        tracing::info!(seq, "acting on a notification journaled before the stop");
+        book.take(j.notice, now, policy, timings, adapter);
+        book.applied = Some(seq);
+        book.notices.replayed += 1;
+    }
+    book.commit(store)?;
     let server = match listener {
         Some(addr) => Some(
             listen(addr, Arc::clone(&endpoint.adapter), tx.clone())
@@ -630,9 +866,6 @@ pub async fn run(
     let snapshot = store.path.with_extension("status.json");
     let mut last_snapshot = std::time::Instant::now() - Duration::from_secs(1);
     let mut snapshot_every = Duration::from_millis(300);
-    // Items in doubt whose lookup's answer will come as a `Notice::Subject`, by subject.
-    let mut asked: HashMap<String, Vec<usize>> = HashMap::new();
-
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         let now = now_ms();
@@ -716,6 +949,12 @@ pub async fn run(
                 })
                 .collect();
             let req = adapter.submit(&out, &rfc3339(now));
+            if let (Some(trace), [u]) = (&req.trace, idx.as_slice())
+                && book.recs[*u].trace.as_ref() != Some(trace)
+            {
+                book.recs[*u].trace = Some(trace.clone());
+                book.changed.push(*u);
+            }
             let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
             tokio::spawn(async move {
                 let path = req.path.clone();
@@ -782,9 +1021,6 @@ pub async fn run(
                         book.recs[i].requests,
                         &rfc3339(now),
                     );
-                    if let Some(subject) = adapter.lookup_subject(&items[item].payload) {
-                        asked.entry(subject).or_default().push(i);
-                    }
                     let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
                     tokio::spawn(async move {
                         let (slot, mut answer) = wire.exchange(req, false).await;
@@ -799,6 +1035,9 @@ pub async fn run(
                             answer = wire.exchange(next, false).await.1;
                         }
                         let verdict = adapter.classify_key_lookup(&answer);
+                        if let Some(reference) = adapter.lookup_reference(&answer) {
+                            let _ = wire.tx.send(Outcome::Asked(i, reference));
+                        }
                         let _ = wire.tx.send(Outcome::Observed(vec![(i, verdict)]));
                     });
                 }
@@ -810,6 +1049,11 @@ pub async fn run(
             let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
             tokio::spawn(async move {
                 let (_slot, answer) = wire.exchange(req, false).await;
+                if let Some(reference) = adapter.lookup_reference(&answer) {
+                    for &(i, _) in &members {
+                        let _ = wire.tx.send(Outcome::Asked(i, reference.clone()));
+                    }
+                }
                 let n = members.iter().map(|(_, p)| p + 1).max().unwrap_or(1);
                 let verdicts = adapter.classify_group(&answer, n);
                 let _ = wire.tx.send(Outcome::Observed(
@@ -856,8 +1100,10 @@ pub async fn run(
             msgs.push(m);
         }
         let now = now_ms();
-        // Notifications acknowledged once this round is committed.
+        // Lookup-triggering notifications, answered once this round is committed; and the
+        // notifications that settle items, journaled before they are acted on.
         let mut acks = Vec::new();
+        let mut incoming: Vec<(Notice, [u8; 32], tokio::sync::oneshot::Sender<u16>)> = Vec::new();
         for m in msgs {
             let (list, sent) = match m {
                 Outcome::Sent(l) => {
@@ -865,133 +1111,17 @@ pub async fn run(
                     (l, true)
                 }
                 Outcome::Observed(l) => (l, false),
-                // A notification is one more observation; duplicates and stale ones are absorbed
-                // by the state machine.
-                Outcome::Notice(Notice::Item { key, verdict }, ack) => {
-                    acks.push(ack);
-                    match by_key.get(&key.replace('-', "")) {
-                        Some(&i) => {
-                            tracing::debug!(item = %book.recs[i].id, ?verdict, "notification");
-                            book.apply(
-                                i,
-                                Event::Observed { verdict, now },
-                                policy,
-                                timings,
-                                adapter,
-                            );
-                        }
-                        None => tracing::warn!("a notification about a key not in this batch"),
-                    }
+                Outcome::Asked(i, reference) => {
+                    book.asked.entry(reference).or_default().push(i);
                     continue;
                 }
-                // Ask about that submission's items now instead of at their next poll.
-                Outcome::Notice(Notice::Group(group), ack) => {
+                Outcome::Notice(n @ Notice::Group(_), _, ack) => {
                     acks.push(ack);
-                    for i in book.groups.get(&group).cloned().unwrap_or_default() {
-                        if let State::Submitted { reference, .. } = &book.recs[i].state
-                            && adapter.reference_group(reference).0 == group
-                            && !book.in_flight.contains(&i)
-                        {
-                            book.lookups.push(i);
-                        }
-                    }
+                    book.take(n, now, policy, timings, adapter);
                     continue;
                 }
-                // The outcome of an accepted request: only an item waiting for exactly that
-                // reference takes it; anything else is rejected (notifications may be unsigned).
-                Outcome::Notice(
-                    Notice::Reference {
-                        candidates,
-                        verdict,
-                    },
-                    ack,
-                ) => {
-                    acks.push(ack);
-                    let mut taken = false;
-                    for c in &candidates {
-                        for i in book.groups.get(c).cloned().unwrap_or_default() {
-                            if let State::Submitted { reference, .. } = &book.recs[i].state
-                                && reference == c
-                            {
-                                tracing::debug!(item = %book.recs[i].id, ?verdict, "notification");
-                                let event = Event::Observed {
-                                    verdict: verdict.clone(),
-                                    now,
-                                };
-                                book.apply(i, event, policy, timings, adapter);
-                                taken = true;
-                            }
-                        }
-                    }
-                    if !taken {
-                        tracing::warn!(
-                            "rejected a notification that no item of this run waits for"
-                        );
-                    }
-                    continue;
-                }
-                // A lookup's answer about a subject: the items it lists, and the items in doubt
-                // that asked about it and are not listed (never processed: sent again with the
-                // same key).
-                Outcome::Notice(
-                    Notice::Subject {
-                        subjects,
-                        found,
-                        answered,
-                    },
-                    ack,
-                ) => {
-                    acks.push(ack);
-                    let mut listed = HashSet::new();
-                    // An item whose own request was this lookup (a reconciliation batch).
-                    if let Some((rid, verdict)) = &answered {
-                        for s in &subjects {
-                            let reference = format!("{rid}@{s}");
-                            for i in book.groups.get(&reference).cloned().unwrap_or_default() {
-                                if matches!(&book.recs[i].state, State::Submitted { reference: r, .. } if *r == reference)
-                                {
-                                    listed.insert(i);
-                                    let event = Event::Observed {
-                                        verdict: verdict.clone(),
-                                        now,
-                                    };
-                                    book.apply(i, event, policy, timings, adapter);
-                                }
-                            }
-                        }
-                    }
-                    for (key, verdict) in found {
-                        if let Some(&i) = by_key.get(&key.replace('-', "")) {
-                            listed.insert(i);
-                            book.apply(
-                                i,
-                                Event::Observed { verdict, now },
-                                policy,
-                                timings,
-                                adapter,
-                            );
-                        }
-                    }
-                    for s in subjects {
-                        for i in asked.remove(&s).unwrap_or_default() {
-                            if !listed.contains(&i)
-                                && matches!(book.recs[i].state, State::InDoubt { .. })
-                            {
-                                let verdict = Verdict::Unknown;
-                                book.apply(
-                                    i,
-                                    Event::Observed { verdict, now },
-                                    policy,
-                                    timings,
-                                    adapter,
-                                );
-                            }
-                        }
-                    }
-                    continue;
-                }
-                Outcome::Notice(_, ack) => {
-                    acks.push(ack);
+                Outcome::Notice(n, digest, ack) => {
+                    incoming.push((n, digest, ack));
                     continue;
                 }
                 Outcome::Records(reply) => {
@@ -1010,10 +1140,45 @@ pub async fn run(
                 book.apply(i, event, policy, timings, adapter);
             }
         }
+        // Notifications: vetted, journaled (durable, duplicates recognised by their digest),
+        // acknowledged, then acted on. A stop after the journal commit leaves them to be acted
+        // on by the next run; the watermark committed with the states says how far they went.
+        let mut fresh: Vec<(Notice, [u8; 32], tokio::sync::oneshot::Sender<u16>)> = Vec::new();
+        for (n, digest, ack) in incoming {
+            match book.vet(&n, items) {
+                Ok(()) => fresh.push((n, digest, ack)),
+                // A copy of one journaled earlier, about an item since settled.
+                Err(_) if store.knows_notice(&digest)? => {
+                    book.notices.duplicates += 1;
+                    let _ = ack.send(200);
+                }
+                Err(why) => {
+                    tracing::warn!("rejected {why}");
+                    book.notices.rejected += 1;
+                    let _ = ack.send(422);
+                }
+            }
+        }
+        if !fresh.is_empty() {
+            let entries: Vec<([u8; 32], &Notice)> = fresh.iter().map(|(n, d, _)| (*d, n)).collect();
+            let seqs = store.journal(&entries, now)?;
+            super::crash::point("after-journal");
+            for ((n, _, ack), seq) in fresh.into_iter().zip(seqs) {
+                let _ = ack.send(200);
+                match seq {
+                    Some(seq) => {
+                        book.take(n, now, policy, timings, adapter);
+                        book.applied = Some(seq);
+                        book.notices.taken += 1;
+                    }
+                    None => book.notices.duplicates += 1,
+                }
+            }
+        }
         progress.update(&book.recs, &book.changed, book.in_flight.len());
         book.commit(store)?;
         for ack in acks {
-            let _ = ack.send(());
+            let _ = ack.send(200);
         }
         // While this process holds the store, others read the batch's status from here.
         // At most every 300 ms, and never more than ~5% of the loop's time on a large batch.
@@ -1044,6 +1209,7 @@ pub async fn run(
         items: book.recs.iter().filter(|r| r.step.is_none()).count(),
         requests,
         commits: store.commits,
+        notices: book.notices,
         ..Summary::default()
     };
     for r in &book.recs {

@@ -257,6 +257,8 @@ pub fn report_csv(records: &[Record]) -> Vec<u8> {
         "updated_at",
         "earlier_attempts",
         "delayed_steps",
+        "reference",
+        "trace_id",
     ]);
     // Delayed steps, by item: "path state [code]".
     let mut steps: std::collections::HashMap<&str, Vec<String>> = std::collections::HashMap::new();
@@ -334,6 +336,10 @@ pub fn report_csv(records: &[Record]) -> Vec<u8> {
                 .get(r.id.as_str())
                 .map(|s| s.join("; "))
                 .unwrap_or_default(),
+            r.state
+                .reference()
+                .map_or_else(|| get("responseid"), str::to_string),
+            r.trace.clone().unwrap_or_default(),
         ];
         let _ = w.write_record(row.iter().map(|c| safe_cell(c)));
     }

@@ -4,14 +4,34 @@
 //!
 //! The store holds ids, keys, states, provider ids, error codes, timings and a digest of each
 //! item's content — never card or account numbers, never payloads.
+//!
+//! It also journals the notifications that settle items: what the adapter read from each
+//! (`Notice`: keys, references, outcomes — not the body), under the SHA-256 of the body so a
+//! duplicate is recognised, committed before the notification is acted on or acknowledged. A
+//! watermark committed with the item states tells which journaled notices have taken effect;
+//! a run that stopped between the two acts on the rest when it resumes.
 
 use super::machine::State;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const ITEMS: TableDefinition<u64, &[u8]> = TableDefinition::new("items");
+/// Journaled notices by sequence number (from 1).
+const NOTICES: TableDefinition<u64, &[u8]> = TableDefinition::new("notices");
+/// Sequence number of each journaled notice by the SHA-256 of its path and body.
+const NOTICE_DIGESTS: TableDefinition<&[u8], u64> = TableDefinition::new("notice_digests");
+/// META key: the last journaled notice whose effect is committed.
+const APPLIED: &str = "notices_applied";
+
+/// A notification as the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journaled {
+    /// When it arrived (ms since the epoch).
+    pub received: u64,
+    pub notice: crate::providers::Notice,
+}
 
 /// What the store keeps per item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +63,9 @@ pub struct Record {
     /// sends on its own after the payout it follows ended. Absent for the item itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
+    /// The support id of the request that submitted this attempt (Payonic `TraceApi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 fn first_attempt() -> u32 {
@@ -89,6 +112,7 @@ impl Record {
             first_sent: None,
             updated: 0,
             step: None,
+            trace: None,
         }
     }
 }
@@ -132,6 +156,8 @@ impl Store {
         {
             txn.open_table(META).map_err(err)?;
             txn.open_table(ITEMS).map_err(err)?;
+            txn.open_table(NOTICES).map_err(err)?;
+            txn.open_table(NOTICE_DIGESTS).map_err(err)?;
         }
         txn.commit().map_err(err)?;
         Ok(Store {
@@ -184,7 +210,17 @@ impl Store {
 
     /// Writes many items' records in one durable transaction.
     pub fn commit(&mut self, records: &[(u64, &Record)]) -> Result<(), StoreError> {
-        if records.is_empty() {
+        self.commit_with(records, None)
+    }
+
+    /// Writes many items' records, and the journal watermark `applied` (the last journaled
+    /// notice whose effect these records hold), in one durable transaction.
+    pub fn commit_with(
+        &mut self,
+        records: &[(u64, &Record)],
+        applied: Option<u64>,
+    ) -> Result<(), StoreError> {
+        if records.is_empty() && applied.is_none() {
             return Ok(());
         }
         let txn = self.db.begin_write().map_err(err)?;
@@ -194,12 +230,83 @@ impl Store {
                 let bytes = serde_json::to_vec(r).map_err(err)?;
                 t.insert(*i, bytes.as_slice()).map_err(err)?;
             }
+            if let Some(seq) = applied {
+                let mut m = txn.open_table(META).map_err(err)?;
+                m.insert(APPLIED, seq.to_string().as_str()).map_err(err)?;
+            }
         }
         super::crash::point("mid-commit");
         txn.commit().map_err(err)?;
         super::crash::point("after-commit");
         self.commits += 1;
         Ok(())
+    }
+}
+
+impl Store {
+    /// Journals notices in one durable transaction, each under the digest of what arrived.
+    /// Returns each one's sequence number, or None for a duplicate of one journaled before
+    /// (in this call or any earlier one), which must not be acted on again.
+    pub fn journal(
+        &mut self,
+        notices: &[([u8; 32], &crate::providers::Notice)],
+        received: u64,
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        let mut out = Vec::with_capacity(notices.len());
+        {
+            let mut t = txn.open_table(NOTICES).map_err(err)?;
+            let mut d = txn.open_table(NOTICE_DIGESTS).map_err(err)?;
+            let mut next = t.last().map_err(err)?.map_or(1, |(k, _)| k.value() + 1);
+            for (digest, notice) in notices {
+                if d.get(digest.as_slice()).map_err(err)?.is_some() {
+                    out.push(None);
+                    continue;
+                }
+                let entry = Journaled {
+                    received,
+                    notice: (*notice).clone(),
+                };
+                let bytes = serde_json::to_vec(&entry).map_err(err)?;
+                t.insert(next, bytes.as_slice()).map_err(err)?;
+                d.insert(digest.as_slice(), next).map_err(err)?;
+                out.push(Some(next));
+                next += 1;
+            }
+        }
+        txn.commit().map_err(err)?;
+        self.commits += 1;
+        Ok(out)
+    }
+
+    /// Whether a notice with this digest was journaled.
+    pub fn knows_notice(&self, digest: &[u8; 32]) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let t = txn.open_table(NOTICE_DIGESTS).map_err(err)?;
+        Ok(t.get(digest.as_slice()).map_err(err)?.is_some())
+    }
+
+    /// Journaled notices whose effect was not committed (after the watermark), in order.
+    pub fn unapplied_notices(&self) -> Result<Vec<(u64, Journaled)>, StoreError> {
+        let applied: u64 = self
+            .meta(APPLIED)?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let txn = self.db.begin_read().map_err(err)?;
+        let t = txn.open_table(NOTICES).map_err(err)?;
+        let mut out = Vec::new();
+        for row in t.range(applied + 1..).map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            out.push((k.value(), serde_json::from_slice(v.value()).map_err(err)?));
+        }
+        Ok(out)
+    }
+
+    /// How many notices the journal holds.
+    pub fn journaled(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let t = txn.open_table(NOTICES).map_err(err)?;
+        t.len().map_err(err)
     }
 }
 
@@ -242,6 +349,39 @@ mod tests {
                 since: 5
             }
         );
+    }
+
+    fn notice(key: &str) -> crate::providers::Notice {
+        crate::providers::Notice::Item {
+            key: key.into(),
+            verdict: crate::execute::machine::Verdict::Unknown,
+        }
+    }
+
+    #[test]
+    fn a_journaled_notice_is_kept_once_and_stays_unapplied_until_a_commit_says_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Store::open(dir.path(), "b3").unwrap();
+            let (a, b) = (notice("a"), notice("b"));
+            let seqs = s
+                .journal(&[([1; 32], &a), ([2; 32], &b), ([1; 32], &a)], 7)
+                .unwrap();
+            assert_eq!(
+                seqs,
+                vec![Some(1), Some(2), None],
+                "the repeat is a duplicate"
+            );
+            assert_eq!(s.journal(&[([2; 32], &b)], 8).unwrap(), vec![None]);
+            s.commit_with(&[], Some(1)).unwrap();
+        }
+        let s = Store::open(dir.path(), "b3").unwrap();
+        let left = s.unapplied_notices().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, 2);
+        assert_eq!(left[0].1.notice, notice("b"));
+        assert_eq!(left[0].1.received, 7);
+        assert_eq!(s.journaled().unwrap(), 2);
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct Request {
     pub endpoint: &'static str,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+    /// The id a support ticket quotes for this request (Payonic: its `TraceApi` header), kept
+    /// with the item it submits.
+    pub trace: Option<String>,
 }
 
 /// What an adapter rendered for an item, kept as compact JSON text (a tenth of the memory of a
@@ -56,11 +59,13 @@ pub struct Outgoing<'a> {
     pub payload: &'a [Rendered],
 }
 
-/// What a notification said, once the adapter checked it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a notification said, once the adapter checked it. The runner journals a notice that
+/// settles items before acting on it (so only what the adapter read is kept, never the body).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Notice {
     /// Forged or malformed: answered with this HTTP status and logged, never acted on.
-    Refused(u16, &'static str),
+    #[serde(skip)]
+    Refused(u16, String),
     /// About one item, by its idempotency key.
     Item { key: String, verdict: Verdict },
     /// A submission (by its group reference) has news: look its items up now.
@@ -70,19 +75,52 @@ pub enum Notice {
     Reference {
         candidates: Vec<String>,
         verdict: Verdict,
+        claims: Claims,
     },
     /// A lookup's answer about a subject (Payonic: a payment by paymentid or merchantpaymentid):
     /// the outcomes it lists by item key. An item in doubt about this subject that is not
     /// listed was never processed.
     Subject {
         subjects: Vec<String>,
-        found: Vec<(String, Verdict)>,
-        /// The answer's own request (`<responseid>`), and what it says about the subject
-        /// itself: the outcome of an item whose request *was* this lookup (a reconciliation).
+        found: Vec<(String, Verdict, Claims)>,
+        /// The answer's own request (`<responseid>`: a lookup payrun made, or the request of a
+        /// reconciliation item), and what it says about the subject itself: the outcome of an
+        /// item whose request *was* this lookup.
         answered: Option<(String, Verdict)>,
     },
     /// Authentic but of no interest.
     Ignored,
+}
+
+/// Fields of an item's request that a notification asserts, as (field, value): each must equal
+/// what the item sent, or the notification is not taken for it. Payonic's notifications are
+/// unsigned: one naming the right payment with another amount is a forgery, not news.
+pub type Claims = Vec<(String, String)>;
+
+/// The first claim `payload` (the item's request, `payload[0]`) contradicts, as a sentence. A
+/// field the item did not send cannot be contradicted. Currencies compare without case.
+pub fn contradiction(payload: &[Rendered], claims: &Claims) -> Option<String> {
+    if claims.is_empty() {
+        return None;
+    }
+    let sent: Value = payload
+        .first()
+        .and_then(|r| serde_json::from_str(r.get()).ok())
+        .unwrap_or(Value::Null);
+    claims.iter().find_map(|(field, claimed)| {
+        let ours = match sent.get(field)? {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => return None,
+        };
+        let same = ours == *claimed
+            || (field == "currency" && ours.eq_ignore_ascii_case(claimed))
+            || matches!(
+                (ours.parse::<i128>(), claimed.parse::<i128>()),
+                (Ok(a), Ok(b)) if a == b
+            );
+        (!same).then(|| format!("it says {field} {claimed}, the item sent {ours}"))
+    })
 }
 
 /// What a preflight answer says.
@@ -244,8 +282,10 @@ pub trait Adapter: Send + Sync {
     /// The lookup of one item by its idempotency key (`seq` counts this item's lookups);
     /// `payload` is what the item sends.
     fn key_lookup(&self, key: &str, payload: &[Rendered], seq: u32, now: &str) -> Request;
-    /// What a lookup of this item is about, when its answer arrives as a `Notice::Subject`.
-    fn lookup_subject(&self, _payload: &[Rendered]) -> Option<String> {
+    /// The reference of a key lookup the provider took and will answer by notification
+    /// (`Verdict::Pending`; Payonic: the Payment API request's `responseid`). Only a
+    /// `Notice::Subject` answering a lookup payrun made may say an item was never processed.
+    fn lookup_reference(&self, _answer: &Answer) -> Option<String> {
         None
     }
     /// This provider's waits, from payrun's defaults.
@@ -275,6 +315,35 @@ pub trait Adapter: Send + Sync {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_notification_contradicting_the_amount_or_currency_sent_is_caught() {
+        let sent = [keep(
+            &json!({"amount": 1095, "currency": "DKK", "note": "k"}),
+        )];
+        let claims = |pairs: &[(&str, &str)]| -> Claims {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(contradiction(&sent, &claims(&[("amount", "1095")])), None);
+        assert_eq!(contradiction(&sent, &claims(&[("amount", "01095")])), None);
+        assert_eq!(contradiction(&sent, &claims(&[("currency", "dkk")])), None);
+        assert_eq!(
+            contradiction(&sent, &claims(&[("amount", "1095"), ("currency", "SEK")])),
+            Some("it says currency SEK, the item sent DKK".into())
+        );
+        assert_eq!(
+            contradiction(&sent, &claims(&[("amount", "109500")])),
+            Some("it says amount 109500, the item sent 1095".into())
+        );
+        assert_eq!(
+            contradiction(&sent, &claims(&[("balance", "0")])),
+            None,
+            "a field the item did not send cannot be contradicted"
+        );
+    }
 
     #[test]
     fn result_references_are_filled_in_where_they_stand_alone_and_the_rest_is_left_alone() {

@@ -81,6 +81,16 @@ fn outcome(v: &Value) -> Option<Verdict> {
     }
 }
 
+/// What an operation's notification (or its entry in the Payment API's `operations[]`)
+/// asserts about the request: its amount (minor units) and currency, where it carries them.
+/// The document's operation notifications carry neither (L86-95); a body that does must agree.
+fn claims(v: &Value) -> super::Claims {
+    ["amount", "currency"]
+        .iter()
+        .filter_map(|k| Some((k.to_string(), text(v, k)?)))
+        .collect()
+}
+
 impl Payonic {
     /// The flow's (single) operation.
     fn op(&self) -> &Operation {
@@ -150,6 +160,7 @@ impl Payonic {
                 ("TraceApi", trace.to_string()),
             ],
             body,
+            trace: Some(trace.to_string()),
         }
     }
 
@@ -309,8 +320,13 @@ impl Adapter for Payonic {
         None
     }
 
-    fn lookup_subject(&self, payload: &[Rendered]) -> Option<String> {
-        self.paymentid(payload)
+    fn lookup_reference(&self, answer: &Answer) -> Option<String> {
+        match answer {
+            Answer::Http {
+                status: 200, body, ..
+            } => text(&serde_json::from_slice::<Value>(body).ok()?, "responseid"),
+            _ => None,
+        }
     }
 
     /// Payonic documents no propagation delay or answer time: by default a notification is
@@ -406,10 +422,13 @@ impl Adapter for Payonic {
         use subtle::ConstantTimeEq;
         let token = path.strip_prefix(NOTIFY_PREFIX).unwrap_or("");
         if !bool::from(token.as_bytes().ct_eq(self.token.as_bytes())) {
-            return Notice::Refused(404, "a notification on a URL without the batch's token");
+            return Notice::Refused(
+                404,
+                "a notification on a URL without the batch's token".into(),
+            );
         }
         let Ok(v) = serde_json::from_slice::<Value>(body) else {
-            return Notice::Refused(400, "a notification that is not JSON");
+            return Notice::Refused(400, "a notification that is not JSON".into());
         };
         let ids: Vec<String> = ["paymentid", "merchantpaymentid"]
             .iter()
@@ -431,7 +450,7 @@ impl Adapter for Payonic {
                     {
                         found_ids.insert("paymentId".into(), p);
                     }
-                    Some((note, verdict))
+                    Some((note, verdict, claims(op)))
                 })
                 .collect();
             // A reconciliation item's own answer: the payment as Payonic has it.
@@ -463,6 +482,7 @@ impl Adapter for Payonic {
             (Some(rid), Some(verdict)) => Notice::Reference {
                 candidates: ids.iter().map(|p| format!("{rid}@{p}")).collect(),
                 verdict,
+                claims: claims(&v),
             },
             // Life cycle notifications (L461-472) and anything else: nothing to act on.
             _ => Notice::Ignored,
@@ -563,7 +583,9 @@ mod tests {
             Notice::Reference {
                 candidates,
                 verdict,
+                claims,
             } => {
+                assert!(claims.is_empty(), "the document's body carries no amount");
                 assert_eq!(candidates, ["r9@abc123", "r9@m1"]);
                 assert!(matches!(verdict, Verdict::Succeeded { .. }));
             }
@@ -580,7 +602,7 @@ mod tests {
             "paymentid": "abc123", "merchantpaymentid": "m1", "responseid": "r2",
             "operations": [
                 {"operationid": "o1", "operationtype": "capture", "note": "a capture", "responsecode": "00", "status": "approved"},
-                {"operationid": "o2", "operationtype": "refund", "note": key, "responsecode": "51", "status": "declined"}
+                {"operationid": "o2", "operationtype": "refund", "note": key, "amount": "500", "currency": "DKK", "responsecode": "51", "status": "declined"}
             ]
         });
         match a.notice(
@@ -600,7 +622,11 @@ mod tests {
                         Verdict::Failed {
                             code: "51".into(),
                             description: "declined".into()
-                        }
+                        },
+                        vec![
+                            ("amount".to_string(), "500".to_string()),
+                            ("currency".to_string(), "DKK".to_string())
+                        ]
                     )]
                 );
             }

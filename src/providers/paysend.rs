@@ -156,6 +156,7 @@ impl Paysend {
                 ("X-OPP-Signature", signature),
             ],
             body,
+            trace: None,
         }
     }
 }
@@ -227,6 +228,7 @@ impl Adapter for Paysend {
                 sign_with(self.signature, group.as_bytes(), &self.inbound_key),
             )],
             body: Vec::new(),
+            trace: None,
         }
     }
 
@@ -388,14 +390,14 @@ impl Adapter for Paysend {
         match path {
             WEBHOOK_PATH => {
                 let Some(key) = &self.outbound_key else {
-                    return Notice::Refused(404, "expanded webhooks are not expected");
+                    return Notice::Refused(404, "expanded webhooks are not expected".into());
                 };
                 let sig = headers
                     .get("x-opp-signature")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
                 if !webhook_is_authentic(body, sig, key) {
-                    return Notice::Refused(401, "a webhook with a wrong signature");
+                    return Notice::Refused(401, "a webhook with a wrong signature".into());
                 }
                 match webhook_verdict(body) {
                     Some((key, verdict)) => Notice::Item { key, verdict },
