@@ -164,8 +164,9 @@ enum Command {
     },
     /// Write the per-item results as CSV: id, line, state, payment and global ids, error code
     /// and the provider's description, amount, currency, attempt, idempotency key, requests,
-    /// first sent / finished / updated times, earlier attempts and delayed steps. Cells that a
-    /// spreadsheet would run as formulas are neutralised. Works during a run too.
+    /// first sent / finished / updated times, earlier attempts, delayed steps, the provider's
+    /// reference of the accepted request and the request's trace id (Payonic TraceApi). Cells
+    /// that a spreadsheet would run as formulas are neutralised. Works during a run too.
     Report {
         batch: String,
         /// Write to this file instead of stdout.

@@ -141,6 +141,7 @@ fn timings(scale: f64) -> Timings {
         review_every: s(Duration::from_secs(600)),
         max_lookups: 20,
         max_polls: None,
+        poll_backoff: 1.0,
     }
 }
 

@@ -193,6 +193,22 @@ pub struct Timings {
     /// takes (Paysend's status polls). Set for providers whose outcome comes by notification,
     /// where a lookup is the fallback for one that never came.
     pub max_polls: Option<u32>,
+    /// Each further lookup of a waiting or in-doubt item waits this many times longer than the
+    /// one before (1: every `poll_every`), never longer than `review_every`.
+    pub poll_backoff: f64,
+}
+
+impl Timings {
+    /// The wait after the n-th lookup (n from 1).
+    fn gap(&self, n: u32) -> Duration {
+        let factor = self
+            .poll_backoff
+            .max(1.0)
+            .powi(n.saturating_sub(1).min(30) as i32);
+        self.poll_every
+            .mul_f64(factor)
+            .min(self.review_every.max(self.poll_every))
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -313,12 +329,12 @@ fn look_again(state: &State, now: Millis, t: &Timings) -> (State, Vec<Effect>) {
                     Some(reference.clone()),
                 );
             }
-            *poll_at = plus(now, t.poll_every);
+            *poll_at = plus(now, t.gap(*polls));
             *poll_at
         }
         State::InDoubt { at, lookups, .. } => {
             *lookups += 1;
-            *at = plus(now, t.poll_every);
+            *at = plus(now, t.gap(*lookups));
             *at
         }
         State::NeedsReview { at, .. } => {
@@ -385,7 +401,7 @@ fn in_doubt(
     t: &Timings,
 ) -> (State, Vec<Effect>) {
     // The first lookup waits out the propagation delay: before it, "not found" means nothing.
-    let at = plus(now, t.poll_every).max(plus(since, t.propagation));
+    let at = plus(now, t.gap(lookups.max(1))).max(plus(since, t.propagation));
     (
         State::InDoubt {
             attempt,
@@ -597,6 +613,7 @@ mod tests {
     use crate::manifest::Backoff;
 
     const MIN: u64 = 60_000;
+    const SEC: u64 = 1_000;
 
     fn policy() -> RetryPolicy {
         let b = Backoff {
@@ -620,6 +637,7 @@ mod tests {
             review_every: Duration::from_secs(600),
             max_lookups: 3,
             max_polls: None,
+            poll_backoff: 1.0,
         }
     }
 
@@ -960,6 +978,42 @@ mod tests {
             ]
         );
         assert!(matches!(s, State::Submitted { polls: 1, .. }));
+    }
+
+    #[test]
+    fn lookups_of_an_accepted_item_back_off_when_the_provider_says_so() {
+        let t = Timings {
+            poll_backoff: 2.0,
+            ..timings()
+        };
+        let mut s = State::Planned;
+        let mut wakes = Vec::new();
+        let accepted = Verdict::Accepted {
+            reference: "r1@p1".into(),
+        };
+        for e in [
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: accepted,
+                now: 0,
+            },
+            Event::Tick { now: 30 * SEC },
+            Event::Tick { now: 60 * SEC },
+            Event::Tick { now: 120 * SEC },
+            Event::Tick { now: 240 * SEC },
+            Event::Tick { now: 480 * SEC },
+            Event::Tick { now: 960 * SEC },
+        ] {
+            let (next, fx) = step(&s, e, &policy(), &t);
+            s = next;
+            wakes.extend(fx.iter().filter_map(|e| match e {
+                Effect::WakeAt(at) => Some(at / SEC),
+                _ => None,
+            }));
+        }
+        // 30 s after acceptance, then 30, 60, 120, 240, 480 s apart, then capped at
+        // review_every (600 s).
+        assert_eq!(wakes, vec![30, 60, 120, 240, 480, 960, 1560]);
     }
 
     #[test]

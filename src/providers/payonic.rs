@@ -331,8 +331,9 @@ impl Adapter for Payonic {
 
     /// Payonic documents no propagation delay or answer time: by default a notification is
     /// awaited a minute (provider time; `notifications.deadline`) before the Payment API is
-    /// asked, at most 5 times (`notifications.lookups`), then a person looks; an item in doubt
-    /// is looked up after 5 s.
+    /// asked, then asked again after twice, four times … that wait (capped at the review
+    /// interval), at most 5 times (`notifications.lookups`), then a person looks; an item in
+    /// doubt is looked up after 5 s, then with the same backoff.
     fn timings(&self, base: Timings) -> Timings {
         // `base.poll_every` is one second of provider time.
         let n = &self.flow.manifest.notifications;
@@ -346,6 +347,7 @@ impl Adapter for Payonic {
             review_every: base.review_every,
             max_lookups: 10,
             max_polls: Some(n.lookups.unwrap_or(5)),
+            poll_backoff: 2.0,
         }
     }
 
