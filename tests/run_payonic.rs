@@ -402,3 +402,31 @@ fn a_reconciliation_batch_reads_each_payment_through_the_payment_api() {
     );
     assert!(sb.ledger().is_empty(), "reading moves no money");
 }
+
+#[test]
+fn a_batch_is_refused_before_anything_is_sent_when_health_reports_its_api_down() {
+    for api in ["refund", "payment"] {
+        let sb = sandbox()
+            .payonic("generate: {prefix: rf, count: 3, amount: 100000, currency: DKK, state: captured}")
+            .payonic(&format!(
+                "health: {{{api}: {{status: error, msg: No response received from the API request.}}}}"
+            ))
+            .start();
+        let dir = tempfile::tempdir().unwrap();
+        refunds(dir.path(), &sb, 3, free_port());
+        let out = payrun(dir.path(), &sb, &RUN).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{api}: {err}");
+        assert!(
+            err.contains(&format!("api.{api}.payonic.com")) && err.contains("No response received"),
+            "{api}: the refusal names the API and Payonic's message: {err}"
+        );
+        assert_eq!(
+            sb.requests("POST /payonic/api/{paymentid}/refund 200"),
+            0,
+            "{api}: nothing was sent: {}",
+            sb.counters()
+        );
+        assert!(sb.ledger().0.is_empty(), "{api}: no money moved");
+    }
+}
