@@ -8,7 +8,7 @@
 //!   a responseid this run waits for, naming the payment the request was about.
 //! - Payouts and refunds carry no client reference in the document, so payrun writes each item's
 //!   key (32 hex digits) in `note`, the one operation field the Payment API reports back
-//!   (operations[].note, L351). An item whose answer was lost is looked up through the Payment
+//!   (operations[].note, L327, L397). An item whose answer was lost is looked up through the Payment
 //!   API (whose answer is itself a notification) and recognised there by its note; not listed
 //!   means not processed, and it is sent again.
 
@@ -37,7 +37,7 @@ pub struct Payonic {
     pub per_operation_hosts: bool,
 }
 
-/// The responsecode of an approved operation (L90, L128, L258).
+/// The responsecode of an approved operation (L87, L133, L256).
 const APPROVED: &str = "00";
 
 fn text(v: &Value, k: &str) -> Option<String> {
@@ -48,7 +48,7 @@ fn text(v: &Value, k: &str) -> Option<String> {
     }
 }
 
-/// An operation's outcome from its `responsecode` and `status` (L90-91, L128-130, L258-259).
+/// An operation's outcome from its `responsecode` and `status` (L87-89, L133-135, L256-258).
 fn outcome(v: &Value) -> Option<Verdict> {
     let code = text(v, "responsecode");
     let status = text(v, "status");
