@@ -1100,8 +1100,8 @@ pub async fn run(
             msgs.push(m);
         }
         let now = now_ms();
-        // Lookup-triggering notifications, answered once this round is committed; and the
-        // notifications that settle items, journaled before they are acted on.
+        // Lookup-triggering notifications; and the notifications that settle items, journaled
+        // before they are acted on.
         let mut acks = Vec::new();
         let mut incoming: Vec<(Notice, [u8; 32], tokio::sync::oneshot::Sender<u16>)> = Vec::new();
         for m in msgs {
@@ -1175,8 +1175,9 @@ pub async fn run(
                 }
             }
         }
-        progress.update(&book.recs, &book.changed, book.in_flight.len());
-        book.commit(store)?;
+        // What these answers changed is committed at the top of the loop, with whatever comes
+        // due now, in one transaction. A notification that only asks for lookups is answered
+        // now: it changes no state.
         for ack in acks {
             let _ = ack.send(200);
         }
