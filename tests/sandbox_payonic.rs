@@ -63,6 +63,11 @@ impl Inbox {
         self.got.lock().unwrap().clone()
     }
 
+    /// Those received at `path`.
+    fn at_path(&self, path: &str) -> Vec<Received> {
+        self.all().into_iter().filter(|r| r.path == path).collect()
+    }
+
     /// Waits (at most 5 s) for a notification carrying `responseid`.
     async fn for_response(&self, responseid: &str) -> Received {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -185,6 +190,21 @@ impl Client {
             .to_string();
         assert!(is_hex32(&id), "{id}");
         id
+    }
+
+    /// The payment as the Payment API notifies it (all operations, with the card image).
+    async fn payment_view(&self, id: &str, inbox: &Inbox) -> Value {
+        let (status, answer) = self
+            .get(
+                &format!("/{id}/payment"),
+                Some(&json!({"notificationurl": inbox.at("/payment-view"), "gfx": 1})),
+            )
+            .await;
+        assert_eq!(status, 200, "the Payment API answers: {answer}");
+        inbox
+            .for_response(answer["responseid"].as_str().unwrap())
+            .await
+            .body
     }
 
     async fn ledger(&self) -> Vec<Value> {
@@ -942,4 +962,186 @@ async fn notifications_are_dropped_and_duplicated_at_their_rates_reproducibly() 
     let (other, _) = captures_under_faults(4, n).await;
     assert_ne!(per, other, "another seed, other faults");
     eprintln!("three runs of {n} in {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health that bites: an API reported "error" is down
+// ---------------------------------------------------------------------------------------------
+
+fn operation_types(payment: &Value) -> Vec<String> {
+    payment["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["operationtype"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_capture_while_the_capture_api_is_down_is_503_and_changes_nothing() {
+    let mut cfg = config();
+    cfg.payonic.health.insert(
+        "capture".into(),
+        HealthStatus {
+            status: "error".into(),
+            msg: "No response received from the API request.".into(),
+        },
+    );
+    let c = Client::start(cfg).await;
+    let inbox = Inbox::start().await;
+    let (status, answer) = c
+        .post(
+            "/order1/capture",
+            json!({"amount": 1095, "notificationurl": inbox.at("/capture")}),
+        )
+        .await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"error": "No response received from the API request.", "field": ""})
+    );
+
+    // The refund API is another host: it still works.
+    let rid = c
+        .accepted(
+            "/capt1/refund",
+            json!({"amount": 500, "notificationurl": inbox.at("/refund")}),
+        )
+        .await;
+    assert_eq!(inbox.for_response(&rid).await.body["status"], "approved");
+
+    let payment = c.payment_view("auth1", &inbox).await;
+    assert_eq!(operation_types(&payment), ["authorize"], "{payment}");
+    assert_eq!(payment["balance"], 1095, "nothing captured");
+    // A capture's notification is due within notify_delay_max (2 ms here); the refund's, sent
+    // after it, came already.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        inbox.at_path("/capture").is_empty(),
+        "no capture notification: {:?}",
+        inbox.all()
+    );
+    let rows: Vec<(String, String)> = c
+        .ledger()
+        .await
+        .iter()
+        .map(|e| {
+            (
+                e["payment_id"].as_str().unwrap().into(),
+                e["operation"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, [("capt1".to_string(), "refund".to_string())]);
+    let counters = c.counters().await;
+    assert_eq!(
+        counters["requests"]["POST /payonic/api/{paymentid}/capture 503"],
+        1
+    );
+    assert_eq!(counters["events"]["payonic.unavailable.capture"], 1);
+    let p = c.sb.payonic.payonic.payment("auth1").unwrap();
+    assert_eq!(
+        p.operations.len(),
+        1,
+        "not even a declined capture is recorded"
+    );
+}
+
+#[tokio::test]
+async fn each_function_is_down_exactly_when_the_api_serving_it_reports_error() {
+    // The host of each end-point (L34, L107, L147, L187, L227, L270): void is on api.refund.
+    let functions = ["mit", "capture", "refund", "void", "payout", "payment"];
+    fn served_by(f: &str) -> &str {
+        if f == "void" { "refund" } else { f }
+    }
+    for down in [
+        "cit", "mit", "capture", "refund", "payout", "payment", "app", "www",
+    ] {
+        let mut cfg = config();
+        cfg.payonic.health.insert(
+            down.into(),
+            HealthStatus {
+                status: "error".into(),
+                msg: String::new(),
+            },
+        );
+        let c = Client::start(cfg).await;
+        let url = "http://127.0.0.1:9/n";
+        for f in functions {
+            let (status, answer) = match f {
+                "mit" => {
+                    c.post(
+                        "/mit",
+                        json!({"merchantid": "m1", "paymentid": "auth1",
+                               "merchantpaymentid": "new1", "amount": 100,
+                               "currency": "DKK", "notificationurl": url}),
+                    )
+                    .await
+                }
+                "capture" => {
+                    c.post(
+                        "/auth1/capture",
+                        json!({"amount": 100, "notificationurl": url}),
+                    )
+                    .await
+                }
+                "refund" => {
+                    c.post(
+                        "/capt1/refund",
+                        json!({"amount": 100, "notificationurl": url}),
+                    )
+                    .await
+                }
+                "void" => c.post("/auth2/void", json!({"notificationurl": url})).await,
+                "payout" => {
+                    c.post("/capt1/payout", json!({"amount": 100, "currency": "EUR"}))
+                        .await
+                }
+                _ => {
+                    c.get("/auth3/payment", Some(&json!({"notificationurl": url})))
+                        .await
+                }
+            };
+            if served_by(f) == down {
+                assert_eq!(status, 503, "{f} with {down} down: {answer}");
+                assert_eq!(
+                    answer,
+                    json!({"error": "No response received from the API request.", "field": ""}),
+                    "an empty msg answers the document's (L432)"
+                );
+            } else {
+                assert_eq!(status, 200, "{f} with {down} down: {answer}");
+            }
+        }
+        // The Health API keeps answering, and reports it.
+        let (status, doc) = c.get("/health", None).await;
+        assert_eq!(status, 200);
+        let reported: Vec<&str> = doc["api"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["status"] == "error")
+            .map(|a| a["api"].as_str().unwrap())
+            .collect();
+        let host = format!("api.{down}.payonic.com");
+        match down {
+            "app" | "www" => {
+                assert!(reported.is_empty());
+                assert_eq!(doc[format!("{down}.payonic.com")]["status"], "error");
+            }
+            _ => assert_eq!(reported, [host.as_str()]),
+        }
+        // Down means down, whoever asks: the key is not even looked at (a choice, see health.rs).
+        if down == "capture" {
+            let (status, _) = c
+                .send(
+                    reqwest::Method::POST,
+                    "/auth1/capture",
+                    &[("Authorization", "Basic wrong-key")],
+                    Some(&json!({"amount": 1, "notificationurl": url})),
+                )
+                .await;
+            assert_eq!(status, 503);
+        }
+    }
 }

@@ -98,7 +98,8 @@ pub struct PayonicConfig {
     pub notify_delay_max: std::time::Duration,
     /// Status reported by the Health API (L409-460) per API: keys `cit`, `mit`, `capture`,
     /// `refund`, `payout`, `payment` (the `api.<name>.payonic.com` entries), `app`, `www`.
-    /// Unlisted ones report "ok".
+    /// Unlisted ones report "ok". An API reported "error" is down: its functions answer 503
+    /// and do nothing (void is on api.refund, L187).
     pub health: BTreeMap<String, HealthStatus>,
     /// Payments that exist when the sandbox starts (captures, refunds, voids and payouts need
     /// one; an MIT needs its parent).

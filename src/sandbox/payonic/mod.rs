@@ -30,7 +30,9 @@
 //!   checked;
 //! - the shared request faults (latency, 5xx, timeout, drop after commit) apply to Payonic
 //!   requests too, drawn from the seed, the request's identity (its TraceApi, else a digest
-//!   of method, path and body) and how many times that identity was seen.
+//!   of method, path and body) and how many times that identity was seen;
+//! - an API that `payonic.health` reports "error" is down: its functions answer 503 and do
+//!   nothing (see `health`).
 
 pub mod codes;
 pub mod health;
@@ -237,6 +239,16 @@ fn error(status: StatusCode, field: &str, message: &str) -> Response {
         axum::Json(json!({"error": message, "field": field})),
     )
         .into_response()
+}
+
+/// 503 when `payonic.health` reports `api` down (see `health`); counted as the event
+/// `payonic.unavailable.<api>`.
+fn unavailable(ctx: &Ctx, api: health::Api) -> Option<Response> {
+    let msg = health::outage(&ctx.payonic.config.health, api)?;
+    ctx.state
+        .ledger
+        .event(&format!("payonic.unavailable.{}", api.name()));
+    Some(error(StatusCode::SERVICE_UNAVAILABLE, "", &msg))
 }
 
 fn bad_request(e: Invalid) -> Response {
@@ -480,6 +492,9 @@ fn mit_notification(p: &Payment, op: &Operation, seed: u64) -> Value {
 }
 
 async fn mit(AxState(ctx): AxState<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = unavailable(&ctx, health::Api::Mit) {
+        return r;
+    }
     let state = &ctx.state;
     let call = match check(&ctx, &headers, "mit", &body, false) {
         Ok(c) => c,
@@ -573,6 +588,14 @@ async fn modify(
     body: Bytes,
     ty: OpType,
 ) -> Response {
+    // Void is served by api.refund (L187).
+    let api = match ty {
+        OpType::Capture => health::Api::Capture,
+        _ => health::Api::Refund,
+    };
+    if let Some(r) = unavailable(&ctx, api) {
+        return r;
+    }
     let state = &ctx.state;
     let call = match check(
         &ctx,
@@ -657,6 +680,9 @@ async fn payout(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(r) = unavailable(&ctx, health::Api::Payout) {
+        return r;
+    }
     let state = &ctx.state;
     let call = match check(&ctx, &headers, &format!("payout/{id}"), &body, false) {
         Ok(c) => c,
@@ -716,6 +742,9 @@ async fn payment_info(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(r) = unavailable(&ctx, health::Api::Payment) {
+        return r;
+    }
     let state = &ctx.state;
     let chosen: Vec<_> = query
         .iter()
