@@ -68,6 +68,24 @@ impl Inbox {
         self.all().into_iter().filter(|r| r.path == path).collect()
     }
 
+    /// Waits (at most 5 s) until `n` notifications came to `path`; returns them.
+    async fn for_path(&self, path: &str, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = self.at_path(path);
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} notifications at {path}; got {:?}",
+                got.len(),
+                self.all()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Waits (at most 5 s) for a notification carrying `responseid`.
     async fn for_response(&self, responseid: &str) -> Received {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -205,6 +223,23 @@ impl Client {
             .for_response(answer["responseid"].as_str().unwrap())
             .await
             .body
+    }
+
+    /// A POST to the sandbox's own `/__sandbox{path}`.
+    async fn admin(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("http://{}/__sandbox{path}", self.sb.addr))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .expect("an answer");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     async fn ledger(&self) -> Vec<Value> {
@@ -1144,4 +1179,185 @@ async fn each_function_is_down_exactly_when_the_api_serving_it_reports_error() {
             assert_eq!(status, 503);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Life cycle management (L461-469)
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_life_cycle_update_changes_the_card_and_notifies_the_back_office_url() {
+    let inbox = Inbox::start().await;
+    let mut cfg = config();
+    cfg.payonic.lifecycle_url = Some(inbox.at("/lifecycle"));
+    let c = Client::start(cfg).await;
+    let before = c.payment_view("auth1", &inbox).await;
+    assert_eq!(
+        (
+            &before["last4"],
+            &before["Expiry date"],
+            &before["gfx"]["last4"]
+        ),
+        (&json!("4242"), &json!("12/2030"), &json!("4242"))
+    );
+
+    // By merchantpaymentid, as the functions accept it.
+    let (status, answer) = c.admin("/payonic/lifecycle/order1").await;
+    assert_eq!(status, 200, "{answer}");
+    let got = inbox.for_path("/lifecycle", 1).await;
+    // L466-469, exactly.
+    assert_eq!(
+        got[0].body,
+        json!({"paymentid": "auth1", "merchantpaymentid": "order1"})
+    );
+    assert_eq!(keys(&got[0].body), ["paymentid", "merchantpaymentid"]);
+    assert_eq!(got[0].trace, None, "no merchant request, no TraceApi");
+
+    // What the merchant then fetches (L464).
+    let after = c.payment_view("auth1", &inbox).await;
+    let last4 = after["last4"].as_str().unwrap();
+    assert!(
+        last4.len() == 4 && last4.bytes().all(|b| b.is_ascii_digit()),
+        "{last4}"
+    );
+    assert_ne!(last4, "4242", "a new PAN");
+    assert_eq!(answer["last4"], last4, "the trigger answers the new card");
+    assert_eq!(after["Expiry date"], "12/2033");
+    assert_eq!(
+        (
+            &after["gfx"]["last4"],
+            &after["gfx"]["expyear"],
+            &after["gfx"]["expmonth"]
+        ),
+        (&json!(last4), &json!(2033), &json!(12))
+    );
+    assert_eq!(
+        operation_types(&after),
+        ["authorize"],
+        "the payment is otherwise as it was"
+    );
+    assert_eq!(after["balance"], 1095);
+    let other = c.payment_view("auth2", &inbox).await;
+    assert_eq!(other["last4"], "4242", "other payments keep their card");
+
+    // An MIT charges the stored card: the updated one.
+    let rid = c
+        .accepted(
+            "/mit",
+            json!({"merchantid": "m1", "paymentid": "auth1", "merchantpaymentid": "mit1",
+                   "amount": 100, "currency": "DKK", "notificationurl": inbox.at("/mit")}),
+        )
+        .await;
+    inbox.for_response(&rid).await;
+    assert_eq!(c.payment_view("mit1", &inbox).await["last4"], last4);
+
+    // A second update: another card, notified again; nothing more than that was sent.
+    let (status, second) = c.admin("/payonic/lifecycle/auth1").await;
+    assert_eq!(status, 200);
+    assert_ne!(second["last4"], last4);
+    assert_eq!(second["expyear"], 2036);
+    let got = inbox.for_path("/lifecycle", 2).await;
+    assert_eq!(got[0].body, got[1].body);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        inbox.at_path("/lifecycle").len(),
+        2,
+        "one notification per update"
+    );
+
+    let (status, answer) = c.admin("/payonic/lifecycle/nosuchpayment").await;
+    assert_eq!((status, answer["field"].as_str()), (404, Some("paymentid")));
+    assert!(c.ledger().await.is_empty(), "a card update moves no money");
+    let counters = c.counters().await;
+    assert_eq!(
+        counters["requests"]["POST /__sandbox/payonic/lifecycle/{paymentid} 200"],
+        2
+    );
+    assert_eq!(counters["events"]["payonic.lifecycle.updated"], 2);
+
+    // The same seed updates the card the same way.
+    let mut cfg = config();
+    cfg.payonic.lifecycle_url = Some(inbox.at("/lifecycle-again"));
+    let again = Client::start(cfg).await;
+    let (_, same) = again.admin("/payonic/lifecycle/auth1").await;
+    assert_eq!(same["last4"], last4);
+}
+
+#[tokio::test]
+async fn a_life_cycle_update_without_a_lifecycle_url_is_409_and_changes_nothing() {
+    let c = Client::start(config()).await;
+    let inbox = Inbox::start().await;
+    let (status, answer) = c.admin("/payonic/lifecycle/auth1").await;
+    assert_eq!(status, 409, "{answer}");
+    let msg = answer["error"].as_str().unwrap();
+    assert!(msg.contains("payonic.lifecycle_url"), "{msg}");
+    assert!(msg.contains("hint"), "{msg}");
+    assert_eq!(c.payment_view("auth1", &inbox).await["last4"], "4242");
+}
+
+#[tokio::test]
+async fn life_cycle_notifications_take_the_webhook_faults() {
+    let inbox = Inbox::start().await;
+    let mut cfg = config();
+    cfg.payonic.lifecycle_url = Some(inbox.at("/lifecycle"));
+    cfg.faults.webhook_duplicate_rate = 1.0;
+    let c = Client::start(cfg).await;
+    let (status, _) = c.admin("/payonic/lifecycle/auth1").await;
+    assert_eq!(status, 200);
+    let got = inbox.for_path("/lifecycle", 2).await;
+    assert_eq!(got[0].body, got[1].body, "duplicated");
+
+    c.sb.set_faults(Faults {
+        webhook_drop_rate: 1.0,
+        ..Faults::default()
+    });
+    let (status, dropped) = c.admin("/payonic/lifecycle/auth2").await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        inbox.at_path("/lifecycle").len(),
+        2,
+        "dropped: {:?}",
+        inbox.all()
+    );
+    let events = &c.counters().await["events"];
+    assert_eq!(events["payonic.notifications.duplicated"], 1);
+    assert_eq!(events["payonic.notifications.dropped"], 1);
+    c.sb.set_faults(Faults::default());
+    assert_eq!(
+        c.payment_view("auth2", &inbox).await["last4"],
+        dropped["last4"],
+        "the card changed although the notification was lost"
+    );
+}
+
+#[test]
+fn a_bad_lifecycle_url_is_a_config_error() {
+    for url in ["not a url", "ftp://example.com/x", "/relative/path"] {
+        let mut cfg = config();
+        cfg.payonic.lifecycle_url = Some(url.into());
+        let e = cfg.check().unwrap_err();
+        assert!(
+            e.contains("payonic.lifecycle_url") && e.contains(url),
+            "{e}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sandbox.yaml");
+    std::fs::write(
+        &path,
+        "payonic:\n  lifecycle_url: http://127.0.0.1:8787/lifecycle\n",
+    )
+    .unwrap();
+    let cfg = SandboxConfig::load(&path).expect("a lifecycle_url loads");
+    assert_eq!(
+        cfg.payonic.lifecycle_url.as_deref(),
+        Some("http://127.0.0.1:8787/lifecycle")
+    );
+    std::fs::write(&path, "payonic:\n  lifecycle_url: 12\n").unwrap();
+    let e = SandboxConfig::load(&path).unwrap_err().to_string();
+    assert!(e.contains("lifecycle_url"), "{e}");
+    std::fs::write(&path, "payonic:\n  lifecycle_uri: http://127.0.0.1:1/x\n").unwrap();
+    let e = SandboxConfig::load(&path).unwrap_err().to_string();
+    assert!(e.contains("lifecycle_uri"), "unknown keys stay errors: {e}");
 }

@@ -12,6 +12,10 @@
 //! time, when the operation counts as processed: the Payment API shows an operation only from
 //! then on, and its ledger row bears that time. Payout answers on the socket (L228).
 //!
+//! Life cycle management (L461-469) starts at the card issuer, not the merchant: the sandbox's
+//! own `POST /__sandbox/payonic/lifecycle/{paymentid}` plays the issuer, updating the payment's
+//! card and notifying `payonic.lifecycle_url` (see `lifecycle` below).
+//!
 //! Choices where the document is silent (besides those in `wire`, `codes`, `payment`,
 //! `notify`, `health`):
 //! - a wrong or missing API key is 401, an unknown {paymentid} 404, both with
@@ -52,7 +56,7 @@ use axum::extract::{Path, Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use payment::{OpType, Operation, Payment};
+use payment::{Card, OpType, Operation, Payment};
 use rand::Rng;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -189,6 +193,7 @@ impl Payonic {
             note: String::new(),
             tags: String::new(),
             customer,
+            card: Card::default(),
             operations,
         };
         self.aliases
@@ -230,6 +235,13 @@ pub fn routes(ctx: Arc<Ctx>) -> Router<Arc<State>> {
         .route("/api/{paymentid}/void", post(void))
         .route("/api/{paymentid}/payout", post(payout))
         .route("/api/{paymentid}/payment", get(payment_info))
+        .with_state(ctx)
+}
+
+/// The sandbox's own Payonic endpoints (under `/__sandbox/`, beside the ledger and reset).
+pub fn admin_routes(ctx: Arc<Ctx>) -> Router<Arc<State>> {
+    Router::new()
+        .route("/__sandbox/payonic/lifecycle/{paymentid}", post(lifecycle))
         .with_state(ctx)
 }
 
@@ -552,6 +564,7 @@ async fn mit(AxState(ctx): AxState<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
         note: req.note.clone(),
         tags: req.tags.clone(),
         customer: req.customer.unwrap_or(parent.customer),
+        card: parent.card,
         operations: Vec::new(),
     };
     let op = operate(
@@ -806,4 +819,66 @@ async fn health(AxState(ctx): AxState<Arc<Ctx>>, headers: HeaderMap) -> Response
         axum::Json(health::document(&ctx.payonic.config.health)),
     )
         .into_response()
+}
+
+/// `POST /__sandbox/payonic/lifecycle/{paymentid}` (a paymentid or merchantpaymentid): the
+/// card issuer updates the PAN behind the payment (L462). Its card gets a new last4 and expiry
+/// at once — the Payment API shows them from then on — and the life cycle notification
+/// (L465-469) is posted to `payonic.lifecycle_url` like any other notification: after
+/// `notify_delay_min..max`, subject to the webhook faults. Answers the payment's new card
+/// details. 409 without a lifecycle_url (then nothing changes), 404 for an unknown payment.
+///
+/// Choices where the document is silent: no TraceApi (no merchant request started it); the
+/// payment's MIT children keep the card they were made with; each update of a payment draws
+/// its new last4, delay and faults from the seed, the paymentid and the update's number.
+async fn lifecycle(AxState(ctx): AxState<Arc<Ctx>>, Path(id): Path<String>) -> Response {
+    let state = &ctx.state;
+    let Some(url) = ctx.payonic.config.lifecycle_url.clone() else {
+        return error(
+            StatusCode::CONFLICT,
+            "",
+            "no life cycle notification can be sent: payonic.lifecycle_url is not configured \
+             (hint: set it in the sandbox config, the back-office setting of L463)",
+        );
+    };
+    let Some(pid) = ctx.payonic.resolve(&id) else {
+        return unknown_payment(&id);
+    };
+    let (body, card) = {
+        let mut shard = ctx.payonic.payments.shard(&pid);
+        let Some(p) = shard.get_mut(&pid) else {
+            return unknown_payment(&id);
+        };
+        let n = p.card.updates.to_string();
+        let digest = hex_id(state.seed, &[&p.paymentid, "lifecycle", &n]);
+        p.card = p
+            .card
+            .updated(u64::from_str_radix(&digest[..12], 16).unwrap_or(0));
+        (
+            json!({"paymentid": p.paymentid, "merchantpaymentid": p.merchantpaymentid}),
+            p.card.clone(),
+        )
+    };
+    state.ledger.event("payonic.lifecycle.updated");
+    // The update's own identity and number decide its delay and faults, as a request's do.
+    let call = Call {
+        trace: None,
+        identity: format!("lifecycle/{pid}"),
+        attempt: card.updates - 1,
+        body: Value::Null,
+    };
+    let at = processing_time(&ctx, &call);
+    notify::send(
+        &ctx,
+        &mut notification_rng(state, &call),
+        &url,
+        None,
+        at,
+        body.clone(),
+    );
+    let mut answer = body;
+    answer["last4"] = json!(card.last4);
+    answer["expmonth"] = json!(card.expmonth);
+    answer["expyear"] = json!(card.expyear);
+    (StatusCode::OK, axum::Json(answer)).into_response()
 }
