@@ -211,7 +211,8 @@ enum Command {
     ///
     /// Prints the base URLs and the test credentials it accepts, then serves until Ctrl-C.
     /// Sandbox-only endpoints: GET /__sandbox/ledger, GET /__sandbox/counters,
-    /// POST /__sandbox/reset.
+    /// POST /__sandbox/reset, POST /__sandbox/payonic/lifecycle/{paymentid} (the card issuer
+    /// updates a payment's card; notified to payonic.lifecycle_url).
     Sandbox {
         /// Address to listen on (loopback by default; port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:8900")]
@@ -606,6 +607,14 @@ fn sandbox(
         println!("  outbound_key: {}", paysend.outbound_key);
         println!("payonic: {}", sb.base_url("payonic"));
         println!("  api_key:      {}", payonic.api_key);
+        println!(
+            "  life cycle:   POST http://{}/__sandbox/payonic/lifecycle/{{paymentid}} -> {}",
+            sb.addr,
+            payonic
+                .lifecycle_url
+                .as_deref()
+                .unwrap_or("(payonic.lifecycle_url not set)")
+        );
         println!(
             "ledger: http://{0}/__sandbox/ledger  counters: http://{0}/__sandbox/counters  reset: POST http://{0}/__sandbox/reset",
             sb.addr

@@ -1,8 +1,10 @@
 //! The Payonic emulation seen from outside, as a merchant and its notification endpoint would
 //! see it: each function's answer and notification shape, request validation, the API key and
 //! TraceApi, the payment rules (declined, no money moved), the Payment API's operations[]
-//! history, payouts without idempotency, the health document, and notification faults at their
-//! rates. In-process sandbox, provider time 1000× faster; every wait is a bounded poll.
+//! history, payouts without idempotency, the health document and outages, life cycle
+//! notifications, the request faults and notification faults at their rates, and when
+//! notifications arrive. In-process sandbox, provider time 1000× faster; every wait is a
+//! bounded poll, and wall-clock assertions are lower bounds or generous upper ones.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -21,6 +23,8 @@ struct Received {
     path: String,
     trace: Option<String>,
     body: Value,
+    /// When it arrived.
+    at: Instant,
 }
 
 /// A local endpoint that records every notification posted to it.
@@ -38,7 +42,9 @@ impl Inbox {
                  uri: axum::http::Uri,
                  headers: HeaderMap,
                  body: Bytes| async move {
+                    let at = Instant::now();
                     got.lock().unwrap().push(Received {
+                        at,
                         path: uri.path().to_string(),
                         trace: headers
                             .get("traceapi")
@@ -61,6 +67,29 @@ impl Inbox {
 
     fn all(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
+    }
+
+    /// Those received at `path`.
+    fn at_path(&self, path: &str) -> Vec<Received> {
+        self.all().into_iter().filter(|r| r.path == path).collect()
+    }
+
+    /// Waits (at most 5 s) until `n` notifications came to `path`; returns them.
+    async fn for_path(&self, path: &str, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = self.at_path(path);
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} notifications at {path}; got {:?}",
+                got.len(),
+                self.all()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Waits (at most 5 s) for a notification carrying `responseid`.
@@ -185,6 +214,38 @@ impl Client {
             .to_string();
         assert!(is_hex32(&id), "{id}");
         id
+    }
+
+    /// The payment as the Payment API notifies it (all operations, with the card image).
+    async fn payment_view(&self, id: &str, inbox: &Inbox) -> Value {
+        let (status, answer) = self
+            .get(
+                &format!("/{id}/payment"),
+                Some(&json!({"notificationurl": inbox.at("/payment-view"), "gfx": 1})),
+            )
+            .await;
+        assert_eq!(status, 200, "the Payment API answers: {answer}");
+        inbox
+            .for_response(answer["responseid"].as_str().unwrap())
+            .await
+            .body
+    }
+
+    /// A POST to the sandbox's own `/__sandbox{path}`.
+    async fn admin(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("http://{}/__sandbox{path}", self.sb.addr))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .expect("an answer");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     async fn ledger(&self) -> Vec<Value> {
@@ -862,22 +923,17 @@ fn the_documented_sandbox_config_loads_with_its_payonic_section() {
 /// Captures `n` generated payments once each; returns how many notifications each responseid
 /// got, in request order.
 async fn captures_under_faults(seed: u64, n: u64) -> (Vec<usize>, Value) {
-    let mut cfg = config();
-    cfg.seed = seed;
-    cfg.payonic.generate = Some(PayonicGenerate {
-        prefix: "gen".into(),
-        count: n,
-        amount: 1000,
-        currency: "EUR".into(),
-        state: SeedState::Authorized,
-    });
-    cfg.faults = Faults {
-        webhook_drop_rate: 0.2,
-        webhook_duplicate_rate: 0.2,
-        webhook_delay_rate: 0.1,
-        webhook_reorder_rate: 0.1,
-        ..Faults::default()
-    };
+    let cfg = generated(
+        seed,
+        n,
+        Faults {
+            webhook_drop_rate: 0.2,
+            webhook_duplicate_rate: 0.2,
+            webhook_delay_rate: 0.1,
+            webhook_reorder_rate: 0.1,
+            ..Faults::default()
+        },
+    );
     let c = Client::start(cfg).await;
     let inbox = Inbox::start().await;
     let mut rids = Vec::new();
@@ -942,4 +998,893 @@ async fn notifications_are_dropped_and_duplicated_at_their_rates_reproducibly() 
     let (other, _) = captures_under_faults(4, n).await;
     assert_ne!(per, other, "another seed, other faults");
     eprintln!("three runs of {n} in {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health that bites: an API reported "error" is down
+// ---------------------------------------------------------------------------------------------
+
+fn operation_types(payment: &Value) -> Vec<String> {
+    payment["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["operationtype"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_capture_while_the_capture_api_is_down_is_503_and_changes_nothing() {
+    let mut cfg = config();
+    cfg.payonic.health.insert(
+        "capture".into(),
+        HealthStatus {
+            status: "error".into(),
+            msg: "No response received from the API request.".into(),
+        },
+    );
+    let c = Client::start(cfg).await;
+    let inbox = Inbox::start().await;
+    let (status, answer) = c
+        .post(
+            "/order1/capture",
+            json!({"amount": 1095, "notificationurl": inbox.at("/capture")}),
+        )
+        .await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"error": "No response received from the API request.", "field": ""})
+    );
+
+    // The refund API is another host: it still works.
+    let rid = c
+        .accepted(
+            "/capt1/refund",
+            json!({"amount": 500, "notificationurl": inbox.at("/refund")}),
+        )
+        .await;
+    assert_eq!(inbox.for_response(&rid).await.body["status"], "approved");
+
+    let payment = c.payment_view("auth1", &inbox).await;
+    assert_eq!(operation_types(&payment), ["authorize"], "{payment}");
+    assert_eq!(payment["balance"], 1095, "nothing captured");
+    // A capture's notification is due within notify_delay_max (2 ms here); the refund's, sent
+    // after it, came already.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        inbox.at_path("/capture").is_empty(),
+        "no capture notification: {:?}",
+        inbox.all()
+    );
+    let rows: Vec<(String, String)> = c
+        .ledger()
+        .await
+        .iter()
+        .map(|e| {
+            (
+                e["payment_id"].as_str().unwrap().into(),
+                e["operation"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, [("capt1".to_string(), "refund".to_string())]);
+    let counters = c.counters().await;
+    assert_eq!(
+        counters["requests"]["POST /payonic/api/{paymentid}/capture 503"],
+        1
+    );
+    assert_eq!(counters["events"]["payonic.unavailable.capture"], 1);
+    let p = c.sb.payonic.payonic.payment("auth1").unwrap();
+    assert_eq!(
+        p.operations.len(),
+        1,
+        "not even a declined capture is recorded"
+    );
+}
+
+#[tokio::test]
+async fn each_function_is_down_exactly_when_the_api_serving_it_reports_error() {
+    // The host of each end-point (L34, L107, L147, L187, L227, L270): void is on api.refund.
+    let functions = ["mit", "capture", "refund", "void", "payout", "payment"];
+    fn served_by(f: &str) -> &str {
+        if f == "void" { "refund" } else { f }
+    }
+    for down in [
+        "cit", "mit", "capture", "refund", "payout", "payment", "app", "www",
+    ] {
+        let mut cfg = config();
+        cfg.payonic.health.insert(
+            down.into(),
+            HealthStatus {
+                status: "error".into(),
+                msg: String::new(),
+            },
+        );
+        let c = Client::start(cfg).await;
+        let url = "http://127.0.0.1:9/n";
+        for f in functions {
+            let (status, answer) = match f {
+                "mit" => {
+                    c.post(
+                        "/mit",
+                        json!({"merchantid": "m1", "paymentid": "auth1",
+                               "merchantpaymentid": "new1", "amount": 100,
+                               "currency": "DKK", "notificationurl": url}),
+                    )
+                    .await
+                }
+                "capture" => {
+                    c.post(
+                        "/auth1/capture",
+                        json!({"amount": 100, "notificationurl": url}),
+                    )
+                    .await
+                }
+                "refund" => {
+                    c.post(
+                        "/capt1/refund",
+                        json!({"amount": 100, "notificationurl": url}),
+                    )
+                    .await
+                }
+                "void" => c.post("/auth2/void", json!({"notificationurl": url})).await,
+                "payout" => {
+                    c.post("/capt1/payout", json!({"amount": 100, "currency": "EUR"}))
+                        .await
+                }
+                _ => {
+                    c.get("/auth3/payment", Some(&json!({"notificationurl": url})))
+                        .await
+                }
+            };
+            if served_by(f) == down {
+                assert_eq!(status, 503, "{f} with {down} down: {answer}");
+                assert_eq!(
+                    answer,
+                    json!({"error": "No response received from the API request.", "field": ""}),
+                    "an empty msg answers the document's (L432)"
+                );
+            } else {
+                assert_eq!(status, 200, "{f} with {down} down: {answer}");
+            }
+        }
+        // The Health API keeps answering, and reports it.
+        let (status, doc) = c.get("/health", None).await;
+        assert_eq!(status, 200);
+        let reported: Vec<&str> = doc["api"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["status"] == "error")
+            .map(|a| a["api"].as_str().unwrap())
+            .collect();
+        let host = format!("api.{down}.payonic.com");
+        match down {
+            "app" | "www" => {
+                assert!(reported.is_empty());
+                assert_eq!(doc[format!("{down}.payonic.com")]["status"], "error");
+            }
+            _ => assert_eq!(reported, [host.as_str()]),
+        }
+        // Down means down, whoever asks: the key is not even looked at (a choice, see health.rs).
+        if down == "capture" {
+            let (status, _) = c
+                .send(
+                    reqwest::Method::POST,
+                    "/auth1/capture",
+                    &[("Authorization", "Basic wrong-key")],
+                    Some(&json!({"amount": 1, "notificationurl": url})),
+                )
+                .await;
+            assert_eq!(status, 503);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Life cycle management (L461-469)
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_life_cycle_update_changes_the_card_and_notifies_the_back_office_url() {
+    let inbox = Inbox::start().await;
+    let mut cfg = config();
+    cfg.payonic.lifecycle_url = Some(inbox.at("/lifecycle"));
+    let c = Client::start(cfg).await;
+    let before = c.payment_view("auth1", &inbox).await;
+    assert_eq!(
+        (
+            &before["last4"],
+            &before["Expiry date"],
+            &before["gfx"]["last4"]
+        ),
+        (&json!("4242"), &json!("12/2030"), &json!("4242"))
+    );
+
+    // By merchantpaymentid, as the functions accept it.
+    let (status, answer) = c.admin("/payonic/lifecycle/order1").await;
+    assert_eq!(status, 200, "{answer}");
+    let got = inbox.for_path("/lifecycle", 1).await;
+    // L466-469, exactly.
+    assert_eq!(
+        got[0].body,
+        json!({"paymentid": "auth1", "merchantpaymentid": "order1"})
+    );
+    assert_eq!(keys(&got[0].body), ["paymentid", "merchantpaymentid"]);
+    assert_eq!(got[0].trace, None, "no merchant request, no TraceApi");
+
+    // What the merchant then fetches (L464).
+    let after = c.payment_view("auth1", &inbox).await;
+    let last4 = after["last4"].as_str().unwrap();
+    assert!(
+        last4.len() == 4 && last4.bytes().all(|b| b.is_ascii_digit()),
+        "{last4}"
+    );
+    assert_ne!(last4, "4242", "a new PAN");
+    assert_eq!(answer["last4"], last4, "the trigger answers the new card");
+    assert_eq!(after["Expiry date"], "12/2033");
+    assert_eq!(
+        (
+            &after["gfx"]["last4"],
+            &after["gfx"]["expyear"],
+            &after["gfx"]["expmonth"]
+        ),
+        (&json!(last4), &json!(2033), &json!(12))
+    );
+    assert_eq!(
+        operation_types(&after),
+        ["authorize"],
+        "the payment is otherwise as it was"
+    );
+    assert_eq!(after["balance"], 1095);
+    let other = c.payment_view("auth2", &inbox).await;
+    assert_eq!(other["last4"], "4242", "other payments keep their card");
+
+    // An MIT charges the stored card: the updated one.
+    let rid = c
+        .accepted(
+            "/mit",
+            json!({"merchantid": "m1", "paymentid": "auth1", "merchantpaymentid": "mit1",
+                   "amount": 100, "currency": "DKK", "notificationurl": inbox.at("/mit")}),
+        )
+        .await;
+    inbox.for_response(&rid).await;
+    assert_eq!(c.payment_view("mit1", &inbox).await["last4"], last4);
+
+    // A second update: another card, notified again; nothing more than that was sent.
+    let (status, second) = c.admin("/payonic/lifecycle/auth1").await;
+    assert_eq!(status, 200);
+    assert_ne!(second["last4"], last4);
+    assert_eq!(second["expyear"], 2036);
+    let got = inbox.for_path("/lifecycle", 2).await;
+    assert_eq!(got[0].body, got[1].body);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        inbox.at_path("/lifecycle").len(),
+        2,
+        "one notification per update"
+    );
+
+    let (status, answer) = c.admin("/payonic/lifecycle/nosuchpayment").await;
+    assert_eq!((status, answer["field"].as_str()), (404, Some("paymentid")));
+    assert!(c.ledger().await.is_empty(), "a card update moves no money");
+    let counters = c.counters().await;
+    assert_eq!(
+        counters["requests"]["POST /__sandbox/payonic/lifecycle/{paymentid} 200"],
+        2
+    );
+    assert_eq!(counters["events"]["payonic.lifecycle.updated"], 2);
+
+    // The same seed updates the card the same way.
+    let mut cfg = config();
+    cfg.payonic.lifecycle_url = Some(inbox.at("/lifecycle-again"));
+    let again = Client::start(cfg).await;
+    let (_, same) = again.admin("/payonic/lifecycle/auth1").await;
+    assert_eq!(same["last4"], last4);
+}
+
+#[tokio::test]
+async fn a_life_cycle_update_without_a_lifecycle_url_is_409_and_changes_nothing() {
+    let c = Client::start(config()).await;
+    let inbox = Inbox::start().await;
+    let (status, answer) = c.admin("/payonic/lifecycle/auth1").await;
+    assert_eq!(status, 409, "{answer}");
+    let msg = answer["error"].as_str().unwrap();
+    assert!(msg.contains("payonic.lifecycle_url"), "{msg}");
+    assert!(msg.contains("hint"), "{msg}");
+    assert_eq!(c.payment_view("auth1", &inbox).await["last4"], "4242");
+}
+
+#[tokio::test]
+async fn life_cycle_notifications_take_the_webhook_faults() {
+    let inbox = Inbox::start().await;
+    let mut cfg = config();
+    cfg.payonic.lifecycle_url = Some(inbox.at("/lifecycle"));
+    cfg.faults.webhook_duplicate_rate = 1.0;
+    let c = Client::start(cfg).await;
+    let (status, _) = c.admin("/payonic/lifecycle/auth1").await;
+    assert_eq!(status, 200);
+    let got = inbox.for_path("/lifecycle", 2).await;
+    assert_eq!(got[0].body, got[1].body, "duplicated");
+
+    c.sb.set_faults(Faults {
+        webhook_drop_rate: 1.0,
+        ..Faults::default()
+    });
+    let (status, dropped) = c.admin("/payonic/lifecycle/auth2").await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        inbox.at_path("/lifecycle").len(),
+        2,
+        "dropped: {:?}",
+        inbox.all()
+    );
+    let events = &c.counters().await["events"];
+    assert_eq!(events["payonic.notifications.duplicated"], 1);
+    assert_eq!(events["payonic.notifications.dropped"], 1);
+    c.sb.set_faults(Faults::default());
+    assert_eq!(
+        c.payment_view("auth2", &inbox).await["last4"],
+        dropped["last4"],
+        "the card changed although the notification was lost"
+    );
+}
+
+#[test]
+fn a_bad_lifecycle_url_is_a_config_error() {
+    for url in ["not a url", "ftp://example.com/x", "/relative/path"] {
+        let mut cfg = config();
+        cfg.payonic.lifecycle_url = Some(url.into());
+        let e = cfg.check().unwrap_err();
+        assert!(
+            e.contains("payonic.lifecycle_url") && e.contains(url),
+            "{e}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sandbox.yaml");
+    std::fs::write(
+        &path,
+        "payonic:\n  lifecycle_url: http://127.0.0.1:8787/lifecycle\n",
+    )
+    .unwrap();
+    let cfg = SandboxConfig::load(&path).expect("a lifecycle_url loads");
+    assert_eq!(
+        cfg.payonic.lifecycle_url.as_deref(),
+        Some("http://127.0.0.1:8787/lifecycle")
+    );
+    std::fs::write(&path, "payonic:\n  lifecycle_url: 12\n").unwrap();
+    let e = SandboxConfig::load(&path).unwrap_err().to_string();
+    assert!(e.contains("lifecycle_url"), "{e}");
+    std::fs::write(&path, "payonic:\n  lifecycle_uri: http://127.0.0.1:1/x\n").unwrap();
+    let e = SandboxConfig::load(&path).unwrap_err().to_string();
+    assert!(e.contains("lifecycle_uri"), "unknown keys stay errors: {e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request faults on Payonic requests (as tests/sandbox_faults.rs does for Paysend)
+// ---------------------------------------------------------------------------------------------
+
+/// What a client saw of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Answered(u16),
+    /// The connection closed without an answer.
+    Closed,
+    /// The client's own timeout fired first.
+    TimedOut,
+}
+
+/// One capture request and what its client saw.
+#[derive(Debug, Clone)]
+struct Sent {
+    paymentid: String,
+    outcome: Outcome,
+    started: Instant,
+    elapsed: Duration,
+    responseid: Option<String>,
+}
+
+/// `config()` plus `n` authorized payments `gen00000001…` of EUR 10.00, under `faults`.
+fn generated(seed: u64, n: u64, faults: Faults) -> SandboxConfig {
+    let mut cfg = config();
+    cfg.seed = seed;
+    cfg.payonic.generate = Some(PayonicGenerate {
+        prefix: "gen".into(),
+        count: n,
+        amount: 1000,
+        currency: "EUR".into(),
+        state: SeedState::Authorized,
+    });
+    cfg.faults = faults;
+    cfg
+}
+
+fn generated_id(i: u64) -> String {
+    format!("gen{i:08}")
+}
+
+/// Captures each generated payment in full once, at most `concurrency` in flight, with a
+/// patient client (10 s); the outcomes in payment order.
+async fn capture_each(c: &Client, inbox: &Inbox, n: u64, concurrency: usize) -> Vec<Sent> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 1..=n {
+        let permit = Arc::clone(&permits).acquire_owned().await.unwrap();
+        let paymentid = generated_id(i);
+        let url = format!("{}/{paymentid}/capture", c.base);
+        let body = json!({"amount": 1000, "notificationurl": inbox.at("/n")}).to_string();
+        let http = http.clone();
+        set.spawn(async move {
+            let started = Instant::now();
+            let r = http
+                .post(url)
+                .header("Authorization", format!("Basic {KEY}"))
+                .body(body)
+                .send()
+                .await;
+            let (outcome, text) = match r {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    match resp.text().await {
+                        Ok(t) => (Outcome::Answered(status), t),
+                        Err(e) if e.is_timeout() => (Outcome::TimedOut, String::new()),
+                        Err(_) => (Outcome::Closed, String::new()),
+                    }
+                }
+                Err(e) if e.is_timeout() => (Outcome::TimedOut, String::new()),
+                Err(_) => (Outcome::Closed, String::new()),
+            };
+            let elapsed = started.elapsed();
+            drop(permit);
+            let responseid = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["responseid"].as_str().map(str::to_string));
+            (
+                i,
+                Sent {
+                    paymentid,
+                    outcome,
+                    started,
+                    elapsed,
+                    responseid,
+                },
+            )
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r.expect("a sender task"));
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, s)| s).collect()
+}
+
+/// How many capture operations the Payment API shows for each payment (faults off first: the
+/// Payment API's own requests and notifications must not meet them).
+async fn captures_shown(c: &Client, inbox: &Inbox, sent: &[Sent]) -> Vec<usize> {
+    c.sb.set_faults(Faults::default());
+    // Every operation committed so far is processed within notify_delay_max (2 ms here).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut shown = Vec::new();
+    for s in sent {
+        let p = c.payment_view(&s.paymentid, inbox).await;
+        shown.push(
+            operation_types(&p)
+                .iter()
+                .filter(|t| *t == "capture")
+                .count(),
+        );
+    }
+    shown
+}
+
+/// The payments with a capture row in the ledger, and how many rows each.
+async fn captures_paid(c: &Client) -> std::collections::HashMap<String, usize> {
+    let mut m = std::collections::HashMap::new();
+    for e in c.ledger().await {
+        assert_eq!(e["operation"], "capture", "{e}");
+        *m.entry(e["payment_id"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    m
+}
+
+/// `count` of `n` is within half of `rate × n` either way: a seeded draw is fixed, so this is
+/// only a check that the rate is applied, not a statistical test.
+fn about(what: &str, count: usize, n: usize, rate: f64) {
+    let expected = rate * n as f64;
+    eprintln!("{what}: {count} of {n} (configured {rate}, expected about {expected})");
+    assert!(
+        (count as f64) >= expected * 0.5 && (count as f64) <= expected * 1.5,
+        "{what}: {count} of {n}, configured rate {rate}"
+    );
+}
+
+/// Runs a test body with an overall bound.
+async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .expect("the test finishes within 60 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payonic_error_5xx_rate_answers_500_and_processes_nothing() {
+    bounded(async {
+        let n = 200;
+        let c = Client::start(generated(
+            21,
+            n,
+            Faults {
+                error_5xx_rate: 0.2,
+                ..Faults::default()
+            },
+        ))
+        .await;
+        let inbox = Inbox::start().await;
+        let sent = capture_each(&c, &inbox, n, 8).await;
+        let failed: Vec<&Sent> = sent
+            .iter()
+            .filter(|s| s.outcome == Outcome::Answered(500))
+            .collect();
+        assert!(
+            sent.iter()
+                .all(|s| matches!(s.outcome, Outcome::Answered(200 | 500))),
+            "answered 200 or 500: {sent:?}"
+        );
+        about("HTTP 500", failed.len(), sent.len(), 0.2);
+
+        let shown = captures_shown(&c, &inbox, &sent).await;
+        let paid = captures_paid(&c).await;
+        let notified: std::collections::HashSet<String> = inbox
+            .at_path("/n")
+            .iter()
+            .map(|r| r.body["paymentid"].as_str().unwrap().to_string())
+            .collect();
+        for (s, shown) in sent.iter().zip(&shown) {
+            let ok = s.outcome == Outcome::Answered(200);
+            assert_eq!(*shown, ok as usize, "{}: {:?}", s.paymentid, s.outcome);
+            assert_eq!(paid.get(&s.paymentid).copied(), ok.then_some(1), "{s:?}");
+            assert_eq!(notified.contains(&s.paymentid), ok, "{s:?}");
+        }
+        let counters = c.counters().await;
+        assert_eq!(
+            counters["requests"]["POST /payonic/api/{paymentid}/capture 500"],
+            failed.len() as u64
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payonic_timeout_rate_holds_the_connection_then_closes_it_processing_nothing() {
+    bounded(async {
+        let n = 200;
+        let after = Duration::from_millis(300);
+        let c = Client::start(generated(
+            22,
+            n,
+            Faults {
+                timeout_rate: 0.2,
+                timeout_after: Some(after),
+                ..Faults::default()
+            },
+        ))
+        .await;
+        let inbox = Inbox::start().await;
+        let sent = capture_each(&c, &inbox, n, 16).await;
+        let held: Vec<&Sent> = sent
+            .iter()
+            .filter(|s| s.outcome != Outcome::Answered(200))
+            .collect();
+        about("timed out", held.len(), sent.len(), 0.2);
+        for s in &held {
+            assert_eq!(s.outcome, Outcome::Closed, "closed unanswered: {s:?}");
+            assert!(
+                s.elapsed >= after,
+                "{}: held only {:?}",
+                s.paymentid,
+                s.elapsed
+            );
+        }
+        let shown = captures_shown(&c, &inbox, &sent).await;
+        let paid = captures_paid(&c).await;
+        for (s, shown) in sent.iter().zip(&shown) {
+            let ok = s.outcome == Outcome::Answered(200);
+            assert_eq!(*shown, ok as usize, "{}: {:?}", s.paymentid, s.outcome);
+            assert_eq!(paid.get(&s.paymentid).copied(), ok.then_some(1), "{s:?}");
+        }
+        assert_eq!(paid.len(), n as usize - held.len());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payonic_drop_after_commit_processes_the_operation_but_never_answers() {
+    bounded(async {
+        let n = 200;
+        let c = Client::start(generated(
+            25,
+            n,
+            Faults {
+                drop_after_commit_rate: 0.2,
+                ..Faults::default()
+            },
+        ))
+        .await;
+        let inbox = Inbox::start().await;
+        let sent = capture_each(&c, &inbox, n, 8).await;
+        let dropped: Vec<&Sent> = sent
+            .iter()
+            .filter(|s| s.outcome != Outcome::Answered(200))
+            .collect();
+        about("dropped after commit", dropped.len(), sent.len(), 0.2);
+        assert!(
+            dropped.iter().all(|s| s.outcome == Outcome::Closed),
+            "closed unanswered: {dropped:?}"
+        );
+        // The in-doubt case: every capture was processed, answered or not — in the Payment
+        // API's history, in the ledger, and notified.
+        let shown = captures_shown(&c, &inbox, &sent).await;
+        assert!(shown.iter().all(|&k| k == 1), "{shown:?}");
+        let paid = captures_paid(&c).await;
+        assert_eq!(paid.len(), n as usize);
+        assert!(paid.values().all(|&k| k == 1));
+        let notified: std::collections::HashSet<String> = inbox
+            .at_path("/n")
+            .iter()
+            .map(|r| r.body["paymentid"].as_str().unwrap().to_string())
+            .collect();
+        for s in &dropped {
+            assert!(
+                notified.contains(&s.paymentid),
+                "{}: no notification",
+                s.paymentid
+            );
+        }
+        let counters = c.counters().await;
+        assert_eq!(counters["dropped_after_commit"], dropped.len() as u64);
+        assert_eq!(
+            counters["requests"]["POST /payonic/api/{paymentid}/capture dropped"],
+            dropped.len() as u64
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payonic_latency_is_added_between_latency_min_and_max() {
+    bounded(async {
+        let n = 200;
+        let (lo, hi) = (Duration::from_millis(50), Duration::from_millis(150));
+        let c = Client::start(generated(
+            24,
+            n,
+            Faults {
+                latency_min: Some(lo),
+                latency_max: Some(hi),
+                ..Faults::default()
+            },
+        ))
+        .await;
+        let inbox = Inbox::start().await;
+        let sent = capture_each(&c, &inbox, n, 16).await;
+        assert!(sent.iter().all(|s| s.outcome == Outcome::Answered(200)));
+        let mut took: Vec<Duration> = sent.iter().map(|s| s.elapsed).collect();
+        took.sort();
+        let mean = took.iter().sum::<Duration>() / took.len() as u32;
+        eprintln!(
+            "latency: min {:?}, median {:?}, mean {mean:?}, max {:?}",
+            took[0],
+            took[took.len() / 2],
+            took[took.len() - 1]
+        );
+        // Lower bounds hold however loaded the machine is; the upper one is generous.
+        assert!(took[0] >= lo, "fastest {:?} below latency_min", took[0]);
+        assert!(
+            mean >= Duration::from_millis(85),
+            "mean {mean:?}: uniform 50..150 ms averages 100 ms"
+        );
+        let slow = took
+            .iter()
+            .filter(|&&t| t >= Duration::from_millis(125))
+            .count();
+        assert!(
+            slow >= n as usize / 10,
+            "only {slow} of {n} took 125 ms or more: the draws spread up to latency_max"
+        );
+        assert!(
+            took[took.len() / 2] <= hi + Duration::from_secs(1),
+            "median {:?} far above latency_max",
+            took[took.len() / 2]
+        );
+    })
+    .await;
+}
+
+/// Each generated payment's fate under 5xx, timeout and drop-after-commit faults: "500",
+/// "timeout" (closed, nothing processed), "dropped" (closed, processed) or "ok".
+async fn request_fates(seed: u64, n: u64) -> Vec<&'static str> {
+    let c = Client::start(generated(
+        seed,
+        n,
+        Faults {
+            error_5xx_rate: 0.15,
+            timeout_rate: 0.1,
+            timeout_after: Some(Duration::from_millis(200)),
+            drop_after_commit_rate: 0.15,
+            ..Faults::default()
+        },
+    ))
+    .await;
+    let inbox = Inbox::start().await;
+    let sent = capture_each(&c, &inbox, n, 16).await;
+    let paid = captures_paid(&c).await;
+    sent.iter()
+        .map(|s| match (s.outcome, paid.get(&s.paymentid)) {
+            (Outcome::Answered(500), None) => "500",
+            (Outcome::Closed, None) => "timeout",
+            (Outcome::Closed, Some(1)) => "dropped",
+            (Outcome::Answered(200), Some(1)) => "ok",
+            other => panic!("{}: {other:?}", s.paymentid),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payonic_request_faults_are_the_same_for_the_same_seed() {
+    bounded(async {
+        let n = 200;
+        let a = request_fates(31, n).await;
+        for (fate, rate) in [("500", 0.15), ("timeout", 0.085), ("dropped", 0.1105)] {
+            // The later faults are drawn only for requests the earlier ones spared.
+            about(
+                fate,
+                a.iter().filter(|f| **f == fate).count(),
+                a.len(),
+                rate,
+            );
+        }
+        assert_eq!(
+            a,
+            request_fates(31, n).await,
+            "the same seed, the same faults"
+        );
+        assert_ne!(a, request_fates(32, n).await, "another seed, other faults");
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// When notifications arrive
+// ---------------------------------------------------------------------------------------------
+
+/// Sends `n` captures one by one under `cfg` and waits for one notification each; returns
+/// them with what was sent, in request order.
+async fn notified_captures(cfg: SandboxConfig, n: u64) -> (Vec<(Sent, Received)>, Value) {
+    let c = Client::start(cfg).await;
+    let inbox = Inbox::start().await;
+    let sent = capture_each(&c, &inbox, n, 1).await;
+    let mut out = Vec::new();
+    for s in sent {
+        assert_eq!(s.outcome, Outcome::Answered(200), "{s:?}");
+        let r = inbox.for_response(s.responseid.as_deref().unwrap()).await;
+        out.push((s, r));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(inbox.all().len(), n as usize, "one notification each");
+    (out, c.counters().await["events"].clone())
+}
+
+/// `config()` at 1000×, notifications `min..max` of *real* time after their request.
+fn timed(seed: u64, n: u64, min: Duration, max: Duration, faults: Faults) -> SandboxConfig {
+    let mut cfg = generated(seed, n, faults);
+    cfg.payonic.notify_delay_min = min * 1000;
+    cfg.payonic.notify_delay_max = max * 1000;
+    cfg
+}
+
+/// Generous: a notification may come this much after the latest it is due.
+const SLACK: Duration = Duration::from_secs(1);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payonic_notifications_arrive_between_notify_delay_min_and_max() {
+    bounded(async {
+        let (min, max) = (Duration::from_millis(100), Duration::from_millis(300));
+        let n = 40;
+        let (got, _) = notified_captures(timed(41, n, min, max, Faults::default()), n).await;
+        let mut late_in_window = 0;
+        for (s, r) in &got {
+            let after = r.at.duration_since(s.started);
+            // The clock's float scaling may round a microsecond away.
+            assert!(
+                after + Duration::from_millis(1) >= min,
+                "{}: notified {after:?} after the request, before notify_delay_min",
+                s.paymentid
+            );
+            assert!(
+                r.at <= s.started + s.elapsed + max + SLACK,
+                "{}: notified {after:?} after the request",
+                s.paymentid
+            );
+            late_in_window += (after >= Duration::from_millis(250)) as usize;
+        }
+        // Uniform over 100..300 ms: a quarter come 250 ms or later (load only adds).
+        assert!(
+            late_in_window >= n as usize / 10,
+            "only {late_in_window} of {n} came 250 ms or more after their request"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payonic_delayed_notifications_come_ten_steps_late() {
+    bounded(async {
+        // The step is notify_delay_max (notify.rs): 50 ms, so a delayed one is 500 ms late.
+        let (min, max) = (Duration::from_millis(20), Duration::from_millis(50));
+        let n = 30;
+        let faults = Faults {
+            webhook_delay_rate: 1.0,
+            ..Faults::default()
+        };
+        let (got, events) = notified_captures(timed(42, n, min, max, faults), n).await;
+        for (s, r) in &got {
+            let after = r.at.duration_since(s.started);
+            assert!(
+                after + Duration::from_millis(1) >= min + max * 10,
+                "{}: delayed, yet notified only {after:?} after the request",
+                s.paymentid
+            );
+            assert!(
+                r.at <= s.started + s.elapsed + max * 11 + SLACK,
+                "{}: notified {after:?} after the request",
+                s.paymentid
+            );
+        }
+        assert_eq!(events["payonic.notifications.delayed"], n);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payonic_reordered_notifications_overtake_each_other_but_never_precede_their_event() {
+    bounded(async {
+        // A reordered notification comes half a step to three steps (150..900 ms here) late.
+        let (min, max) = (Duration::from_millis(100), Duration::from_millis(300));
+        let n = 30;
+        let faults = Faults {
+            webhook_reorder_rate: 1.0,
+            ..Faults::default()
+        };
+        let (got, events) = notified_captures(timed(43, n, min, max, faults), n).await;
+        for (s, r) in &got {
+            let after = r.at.duration_since(s.started);
+            assert!(
+                after + Duration::from_millis(1) >= min + max / 2,
+                "{}: reordered, yet notified only {after:?} after the request",
+                s.paymentid
+            );
+            assert!(
+                r.at <= s.started + s.elapsed + max * 4 + SLACK,
+                "{}: notified {after:?} after the request",
+                s.paymentid
+            );
+        }
+        // The requests went one after another; their notifications do not come in that order.
+        let inversions = got.windows(2).filter(|w| w[1].1.at < w[0].1.at).count();
+        eprintln!("{inversions} of {} neighbours out of order", n - 1);
+        assert!(
+            inversions >= 3,
+            "only {inversions} neighbours notified out of order"
+        );
+        assert_eq!(events["payonic.notifications.reordered"], n);
+    })
+    .await;
 }

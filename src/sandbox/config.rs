@@ -98,8 +98,13 @@ pub struct PayonicConfig {
     pub notify_delay_max: std::time::Duration,
     /// Status reported by the Health API (L409-460) per API: keys `cit`, `mit`, `capture`,
     /// `refund`, `payout`, `payment` (the `api.<name>.payonic.com` entries), `app`, `www`.
-    /// Unlisted ones report "ok".
+    /// Unlisted ones report "ok". An API reported "error" is down: its functions answer 503
+    /// and do nothing (void is on api.refund, L187).
     pub health: BTreeMap<String, HealthStatus>,
+    /// Where life cycle notifications are posted (L461-469; "setup within the Payonic back
+    /// office", so here and not per request). None: `POST /__sandbox/payonic/lifecycle/…`
+    /// refuses with 409.
+    pub lifecycle_url: Option<String>,
     /// Payments that exist when the sandbox starts (captures, refunds, voids and payouts need
     /// one; an MIT needs its parent).
     pub payments: Vec<PayonicPayment>,
@@ -115,6 +120,7 @@ impl Default for PayonicConfig {
             notify_delay_min: std::time::Duration::from_millis(200),
             notify_delay_max: std::time::Duration::from_secs(2),
             health: BTreeMap::new(),
+            lifecycle_url: None,
             payments: Vec::new(),
             generate: None,
         }
@@ -358,6 +364,16 @@ impl PayonicConfig {
                 return Err(format!(
                     "payonic.health.{name}.status `{}` must be ok or error",
                     h.status
+                ));
+            }
+        }
+        if let Some(url) = &self.lifecycle_url {
+            let ok = reqwest::Url::parse(url).is_ok_and(|u| {
+                (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some()
+            });
+            if !ok {
+                return Err(format!(
+                    "payonic.lifecycle_url `{url}` is not an absolute http or https URL (hint: http://127.0.0.1:8787/lifecycle)"
                 ));
             }
         }

@@ -3,7 +3,8 @@
 //! injection and a ledger of every money movement. Users rehearse batches on it; payrun's tests
 //! use it as ground truth. Each provider lives under its own path prefix (`/paysend/…`,
 //! `/payonic/…`); the
-//! sandbox's own endpoints are under `/__sandbox/` and exist only here.
+//! sandbox's own endpoints (ledger, counters, reset, Payonic's life cycle trigger) are under
+//! `/__sandbox/` and exist only here.
 //!
 //! The emulations live apart from payrun's client adapters: nothing here is shared with the
 //! code that talks to real providers, so a misreading of a document cannot hide in both.

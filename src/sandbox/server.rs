@@ -28,7 +28,8 @@ pub fn router(state: Arc<State>, payonic: Arc<super::payonic::Ctx>) -> Router {
     let reset_payonic = Arc::clone(&payonic);
     Router::new()
         .nest("/paysend", super::paysend::routes())
-        .nest("/payonic", super::payonic::routes(payonic))
+        .nest("/payonic", super::payonic::routes(Arc::clone(&payonic)))
+        .merge(super::payonic::admin_routes(payonic))
         .route("/__sandbox/ledger", get(ledger))
         .route("/__sandbox/counters", get(counters))
         .route(
@@ -49,6 +50,8 @@ async fn count(AxState(state): AxState<Arc<State>>, req: Request, next: Next) ->
     // Ids in paths would make a counter per request: keep the pattern.
     let pattern = if path.starts_with("/paysend/processing/status/") {
         "/paysend/processing/status/{globalId}".to_string()
+    } else if path.starts_with("/__sandbox/payonic/lifecycle/") {
+        "/__sandbox/payonic/lifecycle/{paymentid}".to_string()
     } else if let Some((_, function)) = path
         .strip_prefix("/payonic/api/")
         .and_then(|rest| rest.split_once('/'))

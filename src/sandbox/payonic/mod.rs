@@ -12,6 +12,10 @@
 //! time, when the operation counts as processed: the Payment API shows an operation only from
 //! then on, and its ledger row bears that time. Payout answers on the socket (L228).
 //!
+//! Life cycle management (L461-469) starts at the card issuer, not the merchant: the sandbox's
+//! own `POST /__sandbox/payonic/lifecycle/{paymentid}` plays the issuer, updating the payment's
+//! card and notifying `payonic.lifecycle_url` (see `lifecycle` below).
+//!
 //! Choices where the document is silent (besides those in `wire`, `codes`, `payment`,
 //! `notify`, `health`):
 //! - a wrong or missing API key is 401, an unknown {paymentid} 404, both with
@@ -30,7 +34,9 @@
 //!   checked;
 //! - the shared request faults (latency, 5xx, timeout, drop after commit) apply to Payonic
 //!   requests too, drawn from the seed, the request's identity (its TraceApi, else a digest
-//!   of method, path and body) and how many times that identity was seen.
+//!   of method, path and body) and how many times that identity was seen;
+//! - an API that `payonic.health` reports "error" is down: its functions answer 503 and do
+//!   nothing (see `health`).
 
 pub mod codes;
 pub mod health;
@@ -50,7 +56,7 @@ use axum::extract::{Path, Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use payment::{OpType, Operation, Payment};
+use payment::{Card, OpType, Operation, Payment};
 use rand::Rng;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -187,6 +193,7 @@ impl Payonic {
             note: String::new(),
             tags: String::new(),
             customer,
+            card: Card::default(),
             operations,
         };
         self.aliases
@@ -231,12 +238,29 @@ pub fn routes(ctx: Arc<Ctx>) -> Router<Arc<State>> {
         .with_state(ctx)
 }
 
+/// The sandbox's own Payonic endpoints (under `/__sandbox/`, beside the ledger and reset).
+pub fn admin_routes(ctx: Arc<Ctx>) -> Router<Arc<State>> {
+    Router::new()
+        .route("/__sandbox/payonic/lifecycle/{paymentid}", post(lifecycle))
+        .with_state(ctx)
+}
+
 fn error(status: StatusCode, field: &str, message: &str) -> Response {
     (
         status,
         axum::Json(json!({"error": message, "field": field})),
     )
         .into_response()
+}
+
+/// 503 when `payonic.health` reports `api` down (see `health`); counted as the event
+/// `payonic.unavailable.<api>`.
+fn unavailable(ctx: &Ctx, api: health::Api) -> Option<Response> {
+    let msg = health::outage(&ctx.payonic.config.health, api)?;
+    ctx.state
+        .ledger
+        .event(&format!("payonic.unavailable.{}", api.name()));
+    Some(error(StatusCode::SERVICE_UNAVAILABLE, "", &msg))
 }
 
 fn bad_request(e: Invalid) -> Response {
@@ -480,6 +504,9 @@ fn mit_notification(p: &Payment, op: &Operation, seed: u64) -> Value {
 }
 
 async fn mit(AxState(ctx): AxState<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = unavailable(&ctx, health::Api::Mit) {
+        return r;
+    }
     let state = &ctx.state;
     let call = match check(&ctx, &headers, "mit", &body, false) {
         Ok(c) => c,
@@ -537,6 +564,7 @@ async fn mit(AxState(ctx): AxState<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
         note: req.note.clone(),
         tags: req.tags.clone(),
         customer: req.customer.unwrap_or(parent.customer),
+        card: parent.card,
         operations: Vec::new(),
     };
     let op = operate(
@@ -573,6 +601,14 @@ async fn modify(
     body: Bytes,
     ty: OpType,
 ) -> Response {
+    // Void is served by api.refund (L187).
+    let api = match ty {
+        OpType::Capture => health::Api::Capture,
+        _ => health::Api::Refund,
+    };
+    if let Some(r) = unavailable(&ctx, api) {
+        return r;
+    }
     let state = &ctx.state;
     let call = match check(
         &ctx,
@@ -657,6 +693,9 @@ async fn payout(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(r) = unavailable(&ctx, health::Api::Payout) {
+        return r;
+    }
     let state = &ctx.state;
     let call = match check(&ctx, &headers, &format!("payout/{id}"), &body, false) {
         Ok(c) => c,
@@ -716,6 +755,9 @@ async fn payment_info(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(r) = unavailable(&ctx, health::Api::Payment) {
+        return r;
+    }
     let state = &ctx.state;
     let chosen: Vec<_> = query
         .iter()
@@ -777,4 +819,66 @@ async fn health(AxState(ctx): AxState<Arc<Ctx>>, headers: HeaderMap) -> Response
         axum::Json(health::document(&ctx.payonic.config.health)),
     )
         .into_response()
+}
+
+/// `POST /__sandbox/payonic/lifecycle/{paymentid}` (a paymentid or merchantpaymentid): the
+/// card issuer updates the PAN behind the payment (L462). Its card gets a new last4 and expiry
+/// at once — the Payment API shows them from then on — and the life cycle notification
+/// (L465-469) is posted to `payonic.lifecycle_url` like any other notification: after
+/// `notify_delay_min..max`, subject to the webhook faults. Answers the payment's new card
+/// details. 409 without a lifecycle_url (then nothing changes), 404 for an unknown payment.
+///
+/// Choices where the document is silent: no TraceApi (no merchant request started it); the
+/// payment's MIT children keep the card they were made with; each update of a payment draws
+/// its new last4, delay and faults from the seed, the paymentid and the update's number.
+async fn lifecycle(AxState(ctx): AxState<Arc<Ctx>>, Path(id): Path<String>) -> Response {
+    let state = &ctx.state;
+    let Some(url) = ctx.payonic.config.lifecycle_url.clone() else {
+        return error(
+            StatusCode::CONFLICT,
+            "",
+            "no life cycle notification can be sent: payonic.lifecycle_url is not configured \
+             (hint: set it in the sandbox config, the back-office setting of L463)",
+        );
+    };
+    let Some(pid) = ctx.payonic.resolve(&id) else {
+        return unknown_payment(&id);
+    };
+    let (body, card) = {
+        let mut shard = ctx.payonic.payments.shard(&pid);
+        let Some(p) = shard.get_mut(&pid) else {
+            return unknown_payment(&id);
+        };
+        let n = p.card.updates.to_string();
+        let digest = hex_id(state.seed, &[&p.paymentid, "lifecycle", &n]);
+        p.card = p
+            .card
+            .updated(u64::from_str_radix(&digest[..12], 16).unwrap_or(0));
+        (
+            json!({"paymentid": p.paymentid, "merchantpaymentid": p.merchantpaymentid}),
+            p.card.clone(),
+        )
+    };
+    state.ledger.event("payonic.lifecycle.updated");
+    // The update's own identity and number decide its delay and faults, as a request's do.
+    let call = Call {
+        trace: None,
+        identity: format!("lifecycle/{pid}"),
+        attempt: card.updates - 1,
+        body: Value::Null,
+    };
+    let at = processing_time(&ctx, &call);
+    notify::send(
+        &ctx,
+        &mut notification_rng(state, &call),
+        &url,
+        None,
+        at,
+        body.clone(),
+    );
+    let mut answer = body;
+    answer["last4"] = json!(card.last4);
+    answer["expmonth"] = json!(card.expmonth);
+    answer["expyear"] = json!(card.expyear);
+    (StatusCode::OK, axum::Json(answer)).into_response()
 }

@@ -3,6 +3,13 @@
 //! refund only what is captured and not yet refunded, void only before any capture. Everything
 //! a payment "has" (authorized, captured, refunded, voided) is derived from its approved
 //! operations, so the history cannot disagree with the totals. Pure: no I/O, no clock.
+//!
+//! A payment also holds what the Payment API shows of its card (L305-310, L361-363), which the
+//! issuer may update (life cycle management, L461-469). Choices: a seeded payment starts with
+//! the sandbox card (visa, debit, DPAN, last4 4242, expiry 12/2030); an MIT's payment carries
+//! its parent's card as it is then; an update gives a new last4 and an expiry three years
+//! later, and leaves the scheme, issuer, funding and PAN type as they were (a reissued card,
+//! not a new account).
 
 use super::codes;
 use crate::sandbox::config::PayonicCustomer;
@@ -90,6 +97,47 @@ impl Operation {
     }
 }
 
+/// What the sandbox holds of a payment's card: never a PAN, only what the document shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Card {
+    /// `last4` (L308), `gfx.last4` (L363).
+    pub last4: String,
+    /// `Expiry date` "MM/YYYY" (L307), `gfx.expmonth` / `gfx.expyear` (L361-362).
+    pub expmonth: u32,
+    pub expyear: u32,
+    /// How many times the issuer updated it.
+    pub updates: u64,
+}
+
+impl Default for Card {
+    fn default() -> Self {
+        Card {
+            last4: "4242".into(),
+            expmonth: 12,
+            expyear: 2030,
+            updates: 0,
+        }
+    }
+}
+
+impl Card {
+    /// The card after the issuer's next update; `draw` (any number, e.g. from a digest) picks
+    /// the new last4, which always differs from the old one.
+    pub fn updated(&self, draw: u64) -> Card {
+        let old: u64 = self.last4.parse().unwrap_or(0);
+        let mut last4 = draw % 10_000;
+        if last4 == old {
+            last4 = (last4 + 1) % 10_000;
+        }
+        Card {
+            last4: format!("{last4:04}"),
+            expmonth: self.expmonth,
+            expyear: self.expyear + 3,
+            updates: self.updates + 1,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Payment {
     pub paymentid: String,
@@ -107,6 +155,7 @@ pub struct Payment {
     pub note: String,
     pub tags: String,
     pub customer: PayonicCustomer,
+    pub card: Card,
     pub operations: Vec<Operation>,
 }
 
@@ -202,7 +251,7 @@ impl Payment {
             .filter(|o| o.at <= at && operationid.is_none_or(|id| o.operationid == id))
             .map(Operation::to_json)
             .collect();
-        // Choice: the card fields (L304-310) are fixed sandbox values; the PAN is never real.
+        // Choice: the card fields besides last4 and expiry (L304-310) are fixed sandbox values.
         let mut v = json!({
             "merchantid": self.merchantid,
             "paymentid": self.paymentid,
@@ -222,8 +271,8 @@ impl Payment {
             "scheme": "visa",
             "segment": "consumer",
             "Issuer": "Payrun Sandbox Bank",
-            "Expiry date": "12/2030",
-            "last4": "4242",
+            "Expiry date": format!("{:02}/{}", self.card.expmonth, self.card.expyear),
+            "last4": self.card.last4,
             "funding": "debit",
             "pantype": "dpan",
             "customer": self.customer,
@@ -235,9 +284,9 @@ impl Payment {
                 "mimetype": "image/png",
                 "height": 1,
                 "width": 1,
-                "expmonth": 12,
-                "expyear": 2030,
-                "last4": "4242",
+                "expmonth": self.card.expmonth,
+                "expyear": self.card.expyear,
+                "last4": self.card.last4,
                 "issuer": "Payrun Sandbox Bank",
             });
         }
@@ -268,6 +317,7 @@ mod tests {
             note: String::new(),
             tags: String::new(),
             customer: PayonicCustomer::default(),
+            card: Card::default(),
             operations: ops
                 .iter()
                 .enumerate()
@@ -359,5 +409,33 @@ mod tests {
         assert_eq!(v["operations"][0]["operationtype"], "refund");
         assert_eq!(v["operations"][0]["amount"], "500");
         assert_eq!(v["gfx"]["mimetype"], "image/png");
+    }
+
+    #[test]
+    fn an_updated_card_shows_a_new_last4_and_a_later_expiry() {
+        let mut p = payment(&[(Authorize, 1000, "00")]);
+        let v = p.to_json("r", Duration::ZERO, None, true);
+        assert_eq!(
+            (&v["last4"], &v["Expiry date"], &v["gfx"]["last4"]),
+            (&json!("4242"), &json!("12/2030"), &json!("4242"))
+        );
+        p.card = p.card.updated(123_456_789);
+        assert_eq!(p.card.last4, "6789");
+        assert_eq!(p.card.updates, 1);
+        let v = p.to_json("r", Duration::ZERO, None, true);
+        assert_eq!(v["last4"], "6789");
+        assert_eq!(v["Expiry date"], "12/2033");
+        assert_eq!(
+            (
+                &v["gfx"]["last4"],
+                &v["gfx"]["expyear"],
+                &v["gfx"]["expmonth"]
+            ),
+            (&json!("6789"), &json!(2033), &json!(12))
+        );
+        // A draw that would keep the last4 still changes it; leading zeros are kept.
+        assert_eq!(p.card.updated(6789).last4, "6790");
+        assert_eq!(p.card.updated(7).last4, "0007");
+        assert_eq!(Card::default().updated(9999 + 4243).last4, "4243");
     }
 }
