@@ -219,6 +219,9 @@ fn forged_notifications_are_rejected_and_change_nothing() {
     // could otherwise pass for "never processed" and get the refund sent again).
     let no_lookup = serde_json::json!({"responseid": "1234", "paymentid": payment, "amount": 2000, "currency": "DKK", "operations": []});
     assert_eq!(post(port, &url, &no_lookup), Some(422));
+    // A life cycle update (L461-472) about that payment: acknowledged, of no consequence.
+    let life_cycle = serde_json::json!({"paymentid": payment, "merchantpaymentid": payment});
+    assert_eq!(post(port, &url, &life_cycle), Some(200));
     // The genuine outcome, delivered twice: taken once, the copy recognised by its digest.
     let genuine = serde_json::json!({"responseid": rid, "paymentid": payment, "responsecode": "00", "authorizationcode": "654321", "status": "approved"});
     assert_eq!(post(port, &url, &genuine), Some(200));

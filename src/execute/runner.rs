@@ -116,7 +116,10 @@ async fn listen(
                             axum::http::StatusCode::from_u16(status)
                                 .unwrap_or(axum::http::StatusCode::BAD_REQUEST)
                         }
-                        Notice::Ignored => axum::http::StatusCode::OK,
+                        Notice::Ignored => {
+                            tracing::info!(path, "a notification of no interest to this run");
+                            axum::http::StatusCode::OK
+                        }
                         // Answered 200 only once journaled: a crash before that leaves the
                         // provider without an acknowledgement (and the item to be looked up),
                         // never with one for a notification payrun lost.
