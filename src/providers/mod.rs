@@ -92,13 +92,16 @@ pub enum Notice {
     Ignored,
 }
 
-/// Fields of an item's request that a notification asserts, as (field, value): each must equal
-/// what the item sent, or the notification is not taken for it. Payonic's notifications are
-/// unsigned: one naming the right payment with another amount is a forgery, not news.
+/// Fields of an item's request that a notification asserts, as (field, value): what the item
+/// sent in each field must equal the value claimed for it (one of them, when a field is claimed
+/// more than once: a payment named by paymentid or merchantpaymentid), or the notification is
+/// not taken for it. Payonic's notifications are unsigned: one naming the right payment with
+/// another amount is a forgery, not news.
 pub type Claims = Vec<(String, String)>;
 
-/// The first claim `payload` (the item's request, `payload[0]`) contradicts, as a sentence. A
-/// field the item did not send cannot be contradicted. Currencies compare without case.
+/// The first field of `payload` (the item's request, `payload[0]`) that `claims` contradict, as
+/// a sentence. A field the item did not send cannot be contradicted. Currencies compare without
+/// case, numbers as numbers.
 pub fn contradiction(payload: &[Rendered], claims: &Claims) -> Option<String> {
     if claims.is_empty() {
         return None;
@@ -107,19 +110,31 @@ pub fn contradiction(payload: &[Rendered], claims: &Claims) -> Option<String> {
         .first()
         .and_then(|r| serde_json::from_str(r.get()).ok())
         .unwrap_or(Value::Null);
-    claims.iter().find_map(|(field, claimed)| {
+    let same = |field: &str, ours: &str, claimed: &str| {
+        ours == claimed
+            || (field == "currency" && ours.eq_ignore_ascii_case(claimed))
+            || matches!(
+                (ours.parse::<i128>(), claimed.parse::<i128>()),
+                (Ok(a), Ok(b)) if a == b
+            )
+    };
+    claims.iter().find_map(|(field, _)| {
         let ours = match sent.get(field)? {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
             _ => return None,
         };
-        let same = ours == *claimed
-            || (field == "currency" && ours.eq_ignore_ascii_case(claimed))
-            || matches!(
-                (ours.parse::<i128>(), claimed.parse::<i128>()),
-                (Ok(a), Ok(b)) if a == b
-            );
-        (!same).then(|| format!("it says {field} {claimed}, the item sent {ours}"))
+        let claimed: Vec<&str> = claims
+            .iter()
+            .filter(|(f, _)| f == field)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        (!claimed.iter().any(|c| same(field, &ours, c))).then(|| {
+            format!(
+                "it says {field} {}, the item sent {ours}",
+                claimed.join(" or ")
+            )
+        })
     })
 }
 
@@ -342,6 +357,16 @@ mod tests {
             contradiction(&sent, &claims(&[("balance", "0")])),
             None,
             "a field the item did not send cannot be contradicted"
+        );
+        let named = [keep(&json!({"paymentid": "m1", "amount": 5}))];
+        assert_eq!(
+            contradiction(&named, &claims(&[("paymentid", "p1"), ("paymentid", "m1")])),
+            None,
+            "a payment is named by either of its ids"
+        );
+        assert_eq!(
+            contradiction(&named, &claims(&[("paymentid", "p1"), ("paymentid", "m2")])),
+            Some("it says paymentid p1 or m2, the item sent m1".into())
         );
     }
 

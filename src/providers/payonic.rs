@@ -81,14 +81,19 @@ fn outcome(v: &Value) -> Option<Verdict> {
     }
 }
 
-/// What an operation's notification (or its entry in the Payment API's `operations[]`)
-/// asserts about the request: its amount (minor units) and currency, where it carries them.
-/// The document's operation notifications carry neither (L86-95); a body that does must agree.
-fn claims(v: &Value) -> super::Claims {
-    ["amount", "currency"]
+/// What an operation's notification (or its entry `op` in the Payment API's `operations[]`)
+/// asserts about the request: the payment (by paymentid or merchantpaymentid, from `payment`,
+/// the notification's top level) and the operation's amount (minor units) and currency, where
+/// it carries them. The document's operation notifications carry no amount (L128-135); a body
+/// that does must agree.
+fn claims(payment: &Value, op: &Value) -> super::Claims {
+    let ids = ["paymentid", "merchantpaymentid"]
         .iter()
-        .filter_map(|k| Some((k.to_string(), text(v, k)?)))
-        .collect()
+        .filter_map(|k| Some(("paymentid".to_string(), text(payment, k)?)));
+    let money = ["amount", "currency"]
+        .iter()
+        .filter_map(|k| Some((k.to_string(), text(op, k)?)));
+    ids.chain(money).collect()
 }
 
 impl Payonic {
@@ -452,7 +457,7 @@ impl Adapter for Payonic {
                     {
                         found_ids.insert("paymentId".into(), p);
                     }
-                    Some((note, verdict, claims(op)))
+                    Some((note, verdict, claims(&v, op)))
                 })
                 .collect();
             // A reconciliation item's own answer: the payment as Payonic has it.
@@ -484,7 +489,7 @@ impl Adapter for Payonic {
             (Some(rid), Some(verdict)) => Notice::Reference {
                 candidates: ids.iter().map(|p| format!("{rid}@{p}")).collect(),
                 verdict,
-                claims: claims(&v),
+                claims: claims(&v, &v),
             },
             // Life cycle notifications (L461-472) and anything else: nothing to act on.
             _ => Notice::Ignored,
@@ -587,7 +592,10 @@ mod tests {
                 verdict,
                 claims,
             } => {
-                assert!(claims.is_empty(), "the document's body carries no amount");
+                assert!(
+                    claims.iter().all(|(f, _)| f == "paymentid"),
+                    "the document's body carries no amount: {claims:?}"
+                );
                 assert_eq!(candidates, ["r9@abc123", "r9@m1"]);
                 assert!(matches!(verdict, Verdict::Succeeded { .. }));
             }
@@ -626,6 +634,8 @@ mod tests {
                             description: "declined".into()
                         },
                         vec![
+                            ("paymentid".to_string(), "abc123".to_string()),
+                            ("paymentid".to_string(), "m1".to_string()),
                             ("amount".to_string(), "500".to_string()),
                             ("currency".to_string(), "DKK".to_string())
                         ]
