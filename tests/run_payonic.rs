@@ -203,12 +203,22 @@ fn forged_notifications_are_rejected_and_change_nothing() {
             waiting = report(dir.path(), &sb)
                 .iter()
                 .find(|r| !r[17].is_empty() && &r[2] != "paid")
-                .map(|r| (r[0].to_string(), r[17].to_string(), r[18].to_string()));
+                .map(|r| {
+                    let key = r[10].replace('-', "");
+                    let minor = r[7].replace('.', ""); // DKK: two decimals
+                    (
+                        r[0].to_string(),
+                        r[17].to_string(),
+                        r[18].to_string(),
+                        key,
+                        minor,
+                    )
+                });
             waiting.is_some()
         }),
         "a refund waits for its notification"
     );
-    let (item, reference, trace) = waiting.unwrap();
+    let (item, reference, trace, key, minor) = waiting.unwrap();
     // An accepted refund: waiting, or under review once its lookups went unanswered.
     let (rid, payment) = reference.split_once('@').unwrap();
     assert_eq!(payment, item, "the reference names the refunded payment");
@@ -219,6 +229,15 @@ fn forged_notifications_are_rejected_and_change_nothing() {
     // could otherwise pass for "never processed" and get the refund sent again).
     let no_lookup = serde_json::json!({"responseid": "1234", "paymentid": payment, "amount": 2000, "currency": "DKK", "operations": []});
     assert_eq!(post(port, &url, &no_lookup), Some(422));
+    // Payment API answers listing the refund under payrun's key (its note), approved — on
+    // another payment, or for another amount: rejected.
+    let listing = |payment: &str, amount: &str| {
+        serde_json::json!({"responseid": "5678", "paymentid": payment, "operations": [
+            {"operationtype": "refund", "note": key, "amount": amount, "currency": "DKK", "responsecode": "00", "status": "approved"}
+        ]})
+    };
+    assert_eq!(post(port, &url, &listing("rf99999999", &minor)), Some(422));
+    assert_eq!(post(port, &url, &listing(payment, "1")), Some(422));
     // A life cycle update (L461-472) about that payment: acknowledged, of no consequence.
     let life_cycle = serde_json::json!({"paymentid": payment, "merchantpaymentid": payment});
     assert_eq!(post(port, &url, &life_cycle), Some(200));
@@ -235,7 +254,7 @@ fn forged_notifications_are_rejected_and_change_nothing() {
         .map(std::io::read_to_string)
         .unwrap()
         .unwrap();
-    assert!(out.contains("1 duplicates, 3 rejected"), "{out}");
+    assert!(out.contains("1 duplicates, 5 rejected"), "{out}");
     let rows = report(dir.path(), &sb);
     assert!(
         rows.iter().all(|r| &r[2] == "paid"),

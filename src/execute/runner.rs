@@ -586,22 +586,27 @@ impl Book {
                         .iter()
                         .any(|s| self.waiting_for(&format!("{rid}@{s}")).next().is_some())
                 });
-                if !reconciles && !rid.is_some_and(|rid| self.asked.contains_key(rid)) {
-                    return Err("a payment notification answering no request of this run \
-                                (unknown responseid)"
-                        .into());
-                }
+                let mut ours = 0;
                 for (key, _, claims) in found {
-                    if let Some(&i) = self.by_key.get(&key.replace('-', ""))
-                        && let Some(why) = contradiction(self.sent(items, i), claims)
-                    {
-                        return Err(format!(
-                            "a payment notification that contradicts item {}: {why}",
-                            self.recs[i].id
-                        ));
+                    if let Some(&i) = self.by_key.get(&key.replace('-', "")) {
+                        if let Some(why) = contradiction(self.sent(items, i), claims) {
+                            return Err(format!(
+                                "a payment notification that contradicts item {}: {why}",
+                                self.recs[i].id
+                            ));
+                        }
+                        ours += 1;
                     }
                 }
-                Ok(())
+                // Outcomes listed under our keys are news whoever asked; "not listed" means
+                // "never processed" only in the answer to a lookup payrun made.
+                if reconciles || rid.is_some_and(|rid| self.asked.contains_key(rid)) || ours > 0 {
+                    Ok(())
+                } else {
+                    Err("a payment notification answering no request of this run \
+                         (unknown responseid) and listing none of its operations"
+                        .into())
+                }
             }
             Notice::Group(_) | Notice::Refused(..) | Notice::Ignored => Ok(()),
         }
