@@ -194,7 +194,9 @@ fn forged_notifications_are_rejected_and_change_nothing() {
         .finalize();
     let token: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     let url = format!("/payonic/notify/{token}");
-    assert_eq!(post(port, &url, &forged), Some(422));
+    // Held (202: a notification may overtake the answer it follows), and rejected when no
+    // such answer comes.
+    assert_eq!(post(port, &url, &forged), Some(202));
     // The real responseid of a waiting refund (the report shows it during the run), with an
     // amount other than the one refunded: a forgery, rejected.
     let mut waiting = None;
@@ -225,10 +227,10 @@ fn forged_notifications_are_rejected_and_change_nothing() {
     assert_eq!(trace.len(), 32, "the TraceApi sent is kept: {trace}");
     let wrong_amount = serde_json::json!({"responseid": rid, "paymentid": payment, "amount": 1, "responsecode": "51", "status": "declined"});
     assert_eq!(post(port, &url, &wrong_amount), Some(422));
-    // A Payment API answer to a lookup payrun never made, listing nothing: rejected too (it
-    // could otherwise pass for "never processed" and get the refund sent again).
+    // A Payment API answer to a lookup payrun never made, listing nothing: held, then rejected
+    // too (it could otherwise pass for "never processed" and get the refund sent again).
     let no_lookup = serde_json::json!({"responseid": "1234", "paymentid": payment, "amount": 2000, "currency": "DKK", "operations": []});
-    assert_eq!(post(port, &url, &no_lookup), Some(422));
+    assert_eq!(post(port, &url, &no_lookup), Some(202));
     // Payment API answers listing the refund under payrun's key (its note), approved — on
     // another payment, or for another amount: rejected.
     let listing = |payment: &str, amount: &str| {
@@ -366,6 +368,35 @@ fn a_run_killed_between_a_refund_being_taken_and_its_responseid_being_recorded_r
         );
         each_paid_once(&sb, 12);
     }
+}
+
+#[test]
+fn notifications_that_overtake_their_requests_answers_are_held_until_the_answer_comes() {
+    // Posted the moment each refund is processed, racing its HTTP answer: a notification
+    // that wins is held, not lost, so nothing waits for the deadline and the Payment API.
+    let sb = sandbox_with_payments(40, &[], "0ms");
+    let dir = tempfile::tempdir().unwrap();
+    refunds(dir.path(), &sb, 40, free_port());
+    // A deadline (an hour of provider time, 3.6 s here) no loaded machine comes near.
+    let manifest = dir.path().join("manifest.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let text = text.replace("notifications:\n", "notifications:\n  deadline: 1h\n");
+    std::fs::write(&manifest, text).unwrap();
+    let out = succeeds(payrun(dir.path(), &sb, &RUN));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("40 taken, 0 duplicates, 0 rejected"),
+        "{said}"
+    );
+    let rows = report(dir.path(), &sb);
+    assert!(rows.iter().all(|r| &r[2] == "paid"), "{rows:?}");
+    each_paid_once(&sb, 40);
+    assert_eq!(
+        sb.requests("GET /payonic/api/{paymentid}/payment 200"),
+        0,
+        "no item had to be looked up: {}",
+        sb.counters()
+    );
 }
 
 #[test]

@@ -310,8 +310,31 @@ struct Book {
     asked: HashMap<String, Vec<usize>>,
     /// The last journaled notice acted on since the last commit (committed with the states).
     applied: Option<u64>,
+    /// Notifications that came before the answer they follow (`Rejection::NotYet`): the notice,
+    /// its digest, and when it came. Memory only: a provider that hears 202 may send it again.
+    held: Vec<(Notice, [u8; 32], Millis)>,
     notices: NoticeCounts,
 }
+
+/// Why a notification is not taken.
+enum Rejection {
+    /// It contradicts what an item sent, or names nothing of this batch.
+    Never(String),
+    /// It names a request or lookup whose answer has not come back yet: a notification can
+    /// overtake the answer it follows. Held a while, looked at again each round, then rejected.
+    NotYet(String),
+}
+
+impl Rejection {
+    fn why(&self) -> &str {
+        match self {
+            Rejection::Never(w) | Rejection::NotYet(w) => w,
+        }
+    }
+}
+
+/// How long a notification that overtook its request's answer is held.
+const HOLD: Duration = Duration::from_secs(10);
 
 fn is_open(s: &State) -> bool {
     !(s.is_final() || matches!(s, State::NeedsReview { .. }))
@@ -537,13 +560,15 @@ impl Book {
 
     /// Checks an authentic notice against this run before it is journaled: it must concern an
     /// item of the batch — for a reference, one waiting for exactly it; for a lookup's answer, a
-    /// lookup payrun made — and agree with what the item sent. Err says why it is rejected
+    /// lookup payrun made — and agree with what the item sent. Err says why it is not taken
     /// (it then changes nothing).
-    fn vet(&self, notice: &Notice, items: &[PlannedItem]) -> Result<(), String> {
+    fn vet(&self, notice: &Notice, items: &[PlannedItem]) -> Result<(), Rejection> {
         match notice {
             Notice::Item { key, .. } => match self.by_key.contains_key(&key.replace('-', "")) {
                 true => Ok(()),
-                false => Err("a notification about a key not in this batch".into()),
+                false => Err(Rejection::Never(
+                    "a notification about a key not in this batch".into(),
+                )),
             },
             Notice::Reference {
                 candidates, claims, ..
@@ -558,21 +583,21 @@ impl Book {
                     });
                     for i in concerned {
                         if let Some(why) = contradiction(self.sent(items, i), claims) {
-                            return Err(format!(
+                            return Err(Rejection::Never(format!(
                                 "a notification about item {} that contradicts it: {why}",
                                 self.recs[i].id
-                            ));
+                            )));
                         }
                         waiting = true;
                     }
                 }
                 match waiting {
                     true => Ok(()),
-                    false => Err(
+                    false => Err(Rejection::NotYet(
                         "a notification for a request no item of this run waits for \
-                                  (unknown responseid or payment)"
+                         (unknown responseid or payment)"
                             .into(),
-                    ),
+                    )),
                 }
             }
             Notice::Subject {
@@ -590,10 +615,10 @@ impl Book {
                 for (key, _, claims) in found {
                     if let Some(&i) = self.by_key.get(&key.replace('-', "")) {
                         if let Some(why) = contradiction(self.sent(items, i), claims) {
-                            return Err(format!(
+                            return Err(Rejection::Never(format!(
                                 "a payment notification that contradicts item {}: {why}",
                                 self.recs[i].id
-                            ));
+                            )));
                         }
                         ours += 1;
                     }
@@ -603,9 +628,11 @@ impl Book {
                 if reconciles || rid.is_some_and(|rid| self.asked.contains_key(rid)) || ours > 0 {
                     Ok(())
                 } else {
-                    Err("a payment notification answering no request of this run \
+                    Err(Rejection::NotYet(
+                        "a payment notification answering no request of this run \
                          (unknown responseid) and listing none of its operations"
-                        .into())
+                            .into(),
+                    ))
                 }
             }
             Notice::Group(_) | Notice::Refused(..) | Notice::Ignored => Ok(()),
@@ -775,6 +802,7 @@ pub async fn run(
         by_key: HashMap::new(),
         asked: HashMap::new(),
         applied: None,
+        held: Vec::new(),
         notices: NoticeCounts::default(),
     };
     // A resumed run: whatever was being sent when it stopped is now in doubt; whatever waited
@@ -1151,16 +1179,35 @@ pub async fn run(
         // Notifications: vetted, journaled (durable, duplicates recognised by their digest),
         // acknowledged, then acted on. A stop after the journal commit leaves them to be acted
         // on by the next run; the watermark committed with the states says how far they went.
-        let mut fresh: Vec<(Notice, [u8; 32], tokio::sync::oneshot::Sender<u16>)> = Vec::new();
+        type Ack = Option<tokio::sync::oneshot::Sender<u16>>;
+        let mut fresh: Vec<(Notice, [u8; 32], Ack)> = Vec::new();
+        // Held ones whose request's answer has come since (answered 202 when they came).
+        for (n, digest, came) in std::mem::take(&mut book.held) {
+            match book.vet(&n, items) {
+                Ok(()) => fresh.push((n, digest, None)),
+                Err(Rejection::NotYet(_)) if now < came + HOLD.as_millis() as u64 => {
+                    book.held.push((n, digest, came));
+                }
+                Err(r) => {
+                    tracing::warn!("rejected {}", r.why());
+                    book.notices.rejected += 1;
+                }
+            }
+        }
         for (n, digest, ack) in incoming {
             match book.vet(&n, items) {
-                Ok(()) => fresh.push((n, digest, ack)),
+                Ok(()) => fresh.push((n, digest, Some(ack))),
                 // A copy of one journaled earlier, about an item since settled.
                 Err(_) if store.knows_notice(&digest)? => {
                     book.notices.duplicates += 1;
                     let _ = ack.send(200);
                 }
-                Err(why) => {
+                Err(Rejection::NotYet(why)) => {
+                    tracing::debug!("held {why}");
+                    book.held.push((n, digest, now));
+                    let _ = ack.send(202);
+                }
+                Err(Rejection::Never(why)) => {
                     tracing::warn!("rejected {why}");
                     book.notices.rejected += 1;
                     let _ = ack.send(422);
@@ -1172,7 +1219,9 @@ pub async fn run(
             let seqs = store.journal(&entries, now)?;
             super::crash::point("after-journal");
             for ((n, _, ack), seq) in fresh.into_iter().zip(seqs) {
-                let _ = ack.send(200);
+                if let Some(ack) = ack {
+                    let _ = ack.send(200);
+                }
                 match seq {
                     Some(seq) => {
                         book.take(n, now, policy, timings, adapter);
@@ -1202,6 +1251,12 @@ pub async fn run(
             snapshot_every = Duration::from_millis(300).max(t.elapsed() * 20);
             last_snapshot = std::time::Instant::now();
         }
+    }
+    for (n, ..) in std::mem::take(&mut book.held) {
+        if let Err(r) = book.vet(&n, items) {
+            tracing::warn!("rejected {}", r.why());
+        }
+        book.notices.rejected += 1;
     }
     progress.update(&book.recs, &book.changed, book.in_flight.len());
     book.commit(store)?;
