@@ -12,7 +12,7 @@
 //! a run that stopped between the two acts on the rest when it resumes.
 
 use super::machine::State;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -303,7 +303,9 @@ impl Store {
     }
 
     /// How many notices the journal holds.
+    #[cfg(test)]
     pub fn journaled(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
         let txn = self.db.begin_read().map_err(err)?;
         let t = txn.open_table(NOTICES).map_err(err)?;
         t.len().map_err(err)

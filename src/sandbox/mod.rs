@@ -23,6 +23,17 @@ pub use config::{Faults, SandboxConfig};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
+/// The client every emulation posts its notifications (webhooks, callbacks) with.
+pub(crate) fn notify_client() -> &'static reqwest::Client {
+    static C: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    C.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap_or_default()
+    })
+}
+
 /// Everything the handlers share.
 pub struct State {
     pub seed: u64,

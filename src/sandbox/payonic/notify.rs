@@ -10,18 +10,8 @@
 use super::Ctx;
 use crate::sandbox::faults;
 use serde_json::Value;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
-
-fn client() -> &'static reqwest::Client {
-    static C: OnceLock<reqwest::Client> = OnceLock::new();
-    C.get_or_init(|| {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default()
-    })
-}
 
 /// Schedules `body` to `url` at provider time `at`; `rng` decides the faults.
 pub fn send(
@@ -57,7 +47,7 @@ pub fn send(
     tokio::spawn(async move {
         for (delay, _) in d.sends {
             tokio::time::sleep(delay).await;
-            let mut req = client()
+            let mut req = crate::sandbox::notify_client()
                 .post(&url)
                 .header("content-type", "application/json")
                 .body(body.clone());

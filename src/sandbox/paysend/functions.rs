@@ -427,16 +427,6 @@ fn statement(ctx: &mut Ctx, p: &Value) -> Outcome {
     )
 }
 
-fn client() -> &'static reqwest::Client {
-    static C: OnceLock<reqwest::Client> = OnceLock::new();
-    C.get_or_init(|| {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default()
-    })
-}
-
 fn md5_hex(parts: &[&[u8]]) -> String {
     use md5::{Digest, Md5};
     let mut h = Md5::new();
@@ -503,7 +493,9 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
                 // a POST callback's covers the form body, as for expanded webhooks.
                 let (req, signed) = if method == "GET" {
                     (
-                        client().get(&uri).query(&[("globalId", &global)]),
+                        crate::sandbox::notify_client()
+                            .get(&uri)
+                            .query(&[("globalId", &global)]),
                         md5_hex(&[global.as_bytes(), key.as_bytes()]),
                     )
                 } else {
@@ -512,7 +504,7 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
                     let m = reqwest::Method::from_bytes(method.as_bytes())
                         .unwrap_or(reqwest::Method::POST);
                     (
-                        client()
+                        crate::sandbox::notify_client()
                             .request(m, &uri)
                             .header("content-type", "application/x-www-form-urlencoded")
                             .body(body),
@@ -587,7 +579,7 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
                         key.as_bytes()
                     },
                 ]);
-                let _ = client()
+                let _ = crate::sandbox::notify_client()
                     .post(&url)
                     .header("content-type", "application/json")
                     .header("X-OPP-Signature", sig)
