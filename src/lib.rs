@@ -5,6 +5,9 @@
 //! payrun: declarative batch payouts. The pipeline reads top to bottom:
 //! manifest → schema → compile → validate → plan (→ execute, in a later stage).
 
+#[macro_use]
+pub mod out;
+
 pub mod compile;
 pub mod diagnostic;
 pub mod execute;

@@ -6,8 +6,10 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use payrun::diagnostic::Diagnostic;
+// Writes to a closed or full stdout/stderr never panic or hang payrun (see `payrun::out`).
 use payrun::pipeline::{self, Failure};
 use payrun::schema::Registry;
+use payrun::{eprintln, print, println};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -259,12 +261,12 @@ fn main() -> ExitCode {
     };
     match cli.log_format {
         LogFormat::Text => tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
+            .with_writer(|| payrun::out::ErrWriter)
             .with_env_filter(filter())
             .init(),
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
-            .with_writer(std::io::stderr)
+            .with_writer(|| payrun::out::ErrWriter)
             .with_env_filter(filter())
             .init(),
     }

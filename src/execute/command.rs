@@ -725,8 +725,9 @@ fn execute(
                 r = tokio::signal::ctrl_c() => if r.is_err() { return },
                 _ = term => {}
             }
-            eprintln!("\nstopping: no new requests; waiting for the ones in flight");
+            // The flag first: stopping must never depend on stderr being writable.
             flag.store(true, Ordering::Relaxed);
+            eprintln!("\nstopping: no new requests; waiting for the ones in flight");
         });
         let started = std::time::Instant::now();
         let summary = match runner::run(flow, items, std::mem::take(&mut stored), &mut store, &endpoint, &endpoint.adapter.timings(timings(time_scale)), Arc::clone(&stop), listen).await {
@@ -739,7 +740,7 @@ fn execute(
         if let Some(sb) = sandbox_handle {
             sb.stop().await;
         }
-        println!(
+        sayln!(
             "{}: {} items: {} paid, {} failed, {} need review, {} unfinished; {} requests, {} commits ({:.2} per item), {:.1} s",
             flow.manifest.batch,
             summary.items,
@@ -763,7 +764,7 @@ fn execute(
         }
         let n = summary.notices;
         if n.taken + n.duplicates + n.rejected + n.replayed > 0 {
-            println!(
+            sayln!(
                 "notifications: {} taken, {} duplicates, {} rejected{}",
                 n.taken,
                 n.duplicates,
@@ -772,7 +773,7 @@ fn execute(
             );
         }
         if summary.steps_done + summary.steps_failed + summary.steps_open > 0 {
-            println!(
+            sayln!(
                 "delayed steps: {} done or skipped, {} failed, {} unfinished",
                 summary.steps_done, summary.steps_failed, summary.steps_open
             );

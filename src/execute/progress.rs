@@ -136,8 +136,7 @@ impl Progress {
             }
         }
         if !lines.is_empty() {
-            use std::io::Write as _;
-            let _ = std::io::stderr().lock().write_all(lines.as_bytes());
+            crate::out::err_bytes(lines.as_bytes());
         }
         if let Some(b) = &self.bar
             && !changed.is_empty()

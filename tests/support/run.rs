@@ -609,6 +609,21 @@ impl Invocation {
         }
     }
 
+    /// Starts with stdout and stderr going where the test says (a closed pipe, a full one).
+    pub fn spawn_into(mut self, out: Stdio, err: Stdio) -> Running {
+        let child = self
+            .cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("payrun starts");
+        Running {
+            child: Killed(child),
+            log: self.log,
+        }
+    }
+
     fn output(mut self) -> std::process::Output {
         let mut child = Killed(
             self.cmd
@@ -717,6 +732,24 @@ impl Running {
         let status = self.wait();
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
         status
+    }
+
+    /// Sends a signal (SIGINT for Ctrl-C, SIGTERM as a service manager would).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of a child this handle has not reaped yet.
+        assert_eq!(unsafe { libc::kill(self.child.0.id() as i32, sig) }, 0);
+    }
+
+    /// Waits at most `limit` for the end; None if the process still runs.
+    pub fn wait_at_most(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.0.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
     }
 
     pub fn has_exited(&mut self) -> bool {
