@@ -239,7 +239,7 @@ fn an_item_changed_after_the_batch_started_is_refused_on_resume() {
     .output()
     .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("changed since this batch started"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("changed since the batch started"));
     assert_each_employee_paid_once(&sb);
 }
 

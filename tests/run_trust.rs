@@ -81,3 +81,251 @@ fn ctrl_c_and_sigterm_stop_a_run_whose_stderr_is_a_closed_or_a_full_pipe() {
         drop(keep_reader);
     }
 }
+
+/// Rewrites the batch's CSV: `edit` gets every data row (id first) and may change or add rows.
+fn edit_rows(batch: &Batch, edit: impl FnOnce(&mut Vec<Vec<String>>)) {
+    let path = batch.dir.path().join("employees.csv");
+    let mut r = csv::Reader::from_path(&path).unwrap();
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    let mut rows: Vec<Vec<String>> = r
+        .records()
+        .map(|x| x.unwrap().iter().map(String::from).collect())
+        .collect();
+    edit(&mut rows);
+    let mut w = csv::Writer::from_path(&path).unwrap();
+    w.write_record(&header).unwrap();
+    for row in rows {
+        w.write_record(&row).unwrap();
+    }
+    w.flush().unwrap();
+}
+
+/// Stops a run with Ctrl-C once the provider has paid `paid` items.
+fn interrupt_after(sandbox: &Sandbox, batch: &Batch, paid: usize) {
+    let mut run = batch.run().spawn();
+    assert!(
+        eventually(Duration::from_secs(20), || sandbox.ledger().len() >= paid),
+        "{}",
+        run.log_tail()
+    );
+    run.signal(libc::SIGINT);
+    let status = run.wait();
+    assert_eq!(status.code(), Some(130), "{}", run.log_tail());
+}
+
+#[test]
+fn a_resume_refuses_rows_that_changed_or_appeared_after_the_batch_started() {
+    let sandbox = sandbox().start();
+    let batch = Batch::payroll_of(&sandbox, 300).limits(100, 1, 1, 1);
+    interrupt_after(&sandbox, &batch, 20);
+    let paid = sandbox.ledger().len();
+    let original = std::fs::read(batch.dir.path().join("employees.csv")).unwrap();
+    // The last row is unsent: its amount changes; and a row is added.
+    edit_rows(&batch, |rows| {
+        rows.last_mut().unwrap()[9] = "99999.99".into();
+        let mut new = rows[0].clone();
+        new[0] = "NEW01".into();
+        rows.push(new);
+    });
+    let resume = batch.resume().exits_with(1);
+    let said = resume.log();
+    let line_of = |id: &str| {
+        said.lines()
+            .find(|l| l.contains(&format!("item {id} ")))
+            .unwrap_or_else(|| panic!("{id} is named:\n{said}"))
+            .to_string()
+    };
+    assert!(line_of("X00300").contains("employees.csv:") && line_of("X00300").contains("changed"));
+    assert!(
+        line_of("NEW01").contains("employees.csv:")
+            && line_of("NEW01").contains("not in the batch")
+    );
+    assert!(
+        said.contains("nothing was sent") && said.contains("new batch"),
+        "{said}"
+    );
+    assert_eq!(sandbox.ledger().len(), paid, "nothing was sent");
+    // A removed row is refused as well.
+    std::fs::write(batch.dir.path().join("employees.csv"), &original).unwrap();
+    edit_rows(&batch, |rows| {
+        rows.pop();
+    });
+    let said = batch.resume().exits_with(1).log();
+    assert!(said.contains("is gone"), "{said}");
+    // So is a changed flow (what every item sends).
+    std::fs::write(batch.dir.path().join("employees.csv"), &original).unwrap();
+    let batch = batch.edit("name: ACME Europe GmbH", "name: ACME Holdings Ltd");
+    let said = batch.resume().exits_with(1).log();
+    assert!(said.contains("error[run.changed-flow]"), "{said}");
+    assert_eq!(sandbox.ledger().len(), paid, "nothing was sent");
+    // Restored as it was, the batch finishes, each item paid once.
+    let batch = batch.edit("name: ACME Holdings Ltd", "name: ACME Europe GmbH");
+    batch.resume().succeeds();
+    let ledger = sandbox.ledger();
+    assert_eq!(ledger.len(), 300);
+    assert!(ledger.paid_twice().is_empty());
+    // `status` counts the batch's items, touched or not.
+    assert_eq!(batch.status()["items"].as_u64(), Some(300));
+}
+
+#[test]
+fn a_run_killed_in_its_first_milliseconds_never_bricks_the_batch() {
+    let sandbox = sandbox().start();
+    // At named instants of starting a batch: lock written, store being created, store in place.
+    for point in ["lock-written", "store-create", "store-created"] {
+        let batch = Batch::payroll(&sandbox).named(&format!("early-{point}"));
+        batch.run().env("PAYRUN_CRASH_AT", point).dies_by_sigkill();
+        if point == "store-created" {
+            let s = batch
+                .try_status()
+                .expect("a store in place is a started batch");
+            assert_eq!(s["items"].as_u64(), Some(50), "{s}");
+            batch.resume().succeeds();
+        } else {
+            assert!(batch.try_status().is_none(), "no batch started");
+            batch.run().succeeds();
+        }
+    }
+    // And at whatever instant a real kill lands in the first 60 ms, 20 times over.
+    let batch = Batch::payroll(&sandbox).named("early-kills");
+    let store = batch.dir.path().join("state/early-kills.redb");
+    for i in 0..20u64 {
+        let mut run = batch.run().spawn();
+        std::thread::sleep(Duration::from_millis(5 + (i * 37) % 56));
+        run.signal(libc::SIGKILL);
+        run.wait();
+        // Whatever was left, `status` reads it (a store exists only once the batch started).
+        if store.exists() {
+            let s = batch.try_status().expect("a store in place can be read");
+            assert_eq!(s["items"].as_u64(), Some(50), "{s}");
+        }
+    }
+    batch.run().succeeds();
+    // A store left half-created by an older payrun is recognised and set aside.
+    let legacy = Batch::payroll(&sandbox).named("legacy-batch");
+    std::fs::create_dir_all(legacy.dir.path().join("state")).unwrap();
+    std::fs::write(
+        legacy.dir.path().join("state/legacy-batch.redb"),
+        [0u8; 512],
+    )
+    .unwrap();
+    let said = legacy.run().succeeds().log();
+    assert!(said.contains("left unfinished"), "{said}");
+    let ledger = sandbox.ledger();
+    assert!(ledger.paid_twice().is_empty(), "{:?}", ledger.paid_twice());
+    assert_eq!(ledger.len(), 5 * 50, "50 items of each of the five batches");
+}
+
+/// Posts a TransactionStatusUpdate webhook signed with the outbound key (MD5 of body + key, as
+/// the document says); returns the HTTP status payrun answered.
+fn post_signed_webhook(port: u16, outbound_key: &str, body: &serde_json::Value) -> u16 {
+    use md5::{Digest, Md5};
+    let body = body.to_string();
+    let signature = payrun::keys::hex_lower(
+        &Md5::new()
+            .chain_update(body.as_bytes())
+            .chain_update(outbound_key.as_bytes())
+            .finalize(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/paysend/webhook"))
+            .header("content-type", "application/json")
+            .header("X-OPP-Signature", signature)
+            .body(body)
+            .send()
+            .await
+            .expect("payrun's listener answers")
+            .status()
+            .as_u16()
+    })
+}
+
+fn webhook(key: &str, status: &str, code: &str, description: &str) -> serde_json::Value {
+    serde_json::json!({
+        "webhookType": "TransactionStatusUpdate",
+        "invoiceId": key,
+        "transactionId": "5d8149f7-9dd5-4784-9f25-3da3215b8a7a",
+        "status": status,
+        "statusDateTime": "2026-12-01T10:00:00.000+00:00",
+        "errorCode": code,
+        "errorDescription": description,
+        "rrn": null, "arn": null, "traceId": null
+    })
+}
+
+#[test]
+fn a_signed_webhook_about_an_unsent_item_is_refused_and_a_decline_after_payment_is_a_reversal() {
+    let port = free_port();
+    let sandbox = sandbox().start();
+    let batch = Batch::payroll_of(&sandbox, 60)
+        .limits(20, 1, 1, 1)
+        .webhooks_on(port);
+    let mut run = batch.run().spawn();
+    assert!(
+        eventually(Duration::from_secs(20), || sandbox.ledger().len() >= 3),
+        "{}",
+        run.log_tail()
+    );
+    let key_of = |id: &str| payrun::keys::item_key(&batch.id, id);
+    // "Completed" and "Declined" for items not sent yet: refused, nothing changes.
+    for (id, status, code) in [("X00060", "Completed", "0"), ("X00059", "Declined", "4006")] {
+        let answer = post_signed_webhook(
+            port,
+            &sandbox.outbound_key,
+            &webhook(&key_of(id), status, code, ""),
+        );
+        assert_eq!(answer, 422, "an outcome for unsent item {id} is refused");
+    }
+    // "4008: money will be refunded" after an item payrun recorded as paid: money moving back.
+    let mut paid_key = String::new();
+    assert!(eventually(Duration::from_secs(20), || {
+        let report = batch.report();
+        match report.rows.iter().find(|r| r.state() == "paid") {
+            Some(r) => {
+                paid_key = r.key().to_string();
+                true
+            }
+            None => false,
+        }
+    }));
+    let answer = post_signed_webhook(
+        port,
+        &sandbox.outbound_key,
+        &webhook(
+            &paid_key,
+            "Declined",
+            "4008",
+            "Account owner refused incoming money transfer.",
+        ),
+    );
+    assert_eq!(answer, 200);
+    let status = run.wait();
+    assert_eq!(
+        status.code(),
+        Some(4),
+        "a reversal needs attention\n{}",
+        run.log_tail()
+    );
+    let report = batch.report();
+    let reversed: Vec<_> = report
+        .rows
+        .iter()
+        .filter(|r| r.state() == "reversed")
+        .collect();
+    assert_eq!(reversed.len(), 1, "{:?}", report.states());
+    assert_eq!(reversed[0].key(), paid_key);
+    assert_eq!(reversed[0].code(), "4008");
+    // The unsent items were paid by their own requests, once, when their turn came.
+    let ledger = sandbox.ledger();
+    assert_eq!(ledger.len(), 60);
+    assert!(ledger.paid_twice().is_empty());
+    assert_eq!(report.row("X00060").state(), "paid");
+    assert_eq!(report.row("X00059").state(), "paid");
+    let view = batch.status();
+    assert_eq!(view["states"]["reversed"].as_u64(), Some(1), "{view}");
+}

@@ -211,10 +211,33 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
     // `--retry-failed`: which items go again, decided from the store before their keys are made.
     // A batch started before: taken (lock, store) now and read once; a new batch gets its
     // store only once it is known to be valid.
-    let batch_exists = o
-        .state_dir
-        .join(format!("{}.redb", flow.manifest.batch))
-        .exists();
+    let batch_exists = match Store::find(o.state_dir, &flow.manifest.batch) {
+        super::store::Found::Missing => false,
+        super::store::Found::Ready => true,
+        // Killed while its store was being created (older payruns): nothing was sent for it.
+        super::store::Found::Unfinished(why) => {
+            let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let _lock = match super::lock::Lock::take(o.state_dir, &flow.manifest.batch, &started) {
+                Ok(l) => l,
+                Err(m) => {
+                    eprintln!("error[run.locked]: {m}");
+                    return 2;
+                }
+            };
+            match Store::set_aside(o.state_dir, &flow.manifest.batch) {
+                Ok(to) => eprintln!(
+                    "note: the store of batch {} was left unfinished by a run killed while starting ({why}); nothing was sent for it; moved to {} and starting the batch afresh",
+                    flow.manifest.batch,
+                    to.display()
+                ),
+                Err(e) => {
+                    eprintln!("error[run.store]: {e}");
+                    return 2;
+                }
+            }
+            false
+        }
+    };
     if o.retry_failed && !batch_exists {
         eprintln!(
             "error[run.retry-failed]: no batch `{}` in {}",
@@ -459,12 +482,84 @@ fn execute(
     held: Option<Held>,
 ) -> u8 {
     let (sandbox, state_dir, time_scale) = (o.sandbox, o.state_dir, o.time_scale);
+    let manifest_abs = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
+    let flow_digest = super::fixed::flow_digest(&flow.manifest);
+    let source_name = match &flow.manifest.items {
+        crate::manifest::Items::Csv(src) => src.display.clone(),
+        crate::manifest::Items::Inline(_) => flow.manifest.display.clone(),
+    };
     let held = match held {
-        Some(h) => h,
-        None => match hold(&flow.manifest.batch, state_dir) {
-            Ok(h) => h,
-            Err(code) => return code,
-        },
+        Some(h) => {
+            // The whole source against the items the batch started with.
+            match h.store.fixed() {
+                Ok(Some(fixed)) => {
+                    let drift = super::fixed::compare(&fixed, items);
+                    if !drift.is_empty() {
+                        for l in
+                            super::fixed::describe(&drift, &source_name, &flow.manifest.batch, 20)
+                        {
+                            eprintln!("{l}");
+                        }
+                        return 1;
+                    }
+                }
+                Ok(None) => {} // a batch started before items were fixed: checked below, by record
+                Err(e) => {
+                    eprintln!("error[run.store]: {e}");
+                    return 2;
+                }
+            }
+            if let Ok(Some(then)) = h.store.meta("flow_digest")
+                && then != flow_digest
+            {
+                eprintln!(
+                    "error[run.changed-flow]: the manifest's flow, defaults or preflight changed since batch {} started; unsent items would be sent otherwise than the batch started with; nothing was sent",
+                    flow.manifest.batch
+                );
+                eprintln!(
+                    "  hint: restore the manifest's flow, defaults and preflight to continue (limits, retry and notifications may change), or run the changed flow as a new batch (a new `batch:` id)"
+                );
+                return 1;
+            }
+            h
+        }
+        None => {
+            // A new batch: its item set is fixed in the store's very first commit.
+            let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let lock = match super::lock::Lock::take(state_dir, &flow.manifest.batch, &started) {
+                Ok(l) => l,
+                Err(m) => {
+                    eprintln!("error[run.locked]: {m}");
+                    return 2;
+                }
+            };
+            let fixed = super::fixed::entries(items);
+            let count = items.len().to_string();
+            let store = match Store::create(
+                state_dir,
+                &flow.manifest.batch,
+                &[
+                    ("manifest", &manifest_abs.to_string_lossy()),
+                    ("batch", &flow.manifest.batch),
+                    ("provider", &flow.provider.name),
+                    ("flow_digest", &flow_digest),
+                    ("items", &count),
+                    ("started", &started),
+                ],
+                &fixed,
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error[run.store]: {e}; nothing was sent");
+                    return 2;
+                }
+            };
+            Held {
+                _lock: lock,
+                store,
+                stored: Vec::new(),
+            }
+        }
     };
     let Held {
         _lock,
@@ -550,7 +645,6 @@ fn execute(
         );
         return 1;
     }
-    let manifest_abs = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
     if let Err(e) = store.set_meta(&[
         ("manifest", &manifest_abs.to_string_lossy()),
         ("batch", &flow.manifest.batch),
@@ -753,6 +847,13 @@ fn execute(
             summary.commits as f64 / summary.items.max(1) as f64,
             started.elapsed().as_secs_f64()
         );
+        if summary.reversed > 0 {
+            sayln!(
+                "reversed: {} item(s) paid, then reported failed or returned by the provider (money moved back); see `payrun status {}`",
+                summary.reversed,
+                flow.manifest.batch
+            );
+        }
         if stop.load(Ordering::Relaxed) {
             eprintln!(
                 "stopped; continue with: payrun resume {}{} --state-dir {}",
@@ -778,7 +879,7 @@ fn execute(
                 summary.steps_done, summary.steps_failed, summary.steps_open
             );
         }
-        if summary.failed + summary.needs_review + summary.unfinished + summary.steps_failed + summary.steps_open > 0 { 4 } else { 0 }
+        if summary.failed + summary.needs_review + summary.unfinished + summary.reversed + summary.steps_failed + summary.steps_open > 0 { 4 } else { 0 }
     })
 }
 
@@ -796,7 +897,16 @@ fn status_view(
                 .into_iter()
                 .map(|(_, r)| r)
                 .collect();
-            Ok((super::status::view(batch, &records, None), Some(records)))
+            let mut view = super::status::view(batch, &records, None);
+            // Items never touched have no record; the batch's size was fixed when it started.
+            if let Ok(Some(n)) = store.meta("items")
+                && let Ok(n) = n.parse::<usize>()
+                && n > view.items
+            {
+                *view.states.entry("planned".into()).or_default() += n - view.items;
+                view.items = n;
+            }
+            Ok((view, Some(records)))
         }
         Err(e) if e.0.contains("another payrun process") => {
             let store_path = state_dir.join(format!("{batch}.redb"));

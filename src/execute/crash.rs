@@ -7,6 +7,9 @@
 //! - `mid-commit`: a group commit has written its rows but not committed the transaction.
 //! - `after-commit`: a group commit is durable; nothing else happened since.
 //! - `after-journal`: notifications are journaled; they are neither acknowledged nor acted on.
+//! - `store-create`: a new batch's store is written under its temporary name, not committed.
+//! - `store-created`: the new store is in place; nothing else happened since.
+//! - `lock-written`: the lock file's content is written, not yet linked into place.
 //!
 //! Without the variable each point costs one relaxed atomic load.
 

@@ -5,7 +5,6 @@
 //! `payrun unlock <batch> --force` removes a lock file whose holder is gone.
 
 use super::status::Holder;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub struct Lock {
@@ -37,34 +36,40 @@ impl Lock {
     pub fn take(dir: &Path, batch: &str, started: &str) -> Result<Lock, String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let path = lock_path(dir, batch);
-        for _ in 0..2 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    let me = Holder::me(started);
-                    let _ = f.write_all(&serde_json::to_vec(&me).unwrap_or_default());
-                    return Ok(Lock { path });
+        // The lock file appears whole or not at all: its content is written under a name of
+        // this process and linked into place (link fails if a lock exists). A runner killed in
+        // between leaves no empty lock that another runner could mistake for a stale one.
+        let me = Holder::me(started);
+        let tmp = dir.join(format!("{batch}.lock.{}", std::process::id()));
+        std::fs::write(&tmp, serde_json::to_vec(&me).unwrap_or_default())
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        super::crash::point("lock-written");
+        let result = (|| {
+            for _ in 0..2 {
+                match std::fs::hard_link(&tmp, &path) {
+                    Ok(()) => return Ok(Lock { path: path.clone() }),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        match holder(dir, batch) {
+                            Some(h) if alive(&h) => {
+                                return Err(format!(
+                                    "batch `{batch}` is being run by pid {} on {} since {}",
+                                    h.pid, h.host, h.started
+                                ));
+                            }
+                            // Its holder is gone (killed), or the file is not a lock payrun
+                            // wrote whole: stale on this host.
+                            _ => {
+                                let _ = std::fs::remove_file(&path);
+                            }
+                        }
+                    }
+                    Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match holder(dir, batch)
-                {
-                    Some(h) if alive(&h) => {
-                        return Err(format!(
-                            "batch `{batch}` is being run by pid {} on {} since {}",
-                            h.pid, h.host, h.started
-                        ));
-                    }
-                    // Its holder is gone (killed): the lock is stale on this host.
-                    _ => {
-                        let _ = std::fs::remove_file(&path);
-                    }
-                },
-                Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
             }
-        }
-        Err(format!("cannot take the lock {}", path.display()))
+            Err(format!("cannot take the lock {}", path.display()))
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        result
     }
 }
 

@@ -75,6 +75,17 @@ pub enum State {
         description: String,
         at: Millis,
     },
+    /// Paid, then the provider said the payment failed or is being returned (Paysend: a
+    /// decline or 4008 "money will be refunded" after Completed): money moved back. Final —
+    /// nothing is sent again — and shown apart from paid in status, report and exit code.
+    Reversed {
+        /// What the payment was paid under.
+        ids: BTreeMap<String, String>,
+        paid_at: Millis,
+        code: String,
+        description: String,
+        at: Millis,
+    },
     /// A person must look (not final, or held for manual action); asked again at `at`.
     NeedsReview {
         attempt: u32,
@@ -93,7 +104,19 @@ impl State {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            State::Succeeded { .. } | State::Failed { .. } | State::Skipped { .. }
+            State::Succeeded { .. }
+                | State::Failed { .. }
+                | State::Skipped { .. }
+                | State::Reversed { .. }
+        )
+    }
+
+    /// Whether a request for this item may have reached the provider: only then can an
+    /// outcome (a notification, a lookup) be about it.
+    pub fn was_sent(&self) -> bool {
+        !matches!(
+            self,
+            State::Planned | State::Scheduled { .. } | State::Skipped { .. }
         )
     }
 
@@ -224,7 +247,16 @@ pub fn step(
     use Event as E;
     use State as S;
     let keep = || (state.clone(), vec![]);
+    // An outcome that contradicts a final one is news, not noise (see `contradicted`).
+    if let (true, E::Observed { verdict, now }) = (state.is_final(), &event) {
+        return contradicted(state, verdict, *now, t).unwrap_or_else(keep);
+    }
     if state.is_final() {
+        return keep();
+    }
+    // Nothing was sent for it: no outcome can be about it (a notification naming an unsent
+    // item is forged or misdirected, and once made one `paid` that was never paid).
+    if !state.was_sent() && matches!(event, E::Observed { .. }) {
         return keep();
     }
     match (state, event) {
@@ -298,6 +330,40 @@ pub fn step(
 
         // Stale answers (a `Sent` when no request is outstanding) change nothing.
         _ => keep(),
+    }
+}
+
+/// An outcome about an item that already ended. A failure after a success is money moving
+/// back (a decline, a return): the item becomes `Reversed`, never silently stays paid. A
+/// success after a failure means money moved although payrun recorded that it did not: a
+/// person must look (and `--retry-failed` must not resend it). Anything else (a duplicate, a
+/// late copy of the same outcome) changes nothing: None.
+fn contradicted(
+    state: &State,
+    verdict: &Verdict,
+    now: Millis,
+    t: &Timings,
+) -> Option<(State, Vec<Effect>)> {
+    match (state, verdict) {
+        (State::Succeeded { ids, at }, Verdict::Failed { code, description }) => Some((
+            State::Reversed {
+                ids: ids.clone(),
+                paid_at: *at,
+                code: code.clone(),
+                description: description.clone(),
+                at: now,
+            },
+            vec![],
+        )),
+        (State::Failed { code, .. }, Verdict::Succeeded { .. }) => Some(review(
+            1,
+            "paid-after-failure".into(),
+            format!("recorded failed ({code}), then reported paid by the provider: money moved"),
+            now,
+            t,
+            None,
+        )),
+        _ => None,
     }
 }
 
@@ -942,8 +1008,8 @@ mod tests {
                 now: 2,
             },
             Event::Observed {
-                verdict: Verdict::Failed {
-                    code: "4006".into(),
+                verdict: Verdict::NeedsReview {
+                    code: "5".into(),
                     description: "late".into(),
                 },
                 now: 3,
@@ -956,6 +1022,77 @@ mod tests {
         ]);
         assert!(matches!(s, State::Succeeded { at: 1, .. }));
         assert!(fx[2..].iter().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn a_decline_after_success_is_money_moving_back_and_never_silently_kept_paid() {
+        let (s, fx) = run(vec![
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: paid(),
+                now: 1,
+            },
+            Event::Observed {
+                verdict: Verdict::Failed {
+                    code: "4008".into(),
+                    description: "money will be refunded".into(),
+                },
+                now: 3,
+            },
+            Event::Resume { now: 5 },
+            Event::Observed {
+                verdict: paid(),
+                now: 6,
+            },
+        ]);
+        assert!(
+            matches!(&s, State::Reversed { code, paid_at: 1, at: 3, .. } if code == "4008"),
+            "{s:?}"
+        );
+        assert!(s.is_final(), "nothing is sent again");
+        assert!(fx[2..].iter().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn a_success_after_a_failure_goes_to_a_person_not_to_a_resend() {
+        let (s, _) = run(vec![
+            Event::Tick { now: 0 },
+            Event::Sent {
+                verdict: Verdict::Failed {
+                    code: "4000".into(),
+                    description: "generic decline".into(),
+                },
+                now: 1,
+            },
+            Event::Observed {
+                verdict: paid(),
+                now: 2,
+            },
+        ]);
+        assert!(
+            matches!(&s, State::NeedsReview { code, .. } if code == "paid-after-failure"),
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn an_outcome_about_an_item_never_sent_changes_nothing() {
+        for verdict in [
+            paid(),
+            Verdict::Failed {
+                code: "4006".into(),
+                description: "x".into(),
+            },
+        ] {
+            let (s, fx) = step(
+                &State::Planned,
+                Event::Observed { verdict, now: 1 },
+                &policy(),
+                &timings(),
+            );
+            assert_eq!(s, State::Planned);
+            assert!(fx.is_empty());
+        }
     }
 
     #[test]
@@ -1184,8 +1321,28 @@ mod tests {
                         "a send is always recorded as Sending first"
                     );
                 }
-                if s.is_final() {
-                    assert_eq!(n, s, "final states absorb everything");
+                if s.is_final() && n != s {
+                    // Only an outcome contradicting a final one moves it: money moving back,
+                    // or money that moved after all.
+                    let contradiction = matches!(
+                        (&s, &e, &n),
+                        (
+                            State::Succeeded { .. },
+                            Event::Observed {
+                                verdict: Verdict::Failed { .. },
+                                ..
+                            },
+                            State::Reversed { .. }
+                        ) | (
+                            State::Failed { .. },
+                            Event::Observed {
+                                verdict: Verdict::Succeeded { .. },
+                                ..
+                            },
+                            State::NeedsReview { .. }
+                        )
+                    );
+                    assert!(contradiction, "final {s:?} moved to {n:?} on {e:?}");
                 }
                 s = n;
             }

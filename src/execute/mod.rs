@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod command;
 pub mod crash;
+pub mod fixed;
 pub mod lock;
 pub mod machine;
 pub mod progress;

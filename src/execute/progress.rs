@@ -115,10 +115,17 @@ impl Progress {
                 State::NeedsReview {
                     code, description, ..
                 } => Some(format!("{} needs review: {code} {description}", r.id)),
+                State::Reversed {
+                    code, description, ..
+                } => Some(format!(
+                    "{} REVERSED after it was paid: {code} {description}",
+                    r.id
+                )),
                 _ => None,
             };
+            let reversed = matches!(r.state, State::Reversed { .. });
             if let Some(line) = line
-                && self.reported.insert(i)
+                && (self.reported.insert(i) || reversed)
             {
                 self.settled_now += 1;
                 self.count_paid(r);

@@ -48,6 +48,8 @@ pub struct Summary {
     pub failed: usize,
     pub needs_review: usize,
     pub unfinished: usize,
+    /// Paid, then reported failed or returned (money moved back).
+    pub reversed: usize,
     pub requests: u64,
     pub commits: u64,
     /// Delayed steps: done (sent and answered, or skipped), failed, not finished.
@@ -564,9 +566,14 @@ impl Book {
     /// (it then changes nothing).
     fn vet(&self, notice: &Notice, items: &[PlannedItem]) -> Result<(), Rejection> {
         match notice {
-            Notice::Item { key, .. } => match self.by_key.contains_key(&key.replace('-', "")) {
-                true => Ok(()),
-                false => Err(Rejection::Never(
+            Notice::Item { key, .. } => match self.by_key.get(&key.replace('-', "")) {
+                // An outcome is about a request payrun recorded as sent, or about nothing.
+                Some(&i) if self.recs[i].state.was_sent() => Ok(()),
+                Some(&i) => Err(Rejection::Never(format!(
+                    "a notification about item {}, for which nothing was sent",
+                    self.recs[i].id
+                ))),
+                None => Err(Rejection::Never(
                     "a notification about a key not in this batch".into(),
                 )),
             },
@@ -1289,6 +1296,7 @@ pub async fn run(
             State::Succeeded { .. } => s.succeeded += 1,
             State::Failed { .. } => s.failed += 1,
             State::NeedsReview { .. } => s.needs_review += 1,
+            State::Reversed { .. } => s.reversed += 1,
             _ => s.unfinished += 1,
         }
     }

@@ -53,6 +53,9 @@ pub struct StatusView {
     pub in_doubt: Vec<String>,
     pub needs_review: Vec<Problem>,
     pub failed: Vec<Problem>,
+    /// Items paid, then reported failed or returned by the provider: money moved back.
+    #[serde(default)]
+    pub reversed: Vec<Problem>,
     /// Delayed steps (requests payrun sends after a payout), state name → steps.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub steps: BTreeMap<String, usize>,
@@ -73,6 +76,7 @@ pub fn state_name(s: &State) -> &'static str {
         State::Succeeded { .. } => "paid",
         State::Failed { .. } => "failed",
         State::NeedsReview { .. } => "needs_review",
+        State::Reversed { .. } => "reversed",
     }
 }
 
@@ -99,6 +103,7 @@ fn bucket(s: &State) -> &'static str {
         State::Succeeded { .. } => "paid",
         State::Failed { .. } => "failed",
         State::NeedsReview { .. } => "review",
+        State::Reversed { .. } => "reversed",
         _ => "pending",
     }
 }
@@ -112,6 +117,7 @@ pub fn view(batch: &str, records: &[Record], running: Option<Holder>) -> StatusV
     let mut in_doubt = Vec::new();
     let mut needs_review = Vec::new();
     let mut failed = Vec::new();
+    let mut reversed = Vec::new();
     let mut steps: BTreeMap<String, usize> = BTreeMap::new();
     let mut items = 0;
     for r in records {
@@ -154,6 +160,14 @@ pub fn view(batch: &str, records: &[Record], running: Option<Holder>) -> StatusV
                 code: code.clone(),
                 description: description.clone(),
             }),
+            State::Reversed {
+                code, description, ..
+            } if reversed.len() < LIST => reversed.push(Problem {
+                id,
+                line: r.line,
+                code: code.clone(),
+                description: description.clone(),
+            }),
             _ => {}
         }
     }
@@ -170,6 +184,7 @@ pub fn view(batch: &str, records: &[Record], running: Option<Holder>) -> StatusV
         in_doubt,
         needs_review,
         failed,
+        reversed,
         running,
         updated: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }
@@ -202,7 +217,7 @@ pub fn render(v: &StatusView) -> String {
         let _ = writeln!(out, "delayed steps: {}", steps.join(", "));
     }
     for (c, b) in &v.amounts {
-        let parts: Vec<String> = ["paid", "pending", "failed", "review"]
+        let parts: Vec<String> = ["paid", "pending", "failed", "review", "reversed"]
             .iter()
             .filter_map(|k| b.get(*k).map(|a| format!("{k} {a}")))
             .collect();
@@ -215,7 +230,11 @@ pub fn render(v: &StatusView) -> String {
             v.in_doubt.join(", ")
         );
     }
-    for (title, list) in [("needs review", &v.needs_review), ("failed", &v.failed)] {
+    for (title, list) in [
+        ("needs review", &v.needs_review),
+        ("failed", &v.failed),
+        ("reversed after it was paid", &v.reversed),
+    ] {
         for p in list {
             let _ = writeln!(
                 out,
@@ -300,6 +319,13 @@ pub fn report_csv(records: &[Record]) -> Vec<u8> {
             State::NeedsReview {
                 code, description, ..
             } => (None, code.as_str(), description.as_str(), None),
+            State::Reversed {
+                ids,
+                code,
+                description,
+                at,
+                ..
+            } => (Some(ids), code.as_str(), description.as_str(), Some(*at)),
             _ => (None, "", "", None),
         };
         let get = |k: &str| ids.and_then(|m| m.get(k)).cloned().unwrap_or_default();

@@ -24,6 +24,9 @@ const NOTICES: TableDefinition<u64, &[u8]> = TableDefinition::new("notices");
 const NOTICE_DIGESTS: TableDefinition<&[u8], u64> = TableDefinition::new("notice_digests");
 /// META key: the last journaled notice whose effect is committed.
 const APPLIED: &str = "notices_applied";
+/// The batch's items as they were when it started (`fixed::entries`), under [`FIXED_ITEMS`].
+const FIXED: TableDefinition<&str, &[u8]> = TableDefinition::new("fixed");
+const FIXED_ITEMS: &str = "items";
 
 /// A notification as the journal keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,12 +142,163 @@ pub struct Store {
     pub commits: u64,
 }
 
+/// What is at a batch's store path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    /// No store: the batch never started (nothing was sent for it).
+    Missing,
+    /// A store a run was killed while creating (by a payrun older than atomic creation): it
+    /// holds no commit of a started batch, so nothing was sent for it. Why, in words.
+    Unfinished(String),
+    /// A started batch.
+    Ready,
+}
+
+fn store_path(dir: &Path, batch: &str) -> PathBuf {
+    dir.join(format!("{batch}.redb"))
+}
+
+/// Where a store is built before it is renamed into place.
+const PARTIAL: &str = ".redb.partial-";
+
 impl Store {
-    /// The store of `batch` in `dir` (created when missing).
-    pub fn open(dir: &Path, batch: &str) -> Result<Store, StoreError> {
+    /// Whether batch `batch` has a store in `dir`, and whether it is one a run completed.
+    /// Never creates anything.
+    pub fn find(dir: &Path, batch: &str) -> Found {
+        let path = store_path(dir, batch);
+        if !path.exists() {
+            return Found::Missing;
+        }
+        match Database::open(&path) {
+            Ok(db) => {
+                // A batch starts with one commit holding its meta; a store without it was never
+                // started (older payruns created the store first and wrote the meta later).
+                let started = db
+                    .begin_read()
+                    .ok()
+                    .and_then(|t| t.open_table(META).ok())
+                    .and_then(|t| t.get("batch").ok().flatten().map(|_| ()))
+                    .is_some();
+                let touched = db
+                    .begin_read()
+                    .ok()
+                    .and_then(|t| t.open_table(ITEMS).ok())
+                    .is_some_and(|t| {
+                        use redb::ReadableTableMetadata;
+                        t.len().unwrap_or(1) > 0
+                    });
+                if started || touched {
+                    Found::Ready
+                } else {
+                    Found::Unfinished("it holds no started batch".into())
+                }
+            }
+            // What redb says of a file whose creation never finished: its header (written
+            // last) is missing or the file is empty.
+            Err(e)
+                if {
+                    let t = e.to_string();
+                    t.contains("magic number") || t.contains("file is empty")
+                } =>
+            {
+                Found::Unfinished(format!("it was never completed ({e})"))
+            }
+            // Held by a runner, or damaged in a way creation cannot explain: open() says why.
+            Err(_) => Found::Ready,
+        }
+    }
+
+    /// Moves an unfinished store aside (to `<batch>.redb.unfinished-<ms>`) so the batch can
+    /// start; the caller holds the batch's lock. Returns where it went.
+    pub fn set_aside(dir: &Path, batch: &str) -> Result<PathBuf, StoreError> {
+        let path = store_path(dir, batch);
+        let to = dir.join(format!(
+            "{batch}.redb.unfinished-{}",
+            super::runner::now_ms()
+        ));
+        std::fs::rename(&path, &to)
+            .map_err(|e| err(format!("cannot move {} aside: {e}", path.display())))?;
+        Ok(to)
+    }
+
+    /// Starts a batch: its store, with `meta` and the fixed item entries, built under a
+    /// temporary name, made durable and renamed into place (then the folder synced). A run
+    /// killed at any instant of this leaves either no store (the batch never started; a
+    /// leftover temporary file is removed by the next start) or a complete one.
+    pub fn create(
+        dir: &Path,
+        batch: &str,
+        meta: &[(&str, &str)],
+        fixed: &[u8],
+    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
-        let path = dir.join(format!("{batch}.redb"));
+        let path = store_path(dir, batch);
+        if path.exists() {
+            return Err(err(format!(
+                "{} appeared while this run started the batch (another run?); run again",
+                path.display()
+            )));
+        }
+        let prefix = format!("{batch}{PARTIAL}");
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let tmp = dir.join(format!("{prefix}{}", std::process::id()));
+        {
+            let db = Database::create(&tmp)
+                .map_err(|e| err(format!("cannot create {}: {e}", tmp.display())))?;
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut m = txn.open_table(META).map_err(err)?;
+                for (k, v) in meta {
+                    m.insert(*k, *v).map_err(err)?;
+                }
+                txn.open_table(ITEMS).map_err(err)?;
+                txn.open_table(NOTICES).map_err(err)?;
+                txn.open_table(NOTICE_DIGESTS).map_err(err)?;
+                let mut f = txn.open_table(FIXED).map_err(err)?;
+                f.insert(FIXED_ITEMS, fixed).map_err(err)?;
+            }
+            super::crash::point("store-create");
+            txn.commit().map_err(err)?;
+        }
+        let sync = |p: &Path| {
+            std::fs::File::open(p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| err(format!("cannot sync {}: {e}", p.display())))
+        };
+        sync(&tmp)?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| err(format!("cannot create {}: {e}", path.display())))?;
+        sync(dir)?;
+        super::crash::point("store-created");
+        let mut s = Store::open(dir, batch)?;
+        s.commits = 1;
+        Ok(s)
+    }
+
+    /// The fixed item entries of the batch (None: a store from before they were kept).
+    pub fn fixed(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let t = match txn.open_table(FIXED) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(err(e)),
+        };
+        Ok(t.get(FIXED_ITEMS).map_err(err)?.map(|v| v.value().to_vec()))
+    }
+
+    /// The store of a started batch in `dir`.
+    pub fn open(dir: &Path, batch: &str) -> Result<Store, StoreError> {
+        let path = store_path(dir, batch);
+        if !path.exists() {
+            return Err(err(format!("no batch `{batch}` in {}", dir.display())));
+        }
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => err(format!(
                 "{} is open in another payrun process (only one runner per batch)",
@@ -188,10 +342,6 @@ impl Store {
 
     /// Opens an existing store; fails while a runner holds it.
     pub fn open_existing(dir: &Path, batch: &str) -> Result<Store, StoreError> {
-        let path = dir.join(format!("{batch}.redb"));
-        if !path.exists() {
-            return Err(err(format!("no batch `{batch}` in {}", dir.display())));
-        }
         Store::open(dir, batch)
     }
 
@@ -327,7 +477,7 @@ mod tests {
     fn committed_records_are_there_after_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = Store::open(dir.path(), "b1").unwrap();
+            let mut s = Store::create(dir.path(), "b1", &[("batch", "b1")], &[]).unwrap();
             s.set_meta(&[("fingerprint", "abc")]).unwrap();
             let a = record(0, State::Planned);
             let b = record(
@@ -338,7 +488,7 @@ mod tests {
                 },
             );
             s.commit(&[(0, &a), (1, &b)]).unwrap();
-            assert_eq!(s.commits, 2);
+            assert_eq!(s.commits, 3);
         }
         let s = Store::open(dir.path(), "b1").unwrap();
         assert_eq!(s.meta("fingerprint").unwrap().as_deref(), Some("abc"));
@@ -364,7 +514,7 @@ mod tests {
     fn a_journaled_notice_is_kept_once_and_stays_unapplied_until_a_commit_says_otherwise() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = Store::open(dir.path(), "b3").unwrap();
+            let mut s = Store::create(dir.path(), "b3", &[("batch", "b3")], &[]).unwrap();
             let (a, b) = (notice("a"), notice("b"));
             let seqs = s
                 .journal(&[([1; 32], &a), ([2; 32], &b), ([1; 32], &a)], 7)
@@ -389,8 +539,29 @@ mod tests {
     #[test]
     fn a_second_runner_cannot_open_the_same_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Store::open(dir.path(), "b2").unwrap();
+        let _first = Store::create(dir.path(), "b2", &[("batch", "b2")], &[]).unwrap();
         let second = Store::open(dir.path(), "b2");
         assert!(second.is_err_and(|e| e.0.contains("another payrun process")));
+    }
+
+    #[test]
+    fn a_store_killed_while_being_created_is_recognised_as_never_started() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Store::find(dir.path(), "b"), Found::Missing);
+        // What an older payrun left when killed inside redb's create: no header yet.
+        std::fs::write(dir.path().join("b.redb"), [0u8; 100]).unwrap();
+        assert!(matches!(Store::find(dir.path(), "b"), Found::Unfinished(_)));
+        std::fs::write(dir.path().join("b.redb"), []).unwrap();
+        assert!(matches!(Store::find(dir.path(), "b"), Found::Unfinished(_)));
+        let aside = Store::set_aside(dir.path(), "b").unwrap();
+        assert!(aside.exists());
+        assert_eq!(Store::find(dir.path(), "b"), Found::Missing);
+        // A leftover temporary file of a killed creation is no store, and is cleared away.
+        std::fs::write(dir.path().join("b.redb.partial-1"), b"junk").unwrap();
+        let s = Store::create(dir.path(), "b", &[("batch", "b")], &[7; 32]).unwrap();
+        assert_eq!(s.fixed().unwrap(), Some(vec![7; 32]));
+        drop(s);
+        assert_eq!(Store::find(dir.path(), "b"), Found::Ready);
+        assert!(!dir.path().join("b.redb.partial-1").exists());
     }
 }

@@ -287,10 +287,10 @@ impl Adapter for Paysend {
             return None;
         };
         let v: Value = serde_json::from_slice(body).ok()?;
-        let running = match v.pointer("/payload/tasks/0/result/status") {
-            None => true,
-            Some(s) => matches!(s.as_str(), Some("Accepted" | "InProgress")),
-        };
+        let running = matches!(
+            task_verdict(v.pointer("/payload/tasks/0/result"), ""),
+            Verdict::Accepted { .. }
+        );
         let global = v.pointer("/header/response/globalId")?.as_str()?;
         running.then(|| self.group_lookup(global))
     }
@@ -354,7 +354,7 @@ impl Adapter for Paysend {
             by_id(t, tv, &mut results);
         }
         for (ty, result) in preflight_results(&v) {
-            if result.get("status").and_then(Value::as_str) != Some("Success") {
+            if !matches!(task_verdict(Some(&result), ""), Verdict::Succeeded { .. }) {
                 return Preflight::Failed(format!(
                     "preflight {ty} failed: {} {}",
                     result.get("code").unwrap_or(&Value::Null),
@@ -424,8 +424,14 @@ impl Adapter for Paysend {
 
 pub use super::Answer;
 
-/// The verdict of one task `result` object (L612-722; on the wire a success has code 0 and an
-/// error carries the processing error code itself).
+/// The verdict of one task `result` object. The document gives three shapes of a result:
+/// the examples (`"status": "Success", "code": 0`), the status table (L612-617: code 0
+/// Accepted, 1 InProgress, 2 Success, 3 Error, 5 manual action) and the Sandbox Mock Service
+/// (L222-235: `"status": "string"` — a placeholder — with `"code": 0` meaning success, data
+/// with a paymentId). On an error the wire carries the processing error code itself. Read
+/// together (docs/paysend-wire.md): a known status decides, its code must not contradict it;
+/// a placeholder status defers to the code. When status and code disagree the item goes to
+/// review — never to failed: a false `failed` invites a second payment.
 pub fn task_verdict(result: Option<&Value>, global_id: &str) -> Verdict {
     let Some(r) = result else {
         return Verdict::Accepted {
@@ -434,42 +440,77 @@ pub fn task_verdict(result: Option<&Value>, global_id: &str) -> Verdict {
     };
     let status = r.get("status").and_then(Value::as_str).unwrap_or("");
     let code = match r.get("code") {
-        Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
-        Some(Value::String(s)) => s.parse().unwrap_or(0),
-        _ => 0,
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
     };
     let comment = r
         .get("comment")
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    match status {
-        "Accepted" | "InProgress" => Verdict::Accepted {
-            reference: global_id.to_string(),
-        },
-        "Success" => {
-            let mut ids = BTreeMap::new();
-            ids.insert("globalId".to_string(), global_id.to_string());
-            for k in ["paymentId", "traceId", "rrn", "arn"] {
-                if let Some(v) = r.pointer(&format!("/data/{k}")).and_then(Value::as_str) {
-                    ids.insert(k.to_string(), v.to_string());
-                }
+    let accepted = || Verdict::Accepted {
+        reference: global_id.to_string(),
+    };
+    let succeeded = || {
+        let mut ids = BTreeMap::new();
+        ids.insert("globalId".to_string(), global_id.to_string());
+        for k in ["paymentId", "traceId", "rrn", "arn"] {
+            if let Some(v) = r.pointer(&format!("/data/{k}")).and_then(Value::as_str) {
+                ids.insert(k.to_string(), v.to_string());
             }
-            Verdict::Succeeded { ids }
         }
+        Verdict::Succeeded { ids }
+    };
+    let disagree = |why: &str| Verdict::NeedsReview {
+        code: code.map_or_else(|| "no-code".to_string(), |c| c.to_string()),
+        description: format!(
+            "the answer contradicts itself: status {status:?} with code {}{why}",
+            code.map_or_else(|| "none".to_string(), |c| c.to_string())
+        ),
+    };
+    let by_error_code = |c: u64| match c {
+        // 3011: already paid with this invoiceId — reconcile, never a failure.
+        3011 => Verdict::AlreadyExists,
+        // 9999 is "Not final"; 5 waits for manual action (sanctions review, RFI).
+        9999 | 5 => Verdict::NeedsReview {
+            code: c.to_string(),
+            description: comment.clone(),
+        },
+        3006 => Verdict::Unknown,
+        _ => Verdict::Failed {
+            code: c.to_string(),
+            description: comment.clone(),
+        },
+    };
+    let has_data = r
+        .get("data")
+        .and_then(Value::as_object)
+        .is_some_and(|d| !d.is_empty());
+    match status.to_ascii_lowercase().as_str() {
+        "accepted" | "inprogress" => accepted(),
+        // A success with code 0 (examples) or 2 (status table); an error code contradicts it.
+        "success" => match code {
+            None | Some(0) | Some(2) => succeeded(),
+            Some(_) => disagree(""),
+        },
+        "error" => match code {
+            // "Error" with a success code (0 as the Mock Service reads it, 2 by the table).
+            Some(0) | Some(2) => disagree(""),
+            // 3 is the table's bare "Error status", without the processing code that says why.
+            None | Some(3) => disagree(": no processing error code"),
+            Some(c) => by_error_code(c),
+        },
+        // A placeholder ("string") or no status: the code decides where the readings agree.
         _ => match code {
-            // 3011: already paid with this invoiceId — reconcile, never a failure.
-            3011 => Verdict::AlreadyExists,
-            // 9999 is "Not final"; 5 waits for manual action (sanctions review, RFI).
-            9999 | 5 => Verdict::NeedsReview {
-                code: code.to_string(),
-                description: comment,
-            },
-            3006 => Verdict::Unknown,
-            _ => Verdict::Failed {
-                code: code.to_string(),
-                description: comment,
-            },
+            // The Mock Service's success (code 0 with data), or the table's 2.
+            Some(0) if has_data => succeeded(),
+            Some(2) => succeeded(),
+            // The table's Accepted / InProgress: still running, asked again.
+            Some(0) | Some(1) => accepted(),
+            Some(3011) => Verdict::AlreadyExists,
+            Some(9999) | Some(5) => by_error_code(code.unwrap_or(5)),
+            _ => disagree(": no status that says how it ended"),
         },
     }
 }
@@ -726,28 +767,30 @@ pub fn classify_lookup(answer: &Answer) -> Verdict {
             retry_after: None,
         };
     };
-    match r.get("status").and_then(Value::as_str) {
-        Some("Success") => match r
+    // The lookup task's own result, read as any task's (`task_verdict`); the payment's status
+    // is in its data.
+    match task_verdict(Some(r), "") {
+        Verdict::Succeeded { ids } => match r
             .pointer("/data/status/description")
             .and_then(Value::as_str)
         {
-            Some("Completed") | None => task_verdict(Some(r), ""),
+            Some("Completed") | None => Verdict::Succeeded { ids },
             Some(other) => Verdict::NeedsReview {
                 code: other.to_string(),
                 description: format!("payment status {other}"),
             },
         },
         // The lookup itself has not run yet (the request was answered before it finished).
-        Some("Accepted") | Some("InProgress") | None => Verdict::RetryLater {
+        Verdict::Accepted { .. } => Verdict::RetryLater {
             class: ErrorClass::ServerError,
             retry_after: None,
         },
         // 1000 is the lookup failing, not the payment.
-        _ if r.get("code").and_then(Value::as_u64) == Some(1000) => Verdict::RetryLater {
+        Verdict::Failed { code, .. } if code == "1000" => Verdict::RetryLater {
             class: ErrorClass::ServerError,
             retry_after: None,
         },
-        _ => task_verdict(Some(r), ""),
+        v => v,
     }
 }
 
@@ -788,8 +831,13 @@ pub fn webhook_verdict(body: &[u8]) -> Option<(String, Verdict)> {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    let verdict = match v.get("status").and_then(Value::as_str)? {
-        "Completed" => {
+    // The document shows "Completed" and "OnHold" (L649, L6998) and gives no status list
+    // (docs/paysend-wire.md). A status that is not final waits; an unknown one, or one whose
+    // error code contradicts it, goes to a person — never to failed, which invites a resend.
+    let status = v.get("status").and_then(Value::as_str)?;
+    let code_is_success = matches!(code.as_str(), "" | "0");
+    let verdict = match status.to_ascii_lowercase().as_str() {
+        "completed" | "success" | "paid" if code_is_success => {
             let mut ids = BTreeMap::new();
             for (k, name) in [
                 ("transactionId", "paymentId"),
@@ -803,17 +851,34 @@ pub fn webhook_verdict(body: &[u8]) -> Option<(String, Verdict)> {
             }
             Verdict::Succeeded { ids }
         }
-        "OnHold" => Verdict::NeedsReview {
+        "onhold" => Verdict::NeedsReview {
             code: if code.is_empty() { "5".into() } else { code },
             description,
         },
-        other => Verdict::Failed {
+        "accepted" | "inprogress" | "pending" | "processing" | "created" | "new" => {
+            Verdict::Pending
+        }
+        "failed" | "declined" | "error" | "rejected" | "cancelled" | "canceled" | "refunded"
+        | "returned" | "reversed"
+            if !code_is_success =>
+        {
+            Verdict::Failed { code, description }
+        }
+        _ => Verdict::NeedsReview {
             code: if code.is_empty() {
-                other.to_string()
+                format!("status-{status}")
             } else {
-                code
+                code.clone()
             },
-            description,
+            description: format!(
+                "a webhook with status {status:?} and error code {:?}, which payrun cannot read as an outcome{}",
+                code,
+                if description.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {description}")
+                }
+            ),
         },
     };
     Some((invoice, verdict))
@@ -880,5 +945,54 @@ mod tests {
     fn the_same_pack_always_has_the_same_request_id() {
         assert_eq!(request_id(&["b", "a"]), request_id(&["a", "b"]));
         assert_ne!(request_id(&["a"]), request_id(&["a", "b"]));
+    }
+
+    #[test]
+    fn every_shape_of_success_the_document_prints_is_success_and_contradictions_go_to_review() {
+        let r = |v: Value| task_verdict(Some(&v), "g");
+        let paid = |v: &Verdict| matches!(v, Verdict::Succeeded { .. });
+        let review = |v: &Verdict| matches!(v, Verdict::NeedsReview { .. });
+        // The examples: "Success" with code 0.
+        assert!(paid(&r(json!({"status": "Success", "code": 0}))));
+        // The status table: code 2 is Success.
+        assert!(paid(&r(json!({"status": "Success", "code": 2}))));
+        assert!(paid(&r(json!({"status": "string", "code": 2}))));
+        // The Sandbox Mock Service (L222-235): a placeholder status, code 0, data.
+        let mock = json!({"status": "string", "code": 0, "comment": "string",
+            "data": {"traceId": "8878b45bb948490a8971c7ac130e0461", "paymentId": "8878b45b-b948-490a-8971-c7ac130e0461"}});
+        assert!(paid(&r(mock)));
+        // Code 0 without data is the table's Accepted: asked again, never failed.
+        assert!(matches!(
+            r(json!({"status": "string", "code": 0})),
+            Verdict::Accepted { .. }
+        ));
+        // Status and code that disagree: review, never failed.
+        assert!(review(&r(json!({"status": "Success", "code": 4006}))));
+        assert!(review(&r(json!({"status": "Error", "code": 0}))));
+        assert!(review(&r(json!({"status": "Error", "code": 2}))));
+        assert!(review(&r(json!({"status": "Error"}))));
+        assert!(review(&r(json!({"status": "string", "code": 4006}))));
+        // A real error still fails, by its processing code.
+        assert!(
+            matches!(r(json!({"status": "Error", "code": 4006})), Verdict::Failed { code, .. } if code == "4006")
+        );
+    }
+
+    #[test]
+    fn a_webhook_status_payrun_cannot_read_goes_to_review_and_a_non_final_one_waits() {
+        let w = |status: &str, code: &str| {
+            let body = json!({"webhookType": "TransactionStatusUpdate", "invoiceId": "k",
+                "status": status, "errorCode": code, "errorDescription": null});
+            webhook_verdict(body.to_string().as_bytes()).unwrap().1
+        };
+        assert!(matches!(w("Completed", "0"), Verdict::Succeeded { .. }));
+        assert!(matches!(w("Declined", "4006"), Verdict::Failed { code, .. } if code == "4006"));
+        assert!(matches!(w("InProgress", "0"), Verdict::Pending));
+        assert!(matches!(
+            w("Completed", "4006"),
+            Verdict::NeedsReview { .. }
+        ));
+        assert!(matches!(w("Mystery", "0"), Verdict::NeedsReview { .. }));
+        assert!(matches!(w("Declined", "0"), Verdict::NeedsReview { .. }));
     }
 }
