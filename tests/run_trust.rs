@@ -329,3 +329,20 @@ fn a_signed_webhook_about_an_unsent_item_is_refused_and_a_decline_after_payment_
     let view = batch.status();
     assert_eq!(view["states"]["reversed"].as_u64(), Some(1), "{view}");
 }
+
+#[test]
+fn a_currency_the_balance_preflight_does_not_report_is_refused_before_anything_is_sent() {
+    // The sandbox keeps EUR, GBP, USD, CHF, JPY and KWD balances: no PLN.
+    let sandbox = sandbox().start();
+    let batch = Batch::payroll(&sandbox);
+    edit_rows(&batch, |rows| {
+        for row in rows.iter_mut().take(6) {
+            row[10] = "PLN".into();
+        }
+    });
+    let said = batch.run().exits_with(1).log();
+    assert!(said.contains("PLN: the provider reports no PLN balance"), "{said}");
+    assert!(said.contains("available: "), "{said}");
+    assert!(said.contains("nothing was sent"), "{said}");
+    assert!(sandbox.ledger().is_empty());
+}

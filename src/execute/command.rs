@@ -1103,12 +1103,35 @@ async fn preflight(
             *owed.entry(c.clone()).or_default() += Decimal::from_str(a).unwrap_or_default();
         }
     }
-    for (currency, need) in &owed {
-        if let Some(have) = balances.get(currency)
-            && have < need
-        {
+    // A currency the balance answer does not list has nothing to pay from: zero, not "fine".
+    if let Some(balances) = balances {
+        let mut short = Vec::new();
+        for (currency, need) in &owed {
+            let have = balances.get(&currency.to_ascii_uppercase()).copied();
+            if have.is_none_or(|h| h < *need) {
+                short.push(match have {
+                    Some(h) => format!(
+                        "{currency}: balance {h}, below the {need} this run still has to pay"
+                    ),
+                    None => format!(
+                        "{currency}: the provider reports no {currency} balance (available: {}), and this run still has to pay {need}",
+                        if balances.is_empty() {
+                            "none".to_string()
+                        } else {
+                            balances
+                                .iter()
+                                .map(|(c, a)| format!("{c} {a}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ),
+                });
+            }
+        }
+        if !short.is_empty() {
             return Err(format!(
-                "the {currency} balance is {have}, below the {need} this batch still has to pay; nothing was sent (hint: top up, or split the batch)"
+                "not enough balance to pay this batch; nothing was sent\n  {}\n  hint: top up, split the batch, or ask getBalance for every currency (omit its `currency`)",
+                short.join("\n  ")
             ));
         }
     }

@@ -141,9 +141,10 @@ pub fn contradiction(payload: &[Rendered], claims: &Claims) -> Option<String> {
 /// What a preflight answer says.
 #[derive(Debug, Clone)]
 pub enum Preflight {
-    /// Every preflight task finished: the balances reported per currency (if any).
+    /// Every preflight task finished. `balances`: Some when a balance was asked for (Paysend
+    /// getBalance) — then a currency it does not list has no balance to pay from.
     Done {
-        balances: std::collections::BTreeMap<String, rust_decimal::Decimal>,
+        balances: Option<std::collections::BTreeMap<String, rust_decimal::Decimal>>,
         /// Each preflight task's result by its id, for `${result.<id>.<path>}` in the flow.
         results: std::collections::BTreeMap<String, Value>,
     },

@@ -410,7 +410,7 @@ impl Adapter for Payonic {
         let mut results = BTreeMap::new();
         results.insert(self.flow.preflight[0].id.clone(), v);
         Preflight::Done {
-            balances: BTreeMap::new(),
+            balances: None,
             results,
         }
     }

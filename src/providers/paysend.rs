@@ -329,7 +329,7 @@ impl Adapter for Paysend {
                 )),
             };
         }
-        let mut balances = BTreeMap::new();
+        let mut balances: Option<BTreeMap<String, rust_decimal::Decimal>> = None;
         let mut results = BTreeMap::new();
         // Results by task id: the answer's trees mirror the preflight templates.
         fn by_id(t: &Task, v: &Value, out: &mut BTreeMap<String, Value>) {
@@ -361,14 +361,18 @@ impl Adapter for Paysend {
                     result.get("comment").and_then(Value::as_str).unwrap_or("")
                 ));
             }
-            if ty == "getBalance"
-                && let Some(b) = result.pointer("/data/balances").and_then(Value::as_object)
-            {
-                for (currency, amount) in b {
+            if ty == "getBalance" {
+                let known = balances.get_or_insert_with(BTreeMap::new);
+                for (currency, amount) in result
+                    .pointer("/data/balances")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                {
                     if let Ok(d) =
                         rust_decimal::Decimal::from_str_exact(&amount.to_string().replace('"', ""))
                     {
-                        balances.insert(currency.clone(), d);
+                        known.insert(currency.to_ascii_uppercase(), d);
                     }
                 }
             }
