@@ -371,7 +371,7 @@ fn a_balance_below_the_batch_total_stops_the_run_before_any_payout() {
     assert_eq!(out.status.code(), Some(1));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        said.contains("EUR balance is 1000") && said.contains("nothing was sent"),
+        said.contains("EUR: balance 1000") && said.contains("nothing was sent"),
         "{said}"
     );
     assert!(ledger(&sb).is_empty());

@@ -341,8 +341,42 @@ fn a_currency_the_balance_preflight_does_not_report_is_refused_before_anything_i
         }
     });
     let said = batch.run().exits_with(1).log();
-    assert!(said.contains("PLN: the provider reports no PLN balance"), "{said}");
+    assert!(
+        said.contains("PLN: the provider reports no PLN balance"),
+        "{said}"
+    );
     assert!(said.contains("available: "), "{said}");
     assert!(said.contains("nothing was sent"), "{said}");
     assert!(sandbox.ledger().is_empty());
+}
+
+#[test]
+fn time_scale_is_refused_against_anything_but_a_sandbox() {
+    let sandbox = sandbox().start();
+    // A real provider's URL: refused before any request (no traffic leaves this machine).
+    let batch = Batch::payroll(&sandbox).environment("https://api.provider.example/paysend");
+    let said = batch.run().exits_with(2).log();
+    assert!(said.contains("error[run.time-scale]"), "{said}");
+    // A server on this machine that is not a payrun sandbox.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming().take(4).flatten() {
+            let mut s = s;
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+            let _ = std::io::Write::write_all(
+                &mut s,
+                b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\nconnection: close\r\n\r\nnot found",
+            );
+        }
+    });
+    let batch = Batch::payroll(&sandbox).environment(&format!("http://127.0.0.1:{port}/paysend"));
+    let said = batch.run().exits_with(2).log();
+    assert!(
+        said.contains("did not answer as a payrun sandbox"),
+        "{said}"
+    );
+    // The sandbox itself: fine.
+    Batch::payroll(&sandbox).run().succeeds();
 }

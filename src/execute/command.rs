@@ -726,6 +726,15 @@ fn execute(
                     return 2;
                 }
             };
+            // Provider time runs faster only in a sandbox: a real provider's mandatory waits
+            // (Paysend's 3 minutes before a lookup) are never shortened.
+            if time_scale != 1.0 {
+                if let Err(why) = sandbox_at(&base_url).await {
+                    eprintln!("error[run.time-scale]: --time-scale is for the sandbox only, and {why}; nothing was sent");
+                    eprintln!("  hint: drop --time-scale, or rehearse with --sandbox or against `payrun sandbox`");
+                    return 2;
+                }
+            }
             // Credentials come from the environment variables the manifest names, never from
             // the manifest itself.
             let mut credentials = crate::providers::Credentials::new();
@@ -1136,6 +1145,46 @@ async fn preflight(
         }
     }
     Ok(requests)
+}
+
+/// Whether `base_url` is served by a payrun sandbox: a loopback host whose origin answers the
+/// sandbox's own `GET /__sandbox/counters`. Err says why not.
+async fn sandbox_at(base_url: &str) -> Result<(), String> {
+    let origin_end = base_url
+        .find("://")
+        .map(|i| i + 3)
+        .and_then(|start| base_url[start..].find('/').map(|j| start + j))
+        .unwrap_or(base_url.len());
+    let origin = &base_url[..origin_end];
+    let host = origin
+        .split("://")
+        .nth(1)
+        .unwrap_or("")
+        .rsplit_once(':')
+        .map_or(origin.split("://").nth(1).unwrap_or(""), |(h, _)| h)
+        .trim_matches(|c| c == '[' || c == ']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        return Err(format!("{origin} is not a sandbox on this machine"));
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let answer = http
+        .get(format!("{origin}/__sandbox/counters"))
+        .send()
+        .await
+        .map_err(|e| format!("{origin} did not answer as a payrun sandbox ({e})"))?;
+    let body: Option<serde_json::Value> = answer.json().await.ok();
+    match body {
+        Some(v) if v.get("requests").is_some() => Ok(()),
+        _ => Err(format!("{origin} did not answer as a payrun sandbox")),
+    }
 }
 
 /// `payrun list`: the batches in `state_dir`, with their states.
