@@ -154,6 +154,8 @@ pub struct RunOptions<'a> {
     pub time_scale: f64,
     /// Send again, with a new key, the failed items the provider calls safe to resend.
     pub retry_failed: bool,
+    /// A PEM bundle of CAs to trust on top of the platform's and the manifest's `tls.ca_file`.
+    pub ca_file: Option<&'a Path>,
 }
 
 /// The manifest a started batch was run from.
@@ -393,6 +395,7 @@ pub fn resume(
     sandbox: bool,
     state_dir: &Path,
     time_scale: f64,
+    ca_file: Option<&Path>,
 ) -> u8 {
     let manifest = match stored_manifest(batch, state_dir) {
         Ok(m) => m,
@@ -411,6 +414,7 @@ pub fn resume(
             state_dir,
             time_scale,
             retry_failed: false,
+            ca_file,
         },
     )
 }
@@ -701,7 +705,18 @@ fn execute(
                 return 2;
             }
         };
-        let mut endpoint = Endpoint { base_url, adapter, spent: 0 };
+        let http = match super::http::client(&flow.manifest.tls, o.ca_file) {
+            Ok(h) => h,
+            Err(m) => {
+                eprintln!("error[run.tls]: {m}; nothing was sent");
+                return 2;
+            }
+        };
+        let mut endpoint = Endpoint { base_url, adapter, spent: 0, http };
+        if let Err(m) = super::http::probe(&endpoint.http, &endpoint.base_url).await {
+            eprintln!("error[run.transport]: {m}; nothing was sent");
+            return 2;
+        }
         // Preflight (e.g. getBalance): before any payout of this run; a balance below what is
         // still to be paid in a currency stops the run with nothing sent.
         match preflight(flow, &endpoint, &stored, items).await {
@@ -906,10 +921,7 @@ async fn preflight(
     else {
         return Ok(0);
     };
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let http = endpoint.http.clone();
     let policy = &flow.manifest.retry.default;
     let (mut attempt, mut requests, mut polls) = (1, 0u32, 0);
     let mut req = first.clone();
