@@ -385,15 +385,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn plain_http_spoken_to_a_tls_port_is_said_so() {
-        let dir = tempfile::tempdir().unwrap();
-        let (sb, _) = tls_sandbox(dir.path()).await;
+    async fn https_to_a_plain_http_port_is_said_so() {
+        let sb = crate::sandbox::Sandbox::start(
+            crate::sandbox::SandboxConfig::default(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
         let http = client_for(&Tls::default(), None, &[]).unwrap();
-        let url = sb.base_url("paysend").replace("https://", "http://");
-        let e = http.get(&url).send().await.unwrap_err();
-        // The server closes the connection on a non-TLS hello: said, not a panic or "error".
-        let said = describe(&e);
-        assert!(said.contains("127.0.0.1"), "{said}");
+        let url = sb.base_url("paysend").replace("http://", "https://");
+        let said = probe(&http, &url).await.unwrap_err();
+        assert!(
+            said.starts_with("TLS handshake with host 127.0.0.1 failed"),
+            "{said}"
+        );
+        assert!(
+            said.ends_with("does it serve https on that port?"),
+            "{said}"
+        );
         sb.stop().await;
     }
 
@@ -491,6 +500,94 @@ mod tests {
             e.starts_with("HTTPS_PROXY=::not a url:: is not a proxy URL"),
             "{e}"
         );
+    }
+
+    /// A server that asks for a client certificate and accepts only `client`'s: answers 204.
+    async fn mtls_server(
+        server: &crate::sandbox::tls::SelfSigned,
+        client: &rcgen::CertifiedKey,
+    ) -> std::net::SocketAddr {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(client.cert.der().clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .unwrap();
+        let certs = CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut s) = acceptor.accept(tcp).await {
+                        let mut buf = [0u8; 4096];
+                        let _ = s.read(&mut buf).await;
+                        let _ = s
+                            .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                            .await;
+                        let _ = s.shutdown().await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn the_client_certificate_is_presented_and_its_absence_is_said_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = crate::sandbox::tls::SelfSigned::generate().unwrap();
+        let client = rcgen::generate_simple_self_signed(vec!["payrun.client".to_string()]).unwrap();
+        let ca = dir.path().join("server.pem");
+        let cert = dir.path().join("qwac.pem");
+        let key = dir.path().join("qwac.key");
+        std::fs::write(&ca, &server.cert_pem).unwrap();
+        std::fs::write(&cert, client.cert.pem()).unwrap();
+        std::fs::write(&key, client.key_pair.serialize_pem()).unwrap();
+        let addr = mtls_server(&server, &client).await;
+        let url = format!("https://{addr}/");
+
+        let with = Tls {
+            ca_file: Some(ca.clone()),
+            client_cert: Some(cert),
+            client_key: Some(key),
+            ..Tls::default()
+        };
+        assert_eq!(
+            probe(&client_for(&with, None, &[]).unwrap(), &url).await,
+            Ok(())
+        );
+
+        let without = Tls {
+            ca_file: Some(ca),
+            ..Tls::default()
+        };
+        let said = probe(&client_for(&without, None, &[]).unwrap(), &url)
+            .await
+            .unwrap_err();
+        assert!(
+            said.starts_with("host 127.0.0.1 refused payrun's client certificate"),
+            "{said}"
+        );
+        assert!(said.contains("tls.client_cert"), "{said}");
     }
 
     #[test]
