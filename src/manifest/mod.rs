@@ -890,3 +890,26 @@ fn node(
         yaml_path: path,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_url;
+
+    #[test]
+    fn loopback_urls_are_this_machine_and_nothing_else() {
+        for (url, loopback) in [
+            ("http://127.0.0.1:8900/paysend", true),
+            ("http://127.3.2.1/paysend", true),
+            ("http://localhost:8900", true),
+            ("http://LOCALHOST/x", true),
+            ("http://[::1]:8900/paysend", true),
+            ("http://10.0.0.5/paysend", false),
+            ("http://localhost.example.com/", false),
+            ("http://128.0.0.1/", false),
+            ("http://[::2]/", false),
+            ("http://", false),
+        ] {
+            assert_eq!(is_loopback_url(url), loopback, "{url}");
+        }
+    }
+}
