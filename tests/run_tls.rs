@@ -196,3 +196,15 @@ fn a_tls_block_with_a_certificate_and_no_key_or_an_unknown_key_is_refused() {
     assert_eq!(code, Some(1), "{said}");
     assert!(said.contains("ca_bundle"), "{said}");
 }
+
+#[test]
+fn ssl_cert_file_is_honoured_as_the_platform_roots() {
+    let sandbox = sandbox().tls().start();
+    let ca = ca_of(&sandbox);
+    let batch = Batch::payroll(&sandbox);
+
+    batch.run().env("SSL_CERT_FILE", &ca).succeeds();
+
+    batch.report().all_paid().agrees_with(&sandbox.ledger());
+    assert_eq!(sandbox.ledger().len(), 50);
+}

@@ -1,7 +1,8 @@
 //! The HTTP client payrun reaches a provider with, and what it says when that fails.
 //!
 //! TLS is rustls with the `ring` provider (no OpenSSL, no C toolchain): the platform's root
-//! certificates — or, as OpenSSL does, those in `SSL_CERT_FILE` / `SSL_CERT_DIR` when set —,
+//! certificates (rustls-native-certs) — or, as OpenSSL does, those in `SSL_CERT_FILE` /
+//! `SSL_CERT_DIR` when set —,
 //! plus a PEM bundle of private CAs from the manifest (`tls.ca_file`) or `--ca-file`, and a
 //! client certificate from the manifest (`tls.client_cert` + `tls.client_key`; Payoneer's PSD2
 //! API asks for a QWAC). Proxies come from `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` and
@@ -61,6 +62,21 @@ fn client_with_env(
             }
         }
     }
+    // The platform's roots (or SSL_CERT_FILE / SSL_CERT_DIR's), loaded here rather than by
+    // reqwest so that only this client pays for reading them (some 20 ms in a debug build): a
+    // plain-http client (the sandbox's notifications, tests) reads none.
+    let native = rustls_native_certs::load_native_certs();
+    if native.certs.is_empty()
+        && let Some(e) = native.errors.first()
+    {
+        return Err(format!("cannot read the platform's root certificates: {e}"));
+    }
+    for der in native.certs {
+        // A platform root rustls cannot use is skipped, as reqwest's own loader does.
+        if usable(&der).is_ok() {
+            b = b.add_root_certificate(certificate(&der)?);
+        }
+    }
     let cas = ca_file
         .map(|p| ("--ca-file", p))
         .into_iter()
@@ -110,10 +126,14 @@ fn ca_bundle(what: &str, path: &Path) -> Result<Vec<reqwest::Certificate>, Strin
                 path.display()
             )
         })?;
-        out.push(
-            reqwest::Certificate::from_der(&der)
-                .map_err(|e| format!("{what} {}: {e}", path.display()))?,
-        );
+        usable(&der).map_err(|e| {
+            format!(
+                "{what} {}: certificate {} cannot be used: {e}",
+                path.display(),
+                out.len() + 1
+            )
+        })?;
+        out.push(certificate(&der)?);
     }
     if out.is_empty() {
         return Err(format!(
@@ -122,6 +142,15 @@ fn ca_bundle(what: &str, path: &Path) -> Result<Vec<reqwest::Certificate>, Strin
         ));
     }
     Ok(out)
+}
+
+/// Whether rustls can take `der` as a trust anchor (reqwest would fail to build otherwise).
+fn usable(der: &rustls::pki_types::CertificateDer<'_>) -> Result<(), rustls::Error> {
+    rustls::RootCertStore::empty().add(der.clone().into_owned())
+}
+
+fn certificate(der: &[u8]) -> Result<reqwest::Certificate, String> {
+    reqwest::Certificate::from_der(der).map_err(|e| format!("cannot take a certificate: {e}"))
 }
 
 /// The client certificate (chain) and its private key, each checked on its own so that an
