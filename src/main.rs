@@ -127,6 +127,11 @@ enum Command {
         /// the report.
         #[arg(long)]
         retry_failed: bool,
+        /// Trust the CAs in this PEM file too (on top of the platform's roots, SSL_CERT_FILE /
+        /// SSL_CERT_DIR, and the manifest's tls.ca_file): a provider with a private CA, or
+        /// `payrun sandbox --tls`'s certificate.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
     },
     /// Continue a stopped batch where it stopped (in-doubt items are settled first).
     Resume {
@@ -145,6 +150,9 @@ enum Command {
         /// As for `run`.
         #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
         time_scale: f64,
+        /// As for `run`.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
     },
     /// Show a batch's progress: items by state, amounts per currency paid / pending / failed /
     /// under review, items in doubt or needing review, delayed steps, and the runner holding it.
@@ -232,6 +240,18 @@ enum Command {
         /// (repeatable; overrides the config's).
         #[arg(long = "fault", value_name = "NAME=VALUE")]
         faults: Vec<String>,
+        /// Serve HTTPS with a self-signed certificate for localhost / 127.0.0.1 / ::1, kept in
+        /// --tls-dir (made on first use): pass its sandbox-cert.pem to `payrun run --ca-file`.
+        #[arg(long)]
+        tls: bool,
+        /// Where --tls keeps its certificate (sandbox-cert.pem) and key (sandbox-key.pem).
+        #[arg(
+            long,
+            default_value = ".payrun-sandbox",
+            value_name = "DIR",
+            requires = "tls"
+        )]
+        tls_dir: PathBuf,
     },
     /// Show what a payroll clerk needs to prepare a file for one provider operation.
     ///
@@ -300,7 +320,16 @@ fn main() -> ExitCode {
             seed,
             time_scale,
             faults,
-        } => sandbox(listen, config, seed, time_scale, &faults),
+            tls,
+            tls_dir,
+        } => sandbox(
+            listen,
+            config,
+            seed,
+            time_scale,
+            &faults,
+            tls.then_some(tls_dir.as_path()),
+        ),
         Command::Run {
             manifest,
             sandbox,
@@ -309,6 +338,7 @@ fn main() -> ExitCode {
             state_dir,
             time_scale,
             retry_failed,
+            ca_file,
         } => payrun::execute::command::run(
             &registry,
             &manifest,
@@ -319,6 +349,7 @@ fn main() -> ExitCode {
                 state_dir: &state_dir,
                 time_scale,
                 retry_failed,
+                ca_file: ca_file.as_deref(),
             },
         ),
         Command::Resume {
@@ -326,7 +357,15 @@ fn main() -> ExitCode {
             sandbox,
             state_dir,
             time_scale,
-        } => payrun::execute::command::resume(&registry, &batch, sandbox, &state_dir, time_scale),
+            ca_file,
+        } => payrun::execute::command::resume(
+            &registry,
+            &batch,
+            sandbox,
+            &state_dir,
+            time_scale,
+            ca_file.as_deref(),
+        ),
         Command::Status {
             batch,
             format,
@@ -554,6 +593,7 @@ fn sandbox(
     seed: Option<u64>,
     time_scale: Option<f64>,
     faults: &[String],
+    tls_dir: Option<&std::path::Path>,
 ) -> u8 {
     use payrun::sandbox::{Sandbox, SandboxConfig};
     let mut cfg = match &config {
@@ -595,14 +635,36 @@ fn sandbox(
     runtime.block_on(async move {
         let paysend = cfg.paysend.clone();
         let payonic = cfg.payonic.clone();
-        let sb = match Sandbox::start(cfg, listen).await {
+        let started = match tls_dir {
+            None => Sandbox::start(cfg, listen).await.map(|s| (s, None)),
+            Some(dir) => {
+                let (cert, path) = match payrun::sandbox::tls::SelfSigned::load_or_create(dir) {
+                    Ok(c) => c,
+                    Err(m) => {
+                        eprintln!("error[sandbox.tls]: {m}");
+                        return 2;
+                    }
+                };
+                Sandbox::start_tls(cfg, listen, &cert)
+                    .await
+                    .map(|s| (s, Some(path)))
+            }
+        };
+        let (sb, cert) = match started {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error[sandbox.listen]: cannot listen on {listen}: {e}");
                 return 2;
             }
         };
-        println!("payrun sandbox listening on http://{}", sb.addr);
+        let root = sb.root_url();
+        println!("payrun sandbox listening on {root}");
+        if let Some(cert) = &cert {
+            // Absolute, so that it can be pasted into `payrun run --ca-file` from anywhere.
+            let cert = std::fs::canonicalize(cert).unwrap_or_else(|_| cert.clone());
+            println!("certificate: {}", cert.display());
+            println!("  trust it with: payrun run <manifest> --ca-file {}", cert.display());
+        }
         println!("paysend: {}", sb.base_url("paysend"));
         println!("  partner_id:   {}", paysend.partner_id);
         println!("  inbound_key:  {}", paysend.inbound_key);
@@ -610,16 +672,14 @@ fn sandbox(
         println!("payonic: {}", sb.base_url("payonic"));
         println!("  api_key:      {}", payonic.api_key);
         println!(
-            "  life cycle:   POST http://{}/__sandbox/payonic/lifecycle/{{paymentid}} -> {}",
-            sb.addr,
+            "  life cycle:   POST {root}/__sandbox/payonic/lifecycle/{{paymentid}} -> {}",
             payonic
                 .lifecycle_url
                 .as_deref()
                 .unwrap_or("(payonic.lifecycle_url not set)")
         );
         println!(
-            "ledger: http://{0}/__sandbox/ledger  counters: http://{0}/__sandbox/counters  reset: POST http://{0}/__sandbox/reset",
-            sb.addr
+            "ledger: {root}/__sandbox/ledger  counters: {root}/__sandbox/counters  reset: POST {root}/__sandbox/reset"
         );
         eprintln!("press Ctrl-C to stop");
         let _ = tokio::signal::ctrl_c().await;

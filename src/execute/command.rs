@@ -154,6 +154,8 @@ pub struct RunOptions<'a> {
     pub time_scale: f64,
     /// Send again, with a new key, the failed items the provider calls safe to resend.
     pub retry_failed: bool,
+    /// A PEM bundle of CAs to trust on top of the platform's and the manifest's `tls.ca_file`.
+    pub ca_file: Option<&'a Path>,
 }
 
 /// The manifest a started batch was run from.
@@ -416,6 +418,7 @@ pub fn resume(
     sandbox: bool,
     state_dir: &Path,
     time_scale: f64,
+    ca_file: Option<&Path>,
 ) -> u8 {
     let manifest = match stored_manifest(batch, state_dir) {
         Ok(m) => m,
@@ -434,6 +437,7 @@ pub fn resume(
             state_dir,
             time_scale,
             retry_failed: false,
+            ca_file,
         },
     )
 }
@@ -726,15 +730,6 @@ fn execute(
                     return 2;
                 }
             };
-            // Provider time runs faster only in a sandbox: a real provider's mandatory waits
-            // (Paysend's 3 minutes before a lookup) are never shortened.
-            if time_scale != 1.0 {
-                if let Err(why) = sandbox_at(&base_url).await {
-                    eprintln!("error[run.time-scale]: --time-scale is for the sandbox only, and {why}; nothing was sent");
-                    eprintln!("  hint: drop --time-scale, or rehearse with --sandbox or against `payrun sandbox`");
-                    return 2;
-                }
-            }
             // Credentials come from the environment variables the manifest names, never from
             // the manifest itself.
             let mut credentials = crate::providers::Credentials::new();
@@ -804,7 +799,27 @@ fn execute(
                 return 2;
             }
         };
-        let mut endpoint = Endpoint { base_url, adapter, spent: 0 };
+        let http = match super::http::client(&flow.manifest.tls, o.ca_file) {
+            Ok(h) => h,
+            Err(m) => {
+                eprintln!("error[run.tls]: {m}; nothing was sent");
+                return 2;
+            }
+        };
+        let mut endpoint = Endpoint { base_url, adapter, spent: 0, http };
+        // Provider time runs faster only in a sandbox: a real provider's mandatory waits
+        // (Paysend's 3 minutes before a lookup) are never shortened.
+        if !sandbox && time_scale != 1.0 {
+            if let Err(why) = sandbox_at(&endpoint.http, &endpoint.base_url).await {
+                eprintln!("error[run.time-scale]: --time-scale is for the sandbox only, and {why}; nothing was sent");
+                eprintln!("  hint: drop --time-scale, or rehearse with --sandbox or against `payrun sandbox`");
+                return 2;
+            }
+        }
+        if let Err(m) = super::http::probe(&endpoint.http, &endpoint.base_url).await {
+            eprintln!("error[run.transport]: {m}; nothing was sent");
+            return 2;
+        }
         // Preflight (e.g. getBalance): before any payout of this run; a balance below what is
         // still to be paid in a currency stops the run with nothing sent.
         match preflight(flow, &endpoint, &stored, items).await {
@@ -1026,10 +1041,7 @@ async fn preflight(
     else {
         return Ok(0);
     };
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let http = endpoint.http.clone();
     let policy = &flow.manifest.retry.default;
     let (mut attempt, mut requests, mut polls) = (1, 0u32, 0);
     let mut req = first.clone();
@@ -1149,7 +1161,7 @@ async fn preflight(
 
 /// Whether `base_url` is served by a payrun sandbox: a loopback host whose origin answers the
 /// sandbox's own `GET /__sandbox/counters`. Err says why not.
-async fn sandbox_at(base_url: &str) -> Result<(), String> {
+async fn sandbox_at(http: &reqwest::Client, base_url: &str) -> Result<(), String> {
     let origin_end = base_url
         .find("://")
         .map(|i| i + 3)
@@ -1170,13 +1182,9 @@ async fn sandbox_at(base_url: &str) -> Result<(), String> {
     if !loopback {
         return Err(format!("{origin} is not a sandbox on this machine"));
     }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .no_proxy()
-        .build()
-        .map_err(|e| e.to_string())?;
     let answer = http
         .get(format!("{origin}/__sandbox/counters"))
+        .timeout(Duration::from_secs(5))
         .send()
         .await
         .map_err(|e| format!("{origin} did not answer as a payrun sandbox ({e})"))?;

@@ -39,6 +39,8 @@ pub struct Endpoint {
     /// Requests already sent against the provider's rate just before the run (preflight): the
     /// run's limiter starts with that many fewer in its burst.
     pub spent: u32,
+    /// The client that reaches the provider (`super::http::client`: TLS, proxies).
+    pub http: reqwest::Client,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -843,10 +845,7 @@ pub async fn run(
     }
     book.commit(store)?;
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| StoreError(e.to_string()))?;
+    let http = endpoint.http.clone();
     let provider_limiter = Arc::new(limiter(limits.requests_per_second, limits.burst));
     for _ in 0..endpoint.spent {
         let _ = provider_limiter.check();

@@ -32,6 +32,20 @@ pub struct Manifest {
     pub retry: RetryPolicy,
     pub notifications: Notifications,
     pub signature: Signature,
+    pub tls: Tls,
+}
+
+/// How payrun reaches the provider over TLS (the manifest's `tls:`); paths are resolved
+/// against the manifest's folder, and read only when a run builds its HTTP client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// CAs trusted on top of the platform's (PEM bundle).
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate and its key (PEM), always both or neither.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Plain `http://` to a host other than this machine was explicitly allowed.
+    pub allow_insecure_http: bool,
 }
 
 /// The digest of request signatures where a provider offers a choice (Paysend's
@@ -349,6 +363,19 @@ fn check(
             Environment::Sandbox
         }
     };
+    let tls = check_tls(&mut c, &raw, base);
+    if let Environment::Url(u) = &environment
+        && u.starts_with("http://")
+        && !tls.allow_insecure_http
+        && !is_loopback_url(u)
+    {
+        c.error(
+            &[key("environment")],
+            "manifest.insecure-http",
+            format!("`{u}` would send payments and credentials unencrypted to another machine"),
+            "use the provider's https:// URL; only for a trusted private network, set `tls: {allow_insecure_http: true}`",
+        );
+    }
     let mut credentials = Vec::new();
     for (name, var) in &raw.credentials {
         if !is_env_name(var) {
@@ -576,7 +603,60 @@ fn check(
         retry,
         notifications,
         signature,
+        tls,
     })
+}
+
+/// An http(s) URL whose host is this machine (localhost, 127.0.0.0/8, ::1): plain http to it
+/// never crosses a network.
+pub fn is_loopback_url(u: &str) -> bool {
+    match url::Url::parse(u).ok().as_ref().and_then(url::Url::host) {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+fn check_tls(c: &mut Checker, raw: &RawManifest, base: &Path) -> Tls {
+    let t = &raw.tls;
+    let mut file = |k: &str, v: &Option<String>| -> Option<PathBuf> {
+        let v = v.as_ref()?;
+        if v.trim().is_empty() {
+            c.error(
+                &[key("tls"), key(k)],
+                "manifest.tls",
+                format!("`tls.{k}` is empty"),
+                "name a PEM file, relative to the manifest's folder, or leave the key out",
+            );
+            return None;
+        }
+        Some(base.join(v))
+    };
+    let ca_file = file("ca_file", &t.ca_file);
+    let client_cert = file("client_cert", &t.client_cert);
+    let client_key = file("client_key", &t.client_key);
+    match (&t.client_cert, &t.client_key) {
+        (Some(_), None) => c.error(
+            &[key("tls"), key("client_cert")],
+            "manifest.tls",
+            "`tls.client_cert` needs `tls.client_key`",
+            "name the PEM file of the certificate's private key in `client_key`",
+        ),
+        (None, Some(_)) => c.error(
+            &[key("tls"), key("client_key")],
+            "manifest.tls",
+            "`tls.client_key` needs `tls.client_cert`",
+            "name the PEM file of the certificate in `client_cert`",
+        ),
+        _ => {}
+    }
+    Tls {
+        ca_file,
+        client_cert,
+        client_key,
+        allow_insecure_http: t.allow_insecure_http.unwrap_or(false),
+    }
 }
 
 fn check_items(c: &mut Checker, raw: &RawManifest, base: &Path) -> Option<Items> {
@@ -808,5 +888,28 @@ fn node(
         always,
         tree_path,
         yaml_path: path,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_url;
+
+    #[test]
+    fn loopback_urls_are_this_machine_and_nothing_else() {
+        for (url, loopback) in [
+            ("http://127.0.0.1:8900/paysend", true),
+            ("http://127.3.2.1/paysend", true),
+            ("http://localhost:8900", true),
+            ("http://LOCALHOST/x", true),
+            ("http://[::1]:8900/paysend", true),
+            ("http://10.0.0.5/paysend", false),
+            ("http://localhost.example.com/", false),
+            ("http://128.0.0.1/", false),
+            ("http://[::2]/", false),
+            ("http://", false),
+        ] {
+            assert_eq!(is_loopback_url(url), loopback, "{url}");
+        }
     }
 }

@@ -26,6 +26,23 @@ pub struct RawManifest {
     pub notifications: RawNotifications,
     /// How requests are signed where the provider offers a choice (Paysend: sha256 or sha512).
     pub signature: Option<String>,
+    /// How the provider is reached over TLS (a private CA, a client certificate), and the
+    /// opt-in to plain http for a host that is not this machine.
+    #[serde(default)]
+    pub tls: RawTls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM bundle of CAs trusted on top of the platform's (a provider with a private CA).
+    pub ca_file: Option<String>,
+    /// PEM certificate (chain) payrun presents to the provider, e.g. Payoneer's QWAC.
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<String>,
+    /// Allows an `http://` environment on a host other than this machine.
+    pub allow_insecure_http: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

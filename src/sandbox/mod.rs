@@ -17,6 +17,7 @@ pub mod payonic;
 pub mod paysend;
 mod server;
 pub mod sharded;
+pub mod tls;
 
 pub use config::{Faults, SandboxConfig};
 
@@ -58,6 +59,8 @@ pub struct Sandbox {
     pub state: Arc<State>,
     /// The Payonic emulation (see `payonic::Ctx` for why it is not in `State`).
     pub payonic: Arc<payonic::Ctx>,
+    /// `http`, or `https` for a sandbox started with `start_tls`.
+    scheme: &'static str,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -65,6 +68,27 @@ pub struct Sandbox {
 impl Sandbox {
     /// Starts a sandbox on `listen` (port 0 picks a free one) in the current tokio runtime.
     pub async fn start(config: SandboxConfig, listen: SocketAddr) -> std::io::Result<Sandbox> {
+        Sandbox::start_with(config, listen, None).await
+    }
+
+    /// `start`, serving HTTPS with `cert` (`payrun sandbox --tls`).
+    pub async fn start_tls(
+        config: SandboxConfig,
+        listen: SocketAddr,
+        cert: &tls::SelfSigned,
+    ) -> std::io::Result<Sandbox> {
+        let acceptor = cert
+            .server_config()
+            .map(tokio_rustls::TlsAcceptor::from)
+            .map_err(std::io::Error::other)?;
+        Sandbox::start_with(config, listen, Some(acceptor)).await
+    }
+
+    async fn start_with(
+        config: SandboxConfig,
+        listen: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<Sandbox> {
         config.check().map_err(std::io::Error::other)?;
         let clock = clock::Clock::new(config.time_scale);
         let state = Arc::new(State {
@@ -81,24 +105,32 @@ impl Sandbox {
             state: Arc::clone(&state),
             payonic: payonic::Payonic::new(&config.payonic, config.seed),
         });
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(server::serve(
             listener,
             server::router(Arc::clone(&state), Arc::clone(&payonic)),
+            tls,
             rx,
         ));
         Ok(Sandbox {
             addr,
             state,
             payonic,
+            scheme,
             shutdown: Some(tx),
             task,
         })
     }
 
     /// The base URL of a provider's emulation, e.g. `http://127.0.0.1:PORT/paysend` or
-    /// `…/payonic` (whose functions are under `…/payonic/api/`).
+    /// `…/payonic` (whose functions are under `…/payonic/api/`); `https://` when serving TLS.
     pub fn base_url(&self, provider: &str) -> String {
-        format!("http://{}/{provider}", self.addr)
+        format!("{}/{provider}", self.root_url())
+    }
+
+    /// `http://127.0.0.1:PORT` (or `https://…`): where the `/__sandbox/` endpoints are.
+    pub fn root_url(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Replaces the fault settings (tests change them between phases).

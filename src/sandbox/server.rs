@@ -84,10 +84,12 @@ async fn reset(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
     axum::http::StatusCode::NO_CONTENT
 }
 
-/// Accepts connections until `shutdown` fires.
+/// Accepts connections until `shutdown` fires; with `tls`, each speaks HTTPS (its handshake
+/// runs in the connection's own task, so a slow client holds up no other).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: tokio::sync::oneshot::Receiver<()>,
 ) {
     loop {
@@ -100,26 +102,42 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let router = router.clone();
-                    async move {
-                        let resp = router
-                            .oneshot(req.map(axum::body::Body::new))
-                            .await
-                            .unwrap_or_else(|never| match never {});
-                        if resp.extensions().get::<DropConnection>().is_some() {
-                            Err(DropConnection)
-                        } else {
-                            Ok(resp)
-                        }
+            match tls {
+                None => connection(stream, router).await,
+                Some(acceptor) => {
+                    // A client that does not trust the certificate ends here.
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        connection(stream, router).await
                     }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                }
+            }
         });
     }
+}
+
+/// Serves one connection's requests with the router.
+async fn connection<S>(stream: S, router: Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let router = router.clone();
+        async move {
+            let resp = router
+                .oneshot(req.map(axum::body::Body::new))
+                .await
+                .unwrap_or_else(|never| match never {});
+            if resp.extensions().get::<DropConnection>().is_some() {
+                Err(DropConnection)
+            } else {
+                Ok(resp)
+            }
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }

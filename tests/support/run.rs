@@ -69,6 +69,7 @@ pub struct SandboxSpec {
     faults: Vec<String>,
     paysend: Vec<String>,
     payonic: Vec<String>,
+    tls: bool,
 }
 
 /// A sandbox to start: seed 5, provider time 1000× faster, no faults.
@@ -78,6 +79,7 @@ pub fn sandbox() -> SandboxSpec {
         faults: Vec::new(),
         paysend: Vec::new(),
         payonic: Vec::new(),
+        tls: false,
     }
 }
 
@@ -112,6 +114,12 @@ impl SandboxSpec {
         ))
     }
 
+    /// Serves HTTPS (`--tls`), its certificate kept with its config; `Sandbox::ca_file` names it.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     pub fn start(self) -> Sandbox {
         let config_dir = tempfile::tempdir().unwrap();
         let config = config_dir.path().join("sandbox.yaml");
@@ -133,6 +141,9 @@ impl SandboxSpec {
             .arg(&config);
         for f in &self.faults {
             cmd.args(["--fault", f]);
+        }
+        if self.tls {
+            cmd.arg("--tls").arg("--tls-dir").arg(config_dir.path());
         }
         let mut child = Killed(
             cmd.stdout(Stdio::piped())
@@ -163,6 +174,7 @@ impl SandboxSpec {
             inbound_key: said["inbound_key"].clone(),
             outbound_key: said["outbound_key"].clone(),
             payonic_key: said.get("api_key").cloned().unwrap_or_default(),
+            ca_file: said.get("certificate").map(PathBuf::from),
             _child: child,
             _config: config_dir,
         }
@@ -179,18 +191,26 @@ pub struct Sandbox {
     pub outbound_key: String,
     /// The Payonic emulation's API key (its base is `<root>/payonic`).
     pub payonic_key: String,
+    /// The certificate a `--tls` sandbox serves (to trust with `--ca-file`).
+    pub ca_file: Option<PathBuf>,
     _child: Killed,
     _config: tempfile::TempDir,
 }
 
 impl Sandbox {
     pub fn ledger(&self) -> Ledger {
-        let v = get_json(&format!("{}/__sandbox/ledger", self.root));
+        let v = get_json_trusting(
+            &format!("{}/__sandbox/ledger", self.root),
+            self.ca_file.as_deref(),
+        );
         Ledger(v.as_array().cloned().expect("the ledger is a list"))
     }
 
     pub fn counters(&self) -> Value {
-        get_json(&format!("{}/__sandbox/counters", self.root))
+        get_json_trusting(
+            &format!("{}/__sandbox/counters", self.root),
+            self.ca_file.as_deref(),
+        )
     }
 
     /// Requests the sandbox counted as "METHOD path status" (e.g. `POST /paysend/processing 404`).
@@ -200,15 +220,22 @@ impl Sandbox {
 }
 
 pub fn get_json(url: &str) -> Value {
+    get_json_trusting(url, None)
+}
+
+/// `get_json`, trusting the certificate in `ca_file` too (a `--tls` sandbox).
+pub fn get_json_trusting(url: &str, ca_file: Option<&Path>) -> Value {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(ca) = ca_file {
+            let pem = std::fs::read(ca).unwrap();
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+        }
+        let http = http.build().unwrap();
         http.get(url)
             .send()
             .await
