@@ -808,17 +808,25 @@ fn execute(
         };
         let mut endpoint = Endpoint { base_url, adapter, spent: 0, http };
         // Provider time runs faster only in a sandbox: a real provider's mandatory waits
-        // (Paysend's 3 minutes before a lookup) are never shortened.
-        if !sandbox && time_scale != 1.0 {
+        // (Paysend's 3 minutes before a lookup) are never shortened. Another machine is refused
+        // before any traffic; a server on this one must say it is a sandbox (after the probe,
+        // so a TLS problem is reported as what it is).
+        let scaled = !sandbox && time_scale != 1.0;
+        if scaled && let Err(why) = loopback_origin(&endpoint.base_url) {
+            eprintln!("error[run.time-scale]: --time-scale is for the sandbox only, and {why}; nothing was sent");
+            eprintln!("  hint: drop --time-scale, or rehearse with --sandbox or against `payrun sandbox`");
+            return 2;
+        }
+        if let Err(m) = super::http::probe(&endpoint.http, &endpoint.base_url).await {
+            eprintln!("error[run.transport]: {m}; nothing was sent");
+            return 2;
+        }
+        if scaled {
             if let Err(why) = sandbox_at(&endpoint.http, &endpoint.base_url).await {
                 eprintln!("error[run.time-scale]: --time-scale is for the sandbox only, and {why}; nothing was sent");
                 eprintln!("  hint: drop --time-scale, or rehearse with --sandbox or against `payrun sandbox`");
                 return 2;
             }
-        }
-        if let Err(m) = super::http::probe(&endpoint.http, &endpoint.base_url).await {
-            eprintln!("error[run.transport]: {m}; nothing was sent");
-            return 2;
         }
         // Preflight (e.g. getBalance): before any payout of this run; a balance below what is
         // still to be paid in a currency stops the run with nothing sent.
@@ -1162,6 +1170,27 @@ async fn preflight(
 /// Whether `base_url` is served by a payrun sandbox: a loopback host whose origin answers the
 /// sandbox's own `GET /__sandbox/counters`. Err says why not.
 async fn sandbox_at(http: &reqwest::Client, base_url: &str) -> Result<(), String> {
+    let origin = loopback_origin(base_url)?;
+    let answer = http
+        .get(format!("{origin}/__sandbox/counters"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "{origin} did not answer as a payrun sandbox ({})",
+                super::http::describe(&e)
+            )
+        })?;
+    let body: Option<serde_json::Value> = answer.json().await.ok();
+    match body {
+        Some(v) if v.get("requests").is_some() => Ok(()),
+        _ => Err(format!("{origin} did not answer as a payrun sandbox")),
+    }
+}
+
+/// The origin (`scheme://host:port`) of `base_url` when its host is this machine.
+fn loopback_origin(base_url: &str) -> Result<&str, String> {
     let origin_end = base_url
         .find("://")
         .map(|i| i + 3)
@@ -1182,17 +1211,7 @@ async fn sandbox_at(http: &reqwest::Client, base_url: &str) -> Result<(), String
     if !loopback {
         return Err(format!("{origin} is not a sandbox on this machine"));
     }
-    let answer = http
-        .get(format!("{origin}/__sandbox/counters"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .map_err(|e| format!("{origin} did not answer as a payrun sandbox ({e})"))?;
-    let body: Option<serde_json::Value> = answer.json().await.ok();
-    match body {
-        Some(v) if v.get("requests").is_some() => Ok(()),
-        _ => Err(format!("{origin} did not answer as a payrun sandbox")),
-    }
+    Ok(origin)
 }
 
 /// `payrun list`: the batches in `state_dir`, with their states.
