@@ -7,6 +7,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Stdio;
 use std::time::Duration;
 use support::run::*;
+use support::wire::Proxy;
 
 /// A pipe as two owned ends (read, write).
 fn pipe() -> (OwnedFd, OwnedFd) {
@@ -379,4 +380,34 @@ fn time_scale_is_refused_against_anything_but_a_sandbox() {
     );
     // The sandbox itself: fine.
     Batch::payroll(&sandbox).run().succeeds();
+}
+
+#[test]
+fn a_pack_sent_again_is_a_replay_with_the_date_it_first_carried() {
+    // A third of the requests are refused with 500 before they are processed: each is sent
+    // again. Paysend's idempotency is header.request.id and header.request.date together.
+    let sandbox = sandbox().fault("error_5xx_rate=0.3").start();
+    let proxy = Proxy::to(&sandbox.root);
+    let batch = Batch::payroll(&sandbox)
+        .packs_of(5)
+        .environment(&format!("{}/paysend", proxy.root));
+    batch.run().succeeds();
+    let mut by_id: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
+    for e in proxy.exchanges().into_iter().filter(|e| e.is_payout()) {
+        let id = e.request["header"]["request"]["id"].as_str().unwrap().to_string();
+        by_id.entry(id).or_default().push(e.request);
+    }
+    let resent: Vec<_> = by_id.values().filter(|v| v.len() > 1).collect();
+    assert!(!resent.is_empty(), "some pack was sent again");
+    for copies in resent {
+        for c in copies {
+            assert_eq!(
+                c["header"]["request"]["date"], copies[0]["header"]["request"]["date"],
+                "a pack sent again carries the date it first carried"
+            );
+            assert_eq!(c, &copies[0], "a pack sent again is the same request");
+        }
+    }
+    assert!(sandbox.ledger().paid_twice().is_empty());
+    assert_eq!(sandbox.ledger().len(), 50);
 }

@@ -990,7 +990,15 @@ pub async fn run(
                     },
                 })
                 .collect();
-            let req = adapter.submit(&out, &rfc3339(now));
+            // Paysend's idempotency is header.request.id *and* header.request.date: a pack sent
+            // again must carry the date it first carried, or it is a new request. That date is
+            // the pack's first send, recorded (committed with `Sending`) before it left.
+            let date = idx
+                .iter()
+                .filter_map(|&u| book.recs[u].first_sent)
+                .min()
+                .unwrap_or(now);
+            let req = adapter.submit(&out, &rfc3339(date));
             if let (Some(trace), [u]) = (&req.trace, idx.as_slice())
                 && book.recs[*u].trace.as_ref() != Some(trace)
             {
