@@ -59,7 +59,10 @@ async fn send(c: &Client, s: &paysend::Submission) -> Answer {
             body: resp.bytes().await.unwrap_or_default().to_vec(),
             retry_after: None,
         },
-        Err(_) => Answer::Transport { maybe_sent: true },
+        Err(e) => Answer::Transport {
+            maybe_sent: true,
+            why: e.to_string(),
+        },
     }
 }
 

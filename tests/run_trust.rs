@@ -394,7 +394,10 @@ fn a_pack_sent_again_is_a_replay_with_the_date_it_first_carried() {
     batch.run().succeeds();
     let mut by_id: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
     for e in proxy.exchanges().into_iter().filter(|e| e.is_payout()) {
-        let id = e.request["header"]["request"]["id"].as_str().unwrap().to_string();
+        let id = e.request["header"]["request"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         by_id.entry(id).or_default().push(e.request);
     }
     let resent: Vec<_> = by_id.values().filter(|v| v.len() > 1).collect();

@@ -66,9 +66,13 @@ fn retry_selection(flow: &Flow, records: &[&super::store::Record]) -> HashMap<St
         .iter()
         .filter(|r| r.step.is_none())
         .filter_map(|r| match &r.state {
+            // Only requests that provably never reached the provider, or that it refused to
+            // take ("not now"), or codes its table calls safe: a 5xx may have been processed.
             super::machine::State::Failed { code, .. }
-                if code.starts_with("retries-exhausted:")
-                    || flow.provider.resend_safe.iter().any(|c| c == code) =>
+                if matches!(
+                    code.as_str(),
+                    "retries-exhausted:network" | "retries-exhausted:rate_limited"
+                ) || flow.provider.resend_safe.iter().any(|c| c == code) =>
             {
                 Some((r.id.clone(), r.attempt + 1))
             }
@@ -832,9 +836,14 @@ fn execute(
         // still to be paid in a currency stops the run with nothing sent.
         match preflight(flow, &endpoint, &stored, items).await {
             Ok(sent) => endpoint.spent = sent,
-            Err(m) => {
+            Err((m, 2)) => {
+                eprintln!("error[run.transport]: {m}");
+                eprintln!("  hint: check the connection and the base URL (`environment:`), then run again");
+                return 2;
+            }
+            Err((m, code)) => {
                 eprintln!("error[run.preflight]: {m}");
-                return 1;
+                return code;
             }
         }
         let flag = Arc::clone(&stop);
@@ -885,6 +894,19 @@ fn execute(
                 summary.reversed,
                 flow.manifest.batch
             );
+        }
+        if let Some(why) = &summary.unreachable {
+            eprintln!("error[run.transport]: {} could not be reached: {why}", flow.provider.title);
+            eprintln!(
+                "  no item was marked failed for it: unsent items stay unsent, items whose request may have arrived are looked up before anything is resent"
+            );
+            eprintln!(
+                "  fix the connection or the base URL, then: payrun resume {}{} --state-dir {}",
+                flow.manifest.batch,
+                if sandbox { " --sandbox" } else { "" },
+                state_dir.display()
+            );
+            return 2;
         }
         if stop.load(Ordering::Relaxed) {
             eprintln!(
@@ -1039,7 +1061,7 @@ async fn preflight(
     endpoint: &Endpoint,
     stored: &[(u64, super::store::Record)],
     items: &mut [PlannedItem],
-) -> Result<u32, String> {
+) -> Result<u32, (String, u8)> {
     use crate::providers::Preflight;
     use rust_decimal::Decimal;
     use std::str::FromStr;
@@ -1055,14 +1077,22 @@ async fn preflight(
     let mut req = first.clone();
     let (balances, results) = loop {
         requests += 1;
-        let answer = runner::exchange_once(&http, &endpoint.base_url, req.clone()).await;
+        let answer = runner::exchange_once(
+            &http,
+            &endpoint.base_url,
+            req.clone(),
+            endpoint.adapter.as_ref(),
+            &flow.provider.title,
+        )
+        .await;
+        let unreachable = matches!(answer, crate::providers::Answer::Transport { .. });
         match endpoint.adapter.classify_preflight(&answer) {
             Preflight::Done { balances, results } => break (balances, results),
-            Preflight::Failed(m) => return Err(format!("{m}; nothing was sent")),
+            Preflight::Failed(m) => return Err((format!("{m}; nothing was sent"), 1)),
             Preflight::Again(next) => {
                 polls += 1;
                 if polls > 60 {
-                    return Err("the preflight did not finish; nothing was sent".into());
+                    return Err(("the preflight did not finish; nothing was sent".into(), 1));
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 req = next;
@@ -1070,7 +1100,13 @@ async fn preflight(
             Preflight::Retry(m) => {
                 match super::backoff::delay(policy, attempt, None) {
                     Some(d) => tokio::time::sleep(d).await,
-                    None => return Err(format!("{m}; nothing was sent")),
+                    // No answer of the provider's: a transport problem (exit 2), not the batch's.
+                    None => {
+                        return Err((
+                            format!("{m}; nothing was sent"),
+                            if unreachable { 2 } else { 1 },
+                        ));
+                    }
                 }
                 attempt += 1;
                 req = first.clone();
@@ -1114,9 +1150,12 @@ async fn preflight(
             *v = crate::providers::fill_rendered(v, &only_preflight, &mut missing);
         }
         if let Some(m) = missing.first() {
-            return Err(format!(
-                "the preflight answer has no `{m}`, which item {} needs; nothing was sent",
-                it.id
+            return Err((
+                format!(
+                    "the preflight answer has no `{m}`, which item {} needs; nothing was sent",
+                    it.id
+                ),
+                1,
             ));
         }
     }
@@ -1158,9 +1197,12 @@ async fn preflight(
             }
         }
         if !short.is_empty() {
-            return Err(format!(
-                "not enough balance to pay this batch; nothing was sent\n  {}\n  hint: top up, split the batch, or ask getBalance for every currency (omit its `currency`)",
-                short.join("\n  ")
+            return Err((
+                format!(
+                    "not enough balance to pay this batch; nothing was sent\n  {}\n  hint: top up, split the batch, or ask getBalance for every currency (omit its `currency`)",
+                    short.join("\n  ")
+                ),
+                1,
             ));
         }
     }

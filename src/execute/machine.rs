@@ -514,7 +514,20 @@ fn after_send(
             )
         }
         Verdict::RetryLater { class, retry_after } => {
-            match backoff::delay(policy.for_class(class), attempt, retry_after) {
+            // A request that never reached the provider is no outcome of the item's: it keeps
+            // its place at the policy's longest interval, however often the network failed
+            // (the run stops by itself when the provider stays unreachable).
+            let exhausted_network = || {
+                (class == ErrorClass::Network).then(|| {
+                    policy
+                        .for_class(class)
+                        .max_interval
+                        .max(retry_after.unwrap_or_default())
+                })
+            };
+            match backoff::delay(policy.for_class(class), attempt, retry_after)
+                .or_else(exhausted_network)
+            {
                 Some(d) => {
                     let at = plus(now, d);
                     (
@@ -522,7 +535,22 @@ fn after_send(
                         vec![Effect::WakeAt(at)],
                     )
                 }
-                // Nothing was processed, so giving up pays nothing.
+                // A 5xx may come after the provider processed the request: not "failed" but in
+                // doubt, settled by a lookup by key before anything is sent again.
+                None if class == ErrorClass::ServerError => {
+                    let at = plus(now, t.propagation);
+                    (
+                        State::InDoubt {
+                            attempt,
+                            since: now,
+                            at,
+                            lookups: 0,
+                        },
+                        vec![Effect::WakeAt(at)],
+                    )
+                }
+                // The provider said "not now" every time: nothing was processed, so giving up
+                // pays nothing.
                 None => (
                     State::Failed {
                         code: format!("retries-exhausted:{}", class_name(class)),
@@ -776,34 +804,52 @@ mod tests {
         assert_eq!(fx[3], vec![Effect::Send { attempt: 2 }]);
     }
 
-    #[test]
-    fn when_retries_run_out_the_item_fails_having_paid_nothing() {
-        let busy = || Verdict::RetryLater {
-            class: ErrorClass::ServerError,
+    /// Three answers of one class to an item's three attempts (max_attempts 3).
+    fn three_times(class: ErrorClass) -> (State, Vec<Vec<Effect>>) {
+        let answer = || Verdict::RetryLater {
+            class,
             retry_after: None,
         };
-        let (s, fx) = run(vec![
+        run(vec![
             Event::Tick { now: 0 },
             Event::Sent {
-                verdict: busy(),
+                verdict: answer(),
                 now: 0,
             },
             Event::Tick { now: 10_000 },
             Event::Sent {
-                verdict: busy(),
+                verdict: answer(),
                 now: 10_000,
             },
             Event::Tick { now: 20_000 },
             Event::Sent {
-                verdict: busy(),
+                verdict: answer(),
                 now: 20_000,
             },
-        ]);
+        ])
+    }
+
+    #[test]
+    fn when_busy_answers_run_out_the_item_fails_having_paid_nothing() {
+        let (s, fx) = three_times(ErrorClass::RateLimited);
         assert!(
-            matches!(&s, State::Failed { code, .. } if code == "retries-exhausted:server_error"),
+            matches!(&s, State::Failed { code, .. } if code == "retries-exhausted:rate_limited"),
             "{s:?}"
         );
         assert_eq!(sends(&fx), 3, "max_attempts 3");
+    }
+
+    #[test]
+    fn when_5xx_answers_run_out_the_item_is_in_doubt_not_failed() {
+        // A 5xx may come after the provider processed the request.
+        let (s, _) = three_times(ErrorClass::ServerError);
+        assert!(matches!(s, State::InDoubt { .. }), "{s:?}");
+    }
+
+    #[test]
+    fn a_network_failure_is_never_an_items_outcome_however_often_it_comes() {
+        let (s, _) = three_times(ErrorClass::Network);
+        assert!(matches!(s, State::RetryAt { .. }), "{s:?}");
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct Summary {
     pub unfinished: usize,
     /// Paid, then reported failed or returned (money moved back).
     pub reversed: usize,
+    /// Set when the run stopped because the provider could not be reached: the last failure.
+    pub unreachable: Option<String>,
     pub requests: u64,
     pub commits: u64,
     /// Delayed steps: done (sent and answered, or skipped), failed, not finished.
@@ -232,11 +234,78 @@ fn limiter(rate: f64, burst: u32) -> Limiter {
     governor::RateLimiter::direct(quota)
 }
 
+/// Consecutive transport failures (no answer from the provider) after which a run stops by
+/// itself: the provider is unreachable or misconfigured, and every item would only wait.
+pub const TRANSPORT_FAILURES_TO_STOP: u32 = 12;
+
+/// How the way to the provider fares: consecutive exchanges that got no answer of the
+/// provider's, and what the last one failed with. Any answer of the provider's resets it.
+#[derive(Default)]
+pub struct Reach {
+    failures: std::sync::atomic::AtomicU32,
+    last: std::sync::Mutex<Option<String>>,
+    said: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Reach {
+    fn record(&self, answer: &Answer) {
+        match answer {
+            Answer::Transport { why, .. } => {
+                let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+                // Said at most once a second: what fails and what payrun does about it.
+                let mut said = self.said.lock().unwrap_or_else(|p| p.into_inner());
+                if said.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                    *said = Some(std::time::Instant::now());
+                    eprintln!(
+                        "transport: {why}; retrying with backoff ({n} failure(s) in a row; payrun stops after {TRANSPORT_FAILURES_TO_STOP})"
+                    );
+                }
+            }
+            Answer::Http { .. } => self.failures.store(0, Ordering::Relaxed),
+        }
+    }
+
+    /// The last failure, once there were enough in a row to stop.
+    pub fn gave_up(&self) -> Option<String> {
+        (self.failures.load(Ordering::Relaxed) >= TRANSPORT_FAILURES_TO_STOP)
+            .then(|| self.last.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .flatten()
+    }
+}
+
+/// An HTTP answer that is not the provider's own (see `Adapter::speaks`) is a transport
+/// problem, never an outcome: an HTML error page, a proxy's 502 or the 404 of a base URL
+/// without its path prefix once failed every item of a batch permanently.
+pub fn vetted(adapter: &dyn Adapter, provider: &str, url: &str, answer: Answer) -> Answer {
+    match answer {
+        Answer::Http {
+            status, ref body, ..
+        } if !adapter.speaks(status, body) => {
+            let hint = match status {
+                404 | 405 => " — is the base URL right (its path prefix included)?",
+                401 | 403 => " — is a proxy or firewall in the way?",
+                _ => "",
+            };
+            Answer::Transport {
+                // A gateway's 5xx may come after it passed the request on; a 4xx of something
+                // that is not the provider means the provider never processed it.
+                maybe_sent: status >= 500,
+                why: format!("{status} from {url} without a {provider} body{hint}"),
+            }
+        }
+        a => a,
+    }
+}
+
 /// Everything a spawned exchange needs: the client, the limits, the way back.
 #[derive(Clone)]
 struct Wire {
     http: reqwest::Client,
     base_url: String,
+    adapter: Arc<dyn Adapter>,
+    provider: String,
+    reach: Arc<Reach>,
     limiter: Arc<Limiter>,
     per_endpoint: Arc<HashMap<String, Limiter>>,
     slots: Arc<tokio::sync::Semaphore>,
@@ -262,10 +331,13 @@ impl Wire {
         if submission {
             super::crash::point("before-send");
         }
+        let url = request_url(&self.base_url, &req);
         let answer = send(&self.http, &self.base_url, req).await;
         if submission {
             super::crash::point("after-send");
         }
+        let answer = vetted(self.adapter.as_ref(), &self.provider, &url, answer);
+        self.reach.record(&answer);
         (slot, answer)
     }
 }
@@ -851,9 +923,14 @@ pub async fn run(
         let _ = provider_limiter.check();
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
+    let reach = Arc::new(Reach::default());
+    let mut unreachable: Option<String> = None;
     let wire = Wire {
         http,
         base_url: endpoint.base_url.clone(),
+        adapter: Arc::clone(&endpoint.adapter),
+        provider: flow.provider.title.clone(),
+        reach: Arc::clone(&reach),
         limiter: provider_limiter,
         per_endpoint: Arc::new(
             limits
@@ -909,6 +986,17 @@ pub async fn run(
     let mut last_snapshot = std::time::Instant::now() - Duration::from_secs(1);
     let mut snapshot_every = Duration::from_millis(300);
     loop {
+        // A provider that answers nothing, many times in a row, stops the run: items stay
+        // unsent or in doubt, resumable, and the operator learns what failed.
+        if unreachable.is_none()
+            && let Some(why) = reach.gave_up()
+        {
+            eprintln!(
+                "stopping: the provider did not answer {TRANSPORT_FAILURES_TO_STOP} requests in a row ({why})"
+            );
+            unreachable = Some(why);
+            stop.store(true, Ordering::Relaxed);
+        }
         let stopping = stop.load(Ordering::Relaxed);
         let now = now_ms();
         if stopping {
@@ -1288,6 +1376,7 @@ pub async fn run(
         requests,
         commits: store.commits,
         notices: book.notices,
+        unreachable,
         ..Summary::default()
     };
     for r in &book.recs {
@@ -1327,8 +1416,24 @@ fn write_snapshot(
 }
 
 /// One HTTP exchange as the adapter described it, outside the run's limiters (preflight).
-pub async fn exchange_once(http: &reqwest::Client, base_url: &str, req: Request) -> Answer {
-    send(http, base_url, req).await
+pub async fn exchange_once(
+    http: &reqwest::Client,
+    base_url: &str,
+    req: Request,
+    adapter: &dyn Adapter,
+    provider: &str,
+) -> Answer {
+    let url = request_url(base_url, &req);
+    vetted(adapter, provider, &url, send(http, base_url, req).await)
+}
+
+/// Where a request goes (for messages).
+fn request_url(base_url: &str, req: &Request) -> String {
+    if req.path.starts_with("http://") || req.path.starts_with("https://") {
+        req.path.clone()
+    } else {
+        format!("{base_url}{}", req.path)
+    }
 }
 
 /// One HTTP exchange as the adapter described it.
@@ -1366,12 +1471,16 @@ async fn send(http: &reqwest::Client, base_url: &str, req: Request) -> Answer {
                     retry_after,
                 },
                 // The answer began but broke off: the request did arrive.
-                Err(_) => Answer::Transport { maybe_sent: true },
+                Err(e) => Answer::Transport {
+                    maybe_sent: true,
+                    why: format!("the answer broke off: {}", super::http::describe(&e)),
+                },
             }
         }
         // A connection that could not be made sent nothing; anything else may have.
         Err(e) => Answer::Transport {
             maybe_sent: !e.is_connect(),
+            why: super::http::describe(&e),
         },
     }
 }

@@ -18,9 +18,12 @@ pub enum Answer {
         body: Vec<u8>,
         retry_after: Option<Duration>,
     },
-    /// No answer. `maybe_sent`: the request may have reached the provider (a timeout or a
-    /// connection lost after sending), as opposed to a connection that was never made.
-    Transport { maybe_sent: bool },
+    /// No answer from the provider: no connection, a timeout, a TLS failure, or an HTTP answer
+    /// that is not the provider's (a proxy's 502, an HTML error page, a wrong base URL's 404).
+    /// `maybe_sent`: the request may have reached the provider (a timeout, a connection lost
+    /// after sending, a gateway's 5xx), as opposed to one that provably never did. `why`: what
+    /// failed, in words, for the operator. Never an item's outcome.
+    Transport { maybe_sent: bool, why: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,6 +284,13 @@ pub fn fill_results(
 /// One provider's wire protocol, as the runner needs it. Pure: no I/O.
 pub trait Adapter: Send + Sync {
     /// How many items one submission may carry.
+    /// Whether an HTTP answer is the provider's own, in its documented shape, rather than a
+    /// proxy's, a web server's or a wrong URL's: only then is it read as an outcome. Default:
+    /// a JSON object body.
+    fn speaks(&self, _status: u16, body: &[u8]) -> bool {
+        serde_json::from_slice::<serde_json::Map<String, Value>>(body).is_ok()
+    }
+
     fn pack_limit(&self) -> usize;
     /// The request that submits `items` (always the same request for the same items, so a
     /// resend is a replay to the provider).

@@ -245,8 +245,12 @@ impl Adapter for Payonic {
 
     fn classify_submit(&self, sent_path: &str, answer: &Answer, n: usize) -> Vec<Verdict> {
         let verdict = match answer {
-            Answer::Transport { maybe_sent: true } => Verdict::InDoubt,
-            Answer::Transport { maybe_sent: false } => retry(ErrorClass::Network),
+            Answer::Transport {
+                maybe_sent: true, ..
+            } => Verdict::InDoubt,
+            Answer::Transport {
+                maybe_sent: false, ..
+            } => retry(ErrorClass::Network),
             Answer::Http {
                 status,
                 retry_after,
@@ -379,8 +383,8 @@ impl Adapter for Payonic {
             Answer::Http { status, .. } => {
                 return Preflight::Retry(format!("the health request was answered {status}"));
             }
-            Answer::Transport { .. } => {
-                return Preflight::Retry("the health request got no answer".into());
+            Answer::Transport { why, .. } => {
+                return Preflight::Retry(format!("the health request got no answer: {why}"));
             }
         };
         let mut needed: Vec<String> = self

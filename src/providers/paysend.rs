@@ -162,6 +162,12 @@ impl Paysend {
 }
 
 impl Adapter for Paysend {
+    /// Paysend answers JSON (an envelope, or an error object), and "busy" as a bare 404 text.
+    fn speaks(&self, status: u16, body: &[u8]) -> bool {
+        (status == 404 && String::from_utf8_lossy(body).trim() == BUSY)
+            || serde_json::from_slice::<serde_json::Map<String, Value>>(body).is_ok()
+    }
+
     fn pack_limit(&self) -> usize {
         self.flow.limits.tasks_per_request.max(1) as usize
     }
@@ -303,8 +309,8 @@ impl Adapter for Paysend {
     fn classify_preflight(&self, answer: &Answer) -> Preflight {
         let (status, body) = match answer {
             Answer::Http { status, body, .. } => (*status, body),
-            Answer::Transport { .. } => {
-                return Preflight::Retry("the preflight request got no answer".into());
+            Answer::Transport { why, .. } => {
+                return Preflight::Retry(format!("the preflight request got no answer: {why}"));
             }
         };
         let v = match serde_json::from_slice::<Value>(body) {
@@ -590,8 +596,12 @@ pub fn tree_verdict(flow: &Flow, tree: &Value, global_id: &str) -> Verdict {
 pub fn classify_submission(flow: &Flow, answer: &Answer, n: usize) -> Vec<Verdict> {
     let all = |v: Verdict| vec![v; n];
     match answer {
-        Answer::Transport { maybe_sent: true } => all(Verdict::InDoubt),
-        Answer::Transport { maybe_sent: false } => all(Verdict::RetryLater {
+        Answer::Transport {
+            maybe_sent: true, ..
+        } => all(Verdict::InDoubt),
+        Answer::Transport {
+            maybe_sent: false, ..
+        } => all(Verdict::RetryLater {
             class: ErrorClass::Network,
             retry_after: None,
         }),
