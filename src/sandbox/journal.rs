@@ -34,7 +34,7 @@ use std::time::Duration;
 
 /// One change of the sandbox's state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "k", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Record {
     /// A sandbox started on this file: the wall-clock time (µs since the Unix epoch), its
     /// provider time then and its time scale, so that provider time continues where it was.
@@ -438,7 +438,7 @@ mod tests {
             j.flush().unwrap();
         }
         let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(br#"{"k":"entry","entry":{"provider":"pays"#).unwrap();
+        f.write_all(br#"{"entry":{"entry":{"provider":"pays"#).unwrap();
         drop(f);
         {
             let (j, replay) = Journal::open(&path).unwrap();

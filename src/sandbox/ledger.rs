@@ -284,6 +284,37 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// The ledger and counters kept in a sandbox state file, read without starting a sandbox
+    /// (a torn last line is ignored, the file is not changed).
+    pub fn from_state_file(path: &std::path::Path) -> Result<Ledger, String> {
+        if !path.is_file() {
+            return Err(format!(
+                "no sandbox state at {} (hint: `payrun sandbox --state FILE` or `payrun run --sandbox` create one; a rehearsal's is <state-dir>/<batch>.sandbox)",
+                path.display()
+            ));
+        }
+        let replay = super::journal::read(path)?;
+        let ledger = Ledger::default();
+        for r in &replay.records {
+            ledger.apply(r);
+        }
+        Ok(ledger)
+    }
+}
+
+/// The (provider, key, times) of every key with more than one money movement, in key order.
+pub fn paid_more_than_once(entries: &[Entry]) -> Vec<(String, String, usize)> {
+    let mut n: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for e in entries {
+        *n.entry((&e.provider, &e.key)).or_insert(0) += 1;
+    }
+    n.into_iter()
+        .filter(|(_, c)| *c > 1)
+        .map(|((p, k), c)| (p.to_string(), k.to_string(), c))
+        .collect()
+}
+
 /// The digest kept instead of a card or account number.
 pub fn recipient_digest(number: &str) -> String {
     use sha2::{Digest, Sha256};
