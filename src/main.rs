@@ -640,7 +640,11 @@ fn sandbox_inspect(what: SandboxInspect) -> u8 {
                     "movements": entries.len(),
                     "keys_paid_more_than_once": twice.iter().map(|(p, k, n)| serde_json::json!({"provider": p, "key": k, "times": n})).collect::<Vec<_>>(),
                 });
-                writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default())
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                )
             } else {
                 let mut r = Ok(());
                 for e in &entries {

@@ -93,7 +93,11 @@ fn seed_payonic(cfg: &mut crate::sandbox::SandboxConfig, flow: &Flow, items: &[P
         .payonic
         .payments
         .iter()
-        .flat_map(|p| [p.paymentid.clone()].into_iter().chain(p.merchantpaymentid.clone()))
+        .flat_map(|p| {
+            [p.paymentid.clone()]
+                .into_iter()
+                .chain(p.merchantpaymentid.clone())
+        })
         .collect();
     let mut named = 0;
     for it in items {

@@ -54,9 +54,7 @@ pub enum Record {
         levels: usize,
     },
     /// A Paysend payment by invoiceId (3011 guard, task.statusGet).
-    PaysendPayment {
-        payment: super::paysend::Payment,
-    },
+    PaysendPayment { payment: super::paysend::Payment },
     /// A Paysend balance after a debit (minor units).
     PaysendBalance { currency: String, minor: i128 },
     /// How many times a request identity was seen (fault decisions and Payonic ids).
@@ -96,7 +94,10 @@ impl Record {
     fn durable(&self) -> bool {
         !matches!(
             self,
-            Record::Count { .. } | Record::Event { .. } | Record::Bump { .. } | Record::Attempt { .. }
+            Record::Count { .. }
+                | Record::Event { .. }
+                | Record::Bump { .. }
+                | Record::Attempt { .. }
         )
     }
 }
@@ -204,7 +205,10 @@ impl Journal {
                 ));
             }
             Err(std::fs::TryLockError::Error(e)) => {
-                return Err(format!("cannot lock the sandbox state {}: {e}", path.display()));
+                return Err(format!(
+                    "cannot lock the sandbox state {}: {e}",
+                    path.display()
+                ));
             }
         }
         let mut text = Vec::new();
@@ -253,13 +257,21 @@ impl Journal {
 
     /// Whether durable lines wait to be written (cheap: one lock, no I/O).
     pub fn needs_commit(&self) -> bool {
-        let durable = self.pending.lock().unwrap_or_else(|p| p.into_inner()).durable;
+        let durable = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .durable;
         self.synced.load(Ordering::Acquire) < durable
     }
 
     /// Writes and syncs everything appended so far, unless another caller already did.
     pub fn flush(&self) -> std::io::Result<()> {
-        let wanted = self.pending.lock().unwrap_or_else(|p| p.into_inner()).appended;
+        let wanted = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .appended;
         if self.synced.load(Ordering::Acquire) >= wanted {
             return Ok(());
         }
@@ -368,7 +380,8 @@ pub fn resumed_clock(records: &[Record], now_wall_us: i64) -> Duration {
                 provider,
                 time_scale,
             } => {
-                let gone = Duration::from_micros(now_wall_us.saturating_sub(*wall_us).max(0) as u64);
+                let gone =
+                    Duration::from_micros(now_wall_us.saturating_sub(*wall_us).max(0) as u64);
                 at = *provider + gone.mul_f64(time_scale.max(0.0));
             }
             Record::PaysendRequest { accepted_at, .. } => latest = latest.max(*accepted_at),
@@ -418,7 +431,9 @@ mod tests {
             let (j, replay) = Journal::open(&path).unwrap();
             assert!(replay.records.is_empty());
             j.append(&entry("a"));
-            j.append(&Record::Count { what: "GET / 200".into() });
+            j.append(&Record::Count {
+                what: "GET / 200".into(),
+            });
             j.append(&entry("b"));
             j.flush().unwrap();
         }
@@ -437,8 +452,12 @@ mod tests {
             j.append(&entry("a"));
             j.flush().unwrap();
         }
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(br#"{"entry":{"entry":{"provider":"pays"#).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(br#"{"entry":{"entry":{"provider":"pays"#)
+            .unwrap();
         drop(f);
         {
             let (j, replay) = Journal::open(&path).unwrap();
@@ -448,7 +467,11 @@ mod tests {
             j.flush().unwrap();
         }
         let replay = read(&path).unwrap();
-        assert_eq!(keys(&replay), ["a", "c"], "the new line is not glued to the torn one");
+        assert_eq!(
+            keys(&replay),
+            ["a", "c"],
+            "the new line is not glued to the torn one"
+        );
         assert_eq!(replay.torn, 0);
     }
 
@@ -468,7 +491,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (j, _) = Journal::open(&dir.path().join("s")).unwrap();
         j.append(&Record::Count { what: "x".into() });
-        assert!(!j.needs_commit(), "a counter alone waits for the next flush");
+        assert!(
+            !j.needs_commit(),
+            "a counter alone waits for the next flush"
+        );
         j.append(&entry("a"));
         assert!(j.needs_commit());
         j.flush().unwrap();
@@ -491,7 +517,12 @@ mod tests {
             "recipient": {"firstName": "Anna"}}, "invoiceId": "k1", "list": [{"pan": "5555444433331111"}]});
         mask_value(&mut v, &["to.recipient.firstName"]);
         let text = v.to_string();
-        for secret in ["4539025531693033", "DE89370400440532013000", "5555444433331111", "Anna"] {
+        for secret in [
+            "4539025531693033",
+            "DE89370400440532013000",
+            "5555444433331111",
+            "Anna",
+        ] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
         assert_eq!(v["to"]["cardNumber"], "****3033");

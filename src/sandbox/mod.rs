@@ -100,11 +100,9 @@ impl Sandbox {
             .transpose()
             .map_err(std::io::Error::other)?;
         let now_wall = journal::wall_us();
-        let offset = opened
-            .as_ref()
-            .map_or(std::time::Duration::ZERO, |(_, r)| {
-                journal::resumed_clock(&r.records, now_wall)
-            });
+        let offset = opened.as_ref().map_or(std::time::Duration::ZERO, |(_, r)| {
+            journal::resumed_clock(&r.records, now_wall)
+        });
         let clock = clock::Clock::resumed(config.time_scale, offset);
         let state = Arc::new(State {
             seed: config.seed,

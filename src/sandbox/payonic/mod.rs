@@ -136,10 +136,9 @@ impl Payonic {
         use super::journal::Record as R;
         match r {
             R::PayonicPayment { payment } => {
-                self.aliases.shard(&payment.merchantpaymentid).insert(
-                    payment.merchantpaymentid.clone(),
-                    payment.paymentid.clone(),
-                );
+                self.aliases
+                    .shard(&payment.merchantpaymentid)
+                    .insert(payment.merchantpaymentid.clone(), payment.paymentid.clone());
                 self.payments
                     .shard(&payment.paymentid)
                     .insert(payment.paymentid.clone(), payment.clone());
@@ -466,7 +465,9 @@ async fn request_faults(state: &State, call: &Call) -> Result<rand::rngs::StdRng
 fn answer(state: &State, rng: &mut rand::rngs::StdRng, body: Value) -> Response {
     let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
     if faults::happens(rng, state.faults().drop_after_commit_rate) {
-        state.ledger.bump(crate::sandbox::ledger::Counter::DroppedAfterCommit);
+        state
+            .ledger
+            .bump(crate::sandbox::ledger::Counter::DroppedAfterCommit);
         resp.extensions_mut().insert(DropConnection);
     }
     resp

@@ -174,7 +174,9 @@ fn pay(
     // never be paid twice, however requests interleave.
     let mut invoices = ps.invoices.shard(&invoice);
     if invoices.get(&invoice).is_some_and(|pm| pm.error.is_none()) {
-        state.ledger.bump(crate::sandbox::ledger::Counter::DuplicatesRefused);
+        state
+            .ledger
+            .bump(crate::sandbox::ledger::Counter::DuplicatesRefused);
         return err(3011);
     }
     {
@@ -545,7 +547,9 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
                     signed
                 };
                 let _ = req.header("X-OPP-Signature", sig).send().await;
-                state.ledger.bump(crate::sandbox::ledger::Counter::WebhooksSent);
+                state
+                    .ledger
+                    .bump(crate::sandbox::ledger::Counter::WebhooksSent);
             }
         });
     }
@@ -620,7 +624,9 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
                     .body(body.clone())
                     .send()
                     .await;
-                state.ledger.bump(crate::sandbox::ledger::Counter::WebhooksSent);
+                state
+                    .ledger
+                    .bump(crate::sandbox::ledger::Counter::WebhooksSent);
             }
         });
     }

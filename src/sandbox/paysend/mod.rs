@@ -219,7 +219,11 @@ fn masked_for_journal(request: &Value, tree: &[tree::Executed]) -> (Value, Vec<t
         .and_then(Value::as_array_mut)
     {
         fn each(t: &mut Value) {
-            let ty = t.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+            let ty = t
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             let sensitive: Vec<&str> = functions::sensitive_paths(&ty);
             if let Some(p) = t.get_mut("payload") {
                 super::journal::mask_value(p, &sensitive);
@@ -273,7 +277,9 @@ fn over_rate(state: &State) -> bool {
         .as_ref()
         .is_some_and(|l| l.check().is_err());
     if over {
-        state.ledger.bump(crate::sandbox::ledger::Counter::RateLimited);
+        state
+            .ledger
+            .bump(crate::sandbox::ledger::Counter::RateLimited);
     }
     over
 }
@@ -355,11 +361,13 @@ async fn processing(
         let mut a = ps.attempts.shard(&request_id);
         let n = a.entry(request_id.clone()).or_insert(0);
         *n += 1;
-        state.ledger.journal_record(|| super::journal::Record::Attempt {
-            provider: "paysend".into(),
-            identity: request_id.clone(),
-            n: *n,
-        });
+        state
+            .ledger
+            .journal_record(|| super::journal::Record::Attempt {
+                provider: "paysend".into(),
+                identity: request_id.clone(),
+                n: *n,
+            });
         *n - 1
     };
     let f = state.faults();
@@ -404,7 +412,9 @@ async fn processing(
     let now = state.clock.now();
     let mut resp = (StatusCode::OK, axum::Json(render(&state, &stored, now))).into_response();
     if faults::happens(&mut rng, f.drop_after_commit_rate) {
-        state.ledger.bump(crate::sandbox::ledger::Counter::DroppedAfterCommit);
+        state
+            .ledger
+            .bump(crate::sandbox::ledger::Counter::DroppedAfterCommit);
         resp.extensions_mut().insert(DropConnection);
     }
     resp
