@@ -118,6 +118,8 @@ pub struct Journal {
     file: Mutex<std::fs::File>,
     /// Lines up to this sequence number are on disk.
     synced: AtomicU64,
+    /// Set by `close`: nothing more is written, and nothing more may be answered.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// What reading a state file found.
@@ -234,6 +236,7 @@ impl Journal {
                 pending: Mutex::new(Pending::default()),
                 file: Mutex::new(file),
                 synced: AtomicU64::new(0),
+                closed: std::sync::atomic::AtomicBool::new(false),
             },
             replay,
         ))
@@ -265,6 +268,21 @@ impl Journal {
         self.synced.load(Ordering::Acquire) < durable
     }
 
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Writes what is pending and lets go of the file (a sandbox stopping in a process that
+    /// goes on, e.g. a test restarting it). Changes made after this are never on disk, so
+    /// their answers are never sent (`commit` fails).
+    pub fn close(&self) -> std::io::Result<()> {
+        let flushed = self.flush();
+        let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        self.closed.store(true, Ordering::Release);
+        let _ = file.unlock();
+        flushed
+    }
+
     /// Writes and syncs everything appended so far, unless another caller already did.
     pub fn flush(&self) -> std::io::Result<()> {
         let wanted = self
@@ -276,6 +294,9 @@ impl Journal {
             return Ok(());
         }
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if self.closed.load(Ordering::Acquire) {
+            return Err(std::io::Error::other("the sandbox state file is closed"));
+        }
         // Whoever held the file before may have written our lines with theirs.
         if self.synced.load(Ordering::Acquire) >= wanted {
             return Ok(());
@@ -284,8 +305,22 @@ impl Journal {
             let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             (std::mem::take(&mut p.buf), p.appended)
         };
-        file.write_all(&buf)?;
-        file.sync_data()?;
+        let before = file.stream_position()?;
+        if let Err(e) = file.write_all(&buf).and_then(|_| file.sync_data()) {
+            // A partial write (disk full) would leave a torn line in the middle of the file
+            // once later lines follow: cut it off and keep the lines for the next attempt;
+            // if even that fails, write nothing more.
+            let cut = file
+                .set_len(before)
+                .and_then(|_| file.seek(std::io::SeekFrom::Start(before)));
+            if cut.is_err() {
+                self.closed.store(true, Ordering::Release);
+            }
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let newer = std::mem::replace(&mut p.buf, buf);
+            p.buf.extend_from_slice(&newer);
+            return Err(e);
+        }
         self.synced.store(upto, Ordering::Release);
         Ok(())
     }

@@ -174,7 +174,9 @@ impl Sandbox {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    let Some(j) = j.upgrade() else { return };
+                    let Some(j) = j.upgrade().filter(|j| !j.is_closed()) else {
+                        return;
+                    };
                     let _ = tokio::task::spawn_blocking(move || j.flush()).await;
                 }
             });
@@ -212,7 +214,7 @@ impl Sandbox {
         }
         let _ = (&mut self.task).await;
         if let Some(j) = self.state.ledger.journal() {
-            let _ = j.flush();
+            let _ = j.close();
         }
     }
 }
@@ -222,5 +224,101 @@ impl Drop for Sandbox {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> SandboxConfig {
+        let mut c = SandboxConfig {
+            time_scale: 1000.0,
+            ..SandboxConfig::default()
+        };
+        c.payonic.payments.push(config::PayonicPayment {
+            paymentid: "P1".into(),
+            merchantpaymentid: None,
+            amount: 1000,
+            currency: "DKK".into(),
+            state: config::SeedState::Captured,
+            reference: String::new(),
+            customer: config::PayonicCustomer {
+                email: "anna@example.com".into(),
+                ..Default::default()
+            },
+        });
+        c
+    }
+
+    async fn refund(sb: &Sandbox, amount: u64, note: &str) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/P1/refund", sb.base_url("payonic")))
+            .header("Authorization", "Basic sandbox-payonic-key")
+            .json(&serde_json::json!({"amount": amount, "note": note, "notificationurl": "http://127.0.0.1:9/n"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    fn refunds(sb: &Sandbox) -> Vec<(String, &'static str)> {
+        sb.payonic
+            .payonic
+            .payment("P1")
+            .unwrap()
+            .operations
+            .iter()
+            .filter(|o| o.optype == payonic::payment::OpType::Refund)
+            .map(|o| (o.note.clone(), o.responsecode))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_sandbox_keeps_payonic_operations_and_seeds_only_unknown_payments() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.sandbox");
+        let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let sb = Sandbox::start_with_state(config(), listen, Some(&file))
+            .await
+            .unwrap();
+        refund(&sb, 600, "first").await;
+        assert_eq!(refunds(&sb), [("first".to_string(), "00")]);
+        sb.stop().await;
+
+        // The same configuration seeds P1 again: the sandbox already has it, refund and all.
+        let sb = Sandbox::start_with_state(config(), listen, Some(&file))
+            .await
+            .unwrap();
+        assert_eq!(sb.restored.unwrap().starts, 1);
+        refund(&sb, 600, "second").await;
+        assert_eq!(
+            refunds(&sb),
+            [
+                ("first".to_string(), "00"),
+                ("second".to_string(), payonic::codes::INVALID_AMOUNT)
+            ],
+            "600 of 1000 were refunded before the restart: 600 more is too much"
+        );
+        assert_eq!(sb.state.ledger.entries().len(), 1);
+        let p = sb.payonic.payonic.payment("P1").unwrap();
+        assert_eq!(
+            p.customer.email, "****.com",
+            "the state file keeps no e-mail address, so a restored payment shows it masked"
+        );
+        sb.stop().await;
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("anna@example.com"), "{text}");
+        assert!(!text.contains("sandbox-payonic-key"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_state_file_nothing_is_written() {
+        let sb = Sandbox::start(config(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        assert!(sb.state.ledger.journal().is_none());
+        assert!(sb.restored.is_none());
+        sb.stop().await;
     }
 }
