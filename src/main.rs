@@ -109,6 +109,11 @@ enum Command {
         /// wins: its balances are the ones left by earlier runs.
         #[arg(long, value_name = "FILE", requires = "sandbox")]
         sandbox_config: Option<PathBuf>,
+        /// The embedded sandbox keeps its state in memory only and forgets it when the command
+        /// ends (a resume then meets a provider that never saw the batch); for measuring payrun
+        /// itself.
+        #[arg(long, requires = "sandbox")]
+        sandbox_in_memory: bool,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
@@ -145,6 +150,9 @@ enum Command {
         /// As for `run` (the sandbox's state, once it exists, wins over the file's balances).
         #[arg(long, value_name = "FILE", requires = "sandbox")]
         sandbox_config: Option<PathBuf>,
+        /// As for `run`.
+        #[arg(long, requires = "sandbox")]
+        sandbox_in_memory: bool,
         #[arg(
             long,
             default_value = ".payrun",
@@ -364,6 +372,7 @@ fn main() -> ExitCode {
             time_scale,
             retry_failed,
             sandbox_config,
+            sandbox_in_memory,
         } => payrun::execute::command::run(
             &registry,
             &manifest,
@@ -375,12 +384,14 @@ fn main() -> ExitCode {
                 time_scale,
                 retry_failed,
                 sandbox_config: sandbox_config.as_deref(),
+                sandbox_in_memory,
             },
         ),
         Command::Resume {
             batch,
             sandbox,
             sandbox_config,
+            sandbox_in_memory,
             state_dir,
             time_scale,
         } => payrun::execute::command::resume(
@@ -390,6 +401,7 @@ fn main() -> ExitCode {
             &state_dir,
             time_scale,
             sandbox_config.as_deref(),
+            sandbox_in_memory,
         ),
         Command::Status {
             batch,

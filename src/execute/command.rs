@@ -170,6 +170,8 @@ pub struct RunOptions<'a> {
     pub retry_failed: bool,
     /// The configuration the embedded sandbox starts from (`--sandbox-config`).
     pub sandbox_config: Option<&'a Path>,
+    /// The embedded sandbox keeps nothing after the command (`--sandbox-in-memory`).
+    pub sandbox_in_memory: bool,
 }
 
 /// The manifest a started batch was run from.
@@ -410,6 +412,7 @@ pub fn resume(
     state_dir: &Path,
     time_scale: f64,
     sandbox_config: Option<&Path>,
+    sandbox_in_memory: bool,
 ) -> u8 {
     let manifest = match stored_manifest(batch, state_dir) {
         Ok(m) => m,
@@ -429,6 +432,7 @@ pub fn resume(
             time_scale,
             retry_failed: false,
             sandbox_config,
+            sandbox_in_memory,
         },
     )
 }
@@ -633,7 +637,8 @@ fn execute(
             .map(|(k, v)| (k.to_string(), v))
             .collect();
             let state_file = sandbox_state_file(state_dir, &flow.manifest.batch);
-            match crate::sandbox::Sandbox::start_with_state(cfg, "127.0.0.1:0".parse().expect("loopback address"), Some(&state_file)).await {
+            let persist = (!o.sandbox_in_memory).then_some(state_file.as_path());
+            match crate::sandbox::Sandbox::start_with_state(cfg, "127.0.0.1:0".parse().expect("loopback address"), persist).await {
                 Ok(sb) => {
                     let base = sb.base_url(&flow.provider.name);
                     eprintln!("sandbox: {base}");
