@@ -90,15 +90,15 @@ pub enum Record {
 }
 
 impl Record {
-    /// Whether the provider answers for it (see the module's comment).
+    /// Whether the provider answers for it (see the module's comment). Payonic derives its
+    /// operation and response ids from how often a request was seen, so its counts must not
+    /// be lost once an answer carried such an id; Paysend's ids come from the start count.
     fn durable(&self) -> bool {
-        !matches!(
-            self,
-            Record::Count { .. }
-                | Record::Event { .. }
-                | Record::Bump { .. }
-                | Record::Attempt { .. }
-        )
+        match self {
+            Record::Attempt { provider, .. } => provider == "payonic",
+            Record::Count { .. } | Record::Event { .. } | Record::Bump { .. } => false,
+            _ => true,
+        }
     }
 }
 
