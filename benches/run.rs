@@ -45,6 +45,8 @@ fn main() {
             "run",
             "manifest.yaml",
             "--sandbox",
+            // payrun's own throughput, as before the sandbox kept a state file.
+            "--sandbox-in-memory",
             "--yes",
             "--state-dir",
             "state",

@@ -3,7 +3,8 @@
 //! (reqwest, keep-alive, `--concurrency` tasks) posts signed single-task pay.toAccount requests
 //! with unique request ids and invoiceIds, `--requests` in all. Prints requests/s, latency
 //! percentiles and the ledger count, which must equal the request count (exit 1 otherwise).
-//! Run with `cargo bench --bench sandbox` (add `-- --requests N --concurrency C`).
+//! Run with `cargo bench --bench sandbox` (add `-- --requests N --concurrency C`; `--state
+//! FILE` measures the sandbox persisting its state to FILE, which should not exist yet).
 
 use payrun::sandbox::{Sandbox, SandboxConfig};
 use serde_json::{Value, json};
@@ -15,11 +16,13 @@ use std::time::{Duration, Instant};
 fn main() {
     let mut requests: usize = 20_000;
     let mut concurrency: usize = 16;
+    let mut state: Option<std::path::PathBuf> = None;
     let args: Vec<String> = std::env::args().collect();
     for w in args.windows(2) {
         match w[0].as_str() {
             "--requests" => requests = w[1].parse().expect("--requests N"),
             "--concurrency" => concurrency = w[1].parse().expect("--concurrency N"),
+            "--state" => state = Some(w[1].clone().into()),
             _ => {}
         }
     }
@@ -27,7 +30,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let code = runtime.block_on(run(requests, concurrency.max(1)));
+    let code = runtime.block_on(run(requests, concurrency.max(1), state));
     std::process::exit(code);
 }
 
@@ -119,7 +122,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn run(requests: usize, concurrency: usize) -> i32 {
+async fn run(requests: usize, concurrency: usize, state: Option<std::path::PathBuf>) -> i32 {
     let cfg = SandboxConfig {
         seed: 1,
         time_scale: 1000.0,
@@ -128,7 +131,7 @@ async fn run(requests: usize, concurrency: usize) -> i32 {
     assert!(cfg.paysend.rate_limit.is_none(), "rate limit off");
     let partner = cfg.paysend.partner_id.clone();
     let key = cfg.paysend.inbound_key.clone();
-    let sb = Sandbox::start(cfg, "127.0.0.1:0".parse().unwrap())
+    let sb = Sandbox::start_with_state(cfg, "127.0.0.1:0".parse().unwrap(), state.as_deref())
         .await
         .expect("the sandbox starts");
     let http = reqwest::Client::builder()

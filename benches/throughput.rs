@@ -279,6 +279,8 @@ fn payrun(dir: &Path, manifest: &Path, round: usize, items: usize, time_scale: f
         .arg(manifest)
         .args([
             "--sandbox",
+            // Like the bare loop's in-process sandbox: no state file.
+            "--sandbox-in-memory",
             "--yes",
             "--time-scale",
             &time_scale.to_string(),

@@ -100,9 +100,22 @@ enum Command {
     Run {
         /// The batch manifest (YAML); with --retry-failed, the batch id will do.
         manifest: PathBuf,
-        /// Start the embedded sandbox and run the batch against it (a rehearsal).
+        /// Start the embedded sandbox and run the batch against it (a rehearsal). It keeps what
+        /// it remembers (payments, balances, ledger) in <state-dir>/<batch>.sandbox, so a resume
+        /// meets the same provider; `payrun sandbox ledger --state <that file>` shows it.
         #[arg(long)]
         sandbox: bool,
+        /// Start the embedded sandbox from this configuration (the YAML of `payrun sandbox
+        /// --config`: balances, faults, Payonic payments…); --time-scale and the webhook URL
+        /// still come from the run. Once the batch's sandbox state exists, what it remembers
+        /// wins: its balances are the ones left by earlier runs.
+        #[arg(long, value_name = "FILE", requires = "sandbox")]
+        sandbox_config: Option<PathBuf>,
+        /// The embedded sandbox keeps its state in memory only and forgets it when the command
+        /// ends (a resume then meets a provider that never saw the batch); for measuring payrun
+        /// itself.
+        #[arg(long, requires = "sandbox")]
+        sandbox_in_memory: bool,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
@@ -137,9 +150,16 @@ enum Command {
     Resume {
         /// The batch id (as in the manifest's `batch:`).
         batch: String,
-        /// Run against the embedded sandbox.
+        /// Run against the embedded sandbox, which continues from <state-dir>/<batch>.sandbox
+        /// (what it remembered when the batch stopped).
         #[arg(long)]
         sandbox: bool,
+        /// As for `run` (the sandbox's state, once it exists, wins over the file's balances).
+        #[arg(long, value_name = "FILE", requires = "sandbox")]
+        sandbox_config: Option<PathBuf>,
+        /// As for `run`.
+        #[arg(long, requires = "sandbox")]
+        sandbox_in_memory: bool,
         #[arg(
             long,
             default_value = ".payrun",
@@ -223,7 +243,21 @@ enum Command {
     /// Sandbox-only endpoints: GET /__sandbox/ledger, GET /__sandbox/counters,
     /// POST /__sandbox/reset, POST /__sandbox/payonic/lifecycle/{paymentid} (the card issuer
     /// updates a payment's card; notified to payonic.lifecycle_url).
+    ///
+    /// With --state FILE it remembers what a provider would (accepted requests, payments,
+    /// balances, Payonic operations, ledger, counters) across restarts, even after kill -9;
+    /// `payrun sandbox ledger --state FILE` and `payrun sandbox counters --state FILE` read
+    /// that file without starting a server.
+    #[command(args_conflicts_with_subcommands = true)]
     Sandbox {
+        #[command(subcommand)]
+        inspect: Option<SandboxInspect>,
+        /// Keep the sandbox's state in this file (created if missing) and continue from it: a
+        /// sandbox restarted with the same file is the same provider. What the file remembers
+        /// wins over --config (balances, payments); credentials, faults and timings come from
+        /// the config on every start. No keys, card or account numbers are written to it.
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
         /// Address to listen on (loopback by default; port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:8900")]
         listen: std::net::SocketAddr,
@@ -274,6 +308,30 @@ enum Command {
     },
 }
 
+/// Reading a sandbox's state file.
+#[derive(Subcommand)]
+enum SandboxInspect {
+    /// Print the ledger kept in a sandbox state file: one line per money movement (provider,
+    /// idempotency key, amount, currency, time, operation), then "N movements, K keys paid
+    /// more than once". Exit 0 when the file was read (whatever it holds), 2 when it cannot be.
+    ///
+    /// For a rehearsal: payrun sandbox ledger --state <state-dir>/<batch>.sandbox
+    Ledger {
+        /// The state file (`payrun sandbox --state`, or <state-dir>/<batch>.sandbox).
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// human (one line per movement and the summary) or json.
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+    },
+    /// Print the counters kept in a sandbox state file as JSON (what GET /__sandbox/counters
+    /// answers). Exit 2 when the file cannot be read.
+    Counters {
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = || {
@@ -315,6 +373,12 @@ fn main() -> ExitCode {
             all,
         } => template(&registry, &provider, &operation, csv, manifest, all),
         Command::Sandbox {
+            inspect: Some(what),
+            ..
+        } => sandbox_inspect(what),
+        Command::Sandbox {
+            inspect: None,
+            state,
             listen,
             config,
             seed,
@@ -325,6 +389,7 @@ fn main() -> ExitCode {
         } => sandbox(
             listen,
             config,
+            state,
             seed,
             time_scale,
             &faults,
@@ -339,6 +404,8 @@ fn main() -> ExitCode {
             time_scale,
             retry_failed,
             ca_file,
+            sandbox_config,
+            sandbox_in_memory,
         } => payrun::execute::command::run(
             &registry,
             &manifest,
@@ -350,11 +417,15 @@ fn main() -> ExitCode {
                 time_scale,
                 retry_failed,
                 ca_file: ca_file.as_deref(),
+                sandbox_config: sandbox_config.as_deref(),
+                sandbox_in_memory,
             },
         ),
         Command::Resume {
             batch,
             sandbox,
+            sandbox_config,
+            sandbox_in_memory,
             state_dir,
             time_scale,
             ca_file,
@@ -365,6 +436,8 @@ fn main() -> ExitCode {
             &state_dir,
             time_scale,
             ca_file.as_deref(),
+            sandbox_config.as_deref(),
+            sandbox_in_memory,
         ),
         Command::Status {
             batch,
@@ -587,9 +660,74 @@ fn template(
     0
 }
 
+/// `payrun sandbox ledger|counters --state FILE`.
+fn sandbox_inspect(what: SandboxInspect) -> u8 {
+    let state = match &what {
+        SandboxInspect::Ledger { state, .. } | SandboxInspect::Counters { state } => state,
+    };
+    let ledger = match payrun::sandbox::ledger::Ledger::from_state_file(state) {
+        Ok(l) => l,
+        Err(m) => {
+            eprintln!("error[sandbox.state]: {m}");
+            return 2;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let written = match what {
+        SandboxInspect::Counters { .. } => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&ledger.counters()).unwrap_or_default()
+        ),
+        SandboxInspect::Ledger { format, .. } => {
+            let entries = ledger.entries();
+            let twice = payrun::sandbox::ledger::paid_more_than_once(&entries);
+            if format == Format::Json {
+                let v = serde_json::json!({
+                    "entries": entries,
+                    "movements": entries.len(),
+                    "keys_paid_more_than_once": twice.iter().map(|(p, k, n)| serde_json::json!({"provider": p, "key": k, "times": n})).collect::<Vec<_>>(),
+                });
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                )
+            } else {
+                let mut r = Ok(());
+                for e in &entries {
+                    r = r.and_then(|_| {
+                        writeln!(
+                            out,
+                            "{:<8} {:<36} {:>14} {:<3} {} {}",
+                            e.provider, e.key, e.amount, e.currency, e.time, e.operation
+                        )
+                    });
+                }
+                for (p, k, n) in &twice {
+                    r = r.and_then(|_| writeln!(out, "paid {n} times: {p} {k}"));
+                }
+                r.and_then(|_| {
+                    writeln!(
+                        out,
+                        "{} movements, {} keys paid more than once",
+                        entries.len(),
+                        twice.len()
+                    )
+                })
+            }
+        }
+    };
+    if written.is_err() {
+        return 2;
+    }
+    0
+}
+
 fn sandbox(
     listen: std::net::SocketAddr,
     config: Option<PathBuf>,
+    state: Option<PathBuf>,
     seed: Option<u64>,
     time_scale: Option<f64>,
     faults: &[String],
@@ -636,7 +774,9 @@ fn sandbox(
         let paysend = cfg.paysend.clone();
         let payonic = cfg.payonic.clone();
         let started = match tls_dir {
-            None => Sandbox::start(cfg, listen).await.map(|s| (s, None)),
+            None => Sandbox::start_with(cfg, listen, state.as_deref(), None)
+                .await
+                .map(|s| (s, None)),
             Some(dir) => {
                 let (cert, path) = match payrun::sandbox::tls::SelfSigned::load_or_create(dir) {
                     Ok(c) => c,
@@ -645,7 +785,7 @@ fn sandbox(
                         return 2;
                     }
                 };
-                Sandbox::start_tls(cfg, listen, &cert)
+                Sandbox::start_with(cfg, listen, state.as_deref(), Some(&cert))
                     .await
                     .map(|s| (s, Some(path)))
             }
@@ -653,7 +793,7 @@ fn sandbox(
         let (sb, cert) = match started {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("error[sandbox.listen]: cannot listen on {listen}: {e}");
+                eprintln!("error[sandbox.start]: cannot start the sandbox on {listen}: {e}");
                 return 2;
             }
         };
@@ -678,6 +818,20 @@ fn sandbox(
                 .as_deref()
                 .unwrap_or("(payonic.lifecycle_url not set)")
         );
+        if let (Some(path), Some(r)) = (&state, sb.restored) {
+            println!(
+                "state: {} ({} records replayed from {} earlier start{}{})",
+                path.display(),
+                r.records,
+                r.starts,
+                if r.starts == 1 { "" } else { "s" },
+                if r.torn > 0 {
+                    format!("; a torn last line of {} bytes dropped", r.torn)
+                } else {
+                    String::new()
+                }
+            );
+        }
         println!(
             "ledger: {root}/__sandbox/ledger  counters: {root}/__sandbox/counters  reset: POST {root}/__sandbox/reset"
         );

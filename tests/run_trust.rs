@@ -384,9 +384,12 @@ fn time_scale_is_refused_against_anything_but_a_sandbox() {
 
 #[test]
 fn a_pack_sent_again_is_a_replay_with_the_date_it_first_carried() {
-    // A third of the requests are refused with 500 before they are processed: each is sent
-    // again. Paysend's idempotency is header.request.id and header.request.date together.
-    let sandbox = sandbox().fault("error_5xx_rate=0.3").start();
+    // The provider takes 10 requests a second; payrun offers 100: refused packs ("busy", not
+    // processed) are sent again. Paysend's idempotency is header.request.id and
+    // header.request.date together.
+    let sandbox = sandbox()
+        .paysend("rate_limit: {requests_per_second: 10, burst: 2}")
+        .start();
     let proxy = Proxy::to(&sandbox.root);
     let batch = Batch::payroll(&sandbox)
         .packs_of(5)

@@ -81,12 +81,11 @@ fn retry_selection(flow: &Flow, records: &[&super::store::Record]) -> HashMap<St
         .collect()
 }
 
-/// The Payonic emulation's test API key (src/sandbox/payonic, `payonic.api_key`).
-const SANDBOX_PAYONIC_KEY: &str = "sandbox-payonic-key";
-
 /// A rehearsal of a Payonic batch needs the payments its items name (refunds, captures, voids
 /// and payouts act on existing payments): each is created in the embedded sandbox, captured,
-/// for ten times the item's amount in the item's currency.
+/// for ten times the item's amount in the item's currency — unless `--sandbox-config` lists
+/// it. The sandbox creates only those its state file does not know yet, so a resumed
+/// rehearsal keeps the payments (and their refunds) the first run made.
 fn seed_payonic(cfg: &mut crate::sandbox::SandboxConfig, flow: &Flow, items: &[PlannedItem]) {
     let Some(op) = flow.tasks.first().map(|t| flow.op(&t.op)) else {
         return;
@@ -94,7 +93,17 @@ fn seed_payonic(cfg: &mut crate::sandbox::SandboxConfig, flow: &Flow, items: &[P
     let Some(var) = op.fields.iter().find(|f| f.in_path).map(|f| f.path.clone()) else {
         return;
     };
-    let mut seen = std::collections::HashSet::new();
+    let mut seen: std::collections::HashSet<String> = cfg
+        .payonic
+        .payments
+        .iter()
+        .flat_map(|p| {
+            [p.paymentid.clone()]
+                .into_iter()
+                .chain(p.merchantpaymentid.clone())
+        })
+        .collect();
+    let mut named = 0;
     for it in items {
         let Some(v) = it
             .payload
@@ -116,6 +125,7 @@ fn seed_payonic(cfg: &mut crate::sandbox::SandboxConfig, flow: &Flow, items: &[P
             .map(|(_, c)| c.clone())
             .unwrap_or_else(|| "EUR".into());
         if seen.insert(id.clone()) {
+            named += 1;
             cfg.payonic
                 .payments
                 .push(crate::sandbox::config::PayonicPayment {
@@ -130,9 +140,13 @@ fn seed_payonic(cfg: &mut crate::sandbox::SandboxConfig, flow: &Flow, items: &[P
         }
     }
     eprintln!(
-        "sandbox: created the {} payments the batch refers to",
-        cfg.payonic.payments.len()
+        "sandbox: the batch refers to {named} payments; each is created unless the sandbox has it"
     );
+}
+
+/// Where the embedded sandbox of a batch keeps what it remembers across commands.
+pub fn sandbox_state_file(state_dir: &Path, batch: &str) -> std::path::PathBuf {
+    state_dir.join(format!("{batch}.sandbox"))
 }
 
 /// Paysend's timings as its document gives them (L633, L659-667), and this runner's polling;
@@ -160,6 +174,10 @@ pub struct RunOptions<'a> {
     pub retry_failed: bool,
     /// A PEM bundle of CAs to trust on top of the platform's and the manifest's `tls.ca_file`.
     pub ca_file: Option<&'a Path>,
+    /// The configuration the embedded sandbox starts from (`--sandbox-config`).
+    pub sandbox_config: Option<&'a Path>,
+    /// The embedded sandbox keeps nothing after the command (`--sandbox-in-memory`).
+    pub sandbox_in_memory: bool,
 }
 
 /// The manifest a started batch was run from.
@@ -423,6 +441,8 @@ pub fn resume(
     state_dir: &Path,
     time_scale: f64,
     ca_file: Option<&Path>,
+    sandbox_config: Option<&Path>,
+    sandbox_in_memory: bool,
 ) -> u8 {
     let manifest = match stored_manifest(batch, state_dir) {
         Ok(m) => m,
@@ -442,6 +462,8 @@ pub fn resume(
             time_scale,
             retry_failed: false,
             ca_file,
+            sandbox_config,
+            sandbox_in_memory,
         },
     )
 }
@@ -681,11 +703,20 @@ fn execute(
         let mut callback = None;
         let paysend = flow.provider.name == "paysend";
         let (base_url, mut credentials) = if sandbox {
-            // In a rehearsal the sandbox calls payrun's listener on a free loopback port.
-            let mut cfg = crate::sandbox::SandboxConfig {
-                time_scale: time_scale.max(1.0),
-                ..crate::sandbox::SandboxConfig::default()
+            // The rehearsal's provider: the configuration given (balances, faults, seeds…), its
+            // memory in the state folder, so that a resume meets the provider that saw the run.
+            let mut cfg = match o.sandbox_config {
+                Some(path) => match crate::sandbox::SandboxConfig::load(path) {
+                    Ok(c) => c,
+                    Err(d) => {
+                        eprintln!("{}", d.render_with(None));
+                        return 2;
+                    }
+                },
+                None => crate::sandbox::SandboxConfig::default(),
             };
+            cfg.time_scale = time_scale.max(1.0);
+            // In a rehearsal the sandbox calls payrun's listener on a free loopback port.
             if webhooks
                 && let Ok(addr) =
                     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr())
@@ -702,15 +733,26 @@ fn execute(
                 ("partner_id", cfg.paysend.partner_id.clone()),
                 ("inbound_key", cfg.paysend.inbound_key.clone()),
                 ("outbound_key", cfg.paysend.outbound_key.clone()),
-                ("api_key", SANDBOX_PAYONIC_KEY.to_string()),
+                ("api_key", cfg.payonic.api_key.clone()),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-            match crate::sandbox::Sandbox::start(cfg, "127.0.0.1:0".parse().expect("loopback address")).await {
+            let state_file = sandbox_state_file(state_dir, &flow.manifest.batch);
+            let persist = (!o.sandbox_in_memory).then_some(state_file.as_path());
+            match crate::sandbox::Sandbox::start_with_state(cfg, "127.0.0.1:0".parse().expect("loopback address"), persist).await {
                 Ok(sb) => {
                     let base = sb.base_url(&flow.provider.name);
                     eprintln!("sandbox: {base}");
+                    if let Some(r) = sb.restored.filter(|r| r.starts > 0) {
+                        eprintln!(
+                            "sandbox: continues {} ({} records from {} earlier run{})",
+                            state_file.display(),
+                            r.records,
+                            r.starts,
+                            if r.starts == 1 { "" } else { "s" }
+                        );
+                    }
                     sandbox_handle = Some(sb);
                     (base, credentials)
                 }

@@ -7,19 +7,31 @@ use std::time::{Duration, Instant};
 pub struct Clock {
     start: Instant,
     scale: f64,
+    /// Provider time when this clock started (non-zero when a state file continues it).
+    offset: Duration,
 }
 
 impl Clock {
     pub fn new(scale: f64) -> Clock {
+        Clock::resumed(scale, Duration::ZERO)
+    }
+
+    /// A clock whose provider time starts at `offset` (a sandbox continuing a state file).
+    pub fn resumed(scale: f64, offset: Duration) -> Clock {
         Clock {
             start: Instant::now(),
             scale,
+            offset,
         }
     }
 
-    /// Provider time elapsed since the sandbox started.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// Provider time: elapsed since the sandbox started (plus where a state file left it).
     pub fn now(&self) -> Duration {
-        self.start.elapsed().mul_f64(self.scale)
+        self.offset + self.start.elapsed().mul_f64(self.scale)
     }
 
     /// How long to really wait for `d` of provider time to pass.

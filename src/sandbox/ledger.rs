@@ -1,13 +1,18 @@
 //! The sandbox's ledger of money movements and its request counters: what tests and benchmarks
 //! read (`GET /__sandbox/ledger`, `GET /__sandbox/counters`) to assert that every item was paid
 //! exactly once. Recipient numbers are never stored, only a digest.
+//!
+//! The ledger also carries the sandbox's state file (`journal`), when there is one: it is the
+//! one part of the sandbox every emulation already writes to, and `State` keeps its shape
+//! (benches assemble it by hand).
 
-use serde::Serialize;
+use super::journal::{Journal, Record};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Entry {
     pub provider: String,
     /// The client's idempotency key for the payment (Paysend: invoiceId). Payonic has none:
@@ -53,9 +58,41 @@ pub struct Ledger {
     pub replays: AtomicU64,
     pub dropped_after_commit: AtomicU64,
     pub webhooks_sent: AtomicU64,
+    /// The state file every change is journaled to (none: nothing is persisted).
+    journal: OnceLock<Arc<Journal>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The ledger's fixed counters, by name (journal lines and [`Ledger::bump`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    RateLimited,
+    DuplicatesRefused,
+    Replays,
+    DroppedAfterCommit,
+    WebhooksSent,
+}
+
+impl Counter {
+    const ALL: [Counter; 5] = [
+        Counter::RateLimited,
+        Counter::DuplicatesRefused,
+        Counter::Replays,
+        Counter::DroppedAfterCommit,
+        Counter::WebhooksSent,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::RateLimited => "rate_limited",
+            Counter::DuplicatesRefused => "duplicates_refused",
+            Counter::Replays => "replays",
+            Counter::DroppedAfterCommit => "dropped_after_commit",
+            Counter::WebhooksSent => "webhooks_sent",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Counters {
     /// "METHOD path status" → count.
     pub requests: BTreeMap<String, u64>,
@@ -82,12 +119,69 @@ impl Default for Ledger {
             replays: AtomicU64::new(0),
             dropped_after_commit: AtomicU64::new(0),
             webhooks_sent: AtomicU64::new(0),
+            journal: OnceLock::new(),
         }
     }
 }
 
 impl Ledger {
+    /// Journals every change from now on to `journal` (once; later calls change nothing).
+    pub fn persist_to(&self, journal: Arc<Journal>) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// The state file, when the sandbox has one.
+    pub fn journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.get()
+    }
+
+    /// Journals `r` when the sandbox persists its state.
+    pub fn journal_record(&self, r: impl FnOnce() -> Record) {
+        if let Some(j) = self.journal.get() {
+            j.append(&r());
+        }
+    }
+
+    fn atomic(&self, c: Counter) -> &AtomicU64 {
+        match c {
+            Counter::RateLimited => &self.rate_limited,
+            Counter::DuplicatesRefused => &self.duplicates_refused,
+            Counter::Replays => &self.replays,
+            Counter::DroppedAfterCommit => &self.dropped_after_commit,
+            Counter::WebhooksSent => &self.webhooks_sent,
+        }
+    }
+
+    /// Adds one to a fixed counter.
+    pub fn bump(&self, c: Counter) {
+        self.atomic(c).fetch_add(1, Ordering::Relaxed);
+        self.journal_record(|| Record::Bump {
+            counter: c.name().to_string(),
+        });
+    }
+
+    /// Replays a journaled record of the ledger's (others are ignored).
+    pub fn apply(&self, r: &Record) {
+        match r {
+            Record::Entry { entry } => self.push(entry.clone()),
+            Record::Count { what } => self.add_count(what.clone()),
+            Record::Event { what } => self.add_event(what),
+            Record::Bump { counter } => {
+                if let Some(c) = Counter::ALL.iter().find(|c| c.name() == counter) {
+                    self.atomic(*c).fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Record::Reset => self.clear(),
+            _ => {}
+        }
+    }
+
     pub fn record(&self, e: Entry) {
+        self.journal_record(|| Record::Entry { entry: e.clone() });
+        self.push(e);
+    }
+
+    fn push(&self, e: Entry) {
         let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
         self.entries[shard()]
             .lock()
@@ -107,6 +201,11 @@ impl Ledger {
     }
 
     pub fn count(&self, what: String) {
+        self.journal_record(|| Record::Count { what: what.clone() });
+        self.add_count(what);
+    }
+
+    fn add_count(&self, what: String) {
         *self.counters[shard()]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -115,6 +214,13 @@ impl Ledger {
     }
 
     pub fn event(&self, what: &str) {
+        self.journal_record(|| Record::Event {
+            what: what.to_string(),
+        });
+        self.add_event(what);
+    }
+
+    fn add_event(&self, what: &str) {
         let mut m = self.events[shard()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -152,7 +258,14 @@ impl Ledger {
         }
     }
 
+    /// Forgets every entry and counter (journaled: a sandbox restarted on the file forgets
+    /// them too).
     pub fn reset(&self) {
+        self.journal_record(|| Record::Reset);
+        self.clear();
+    }
+
+    fn clear(&self) {
         for s in self.entries.iter() {
             s.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
@@ -169,6 +282,37 @@ impl Ledger {
             c.store(0, Ordering::Relaxed);
         }
     }
+}
+
+impl Ledger {
+    /// The ledger and counters kept in a sandbox state file, read without starting a sandbox
+    /// (a torn last line is ignored, the file is not changed).
+    pub fn from_state_file(path: &std::path::Path) -> Result<Ledger, String> {
+        if !path.is_file() {
+            return Err(format!(
+                "no sandbox state at {} (hint: `payrun sandbox --state FILE` or `payrun run --sandbox` create one; a rehearsal's is <state-dir>/<batch>.sandbox)",
+                path.display()
+            ));
+        }
+        let replay = super::journal::read(path)?;
+        let ledger = Ledger::default();
+        for r in &replay.records {
+            ledger.apply(r);
+        }
+        Ok(ledger)
+    }
+}
+
+/// The (provider, key, times) of every key with more than one money movement, in key order.
+pub fn paid_more_than_once(entries: &[Entry]) -> Vec<(String, String, usize)> {
+    let mut n: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for e in entries {
+        *n.entry((&e.provider, &e.key)).or_insert(0) += 1;
+    }
+    n.into_iter()
+        .filter(|(_, c)| *c > 1)
+        .map(|((p, k), c)| (p.to_string(), k.to_string(), c))
+        .collect()
 }
 
 /// The digest kept instead of a card or account number.

@@ -35,8 +35,11 @@ pub fn router(state: Arc<State>, payonic: Arc<super::payonic::Ctx>) -> Router {
         .route(
             "/__sandbox/reset",
             post(move |st: AxState<Arc<State>>| async move {
-                reset_payonic.payonic.reset();
-                reset(st).await
+                // Journaled in this order: the reset, then the balances and payments it
+                // restores from the configuration.
+                let answer = reset(st).await;
+                reset_payonic.payonic.reset(&reset_payonic.state.ledger);
+                answer
             }),
         )
         .layer(middleware::from_fn_with_state(Arc::clone(&state), count))
@@ -81,16 +84,21 @@ async fn counters(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
 async fn reset(AxState(state): AxState<Arc<State>>) -> impl IntoResponse {
     state.ledger.reset();
     state.paysend.reset();
+    let currencies: Vec<String> = state.paysend.config.balances.keys().cloned().collect();
+    state.paysend.journal_balances(&state.ledger, &currencies);
     axum::http::StatusCode::NO_CONTENT
 }
 
 /// Accepts connections until `shutdown` fires; with `tls`, each speaks HTTPS (its handshake
-/// runs in the connection's own task, so a slow client holds up no other).
+/// runs in the connection's own task, so a slow client holds up no other). With a state file
+/// (`journal`), an answer leaves only once what the request changed is on disk; if that fails,
+/// the connection is dropped unanswered (the client is in doubt, as after a crash).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: tokio::sync::oneshot::Receiver<()>,
+    journal: Option<Arc<super::journal::Journal>>,
 ) {
     loop {
         let stream = tokio::select! {
@@ -103,13 +111,14 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let tls = tls.clone();
+        let journal = journal.clone();
         tokio::spawn(async move {
             match tls {
-                None => connection(stream, router).await,
+                None => connection(stream, router, journal).await,
                 Some(acceptor) => {
                     // A client that does not trust the certificate ends here.
                     if let Ok(stream) = acceptor.accept(stream).await {
-                        connection(stream, router).await
+                        connection(stream, router, journal).await
                     }
                 }
             }
@@ -118,17 +127,24 @@ pub async fn serve(
 }
 
 /// Serves one connection's requests with the router.
-async fn connection<S>(stream: S, router: Router)
+async fn connection<S>(stream: S, router: Router, journal: Option<Arc<super::journal::Journal>>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let router = router.clone();
+        let journal = journal.clone();
         async move {
             let resp = router
                 .oneshot(req.map(axum::body::Body::new))
                 .await
                 .unwrap_or_else(|never| match never {});
+            if let Some(j) = &journal
+                && let Err(e) = j.commit().await
+            {
+                tracing::error!("sandbox: cannot write the state file: {e}");
+                return Err(DropConnection);
+            }
             if resp.extensions().get::<DropConnection>().is_some() {
                 Err(DropConnection)
             } else {

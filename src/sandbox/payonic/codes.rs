@@ -27,6 +27,19 @@ pub fn trigger(amount: u64) -> Option<&'static str> {
         .map(|(_, code)| *code)
 }
 
+/// A code read back from the sandbox's state file, as the `&'static str` the emulation keeps.
+pub fn known(s: &str) -> Option<&'static str> {
+    [
+        APPROVED,
+        DO_NOT_HONOUR,
+        INVALID_TRANSACTION,
+        INVALID_AMOUNT,
+        INSUFFICIENT_FUNDS,
+    ]
+    .into_iter()
+    .find(|c| *c == s)
+}
+
 /// The notification's `status` for a code (L89): "approved", or the choice "declined".
 pub fn status(code: &str) -> &'static str {
     if code == APPROVED {

@@ -96,31 +96,90 @@ fn authorization_code(operationid: &str, code: &str) -> String {
     format!("{:06}", n % 1_000_000)
 }
 
+/// A payment as it may be journaled: the customer's e-mail and IP address masked (the ledger
+/// keeps only a digest of the e-mail).
+fn masked_for_journal(p: &Payment) -> Payment {
+    let mut p = p.clone();
+    p.customer.email = super::journal::mask(&p.customer.email);
+    p.customer.ipaddress = super::journal::mask(&p.customer.ipaddress);
+    p.operations.clear();
+    p
+}
+
 impl Payonic {
     pub fn new(config: &PayonicConfig, seed: u64) -> Payonic {
-        let p = Payonic {
+        let p = Payonic::empty(config, seed);
+        p.seed_payments(None);
+        p
+    }
+
+    /// Without its seeded payments (a sandbox with a state file seeds after the replay).
+    pub fn empty(config: &PayonicConfig, seed: u64) -> Payonic {
+        Payonic {
             config: config.clone(),
             seed,
             payments: Sharded::new(),
             aliases: Sharded::new(),
             attempts: Sharded::new(),
-        };
-        p.seed_payments();
-        p
+        }
     }
 
-    pub fn reset(&self) {
+    pub fn reset(&self, ledger: &super::ledger::Ledger) {
         self.payments.clear();
         self.aliases.clear();
         self.attempts.clear();
-        self.seed_payments();
+        self.seed_payments(Some(ledger));
     }
 
-    fn seed_payments(&self) {
+    /// Replays a journaled record of Payonic's (others are ignored).
+    pub fn apply(&self, r: &super::journal::Record) {
+        use super::journal::Record as R;
+        match r {
+            R::PayonicPayment { payment } => {
+                self.aliases
+                    .shard(&payment.merchantpaymentid)
+                    .insert(payment.merchantpaymentid.clone(), payment.paymentid.clone());
+                self.payments
+                    .shard(&payment.paymentid)
+                    .insert(payment.paymentid.clone(), payment.clone());
+            }
+            R::PayonicOperation {
+                paymentid,
+                operation,
+            } => {
+                if let Some(p) = self.payments.shard(paymentid).get_mut(paymentid) {
+                    p.operations.push(operation.clone());
+                }
+            }
+            R::PayonicCard { paymentid, card } => {
+                if let Some(p) = self.payments.shard(paymentid).get_mut(paymentid) {
+                    p.card = card.clone();
+                }
+            }
+            R::Attempt {
+                provider,
+                identity,
+                n,
+            } if provider == "payonic" => {
+                self.attempts.shard(identity).insert(identity.clone(), *n);
+            }
+            R::Reset => {
+                self.payments.clear();
+                self.aliases.clear();
+                self.attempts.clear();
+            }
+            _ => {}
+        }
+    }
+
+    /// Creates the configured payments the sandbox does not know yet (journaled to
+    /// `ledger`'s state file when given); known ones are left as they are.
+    pub fn seed_payments(&self, ledger: Option<&super::ledger::Ledger>) {
         let c = &self.config;
         for s in &c.payments {
             let mpid = s.merchantpaymentid.clone().unwrap_or(s.paymentid.clone());
             self.seed_one(
+                ledger,
                 &s.paymentid,
                 &mpid,
                 s.amount,
@@ -134,6 +193,7 @@ impl Payonic {
             for n in 1..=g.count {
                 let id = format!("{}{n:08}", g.prefix);
                 self.seed_one(
+                    ledger,
                     &id,
                     &id,
                     g.amount,
@@ -149,6 +209,7 @@ impl Payonic {
     #[allow(clippy::too_many_arguments)]
     fn seed_one(
         &self,
+        ledger: Option<&super::ledger::Ledger>,
         paymentid: &str,
         merchantpaymentid: &str,
         amount: u64,
@@ -157,6 +218,9 @@ impl Payonic {
         reference: &str,
         customer: super::config::PayonicCustomer,
     ) {
+        if self.resolve(paymentid).is_some() || self.resolve(merchantpaymentid).is_some() {
+            return;
+        }
         let op = |ty: OpType| {
             let operationid = hex_id(self.seed, &[paymentid, "seed", ty.as_str()]);
             Operation {
@@ -196,6 +260,17 @@ impl Payonic {
             card: Card::default(),
             operations,
         };
+        if let Some(l) = ledger {
+            l.journal_record(|| super::journal::Record::PayonicPayment {
+                payment: masked_for_journal(&p),
+            });
+            for op in &p.operations {
+                l.journal_record(|| super::journal::Record::PayonicOperation {
+                    paymentid: paymentid.to_string(),
+                    operation: op.clone(),
+                });
+            }
+        }
         self.aliases
             .shard(merchantpaymentid)
             .insert(merchantpaymentid.to_string(), paymentid.to_string());
@@ -348,6 +423,13 @@ fn check(
         let mut a = ctx.payonic.attempts.shard(&identity);
         let n = a.entry(identity.clone()).or_insert(0);
         *n += 1;
+        ctx.state
+            .ledger
+            .journal_record(|| super::journal::Record::Attempt {
+                provider: "payonic".into(),
+                identity: identity.clone(),
+                n: *n,
+            });
         *n - 1
     };
     Ok(Call {
@@ -385,8 +467,7 @@ fn answer(state: &State, rng: &mut rand::rngs::StdRng, body: Value) -> Response 
     if faults::happens(rng, state.faults().drop_after_commit_rate) {
         state
             .ledger
-            .dropped_after_commit
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .bump(crate::sandbox::ledger::Counter::DroppedAfterCommit);
         resp.extensions_mut().insert(DropConnection);
     }
     resp
@@ -447,6 +528,12 @@ fn operate(
         responsecode: code,
         traceapi: call.trace.clone(),
     };
+    state
+        .ledger
+        .journal_record(|| super::journal::Record::PayonicOperation {
+            paymentid: p.paymentid.clone(),
+            operation: op.clone(),
+        });
     p.operations.push(op.clone());
     if !op.approved() {
         state
@@ -567,6 +654,12 @@ async fn mit(AxState(ctx): AxState<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
         card: parent.card,
         operations: Vec::new(),
     };
+    // Journaled before its first operation, which replay appends to it.
+    state
+        .ledger
+        .journal_record(|| super::journal::Record::PayonicPayment {
+            payment: masked_for_journal(&p),
+        });
     let op = operate(
         state,
         &call,
@@ -854,6 +947,12 @@ async fn lifecycle(AxState(ctx): AxState<Arc<Ctx>>, Path(id): Path<String>) -> R
         p.card = p
             .card
             .updated(u64::from_str_radix(&digest[..12], 16).unwrap_or(0));
+        state
+            .ledger
+            .journal_record(|| super::journal::Record::PayonicCard {
+                paymentid: p.paymentid.clone(),
+                card: p.card.clone(),
+            });
         (
             json!({"paymentid": p.paymentid, "merchantpaymentid": p.merchantpaymentid}),
             p.card.clone(),

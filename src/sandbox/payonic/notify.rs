@@ -47,6 +47,12 @@ pub fn send(
     tokio::spawn(async move {
         for (delay, _) in d.sends {
             tokio::time::sleep(delay).await;
+            // Never tell of an outcome the state file could still lose.
+            if let Some(j) = state.ledger.journal()
+                && j.commit().await.is_err()
+            {
+                return;
+            }
             let mut req = crate::sandbox::notify_client()
                 .post(&url)
                 .header("content-type", "application/json")

@@ -16,7 +16,8 @@ use crate::sandbox::config::PayonicCustomer;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OpType {
     Authorize,
     Capture,
@@ -44,7 +45,7 @@ impl OpType {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Operation {
     pub operationid: String,
     /// The answer to the request that made it (a replayed MIT answers it again).
@@ -64,6 +65,54 @@ pub struct Operation {
     pub authorizationcode: String,
     /// The request's TraceApi header (L28-31), so support can quote it.
     pub traceapi: Option<String>,
+}
+
+/// An operation as the sandbox's state file holds it (its code as text).
+#[derive(serde::Deserialize)]
+struct OperationRecord {
+    operationid: String,
+    responseid: String,
+    optype: OpType,
+    paymenttype: Option<String>,
+    amount: u64,
+    currency: String,
+    at: Duration,
+    created: String,
+    note: String,
+    tags: String,
+    responsecode: String,
+    authorizationcode: String,
+    traceapi: Option<String>,
+}
+
+// By hand: a derived impl would borrow the `&'static str` from the input.
+impl<'de> serde::Deserialize<'de> for Operation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = OperationRecord::deserialize(d)?;
+        Operation::try_from(r).map_err(serde::de::Error::custom)
+    }
+}
+
+impl TryFrom<OperationRecord> for Operation {
+    type Error = String;
+    fn try_from(r: OperationRecord) -> Result<Operation, String> {
+        Ok(Operation {
+            responsecode: codes::known(&r.responsecode)
+                .ok_or(format!("unknown response code `{}`", r.responsecode))?,
+            operationid: r.operationid,
+            responseid: r.responseid,
+            optype: r.optype,
+            paymenttype: r.paymenttype,
+            amount: r.amount,
+            currency: r.currency,
+            at: r.at,
+            created: r.created,
+            note: r.note,
+            tags: r.tags,
+            authorizationcode: r.authorizationcode,
+            traceapi: r.traceapi,
+        })
+    }
 }
 
 impl Operation {
@@ -98,7 +147,7 @@ impl Operation {
 }
 
 /// What the sandbox holds of a payment's card: never a PAN, only what the document shows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Card {
     /// `last4` (L308), `gfx.last4` (L363).
     pub last4: String,
@@ -138,7 +187,7 @@ impl Card {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Payment {
     pub paymentid: String,
     pub merchantpaymentid: String,

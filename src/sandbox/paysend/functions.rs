@@ -10,7 +10,6 @@ use crate::sandbox::faults;
 use crate::sandbox::ledger::{Entry, recipient_digest};
 use crate::schema::Registry;
 use serde_json::{Value, json};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -42,6 +41,20 @@ fn schemas() -> Option<&'static crate::schema::Provider> {
     static P: OnceLock<Option<crate::schema::Provider>> = OnceLock::new();
     P.get_or_init(|| Registry::Embedded.provider("paysend").ok())
         .as_ref()
+}
+
+/// The payload paths of a function that the schemas call sensitive (never journaled).
+pub fn sensitive_paths(ty: &str) -> Vec<&'static str> {
+    schemas()
+        .and_then(|p| p.operation(ty))
+        .map(|op| {
+            op.fields
+                .iter()
+                .filter(|f| f.sensitive)
+                .map(|f| f.path.as_str())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn text(v: &Value, path: &str) -> Option<String> {
@@ -163,8 +176,7 @@ fn pay(
     if invoices.get(&invoice).is_some_and(|pm| pm.error.is_none()) {
         state
             .ledger
-            .duplicates_refused
-            .fetch_add(1, Ordering::Relaxed);
+            .bump(crate::sandbox::ledger::Counter::DuplicatesRefused);
         return err(3011);
     }
     {
@@ -174,6 +186,13 @@ fn pay(
             return err(3009);
         }
         *bal -= amount.minor;
+        // Journaled while the balance is locked, so the file holds debits in their order.
+        state
+            .ledger
+            .journal_record(|| crate::sandbox::journal::Record::PaysendBalance {
+                currency: code.clone(),
+                minor: *bal,
+            });
     }
     let cfg = &ps.config;
     let payment_id = ps.new_id(&invoice);
@@ -201,6 +220,11 @@ fn pay(
         held_until,
         data: data.clone(),
     };
+    state
+        .ledger
+        .journal_record(|| crate::sandbox::journal::Record::PaysendPayment {
+            payment: payment.clone(),
+        });
     invoices.insert(invoice.clone(), payment.clone());
     drop(invoices);
     ps.payments
@@ -489,6 +513,12 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
         tokio::spawn(async move {
             for (delay, bad_signature) in plan {
                 tokio::time::sleep(delay).await;
+                // Never tell of an outcome the state file could still lose.
+                if let Some(j) = state.ledger.journal()
+                    && j.commit().await.is_err()
+                {
+                    return;
+                }
                 // Choice: a GET callback has no body, so its signature covers the globalId;
                 // a POST callback's covers the form body, as for expanded webhooks.
                 let (req, signed) = if method == "GET" {
@@ -517,7 +547,9 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
                     signed
                 };
                 let _ = req.header("X-OPP-Signature", sig).send().await;
-                state.ledger.webhooks_sent.fetch_add(1, Ordering::Relaxed);
+                state
+                    .ledger
+                    .bump(crate::sandbox::ledger::Counter::WebhooksSent);
             }
         });
     }
@@ -571,6 +603,12 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
         tokio::spawn(async move {
             for (delay, bad_signature) in plan {
                 tokio::time::sleep(delay).await;
+                // Never tell of an outcome the state file could still lose.
+                if let Some(j) = state.ledger.journal()
+                    && j.commit().await.is_err()
+                {
+                    return;
+                }
                 let sig = md5_hex(&[
                     body.as_bytes(),
                     if bad_signature {
@@ -586,7 +624,9 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
                     .body(body.clone())
                     .send()
                     .await;
-                state.ledger.webhooks_sent.fetch_add(1, Ordering::Relaxed);
+                state
+                    .ledger
+                    .bump(crate::sandbox::ledger::Counter::WebhooksSent);
             }
         });
     }

@@ -43,7 +43,7 @@ pub struct Stored {
 }
 
 /// A payment Paysend knows about (task.statusGet finds it by invoiceId or paymentId).
-#[derive(Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Payment {
     pub payment_id: String,
     pub invoice_id: String,
@@ -69,6 +69,9 @@ pub struct Paysend {
     attempts: Sharded<u64>,
     limiter: Option<governor::DefaultDirectRateLimiter>,
     sequence: AtomicU64,
+    /// How many sandboxes ran on the state file before this one: part of every new id, so
+    /// that ids never repeat across restarts (0 without a state file).
+    epoch: AtomicU64,
 }
 
 impl Paysend {
@@ -89,6 +92,7 @@ impl Paysend {
             attempts: Sharded::new(),
             limiter,
             sequence: AtomicU64::new(1),
+            epoch: AtomicU64::new(0),
         };
         p.fund();
         p
@@ -115,11 +119,136 @@ impl Paysend {
         self.fund();
     }
 
-    /// A fresh provider id, unique within the sandbox's life, shaped as a UUID.
+    /// A fresh provider id, unique within the sandbox's life (and its state file's), shaped
+    /// as a UUID.
     pub fn new_id(&self, salt: &str) -> String {
         let n = self.sequence.fetch_add(1, Ordering::Relaxed);
-        crate::keys::task_key(&format!("paysend-sandbox/{n}"), salt)
+        match self.epoch.load(Ordering::Relaxed) {
+            0 => crate::keys::task_key(&format!("paysend-sandbox/{n}"), salt),
+            e => crate::keys::task_key(&format!("paysend-sandbox/{e}/{n}"), salt),
+        }
     }
+
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Relaxed);
+    }
+
+    /// Replays a journaled record of Paysend's (others are ignored). Returns the currency of a
+    /// balance it set.
+    pub fn apply(&self, r: &super::journal::Record) -> Option<String> {
+        use super::journal::Record as R;
+        match r {
+            R::PaysendRequest {
+                id,
+                global_id,
+                response_id,
+                accepted_at,
+                request,
+                tree,
+                levels,
+            } => {
+                self.by_global
+                    .shard(global_id)
+                    .insert(global_id.clone(), id.clone());
+                self.requests.shard(id).insert(
+                    id.clone(),
+                    Arc::new(Stored {
+                        global_id: global_id.clone(),
+                        response_id: response_id.clone(),
+                        accepted_at: *accepted_at,
+                        request: request.clone(),
+                        tree: tree.clone(),
+                        levels: *levels,
+                    }),
+                );
+            }
+            R::PaysendPayment { payment } => {
+                self.payments
+                    .shard(&payment.payment_id)
+                    .insert(payment.payment_id.clone(), payment.invoice_id.clone());
+                self.invoices
+                    .shard(&payment.invoice_id)
+                    .insert(payment.invoice_id.clone(), payment.clone());
+            }
+            R::PaysendBalance { currency, minor } => {
+                self.balances
+                    .shard(currency)
+                    .insert(currency.clone(), *minor);
+                return Some(currency.clone());
+            }
+            R::Attempt {
+                provider,
+                identity,
+                n,
+            } if provider == "paysend" => {
+                self.attempts.shard(identity).insert(identity.clone(), *n);
+            }
+            R::Reset => {
+                self.requests.clear();
+                self.by_global.clear();
+                self.invoices.clear();
+                self.payments.clear();
+                self.balances.clear();
+                self.attempts.clear();
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// Journals the balances as they are (after a start on a new state file, or a reset).
+    pub fn journal_balances(&self, ledger: &super::ledger::Ledger, only: &[String]) {
+        for c in only {
+            if let Some(minor) = self.balances.shard(c).get(c).copied() {
+                ledger.journal_record(|| super::journal::Record::PaysendBalance {
+                    currency: c.clone(),
+                    minor,
+                });
+            }
+        }
+    }
+}
+
+/// A request as it may be journaled: payloads without card or account numbers (the fields
+/// the schemas call sensitive, and any secret key anywhere), results likewise. A replay after a
+/// restart echoes these masked values; the outcomes are the same.
+fn masked_for_journal(request: &Value, tree: &[tree::Executed]) -> (Value, Vec<tree::Executed>) {
+    let mut request = request.clone();
+    if let Some(tasks) = request
+        .pointer_mut("/payload/tasks")
+        .and_then(Value::as_array_mut)
+    {
+        fn each(t: &mut Value) {
+            let ty = t
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let sensitive: Vec<&str> = functions::sensitive_paths(&ty);
+            if let Some(p) = t.get_mut("payload") {
+                super::journal::mask_value(p, &sensitive);
+            }
+            for b in ["success", "fail", "always"] {
+                if let Some(kids) = t.get_mut(b).and_then(Value::as_array_mut) {
+                    kids.iter_mut().for_each(each);
+                }
+            }
+        }
+        tasks.iter_mut().for_each(each);
+    }
+    fn results(e: &mut tree::Executed) {
+        if let Some(o) = &mut e.outcome {
+            super::journal::mask_value(&mut o.result, &[]);
+        }
+        e.success
+            .iter_mut()
+            .chain(e.fail.iter_mut())
+            .chain(e.always.iter_mut())
+            .for_each(results);
+    }
+    let mut tree = tree.to_vec();
+    tree.iter_mut().for_each(results);
+    (request, tree)
 }
 
 pub fn routes() -> Router<Arc<State>> {
@@ -148,7 +277,9 @@ fn over_rate(state: &State) -> bool {
         .as_ref()
         .is_some_and(|l| l.check().is_err());
     if over {
-        state.ledger.rate_limited.fetch_add(1, Ordering::Relaxed);
+        state
+            .ledger
+            .bump(crate::sandbox::ledger::Counter::RateLimited);
     }
     over
 }
@@ -230,6 +361,13 @@ async fn processing(
         let mut a = ps.attempts.shard(&request_id);
         let n = a.entry(request_id.clone()).or_insert(0);
         *n += 1;
+        state
+            .ledger
+            .journal_record(|| super::journal::Record::Attempt {
+                provider: "paysend".into(),
+                identity: request_id.clone(),
+                n: *n,
+            });
         *n - 1
     };
     let f = state.faults();
@@ -276,8 +414,7 @@ async fn processing(
     if faults::happens(&mut rng, f.drop_after_commit_rate) {
         state
             .ledger
-            .dropped_after_commit
-            .fetch_add(1, Ordering::Relaxed);
+            .bump(crate::sandbox::ledger::Counter::DroppedAfterCommit);
         resp.extensions_mut().insert(DropConnection);
     }
     resp
@@ -290,7 +427,7 @@ fn commit(state: &Arc<State>, request_id: &str, request: Value) -> Arc<Stored> {
     // together cannot both be processed.
     let mut shard = ps.requests.shard(request_id);
     if let Some(s) = shard.get(request_id) {
-        state.ledger.replays.fetch_add(1, Ordering::Relaxed);
+        state.ledger.bump(crate::sandbox::ledger::Counter::Replays);
         return Arc::clone(s);
     }
     let accepted_at = state.clock.now();
@@ -323,6 +460,18 @@ fn commit(state: &Arc<State>, request_id: &str, request: Value) -> Arc<Stored> {
         levels,
     });
     let finish = accepted_at + cfg.accept_time + cfg.level_time * levels as u32;
+    state.ledger.journal_record(|| {
+        let (request, tree) = masked_for_journal(&stored.request, &stored.tree);
+        super::journal::Record::PaysendRequest {
+            id: request_id.to_string(),
+            global_id: global_id.clone(),
+            response_id: stored.response_id.clone(),
+            accepted_at,
+            request,
+            tree,
+            levels,
+        }
+    });
     shard.insert(request_id.to_string(), Arc::clone(&stored));
     drop(shard);
     ps.by_global

@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 /// What executing one task produced.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub ok: bool,
     /// The task's `result` object as Paysend returns it.
@@ -16,7 +16,7 @@ pub struct Outcome {
 
 /// A task of the request after evaluation: its outcome and level, or `None` when its parent's
 /// result did not lead to it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Executed {
     pub level: usize,
     pub outcome: Option<Outcome>,
