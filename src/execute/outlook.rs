@@ -212,14 +212,14 @@ impl Outlook {
         let place = if sandbox { " in the sandbox" } else { "" };
         if self.to_send > 0 {
             let looked_up = if self.awaiting > 0 {
-                format!(" and look up the {} sent before", self.awaiting)
+                format!(", and look up the {} sent before", self.awaiting)
             } else {
                 String::new()
             };
             let money = if self.amounts.is_empty() {
                 String::new()
             } else {
-                format!(" ({})", self.money())
+                format!(", {}", self.money())
             };
             format!(
                 "pay these {}{money}{looked_up}{place}? [y/N] ",
@@ -377,7 +377,7 @@ mod tests {
         );
         assert_eq!(
             o.prompt("b1", true),
-            "pay these 3 items (EUR 11.00 (2 payouts), JPY 5000 (1 payout)) in the sandbox? [y/N] "
+            "pay these 3 items, EUR 11.00 (2 payouts), JPY 5000 (1 payout) in the sandbox? [y/N] "
         );
     }
 
@@ -404,7 +404,7 @@ mod tests {
         );
         assert!(
             o.prompt("t", false)
-                .starts_with("pay these 1 item (EUR 4010.00")
+                .starts_with("pay these 1 item, EUR 4010.00 (1 payout)? ")
         );
     }
 
@@ -438,7 +438,7 @@ mod tests {
         );
         assert_eq!(
             o.prompt("x", false),
-            "pay these 2 items (EUR 4.00 (1 payout), GBP 3.00 (1 payout)) and look up the 1 sent before? [y/N] "
+            "pay these 2 items, EUR 4.00 (1 payout), GBP 3.00 (1 payout), and look up the 1 sent before? [y/N] "
         );
     }
 

@@ -178,13 +178,9 @@ impl Progress {
         if !lines.is_empty() {
             crate::out::err_bytes(lines.as_bytes());
         }
-        // Only waiting: nothing in flight. Looked at about once a second on a terminal, every
-        // few seconds otherwise (it reads every record).
-        let every = if self.bar.is_some() {
-            Duration::from_secs(1)
-        } else {
-            PLAIN_EVERY
-        };
+        // Only waiting: nothing in flight. Looked at about once a second (it reads every
+        // record); a plain line goes out at most every few seconds.
+        let every = Duration::from_secs(1);
         let waiting = if in_flight == 0 && self.waits_checked.is_none_or(|t| t.elapsed() >= every) {
             self.waits_checked = Some(Instant::now());
             waiting(
