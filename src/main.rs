@@ -91,12 +91,14 @@ enum Command {
     /// Execute a batch: every item paid exactly once, checkpointed so a stopped run resumes.
     ///
     /// Paysend and Payonic batches so far. Validates first (nothing is sent for an invalid
-    /// batch), shows the totals and asks for
-    /// confirmation (--yes to skip; required without a terminal). A batch that was started
-    /// before continues where it stopped. Exit codes: 0 every item paid; 1 invalid batch or
-    /// stale plan; 2 usage or I/O error; 4 the run ended with items (or delayed steps) failed
-    /// or needing review; 130 stopped by Ctrl-C or SIGTERM (resume with `payrun resume
-    /// <batch>`).
+    /// batch), shows the items and amounts per currency this command will send and asks for
+    /// confirmation (--yes to skip; required without a terminal; any answer but y/yes sends
+    /// nothing and exits 1). A batch that was started before continues where it stopped: items
+    /// that ended are not sent again, items sent before are looked up first; a batch whose
+    /// items all ended says "nothing left to send" and starts nothing. Exit codes: 0 every item
+    /// paid; 1 invalid batch, stale plan, changed items, or declined at the prompt; 2 usage or
+    /// I/O error; 4 the run ended with items (or delayed steps) failed or needing review; 130
+    /// stopped by Ctrl-C or SIGTERM (resume with `payrun resume <batch>`).
     Run {
         /// The batch manifest (YAML); with --retry-failed, the batch id will do.
         manifest: PathBuf,
@@ -136,8 +138,8 @@ enum Command {
         time_scale: f64,
         /// Send again the failed items whose error the provider's table calls safe to resend
         /// (Paysend: 1000, 3004, 3009, 4000, 4002, 4010, and requests payrun gave up retrying),
-        /// each as a new attempt with a new idempotency key; the earlier key and code stay in
-        /// the report.
+        /// each as a new attempt with a new idempotency key; the start line and the prompt
+        /// count only those; the earlier key and code stay in the report.
         #[arg(long)]
         retry_failed: bool,
         /// Trust the CAs in this PEM file too (on top of the platform's roots, SSL_CERT_FILE /

@@ -313,7 +313,8 @@ fn the_readme_run_pays_the_example_payroll_in_the_sandbox_and_a_second_run_pays_
     payrun(["run", PAYROLL, "--sandbox", "--yes", "--state-dir", s])
         .succeeds()
         .stdout_has("50 paid")
-        .stdout_has("0 requests");
+        .stdout_has("0 requests")
+        .stderr_has("nothing left to send");
     payrun(["list", "--state-dir", s])
         .succeeds()
         .stdout_has("acme-payroll-2026-11");

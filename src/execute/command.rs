@@ -4,6 +4,7 @@
 //! environment variables it names), run, and report. Returns the process exit code.
 
 use super::machine::Timings;
+use super::outlook::Outlook;
 use super::runner::{self, Endpoint, PlannedItem};
 use super::store::Store;
 use crate::compile::Flow;
@@ -355,23 +356,18 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
     {
         return code;
     }
-    let totals: Vec<String> = report
-        .totals
-        .iter()
-        .map(|(c, (minor, n))| {
-            format!(
-                "{} {} ({n} payouts)",
-                c.code(),
-                crate::plan::amount_text(*c, *minor)
-            )
-        })
-        .collect();
-    eprintln!(
-        "batch {}: {} items, {}",
-        flow.manifest.batch,
-        items.len(),
-        totals.join(", ")
+    // What this command sends, not the whole batch's totals: items that ended are not sent
+    // again, items sent before are looked up, `--retry-failed` resends only what it chose.
+    let outlook = Outlook::of(
+        &items,
+        held.as_ref().map(|h| h.stored.as_slice()),
+        &attempts,
+        flow.steps().len(),
     );
+    if outlook.finished() {
+        return nothing_left(&flow, &items, &outlook, held);
+    }
+    eprintln!("{}", outlook.start_line(&flow.manifest.batch));
     if !o.yes {
         if !std::io::stdin().is_terminal() {
             eprintln!(
@@ -379,23 +375,53 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
             );
             return 2;
         }
-        eprint!(
-            "pay these {} items{}? [y/N] ",
-            items.len(),
-            if o.sandbox { " in the sandbox" } else { "" }
-        );
+        eprint!("{}", outlook.prompt(&flow.manifest.batch, o.sandbox));
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        if !super::outlook::confirmed(&answer) {
             eprintln!("nothing was sent");
-            return 0;
+            return 1;
         }
     }
     let code = execute(&flow, &mut items, manifest, &attempts, o, held);
     // The process ends right after; freeing every item's requests one by one only costs time.
     std::mem::forget(items);
     code
+}
+
+/// A batch started before whose items (and delayed steps) all ended: nothing is sent, no
+/// runtime or sandbox is started and nobody is asked. The items are still checked against the
+/// ones the batch started with, as a run would: an edited or added row is reported, not
+/// silently left unpaid. Exit 4 when the batch holds failures, as its last run ended.
+fn nothing_left(flow: &Flow, items: &[PlannedItem], outlook: &Outlook, held: Option<Held>) -> u8 {
+    let batch = &flow.manifest.batch;
+    if let Some(h) = &held
+        && let Ok(Some(fixed)) = h.store.fixed()
+    {
+        let drift = super::fixed::compare(&fixed, items);
+        if !drift.is_empty() {
+            let source = match &flow.manifest.items {
+                crate::manifest::Items::Csv(src) => src.display.clone(),
+                crate::manifest::Items::Inline(_) => flow.manifest.display.clone(),
+            };
+            for l in super::fixed::describe(&drift, &source, batch, 20) {
+                eprintln!("{l}");
+            }
+            return 1;
+        }
+    }
+    eprintln!(
+        "batch {batch}: nothing left to send: its {} items ended before ({}); `payrun report {batch}` lists them",
+        outlook.ended(),
+        outlook.ended_by_how()
+    );
+    sayln!("{}", outlook.finished_line(batch));
+    if outlook.failed + outlook.reversed + outlook.steps_failed > 0 {
+        4
+    } else {
+        0
+    }
 }
 
 /// Compares a saved plan's fingerprint with the inputs as they are now.

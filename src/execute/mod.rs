@@ -2,8 +2,9 @@
 //! `(state, event) -> (state, effects)`; `backoff` turns the manifest's retry policy into delays;
 //! `store` is the redb checkpoint store; `runner` is the tokio loop around them (rate limiters,
 //! group commit, notifications, provider adapters); `command` is `run`, `resume`, `status`,
-//! `report`, `list` and `unlock`; `http` builds the HTTP client that reaches a provider (TLS,
-//! proxies) and puts its failures into words; `crash` holds the crash points the crash tests use.
+//! `report`, `list` and `unlock`; `outlook` is what one `run` will send (its start line and
+//! confirm prompt); `http` builds the HTTP client that reaches a provider (TLS, proxies) and puts
+//! its failures into words; `crash` holds the crash points the crash tests use.
 
 pub mod backoff;
 pub mod command;
@@ -12,6 +13,7 @@ pub mod fixed;
 pub mod http;
 pub mod lock;
 pub mod machine;
+pub mod outlook;
 pub mod progress;
 pub mod runner;
 pub mod status;

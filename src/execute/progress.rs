@@ -1,14 +1,21 @@
 //! Progress on stderr while a batch runs. On a terminal: a bar with done / in flight / awaiting
 //! an outcome / failed / under review, the amounts paid per currency and the rate. Otherwise one
 //! plain line per item that reaches an end or needs review — what a log collector wants — and a
-//! closing line with the amounts.
+//! closing line with the amounts. While nothing is in flight and the run only waits (a
+//! propagation delay, a backoff, a notification deadline, a delayed step), it says what for and
+//! until when: in the bar's message, or a plain line at most every few seconds.
 
-use super::machine::State;
+use super::machine::{Millis, State};
 use super::store::Record;
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashSet};
 use std::io::IsTerminal;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+/// A plain waiting line at most this often, and the same one again at most this often.
+const PLAIN_EVERY: Duration = Duration::from_secs(5);
+const PLAIN_SAME_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
@@ -18,6 +25,23 @@ pub struct Progress {
     started: std::time::Instant,
     /// Items settled by this run (for the rate).
     settled_now: u64,
+    context: WaitContext,
+    /// When waiting was last looked at, and the last waiting line printed (plain output).
+    waits_checked: Option<Instant>,
+    waits_printed: Option<(Instant, String)>,
+    /// The bar's message is a waiting one (put back to the counts once the run moves).
+    bar_waiting: bool,
+}
+
+/// What the waiting display needs to know about the run beyond the records.
+#[derive(Debug, Clone, Default)]
+pub struct WaitContext {
+    /// The provider's name for people (`Paysend Enterprise`).
+    pub provider: String,
+    /// The wait after acceptance before a lookup means anything (Paysend: 3 minutes).
+    pub propagation: Duration,
+    /// Outcomes arrive by notification (webhooks) while accepted items wait.
+    pub notifications: bool,
 }
 
 impl Progress {
@@ -40,6 +64,10 @@ impl Progress {
             paid: BTreeMap::new(),
             started: std::time::Instant::now(),
             settled_now: 0,
+            context: WaitContext::default(),
+            waits_checked: None,
+            waits_printed: None,
+            bar_waiting: false,
         };
         for (i, r) in recs.iter().enumerate() {
             if r.step.is_some() {
@@ -56,6 +84,11 @@ impl Progress {
             }
         }
         p
+    }
+
+    /// Names the provider and its waits in the waiting display.
+    pub fn explain(&mut self, context: WaitContext) {
+        self.context = context;
     }
 
     fn count_paid(&mut self, r: &Record) {
@@ -145,22 +178,52 @@ impl Progress {
         if !lines.is_empty() {
             crate::out::err_bytes(lines.as_bytes());
         }
-        if let Some(b) = &self.bar
-            && !changed.is_empty()
-        {
-            let count = |f: fn(&State) -> bool| {
-                recs.iter()
-                    .filter(|r| r.step.is_none() && f(&r.state))
-                    .count()
-            };
-            let awaiting = count(|s| matches!(s, State::Submitted { .. } | State::InDoubt { .. }));
-            let failed = count(|s| matches!(s, State::Failed { .. }));
-            let review = count(|s| matches!(s, State::NeedsReview { .. }));
-            b.set_message(format!(
-                "{in_flight} in flight · {awaiting} awaiting outcome · {failed} failed · {review} review · {} · {}",
-                self.amounts(),
-                self.rate()
-            ));
+        // Only waiting: nothing in flight. Looked at about once a second (it reads every
+        // record); a plain line goes out at most every few seconds.
+        let every = Duration::from_secs(1);
+        let waiting = if in_flight == 0 && self.waits_checked.is_none_or(|t| t.elapsed() >= every) {
+            self.waits_checked = Some(Instant::now());
+            waiting(
+                recs,
+                super::runner::now_ms(),
+                &self.context,
+                self.bar.is_some(),
+            )
+        } else {
+            None
+        };
+        match (&self.bar, waiting) {
+            (Some(b), Some(w)) => {
+                b.set_message(w);
+                self.bar_waiting = true;
+            }
+            (None, Some(w)) => {
+                let due = self.waits_printed.as_ref().is_none_or(|(at, last)| {
+                    at.elapsed() >= PLAIN_SAME_EVERY || (*last != w && at.elapsed() >= PLAIN_EVERY)
+                });
+                if due {
+                    crate::out::err_bytes(format!("{w}\n").as_bytes());
+                    self.waits_printed = Some((Instant::now(), w));
+                }
+            }
+            (Some(b), None) if !changed.is_empty() || (self.bar_waiting && in_flight > 0) => {
+                let count = |f: fn(&State) -> bool| {
+                    recs.iter()
+                        .filter(|r| r.step.is_none() && f(&r.state))
+                        .count()
+                };
+                let awaiting =
+                    count(|s| matches!(s, State::Submitted { .. } | State::InDoubt { .. }));
+                let failed = count(|s| matches!(s, State::Failed { .. }));
+                let review = count(|s| matches!(s, State::NeedsReview { .. }));
+                b.set_message(format!(
+                    "{in_flight} in flight · {awaiting} awaiting outcome · {failed} failed · {review} review · {} · {}",
+                    self.amounts(),
+                    self.rate()
+                ));
+                self.bar_waiting = false;
+            }
+            _ => {}
         }
     }
 
@@ -175,5 +238,310 @@ impl Progress {
         }
         let _ = recs;
         eprintln!("{} ({} this run)", self.amounts(), self.rate());
+    }
+}
+
+/// What a run with nothing in flight is waiting for and until when (UTC, HH:MM:SS), or None
+/// when it is not only waiting (an item is about to be sent, or nothing waits for a time).
+/// Items under review are left out: the run does not wait for them. `relative` adds how long
+/// until the first of each kind ("in 2m 10s"), for the bar, which is redrawn; a plain line
+/// stays the same while the wait does.
+pub fn waiting(recs: &[Record], now: Millis, ctx: &WaitContext, relative: bool) -> Option<String> {
+    /// Records waiting for one reason: how many, and the first and last of their due times.
+    #[derive(Default)]
+    struct Wait {
+        n: usize,
+        first: Millis,
+        last: Millis,
+    }
+    impl Wait {
+        fn add(&mut self, at: Millis) {
+            (self.first, self.last) = if self.n == 0 {
+                (at, at)
+            } else {
+                (self.first.min(at), self.last.max(at))
+            };
+            self.n += 1;
+        }
+    }
+    let (mut doubt, mut retry, mut outcome, mut steps) = (
+        Wait::default(),
+        Wait::default(),
+        Wait::default(),
+        Wait::default(),
+    );
+    // In doubt and not looked up yet: waiting out the propagation delay.
+    let mut first_lookups = 0;
+    for r in recs {
+        match &r.state {
+            State::Sending { .. } => return None,
+            // An item not sent yet goes out as soon as there is room; a delayed step waits
+            // for the payout it follows, which is counted itself.
+            State::Planned if r.step.is_none() => return None,
+            State::InDoubt { at, lookups, .. } => {
+                doubt.add(*at);
+                first_lookups += usize::from(*lookups == 0);
+            }
+            State::RetryAt { at, .. } => retry.add(*at),
+            State::Submitted { poll_at, .. } => outcome.add(*poll_at),
+            State::Scheduled { at } => steps.add(*at),
+            _ => {}
+        }
+    }
+    let when = |w: &Wait| {
+        let (a, b) = (clock(w.first), clock(w.last));
+        let rel = if relative {
+            format!(" ({})", until(w.first, now))
+        } else {
+            String::new()
+        };
+        if a == b {
+            format!("at {a}{rel}")
+        } else {
+            format!("from {a}{rel} to {b}")
+        }
+    };
+    let mut parts = Vec::new();
+    if doubt.n > 0 {
+        let why = if first_lookups > 0 && !ctx.propagation.is_zero() {
+            let who = if ctx.provider.is_empty() {
+                "the provider".to_string()
+            } else {
+                ctx.provider.clone()
+            };
+            format!(" ({who}'s {} propagation delay)", span(ctx.propagation))
+        } else {
+            String::new()
+        };
+        parts.push(format!(
+            "{} in doubt, looked up {}{why}",
+            count(doubt.n, "item"),
+            when(&doubt)
+        ));
+    }
+    if retry.n > 0 {
+        parts.push(format!(
+            "{} retrying {} (backoff)",
+            count(retry.n, "item"),
+            when(&retry)
+        ));
+    }
+    if outcome.n > 0 {
+        parts.push(if ctx.notifications {
+            format!(
+                "{} awaiting notifications, looked up {} if none comes",
+                count(outcome.n, "item"),
+                when(&outcome)
+            )
+        } else {
+            format!(
+                "{} awaiting their outcome, asked again {}",
+                count(outcome.n, "item"),
+                when(&outcome)
+            )
+        });
+    }
+    if steps.n > 0 {
+        parts.push(format!(
+            "{} due {}",
+            count(steps.n, "delayed step"),
+            when(&steps)
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("waiting (UTC): {}", parts.join("; ")))
+}
+
+/// `14:03:10` (UTC).
+fn clock(at: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(at as i64)
+        .map(|t| t.format("%H:%M:%S").to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+/// `in 2m 10s`, or `now` once due.
+fn until(at: Millis, now: Millis) -> String {
+    match at.saturating_sub(now) {
+        0 => "now".into(),
+        ms => format!("in {}", span(Duration::from_millis(ms))),
+    }
+}
+
+/// `1h 5m`, `2m 10s`, `3m`, `45s`, `180ms` (a sandbox's scaled time).
+fn span(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{}ms", d.as_millis()),
+        1..=59 => format!("{s}s"),
+        60..=3599 if s % 60 == 0 => format!("{}m", s / 60),
+        60..=3599 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// `1 item`, `2 items`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-12-01 14:00:00 UTC.
+    const T0: Millis = 1_796_133_600_000;
+    const SEC: Millis = 1000;
+
+    fn rec(id: &str, state: State) -> Record {
+        Record {
+            state,
+            ..Record::planned(id, &format!("k-{id}"), "d", 2, Vec::new())
+        }
+    }
+
+    fn in_doubt(at: Millis, lookups: u32) -> State {
+        State::InDoubt {
+            attempt: 1,
+            since: T0,
+            at,
+            lookups,
+        }
+    }
+
+    fn retry(at: Millis) -> State {
+        State::RetryAt {
+            attempt: 2,
+            at,
+            class: super::super::backoff::ErrorClass::ServerError,
+        }
+    }
+
+    fn submitted(poll_at: Millis) -> State {
+        State::Submitted {
+            attempt: 1,
+            reference: "g".into(),
+            since: T0,
+            poll_at,
+            polls: 0,
+        }
+    }
+
+    fn paid() -> State {
+        State::Succeeded {
+            ids: Default::default(),
+            at: T0,
+        }
+    }
+
+    fn paysend() -> WaitContext {
+        WaitContext {
+            provider: "Paysend Enterprise".into(),
+            propagation: Duration::from_secs(180),
+            notifications: false,
+        }
+    }
+
+    #[test]
+    fn the_waiting_line_says_what_for_and_until_when() {
+        let cases: Vec<(&str, Vec<State>, WaitContext, Option<&str>)> = vec![
+            ("nothing open", vec![paid()], paysend(), None),
+            (
+                "an item about to be sent",
+                vec![in_doubt(T0 + 190 * SEC, 0), State::Planned],
+                paysend(),
+                None,
+            ),
+            (
+                "a request on its way",
+                vec![State::Sending {
+                    attempt: 1,
+                    since: T0,
+                }],
+                paysend(),
+                None,
+            ),
+            (
+                "the propagation delay",
+                vec![
+                    in_doubt(T0 + 190 * SEC, 0),
+                    in_doubt(T0 + 190 * SEC, 0),
+                    paid(),
+                ],
+                paysend(),
+                Some(
+                    "waiting (UTC): 2 items in doubt, looked up at 14:03:10 (Paysend Enterprise's 3m propagation delay)",
+                ),
+            ),
+            (
+                "a later lookup, a backoff and a poll",
+                vec![
+                    in_doubt(T0 + 5 * SEC, 3),
+                    retry(T0 + 62 * SEC),
+                    submitted(T0 + SEC),
+                    submitted(T0 + 2 * SEC),
+                ],
+                paysend(),
+                Some(
+                    "waiting (UTC): 1 item in doubt, looked up at 14:00:05; 1 item retrying at 14:01:02 (backoff); 2 items awaiting their outcome, asked again from 14:00:01 to 14:00:02",
+                ),
+            ),
+            (
+                "notifications with a deadline",
+                vec![submitted(T0 + 300 * SEC)],
+                WaitContext {
+                    notifications: true,
+                    ..paysend()
+                },
+                Some(
+                    "waiting (UTC): 1 item awaiting notifications, looked up at 14:05:00 if none comes",
+                ),
+            ),
+            (
+                "a delayed step",
+                vec![paid(), State::Scheduled { at: T0 + 30 * SEC }],
+                paysend(),
+                Some("waiting (UTC): 1 delayed step due at 14:00:30"),
+            ),
+            (
+                "under review only: the run does not wait for it",
+                vec![State::NeedsReview {
+                    attempt: 1,
+                    code: "9999".into(),
+                    description: String::new(),
+                    since: T0,
+                    at: T0 + 600 * SEC,
+                    reference: None,
+                }],
+                paysend(),
+                None,
+            ),
+        ];
+        for (what, states, ctx, want) in cases {
+            let recs: Vec<Record> = states
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| rec(&format!("i{i}"), s))
+                .collect();
+            assert_eq!(waiting(&recs, T0, &ctx, false).as_deref(), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_planned_delayed_step_waits_for_its_payout_and_the_bar_counts_down() {
+        let step = Record {
+            step: Some("0.success.0".into()),
+            ..rec("a", State::Planned)
+        };
+        let recs = vec![rec("a", retry(T0 + 130 * SEC)), step];
+        assert_eq!(
+            waiting(&recs, T0, &paysend(), true).as_deref(),
+            Some("waiting (UTC): 1 item retrying at 14:02:10 (in 2m 10s) (backoff)")
+        );
+        assert_eq!(until(T0, T0 + 5), "now");
+        assert_eq!(span(Duration::from_millis(180)), "180ms");
+        assert_eq!(span(Duration::from_secs(3725)), "1h 2m");
     }
 }

@@ -951,6 +951,11 @@ pub async fn run(
     let mut requests = 0u64;
     let holder = super::status::Holder::me(&rfc3339(now_ms()));
     let mut progress = super::progress::Progress::new(&book.recs);
+    progress.explain(super::progress::WaitContext {
+        provider: flow.provider.title.clone(),
+        propagation: timings.propagation,
+        notifications: listener.is_some(),
+    });
     // Notifications journaled before a stop whose effect was not committed: taken now.
     let unapplied = store.unapplied_notices()?;
     // Notifications name items by key (only needed when they can arrive).

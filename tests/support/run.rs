@@ -512,6 +512,18 @@ impl Batch {
         ])
     }
 
+    /// `payrun run manifest.yaml` without `--yes`: it asks (and, without a terminal, refuses).
+    pub fn run_asking(&self) -> Invocation {
+        self.payrun(&[
+            "run",
+            "manifest.yaml",
+            "--state-dir",
+            "state",
+            "--time-scale",
+            &TIME_SCALE.to_string(),
+        ])
+    }
+
     /// `payrun resume <batch>`, provider time 1000× faster.
     pub fn resume(&self) -> Invocation {
         self.payrun(&[
