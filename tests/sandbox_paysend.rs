@@ -162,6 +162,28 @@ async fn the_same_request_id_replays_the_first_answer_without_paying_again() {
 }
 
 #[tokio::test]
+async fn the_same_request_id_with_another_date_is_a_new_request_not_a_replay() {
+    // Idempotency is header.request.id and header.request.date together (L7021-7029).
+    let (_sb, c) = sandbox(fast()).await;
+    let first = c.envelope("same-id-2", json!([to_account("inv-5b", "25", "EUR")]));
+    let mut later = first.clone();
+    later["header"]["request"]["date"] = json!("2026-11-21T10:05:00+00:00");
+    let a = c.post(&first).await.json();
+    let b = c.post(&later).await.json();
+    assert_ne!(
+        a["header"]["response"]["globalId"], b["header"]["response"]["globalId"],
+        "a new request"
+    );
+    assert_eq!(c.counters().await["replays"], 0);
+    after(Duration::from_secs(2)).await;
+    assert_eq!(
+        c.ledger().await.len(),
+        1,
+        "its payout met the invoiceId check"
+    );
+}
+
+#[tokio::test]
 async fn a_second_payment_with_a_paid_invoice_id_is_refused_with_3011() {
     let (_sb, c) = sandbox(fast()).await;
     assert_eq!(

@@ -493,7 +493,7 @@ fn a_rehearsal_with_a_low_sandbox_balance_is_refused_before_any_payout() {
     let (code, _, err) = output(dir.path(), &run);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("EUR balance is 1000") && err.contains("nothing was sent"),
+        err.contains("EUR: balance 1000") && err.contains("nothing was sent"),
         "{err}"
     );
     let file = state_file(dir.path());
@@ -520,7 +520,7 @@ fn a_rehearsal_with_a_low_sandbox_balance_is_refused_before_any_payout() {
         ],
     );
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("EUR balance is 1000"), "{err}");
+    assert!(err.contains("EUR: balance 1000"), "{err}");
     assert_eq!(ledger_of(&file)["movements"], 0);
 
     // --sandbox-config without --sandbox is a usage error.

@@ -423,10 +423,19 @@ async fn processing(
 /// Processes a request once: a request id seen before gets its first answer again.
 fn commit(state: &Arc<State>, request_id: &str, request: Value) -> Arc<Stored> {
     let ps = &state.paysend;
+    // Idempotency is header.request.id *and* header.request.date (Authentication &
+    // Idempotency, L7021-7029): the same id with another date is a new request (whose payouts
+    // then meet the invoiceId check, 3011), not a replay.
+    let date = request
+        .pointer("/header/request/date")
+        .map(|d| d.to_string())
+        .unwrap_or_default();
+    let replay_key = format!("{request_id}\u{1f}{date}");
+    let replay_key = replay_key.as_str();
     // The shard stays locked while the request commits, so two copies of one request arriving
     // together cannot both be processed.
-    let mut shard = ps.requests.shard(request_id);
-    if let Some(s) = shard.get(request_id) {
+    let mut shard = ps.requests.shard(replay_key);
+    if let Some(s) = shard.get(replay_key) {
         state.ledger.bump(crate::sandbox::ledger::Counter::Replays);
         return Arc::clone(s);
     }
@@ -463,7 +472,7 @@ fn commit(state: &Arc<State>, request_id: &str, request: Value) -> Arc<Stored> {
     state.ledger.journal_record(|| {
         let (request, tree) = masked_for_journal(&stored.request, &stored.tree);
         super::journal::Record::PaysendRequest {
-            id: request_id.to_string(),
+            id: replay_key.to_string(),
             global_id: global_id.clone(),
             response_id: stored.response_id.clone(),
             accepted_at,
@@ -472,11 +481,11 @@ fn commit(state: &Arc<State>, request_id: &str, request: Value) -> Arc<Stored> {
             levels,
         }
     });
-    shard.insert(request_id.to_string(), Arc::clone(&stored));
+    shard.insert(replay_key.to_string(), Arc::clone(&stored));
     drop(shard);
     ps.by_global
         .shard(&global_id)
-        .insert(global_id.clone(), request_id.to_string());
+        .insert(global_id.clone(), replay_key.to_string());
     functions::notify(state, &stored, finish, payments);
     stored
 }
