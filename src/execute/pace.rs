@@ -189,6 +189,15 @@ impl Pace {
     }
 }
 
+/// A rate as people read it: `34`, `2.5`.
+pub fn per_second(rate: f64) -> String {
+    if rate >= 10.0 {
+        format!("{rate:.0}")
+    } else {
+        format!("{rate:.1}")
+    }
+}
+
 /// The runner's pace: shared by the requests waiting to leave and the loop that reads answers.
 pub struct Shared {
     origin: Instant,
@@ -212,7 +221,9 @@ impl Shared {
     pub async fn ready(&self) {
         loop {
             let now = self.origin.elapsed();
-            match self.lock().claim(now) {
+            // The lock is let go before the wait.
+            let claimed = self.lock().claim(now);
+            match claimed {
                 Ok(()) => return,
                 Err(at) => tokio::time::sleep(at.saturating_sub(now)).await,
             }
