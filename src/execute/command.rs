@@ -944,7 +944,7 @@ fn execute(
             sb.stop().await;
         }
         sayln!(
-            "{}: {} items: {} paid, {} failed, {} need review, {} unfinished; {} requests, {} commits ({:.2} per item), {:.1} s",
+            "{}: {} items: {} paid, {} failed, {} need review, {} unfinished; {} requests, {} commits ({:.2} per item), {:.1} s{}",
             flow.manifest.batch,
             summary.items,
             summary.succeeded,
@@ -954,7 +954,8 @@ fn execute(
             summary.requests,
             summary.commits,
             summary.commits as f64 / summary.items.max(1) as f64,
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            runner::pushback_note(&summary)
         );
         if summary.reversed > 0 {
             sayln!(

@@ -1,5 +1,7 @@
 //! Execution: `machine` is the life of one item (or delayed step) as a pure
 //! `(state, event) -> (state, effects)`; `backoff` turns the manifest's retry policy into delays;
+//! `pace` is the adaptive send rate under the manifest's ceiling (slower when the provider
+//! pushes back);
 //! `store` is the redb checkpoint store; `runner` is the tokio loop around them (rate limiters,
 //! group commit, notifications, provider adapters); `command` is `run`, `resume`, `status`,
 //! `report`, `list` and `unlock`; `outlook` is what one `run` will send (its start line and
@@ -14,6 +16,7 @@ pub mod http;
 pub mod lock;
 pub mod machine;
 pub mod outlook;
+pub mod pace;
 pub mod progress;
 pub mod runner;
 pub mod status;

@@ -3,9 +3,12 @@
 //! plain line per item that reaches an end or needs review — what a log collector wants — and a
 //! closing line with the amounts. While nothing is in flight and the run only waits (a
 //! propagation delay, a backoff, a notification deadline, a delayed step), it says what for and
-//! until when: in the bar's message, or a plain line at most every few seconds.
+//! until when: in the bar's message, or a plain line at most every few seconds. While the provider
+//! pushes back (`super::pace`), the pace it is sent at: in the bar's message, or as a plain line
+//! at most every `PACE_EVERY`.
 
 use super::machine::{Millis, State};
+use super::pace::{Pace, per_second};
 use super::store::Record;
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashSet};
@@ -31,6 +34,10 @@ pub struct Progress {
     waits_printed: Option<(Instant, String)>,
     /// The bar's message is a waiting one (put back to the counts once the run moves).
     bar_waiting: bool,
+    /// What the bar says about the pace while it is below the ceiling.
+    pace_note: Option<String>,
+    /// When a plain line last said it.
+    pace_said: Option<std::time::Instant>,
 }
 
 /// What the waiting display needs to know about the run beyond the records.
@@ -43,6 +50,9 @@ pub struct WaitContext {
     /// Outcomes arrive by notification (webhooks) while accepted items wait.
     pub notifications: bool,
 }
+
+/// Plain lines about the pace come at most this often.
+const PACE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Progress {
     /// Counts items settled before this run without announcing them again.
@@ -68,6 +78,8 @@ impl Progress {
             waits_checked: None,
             waits_printed: None,
             bar_waiting: false,
+            pace_note: None,
+            pace_said: None,
         };
         for (i, r) in recs.iter().enumerate() {
             if r.step.is_some() {
@@ -106,6 +118,37 @@ impl Progress {
         }
         let parts: Vec<String> = self.paid.iter().map(|(c, a)| format!("{c} {a}")).collect();
         format!("{} paid", parts.join(", "))
+    }
+
+    /// Says that the provider pushes back and how fast payrun sends while the pace is below the
+    /// ceiling (a plain line at most every `PACE_EVERY`), and once when it is back up.
+    pub fn pace(&mut self, pace: &Pace) {
+        let note = pace.below_ceiling().then(|| {
+            format!(
+                "provider pushing back: sending at {}/s of {}/s (busy answers: {})",
+                per_second(pace.rate()),
+                per_second(pace.ceiling()),
+                pace.pushbacks()
+            )
+        });
+        if self.bar.is_none() {
+            let line = match (&note, &self.pace_note) {
+                (Some(n), _) if self.pace_said.is_none_or(|t| t.elapsed() >= PACE_EVERY) => {
+                    self.pace_said = Some(std::time::Instant::now());
+                    Some(n.clone())
+                }
+                (None, Some(_)) => Some(format!(
+                    "provider pace back at {}/s (busy answers: {})",
+                    per_second(pace.ceiling()),
+                    pace.pushbacks()
+                )),
+                _ => None,
+            };
+            if let Some(line) = line {
+                crate::out::err_bytes(format!("{line}\n").as_bytes());
+            }
+        }
+        self.pace_note = note;
     }
 
     /// Reports the items among `changed` that just reached an end or review, and refreshes the
@@ -217,9 +260,13 @@ impl Progress {
                 let failed = count(|s| matches!(s, State::Failed { .. }));
                 let review = count(|s| matches!(s, State::NeedsReview { .. }));
                 b.set_message(format!(
-                    "{in_flight} in flight · {awaiting} awaiting outcome · {failed} failed · {review} review · {} · {}",
+                    "{in_flight} in flight · {awaiting} awaiting outcome · {failed} failed · {review} review · {} · {}{}",
                     self.amounts(),
-                    self.rate()
+                    self.rate(),
+                    self.pace_note
+                        .as_ref()
+                        .map(|n| format!(" · {n}"))
+                        .unwrap_or_default()
                 ));
                 self.bar_waiting = false;
             }

@@ -63,6 +63,11 @@ pub struct Summary {
     /// Notifications journaled and acted on, recognised as duplicates, and rejected (they name
     /// nothing this run waits for, or contradict what an item sent).
     pub notices: NoticeCounts,
+    /// Answers in which the provider pushed back (busy, 429, Retry-After), the configured rate
+    /// and the lowest the pace went under it (`super::pace`).
+    pub pushbacks: u64,
+    pub pace_ceiling: f64,
+    pub pace_lowest: f64,
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -72,6 +77,19 @@ pub struct NoticeCounts {
     pub rejected: u64,
     /// Taken from the journal after a stop: journaled, but their effect was not committed.
     pub replayed: u64,
+}
+
+/// What the run's closing line appends when the provider pushed back (nothing otherwise).
+pub fn pushback_note(s: &Summary) -> String {
+    if s.pushbacks == 0 {
+        return String::new();
+    }
+    format!(
+        "; {} pushback answers (busy, 429, Retry-After), pace down to {}/s of {}/s",
+        s.pushbacks,
+        super::pace::per_second(s.pace_lowest),
+        super::pace::per_second(s.pace_ceiling)
+    )
 }
 
 pub fn now_ms() -> Millis {
@@ -308,6 +326,8 @@ struct Wire {
     reach: Arc<Reach>,
     limiter: Arc<Limiter>,
     per_endpoint: Arc<HashMap<String, Limiter>>,
+    /// The adaptive rate under `limiter`'s ceiling: slower while the provider pushes back.
+    pace: Arc<super::pace::Shared>,
     slots: Arc<tokio::sync::Semaphore>,
     tx: tokio::sync::mpsc::UnboundedSender<Outcome>,
 }
@@ -328,6 +348,7 @@ impl Wire {
             l.until_ready().await;
         }
         self.limiter.until_ready().await;
+        self.pace.ready().await;
         if submission {
             super::crash::point("before-send");
         }
@@ -939,6 +960,7 @@ pub async fn run(
                 .map(|(name, rate, burst)| (name.clone(), limiter(*rate, *burst)))
                 .collect(),
         ),
+        pace: Arc::new(super::pace::Shared::new(limits.requests_per_second)),
         slots: Arc::new(tokio::sync::Semaphore::new(
             limits.concurrency.max(1) as usize
         )),
@@ -1022,6 +1044,7 @@ pub async fn run(
             }
         }
         // Durable before anything leaves: a crash after this commit finds `Sending`.
+        progress.pace(&wire.pace.now());
         progress.update(&book.recs, &book.changed, book.in_flight.len());
         book.commit(store)?;
 
@@ -1272,6 +1295,8 @@ pub async fn run(
                     continue;
                 }
             };
+            // One request's answer: did the provider push back?
+            wire.pace.heard(list.iter().map(|(_, v)| v));
             for (i, verdict) in list {
                 book.in_flight.remove(&i);
                 tracing::debug!(item = %book.recs[i].id, ?verdict, sent, "answer");
@@ -1376,12 +1401,16 @@ pub async fn run(
         c.abort();
         let _ = std::fs::remove_file(control_path(&store.path));
     }
+    let pace = wire.pace.now();
     let mut s = Summary {
         items: book.recs.iter().filter(|r| r.step.is_none()).count(),
         requests,
         commits: store.commits,
         notices: book.notices,
         unreachable,
+        pushbacks: pace.pushbacks(),
+        pace_ceiling: pace.ceiling(),
+        pace_lowest: pace.lowest(),
         ..Summary::default()
     };
     for r in &book.recs {
