@@ -417,3 +417,66 @@ fn a_pack_sent_again_is_a_replay_with_the_date_it_first_carried() {
     assert!(sandbox.ledger().paid_twice().is_empty());
     assert_eq!(sandbox.ledger().len(), 50);
 }
+
+/// The payroll example without its getBalance preflight (items are the first requests).
+fn payroll_without_preflight(sandbox: &Sandbox) -> Batch {
+    Batch::payroll(sandbox).edit(
+        "preflight:\n  - id: balance\n    op: getBalance\n    payload: {}\n",
+        "",
+    )
+}
+
+#[test]
+fn a_wrong_base_url_stops_the_run_saying_why_and_fails_no_item() {
+    let sandbox = sandbox().start();
+    // The path prefix forgotten: the server answers 404 without a Paysend body.
+    let batch = payroll_without_preflight(&sandbox).environment(&sandbox.root);
+    let said = batch.run().exits_with(2).log();
+    assert!(said.contains("error[run.transport]"), "{said}");
+    assert!(said.contains("404 from"), "{said}");
+    assert!(said.contains("without a Paysend"), "{said}");
+    assert!(said.contains("is the base URL right"), "{said}");
+    assert!(said.contains("payrun resume"), "{said}");
+    let status = batch.status();
+    for state in ["failed", "needs_review", "paid", "reversed"] {
+        assert_eq!(status["states"][state].as_u64().unwrap_or(0), 0, "{status}");
+    }
+    assert!(sandbox.ledger().is_empty());
+    // Put right, the batch resumes and every item is paid once.
+    let batch = batch.environment(&sandbox.base);
+    batch.resume().succeeds();
+    let ledger = sandbox.ledger();
+    assert_eq!(ledger.len(), 50);
+    assert!(ledger.paid_twice().is_empty());
+    // The same mistake caught by the preflight: refused before any item, in words.
+    let batch = Batch::payroll(&sandbox)
+        .named("with-preflight")
+        .environment(&sandbox.root);
+    let said = batch.run().exits_with(2).log();
+    assert!(
+        said.contains("error[run.transport]") && said.contains("is the base URL right"),
+        "{said}"
+    );
+}
+
+#[test]
+fn an_unreachable_provider_stops_the_run_with_the_connection_error_in_words() {
+    let sandbox = sandbox().start();
+    let closed = free_port();
+    let batch = payroll_without_preflight(&sandbox)
+        .environment(&format!("http://127.0.0.1:{closed}/paysend"));
+    let said = batch.run_in_real_time().exits_with(2).log();
+    assert!(said.contains("error[run.transport]"), "{said}");
+    assert!(said.contains("connection refused"), "{said}");
+    assert!(
+        said.contains("retrying"),
+        "the progress said what fails: {said}"
+    );
+    let status = batch.status();
+    assert_eq!(
+        status["states"]["failed"].as_u64().unwrap_or(0),
+        0,
+        "{status}"
+    );
+    assert_eq!(status["items"].as_u64(), Some(50));
+}

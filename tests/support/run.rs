@@ -524,6 +524,11 @@ impl Batch {
         ])
     }
 
+    /// `payrun run manifest.yaml --yes` in real provider time (no `--time-scale`).
+    pub fn run_in_real_time(&self) -> Invocation {
+        self.payrun(&["run", "manifest.yaml", "--yes", "--state-dir", "state"])
+    }
+
     /// `payrun resume <batch>`, provider time 1000× faster.
     pub fn resume(&self) -> Invocation {
         self.payrun(&[
