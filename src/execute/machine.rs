@@ -537,18 +537,7 @@ fn after_send(
                 }
                 // A 5xx may come after the provider processed the request: not "failed" but in
                 // doubt, settled by a lookup by key before anything is sent again.
-                None if class == ErrorClass::ServerError => {
-                    let at = plus(now, t.propagation);
-                    (
-                        State::InDoubt {
-                            attempt,
-                            since: now,
-                            at,
-                            lookups: 0,
-                        },
-                        vec![Effect::WakeAt(at)],
-                    )
-                }
+                None if class == ErrorClass::ServerError => fresh_doubt(attempt, now, t),
                 // The provider said "not now" every time: nothing was processed, so giving up
                 // pays nothing.
                 None => (
@@ -564,18 +553,23 @@ fn after_send(
             }
         }
         Verdict::InDoubt | Verdict::NotYetVisible | Verdict::Unknown | Verdict::Pending => {
-            let at = plus(now, t.propagation);
-            (
-                State::InDoubt {
-                    attempt,
-                    since: now,
-                    at,
-                    lookups: 0,
-                },
-                vec![Effect::WakeAt(at)],
-            )
+            fresh_doubt(attempt, now, t)
         }
     }
+}
+
+/// In doubt from `now`: first looked up once the propagation delay has passed.
+fn fresh_doubt(attempt: u32, now: Millis, t: &Timings) -> (State, Vec<Effect>) {
+    let at = plus(now, t.propagation);
+    (
+        State::InDoubt {
+            attempt,
+            since: now,
+            at,
+            lookups: 0,
+        },
+        vec![Effect::WakeAt(at)],
+    )
 }
 
 fn class_name(c: ErrorClass) -> &'static str {

@@ -261,7 +261,7 @@ pub fn confirmed(answer: &str) -> bool {
 }
 
 /// `1 item`, `2 items`.
-fn count(n: usize, what: &str) -> String {
+pub(crate) fn count(n: usize, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
     } else {

@@ -8,6 +8,7 @@
 //! at most every `PACE_EVERY`.
 
 use super::machine::{Millis, State};
+use super::outlook::count;
 use super::pace::{Pace, per_second};
 use super::store::Record;
 use rust_decimal::Decimal;
@@ -422,15 +423,6 @@ fn span(d: Duration) -> String {
         60..=3599 if s % 60 == 0 => format!("{}m", s / 60),
         60..=3599 => format!("{}m {}s", s / 60, s % 60),
         _ => format!("{}h {}m", s / 3600, s % 3600 / 60),
-    }
-}
-
-/// `1 item`, `2 items`.
-fn count(n: usize, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else {
-        format!("{n} {what}s")
     }
 }
 
