@@ -118,6 +118,12 @@ enum Command {
         /// itself.
         #[arg(long, requires = "sandbox")]
         sandbox_in_memory: bool,
+        /// Accept, for this reason, rows changed or added since the batch started that were
+        /// never sent (changed in place or added at the end): the change is recorded in the
+        /// batch and shown by `status` and `report`. Rows removed or moved, rows already sent
+        /// and a changed flow are never accepted.
+        #[arg(long, value_name = "REASON")]
+        accept_changes: Option<String>,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
@@ -162,6 +168,9 @@ enum Command {
         /// As for `run`.
         #[arg(long, requires = "sandbox")]
         sandbox_in_memory: bool,
+        /// As for `run`.
+        #[arg(long, value_name = "REASON")]
+        accept_changes: Option<String>,
         #[arg(
             long,
             default_value = ".payrun",
@@ -408,6 +417,7 @@ fn main() -> ExitCode {
             ca_file,
             sandbox_config,
             sandbox_in_memory,
+            accept_changes,
         } => payrun::execute::command::run(
             &registry,
             &manifest,
@@ -421,6 +431,7 @@ fn main() -> ExitCode {
                 ca_file: ca_file.as_deref(),
                 sandbox_config: sandbox_config.as_deref(),
                 sandbox_in_memory,
+                accept_changes: accept_changes.as_deref(),
             },
         ),
         Command::Resume {
@@ -428,6 +439,7 @@ fn main() -> ExitCode {
             sandbox,
             sandbox_config,
             sandbox_in_memory,
+            accept_changes,
             state_dir,
             time_scale,
             ca_file,
@@ -440,6 +452,7 @@ fn main() -> ExitCode {
             ca_file.as_deref(),
             sandbox_config.as_deref(),
             sandbox_in_memory,
+            accept_changes.as_deref(),
         ),
         Command::Status {
             batch,

@@ -480,3 +480,74 @@ fn an_unreachable_provider_stops_the_run_with_the_connection_error_in_words() {
     );
     assert_eq!(status["items"].as_u64(), Some(50));
 }
+
+#[test]
+fn a_deliberate_change_of_unsent_rows_is_accepted_only_with_a_reason_that_status_and_report_show() {
+    let sandbox = sandbox().start();
+    let batch = Batch::payroll_of(&sandbox, 200).limits(100, 1, 1, 1);
+    interrupt_after(&sandbox, &batch, 20);
+    let original = std::fs::read(batch.dir.path().join("employees.csv")).unwrap();
+    // A paid row cannot be accepted as changed: that would be a second payment.
+    edit_rows(&batch, |rows| rows[0][9] = "1.00".into());
+    let said = batch
+        .resume()
+        .arg("--accept-changes")
+        .arg("typo")
+        .exits_with(1)
+        .log();
+    assert!(
+        said.contains("was already sent with its old content"),
+        "{said}"
+    );
+    // Unsent rows changed in place and a row added at the end: accepted, with the reason.
+    std::fs::write(batch.dir.path().join("employees.csv"), &original).unwrap();
+    edit_rows(&batch, |rows| {
+        rows.last_mut().unwrap()[9] = "4321.00".into();
+        let mut new = rows[1].clone();
+        new[0] = "NEW01".into();
+        rows.push(new);
+    });
+    let said = batch
+        .resume()
+        .arg("--accept-changes")
+        .arg("HR ticket 42: corrected net pay")
+        .succeeds()
+        .log();
+    assert!(said.contains("accepted changes"), "{said}");
+    let ledger = sandbox.ledger();
+    assert_eq!(ledger.len(), 201);
+    assert!(ledger.paid_twice().is_empty());
+    let changed = payrun::keys::item_key(&batch.id, "X00200");
+    let paid = ledger.for_key(&changed);
+    assert_eq!(paid.len(), 1);
+    assert_eq!(
+        decimal(paid[0]["amount"].as_str().unwrap()),
+        decimal("4321.00"),
+        "{:?}",
+        paid[0]
+    );
+    let status = batch.status();
+    let accepted = status["accepted_changes"]
+        .as_array()
+        .expect("status lists them");
+    assert_eq!(accepted.len(), 2, "{status}");
+    assert!(
+        accepted
+            .iter()
+            .all(|a| a.as_str().unwrap().contains("HR ticket 42"))
+    );
+    let report = batch.report();
+    assert!(
+        report
+            .row("X00200")
+            .get("accepted_change")
+            .contains("HR ticket 42")
+    );
+    assert!(
+        report
+            .row("NEW01")
+            .get("accepted_change")
+            .contains("HR ticket 42")
+    );
+    assert_eq!(report.row("X00001").get("accepted_change"), "");
+}

@@ -179,6 +179,9 @@ pub struct RunOptions<'a> {
     pub sandbox_config: Option<&'a Path>,
     /// The embedded sandbox keeps nothing after the command (`--sandbox-in-memory`).
     pub sandbox_in_memory: bool,
+    /// Accept, for this reason, items changed or added since the batch started that were never
+    /// sent (`--accept-changes`): recorded in the batch, shown by status and report.
+    pub accept_changes: Option<&'a str>,
 }
 
 /// The manifest a started batch was run from.
@@ -271,7 +274,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         );
         return 2;
     }
-    let held = if batch_exists {
+    let mut held = if batch_exists {
         match hold(&flow.manifest.batch, o.state_dir) {
             Ok(h) => Some(h),
             Err(code) => return code,
@@ -356,6 +359,13 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
     {
         return code;
     }
+    // A started batch runs the items it started with: the whole source is compared with them
+    // before anything is shown, asked or sent.
+    if let Some(h) = held.as_mut()
+        && let Err(code) = settle_drift(&flow, &items, h, o.accept_changes)
+    {
+        return code;
+    }
     // What this command sends, not the whole batch's totals: items that ended are not sent
     // again, items sent before are looked up, `--retry-failed` resends only what it chose.
     let outlook = Outlook::of(
@@ -365,7 +375,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         flow.steps().len(),
     );
     if outlook.finished() {
-        return nothing_left(&flow, &items, &outlook, held);
+        return nothing_left(&flow, &outlook);
     }
     eprintln!("{}", outlook.start_line(&flow.manifest.batch));
     if !o.yes {
@@ -391,26 +401,11 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
 }
 
 /// A batch started before whose items (and delayed steps) all ended: nothing is sent, no
-/// runtime or sandbox is started and nobody is asked. The items are still checked against the
-/// ones the batch started with, as a run would: an edited or added row is reported, not
-/// silently left unpaid. Exit 4 when the batch holds failures, as its last run ended.
-fn nothing_left(flow: &Flow, items: &[PlannedItem], outlook: &Outlook, held: Option<Held>) -> u8 {
+/// runtime or sandbox is started and nobody is asked (its items were compared with the ones
+/// the batch started with before: an edited or added row is reported, not silently left
+/// unpaid). Exit 4 when the batch holds failures, as its last run ended.
+fn nothing_left(flow: &Flow, outlook: &Outlook) -> u8 {
     let batch = &flow.manifest.batch;
-    if let Some(h) = &held
-        && let Ok(Some(fixed)) = h.store.fixed()
-    {
-        let drift = super::fixed::compare(&fixed, items);
-        if !drift.is_empty() {
-            let source = match &flow.manifest.items {
-                crate::manifest::Items::Csv(src) => src.display.clone(),
-                crate::manifest::Items::Inline(_) => flow.manifest.display.clone(),
-            };
-            for l in super::fixed::describe(&drift, &source, batch, 20) {
-                eprintln!("{l}");
-            }
-            return 1;
-        }
-    }
     eprintln!(
         "batch {batch}: nothing left to send: its {} items ended before ({}); `payrun report {batch}` lists them",
         outlook.ended(),
@@ -422,6 +417,150 @@ fn nothing_left(flow: &Flow, items: &[PlannedItem], outlook: &Outlook, held: Opt
     } else {
         0
     }
+}
+
+/// Compares the whole source with the items batch `flow` started with (and the flow with the
+/// one it started with). Drift is refused by file:line — unless `accept` gives a reason and
+/// every drifted item is one never sent, changed or added at the end: then the new items are
+/// fixed, each accepted item's record carries the note, and the override is recorded in the
+/// batch (status and report show both). Removed and moved rows, items already sent and a
+/// changed flow are never accepted. Err: the exit code (nothing was sent).
+fn settle_drift(
+    flow: &Flow,
+    items: &[PlannedItem],
+    held: &mut Held,
+    accept: Option<&str>,
+) -> Result<(), u8> {
+    let batch = &flow.manifest.batch;
+    let source = match &flow.manifest.items {
+        crate::manifest::Items::Csv(src) => src.display.clone(),
+        crate::manifest::Items::Inline(_) => flow.manifest.display.clone(),
+    };
+    if let Ok(Some(then)) = held.store.meta("flow_digest")
+        && then != super::fixed::flow_digest(&flow.manifest)
+    {
+        eprintln!(
+            "error[run.changed-flow]: the manifest's flow, defaults or preflight changed since batch {batch} started; unsent items would be sent otherwise than the batch started with; nothing was sent"
+        );
+        eprintln!(
+            "  hint: restore the manifest's flow, defaults and preflight to continue (limits, retry and notifications may change), or run the changed flow as a new batch (a new `batch:` id)"
+        );
+        return Err(1);
+    }
+    let fixed = match held.store.fixed() {
+        Ok(Some(f)) => f,
+        // A batch started before items were fixed: checked by record in `execute`.
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            eprintln!("error[run.store]: {e}");
+            return Err(2);
+        }
+    };
+    let drift = super::fixed::compare(&fixed, items);
+    if drift.is_empty() {
+        return Ok(());
+    }
+    let Some(reason) = accept else {
+        for l in super::fixed::describe(&drift, &source, batch, 20) {
+            eprintln!("{l}");
+        }
+        if drift.removed.is_empty() && drift.moved.is_empty() {
+            eprintln!(
+                "  or, for a deliberate change of rows never sent: run again with --accept-changes \"<reason>\" (recorded in the batch; status and report show it)"
+            );
+        }
+        return Err(1);
+    };
+    // What may be accepted: rows never sent, changed in place or added at the end.
+    let by_index: HashMap<u64, &super::store::Record> =
+        held.stored.iter().map(|(i, r)| (*i, r)).collect();
+    let index_of: HashMap<&str, usize> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| (it.id.as_str(), i))
+        .collect();
+    let sent: Vec<String> = drift
+        .changed
+        .iter()
+        .filter(|(id, _)| {
+            index_of.get(id.as_str()).is_some_and(|&i| {
+                by_index.get(&(i as u64)).is_some_and(|r| {
+                    r.requests > 0 || !matches!(r.state, super::machine::State::Planned)
+                })
+            })
+        })
+        .map(|(id, line)| format!("{source}:{line}: item {id}"))
+        .collect();
+    if !drift.removed.is_empty() || !drift.moved.is_empty() || !sent.is_empty() {
+        for l in super::fixed::describe(&drift, &source, batch, 20) {
+            eprintln!("{l}");
+        }
+        eprintln!(
+            "error[run.accept-changes]: --accept-changes accepts only rows never sent, changed in place or added at the end; nothing was accepted"
+        );
+        for s in sent.iter().take(20) {
+            eprintln!(
+                "  {s} was already sent with its old content: a correction of it is a new payment, in a new batch"
+            );
+        }
+        if !drift.removed.is_empty() || !drift.moved.is_empty() {
+            eprintln!("  rows removed or moved cannot be accepted: restore their places");
+        }
+        return Err(1);
+    }
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let note = format!("{at} accepted: {reason}");
+    let mut rows: Vec<(u64, super::store::Record)> = Vec::new();
+    for (id, _) in drift.changed.iter().chain(&drift.added) {
+        let Some(&i) = index_of.get(id.as_str()) else {
+            continue;
+        };
+        let it = &items[i];
+        let mut r = by_index.get(&(i as u64)).map_or_else(
+            || {
+                super::store::Record::planned(
+                    &it.id,
+                    &it.key,
+                    &it.digest,
+                    it.line,
+                    it.money.clone(),
+                )
+            },
+            |r| (*r).clone(),
+        );
+        r.digest = it.digest.clone();
+        r.line = it.line;
+        r.money = it.money.clone();
+        r.accepted = Some(note.clone());
+        rows.push((i as u64, r));
+    }
+    let line = serde_json::json!({
+        "at": at,
+        "reason": reason,
+        "changed": drift.changed.iter().map(|(id, line)| format!("{id} ({source}:{line})")).collect::<Vec<_>>(),
+        "added": drift.added.iter().map(|(id, line)| format!("{id} ({source}:{line})")).collect::<Vec<_>>(),
+    })
+    .to_string();
+    let refs: Vec<(u64, &super::store::Record)> = rows.iter().map(|(i, r)| (*i, r)).collect();
+    if let Err(e) = held
+        .store
+        .accept(&super::fixed::entries(items), &refs, &line)
+    {
+        eprintln!("error[run.store]: {e}; nothing was accepted or sent");
+        return Err(2);
+    }
+    eprintln!(
+        "accepted changes to batch {batch} ({reason}): {} changed, {} added; recorded in the batch (`payrun status {batch}`, `payrun report {batch}`)",
+        drift.changed.len(),
+        drift.added.len()
+    );
+    for (i, r) in rows {
+        match held.stored.iter_mut().find(|(j, _)| *j == i) {
+            Some((_, old)) => *old = r,
+            None => held.stored.push((i, r)),
+        }
+    }
+    Ok(())
 }
 
 /// Compares a saved plan's fingerprint with the inputs as they are now.
@@ -460,6 +599,7 @@ fn check_plan(flow: &Flow, plan: &Path) -> Option<u8> {
     None
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn resume(
     registry: &Registry,
     batch: &str,
@@ -469,6 +609,7 @@ pub fn resume(
     ca_file: Option<&Path>,
     sandbox_config: Option<&Path>,
     sandbox_in_memory: bool,
+    accept_changes: Option<&str>,
 ) -> u8 {
     let manifest = match stored_manifest(batch, state_dir) {
         Ok(m) => m,
@@ -490,6 +631,7 @@ pub fn resume(
             ca_file,
             sandbox_config,
             sandbox_in_memory,
+            accept_changes,
         },
     )
 }
@@ -540,45 +682,8 @@ fn execute(
     let (sandbox, state_dir, time_scale) = (o.sandbox, o.state_dir, o.time_scale);
     let manifest_abs = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
     let flow_digest = super::fixed::flow_digest(&flow.manifest);
-    let source_name = match &flow.manifest.items {
-        crate::manifest::Items::Csv(src) => src.display.clone(),
-        crate::manifest::Items::Inline(_) => flow.manifest.display.clone(),
-    };
     let held = match held {
-        Some(h) => {
-            // The whole source against the items the batch started with.
-            match h.store.fixed() {
-                Ok(Some(fixed)) => {
-                    let drift = super::fixed::compare(&fixed, items);
-                    if !drift.is_empty() {
-                        for l in
-                            super::fixed::describe(&drift, &source_name, &flow.manifest.batch, 20)
-                        {
-                            eprintln!("{l}");
-                        }
-                        return 1;
-                    }
-                }
-                Ok(None) => {} // a batch started before items were fixed: checked below, by record
-                Err(e) => {
-                    eprintln!("error[run.store]: {e}");
-                    return 2;
-                }
-            }
-            if let Ok(Some(then)) = h.store.meta("flow_digest")
-                && then != flow_digest
-            {
-                eprintln!(
-                    "error[run.changed-flow]: the manifest's flow, defaults or preflight changed since batch {} started; unsent items would be sent otherwise than the batch started with; nothing was sent",
-                    flow.manifest.batch
-                );
-                eprintln!(
-                    "  hint: restore the manifest's flow, defaults and preflight to continue (limits, retry and notifications may change), or run the changed flow as a new batch (a new `batch:` id)"
-                );
-                return 1;
-            }
-            h
-        }
+        Some(h) => h,
         None => {
             // A new batch: its item set is fixed in the store's very first commit.
             let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);

@@ -56,6 +56,10 @@ pub struct StatusView {
     /// Items paid, then reported failed or returned by the provider: money moved back.
     #[serde(default)]
     pub reversed: Vec<Problem>,
+    /// Items changed or added after the batch started, accepted by an operator
+    /// (`--accept-changes`): "<id> (line N): <when> accepted: <reason>".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted_changes: Vec<String>,
     /// Delayed steps (requests payrun sends after a payout), state name → steps.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub steps: BTreeMap<String, usize>,
@@ -118,6 +122,7 @@ pub fn view(batch: &str, records: &[Record], running: Option<Holder>) -> StatusV
     let mut needs_review = Vec::new();
     let mut failed = Vec::new();
     let mut reversed = Vec::new();
+    let mut accepted_changes = Vec::new();
     let mut steps: BTreeMap<String, usize> = BTreeMap::new();
     let mut items = 0;
     for r in records {
@@ -134,6 +139,11 @@ pub fn view(batch: &str, records: &[Record], running: Option<Holder>) -> StatusV
                 r.id.clone()
             }
         };
+        if let Some(note) = &r.accepted
+            && accepted_changes.len() < LIST
+        {
+            accepted_changes.push(format!("{} (line {}): {note}", r.id, r.line));
+        }
         for (amount, currency) in &r.money {
             let d = Decimal::from_str(amount).unwrap_or_default();
             *sums
@@ -185,6 +195,7 @@ pub fn view(batch: &str, records: &[Record], running: Option<Holder>) -> StatusV
         needs_review,
         failed,
         reversed,
+        accepted_changes,
         running,
         updated: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }
@@ -229,6 +240,9 @@ pub fn render(v: &StatusView) -> String {
             "in doubt (settled by lookup before anything is resent): {}",
             v.in_doubt.join(", ")
         );
+    }
+    for a in &v.accepted_changes {
+        let _ = writeln!(out, "changed after the start, accepted: {a}");
     }
     for (title, list) in [
         ("needs review", &v.needs_review),
@@ -278,6 +292,7 @@ pub fn report_csv(records: &[Record]) -> Vec<u8> {
         "delayed_steps",
         "reference",
         "trace_id",
+        "accepted_change",
     ]);
     // Delayed steps, by item: "path state [code]".
     let mut steps: std::collections::HashMap<&str, Vec<String>> = std::collections::HashMap::new();
@@ -366,6 +381,7 @@ pub fn report_csv(records: &[Record]) -> Vec<u8> {
                 .reference()
                 .map_or_else(|| get("responseid"), str::to_string),
             r.trace.clone().unwrap_or_default(),
+            r.accepted.clone().unwrap_or_default(),
         ];
         let _ = w.write_record(row.iter().map(|c| safe_cell(c)));
     }

@@ -69,6 +69,10 @@ pub struct Record {
     /// The support id of the request that submitted this attempt (Payonic `TraceApi`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
+    /// Set when the item's content was changed or the item was added after the batch started
+    /// and an operator accepted that (`--accept-changes`): when and why, for reviewers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<String>,
 }
 
 fn first_attempt() -> u32 {
@@ -116,6 +120,7 @@ impl Record {
             updated: 0,
             step: None,
             trace: None,
+            accepted: None,
         }
     }
 }
@@ -280,6 +285,39 @@ impl Store {
         let mut s = Store::open(dir, batch)?;
         s.commits = 1;
         Ok(s)
+    }
+
+    /// Records an accepted change of the batch's items in one transaction: the new fixed
+    /// entries, the items' records (marked with the note) and the override in the meta's
+    /// `overrides` list (JSON lines, oldest first).
+    pub fn accept(
+        &mut self,
+        fixed: &[u8],
+        records: &[(u64, &Record)],
+        override_line: &str,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut f = txn.open_table(FIXED).map_err(err)?;
+            f.insert(FIXED_ITEMS, fixed).map_err(err)?;
+            let mut t = txn.open_table(ITEMS).map_err(err)?;
+            for (i, r) in records {
+                let bytes = serde_json::to_vec(r).map_err(err)?;
+                t.insert(*i, bytes.as_slice()).map_err(err)?;
+            }
+            let mut m = txn.open_table(META).map_err(err)?;
+            let mut all = m
+                .get("overrides")
+                .map_err(err)?
+                .map(|v| v.value().to_string())
+                .unwrap_or_default();
+            all.push_str(override_line);
+            all.push('\n');
+            m.insert("overrides", all.as_str()).map_err(err)?;
+        }
+        txn.commit().map_err(err)?;
+        self.commits += 1;
+        Ok(())
     }
 
     /// The fixed item entries of the batch (None: a store from before they were kept).
