@@ -405,5 +405,5 @@ fn a_delayed_step_on_a_branch_not_taken_is_skipped_and_the_run_does_not_wait_for
         state.as_os_str(),
     ])
     .succeeds()
-    .stdout_has(",0.success.0.fail.0 skipped,,\n");
+    .stdout_has(",0.success.0.fail.0 skipped,,,\n");
 }
