@@ -202,6 +202,8 @@ fn scenario(items: usize, time_scale: f64, left: Left) {
             Arc::clone(&obs),
             observe,
         ))
+        // How payrun recognises a sandbox (for --time-scale); not a provider request.
+        .merge(payrun::sandbox::inspection())
         .with_state(Arc::clone(&state));
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

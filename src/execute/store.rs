@@ -171,8 +171,26 @@ impl Store {
     /// Never creates anything.
     pub fn find(dir: &Path, batch: &str) -> Found {
         let path = store_path(dir, batch);
-        if !path.exists() {
+        let Ok(meta) = std::fs::metadata(&path) else {
             return Found::Missing;
+        };
+        // redb writes its header (magic number first) last when it creates a file: without
+        // it, creation never finished. Read directly: opening a large store costs a recovery.
+        let mut magic = [0u8; 9];
+        let has_magic = std::fs::File::open(&path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+            && magic == *b"redb\x1a\x0a\xa9\x0d\x0a";
+        if !has_magic {
+            return Found::Unfinished(format!(
+                "it was never completed (no redb header in its {} bytes)",
+                meta.len()
+            ));
+        }
+        // A store an older payrun created and was killed before starting the batch in is
+        // small (empty tables); a large one is a started batch.
+        if meta.len() > 1 << 20 {
+            return Found::Ready;
         }
         match Database::open(&path) {
             Ok(db) => {

@@ -21,6 +21,7 @@ pub mod sharded;
 pub mod tls;
 
 pub use config::{Faults, SandboxConfig};
+pub use server::inspection;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};

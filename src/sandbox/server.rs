@@ -30,8 +30,7 @@ pub fn router(state: Arc<State>, payonic: Arc<super::payonic::Ctx>) -> Router {
         .nest("/paysend", super::paysend::routes())
         .nest("/payonic", super::payonic::routes(Arc::clone(&payonic)))
         .merge(super::payonic::admin_routes(payonic))
-        .route("/__sandbox/ledger", get(ledger))
-        .route("/__sandbox/counters", get(counters))
+        .merge(inspection())
         .route(
             "/__sandbox/reset",
             post(move |st: AxState<Arc<State>>| async move {
@@ -44,6 +43,14 @@ pub fn router(state: Arc<State>, payonic: Arc<super::payonic::Ctx>) -> Router {
         )
         .layer(middleware::from_fn_with_state(Arc::clone(&state), count))
         .with_state(state)
+}
+
+/// The sandbox's ledger and counters (`/__sandbox/ledger`, `/__sandbox/counters`): also how
+/// payrun recognises a sandbox (`--time-scale` is for sandboxes only).
+pub fn inspection() -> Router<Arc<State>> {
+    Router::new()
+        .route("/__sandbox/ledger", get(ledger))
+        .route("/__sandbox/counters", get(counters))
 }
 
 /// Counts every request by method, path pattern and status.
