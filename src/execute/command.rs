@@ -244,13 +244,9 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         super::store::Found::Ready => true,
         // Killed while its store was being created (older payruns): nothing was sent for it.
         super::store::Found::Unfinished(why) => {
-            let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            let _lock = match super::lock::Lock::take(o.state_dir, &flow.manifest.batch, &started) {
+            let _lock = match take_lock(&flow.manifest.batch, o.state_dir) {
                 Ok(l) => l,
-                Err(m) => {
-                    eprintln!("error[run.locked]: {m}");
-                    return 2;
-                }
+                Err(code) => return code,
             };
             match Store::set_aside(o.state_dir, &flow.manifest.batch) {
                 Ok(to) => eprintln!(
@@ -644,18 +640,20 @@ struct Held {
 }
 
 /// Takes the batch's lock, then opens and reads its store (creating it when `create`).
-fn hold(batch: &str, state_dir: &Path) -> Result<Held, u8> {
+/// Takes the batch's lock, or says who holds it (exit code 2).
+fn take_lock(batch: &str, state_dir: &Path) -> Result<super::lock::Lock, u8> {
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let lock = match super::lock::Lock::take(state_dir, batch, &started) {
-        Ok(l) => l,
-        Err(m) => {
-            eprintln!("error[run.locked]: {m}");
-            eprintln!(
-                "  hint: one runner per batch; if that process is gone, `payrun unlock {batch} --force`"
-            );
-            return Err(2);
-        }
-    };
+    super::lock::Lock::take(state_dir, batch, &started).map_err(|m| {
+        eprintln!("error[run.locked]: {m}");
+        eprintln!(
+            "  hint: one runner per batch; if that process is gone, `payrun unlock {batch} --force`"
+        );
+        2
+    })
+}
+
+fn hold(batch: &str, state_dir: &Path) -> Result<Held, u8> {
+    let lock = take_lock(batch, state_dir)?;
     let store = Store::open(state_dir, batch).map_err(|e| {
         eprintln!("error[run.store]: {e}");
         2u8
@@ -681,19 +679,16 @@ fn execute(
 ) -> u8 {
     let (sandbox, state_dir, time_scale) = (o.sandbox, o.state_dir, o.time_scale);
     let manifest_abs = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
-    let flow_digest = super::fixed::flow_digest(&flow.manifest);
     let held = match held {
         Some(h) => h,
         None => {
             // A new batch: its item set is fixed in the store's very first commit.
-            let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            let lock = match super::lock::Lock::take(state_dir, &flow.manifest.batch, &started) {
+            let lock = match take_lock(&flow.manifest.batch, state_dir) {
                 Ok(l) => l,
-                Err(m) => {
-                    eprintln!("error[run.locked]: {m}");
-                    return 2;
-                }
+                Err(code) => return code,
             };
+            let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let flow_digest = super::fixed::flow_digest(&flow.manifest);
             let fixed = super::fixed::entries(items);
             let count = items.len().to_string();
             let store = match Store::create(
