@@ -174,7 +174,9 @@ fn a_run_killed_in_its_first_milliseconds_never_bricks_the_batch() {
     let sandbox = sandbox().start();
     // At named instants of starting a batch: lock written, store being created, store in place.
     for point in ["lock-written", "store-create", "store-created"] {
-        let batch = Batch::payroll(&sandbox).named(&format!("early-{point}"));
+        let batch = Batch::payroll(&sandbox)
+            .named(&format!("early-{point}"))
+            .packs_of(10);
         batch.run().env("PAYRUN_CRASH_AT", point).dies_by_sigkill();
         if point == "store-created" {
             let s = batch
@@ -187,10 +189,12 @@ fn a_run_killed_in_its_first_milliseconds_never_bricks_the_batch() {
             batch.run().succeeds();
         }
     }
-    // And at whatever instant a real kill lands in the first 60 ms, 12 times over.
-    let batch = Batch::payroll(&sandbox).named("early-kills");
+    // And at whatever instant a real kill lands in the first 60 ms, 20 times over.
+    // At 100 requests a second: after many early kills every item may be in doubt, and each
+    // is looked up on its own (the example's 5 a second would make that 10 s and more).
+    let batch = Batch::payroll(&sandbox).named("early-kills").packs_of(10);
     let store = batch.dir.path().join("state/early-kills.redb");
-    for i in 0..12u64 {
+    for i in 0..20u64 {
         let mut run = batch.run().spawn();
         std::thread::sleep(Duration::from_millis(5 + (i * 37) % 56));
         run.signal(libc::SIGKILL);
