@@ -110,13 +110,18 @@ impl Paysend {
     }
 
     pub fn reset(&self) {
+        self.forget();
+        self.fund();
+    }
+
+    /// Everything the emulation remembers, gone (a reset; or a journaled one, replayed).
+    fn forget(&self) {
         self.requests.clear();
         self.by_global.clear();
         self.invoices.clear();
         self.payments.clear();
         self.balances.clear();
         self.attempts.clear();
-        self.fund();
     }
 
     /// A fresh provider id, unique within the sandbox's life (and its state file's), shaped
@@ -183,14 +188,7 @@ impl Paysend {
             } if provider == "paysend" => {
                 self.attempts.shard(identity).insert(identity.clone(), *n);
             }
-            R::Reset => {
-                self.requests.clear();
-                self.by_global.clear();
-                self.invoices.clear();
-                self.payments.clear();
-                self.balances.clear();
-                self.attempts.clear();
-            }
+            R::Reset => self.forget(),
             _ => {}
         }
         None
