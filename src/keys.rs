@@ -47,8 +47,31 @@ pub fn attempt_key(item_key: &str, n: u32) -> String {
 pub fn on_wire(key: &str, format: crate::schema::KeyFormat) -> String {
     match format {
         crate::schema::KeyFormat::Uuid => key.to_string(),
-        crate::schema::KeyFormat::Hex => key.replace('-', ""),
+        crate::schema::KeyFormat::Hex | crate::schema::KeyFormat::Keyed => key.replace('-', ""),
     }
+}
+
+/// Where an item's idempotency key stands in a request of a provider with `keys: keyed`: the
+/// value is only known to the run (it needs the batch's secret), so plans show this and the
+/// adapter fills it in when it sends.
+pub const KEYED: &str = "${keyed_idempotency_key}";
+
+/// An item's idempotency key as a request carries it (`${idempotency_key}`): see `on_wire`;
+/// for `keys: keyed`, the `KEYED` placeholder.
+pub fn idempotency_on_wire(key: &str, format: crate::schema::KeyFormat) -> String {
+    match format {
+        crate::schema::KeyFormat::Keyed => KEYED.to_string(),
+        other => on_wire(key, other),
+    }
+}
+
+/// The key a provider without signatures or idempotency sees (Payonic's `note`): HMAC-SHA256
+/// of the item key under the batch's secret, as 32 hex digits. Knowing the batch and the item
+/// ids is not enough to compute it; the same secret gives the same value on every resume.
+pub fn keyed(secret: &[u8], key: &str) -> String {
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let tag = ring::hmac::sign(&k, key.as_bytes());
+    hex_lower(&tag.as_ref()[..16])
 }
 
 /// Lower-case hex, table driven (the `hex` crate's iterator is slow on hot paths).

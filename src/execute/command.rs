@@ -161,6 +161,8 @@ fn timings(scale: f64) -> Timings {
         max_lookups: 20,
         max_polls: None,
         poll_backoff: 1.0,
+        settle: Duration::ZERO,
+        reversals: true,
     }
 }
 
@@ -691,19 +693,25 @@ fn execute(
             let flow_digest = super::fixed::flow_digest(&flow.manifest);
             let fixed = super::fixed::entries(items);
             let count = items.len().to_string();
-            let store = match Store::create(
-                state_dir,
-                &flow.manifest.batch,
-                &[
-                    ("manifest", &manifest_abs.to_string_lossy()),
-                    ("batch", &flow.manifest.batch),
-                    ("provider", &flow.provider.name),
-                    ("flow_digest", &flow_digest),
-                    ("items", &count),
-                    ("started", &started),
-                ],
-                &fixed,
-            ) {
+            // Keyed keys: the batch's secret is durable before the store that says it is used.
+            let keyed = flow.provider.keys == crate::schema::KeyFormat::Keyed;
+            if keyed && let Err(m) = super::secret::for_new_batch(state_dir, &flow.manifest.batch) {
+                eprintln!("error[run.secret]: {m}; nothing was sent");
+                return 2;
+            }
+            let manifest_text = manifest_abs.to_string_lossy();
+            let mut meta: Vec<(&str, &str)> = vec![
+                ("manifest", &manifest_text),
+                ("batch", &flow.manifest.batch),
+                ("provider", &flow.provider.name),
+                ("flow_digest", &flow_digest),
+                ("items", &count),
+                ("started", &started),
+            ];
+            if keyed {
+                meta.push((super::secret::META, super::secret::KEYED_V1));
+            }
+            let store = match Store::create(state_dir, &flow.manifest.batch, &meta, &fixed) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("error[run.store]: {e}; nothing was sent");
@@ -722,6 +730,30 @@ fn execute(
         mut store,
         mut stored,
     } = held;
+    // The batch's secret, for keyed keys; a batch started before keys were keyed has none.
+    let note_secret = match store.meta(super::secret::META) {
+        Ok(Some(v)) if v == super::secret::KEYED_V1 => {
+            match super::secret::read(state_dir, &flow.manifest.batch) {
+                Ok(s) => Some(s),
+                Err(m) => {
+                    eprintln!("error[run.secret]: {m}");
+                    return 2;
+                }
+            }
+        }
+        Ok(Some(other)) => {
+            eprintln!(
+                "error[run.secret]: the batch's keys are `{other}`, which this payrun does not know; nothing was sent"
+            );
+            eprintln!("  hint: resume it with the payrun version that started it");
+            return 2;
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("error[run.store]: {e}; nothing was sent");
+            return 2;
+        }
+    };
     // `--retry-failed`: each chosen item starts a new attempt with a new key; the old key and
     // how it ended are kept. Committed before anything is sent.
     if !attempts.is_empty() {
@@ -963,6 +995,14 @@ fn execute(
                 .finalize();
             let token = crate::keys::hex_lower(&digest[..16]);
             credentials.insert("notify_token".into(), token);
+        }
+        match &note_secret {
+            Some(s) => {
+                credentials.insert("note_secret".into(), crate::keys::hex_lower(s));
+            }
+            None => {
+                credentials.insert("legacy_notes".into(), String::new());
+            }
         }
         let adapter = match crate::providers::adapter(flow, &credentials, callback, &base_url) {
             Ok(a) => a,

@@ -65,6 +65,10 @@ pub enum State {
         since: Millis,
         at: Millis,
         lookups: u32,
+        /// Lookups asked once the settle window had passed whose answers did not list the
+        /// request (`Verdict::Unlisted`): the second confirms it was never processed.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        unlisted: u32,
     },
     Succeeded {
         ids: BTreeMap<String, String>,
@@ -175,7 +179,14 @@ pub enum Verdict {
     /// It may have been processed; nobody knows (timeout, dropped connection).
     InDoubt,
     /// A lookup was taken; its answer comes later, by notification (Payonic's Payment API).
+    /// Also: the provider lists the request as not final yet (Payonic `pending`).
     Pending,
+    /// The answer to a lookup asked at `asked` does not list the request: for a provider
+    /// without idempotency, "not processed" only once the settle window (`Timings::settle`)
+    /// had passed when it was asked, and confirmed by a second such lookup.
+    Unlisted {
+        asked: Millis,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,6 +230,14 @@ pub struct Timings {
     /// Each further lookup of a waiting or in-doubt item waits this many times longer than the
     /// one before (1: every `poll_every`), never longer than `review_every`.
     pub poll_backoff: f64,
+    /// How long after a request of an item in doubt a lookup must be asked before its "not
+    /// listed" (`Verdict::Unlisted`) can mean "never processed" (a provider may list an
+    /// operation only once it is processed). Two such answers are needed before a resend.
+    pub settle: Duration,
+    /// What a failure reported after a success means: money moved back (`Reversed`, Paysend's
+    /// documented returns) when true; otherwise two contradicting reports a person must look
+    /// at (Payonic documents no reversal).
+    pub reversals: bool,
 }
 
 impl Timings {
@@ -295,6 +314,7 @@ pub fn step(
                     since: *since,
                     at,
                     lookups: 0,
+                    unlisted: 0,
                 },
                 vec![Effect::WakeAt(at)],
             )
@@ -345,6 +365,23 @@ fn contradicted(
     t: &Timings,
 ) -> Option<(State, Vec<Effect>)> {
     match (state, verdict) {
+        (State::Succeeded { .. }, Verdict::Failed { code, description }) if !t.reversals => {
+            Some(review(
+                1,
+                "contradicted".into(),
+                format!(
+                    "recorded paid, then reported failed ({code}{}): the provider's reports disagree",
+                    if description.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {description}")
+                    }
+                ),
+                now,
+                t,
+                None,
+            ))
+        }
         (State::Succeeded { ids, at }, Verdict::Failed { code, description }) => Some((
             State::Reversed {
                 ids: ids.clone(),
@@ -398,7 +435,24 @@ fn look_again(state: &State, now: Millis, t: &Timings) -> (State, Vec<Effect>) {
             *poll_at = plus(now, t.gap(*polls));
             *poll_at
         }
-        State::InDoubt { at, lookups, .. } => {
+        State::InDoubt {
+            at,
+            lookups,
+            attempt,
+            unlisted,
+            ..
+        } => {
+            // Asked often enough without an answer that settles it: a person looks.
+            if *lookups >= t.max_lookups {
+                return review(
+                    *attempt,
+                    "in-doubt".into(),
+                    unsettled(*lookups, *unlisted),
+                    now,
+                    t,
+                    None,
+                );
+            }
             *lookups += 1;
             *at = plus(now, t.gap(*lookups));
             *at
@@ -464,6 +518,7 @@ fn in_doubt(
     since: Millis,
     now: Millis,
     lookups: u32,
+    unlisted: u32,
     t: &Timings,
 ) -> (State, Vec<Effect>) {
     // The first lookup waits out the propagation delay: before it, "not found" means nothing.
@@ -474,6 +529,64 @@ fn in_doubt(
             since,
             at,
             lookups,
+            unlisted,
+        },
+        vec![Effect::WakeAt(at)],
+    )
+}
+
+/// Why an item in doubt goes to a person after `lookups` lookups.
+fn unsettled(lookups: u32, unlisted: u32) -> String {
+    match unlisted {
+        0 => format!("the outcome is still unknown after {lookups} lookups"),
+        _ => format!(
+            "not listed by the provider after the settle window, but {lookups} lookups could \
+             not confirm it twice: it may still have been processed, so it is not sent again"
+        ),
+    }
+}
+
+/// "Not listed" in the answer to a lookup asked at `asked`, about an item in doubt since
+/// `since`. Before the settle window passed it means nothing (the provider may list an
+/// operation only once processed): the next lookup is moved to the window's end. After it, the
+/// first such answer is noted and confirmed by another lookup; the second sends the item again
+/// (with the same key).
+#[allow(clippy::too_many_arguments)]
+fn unlisted_after(
+    attempt: u32,
+    since: Millis,
+    lookups: u32,
+    unlisted: u32,
+    asked: Millis,
+    now: Millis,
+    t: &Timings,
+) -> (State, Vec<Effect>) {
+    let window = plus(since, t.settle.max(t.propagation));
+    if asked < window {
+        let at = plus(now, t.gap(lookups.max(1))).min(window).max(now);
+        return (
+            State::InDoubt {
+                attempt,
+                since,
+                at,
+                lookups,
+                unlisted,
+            },
+            vec![Effect::WakeAt(at)],
+        );
+    }
+    if unlisted + 1 >= 2 {
+        return send(attempt + 1, now);
+    }
+    // Confirmed by a lookup one wait later.
+    let at = plus(now, t.poll_every);
+    (
+        State::InDoubt {
+            attempt,
+            since,
+            at,
+            lookups,
+            unlisted: unlisted + 1,
         },
         vec![Effect::WakeAt(at)],
     )
@@ -509,6 +622,7 @@ fn after_send(
                     since: now,
                     at,
                     lookups: 0,
+                    unlisted: 0,
                 },
                 vec![Effect::WakeAt(at)],
             )
@@ -552,9 +666,11 @@ fn after_send(
                 ),
             }
         }
-        Verdict::InDoubt | Verdict::NotYetVisible | Verdict::Unknown | Verdict::Pending => {
-            fresh_doubt(attempt, now, t)
-        }
+        Verdict::InDoubt
+        | Verdict::NotYetVisible
+        | Verdict::Unknown
+        | Verdict::Pending
+        | Verdict::Unlisted { .. } => fresh_doubt(attempt, now, t),
     }
 }
 
@@ -567,6 +683,7 @@ fn fresh_doubt(attempt: u32, now: Millis, t: &Timings) -> (State, Vec<Effect>) {
             since: now,
             at,
             lookups: 0,
+            unlisted: 0,
         },
         vec![Effect::WakeAt(at)],
     )
@@ -637,16 +754,34 @@ fn observed(state: &State, verdict: Verdict, now: Millis, t: &Timings) -> (State
         Verdict::Unknown => match state {
             // The provider has no record of the key once it could have one: send again, with
             // the same key.
-            State::InDoubt { since, lookups, .. } => {
+            State::InDoubt {
+                since,
+                lookups,
+                unlisted,
+                ..
+            } => {
                 if now >= plus(*since, t.propagation) {
                     send(attempt + 1, now)
                 } else {
-                    in_doubt(attempt, *since, now, *lookups, t)
+                    in_doubt(attempt, *since, now, *lookups, *unlisted, t)
                 }
             }
             // The provider no longer finds an accepted request by its reference (Paysend: the
             // globalId window passed): look the key up instead.
-            State::Submitted { since, .. } => in_doubt(attempt, *since, now, 0, t),
+            State::Submitted { since, .. } => in_doubt(attempt, *since, now, 0, 0, t),
+            _ => (
+                state.clone(),
+                state.due().map(Effect::WakeAt).into_iter().collect(),
+            ),
+        },
+        // Not listed, by a provider that gives no idempotency: see `unlisted_after`.
+        Verdict::Unlisted { asked } => match state {
+            State::InDoubt {
+                since,
+                lookups,
+                unlisted,
+                ..
+            } => unlisted_after(attempt, *since, *lookups, *unlisted, asked, now, t),
             _ => (
                 state.clone(),
                 state.due().map(Effect::WakeAt).into_iter().collect(),
@@ -666,6 +801,7 @@ fn observed(state: &State, verdict: Verdict, now: Millis, t: &Timings) -> (State
                 since: now,
                 at: now,
                 lookups: 0,
+                unlisted: 0,
             },
             vec![Effect::WakeAt(now)],
         ),
@@ -673,18 +809,23 @@ fn observed(state: &State, verdict: Verdict, now: Millis, t: &Timings) -> (State
         | Verdict::RetryLater { .. }
         | Verdict::InDoubt
         | Verdict::AlreadyExists => match state {
-            State::InDoubt { since, lookups, .. } => {
+            State::InDoubt {
+                since,
+                lookups,
+                unlisted,
+                ..
+            } => {
                 if *lookups >= t.max_lookups {
                     review(
                         attempt,
                         "in-doubt".into(),
-                        format!("the outcome is still unknown after {lookups} lookups"),
+                        unsettled(*lookups, *unlisted),
                         now,
                         t,
                         None,
                     )
                 } else {
-                    in_doubt(attempt, *since, now, *lookups, t)
+                    in_doubt(attempt, *since, now, *lookups, *unlisted, t)
                 }
             }
             _ => (
@@ -726,6 +867,8 @@ mod tests {
             max_lookups: 3,
             max_polls: None,
             poll_backoff: 1.0,
+            settle: Duration::ZERO,
+            reversals: true,
         }
     }
 
@@ -1396,6 +1539,7 @@ mod tests {
             since: 5,
             at: 9,
             lookups: 1,
+            unlisted: 0,
         };
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(
@@ -1403,5 +1547,141 @@ mod tests {
             r#"{"state":"in_doubt","attempt":2,"since":5,"at":9,"lookups":1}"#
         );
         assert_eq!(serde_json::from_str::<State>(&json).unwrap(), s);
+    }
+
+    /// Payonic-like timings: no idempotency, a settle window of 10 minutes, no reversals.
+    fn no_idempotency() -> Timings {
+        Timings {
+            propagation: Duration::from_secs(5),
+            poll_every: Duration::from_secs(60),
+            settle: Duration::from_secs(600),
+            reversals: false,
+            max_lookups: 10,
+            poll_backoff: 2.0,
+            ..timings()
+        }
+    }
+
+    /// An item in doubt since `since` (a 5xx to its request at that time).
+    fn in_doubt_since(since: Millis, t: &Timings) -> State {
+        let (s, _) = step(
+            &State::Sending { attempt: 1, since },
+            Event::Sent {
+                verdict: Verdict::InDoubt,
+                now: since,
+            },
+            &policy(),
+            t,
+        );
+        assert!(matches!(s, State::InDoubt { .. }), "{s:?}");
+        s
+    }
+
+    fn unlisted(s: &State, asked: Millis, now: Millis, t: &Timings) -> (State, Vec<Effect>) {
+        step(
+            s,
+            Event::Observed {
+                verdict: Verdict::Unlisted { asked },
+                now,
+            },
+            &policy(),
+            t,
+        )
+    }
+
+    #[test]
+    fn not_listed_before_the_settle_window_sends_nothing_and_moves_the_next_lookup_to_its_end() {
+        let t = no_idempotency();
+        let s = in_doubt_since(0, &t);
+        let (s, fx) = unlisted(&s, 5 * SEC, 6 * SEC, &t);
+        assert_eq!(sends(&[fx]), 0);
+        match s {
+            State::InDoubt { at, unlisted, .. } => {
+                assert_eq!(unlisted, 0, "an answer before the window confirms nothing");
+                assert!(at <= 10 * MIN, "asked again by the window's end: {at}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn not_listed_is_trusted_only_after_the_settle_window_and_confirmed_by_a_second_lookup() {
+        let t = no_idempotency();
+        let s = in_doubt_since(0, &t);
+        // Asked before the window's end, answered after it: still nothing.
+        let (s, fx) = unlisted(&s, 10 * MIN - 1, 10 * MIN + SEC, &t);
+        assert_eq!(sends(&[fx]), 0);
+        let (s, fx) = unlisted(&s, 10 * MIN, 10 * MIN + SEC, &t);
+        assert_eq!(
+            sends(std::slice::from_ref(&fx)),
+            0,
+            "one lookup is no proof"
+        );
+        assert!(matches!(s, State::InDoubt { unlisted: 1, .. }), "{s:?}");
+        let (s, fx) = unlisted(&s, 11 * MIN, 11 * MIN + SEC, &t);
+        assert_eq!(
+            sends(&[fx]),
+            1,
+            "confirmed twice: sent again, with the same key"
+        );
+        assert!(matches!(s, State::Sending { attempt: 2, .. }), "{s:?}");
+    }
+
+    #[test]
+    fn an_item_in_doubt_whose_lookups_never_settle_it_goes_to_a_person_saying_why() {
+        let t = no_idempotency();
+        let mut s = in_doubt_since(0, &t);
+        s = unlisted(&s, 10 * MIN, 10 * MIN + SEC, &t).0;
+        let mut now = 10 * MIN;
+        for _ in 0..=t.max_lookups {
+            now = s.due().unwrap_or(now).max(now);
+            s = step(&s, Event::Tick { now }, &policy(), &t).0;
+        }
+        match s {
+            State::NeedsReview {
+                code, description, ..
+            } => {
+                assert_eq!(code, "in-doubt");
+                assert!(description.contains("not listed"), "{description}");
+                assert!(description.contains("not sent again"), "{description}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failure_reported_after_a_success_goes_to_review_where_the_provider_has_no_reversals() {
+        let t = no_idempotency();
+        let paid = State::Succeeded {
+            ids: BTreeMap::new(),
+            at: 1,
+        };
+        let declined = Verdict::Failed {
+            code: "51".into(),
+            description: "declined".into(),
+        };
+        let (s, _) = step(
+            &paid,
+            Event::Observed {
+                verdict: declined.clone(),
+                now: 2,
+            },
+            &policy(),
+            &t,
+        );
+        assert!(
+            matches!(&s, State::NeedsReview { code, .. } if code == "contradicted"),
+            "{s:?}"
+        );
+        let (s, _) = step(
+            &paid,
+            Event::Observed {
+                verdict: declined,
+                now: 2,
+            },
+            &policy(),
+            &timings(),
+        );
+        assert!(matches!(s, State::Reversed { .. }), "{s:?}");
     }
 }

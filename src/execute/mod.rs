@@ -6,7 +6,8 @@
 //! group commit, notifications, provider adapters); `command` is `run`, `resume`, `status`,
 //! `report`, `list` and `unlock`; `outlook` is what one `run` will send (its start line and
 //! confirm prompt); `http` builds the HTTP client that reaches a provider (TLS, proxies) and puts
-//! its failures into words; `crash` holds the crash points the crash tests use.
+//! its failures into words; `secret` keeps a batch's own secret (keyed keys); `crash` holds the
+//! crash points the crash tests use.
 
 pub mod backoff;
 pub mod command;
@@ -19,5 +20,6 @@ pub mod outlook;
 pub mod pace;
 pub mod progress;
 pub mod runner;
+pub mod secret;
 pub mod status;
 pub mod store;

@@ -447,6 +447,7 @@ mod tests {
             since: T0,
             at,
             lookups,
+            unlisted: 0,
         }
     }
 

@@ -109,8 +109,9 @@ pub fn rfc3339(ms: Millis) -> String {
 enum Outcome {
     Sent(Vec<(usize, Verdict)>),
     Observed(Vec<(usize, Verdict)>),
-    /// A lookup of this unit was taken under this reference; its answer comes by notification.
-    Asked(usize, String),
+    /// A lookup of this unit, made at this time, was taken under this reference; its answer
+    /// comes by notification.
+    Asked(usize, String, Millis),
     /// An authentic notification, the SHA-256 of its path and body, and who waits to answer it
     /// (with this HTTP status) until it is journaled.
     Notice(Notice, [u8; 32], tokio::sync::oneshot::Sender<u16>),
@@ -402,9 +403,12 @@ struct Book {
     lookups: Vec<usize>,
     /// Items by key, as notifications name them (built when notifications can arrive).
     by_key: HashMap<String, usize>,
-    /// Lookups whose answer comes as a `Notice::Subject`: the units that asked, by the lookup's
-    /// reference.
-    asked: HashMap<String, Vec<usize>>,
+    /// Lookups whose answer comes as a `Notice::Subject` and has not come yet: the units that
+    /// asked and when, by the lookup's reference.
+    asked: HashMap<String, (Vec<usize>, Millis)>,
+    /// Lookups whose answer came: a later answer under the same reference (a copy, or the
+    /// genuine one after a forgery) is still taken, so a contradiction is seen.
+    answered: HashSet<String>,
     /// The last journaled notice acted on since the last commit (committed with the states).
     applied: Option<u64>,
     /// Notifications that came before the answer they follow (`Rejection::NotYet`): the notice,
@@ -713,7 +717,6 @@ impl Book {
                         .iter()
                         .any(|s| self.waiting_for(&format!("{rid}@{s}")).next().is_some())
                 });
-                let mut ours = 0;
                 for (key, _, claims) in found {
                     if let Some(&i) = self.by_key.get(&key.replace('-', "")) {
                         if let Some(why) = contradiction(self.sent(items, i), claims) {
@@ -722,17 +725,18 @@ impl Book {
                                 self.recs[i].id
                             )));
                         }
-                        ours += 1;
                     }
                 }
-                // Outcomes listed under our keys are news whoever asked; "not listed" means
-                // "never processed" only in the answer to a lookup payrun made.
-                if reconciles || rid.is_some_and(|rid| self.asked.contains_key(rid)) || ours > 0 {
+                // Taken only as the answer to a lookup payrun made (or a reconciliation item's
+                // own request): a listing posted by anyone else proves nothing.
+                let ours = rid
+                    .is_some_and(|rid| self.asked.contains_key(rid) || self.answered.contains(rid));
+                if reconciles || ours {
                     Ok(())
                 } else {
                     Err(Rejection::NotYet(
-                        "a payment notification answering no request of this run \
-                         (unknown responseid) and listing none of its operations"
+                        "a payment notification answering no lookup of this run \
+                         (unknown responseid)"
                             .into(),
                     ))
                 }
@@ -779,14 +783,28 @@ impl Book {
                 }
             }
             // The outcome of an accepted request, for the item waiting for exactly it.
+            // The outcome of an accepted request, for the item waiting for exactly it — or that
+            // ended since it was accepted under it: a later report that contradicts the end is
+            // news (the machine keeps a copy of the same outcome from changing anything).
             Notice::Reference {
                 candidates,
                 verdict,
                 ..
             } => {
                 for c in &candidates {
-                    let waiting: Vec<usize> = self.waiting_for(c).collect();
-                    for i in waiting {
+                    let concerned: Vec<usize> = self
+                        .groups
+                        .get(c)
+                        .map(Vec::as_slice)
+                        .unwrap_or(&[])
+                        .iter()
+                        .copied()
+                        .filter(|&i| {
+                            let s = &self.recs[i].state;
+                            s.is_final() || s.reference() == Some(c.as_str())
+                        })
+                        .collect();
+                    for i in concerned {
                         observe(self, i, verdict.clone());
                     }
                 }
@@ -815,13 +833,18 @@ impl Book {
                         observe(self, i, verdict);
                     }
                 }
-                let asked = answered
-                    .as_ref()
-                    .and_then(|(rid, _)| self.asked.remove(rid))
-                    .unwrap_or_default();
-                for i in asked {
-                    if !listed.contains(&i) && matches!(self.recs[i].state, State::InDoubt { .. }) {
-                        observe(self, i, Verdict::Unknown);
+                // Not listed: what that means is the machine's to say (a provider without
+                // idempotency needs the settle window and a second lookup).
+                if let Some((rid, _)) = &answered
+                    && let Some((units, at)) = self.asked.remove(rid)
+                {
+                    self.answered.insert(rid.clone());
+                    for i in units {
+                        if !listed.contains(&i)
+                            && matches!(self.recs[i].state, State::InDoubt { .. })
+                        {
+                            observe(self, i, Verdict::Unlisted { asked: at });
+                        }
                     }
                 }
             }
@@ -903,6 +926,7 @@ pub async fn run(
         lookups: Vec::new(),
         by_key: HashMap::new(),
         asked: HashMap::new(),
+        answered: HashSet::new(),
         applied: None,
         held: Vec::new(),
         notices: NoticeCounts::default(),
@@ -987,7 +1011,7 @@ pub async fn run(
             .iter()
             .enumerate()
             .filter(|(_, r)| r.step.is_none())
-            .map(|(i, r)| (r.key.replace('-', ""), i))
+            .map(|(i, r)| (adapter.wire_key(&r.key), i))
             .collect();
     }
     let now = now_ms();
@@ -1104,6 +1128,10 @@ pub async fn run(
                         Some(v) => v,
                         None => &items[book.units[u].0].payload,
                     },
+                    attempt: match &book.recs[u].state {
+                        State::Sending { attempt, .. } => *attempt,
+                        _ => book.recs[u].requests,
+                    },
                 })
                 .collect();
             // Paysend's idempotency is header.request.id *and* header.request.date: a pack sent
@@ -1154,6 +1182,7 @@ pub async fn run(
                                 &[Outgoing {
                                     key: &book.recs[i].key,
                                     payload: &payload,
+                                    attempt: book.recs[i].requests,
                                 }],
                                 &rfc3339(now),
                             );
@@ -1202,7 +1231,7 @@ pub async fn run(
                         }
                         let verdict = adapter.classify_key_lookup(&answer);
                         if let Some(reference) = adapter.lookup_reference(&answer) {
-                            let _ = wire.tx.send(Outcome::Asked(i, reference));
+                            let _ = wire.tx.send(Outcome::Asked(i, reference, now));
                         }
                         let _ = wire.tx.send(Outcome::Observed(vec![(i, verdict)]));
                     });
@@ -1211,13 +1240,18 @@ pub async fn run(
         }
         for (group, members) in by_group {
             requests += 1;
-            let req = adapter.group_lookup(&group);
+            let seq = members
+                .iter()
+                .map(|&(i, _)| book.recs[i].requests)
+                .max()
+                .unwrap_or(0);
+            let req = adapter.group_lookup(&group, seq, &rfc3339(now));
             let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
             tokio::spawn(async move {
                 let (_slot, answer) = wire.exchange(req, false).await;
                 if let Some(reference) = adapter.lookup_reference(&answer) {
                     for &(i, _) in &members {
-                        let _ = wire.tx.send(Outcome::Asked(i, reference.clone()));
+                        let _ = wire.tx.send(Outcome::Asked(i, reference.clone(), now));
                     }
                 }
                 let n = members.iter().map(|(_, p)| p + 1).max().unwrap_or(1);
@@ -1244,7 +1278,16 @@ pub async fn run(
                 adapter,
             );
         }
-        if book.in_flight.is_empty() && (stopping || (book.open == 0 && book.ready.is_empty())) {
+        // A run that asked the provider something waits for the answers (they come by
+        // notification), up to a notification's deadline, before it ends: an item under review
+        // is settled by them.
+        let awaited = book
+            .asked
+            .values()
+            .any(|(_, at)| now_ms() < at.saturating_add(timings.poll_every.as_millis() as u64));
+        if book.in_flight.is_empty()
+            && (stopping || (book.open == 0 && book.ready.is_empty() && !awaited))
+        {
             break;
         }
         // Wait for an answer, the next due time, or a stop.
@@ -1277,8 +1320,10 @@ pub async fn run(
                     (l, true)
                 }
                 Outcome::Observed(l) => (l, false),
-                Outcome::Asked(i, reference) => {
-                    book.asked.entry(reference).or_default().push(i);
+                Outcome::Asked(i, reference, at) => {
+                    let entry = book.asked.entry(reference).or_insert((Vec::new(), at));
+                    entry.0.push(i);
+                    entry.1 = entry.1.min(at);
                     continue;
                 }
                 Outcome::Notice(n @ Notice::Group(_), _, ack) => {

@@ -441,6 +441,7 @@ mod tests {
                     since: 0,
                     at: 0,
                     lookups: 0,
+                    unlisted: 0,
                 },
                 "7",
             ),

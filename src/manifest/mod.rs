@@ -178,6 +178,7 @@ pub struct Notifications {
     pub public_url: Option<String>,
     pub deadline: Option<Duration>,
     pub lookups: Option<u32>,
+    pub settle: Option<Duration>,
 }
 
 mod humantime_serde_compat {
@@ -550,6 +551,13 @@ fn check(
             Duration::ZERO,
         )
     });
+    let settle = n.settle.as_ref().map(|_| {
+        c.duration(
+            &[key("notifications"), key("settle")],
+            &n.settle,
+            Duration::ZERO,
+        )
+    });
     if n.lookups == Some(0) {
         c.error(
             &[key("notifications"), key("lookups")],
@@ -564,6 +572,7 @@ fn check(
         public_url: n.public_url.clone(),
         deadline,
         lookups: n.lookups,
+        settle,
     };
     let signature = match raw
         .signature

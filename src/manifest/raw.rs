@@ -141,4 +141,8 @@ pub struct RawNotifications {
     /// How many times payrun asks about an accepted request whose notification never came
     /// before a person is asked to look; default: the provider's own.
     pub lookups: Option<u32>,
+    /// How long after a request of an item in doubt the provider's "not listed" may mean
+    /// "never processed" (provider time), for a provider without idempotency (Payonic);
+    /// default: the provider's own (Payonic: 10 minutes).
+    pub settle: Option<String>,
 }

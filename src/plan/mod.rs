@@ -396,7 +396,7 @@ fn eval(b: &Bound, flow: &Flow, item: &ItemRow, key: &str, task: &Task) -> Strin
             .iter()
             .map(|p| eval(p, flow, item, key, task))
             .collect(),
-        Bound::IdempotencyKey => keys::on_wire(key, flow.provider.keys),
+        Bound::IdempotencyKey => keys::idempotency_on_wire(key, flow.provider.keys),
         Bound::TaskKey => keys::on_wire(&keys::task_key(key, &task.tree_path), flow.provider.keys),
         Bound::Batch => flow.manifest.batch.clone(),
         Bound::Result { .. } | Bound::NotifyUrl => b.describe(),

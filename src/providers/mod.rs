@@ -60,6 +60,8 @@ pub fn keep(v: &Value) -> Rendered {
 pub struct Outgoing<'a> {
     pub key: &'a str,
     pub payload: &'a [Rendered],
+    /// The item's attempt (recorded before the request leaves): a request of its own each time.
+    pub attempt: u32,
 }
 
 /// What a notification said, once the adapter checked it. The runner journals a notice that
@@ -99,7 +101,9 @@ pub enum Notice {
 /// sent in each field must equal the value claimed for it (one of them, when a field is claimed
 /// more than once: a payment named by paymentid or merchantpaymentid), or the notification is
 /// not taken for it. Payonic's notifications are unsigned: one naming the right payment with
-/// another amount is a forgery, not news.
+/// another amount is a forgery, not news. A field named `!<field>` is a requirement the
+/// notification failed (a field missing, an operation of another type), with why: it
+/// contradicts every item.
 pub type Claims = Vec<(String, String)>;
 
 /// The first field of `payload` (the item's request, `payload[0]`) that `claims` contradict, as
@@ -121,6 +125,10 @@ pub fn contradiction(payload: &[Rendered], claims: &Claims) -> Option<String> {
                 (Ok(a), Ok(b)) if a == b
             )
     };
+    // A requirement the notification did not meet (see `Claims`).
+    if let Some((field, why)) = claims.iter().find(|(f, _)| f.starts_with('!')) {
+        return Some(format!("its {}: {why}", &field[1..]));
+    }
     claims.iter().find_map(|(field, _)| {
         let ours = match sent.get(field)? {
             Value::String(s) => s.clone(),
@@ -195,11 +203,33 @@ pub fn adapter(
                 .cloned()
                 .ok_or("no notification token for the batch")?,
             per_operation_hosts: base_url.is_empty(),
+            note_secret: match (flow.provider.keys, credentials.get("note_secret")) {
+                (crate::schema::KeyFormat::Keyed, Some(hex)) => {
+                    Some(decode_hex(hex).ok_or("the batch's note secret is not hex digits")?)
+                }
+                (crate::schema::KeyFormat::Keyed, None)
+                    if !credentials.contains_key("legacy_notes") =>
+                {
+                    return Err("no secret for the batch's keys".into());
+                }
+                _ => None,
+            },
         })),
         other => Err(format!(
             "`payrun run` has no adapter for {other} yet; `validate` and `plan` work for it"
         )),
     }
+}
+
+/// Bytes from hex digits (a batch secret as `execute::secret` keeps it).
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// What the adapter sends for one item, rendered once at plan time (real values, memory only).
@@ -283,7 +313,6 @@ pub fn fill_results(
 
 /// One provider's wire protocol, as the runner needs it. Pure: no I/O.
 pub trait Adapter: Send + Sync {
-    /// How many items one submission may carry.
     /// Whether an HTTP answer is the provider's own, in its documented shape, rather than a
     /// proxy's, a web server's or a wrong URL's: only then is it read as an outcome. Default:
     /// a JSON object body.
@@ -291,7 +320,13 @@ pub trait Adapter: Send + Sync {
         serde_json::from_slice::<serde_json::Map<String, Value>>(body).is_ok()
     }
 
+    /// How many items one submission may carry.
     fn pack_limit(&self) -> usize;
+    /// An item key as the provider's notifications and reports name it (where they name it by
+    /// key): by default its 32 hex digits.
+    fn wire_key(&self, key: &str) -> String {
+        key.replace('-', "")
+    }
     /// The request that submits `items` (always the same request for the same items, so a
     /// resend is a replay to the provider).
     fn submit(&self, items: &[Outgoing<'_>], now: &str) -> Request;
@@ -301,8 +336,9 @@ pub trait Adapter: Send + Sync {
     /// The submission a reference belongs to, and the item's position in it; items of one group
     /// are looked up with one `group_lookup`.
     fn reference_group(&self, reference: &str) -> (String, usize);
-    /// The lookup of a whole submission by its group reference.
-    fn group_lookup(&self, group: &str) -> Request;
+    /// The lookup of a whole submission by its group reference (`seq` counts the group's
+    /// lookups in this run; `now` is when it is made).
+    fn group_lookup(&self, group: &str, seq: u32, now: &str) -> Request;
     /// Verdicts for positions `0..n` of a group from a `group_lookup` answer.
     fn classify_group(&self, answer: &Answer, n: usize) -> Vec<Verdict>;
     /// The lookup of one item by its idempotency key (`seq` counts this item's lookups);

@@ -7,10 +7,15 @@
 //!   Payonic does not sign notifications, so a notification is taken only on the right URL, for
 //!   a responseid this run waits for, naming the payment the request was about.
 //! - Payouts and refunds carry no client reference in the document, so payrun writes each item's
-//!   key (32 hex digits) in `note`, the one operation field the Payment API reports back
-//!   (operations[].note, L327, L397). An item whose answer was lost is looked up through the Payment
-//!   API (whose answer is itself a notification) and recognised there by its note; not listed
-//!   means not processed, and it is sent again.
+//!   key in `note`, the one operation field the Payment API reports back (operations[].note,
+//!   L327, L397) — keyed with the batch's secret (`keys::keyed`), so nobody can compute it. An
+//!   item whose answer was lost is looked up through the Payment API (whose answer is itself a
+//!   notification) and recognised there by its note.
+//! - Payonic gives no idempotency: a money-moving request that may have been processed (a 5xx,
+//!   a timeout, a dropped connection) is in doubt, never retried. "Not listed" by the Payment API
+//!   means "never processed" only for a lookup asked once the settle window passed
+//!   (`notifications.settle`, 10 minutes by default), confirmed by a second one; only then is
+//!   the item sent again.
 
 use super::{Adapter, Answer, Method, Notice, Outgoing, Preflight, Rendered, Request};
 use crate::compile::Flow;
@@ -35,10 +40,15 @@ pub struct Payonic {
     /// Send each operation to its own production host (`request.hosts.production`) instead of
     /// the base URL.
     pub per_operation_hosts: bool,
+    /// The batch's secret for the keys in `note` (`keys: keyed`); None for a batch started
+    /// before keys were keyed, whose notes are the keys' hex digits.
+    pub note_secret: Option<Vec<u8>>,
 }
 
-/// The responsecode of an approved operation (L87, L133, L256).
-const APPROVED: &str = "00";
+/// How long after a request the Payment API's "not listed" can mean "never processed", by
+/// default (`notifications.settle`): the document states no processing time (see
+/// docs/payonic-wire.md §6.1 for the reasoning).
+pub const DEFAULT_SETTLE_SECS: u32 = 600;
 
 fn text(v: &Value, k: &str) -> Option<String> {
     match v.get(k)? {
@@ -48,18 +58,37 @@ fn text(v: &Value, k: &str) -> Option<String> {
     }
 }
 
+/// The `responsecode` of an operation as text, and whether it is the approval code: "00" in the
+/// document (L87), also written as the number 0 (or "0", "000") by other readings.
+fn code(v: &Value) -> Option<(String, bool)> {
+    let c = text(v, "responsecode")?;
+    let c = c.trim().to_string();
+    let zero = !c.is_empty() && c.bytes().all(|b| b == b'0');
+    Some((c, zero))
+}
+
+/// `status` values that end an operation without paying. The document shows only `approved`
+/// (L89, L135, L258); these are the words other readings use for a decline.
+const DECLINED: &[&str] = &[
+    "declined",
+    "failed",
+    "rejected",
+    "refused",
+    "cancelled",
+    "canceled",
+];
+
 /// An operation's outcome from its `responsecode` and `status` (L87-89, L133-135, L256-258).
+/// Approved when `status` is `approved` and the code is 00 (as text or the number 0) or absent,
+/// or, without a status, when the code is 00. Failed when `status` is a decline word with a
+/// code other than 00, or without a status when the code is another one. Any other status
+/// (`pending`, `processing`, one the document does not name) is not final: Pending, the item
+/// keeps waiting and is asked again. A status and a code that disagree (approved with 51,
+/// declined with 00) go to a person. None: neither field.
 fn outcome(v: &Value) -> Option<Verdict> {
-    let code = text(v, "responsecode");
-    let status = text(v, "status");
-    if code.is_none() && status.is_none() {
-        return None;
-    }
-    let approved = code.as_deref() == Some(APPROVED)
-        && status
-            .as_deref()
-            .is_none_or(|s| s.eq_ignore_ascii_case("approved"));
-    if approved {
+    let code = code(v);
+    let status = text(v, "status").map(|s| s.trim().to_ascii_lowercase());
+    let succeeded = || {
         let mut ids = BTreeMap::new();
         for (k, name) in [
             ("responseid", "responseid"),
@@ -72,12 +101,45 @@ fn outcome(v: &Value) -> Option<Verdict> {
                 ids.insert(name.to_string(), s);
             }
         }
-        Some(Verdict::Succeeded { ids })
-    } else {
-        Some(Verdict::Failed {
-            code: code.unwrap_or_else(|| "declined".into()),
-            description: status.unwrap_or_default(),
-        })
+        Verdict::Succeeded { ids }
+    };
+    let disagree = |status: &str, code: &str| Verdict::NeedsReview {
+        code: "contradictory-outcome".into(),
+        description: format!("Payonic reported status {status} with responsecode {code}"),
+    };
+    Some(match (status.as_deref(), code) {
+        (None, None) => return None,
+        (None, Some((_, true))) => succeeded(),
+        (None, Some((c, false))) => Verdict::Failed {
+            code: c,
+            description: String::new(),
+        },
+        (Some("approved"), None | Some((_, true))) => succeeded(),
+        (Some(s @ "approved"), Some((c, false))) => disagree(s, &c),
+        (Some(s), Some((c, true))) if DECLINED.contains(&s) => disagree(s, &c),
+        (Some(s), Some((c, false))) if DECLINED.contains(&s) => Verdict::Failed {
+            code: c,
+            description: s.to_string(),
+        },
+        (Some(s), None) if DECLINED.contains(&s) => Verdict::Failed {
+            code: s.to_string(),
+            description: s.to_string(),
+        },
+        // Not final: asked again.
+        (Some(_), _) => Verdict::Pending,
+    })
+}
+
+/// The `operationtype` names the Payment API may give an operation of each function
+/// (`authorize`, `capture`, `refund` are shown, L322/L334/L345; void and payout are not).
+fn operation_types(function: &str) -> &'static [&'static str] {
+    match function {
+        "mit" => &["authorize", "authorization", "authorisation", "mit"],
+        "capture" => &["capture"],
+        "refund" => &["refund"],
+        "void" => &["void", "cancel", "cancellation"],
+        "payout" => &["payout"],
+        _ => &[],
     }
 }
 
@@ -94,6 +156,39 @@ fn claims(payment: &Value, op: &Value) -> super::Claims {
         .iter()
         .filter_map(|k| Some((k.to_string(), text(op, k)?)));
     ids.chain(money).collect()
+}
+
+/// What an entry `op` of the Payment API's `operations[]` (about `payment`) claims, for an
+/// operation of `function`: all of payment, amount and currency are required (L318-354 show
+/// them on every operation), and its `operationtype` must be `function`'s. What is missing or
+/// of another type is a claim no item can satisfy (`!field`): a listing under an item's key
+/// that does not show the item's operation is never taken, neither as its outcome nor as
+/// "not listed".
+fn listing_claims(payment: &Value, op: &Value, function: &str) -> super::Claims {
+    let mut c = claims(payment, op);
+    for (field, present) in [
+        (
+            "paymentid",
+            text(payment, "paymentid").is_some() || text(payment, "merchantpaymentid").is_some(),
+        ),
+        ("amount", text(op, "amount").is_some()),
+        ("currency", text(op, "currency").is_some()),
+    ] {
+        if !present {
+            c.push((
+                format!("!{field}"),
+                "missing from the listed operation".into(),
+            ));
+        }
+    }
+    let ty = text(op, "operationtype").unwrap_or_default();
+    if !operation_types(function)
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(ty.trim()))
+    {
+        c.push(("!operationtype".into(), format!("`{ty}`, not a {function}")));
+    }
+    c
 }
 
 impl Payonic {
@@ -215,10 +310,17 @@ fn path_paymentid(path: &str) -> Option<&str> {
     Some(id)
 }
 
-/// A TraceApi value for a request: 32 hex digits (L28-31), derived from the item's key so a
-/// support ticket can quote it from the report.
+/// A TraceApi value: 32 hex digits (L28-31), "an unique value" per request (L29). Derived from
+/// the item's key and what makes this request unlike every other of the item (the attempt,
+/// recorded before the request leaves; a lookup's number and time), so it is unique without
+/// being random, and the report's trace_id finds the submitting request.
 fn trace(key: &str, what: &str) -> String {
     crate::keys::task_key(key, &format!("payonic/trace/{what}")).replace('-', "")
+}
+
+/// Whether `function` moves money (everything but the Payment and Health APIs).
+fn moves_money(function: &str) -> bool {
+    !matches!(function, "payment" | "health")
 }
 
 fn retry(class: ErrorClass) -> Verdict {
@@ -235,12 +337,31 @@ impl Adapter for Payonic {
 
     fn submit(&self, items: &[Outgoing<'_>], _now: &str) -> Request {
         let item = &items[0];
-        let payload: Value = item
+        let mut payload: Value = item
             .payload
             .first()
             .and_then(|r| serde_json::from_str(r.get()).ok())
             .unwrap_or(Value::Null);
-        self.request(self.op(), &payload, &trace(item.key, "submit"))
+        // The keyed key goes where the plan shows `${keyed_idempotency_key}`.
+        if let Value::Object(m) = &mut payload {
+            for v in m.values_mut() {
+                if v.as_str() == Some(crate::keys::KEYED) {
+                    *v = Value::String(self.wire_key(item.key));
+                }
+            }
+        }
+        self.request(
+            self.op(),
+            &payload,
+            &trace(item.key, &format!("submit/{}", item.attempt)),
+        )
+    }
+
+    fn wire_key(&self, key: &str) -> String {
+        match &self.note_secret {
+            Some(secret) => crate::keys::keyed(secret, key),
+            None => key.replace('-', ""),
+        }
     }
 
     fn classify_submit(&self, sent_path: &str, answer: &Answer, n: usize) -> Vec<Verdict> {
@@ -251,15 +372,23 @@ impl Adapter for Payonic {
             Answer::Transport {
                 maybe_sent: false, ..
             } => retry(ErrorClass::Network),
+            // Payonic has no idempotency: a 5xx may come after the work was done (a gateway's
+            // timeout, a crash after the commit), so a money-moving request is in doubt, settled
+            // through the Payment API, never sent again on a guess.
+            Answer::Http { status, .. } if *status >= 500 && moves_money(&self.op().name) => {
+                Verdict::InDoubt
+            }
+            // "Too many requests", "request timeout", or a 5xx of a request that moves nothing:
+            // not taken, so sent again later.
             Answer::Http {
                 status,
                 retry_after,
                 ..
-            } if *status >= 500 || *status == 429 => Verdict::RetryLater {
-                class: if *status == 429 {
-                    ErrorClass::RateLimited
-                } else {
-                    ErrorClass::ServerError
+            } if *status >= 500 || *status == 429 || *status == 408 => Verdict::RetryLater {
+                class: match status {
+                    429 => ErrorClass::RateLimited,
+                    408 => ErrorClass::Network,
+                    _ => ErrorClass::ServerError,
                 },
                 retry_after: *retry_after,
             },
@@ -301,18 +430,18 @@ impl Adapter for Payonic {
     }
 
     /// A request accepted and still without its notification: ask the Payment API.
-    fn group_lookup(&self, group: &str) -> Request {
+    fn group_lookup(&self, group: &str, seq: u32, now: &str) -> Request {
         let (rid, paymentid) = group.split_once('@').unwrap_or((group, ""));
-        self.payment_lookup(paymentid, &trace(rid, "lookup"))
+        self.payment_lookup(paymentid, &trace(rid, &format!("lookup/{seq}/{now}")))
     }
 
     fn classify_group(&self, answer: &Answer, n: usize) -> Vec<Verdict> {
         vec![self.classify_key_lookup(answer); n]
     }
 
-    fn key_lookup(&self, key: &str, payload: &[Rendered], seq: u32, _now: &str) -> Request {
+    fn key_lookup(&self, key: &str, payload: &[Rendered], seq: u32, now: &str) -> Request {
         let paymentid = self.paymentid(payload).unwrap_or_default();
-        self.payment_lookup(&paymentid, &trace(key, &format!("lookup/{seq}")))
+        self.payment_lookup(&paymentid, &trace(key, &format!("lookup/{seq}/{now}")))
     }
 
     /// Taken: the answer comes as a notification (L283-289).
@@ -342,7 +471,9 @@ impl Adapter for Payonic {
     /// awaited a minute (provider time; `notifications.deadline`) before the Payment API is
     /// asked, then asked again after twice, four times … that wait (capped at the review
     /// interval), at most 5 times (`notifications.lookups`), then a person looks; an item in
-    /// doubt is looked up after 5 s, then with the same backoff.
+    /// doubt is looked up after 5 s, then with the same backoff. "Not listed" counts only for
+    /// lookups asked 10 minutes (`notifications.settle`) or more after the request, twice. A
+    /// failure reported after a success is a contradiction for a person, not a reversal.
     fn timings(&self, base: Timings) -> Timings {
         // `base.poll_every` is one second of provider time.
         let n = &self.flow.manifest.notifications;
@@ -357,6 +488,11 @@ impl Adapter for Payonic {
             max_lookups: 10,
             max_polls: Some(n.lookups.unwrap_or(5)),
             poll_backoff: 2.0,
+            settle: n
+                .settle
+                .map(|d| base.poll_every.mul_f64(d.as_secs_f64()))
+                .unwrap_or(base.poll_every * DEFAULT_SETTLE_SECS),
+            reversals: false,
         }
     }
 
@@ -455,13 +591,14 @@ impl Adapter for Payonic {
                     if !is_key {
                         return None;
                     }
-                    let mut verdict = outcome(op)?;
+                    // Listed without an outcome yet: it exists, so it is not "not listed".
+                    let mut verdict = outcome(op).unwrap_or(Verdict::Pending);
                     if let Verdict::Succeeded { ids: found_ids } = &mut verdict
                         && let Some(p) = text(&v, "paymentid")
                     {
                         found_ids.insert("paymentId".into(), p);
                     }
-                    Some((note, verdict, claims(&v, op)))
+                    Some((note, verdict, listing_claims(&v, op, &self.op().name)))
                 })
                 .collect();
             // A reconciliation item's own answer: the payment as Payonic has it.
@@ -523,6 +660,7 @@ mod tests {
             listener: Some("https://acme.example/payrun".into()),
             token: "0123456789abcdef0123456789abcdef".into(),
             per_operation_hosts: false,
+            note_secret: Some(b"a secret of the batch".to_vec()),
         }
     }
 
@@ -541,6 +679,7 @@ mod tests {
             &[Outgoing {
                 key: "k-1",
                 payload: &payload,
+                attempt: 1,
             }],
             "now",
         );
@@ -676,5 +815,130 @@ mod tests {
             })
         );
         assert_eq!(outcome(&serde_json::json!({"responseid": "r1"})), None);
+    }
+
+    fn answer(status: u16, body: &str) -> Answer {
+        Answer::Http {
+            status,
+            body: body.as_bytes().to_vec(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn a_5xx_to_a_money_moving_request_is_in_doubt_never_a_retry() {
+        let a = refunds();
+        for status in [500, 502, 503, 504] {
+            assert_eq!(
+                a.classify_submit("/api/p1/refund", &answer(status, r#"{"error":"x"}"#), 1),
+                vec![Verdict::InDoubt],
+                "{status}"
+            );
+        }
+        assert!(matches!(
+            a.classify_submit("/api/p1/refund", &answer(429, "{}"), 1)[0],
+            Verdict::RetryLater { .. }
+        ));
+        assert!(matches!(
+            a.classify_submit("/api/p1/refund", &answer(400, r#"{"error":"amount"}"#), 1)[0],
+            Verdict::Failed { .. }
+        ));
+    }
+
+    #[test]
+    fn pending_statuses_wait_numeric_approvals_succeed_and_disagreements_go_to_review() {
+        let o = |v: serde_json::Value| outcome(&v);
+        assert_eq!(
+            o(serde_json::json!({"status": "pending"})),
+            Some(Verdict::Pending)
+        );
+        assert_eq!(
+            o(serde_json::json!({"status": "processing", "responsecode": "51"})),
+            Some(Verdict::Pending)
+        );
+        for ok in [
+            serde_json::json!({"status": "approved", "responsecode": 0}),
+            serde_json::json!({"status": "approved"}),
+            serde_json::json!({"status": "Approved", "responsecode": "00"}),
+            serde_json::json!({"responsecode": "00"}),
+        ] {
+            assert!(
+                matches!(o(ok.clone()), Some(Verdict::Succeeded { .. })),
+                "{ok}"
+            );
+        }
+        assert_eq!(
+            o(serde_json::json!({"status": "declined", "responsecode": 51})),
+            Some(Verdict::Failed {
+                code: "51".into(),
+                description: "declined".into()
+            })
+        );
+        for odd in [
+            serde_json::json!({"status": "approved", "responsecode": "51"}),
+            serde_json::json!({"status": "declined", "responsecode": "00"}),
+        ] {
+            assert!(
+                matches!(o(odd.clone()), Some(Verdict::NeedsReview { .. })),
+                "{odd}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_note_is_keyed_with_the_batch_secret_and_each_request_has_its_own_trace() {
+        let a = refunds();
+        let payload = keep(serde_json::json!({
+            "paymentid": "abc123", "amount": 2500, "currency": "DKK",
+            "note": crate::keys::KEYED, "notificationurl": crate::compile::NOTIFY_URL
+        }));
+        let key = "a6431184-f308-8de2-bb16-f2aa4cd2153a";
+        let send = |attempt| {
+            a.submit(
+                &[Outgoing {
+                    key,
+                    payload: &payload,
+                    attempt,
+                }],
+                "now",
+            )
+        };
+        let (first, again) = (send(1), send(2));
+        let note = serde_json::from_slice::<Value>(&first.body).unwrap()["note"].clone();
+        assert_eq!(note, Value::String(a.wire_key(key)));
+        assert_ne!(a.wire_key(key), key.replace('-', ""), "not the plain key");
+        assert_eq!(a.wire_key(key).len(), 32);
+        assert_ne!(first.trace, again.trace, "TraceApi is unique per request");
+        let l1 = a.key_lookup(key, &payload, 3, "2026-12-01T00:00:00.001Z");
+        let l2 = a.key_lookup(key, &payload, 3, "2026-12-01T00:00:00.002Z");
+        assert_ne!(l1.trace, l2.trace);
+    }
+
+    #[test]
+    fn a_payment_api_listing_must_show_the_payment_amount_currency_and_type_of_the_operation() {
+        let payment = serde_json::json!({"paymentid": "p1"});
+        let full =
+            serde_json::json!({"operationtype": "refund", "amount": "500", "currency": "DKK"});
+        assert!(
+            listing_claims(&payment, &full, "refund")
+                .iter()
+                .all(|(f, _)| !f.starts_with('!'))
+        );
+        let bare = serde_json::json!({"note": "k", "responsecode": "00"});
+        let c = listing_claims(&serde_json::json!({}), &bare, "refund");
+        let unmet: Vec<&str> = c
+            .iter()
+            .filter(|(f, _)| f.starts_with('!'))
+            .map(|(f, _)| f.as_str())
+            .collect();
+        assert_eq!(
+            unmet,
+            ["!paymentid", "!amount", "!currency", "!operationtype"]
+        );
+        assert!(
+            listing_claims(&payment, &full, "payout")
+                .iter()
+                .any(|(f, _)| f == "!operationtype")
+        );
     }
 }

@@ -224,7 +224,7 @@ impl Adapter for Paysend {
         }
     }
 
-    fn group_lookup(&self, group: &str) -> Request {
+    fn group_lookup(&self, group: &str, _seq: u32, _now: &str) -> Request {
         Request {
             method: Method::Get,
             path: format!("/processing/status/{group}"),
@@ -298,7 +298,7 @@ impl Adapter for Paysend {
             Verdict::Accepted { .. }
         );
         let global = v.pointer("/header/response/globalId")?.as_str()?;
-        running.then(|| self.group_lookup(global))
+        running.then(|| self.group_lookup(global, 0, ""))
     }
 
     fn preflight(&self, now: &str) -> Option<Request> {
@@ -328,7 +328,7 @@ impl Adapter for Paysend {
                 .and_then(Value::as_str)
             {
                 // Not finished within the sync wait: ask by globalId.
-                Some(global) if status == 200 => Preflight::Again(self.group_lookup(global)),
+                Some(global) if status == 200 => Preflight::Again(self.group_lookup(global, 0, "")),
                 _ => Preflight::Failed(format!(
                     "the preflight request was refused ({status}): {}",
                     v.get("comment").and_then(Value::as_str).unwrap_or("")

@@ -25,8 +25,9 @@ pub struct RawProvider {
     /// idempotency key): what `run --retry-failed` sends again.
     #[serde(default)]
     pub resend_safe: Vec<String>,
-    /// How idempotency and task keys are written on the wire: `uuid` (default) or `hex` (the
-    /// same 128 bits as 32 hex digits, for ids like `^[a-zA-Z0-9]{1,32}$`).
+    /// How idempotency and task keys are written on the wire: `uuid` (default), `hex` (the
+    /// same 128 bits as 32 hex digits, for ids like `^[a-zA-Z0-9]{1,32}$`) or `keyed` (32 hex
+    /// digits under the batch's secret, see `KeyFormat::Keyed`).
     #[serde(default)]
     pub keys: KeyFormat,
 }
@@ -37,6 +38,10 @@ pub enum KeyFormat {
     #[default]
     Uuid,
     Hex,
+    /// 32 hex digits derived from the item key with a secret of the batch (`keys::keyed`): for
+    /// a provider whose notifications are unsigned and whose reports list the key (Payonic's
+    /// `note`), so that nobody can compute the keys from the batch and item ids.
+    Keyed,
 }
 
 /// Where an operation's request goes, for providers with one URL per operation.

@@ -1,0 +1,115 @@
+//! A batch's own secret, for providers whose keys must not be computable from the batch and item
+//! ids (`keys: keyed`, Payonic's `note`): 32 random bytes in `<state>/<batch>.secret`, readable
+//! by its owner only, made once before the batch's store and read by every resume. Never
+//! printed, never in the store, the plan or a report: losing it means the batch's operations can
+//! no longer be recognised at the provider, so a resume without it refuses to send anything.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Where a batch's secret is kept.
+pub fn path(state_dir: &Path, batch: &str) -> PathBuf {
+    state_dir.join(format!("{batch}.secret"))
+}
+
+/// The store meta key that says a batch's keys are keyed, and with which derivation.
+pub const META: &str = "keys";
+/// Its value for `keys::keyed` with the secret of this module.
+pub const KEYED_V1: &str = "keyed/v1";
+
+const LEN: usize = 32;
+
+/// The secret of a batch about to be created: the one left by a run that stopped before its
+/// store was made (nothing was sent with it), or a new one, durable before this returns.
+pub fn for_new_batch(state_dir: &Path, batch: &str) -> Result<Vec<u8>, String> {
+    let p = path(state_dir, batch);
+    if p.exists() {
+        return read(state_dir, batch);
+    }
+    let mut bytes = vec![0u8; LEN];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| "the system gave no random bytes for the batch's secret".to_string())?;
+    let text = crate::keys::hex_lower(&bytes);
+    let tmp = state_dir.join(format!(".{batch}.secret.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        let mut f = o.open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &p)?;
+        if let Ok(d) = std::fs::File::open(state_dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    };
+    write().map_err(|e| format!("cannot write the batch's secret {}: {e}", p.display()))?;
+    Ok(bytes)
+}
+
+/// The secret of a batch that has one.
+pub fn read(state_dir: &Path, batch: &str) -> Result<Vec<u8>, String> {
+    let p = path(state_dir, batch);
+    let text = std::fs::read_to_string(&p).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "the batch's secret {} is missing: without it payrun cannot recognise this \
+                 batch's operations at the provider, so it sends nothing (hint: restore the file \
+                 from a backup of the state folder)",
+                p.display()
+            )
+        } else {
+            format!("cannot read the batch's secret {}: {e}", p.display())
+        }
+    })?;
+    crate::providers::decode_hex(text.trim())
+        .filter(|b| b.len() == LEN)
+        .ok_or_else(|| {
+            format!(
+                "the batch's secret {} is damaged (not {LEN} bytes as hex digits); payrun sends nothing \
+                 (hint: restore the file from a backup of the state folder)",
+                p.display()
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_batchs_secret_is_kept_and_read_back_the_same_by_every_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = for_new_batch(dir.path(), "b1").unwrap();
+        assert_eq!(made.len(), 32);
+        assert_eq!(read(dir.path(), "b1").unwrap(), made);
+        assert_eq!(
+            for_new_batch(dir.path(), "b1").unwrap(),
+            made,
+            "a batch whose first run stopped before its store keeps its secret"
+        );
+        assert_ne!(for_new_batch(dir.path(), "b2").unwrap(), made);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path(dir.path(), "b1"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "readable by its owner only");
+        }
+    }
+
+    #[test]
+    fn a_missing_or_damaged_secret_is_refused_with_a_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = read(dir.path(), "b1").unwrap_err();
+        assert!(e.contains("is missing") && e.contains("hint"), "{e}");
+        std::fs::write(path(dir.path(), "b1"), "abc").unwrap();
+        let e = read(dir.path(), "b1").unwrap_err();
+        assert!(e.contains("damaged"), "{e}");
+    }
+}
