@@ -1033,12 +1033,10 @@ fn execute(
             eprintln!("error[run.transport]: {m}; nothing was sent");
             return 2;
         }
-        if scaled {
-            if let Err(why) = sandbox_at(&endpoint.http, &endpoint.base_url).await {
-                eprintln!("error[run.time-scale]: --time-scale is for the sandbox only, and {why}; nothing was sent");
-                eprintln!("  hint: drop --time-scale, or rehearse with --sandbox or against `payrun sandbox`");
-                return 2;
-            }
+        if scaled && let Err(why) = sandbox_at(&endpoint.http, &endpoint.base_url).await {
+            eprintln!("error[run.time-scale]: --time-scale is for the sandbox only, and {why}; nothing was sent");
+            eprintln!("  hint: drop --time-scale, or rehearse with --sandbox or against `payrun sandbox`");
+            return 2;
         }
         // Preflight (e.g. getBalance): before any payout of this run; a balance below what is
         // still to be paid in a currency stops the run with nothing sent.

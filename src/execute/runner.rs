@@ -718,13 +718,13 @@ impl Book {
                         .any(|s| self.waiting_for(&format!("{rid}@{s}")).next().is_some())
                 });
                 for (key, _, claims) in found {
-                    if let Some(&i) = self.by_key.get(&key.replace('-', "")) {
-                        if let Some(why) = contradiction(self.sent(items, i), claims) {
-                            return Err(Rejection::Never(format!(
-                                "a payment notification that contradicts item {}: {why}",
-                                self.recs[i].id
-                            )));
-                        }
+                    if let Some(&i) = self.by_key.get(&key.replace('-', ""))
+                        && let Some(why) = contradiction(self.sent(items, i), claims)
+                    {
+                        return Err(Rejection::Never(format!(
+                            "a payment notification that contradicts item {}: {why}",
+                            self.recs[i].id
+                        )));
                     }
                 }
                 // Taken only as the answer to a lookup payrun made (or a reconciliation item's

@@ -223,7 +223,7 @@ pub fn adapter(
 
 /// Bytes from hex digits (a batch secret as `execute::secret` keeps it).
 pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
