@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod payonic;
 pub mod paysend;
 pub mod run;
 pub mod wire;

@@ -1,0 +1,352 @@
+//! Payonic gives no idempotency key: a money-moving request that may have been processed is in
+//! doubt until Payonic itself says otherwise, and is never sent again on a guess. Each test is
+//! one hole an independent Payonic implementation found, run against `payrun sandbox` with the
+//! fault that shows it, and judged by the sandbox's ledger (every operation exactly once).
+
+mod support;
+
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::payonic::*;
+use support::run::*;
+
+fn all_paid(dir: &std::path::Path, sb: &Sandbox) {
+    let rows = report(dir, sb);
+    assert!(rows.iter().all(|r| &r[2] == "paid"), "{rows:?}");
+}
+
+/// Sets `notifications.<line>` in the batch's manifest.
+fn notifications(dir: &std::path::Path, line: &str) {
+    let manifest = dir.join("manifest.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let text = text.replace("notifications:\n", &format!("notifications:\n  {line}\n"));
+    std::fs::write(&manifest, text).unwrap();
+}
+
+#[test]
+fn a_5xx_after_payonic_did_the_work_is_settled_through_the_payment_api_never_sent_again() {
+    // Every refund and every payout is made, then answered 504.
+    for payouts_too in [false, true] {
+        let sb = sandbox_with_payments(10, &["error_5xx_after_commit_rate=1.0"], "1m");
+        let dir = tempfile::tempdir().unwrap();
+        match payouts_too {
+            false => refunds(dir.path(), &sb, 10, free_port()),
+            true => payouts(dir.path(), &sb, 10, free_port()),
+        }
+        succeeds(payrun(dir.path(), &sb, &RUN));
+        all_paid(dir.path(), &sb);
+        each_paid_once(&sb, 10);
+        let c = sb.counters();
+        assert!(
+            c.to_string().contains("5xx_after_commit"),
+            "the sandbox answered 504 after the work: {c}"
+        );
+        assert_eq!(
+            c["payonic"]["trace_reused"].as_u64().unwrap_or(0),
+            0,
+            "every request has its own TraceApi (L29): {c}"
+        );
+    }
+}
+
+#[test]
+fn not_listed_soon_after_a_lost_answer_is_not_trusted_so_nothing_is_paid_twice() {
+    // Refunds processed 5 provider minutes after their request, payouts listed 5 minutes after
+    // theirs; every answer is lost. A lookup 5 s later finds nothing listed — which proves
+    // nothing before the settle window (10 minutes by default).
+    for payouts_too in [false, true] {
+        let sb = sandbox_with(
+            8,
+            &["drop_after_commit_rate=1.0"],
+            "5m",
+            &["listing_delay: 5m"],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        match payouts_too {
+            false => refunds(dir.path(), &sb, 8, free_port()),
+            true => payouts(dir.path(), &sb, 8, free_port()),
+        }
+        succeeds(payrun(dir.path(), &sb, &RUN));
+        all_paid(dir.path(), &sb);
+        each_paid_once(&sb, 8);
+    }
+}
+
+#[test]
+fn the_settle_window_is_the_batchs_to_choose() {
+    // Processed 20 provider minutes after the request: beyond the default window, so this
+    // batch sets a longer one.
+    let sb = sandbox_with(6, &["drop_after_commit_rate=1.0"], "20m", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    refunds(dir.path(), &sb, 6, free_port());
+    notifications(dir.path(), "settle: 40m");
+    succeeds(payrun(dir.path(), &sb, &RUN));
+    all_paid(dir.path(), &sb);
+    each_paid_once(&sb, 6);
+}
+
+#[test]
+fn a_request_payonic_never_took_is_sent_again_only_once_two_lookups_after_the_window_miss_it() {
+    // Half the refunds are answered 500 before anything is done.
+    let sb = sandbox_with_payments(12, &["error_5xx_rate=0.5"], "1m");
+    let dir = tempfile::tempdir().unwrap();
+    refunds(dir.path(), &sb, 12, free_port());
+    notifications(dir.path(), "settle: 3m");
+    succeeds(payrun(dir.path(), &sb, &RUN));
+    all_paid(dir.path(), &sb);
+    each_paid_once(&sb, 12);
+    assert!(
+        sb.requests("POST /payonic/api/{paymentid}/refund 500") > 0,
+        "some refunds were refused: {}",
+        sb.counters()
+    );
+}
+
+#[test]
+fn pending_statuses_and_a_numeric_responsecode_are_not_failures() {
+    let sb = sandbox_with(
+        12,
+        &["drop_after_commit_rate=0.5", "webhook_drop_rate=0.3"],
+        "2m",
+        &[
+            "pending_notifications: true",
+            "pending_listings: true",
+            "numeric_responsecode: true",
+            "listing_delay: 1m",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    refunds(dir.path(), &sb, 12, free_port());
+    succeeds(payrun(dir.path(), &sb, &RUN));
+    all_paid(dir.path(), &sb);
+    each_paid_once(&sb, 12);
+}
+
+#[test]
+fn a_forged_decline_followed_by_the_genuine_approval_goes_to_review_not_stays_failed() {
+    let port = free_port();
+    // The sandbox's own notification comes 30 provider minutes (1.8 s) after the request.
+    let sb = sandbox_with_payments(1, &[], "30m");
+    let dir = tempfile::tempdir().unwrap();
+    refunds(dir.path(), &sb, 1, port);
+    let run = Killed(payrun(dir.path(), &sb, &RUN).spawn().unwrap());
+    let url = format!("/payonic/notify/{}", token(&sb, "refunds-test"));
+    let mut reference = String::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            reference = report(dir.path(), &sb)
+                .first()
+                .map(|r| r[17].to_string())
+                .unwrap_or_default();
+            !reference.is_empty()
+        }),
+        "the refund was accepted"
+    );
+    let (rid, payment) = reference.split_once('@').unwrap();
+    // The forgery: a Payment API answer naming the item's key, posted by someone who
+    // knows the batch and item ids. It answers no lookup of payrun's: held, never taken.
+    let key = report(dir.path(), &sb)[0][10].replace('-', "");
+    let listing = json!({"operations": [{"note": key, "responsecode": "00"}]});
+    assert_eq!(post(port, &url, &listing), Some(202));
+    // A decline carrying the real responseid: taken, as nothing tells it from Payonic's.
+    let forged = json!({"responseid": rid, "paymentid": payment, "responsecode": "51", "status": "declined"});
+    assert_eq!(post(port, &url, &forged), Some(200));
+    // Payonic's own approval, as it posts it: taken too — the item does not stay failed.
+    let genuine = json!({"responseid": rid, "paymentid": payment, "merchantpaymentid": payment, "responsecode": "00", "authorizationcode": "123456", "status": "approved"});
+    assert_eq!(post(port, &url, &genuine), Some(200));
+    let mut run = run;
+    let status = run.0.wait().unwrap();
+    let rows = report(dir.path(), &sb);
+    assert_eq!(&rows[0][2], "needs_review", "{rows:?}");
+    assert!(
+        rows[0].iter().any(|f| f == "paid-after-failure"),
+        "{rows:?}"
+    );
+    assert_eq!(status.code(), Some(4), "a person must look");
+}
+
+/// Asks the sandbox's Payment API about `payment` and returns the answer it posts.
+fn payment_listing(sb: &Sandbox, payment: &str) -> Value {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = json!({"notificationurl": format!("http://127.0.0.1:{port}/listing")}).to_string();
+    let root = sb.root.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(root).unwrap();
+    write!(
+        c,
+        "GET /payonic/api/{payment}/payment HTTP/1.1\r\nHost: {root}\r\nAuthorization: Basic {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        sb.payonic_key,
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    listener.set_nonblocking(false).unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = s.read(&mut buf).unwrap_or(0);
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if rest.len() >= len {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+                return serde_json::from_str(&rest[..len]).unwrap();
+            }
+        }
+        assert!(n > 0, "the listing was not posted");
+    }
+}
+
+#[test]
+fn the_note_payonic_lists_is_keyed_with_the_batchs_secret_and_a_resume_without_it_sends_nothing() {
+    let sb = sandbox_with_payments(3, &[], "1m");
+    let dir = tempfile::tempdir().unwrap();
+    refunds(dir.path(), &sb, 3, free_port());
+    let out = payrun(dir.path(), &sb, &RUN)
+        .env("PAYRUN_CRASH_AT", "after-send:2")
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "killed at the second send");
+    let secret_file = dir.path().join("state/refunds-test.secret");
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret_file)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the secret is its owner's only");
+    }
+    let row = report(dir.path(), &sb)
+        .into_iter()
+        .find(|r| &r[0] == "rf00000001")
+        .unwrap();
+    let key = row[10].to_string();
+    let listed = payment_listing(&sb, "rf00000001");
+    let refund = listed["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["operationtype"] == "refund")
+        .cloned()
+        .unwrap_or_else(|| panic!("the first refund is listed: {listed}"));
+    let note = refund["note"].as_str().unwrap();
+    assert_ne!(
+        note,
+        key.replace('-', ""),
+        "the key itself is not on the wire"
+    );
+    let expected = {
+        let bytes: Vec<u8> = (0..64)
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&secret.trim()[i..i + 2], 16).unwrap())
+            .collect();
+        let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes);
+        let tag = ring::hmac::sign(&k, key.as_bytes());
+        tag.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    assert_eq!(
+        note, expected,
+        "HMAC-SHA256 of the item key under the secret"
+    );
+    // Without its secret the batch's operations cannot be recognised: nothing is sent.
+    std::fs::remove_file(&secret_file).unwrap();
+    let before = sb.ledger().len();
+    let out = payrun(dir.path(), &sb, &RESUME).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("secret") && said.contains("hint"), "{said}");
+    assert!(!said.contains(secret.trim()), "never printed");
+    assert_eq!(sb.ledger().len(), before, "nothing was sent");
+    // Restored, the same secret finds the refund already made: each payment refunded once.
+    std::fs::write(&secret_file, &secret).unwrap();
+    succeeds(payrun(dir.path(), &sb, &RESUME));
+    all_paid(dir.path(), &sb);
+    each_paid_once(&sb, 3);
+    let report = payrun(
+        dir.path(),
+        &sb,
+        &["report", "refunds-test", "--state-dir", "state"],
+    )
+    .output()
+    .unwrap();
+    assert!(!String::from_utf8_lossy(&report.stdout).contains(secret.trim()));
+}
+
+#[test]
+fn items_under_review_are_settled_by_a_resume_that_waits_for_the_payment_apis_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("refunds.csv"),
+        "payment,amount,currency\nrv00000001,12.50,DKK\nrv00000002,8.00,DKK\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("manifest.yaml"),
+        format!(
+            "batch: review-test\nprovider: payonic\nenvironment: sandbox\ncredentials:\n  api_key: PAYONIC_API_KEY\nitems:\n  source: refunds.csv\n  columns: {{id: payment, paymentid: payment, amount: amount, currency: currency}}\nflow:\n  - op: refund\n    payload:\n      paymentid: ${{item.paymentid}}\n      amount: ${{item.amount}}\n      currency: ${{item.currency}}\nnotifications:\n  listen: 127.0.0.1:{port}\n  public_url: http://127.0.0.1:{port}\n  deadline: 1m\n  lookups: 2\n"
+        ),
+    )
+    .unwrap();
+    // First every notification is lost (the refunds' and the Payment API's): the items end
+    // under review. Then Payonic delivers again.
+    let config = |drop: f64| {
+        let p = dir.path().join(format!("sandbox-{drop}.yaml"));
+        std::fs::write(
+            &p,
+            format!("payonic:\n  notify_delay_min: 20s\n  notify_delay_max: 20s\nfaults:\n  webhook_drop_rate: {drop}\n"),
+        )
+        .unwrap();
+        p
+    };
+    let run = |args: &[&str], config: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_payrun"))
+            .current_dir(dir.path())
+            .args(args)
+            .args(["--sandbox", "--sandbox-config"])
+            .arg(config)
+            .args(["--state-dir", "state", "--time-scale", "1000"])
+            .env("PAYONIC_API_KEY", "any")
+            .output()
+            .unwrap()
+    };
+    let first = run(&["run", "manifest.yaml", "--yes"], &config(1.0));
+    assert_eq!(
+        first.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let second = run(&["resume", "review-test"], &config(0.0));
+    assert_eq!(
+        second.status.code(),
+        Some(0),
+        "the resume waited for the answers its lookups asked for: {}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_payrun"))
+        .current_dir(dir.path())
+        .args(["sandbox", "ledger", "--state", "state/review-test.sandbox"])
+        .output()
+        .unwrap();
+    let ledger = String::from_utf8_lossy(&out.stdout);
+    assert!(ledger.contains("0 keys paid more than once"), "{ledger}");
+}
