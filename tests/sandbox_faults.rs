@@ -1,8 +1,8 @@
 //! The sandbox's fault injection, observed from outside as a client and a webhook receiver
 //! would see it: each knob at roughly its configured rate over a few hundred requests with a
-//! fixed seed, the in-doubt case (paid, never answered) and its replay, timeouts, latency,
-//! reproducibility by seed, and basic callbacks / expanded webhooks with their signatures and
-//! their own faults. Provider time runs 1000× faster; every wait is a bounded poll.
+//! fixed seed, the in-doubt case (paid, never answered, or answered 504) and its replay,
+//! timeouts, latency, reproducibility by seed, and basic callbacks / expanded webhooks with
+//! their signatures and their own faults. Provider time runs 1000× faster; every wait is a bounded poll.
 
 mod support;
 
@@ -209,6 +209,75 @@ async fn error_5xx_rate_answers_500_and_pays_nothing() {
         failed.len() as u64
     );
     assert_eq!(counters["payments"], ok as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_5xx_after_commit_pays_answers_504_and_a_retry_with_the_same_id_replays() {
+    let (sb, c) = sandbox(config(
+        43,
+        Faults {
+            error_5xx_after_commit_rate: 0.2,
+            ..Faults::default()
+        },
+    ))
+    .await;
+    let c = Arc::new(c);
+    let n = 300;
+    let sent = send_all(&c, &patient(), payments(&c, &ids("ec", n)), 8).await;
+    let failed: Vec<String> = sent
+        .iter()
+        .filter(|(_, s)| s.outcome == Outcome::Answered(504))
+        .map(|(id, _)| id.clone())
+        .collect();
+    let ok = sent
+        .values()
+        .filter(|s| s.outcome == Outcome::Answered(200))
+        .count();
+    assert_eq!(failed.len() + ok, n, "answered 200 or 504: {sent:?}");
+    roughly("504 after commit", failed.len(), n, 0.2, 0.07);
+    for id in &failed {
+        assert_eq!(
+            sent[id].json(),
+            json!({"status": "Error", "code": 504, "comment": "upstream timed out after processing"}),
+            "{id}: the documented error envelope"
+        );
+    }
+
+    // Answered as failed, yet every one of them was paid, once.
+    let paid = paid_by_request(&c).await;
+    assert_eq!(paid.len(), n, "every request paid, whatever its answer");
+    assert!(paid.values().all(|v| v.len() == 1));
+    let counters = c.counters().await;
+    assert_eq!(counters["error_5xx_after_commit"], failed.len() as u64);
+    assert_eq!(
+        counters["requests"]["POST /paysend/processing 504"],
+        failed.len() as u64
+    );
+
+    // A retry with the same header.request.id replays the committed payment (until one is
+    // answered 200: a retry draws its own faults).
+    let http = patient();
+    for id in &failed {
+        let body = payment(&c, id);
+        let mut tries = 0;
+        let answer = loop {
+            tries += 1;
+            assert!(tries < 20, "{id}: retries never answered 200");
+            let s = send(&c, &http, &body).await;
+            if s.outcome == Outcome::Answered(200) {
+                break s;
+            }
+        };
+        let task = &answer.json()["payload"]["tasks"][0]["result"];
+        assert_eq!(task["data"]["paymentId"], paid[id][0]["payment_id"], "{id}");
+    }
+    let paid_after = paid_by_request(&c).await;
+    assert_eq!(
+        paid_after.values().map(Vec::len).sum::<usize>(),
+        n,
+        "no retry paid again"
+    );
+    sb.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

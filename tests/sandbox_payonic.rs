@@ -2,8 +2,10 @@
 //! see it: each function's answer and notification shape, request validation, the API key and
 //! TraceApi, the payment rules (declined, no money moved), the Payment API's operations[]
 //! history, payouts without idempotency, the health document and outages, life cycle
-//! notifications, the request faults and notification faults at their rates, and when
-//! notifications arrive. In-process sandbox, provider time 1000× faster; every wait is a
+//! notifications, the request faults and notification faults at their rates, when
+//! notifications arrive, and the behaviours of an independent implementation that the
+//! configuration switches on (5xx after commit, listing delay, pending listings and
+//! notifications, numeric response codes) besides the count of reused TraceApi values. In-process sandbox, provider time 1000× faster; every wait is a
 //! bounded poll, and wall-clock assertions are lower bounds or generous upper ones.
 
 use axum::body::Bytes;
@@ -148,6 +150,18 @@ impl Client {
         let sb = Sandbox::start(config, "127.0.0.1:0".parse().unwrap())
             .await
             .expect("the sandbox starts");
+        Client {
+            base: format!("{}/api", sb.base_url("payonic")),
+            sb,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A sandbox whose state lives in `file` too (replayed when it exists).
+    async fn start_with_state(config: SandboxConfig, file: &std::path::Path) -> Client {
+        let sb = Sandbox::start_with_state(config, "127.0.0.1:0".parse().unwrap(), Some(file))
+            .await
+            .expect("the sandbox starts on its state file");
         Client {
             base: format!("{}/api", sb.base_url("payonic")),
             sb,
@@ -1887,4 +1901,513 @@ async fn payonic_reordered_notifications_overtake_each_other_but_never_precede_t
         assert_eq!(events["payonic.notifications.reordered"], n);
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Behaviours of an independent implementation, off by default
+// ---------------------------------------------------------------------------------------------
+
+const TIMED_OUT: &str = "upstream timed out after processing";
+
+/// An MIT of `amount` DKK on auth1's card under a new merchantpaymentid.
+fn mit_request(merchantpaymentid: &str, amount: u64, url: &str) -> Value {
+    json!({"merchantid": "m1", "paymentid": "auth1", "merchantpaymentid": merchantpaymentid,
+           "amount": amount, "currency": "DKK", "notificationurl": url})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payonic_error_5xx_after_commit_processes_the_operation_and_answers_504() {
+    bounded(async {
+        let n = 200;
+        let c = Client::start(generated(
+            26,
+            n,
+            Faults {
+                error_5xx_after_commit_rate: 0.2,
+                ..Faults::default()
+            },
+        ))
+        .await;
+        let inbox = Inbox::start().await;
+        let sent = capture_each(&c, &inbox, n, 8).await;
+        let failed: Vec<&Sent> = sent
+            .iter()
+            .filter(|s| s.outcome != Outcome::Answered(200))
+            .collect();
+        about("504 after commit", failed.len(), sent.len(), 0.2);
+        assert!(
+            failed.iter().all(|s| s.outcome == Outcome::Answered(504)),
+            "answered 504: {failed:?}"
+        );
+        // Processed exactly as if answered 200: listed, paid once, notified.
+        let shown = captures_shown(&c, &inbox, &sent).await;
+        assert!(shown.iter().all(|&k| k == 1), "{shown:?}");
+        let paid = captures_paid(&c).await;
+        assert_eq!(paid.len(), n as usize);
+        assert!(paid.values().all(|&k| k == 1));
+        let notified: std::collections::HashSet<String> = inbox
+            .at_path("/n")
+            .iter()
+            .map(|r| r.body["paymentid"].as_str().unwrap().to_string())
+            .collect();
+        for s in &failed {
+            assert!(
+                notified.contains(&s.paymentid),
+                "{}: no notification",
+                s.paymentid
+            );
+        }
+        let counters = c.counters().await;
+        assert_eq!(counters["error_5xx_after_commit"], failed.len() as u64);
+        assert_eq!(counters["dropped_after_commit"], 0);
+        assert_eq!(
+            counters["requests"]["POST /payonic/api/{paymentid}/capture 504"],
+            failed.len() as u64
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn error_5xx_after_commit_takes_every_operation_but_not_health_or_the_payment_api() {
+    let mut cfg = config();
+    cfg.faults.error_5xx_after_commit_rate = 1.0;
+    let c = Client::start(cfg).await;
+    let inbox = Inbox::start().await;
+    let url = inbox.at("/n");
+    for (path, body) in [
+        ("/mit", mit_request("mit5xx", 500, &url)),
+        (
+            "/auth1/capture",
+            json!({"amount": 1095, "notificationurl": url}),
+        ),
+        (
+            "/auth1/refund",
+            json!({"amount": 95, "notificationurl": url}),
+        ),
+        ("/auth2/void", json!({"notificationurl": url})),
+        ("/capt1/payout", json!({"amount": 2500, "currency": "EUR"})),
+    ] {
+        let (status, answer) = c.post(path, body).await;
+        assert_eq!(
+            (status, answer),
+            (504, json!({"error": TIMED_OUT, "field": ""})),
+            "{path}"
+        );
+    }
+    let notified = inbox.for_path("/n", 4).await;
+    assert!(
+        notified.iter().all(|n| n.body["status"] == "approved"),
+        "each async operation is notified as a success: {notified:?}"
+    );
+    let rows: Vec<(String, String)> = c
+        .ledger()
+        .await
+        .iter()
+        .map(|e| (e["operation"].to_string(), e["amount"].to_string()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("\"capture\"", "\"10.95\""),
+            ("\"refund\"", "\"0.95\""),
+            ("\"payout\"", "\"25.00\"")
+        ]
+        .map(|(o, a)| (o.to_string(), a.to_string()))
+    );
+    assert!(
+        c.sb.payonic.payonic.payment("mit5xx").is_some(),
+        "the MIT made its payment"
+    );
+    let (status, _) = c.get("/health", None).await;
+    assert_eq!(status, 200, "health is not an operation");
+    let p = c.payment_view("auth1", &inbox).await;
+    assert_eq!(
+        operation_types(&p),
+        ["authorize", "capture", "refund"],
+        "the Payment API answers 200 and lists what was processed"
+    );
+    assert_eq!(c.counters().await["error_5xx_after_commit"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_delay_keeps_a_payout_out_of_the_payment_api_until_it_has_passed() {
+    bounded(async {
+        let payout = json!({"amount": 2500, "currency": "EUR", "note": "p-1"});
+        // By default a payout, processed at request time, is listed at once.
+        let c = Client::start(config()).await;
+        let inbox = Inbox::start().await;
+        assert_eq!(c.post("/capt1/payout", payout.clone()).await.0, 200);
+        let p = c.payment_view("capt1", &inbox).await;
+        assert_eq!(operation_types(&p), ["authorize", "capture", "payout"]);
+
+        // 30 minutes of provider time: 1.8 s here.
+        let delay = Duration::from_secs(30 * 60);
+        let mut cfg = config();
+        cfg.payonic.listing_delay = delay;
+        let c = Client::start(cfg).await;
+        // A new inbox: the same lookup in a sandbox with the same seed has the same responseid.
+        let inbox = Inbox::start().await;
+        let before = Instant::now();
+        let (status, answer) = c.post("/capt1/payout", payout).await;
+        assert_eq!((status, answer["status"].as_str()), (200, Some("approved")));
+        assert_eq!(c.ledger().await.len(), 1, "the money moved at once");
+        let p = c.payment_view("capt1", &inbox).await;
+        assert_eq!(
+            operation_types(&p),
+            ["authorize", "capture"],
+            "seeded operations are listed from the start, the payout not yet"
+        );
+        let listed = loop {
+            let p = c.payment_view("capt1", &inbox).await;
+            if operation_types(&p).len() == 3 {
+                break p;
+            }
+            assert!(
+                before.elapsed() < Duration::from_secs(15),
+                "never listed: {p}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let waited = before.elapsed();
+        let payout = &listed["operations"][2];
+        assert_eq!(
+            (
+                &payout["operationtype"],
+                &payout["status"],
+                &payout["responsecode"]
+            ),
+            (&json!("payout"), &json!("approved"), &json!("00"))
+        );
+        // The Payment API's notification time is its request's plus up to notify_delay_max
+        // (2 s of provider time, 2 ms here).
+        assert!(
+            waited + Duration::from_millis(2) >= delay / 1000,
+            "listed {waited:?} after the payout"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_listings_show_operations_not_listed_yet_as_pending_without_codes() {
+    bounded(async {
+        let mut cfg = config();
+        cfg.payonic.listing_delay = Duration::from_secs(30 * 60);
+        cfg.payonic.pending_listings = true;
+        let c = Client::start(cfg).await;
+        let inbox = Inbox::start().await;
+        let before = Instant::now();
+        let (status, _) = c
+            .post(
+                "/capt1/payout",
+                json!({"amount": 2500, "currency": "EUR", "note": "p-1", "tags": "t-1"}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let p = c.payment_view("capt1", &inbox).await;
+        assert_eq!(operation_types(&p), ["authorize", "capture", "payout"]);
+        let ops = p["operations"].as_array().unwrap();
+        assert_eq!(
+            ops[1]["status"], "approved",
+            "seeded: listed from the start"
+        );
+        let pending = &ops[2];
+        assert_eq!(
+            keys(pending),
+            [
+                "operationid",
+                "operationtype",
+                "amount",
+                "currency",
+                "created",
+                "note",
+                "tags",
+                "status"
+            ]
+        );
+        assert_eq!(
+            (
+                &pending["status"],
+                &pending["amount"],
+                &pending["currency"],
+                &pending["note"]
+            ),
+            (
+                &json!("pending"),
+                &json!("2500"),
+                &json!("EUR"),
+                &json!("p-1")
+            )
+        );
+
+        // A capture not processed yet is pending too, and not in the balance.
+        c.accepted(
+            "/auth1/capture",
+            json!({"amount": 1095, "notificationurl": inbox.at("/capture")}),
+        )
+        .await;
+        let p = c.payment_view("auth1", &inbox).await;
+        assert_eq!(p["operations"][1]["operationtype"], "capture");
+        assert_eq!(p["operations"][1]["status"], "pending");
+        assert_eq!(p["balance"], 1095);
+
+        // Once listable, the same operation shows its outcome.
+        let listed = loop {
+            let p = c.payment_view("capt1", &inbox).await;
+            if p["operations"][2]["status"] != "pending" {
+                break p;
+            }
+            assert!(
+                before.elapsed() < Duration::from_secs(15),
+                "still pending: {p}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let payout = &listed["operations"][2];
+        assert_eq!(payout["operationid"], pending["operationid"]);
+        assert_eq!(
+            (&payout["status"], &payout["responsecode"]),
+            (&json!("approved"), &json!("00"))
+        );
+        assert_eq!(payout["authorizationcode"].as_str().unwrap().len(), 6);
+        let p = c.payment_view("auth1", &inbox).await;
+        assert_eq!(p["operations"][1]["status"], "approved");
+        assert_eq!(p["balance"], 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_notifications_come_at_once_without_codes_and_the_final_one_follows() {
+    bounded(async {
+        let mut cfg = config();
+        cfg.payonic.pending_notifications = true;
+        // The final notification comes 100 to 200 ms (real) after the request.
+        cfg.payonic.notify_delay_min = Duration::from_secs(100);
+        cfg.payonic.notify_delay_max = Duration::from_secs(200);
+        let c = Client::start(cfg).await;
+        let inbox = Inbox::start().await;
+
+        let rid = c
+            .accepted(
+                "/order1/capture",
+                json!({"amount": 1095, "notificationurl": inbox.at("/capture")}),
+            )
+            .await;
+        let got = inbox.for_path("/capture", 2).await;
+        let (first, last) = (&got[0], &got[1]);
+        assert_eq!(
+            keys(&first.body),
+            ["responseid", "paymentid", "merchantpaymentid", "status"]
+        );
+        assert_eq!(
+            first.body,
+            json!({"responseid": rid, "paymentid": "auth1", "merchantpaymentid": "order1",
+                   "status": "pending"})
+        );
+        assert_eq!(last.body["responseid"], rid.as_str());
+        assert_eq!(
+            (&last.body["status"], &last.body["responsecode"]),
+            (&json!("approved"), &json!("00"))
+        );
+
+        let rid = c
+            .accepted("/mit", mit_request("mitpending", 500, &inbox.at("/mit")))
+            .await;
+        let got = inbox.for_path("/mit", 2).await;
+        assert_eq!(
+            keys(&got[0].body),
+            [
+                "responseid",
+                "paymentid",
+                "newmerchantpaymentid",
+                "status",
+                "processor",
+                "eci",
+                "par"
+            ]
+        );
+        assert_eq!(got[0].body["status"], "pending");
+        assert_eq!(got[1].body["responseid"], rid.as_str());
+        assert_eq!(got[1].body["status"], "approved");
+        assert_eq!(got[0].body["paymentid"], got[1].body["paymentid"]);
+
+        // A payout answers on the socket and posts nothing, pending or not.
+        let (status, _) = c
+            .post(
+                "/capt1/payout",
+                json!({"amount": 2500, "currency": "EUR", "notificationurl": inbox.at("/payout")}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(inbox.at_path("/payout").is_empty());
+        assert_eq!(inbox.all().len(), 4);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn numeric_responsecode_writes_the_code_as_a_number_everywhere() {
+    let mut cfg = config();
+    cfg.payonic.numeric_responsecode = true;
+    let c = Client::start(cfg).await;
+    let inbox = Inbox::start().await;
+    let url = inbox.at("/n");
+    for (path, body, code) in [
+        (
+            "/order1/capture",
+            json!({"amount": 1095, "notificationurl": url}),
+            0,
+        ),
+        (
+            "/auth2/capture",
+            json!({"amount": 2000, "notificationurl": url}),
+            13,
+        ),
+        ("/mit", mit_request("mitnumeric", 500, &url), 0),
+    ] {
+        let rid = c.accepted(path, body).await;
+        let n = inbox.for_response(&rid).await;
+        assert_eq!(n.body["responsecode"], json!(code), "{path}: {}", n.body);
+    }
+    for (amount, code, status) in [(2500, 0, "approved"), (1051, 51, "declined")] {
+        let (_, answer) = c
+            .post(
+                "/capt1/payout",
+                json!({"amount": amount, "currency": "EUR"}),
+            )
+            .await;
+        assert_eq!(
+            (&answer["responsecode"], &answer["status"]),
+            (&json!(code), &json!(status)),
+            "payout of {amount}"
+        );
+    }
+    let codes = |p: &Value| -> Vec<Value> {
+        p["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["responsecode"].clone())
+            .collect()
+    };
+    let p = c.payment_view("capt1", &inbox).await;
+    assert_eq!(codes(&p), [json!(0), json!(0), json!(0), json!(51)]);
+    let p = c.payment_view("auth2", &inbox).await;
+    assert_eq!(codes(&p), [json!(0), json!(13)]);
+}
+
+/// A payout on capt1 with `trace` as its TraceApi header (none: without one); its status.
+async fn traced_payout(c: &Client, trace: Option<&str>) -> u16 {
+    let auth = format!("Basic {KEY}");
+    let mut headers = vec![("Authorization", auth.as_str())];
+    headers.extend(trace.map(|t| ("TraceApi", t)));
+    let payout = json!({"amount": 2500, "currency": "EUR"});
+    c.send(
+        reqwest::Method::POST,
+        "/capt1/payout",
+        &headers,
+        Some(&payout),
+    )
+    .await
+    .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_trace_api_is_served_and_counted_and_remembered_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("payonic.sandbox");
+    let trace = "e018fdfb5bda40e4a7e91759c22922fd";
+    let reused = |counters: &Value| {
+        counters["events"]["payonic.trace_reused"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+
+    let c = Client::start_with_state(config(), &file).await;
+    for t in [
+        Some(trace),
+        Some(trace),
+        Some("0123456789abcdef0123456789abcdef"),
+        None,
+        None,
+    ] {
+        assert_eq!(
+            traced_payout(&c, t).await,
+            200,
+            "{t:?}: served, not refused"
+        );
+    }
+    assert_eq!(c.ledger().await.len(), 5, "each payout paid");
+    assert_eq!(
+        reused(&c.counters().await),
+        1,
+        "one reuse; identical requests without a TraceApi are not one"
+    );
+    c.sb.stop().await;
+
+    let c = Client::start_with_state(config(), &file).await;
+    assert_eq!(traced_payout(&c, Some(trace)).await, 200);
+    assert_eq!(
+        reused(&c.counters().await),
+        2,
+        "the sandbox remembers the TraceApi it saw"
+    );
+    c.sb.stop().await;
+}
+
+#[test]
+fn the_behaviour_settings_are_off_by_default_and_checked_when_loaded() {
+    let d = SandboxConfig::default();
+    assert_eq!(
+        (
+            d.payonic.listing_delay,
+            d.payonic.pending_listings,
+            d.payonic.pending_notifications,
+            d.payonic.numeric_responsecode,
+            d.faults.error_5xx_after_commit_rate
+        ),
+        (Duration::ZERO, false, false, false, 0.0)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let load = |yaml: &str| {
+        let path = dir.path().join("sandbox.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        SandboxConfig::load(&path).map_err(|e| e.to_string())
+    };
+    let c = load(
+        "payonic:\n  listing_delay: 5m\n  pending_listings: true\n  pending_notifications: true\n  numeric_responsecode: true\nfaults:\n  error_5xx_after_commit_rate: 0.25\n",
+    )
+    .unwrap();
+    assert_eq!(c.payonic.listing_delay, Duration::from_secs(300));
+    assert!(c.payonic.pending_listings && c.payonic.pending_notifications);
+    assert!(c.payonic.numeric_responsecode);
+    assert_eq!(c.faults.error_5xx_after_commit_rate, 0.25);
+    for (yaml, says) in [
+        (
+            "faults:\n  error_5xx_after_commit_rate: 1.5\n",
+            "faults.error_5xx_after_commit_rate 1.5 is not a probability between 0 and 1",
+        ),
+        (
+            "payonic:\n  listing_delay: soon\n",
+            "`soon` is not a duration",
+        ),
+        (
+            "payonic:\n  listing_delay: 5\n",
+            "`5` is a duration without its unit (hint: write 5s or 5ms)",
+        ),
+        ("payonic:\n  pending_listings: maybe\n", "pending_listings"),
+        (
+            "payonic:\n  numeric_responsecodes: true\n",
+            "numeric_responsecodes",
+        ),
+    ] {
+        let e = load(yaml).unwrap_err();
+        assert!(e.contains(says), "{yaml}: {e}");
+    }
+    let mut f = Faults::default();
+    f.set("error_5xx_after_commit_rate=0.5").unwrap();
+    assert_eq!(f.error_5xx_after_commit_rate, 0.5);
 }

@@ -110,6 +110,21 @@ pub struct PayonicConfig {
     pub payments: Vec<PayonicPayment>,
     /// Many identical payments for big tests and benchmarks.
     pub generate: Option<PayonicGenerate>,
+    /// An operation shows in the Payment API's `operations[]` only this long after it was
+    /// processed (provider time; 0: at once). Payouts, processed at request time, are then
+    /// not listed at once.
+    #[serde(with = "humantime_serde_de")]
+    pub listing_delay: std::time::Duration,
+    /// An operation not yet listable (not processed, or within `listing_delay`) is listed with
+    /// `"status": "pending"` and no `responsecode` or `authorizationcode`, instead of left out.
+    pub pending_listings: bool,
+    /// MIT, capture, refund and void post a first notification with `"status": "pending"`
+    /// (no `responsecode` or `authorizationcode`) right after the request, before the final
+    /// one.
+    pub pending_notifications: bool,
+    /// `responsecode` as a JSON number (`"00"` → 0, `"51"` → 51) in notifications, the payout
+    /// answer and `operations[]`.
+    pub numeric_responsecode: bool,
 }
 
 impl Default for PayonicConfig {
@@ -123,6 +138,10 @@ impl Default for PayonicConfig {
             lifecycle_url: None,
             payments: Vec::new(),
             generate: None,
+            listing_delay: std::time::Duration::ZERO,
+            pending_listings: false,
+            pending_notifications: false,
+            numeric_responsecode: false,
         }
     }
 }
@@ -209,6 +228,11 @@ pub struct Faults {
     /// Process and commit the request (the money moves), then drop the connection unanswered:
     /// the in-doubt case.
     pub drop_after_commit_rate: f64,
+    /// Process and commit the request (the money moves, its notification is scheduled), then
+    /// answer `504 Gateway Timeout` instead of the real answer: in doubt, with an answer that
+    /// says "failed". Payonic's operations (not health or the Payment API) and Paysend's
+    /// `POST /processing`.
+    pub error_5xx_after_commit_rate: f64,
     /// Webhooks: not sent, sent twice, sent late, sent out of order, or signed wrongly.
     pub webhook_drop_rate: f64,
     pub webhook_duplicate_rate: f64,
@@ -222,13 +246,52 @@ pub struct Faults {
     pub hold_time: Option<std::time::Duration>,
 }
 
+/// A duration as the configuration writes it: text like `200ms`, `5s` or `30m`; a bare `0`
+/// is zero, any other bare number is refused (its unit would be a guess).
+struct Humantime(std::time::Duration);
+
+impl<'de> serde::Deserialize<'de> for Humantime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Humantime;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration like 200ms, 5s or 30m")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Humantime, E> {
+                humantime::parse_duration(s).map(Humantime).map_err(|e| {
+                    E::custom(format!(
+                        "`{s}` is not a duration ({e}; hint: write it like 200ms, 5s or 30m)"
+                    ))
+                })
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Humantime, E> {
+                if n == 0 {
+                    return Ok(Humantime(std::time::Duration::ZERO));
+                }
+                Err(E::custom(format!(
+                    "`{n}` is a duration without its unit (hint: write {n}s or {n}ms)"
+                )))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Humantime, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom(format!(
+                        "`{n}` is not a duration: it is negative"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 mod humantime_serde_de {
     use serde::Deserialize;
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(
         d: D,
     ) -> Result<std::time::Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+        super::Humantime::deserialize(d).map(|h| h.0)
     }
 }
 
@@ -237,9 +300,7 @@ mod humantime_serde_opt {
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(
         d: D,
     ) -> Result<Option<std::time::Duration>, D::Error> {
-        let s = Option::<String>::deserialize(d)?;
-        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
+        Ok(Option::<super::Humantime>::deserialize(d)?.map(|h| h.0))
     }
 }
 
@@ -265,6 +326,7 @@ impl Faults {
             "error_5xx_rate" => self.error_5xx_rate = rate()?,
             "timeout_rate" => self.timeout_rate = rate()?,
             "drop_after_commit_rate" => self.drop_after_commit_rate = rate()?,
+            "error_5xx_after_commit_rate" => self.error_5xx_after_commit_rate = rate()?,
             "webhook_drop_rate" => self.webhook_drop_rate = rate()?,
             "webhook_duplicate_rate" => self.webhook_duplicate_rate = rate()?,
             "webhook_delay_rate" => self.webhook_delay_rate = rate()?,
@@ -312,6 +374,7 @@ impl SandboxConfig {
             ("error_5xx_rate", f.error_5xx_rate),
             ("timeout_rate", f.timeout_rate),
             ("drop_after_commit_rate", f.drop_after_commit_rate),
+            ("error_5xx_after_commit_rate", f.error_5xx_after_commit_rate),
             ("webhook_drop_rate", f.webhook_drop_rate),
             ("webhook_duplicate_rate", f.webhook_duplicate_rate),
             ("webhook_delay_rate", f.webhook_delay_rate),

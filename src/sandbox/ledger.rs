@@ -57,6 +57,7 @@ pub struct Ledger {
     pub duplicates_refused: AtomicU64,
     pub replays: AtomicU64,
     pub dropped_after_commit: AtomicU64,
+    pub error_5xx_after_commit: AtomicU64,
     pub webhooks_sent: AtomicU64,
     /// The state file every change is journaled to (none: nothing is persisted).
     journal: OnceLock<Arc<Journal>>,
@@ -69,15 +70,18 @@ pub enum Counter {
     DuplicatesRefused,
     Replays,
     DroppedAfterCommit,
+    /// Processed, then answered 504 (`faults.error_5xx_after_commit_rate`).
+    Error5xxAfterCommit,
     WebhooksSent,
 }
 
 impl Counter {
-    const ALL: [Counter; 5] = [
+    const ALL: [Counter; 6] = [
         Counter::RateLimited,
         Counter::DuplicatesRefused,
         Counter::Replays,
         Counter::DroppedAfterCommit,
+        Counter::Error5xxAfterCommit,
         Counter::WebhooksSent,
     ];
 
@@ -87,6 +91,7 @@ impl Counter {
             Counter::DuplicatesRefused => "duplicates_refused",
             Counter::Replays => "replays",
             Counter::DroppedAfterCommit => "dropped_after_commit",
+            Counter::Error5xxAfterCommit => "error_5xx_after_commit",
             Counter::WebhooksSent => "webhooks_sent",
         }
     }
@@ -97,12 +102,15 @@ pub struct Counters {
     /// "METHOD path status" → count.
     pub requests: BTreeMap<String, u64>,
     /// Named events → count (Payonic: notifications sent/dropped/duplicated/delayed/reordered/
-    /// failed, declined operations per function, replayed MITs).
+    /// failed, declined operations per function, replayed MITs, requests reusing a TraceApi).
     pub events: BTreeMap<String, u64>,
     pub rate_limited: u64,
     pub duplicates_refused: u64,
     pub replays: u64,
     pub dropped_after_commit: u64,
+    /// Requests processed and then answered 504 (their money moved).
+    #[serde(default)]
+    pub error_5xx_after_commit: u64,
     pub webhooks_sent: u64,
     pub payments: u64,
 }
@@ -118,6 +126,7 @@ impl Default for Ledger {
             duplicates_refused: AtomicU64::new(0),
             replays: AtomicU64::new(0),
             dropped_after_commit: AtomicU64::new(0),
+            error_5xx_after_commit: AtomicU64::new(0),
             webhooks_sent: AtomicU64::new(0),
             journal: OnceLock::new(),
         }
@@ -148,6 +157,7 @@ impl Ledger {
             Counter::DuplicatesRefused => &self.duplicates_refused,
             Counter::Replays => &self.replays,
             Counter::DroppedAfterCommit => &self.dropped_after_commit,
+            Counter::Error5xxAfterCommit => &self.error_5xx_after_commit,
             Counter::WebhooksSent => &self.webhooks_sent,
         }
     }
@@ -249,6 +259,7 @@ impl Ledger {
             duplicates_refused: self.duplicates_refused.load(Ordering::Relaxed),
             replays: self.replays.load(Ordering::Relaxed),
             dropped_after_commit: self.dropped_after_commit.load(Ordering::Relaxed),
+            error_5xx_after_commit: self.error_5xx_after_commit.load(Ordering::Relaxed),
             webhooks_sent: self.webhooks_sent.load(Ordering::Relaxed),
             payments: self
                 .entries
@@ -277,6 +288,7 @@ impl Ledger {
             &self.duplicates_refused,
             &self.replays,
             &self.dropped_after_commit,
+            &self.error_5xx_after_commit,
             &self.webhooks_sent,
         ] {
             c.store(0, Ordering::Relaxed);

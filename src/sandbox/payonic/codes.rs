@@ -2,6 +2,8 @@
 //! "approved" (L87-89); every other code here is a choice, taken from the ISO 8583 response
 //! codes card processors (e.g. finaro, L44) answer with, and kept in this one table.
 
+use serde_json::{Value, json};
+
 /// Approved (L87).
 pub const APPROVED: &str = "00";
 /// Choice: mock trigger, amount ending in 005 minor units.
@@ -49,9 +51,90 @@ pub fn status(code: &str) -> &'static str {
     }
 }
 
+/// The `status` of an operation not decided yet (`payonic.pending_listings`,
+/// `pending_notifications`). Choice: the document shows only "approved" (L89); "pending" is
+/// what an independent Payonic implementation sends.
+pub const PENDING: &str = "pending";
+
+/// `body` (a notification or an `operations[]` entry) as it reads before its outcome:
+/// `status` "pending", no `responsecode` and no `authorizationcode`; every other field, in its
+/// place, as it is.
+pub fn pending(body: &Value) -> Value {
+    let Value::Object(m) = body else {
+        return body.clone();
+    };
+    Value::Object(
+        m.iter()
+            .filter(|(k, _)| *k != "responsecode" && *k != "authorizationcode")
+            .map(|(k, v)| {
+                let v = if k == "status" {
+                    json!(PENDING)
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+    )
+}
+
+/// How `responsecode` is written. The document prints it as a string (`"00"`, L87); an
+/// independent implementation writes a number (`payonic.numeric_responsecode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CodeForm {
+    /// `"00"`, `"51"`.
+    #[default]
+    Text,
+    /// `0`, `51`.
+    Number,
+}
+
+impl CodeForm {
+    pub fn numeric(numeric: bool) -> CodeForm {
+        if numeric {
+            CodeForm::Number
+        } else {
+            CodeForm::Text
+        }
+    }
+
+    /// `code` as the JSON value of `responsecode`.
+    pub fn value(self, code: &str) -> Value {
+        match (self, code.parse::<u64>()) {
+            (CodeForm::Number, Ok(n)) => json!(n),
+            _ => json!(code),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_numeric_responsecode_drops_the_leading_zeros() {
+        for (code, text, number) in [
+            (APPROVED, json!("00"), json!(0)),
+            (DO_NOT_HONOUR, json!("05"), json!(5)),
+            (INSUFFICIENT_FUNDS, json!("51"), json!(51)),
+        ] {
+            assert_eq!(CodeForm::Text.value(code), text);
+            assert_eq!(CodeForm::Number.value(code), number);
+        }
+    }
+
+    #[test]
+    fn a_pending_body_has_no_codes_and_keeps_its_other_fields_in_place() {
+        let v = json!({"responseid": "r", "responsecode": "00", "authorizationcode": "123456",
+            "status": "approved", "processor": "finaro"});
+        let p = pending(&v);
+        assert_eq!(
+            p,
+            json!({"responseid": "r", "status": "pending", "processor": "finaro"})
+        );
+        let keys: Vec<&String> = p.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["responseid", "status", "processor"]);
+    }
 
     #[test]
     fn triggers_look_at_the_last_three_minor_unit_digits() {

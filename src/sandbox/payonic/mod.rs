@@ -32,11 +32,33 @@
 //! - payouts have no idempotency key in the document: a repeated payout pays again. A payout
 //!   posts no notification (it is answered on the socket); its notificationurl is only
 //!   checked;
-//! - the shared request faults (latency, 5xx, timeout, drop after commit) apply to Payonic
-//!   requests too, drawn from the seed, the request's identity (its TraceApi, else a digest
-//!   of method, path and body) and how many times that identity was seen;
+//! - the shared request faults (latency, 5xx, timeout, drop after commit, 5xx after commit)
+//!   apply to Payonic requests too, drawn from the seed, the request's identity (its
+//!   TraceApi, else a digest of method, path and body) and how many times that identity was
+//!   seen. 5xx after commit applies to the functions that record an operation (mit, capture,
+//!   refund, void, payout), not to health or the Payment API: the operation is recorded, money
+//!   moves and the notification is scheduled as for a success, but the answer is
+//!   `504 {"error": "upstream timed out after processing", "field": ""}`;
+//! - TraceApi "must be set to an unique value" (L29): a request reusing one already seen (by
+//!   any Payonic function, since the start or the last reset) is served as usual and counted
+//!   as the event `payonic.trace_reused`. The seen set is the per-identity attempt count
+//!   above, which the state file keeps, so it survives a restart;
 //! - an API that `payonic.health` reports "error" is down: its functions answer 503 and do
 //!   nothing (see `health`).
+//!
+//! Behaviours an independent Payonic implementation showed, each off by default (the
+//! document's reading above stays the default), so that a client can be tested against them:
+//! - `payonic.listing_delay`: the Payment API lists an operation only that long (provider
+//!   time) after it was processed — payouts, processed at request time, are no longer listed
+//!   at once; `balance` follows the listed operations;
+//! - `payonic.pending_listings`: an operation not listable yet (not processed, or within the
+//!   listing delay) is listed with `"status": "pending"` and without `responsecode` and
+//!   `authorizationcode`, instead of being left out;
+//! - `payonic.pending_notifications`: MIT, capture, refund and void first post their
+//!   notification in that pending form right after the request (webhook faults drawn on
+//!   their own), then the final one when processed; a replayed MIT posts only the final one;
+//! - `payonic.numeric_responsecode`: `responsecode` is a JSON number (`"00"` → `0`, `"51"` →
+//!   `51`) in operation notifications, the payout answer and `operations[]`.
 
 pub mod codes;
 pub mod health;
@@ -287,6 +309,20 @@ impl Payonic {
         self.aliases.shard(id).get(id).cloned()
     }
 
+    /// How the Payment API lists operations, from the configuration.
+    fn listing(&self) -> payment::Listing {
+        payment::Listing {
+            delay: self.config.listing_delay,
+            pending: self.config.pending_listings,
+            form: self.form(),
+        }
+    }
+
+    /// How `responsecode` is written, from the configuration.
+    fn form(&self) -> codes::CodeForm {
+        codes::CodeForm::numeric(self.config.numeric_responsecode)
+    }
+
     /// A copy of a payment (tests and the sandbox's own views).
     pub fn payment(&self, id: &str) -> Option<Payment> {
         let pid = self.resolve(id)?;
@@ -432,6 +468,12 @@ fn check(
             });
         *n - 1
     };
+    // L29: TraceApi "must be set to an unique value". Choice: a reuse is counted, not
+    // refused. With a TraceApi the identity is the TraceApi itself, so its attempt count is
+    // how often it was seen — journaled, so a restarted sandbox still knows it.
+    if trace.is_some() && attempt > 0 {
+        ctx.state.ledger.event("payonic.trace_reused");
+    }
     Ok(Call {
         trace,
         identity,
@@ -462,13 +504,43 @@ async fn request_faults(state: &State, call: &Call) -> Result<rand::rngs::StdRng
     Ok(rng)
 }
 
-fn answer(state: &State, rng: &mut rand::rngs::StdRng, body: Value) -> Response {
+/// What a processed request is: which faults after commit its answer may meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Processed {
+    /// MIT, capture, refund, void, payout: an operation was recorded (money may have moved).
+    /// Dropped after commit, or answered 504 after commit.
+    Operation,
+    /// The Payment API: dropped after commit only.
+    Lookup,
+}
+
+/// The 200 answer of a processed request, unless a fault after commit takes it: the
+/// connection dropped unanswered, or (operations only) 504 with the body below. Both drawn
+/// from the request's own generator, after its faults before processing.
+fn answer(
+    state: &State,
+    rng: &mut rand::rngs::StdRng,
+    body: Value,
+    processed: Processed,
+) -> Response {
+    let f = state.faults();
     let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
-    if faults::happens(rng, state.faults().drop_after_commit_rate) {
+    if faults::happens(rng, f.drop_after_commit_rate) {
         state
             .ledger
             .bump(crate::sandbox::ledger::Counter::DroppedAfterCommit);
         resp.extensions_mut().insert(DropConnection);
+    } else if processed == Processed::Operation
+        && faults::happens(rng, f.error_5xx_after_commit_rate)
+    {
+        state
+            .ledger
+            .bump(crate::sandbox::ledger::Counter::Error5xxAfterCommit);
+        return error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "",
+            "upstream timed out after processing",
+        );
     }
     resp
 }
@@ -490,6 +562,38 @@ fn notification_rng(state: &State, call: &Call) -> rand::rngs::StdRng {
         call.attempt,
         "payonic.notification",
     )
+}
+
+/// Posts an async operation's notification: with `payonic.pending_notifications`, first its
+/// pending form at once (faults drawn on their own, so the final one meets the same as
+/// without), then `body` at `at`, when the operation is processed.
+fn notify_operation(ctx: &Ctx, call: &Call, url: &str, at: Duration, body: Value) {
+    let state = &ctx.state;
+    if ctx.payonic.config.pending_notifications {
+        let mut rng = faults::rng(
+            state.seed,
+            &call.identity,
+            call.attempt,
+            "payonic.notification.pending",
+        );
+        let now = state.clock.now();
+        notify::send(
+            ctx,
+            &mut rng,
+            url,
+            call.trace.as_deref(),
+            now,
+            codes::pending(&body),
+        );
+    }
+    notify::send(
+        ctx,
+        &mut notification_rng(state, call),
+        url,
+        call.trace.as_deref(),
+        at,
+        body,
+    );
 }
 
 /// A new operation of `ty` decided against `p` and appended to it.
@@ -561,12 +665,12 @@ fn operate(
 }
 
 /// The capture/refund/void notification (L129-136).
-fn modify_notification(p: &Payment, op: &Operation) -> Value {
+fn modify_notification(p: &Payment, op: &Operation, form: codes::CodeForm) -> Value {
     json!({
         "responseid": op.responseid,
         "paymentid": p.paymentid,
         "merchantpaymentid": p.merchantpaymentid,
-        "responsecode": op.responsecode,
+        "responsecode": form.value(op.responsecode),
         "authorizationcode": op.authorizationcode,
         "status": codes::status(op.responsecode),
     })
@@ -574,14 +678,14 @@ fn modify_notification(p: &Payment, op: &Operation) -> Value {
 
 /// The MIT notification (L83-93). Choice: eci "07" and a PAR derived from the root payment
 /// (the same card gives the same PAR).
-fn mit_notification(p: &Payment, op: &Operation, seed: u64) -> Value {
+fn mit_notification(p: &Payment, op: &Operation, seed: u64, form: codes::CodeForm) -> Value {
     let root = p.parentpaymentid.as_deref().unwrap_or(&p.paymentid);
     let par = hex_id(seed, &[root, "par"]) + &hex_id(seed, &[root, "par2"]);
     json!({
         "responseid": op.responseid,
         "paymentid": p.paymentid,
         "newmerchantpaymentid": p.merchantpaymentid,
-        "responsecode": op.responsecode,
+        "responsecode": form.value(op.responsecode),
         "authorizationcode": op.authorizationcode,
         "status": codes::status(op.responsecode),
         "processor": p.processor,
@@ -619,8 +723,10 @@ async fn mit(AxState(ctx): AxState<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
         drop(aliases);
         state.ledger.event("payonic.mit.replayed");
         let first = ps.payments.shard(&pid).get(&pid).and_then(|p| {
-            p.first_authorization()
-                .map(|op| (op.responseid.clone(), mit_notification(p, op, state.seed)))
+            p.first_authorization().map(|op| {
+                let body = mit_notification(p, op, state.seed, ps.form());
+                (op.responseid.clone(), body)
+            })
         });
         let Some((responseid, body)) = first else {
             return unknown_payment(&req.merchantpaymentid);
@@ -633,7 +739,12 @@ async fn mit(AxState(ctx): AxState<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
             at,
             body,
         );
-        return answer(state, &mut rng, json!({"responseid": responseid}));
+        return answer(
+            state,
+            &mut rng,
+            json!({"responseid": responseid}),
+            Processed::Operation,
+        );
     }
     let attempt = call.attempt.to_string();
     let paymentid = hex_id(state.seed, &[&call.identity, &attempt, "paymentid"]);
@@ -671,19 +782,17 @@ async fn mit(AxState(ctx): AxState<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
         &req.note,
         &req.tags,
     );
-    let body = mit_notification(&p, &op, state.seed);
+    let body = mit_notification(&p, &op, state.seed, ps.form());
     aliases.insert(req.merchantpaymentid.clone(), paymentid.clone());
     ps.payments.shard(&paymentid).insert(paymentid.clone(), p);
     drop(aliases);
-    notify::send(
-        &ctx,
-        &mut notification_rng(state, &call),
-        &req.notificationurl,
-        call.trace.as_deref(),
-        at,
-        body,
-    );
-    answer(state, &mut rng, json!({"responseid": op.responseid}))
+    notify_operation(&ctx, &call, &req.notificationurl, at, body);
+    answer(
+        state,
+        &mut rng,
+        json!({"responseid": op.responseid}),
+        Processed::Operation,
+    )
 }
 
 /// Capture, refund and void: the same request shape and notification.
@@ -738,18 +847,16 @@ async fn modify(
         let op = operate(
             state, &call, p, ty, amount, &currency, at, &req.note, &req.tags,
         );
-        modify_notification(p, &op)
+        modify_notification(p, &op, ctx.payonic.form())
     };
     let responseid = notification["responseid"].clone();
-    notify::send(
-        &ctx,
-        &mut notification_rng(state, &call),
-        &req.notificationurl,
-        call.trace.as_deref(),
-        at,
-        notification,
-    );
-    answer(state, &mut rng, json!({"responseid": responseid}))
+    notify_operation(&ctx, &call, &req.notificationurl, at, notification);
+    answer(
+        state,
+        &mut rng,
+        json!({"responseid": responseid}),
+        Processed::Operation,
+    )
 }
 
 async fn capture(
@@ -830,13 +937,13 @@ async fn payout(
         p.customer.email = saved;
         json!({
             "responseid": op.responseid,
-            "responsecode": op.responsecode,
+            "responsecode": ctx.payonic.form().value(op.responsecode),
             "authorizationcode": op.authorizationcode,
             "status": codes::status(op.responsecode),
             "processor": req.processor.unwrap_or(p.processor.clone()),
         })
     };
-    answer(state, &mut rng, answer_body)
+    answer(state, &mut rng, answer_body, Processed::Operation)
 }
 
 /// Payment (L270-365): its fields come in a JSON body on the GET (L272-276) or, as the
@@ -891,7 +998,13 @@ async fn payment_info(
         state.seed,
         &[&call.identity, &call.attempt.to_string(), "responseid"],
     );
-    let body = p.to_json(&responseid, at, req.operationid.as_deref(), req.gfx);
+    let body = p.to_json(
+        &responseid,
+        at,
+        req.operationid.as_deref(),
+        req.gfx,
+        ctx.payonic.listing(),
+    );
     notify::send(
         &ctx,
         &mut notification_rng(state, &call),
@@ -900,7 +1013,12 @@ async fn payment_info(
         at,
         body,
     );
-    answer(state, &mut rng, json!({"responseid": responseid}))
+    answer(
+        state,
+        &mut rng,
+        json!({"responseid": responseid}),
+        Processed::Lookup,
+    )
 }
 
 async fn health(AxState(ctx): AxState<Arc<Ctx>>, headers: HeaderMap) -> Response {

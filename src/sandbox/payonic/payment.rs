@@ -120,10 +120,20 @@ impl Operation {
         self.responsecode == codes::APPROVED
     }
 
+    /// When the Payment API lists it: `delay` after it was processed. Seeded operations (time
+    /// zero: processed before the sandbox started) are listed from the start.
+    pub fn listed_from(&self, delay: Duration) -> Duration {
+        if self.at.is_zero() {
+            self.at
+        } else {
+            self.at + delay
+        }
+    }
+
     /// One entry of `operations[]` (L320-331). Amounts are strings there, as in the document.
     /// `tags` and `traceapi` are additions (choice): a client recognises its own operation by
     /// its note and tags, support by the trace id.
-    pub fn to_json(&self) -> Value {
+    pub fn to_json(&self, form: codes::CodeForm) -> Value {
         let mut o = json!({
             "operationid": self.operationid,
             "operationtype": self.optype.as_str(),
@@ -136,7 +146,7 @@ impl Operation {
         o["created"] = json!(self.created);
         o["note"] = json!(self.note);
         o["tags"] = json!(self.tags);
-        o["responsecode"] = json!(self.responsecode);
+        o["responsecode"] = form.value(self.responsecode);
         o["authorizationcode"] = json!(self.authorizationcode);
         o["status"] = json!(codes::status(self.responsecode));
         if let Some(t) = &self.traceapi {
@@ -144,6 +154,18 @@ impl Operation {
         }
         o
     }
+}
+
+/// How the Payment API lists operations (`payonic.listing_delay`, `pending_listings`,
+/// `numeric_responsecode`); the default lists each one as soon as it is processed, with
+/// its code as text, as the document's example does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// How long after its processing an operation is listed.
+    pub delay: Duration,
+    /// Whether an operation not listed yet shows as pending (else it is left out).
+    pub pending: bool,
+    pub form: codes::CodeForm,
 }
 
 /// What the sandbox holds of a payment's card: never a PAN, only what the document shows.
@@ -218,14 +240,17 @@ pub struct Totals {
 }
 
 impl Payment {
-    /// Totals over the approved operations processed by `until` (all when `None`).
-    pub fn totals(&self, until: Option<Duration>) -> Totals {
+    /// Totals over all approved operations, decided or still to be processed.
+    pub fn totals(&self) -> Totals {
+        Totals::of(self.operations.iter())
+    }
+}
+
+impl Totals {
+    /// What the approved ones of `operations` add up to.
+    pub fn of<'a>(operations: impl Iterator<Item = &'a Operation>) -> Totals {
         let mut t = Totals::default();
-        for op in self
-            .operations
-            .iter()
-            .filter(|o| o.approved() && until.is_none_or(|u| o.at <= u))
-        {
+        for op in operations.filter(|o| o.approved()) {
             match op.optype {
                 OpType::Authorize => t.authorized += op.amount,
                 OpType::Capture => t.captured += op.amount,
@@ -236,12 +261,14 @@ impl Payment {
         }
         t
     }
+}
 
+impl Payment {
     /// The response code for an operation of `ty` over `amount`, given everything already
     /// decided on this payment. The payment's own rules come first (Payonic checks them before
     /// it asks the processor, L21-23), then the processor's mock triggers.
     pub fn decide(&self, ty: OpType, amount: u64) -> &'static str {
-        let t = self.totals(None);
+        let t = self.totals();
         let rule = match ty {
             OpType::Authorize => None,
             OpType::Capture if t.voided || t.authorized == 0 => Some(codes::INVALID_TRANSACTION),
@@ -268,7 +295,7 @@ impl Payment {
 
     /// The amount a void cancels: what is authorized and not captured.
     pub fn voidable(&self) -> u64 {
-        let t = self.totals(None);
+        let t = self.totals();
         t.authorized.saturating_sub(t.captured)
     }
 
@@ -278,17 +305,21 @@ impl Payment {
             .find(|o| o.optype == OpType::Authorize)
     }
 
-    /// The Payment API's notification (L290-365) as of provider time `at`: operations not yet
-    /// processed then are left out. `balance` (L297) is the choice "authorized, not captured
-    /// nor voided" — the example's 0 after a full capture (L296-297, L318-342) fits it.
+    /// The Payment API's notification (L290-365) as of provider time `at`: an operation is
+    /// listed once `listing.delay` has passed after it was processed; before, it is left out,
+    /// or listed as pending with `listing.pending`. `balance` (L297) is the choice
+    /// "authorized, not captured nor voided" over the listed operations — the example's 0
+    /// after a full capture (L296-297, L318-342) fits it.
     pub fn to_json(
         &self,
         responseid: &str,
         at: Duration,
         operationid: Option<&str>,
         gfx: bool,
+        listing: Listing,
     ) -> Value {
-        let t = self.totals(Some(at));
+        let listed = |o: &&Operation| o.listed_from(listing.delay) <= at;
+        let t = Totals::of(self.operations.iter().filter(listed));
         let balance = if t.voided {
             0
         } else {
@@ -297,8 +328,12 @@ impl Payment {
         let operations: Vec<Value> = self
             .operations
             .iter()
-            .filter(|o| o.at <= at && operationid.is_none_or(|id| o.operationid == id))
-            .map(Operation::to_json)
+            .filter(|o| operationid.is_none_or(|id| o.operationid == id))
+            .filter_map(|o| match (listed(&o), listing.pending) {
+                (true, _) => Some(o.to_json(listing.form)),
+                (false, true) => Some(codes::pending(&o.to_json(listing.form))),
+                (false, false) => None,
+            })
             .collect();
         // Choice: the card fields besides last4 and expiry (L304-310) are fixed sandbox values.
         let mut v = json!({
@@ -451,19 +486,99 @@ mod tests {
             (Capture, 1000, "00"),
             (Refund, 500, "00"),
         ]);
-        let v = p.to_json("r", Duration::from_secs(1), None, false);
+        let v = p.to_json("r", Duration::from_secs(1), None, false, Listing::default());
         assert_eq!(v["operations"].as_array().unwrap().len(), 2);
         assert_eq!(v["balance"], 0);
-        let v = p.to_json("r", Duration::from_secs(9), Some("op2"), true);
+        let v = p.to_json(
+            "r",
+            Duration::from_secs(9),
+            Some("op2"),
+            true,
+            Listing::default(),
+        );
         assert_eq!(v["operations"][0]["operationtype"], "refund");
         assert_eq!(v["operations"][0]["amount"], "500");
         assert_eq!(v["gfx"]["mimetype"], "image/png");
     }
 
     #[test]
+    fn the_listing_delay_and_pending_listings_decide_what_operations_shows() {
+        // Processed at 0 s (seeded), 1 s and 2 s.
+        let p = payment(&[
+            (Authorize, 1000, "00"),
+            (Capture, 600, "00"),
+            (Payout, 5051, "51"),
+        ]);
+        let secs = Duration::from_secs;
+        let delayed = |pending| Listing {
+            delay: secs(10),
+            pending,
+            form: codes::CodeForm::Text,
+        };
+        for (what, at, listing, statuses, balance) in [
+            (
+                "by default, what is processed",
+                secs(2),
+                Listing::default(),
+                &["approved", "approved", "declined"][..],
+                400,
+            ),
+            (
+                "within the delay, seeded only",
+                secs(5),
+                delayed(false),
+                &["approved"][..],
+                1000,
+            ),
+            (
+                "within the delay, pending",
+                secs(5),
+                delayed(true),
+                &["approved", "pending", "pending"][..],
+                1000,
+            ),
+            (
+                "the capture's delay passed",
+                secs(11),
+                delayed(true),
+                &["approved", "approved", "pending"][..],
+                400,
+            ),
+            (
+                "every delay passed",
+                secs(12),
+                delayed(false),
+                &["approved", "approved", "declined"][..],
+                400,
+            ),
+        ] {
+            let v = p.to_json("r", at, None, false, listing);
+            let ops = v["operations"].as_array().unwrap();
+            let shown: Vec<&str> = ops.iter().map(|o| o["status"].as_str().unwrap()).collect();
+            assert_eq!(shown, statuses, "{what}");
+            assert_eq!(v["balance"], balance, "{what}");
+            for o in ops.iter().filter(|o| o["status"] == "pending") {
+                assert!(o.get("responsecode").is_none() && o.get("authorizationcode").is_none());
+            }
+        }
+        let numeric = Listing {
+            form: codes::CodeForm::Number,
+            ..Listing::default()
+        };
+        let v = p.to_json("r", secs(2), None, false, numeric);
+        let codes: Vec<&Value> = v["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| &o["responsecode"])
+            .collect();
+        assert_eq!(codes, [&json!(0), &json!(0), &json!(51)]);
+    }
+
+    #[test]
     fn an_updated_card_shows_a_new_last4_and_a_later_expiry() {
         let mut p = payment(&[(Authorize, 1000, "00")]);
-        let v = p.to_json("r", Duration::ZERO, None, true);
+        let v = p.to_json("r", Duration::ZERO, None, true, Listing::default());
         assert_eq!(
             (&v["last4"], &v["Expiry date"], &v["gfx"]["last4"]),
             (&json!("4242"), &json!("12/2030"), &json!("4242"))
@@ -471,7 +586,7 @@ mod tests {
         p.card = p.card.updated(123_456_789);
         assert_eq!(p.card.last4, "6789");
         assert_eq!(p.card.updates, 1);
-        let v = p.to_json("r", Duration::ZERO, None, true);
+        let v = p.to_json("r", Duration::ZERO, None, true, Listing::default());
         assert_eq!(v["last4"], "6789");
         assert_eq!(v["Expiry date"], "12/2033");
         assert_eq!(

@@ -5,6 +5,11 @@
 //! once — payments recorded, balances debited, outcomes fixed — and its statuses unfold in
 //! provider time: Accepted, then InProgress while the levels of the trees run (`level_time`
 //! each), then Finished. Choices where the document is silent are marked "Choice:".
+//!
+//! The shared request faults apply to `POST /processing`, whatever its tasks: before the
+//! commit (latency, 500, timeout) nothing is processed; after it, the answer is dropped
+//! (`drop_after_commit_rate`) or replaced by a 504 in the documented error envelope
+//! (`error_5xx_after_commit_rate`), and a retry with the same request id replays it.
 
 pub mod codes;
 pub mod functions;
@@ -414,6 +419,17 @@ async fn processing(
             .ledger
             .bump(crate::sandbox::ledger::Counter::DroppedAfterCommit);
         resp.extensions_mut().insert(DropConnection);
+    } else if faults::happens(&mut rng, f.error_5xx_after_commit_rate) {
+        // Choice: the documented error envelope (L257-261) with the HTTP status as its code;
+        // the request is committed, so a retry with the same id replays it.
+        state
+            .ledger
+            .bump(crate::sandbox::ledger::Counter::Error5xxAfterCommit);
+        return error_body(
+            StatusCode::GATEWAY_TIMEOUT,
+            504,
+            "upstream timed out after processing",
+        );
     }
     resp
 }
