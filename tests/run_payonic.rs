@@ -6,128 +6,9 @@
 mod support;
 
 use serde_json::Value;
-use std::process::{Command, Stdio};
 use std::time::Duration;
+use support::payonic::*;
 use support::run::*;
-
-/// A refund batch of `n` items against generated captured payments `rf00000001…`, with
-/// payrun's listener on `port`.
-fn refunds(dir: &std::path::Path, sb: &Sandbox, n: usize, port: u16) {
-    let mut csv = String::from("payment,amount,currency\n");
-    for i in 1..=n {
-        csv.push_str(&format!("rf{i:08},{}.{:02},DKK\n", 10 + i % 50, i % 100));
-    }
-    std::fs::write(dir.join("refunds.csv"), csv).unwrap();
-    std::fs::write(
-        dir.join("manifest.yaml"),
-        format!(
-            "batch: refunds-test\nprovider: payonic\nenvironment: {}/payonic\ncredentials:\n  api_key: PAYONIC_API_KEY\nitems:\n  source: refunds.csv\n  columns: {{id: payment, paymentid: payment, amount: amount, currency: currency}}\npreflight:\n  - id: health\n    op: health\nflow:\n  - op: refund\n    payload:\n      paymentid: ${{item.paymentid}}\n      amount: ${{item.amount}}\n      currency: ${{item.currency}}\nnotifications:\n  listen: 127.0.0.1:{port}\n  public_url: http://127.0.0.1:{port}\nlimits: {{requests_per_second: 200, burst: 50, concurrency: 8}}\n",
-            sb.root
-        ),
-    )
-    .unwrap();
-}
-
-fn payrun(dir: &std::path::Path, sb: &Sandbox, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_payrun"));
-    cmd.current_dir(dir)
-        .args(args)
-        .env("PAYONIC_API_KEY", &sb.payonic_key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// POSTs JSON to payrun's listener; the HTTP status.
-fn post(port: u16, path: &str, body: &Value) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let body = body.to_string();
-    write!(
-        c,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut answer = String::new();
-    c.read_to_string(&mut answer).ok()?;
-    answer.split(' ').nth(1)?.parse().ok()
-}
-
-/// Runs `cmd` and insists on exit 0 (showing its stderr otherwise).
-fn succeeds(mut cmd: Command) -> std::process::Output {
-    let out = cmd.output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-const RUN: [&str; 7] = [
-    "run",
-    "manifest.yaml",
-    "--yes",
-    "--state-dir",
-    "state",
-    "--time-scale",
-    "1000",
-];
-const RESUME: [&str; 6] = [
-    "resume",
-    "refunds-test",
-    "--state-dir",
-    "state",
-    "--time-scale",
-    "1000",
-];
-
-fn report(dir: &std::path::Path, sb: &Sandbox) -> Vec<csv::StringRecord> {
-    let out = payrun(dir, sb, &["report", "refunds-test", "--state-dir", "state"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    csv::Reader::from_reader(out.stdout.as_slice())
-        .records()
-        .map(Result::unwrap)
-        .collect()
-}
-
-/// Every item paid (refunded or paid out) once: one ledger row per payment, none twice.
-fn each_paid_once(sb: &Sandbox, n: usize) {
-    let ledger = sb.ledger();
-    let mut by_payment: std::collections::HashMap<String, usize> = Default::default();
-    for row in &ledger.0 {
-        if row["provider"] == "payonic" {
-            let key = row["key"].as_str().unwrap_or("");
-            let payment = key.split('/').next().unwrap_or("").to_string();
-            *by_payment.entry(payment).or_default() += 1;
-        }
-    }
-    // The generated payments were captured when the sandbox started (no ledger rows): every
-    // row is a refund.
-    assert_eq!(by_payment.len(), n, "refunded payments: {by_payment:?}");
-    assert!(
-        by_payment.values().all(|&c| c == 1),
-        "a payment refunded twice: {by_payment:?}"
-    );
-}
-
-fn sandbox_with_payments(n: usize, faults: &[&str], delay: &str) -> Sandbox {
-    let mut spec = sandbox()
-        .payonic(&format!(
-            "generate: {{prefix: rf, count: {n}, amount: 100000, currency: DKK, state: captured}}"
-        ))
-        .payonic(&format!("notify_delay_min: {delay}"))
-        .payonic(&format!("notify_delay_max: {delay}"));
-    for f in faults {
-        spec = spec.fault(f);
-    }
-    spec.start()
-}
 
 #[test]
 fn refunds_are_completed_by_their_notifications_and_each_paid_once() {
@@ -187,13 +68,7 @@ fn forged_notifications_are_rejected_and_change_nothing() {
     );
     // With the right token (derived from the API key and the batch), a responseid no item
     // waits for passes the listener and is rejected by the runner.
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::new()
-        .chain_update(b"payrun/notify-token/v1\x1frefunds-test\x1f")
-        .chain_update(sb.payonic_key.as_bytes())
-        .finalize();
-    let token: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    let url = format!("/payonic/notify/{token}");
+    let url = format!("/payonic/notify/{}", token(&sb, "refunds-test"));
     // Held (202: a notification may overtake the answer it follows), and rejected when no
     // such answer comes.
     assert_eq!(post(port, &url, &forged), Some(202));
@@ -305,28 +180,6 @@ fn a_run_killed_while_waiting_for_notifications_resumes_and_refunds_each_payment
     let rows = report(dir.path(), &sb);
     assert!(rows.iter().all(|r| &r[2] == "paid"), "{rows:?}");
     each_paid_once(&sb, 30);
-}
-
-/// A payout batch of `n` items against generated payments `rf00000001…`.
-fn payouts(dir: &std::path::Path, sb: &Sandbox, n: usize, port: u16) {
-    let mut csv = String::from("player,paymentid,amount,currency,email\n");
-    for i in 1..=n {
-        csv.push_str(&format!(
-            "P{i:04},rf{i:08},{}.{:02},DKK,p{i}@example.com\n",
-            20 + i % 30,
-            i % 100
-        ));
-    }
-    std::fs::write(dir.join("payouts.csv"), csv).unwrap();
-    std::fs::write(
-        dir.join("manifest.yaml"),
-        format!(
-            "batch: refunds-test\nprovider: payonic\nenvironment: {}/payonic\ncredentials:\n  api_key: PAYONIC_API_KEY\nitems:\n  source: payouts.csv\n  columns: {{id: player, paymentid: paymentid, amount: amount, currency: currency, email: email}}\nflow:\n  - op: payout\n    payload:\n      paymentid: ${{item.paymentid}}\n      amount: ${{item.amount}}\n      currency: ${{item.currency}}\n      email: ${{item.email}}\nnotifications:\n  listen: 127.0.0.1:{port}\n  public_url: http://127.0.0.1:{port}\nlimits: {{requests_per_second: 200, burst: 50, concurrency: 8}}\n{}",
-            sb.root,
-            "retry: {initial_interval: 20ms, max_interval: 200ms, max_attempts: 30}\n"
-        ),
-    )
-    .unwrap();
 }
 
 #[test]
