@@ -142,3 +142,39 @@ fn run_refuses_a_payonic_flow_of_more_than_one_task_per_item_and_sends_nothing()
     .stderr_has("flows of one task per item")
     .stderr_has("nothing was sent");
 }
+
+#[test]
+fn a_thirteen_digit_minor_unit_amount_is_refused_with_the_limit_in_the_items_currency() {
+    for (amount, currency, largest) in [
+        ("10000000000.00", "DKK", "9999999999.99 DKK"),
+        ("1000000000000", "JPY", "999999999999 JPY"),
+        ("1000000000.000", "KWD", "999999999.999 KWD"),
+    ] {
+        let dir = refund_batch(amount, currency, "");
+        let report = payrun_in(
+            dir.path(),
+            ["validate", "manifest.yaml", "--format", "json"],
+        )
+        .exits_with(1)
+        .json();
+        let e = &report["errors"][0];
+        assert_eq!(e["rule"], "amount.max-digits", "{currency}: {report}");
+        assert_eq!(e["field"], "amount");
+        assert_eq!(e["line"], 7, "the inline item's line: {e}");
+        assert!(
+            e["hint"].as_str().unwrap().contains(&format!(
+                "at most 12 digits in minor units: at most {largest}"
+            )),
+            "{e}"
+        );
+    }
+    // Twelve digits are Payonic's limit, not over it.
+    for (amount, currency) in [
+        ("9999999999.99", "DKK"),
+        ("999999999999", "JPY"),
+        ("999999999.999", "KWD"),
+    ] {
+        let dir = refund_batch(amount, currency, "");
+        payrun_in(dir.path(), ["validate", "manifest.yaml"]).succeeds();
+    }
+}

@@ -463,12 +463,13 @@ fn compile_field(f: &raw::RawField, all: &[raw::RawField]) -> Result<Field, Fiel
         ));
     }
     let only = |allowed: &[&str]| -> Result<(), FieldError> {
-        let present: [(&str, bool); 9] = [
+        let present: [(&str, bool); 10] = [
             ("pattern", f.pattern.is_some()),
             ("min_length", f.min_length.is_some()),
             ("max_length", f.max_length.is_some()),
             ("min", f.min.is_some()),
             ("max", f.max.is_some()),
+            ("max_digits", f.max_digits.is_some()),
             ("currency", f.currency.is_some()),
             ("currency_code", f.currency_code.is_some()),
             ("format", f.format.is_some()),
@@ -533,7 +534,7 @@ fn compile_field(f: &raw::RawField, all: &[raw::RawField]) -> Result<Field, Fiel
             }
         }
         T::Amount => {
-            only(&["min", "max", "currency", "currency_code"])?;
+            only(&["min", "max", "max_digits", "currency", "currency_code"])?;
             let currency = match (&f.currency, &f.currency_code) {
                 (Some(p), None) => CurrencyRef::Path(p.clone()),
                 (None, Some(c)) => CurrencyRef::Fixed(
@@ -548,10 +549,21 @@ fn compile_field(f: &raw::RawField, all: &[raw::RawField]) -> Result<Field, Fiel
                     ));
                 }
             };
+            // 10^38 is beyond i128; 30 digits is beyond any amount payrun parses (18 integer
+            // digits and a currency's few decimals).
+            if let Some(d) = f.max_digits
+                && !(1..=30).contains(&d)
+            {
+                return Err((
+                    "max_digits",
+                    format!("`max_digits` {d} is not between 1 and 30"),
+                ));
+            }
             FieldKind::Amount {
                 currency,
                 min: decimal(&f.min, "min")?,
                 max: decimal(&f.max, "max")?,
+                max_digits: f.max_digits,
             }
         }
         T::Currency => {
@@ -633,6 +645,7 @@ fn k_static(k: &str) -> &'static str {
         "max_length" => "max_length",
         "min" => "min",
         "max" => "max",
+        "max_digits" => "max_digits",
         "currency" => "currency",
         "currency_code" => "currency_code",
         "format" => "format",

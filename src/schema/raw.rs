@@ -154,6 +154,9 @@ pub struct RawField {
     pub max_length: Option<usize>,
     pub min: Option<serde_yaml::Value>,
     pub max: Option<serde_yaml::Value>,
+    /// Amounts: the most digits the amount may have in the currency's minor units (the
+    /// integer a `wire: minor_units` field sends; Payonic's `^[0-9]{1,12}$`).
+    pub max_digits: Option<u32>,
     pub currency: Option<String>,
     pub currency_code: Option<String>,
     pub format: Option<CurrencyFormat>,
