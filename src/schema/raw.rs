@@ -104,6 +104,10 @@ pub struct RawOperation {
     pub idempotency: Option<String>,
     /// The field payrun fills with the URL where it listens for this operation's notification.
     pub notification_url: Option<String>,
+    /// The operation of the same provider that tells what became of a request whose answer was
+    /// lost (Payonic: `payment`, the Payment API). When that operation answers only by
+    /// notification, a batch of this one needs payrun's listener.
+    pub lookup: Option<String>,
     pub request: Option<RawRequest>,
     #[serde(default)]
     pub any_of: Vec<Vec<String>>,
