@@ -249,8 +249,9 @@ pub fn manifest(provider: &Provider, op: &Operation, all: bool) -> String {
         let _ = writeln!(out, "  tasks_per_request: {}", l.tasks_per_request);
     }
     let _ = writeln!(out, "notifications:");
-    if op.completion == crate::schema::Completion::Notification {
-        // The answer only ever arrives as a POST to payrun's listener.
+    if provider.needs_listener(op) {
+        // The answer (or that of the lookup settling a lost one) only ever arrives as a POST
+        // to payrun's listener.
         let _ = writeln!(
             out,
             "  listen: 127.0.0.1:8787                          # where payrun listens"

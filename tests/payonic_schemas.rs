@@ -142,3 +142,168 @@ fn run_refuses_a_payonic_flow_of_more_than_one_task_per_item_and_sends_nothing()
     .stderr_has("flows of one task per item")
     .stderr_has("nothing was sent");
 }
+
+/// The payouts example without its `notifications:` block.
+fn payouts_without_a_listener() -> tempfile::TempDir {
+    let dir = support::copy_batch("payouts-payonic");
+    let manifest = dir.path().join("manifest.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let (start, end) = (
+        text.find("# A payout is answered at once").unwrap(),
+        text.find("limits:").unwrap(),
+    );
+    std::fs::write(&manifest, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    dir
+}
+
+#[test]
+fn a_payonic_payout_batch_without_a_notification_listener_is_refused_since_a_lost_answer_could_never_be_settled()
+ {
+    let dir = payouts_without_a_listener();
+    let text = std::fs::read_to_string(dir.path().join("manifest.yaml")).unwrap();
+    let flow_line = text.lines().position(|l| l == "flow:").unwrap() + 1;
+    let report = payrun_in(
+        dir.path(),
+        ["validate", "manifest.yaml", "--format", "json"],
+    )
+    .exits_with(1)
+    .json();
+    let e = &report["errors"][0];
+    assert_eq!(report["errors"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(e["rule"], "manifest.notifications-required", "{e}");
+    assert_eq!(e["file"], "manifest.yaml");
+    assert_eq!(e["line"], flow_line, "{e}");
+    let hint = e["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("notifications: {listen:")
+            && hint.contains("settled only through `payment`, whose answer comes by notification"),
+        "{hint}"
+    );
+    // plan and run refuse it as well; nothing is sent.
+    payrun_in(dir.path(), ["plan", "manifest.yaml"])
+        .exits_with(1)
+        .stderr_has("manifest.notifications-required");
+    payrun_in(
+        dir.path(),
+        [
+            "run",
+            "manifest.yaml",
+            "--sandbox",
+            "--yes",
+            "--state-dir",
+            "state",
+        ],
+    )
+    .exits_with(1)
+    .stderr_has("manifest.notifications-required");
+    assert!(
+        !dir.path()
+            .join("state/acme-games-payouts-2026-11.redb")
+            .exists()
+    );
+}
+
+#[test]
+fn every_payonic_operation_that_moves_money_needs_a_notification_listener() {
+    for op in ["mit", "capture", "refund", "void", "payout"] {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = payrun(["template", "payonic", op, "--csv"])
+            .succeeds()
+            .stdout();
+        std::fs::write(dir.path().join(format!("{op}.csv")), csv).unwrap();
+        let manifest = payrun(["template", "payonic", op, "--manifest"])
+            .succeeds()
+            .stdout()
+            .replace("-CHANGE-ME", "-2026-11");
+        // The template asks for the listener; with notifications off the batch is refused.
+        let (start, _) = manifest.split_once("notifications:\n").unwrap();
+        std::fs::write(
+            dir.path().join("manifest.yaml"),
+            format!("{start}notifications:\n  mode: polling\n"),
+        )
+        .unwrap();
+        let run = payrun_in(dir.path(), ["validate", "manifest.yaml"]).exits_with(1);
+        // An operation answered by notification says so about itself; one answered at once
+        // (payout) needs the listener for the Payment API's answer.
+        let rule = if op == "payout" {
+            "manifest.notifications-required"
+        } else {
+            "flow.needs-notifications"
+        };
+        run.stderr_has(rule);
+    }
+}
+
+#[test]
+fn a_thirteen_digit_minor_unit_amount_is_refused_with_the_limit_in_the_items_currency() {
+    for (amount, currency, largest) in [
+        ("10000000000.00", "DKK", "9999999999.99 DKK"),
+        ("1000000000000", "JPY", "999999999999 JPY"),
+        ("1000000000.000", "KWD", "999999999.999 KWD"),
+    ] {
+        let dir = refund_batch(amount, currency, "");
+        let report = payrun_in(
+            dir.path(),
+            ["validate", "manifest.yaml", "--format", "json"],
+        )
+        .exits_with(1)
+        .json();
+        let e = &report["errors"][0];
+        assert_eq!(e["rule"], "amount.max-digits", "{currency}: {report}");
+        assert_eq!(e["field"], "amount");
+        assert_eq!(e["line"], 7, "the inline item's line: {e}");
+        assert!(
+            e["hint"].as_str().unwrap().contains(&format!(
+                "at most 12 digits in minor units: at most {largest}"
+            )),
+            "{e}"
+        );
+    }
+    // Twelve digits are Payonic's limit, not over it.
+    for (amount, currency) in [
+        ("9999999999.99", "DKK"),
+        ("999999999999", "JPY"),
+        ("999999999.999", "KWD"),
+    ] {
+        let dir = refund_batch(amount, currency, "");
+        payrun_in(dir.path(), ["validate", "manifest.yaml"]).succeeds();
+    }
+}
+
+#[test]
+fn a_schema_whose_max_digits_or_lookup_cannot_be_right_is_refused_when_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("payonic");
+    std::fs::create_dir(&folder).unwrap();
+    for e in std::fs::read_dir(support::root().join("schemas/payonic"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::copy(e.path(), folder.join(e.file_name())).unwrap();
+    }
+    let edit = |file: &str, from: &str, to: &str| {
+        let path = folder.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file} has {from:?}");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    };
+    edit("payout.yaml", "lookup: payment", "lookup: paymnt");
+    edit("refund.yaml", "max_digits: 12", "max_digits: 0");
+    edit(
+        "capture.yaml",
+        "    max_length: 255\n    example: \"taga tagb\"",
+        "    max_length: 255\n    max_digits: 3\n    example: \"taga tagb\"",
+    );
+    let schemas = dir.path().to_str().unwrap();
+    payrun([
+        "--schemas",
+        schemas,
+        "validate",
+        "batches/payouts-payonic/manifest.yaml",
+    ])
+    .exits_with(1)
+    .stderr_has("error[schema.lookup]: lookup `paymnt` is not an operation of `payonic`")
+    .stderr_has("did you mean `payment`?")
+    .stderr_has("`max_digits` 0 is not between 1 and 30")
+    .stderr_has("`max_digits` does not apply to type string");
+}

@@ -80,3 +80,26 @@ fn the_card_example_rehearsed_on_the_embedded_sandbox_pays_every_contractor() {
         "the embedded sandbox paid, not this one"
     );
 }
+
+#[test]
+fn the_payonic_payouts_example_with_its_listener_rehearsed_on_the_embedded_sandbox_pays_every_player_once()
+ {
+    // The example listens for the Payment API's answers (a lost payout answer is settled only
+    // that way); with --sandbox the listener is on a free loopback port.
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap();
+    support::payrun([
+        "run",
+        "batches/payouts-payonic/manifest.yaml",
+        "--sandbox",
+        "--yes",
+        "--state-dir",
+        state_dir,
+    ])
+    .succeeds()
+    .stdout_has("5 items: 5 paid, 0 failed, 0 need review, 0 unfinished");
+    let ledger = state.path().join("acme-games-payouts-2026-11.sandbox");
+    support::payrun(["sandbox", "ledger", "--state", ledger.to_str().unwrap()])
+        .succeeds()
+        .stdout_has("5 movements, 0 keys paid more than once");
+}

@@ -10,6 +10,23 @@ use std::time::Duration;
 use support::payonic::*;
 use support::run::*;
 
+/// A refund still waiting for its outcome, as the report shows it during a run: (item,
+/// responseid, payment).
+fn a_waiting_refund(dir: &std::path::Path, sb: &Sandbox) -> Option<(String, String, String)> {
+    let mut waiting = None;
+    eventually(Duration::from_secs(10), || {
+        waiting = report(dir, sb)
+            .iter()
+            .find(|r| !r[17].is_empty() && &r[2] != "paid")
+            .and_then(|r| {
+                let (rid, payment) = r[17].split_once('@')?;
+                Some((r[0].to_string(), rid.to_string(), payment.to_string()))
+            });
+        waiting.is_some()
+    });
+    waiting
+}
+
 #[test]
 fn refunds_are_completed_by_their_notifications_and_each_paid_once() {
     let sb = sandbox_with_payments(40, &[], "5m");
@@ -336,4 +353,74 @@ fn a_batch_is_refused_before_anything_is_sent_when_health_reports_its_api_down()
         );
         assert!(sb.ledger().0.is_empty(), "{api}: no money moved");
     }
+}
+
+#[test]
+fn notifications_to_a_public_url_with_a_path_are_taken_whether_the_proxy_keeps_or_strips_the_path()
+{
+    let port = free_port();
+    // Notifications 30 provider minutes (1.8 s here) after each refund, well before the first
+    // lookup (an hour, 3.6 s): only a notification that reached the listener settles a refund.
+    let sb = sandbox_with_payments(5, &[], "30m");
+    let dir = tempfile::tempdir().unwrap();
+    refunds(dir.path(), &sb, 5, port);
+    // payrun gives Payonic http://127.0.0.1:<port>/payrun/payonic/notify/<token>, and the
+    // sandbox posts there: a proxy that forwards the path as it is.
+    let manifest = dir.path().join("manifest.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        &format!("  public_url: http://127.0.0.1:{port}\n"),
+        &format!("  public_url: http://127.0.0.1:{port}/payrun\n  deadline: 1h\n"),
+    );
+    assert!(text.contains("/payrun\n"), "{text}");
+    std::fs::write(&manifest, text).unwrap();
+    let mut run = Killed(payrun(dir.path(), &sb, &RUN).spawn().unwrap());
+    let token = token(&sb, "refunds-test");
+    let (kept, stripped) = (
+        format!("/payrun/payonic/notify/{token}"),
+        format!("/payonic/notify/{token}"),
+    );
+    // A life cycle update (acknowledged, of no consequence) reaches the listener either way.
+    let life_cycle =
+        serde_json::json!({"paymentid": "rf00000001", "merchantpaymentid": "rf00000001"});
+    assert!(
+        eventually(Duration::from_secs(10), || post(port, &kept, &life_cycle)
+            == Some(200)),
+        "the path as given in public_url is served"
+    );
+    assert_eq!(
+        post(port, &stripped, &life_cycle),
+        Some(200),
+        "and without its prefix"
+    );
+    assert_eq!(
+        post(port, "/payrun/payonic/notify/not-the-token", &life_cycle),
+        Some(404),
+        "the token is still checked under the prefix"
+    );
+    // A refund's outcome through a proxy that strips the prefix, then the same notification
+    // the other way: taken once, the copy recognised.
+    let (item, rid, payment) = a_waiting_refund(dir.path(), &sb).expect("a refund waits");
+    assert_eq!(payment, item);
+    let genuine = serde_json::json!({"responseid": rid, "paymentid": payment, "responsecode": "00", "authorizationcode": "654321", "status": "approved"});
+    assert_eq!(post(port, &stripped, &genuine), Some(200));
+    assert_eq!(post(port, &kept, &genuine), Some(200));
+    let status = run.0.wait().unwrap();
+    let out = run
+        .0
+        .stdout
+        .take()
+        .map(std::io::read_to_string)
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("1 duplicates, 0 rejected"), "{out}");
+    let rows = report(dir.path(), &sb);
+    assert!(rows.iter().all(|r| &r[2] == "paid"), "{rows:?}");
+    each_paid_once(&sb, 5);
+    assert_eq!(
+        sb.requests("GET /payonic/api/{paymentid}/payment 200"),
+        0,
+        "every refund was settled by its notification, none looked up: {}",
+        sb.counters()
+    );
 }

@@ -147,6 +147,48 @@ fn check_server_delays(c: &mut Compiler, roots: &[Node], provider: &crate::schem
     }
 }
 
+/// An item whose answer is lost is settled by a lookup (the schema's `lookup:`); where that
+/// lookup answers only by notification (Payonic's Payment API), a batch without payrun's
+/// listener could never settle it, and sending the item again could pay twice. Reported once,
+/// and not where `flow.needs-notifications` already asks for the same listener.
+fn check_lookups_can_be_answered(c: &mut Compiler, tasks: &[Task]) {
+    use crate::manifest::raw::NotificationMode;
+    use crate::schema::Completion;
+    if c.manifest.notifications.mode == NotificationMode::Webhook {
+        return;
+    }
+    let provider = c.provider;
+    let mut all = Vec::new();
+    for t in tasks {
+        t.walk(&mut all);
+    }
+    let ops: Vec<&Operation> = all
+        .iter()
+        .filter_map(|t| provider.operation(&t.op))
+        .collect();
+    if ops.iter().any(|o| o.completion == Completion::Notification) {
+        return;
+    }
+    let Some((op, lookup)) = ops
+        .iter()
+        .find_map(|o| provider.lookup_by_notification(o).map(|l| (o, l)))
+    else {
+        return;
+    };
+    c.error(
+        &[key("flow")],
+        "manifest.notifications-required",
+        format!(
+            "`{}` needs payrun's notification listener, but notifications are off",
+            op.name
+        ),
+        format!(
+            "add `notifications: {{listen: 127.0.0.1:8787, public_url: https://<a host {} reaches>/payrun}}`: a `{}` whose answer is lost can be settled only through `{}`, whose answer comes by notification; without the listener it could never be settled, and sending it again could pay twice",
+            provider.title, op.name, lookup.name
+        ),
+    );
+}
+
 /// One payload field of a task, bound to its source.
 #[derive(Debug, Clone)]
 pub struct Binding {
@@ -462,6 +504,7 @@ pub fn compile(
     if provider.tree == TreeExecution::Server {
         check_server_delays(&mut c, &m.flow, provider);
     }
+    check_lookups_can_be_answered(&mut c, &tasks);
 
     let limits = Limits {
         requests_per_second: if m.limits.requests_per_second > 0.0 {

@@ -121,21 +121,44 @@ enum Outcome {
 
 /// Serves the adapter's notification paths on `addr`. Forged notifications are answered with
 /// the adapter's refusal and logged; they never reach the loop.
+///
+/// The provider is given `<public_url><path>`: with a `public_url` that has a path
+/// (`https://payments.acme.example/payrun`), a reverse proxy in front of the listener either
+/// forwards that path as it is (`/payrun/payonic/notify/<token>`) or strips its prefix
+/// (`/payonic/notify/<token>`). Each path is served in both forms (`public_path` is the
+/// prefix, `None` without one), and the adapter always reads it without the prefix: that is
+/// what it compares, and what the digest of a copy that came the other way is made from.
 async fn listen(
     addr: std::net::SocketAddr,
+    public_path: Option<String>,
     adapter: Arc<dyn Adapter>,
     tx: tokio::sync::mpsc::UnboundedSender<Outcome>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let socket = tokio::net::TcpListener::bind(addr).await?;
-    let mut app = axum::Router::new();
+    // The prefix is the user's text, not a route template: no `:`/`*` segment checks, and
+    // braces (which `Url::path` percent-encodes anyway) escaped.
+    let mut app = axum::Router::new().without_v07_checks();
+    let prefix: Arc<str> = public_path.unwrap_or_default().into();
     for &path in adapter.notification_paths() {
-        let (adapter, tx) = (Arc::clone(&adapter), tx.clone());
-        let handler =
-            move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+        let mut routes = vec![(path.to_string(), false)];
+        if !prefix.is_empty() {
+            let escaped = prefix.replace('{', "{{").replace('}', "}}");
+            routes.push((format!("{escaped}{path}"), true));
+        }
+        for (route, prefixed) in routes {
+            let (adapter, tx, prefix) = (Arc::clone(&adapter), tx.clone(), Arc::clone(&prefix));
+            let handler = move |uri: axum::http::Uri,
+                                headers: axum::http::HeaderMap,
+                                body: axum::body::Bytes| {
                 let (adapter, tx) = (Arc::clone(&adapter), tx.clone());
+                let seen = if prefixed {
+                    uri.path().strip_prefix(&*prefix).unwrap_or(uri.path())
+                } else {
+                    uri.path()
+                }
+                .to_string();
                 async move {
-                    let _ = path;
-                    match adapter.notice(uri.path(), &headers, uri.query(), &body) {
+                    match adapter.notice(&seen, &headers, uri.query(), &body) {
                         Notice::Refused(status, why) => {
                             tracing::warn!(path, status, "refused {why}");
                             axum::http::StatusCode::from_u16(status)
@@ -151,7 +174,7 @@ async fn listen(
                         n => {
                             use sha2::Digest;
                             let digest: [u8; 32] = sha2::Sha256::new()
-                                .chain_update(uri.path().as_bytes())
+                                .chain_update(seen.as_bytes())
                                 .chain_update([0u8])
                                 .chain_update(&body)
                                 .finalize()
@@ -169,7 +192,8 @@ async fn listen(
                     }
                 }
             };
-        app = app.route(path, axum::routing::any(handler));
+            app = app.route(&route, axum::routing::any(handler));
+        }
     }
     Ok(tokio::spawn(async move {
         let _ = axum::serve(socket, app).await;
@@ -1024,11 +1048,14 @@ pub async fn run(
     book.commit(store)?;
     let server = match listener {
         Some(addr) => Some(
-            listen(addr, Arc::clone(&endpoint.adapter), tx.clone())
-                .await
-                .map_err(|e| {
-                    StoreError(format!("cannot listen for notifications on {addr}: {e}"))
-                })?,
+            listen(
+                addr,
+                flow.manifest.notifications.public_path(),
+                Arc::clone(&endpoint.adapter),
+                tx.clone(),
+            )
+            .await
+            .map_err(|e| StoreError(format!("cannot listen for notifications on {addr}: {e}")))?,
         ),
         None => None,
     };

@@ -181,6 +181,52 @@ pub struct Notifications {
     pub settle: Option<Duration>,
 }
 
+impl Notifications {
+    /// The path of `public_url` as a request carries it (percent-encoded, no trailing `/`),
+    /// e.g. `/payrun`; `None` when the URL has no path. payrun gives the provider
+    /// `<public_url><its own path>`; a reverse proxy in front of the listener may forward that
+    /// path as it is or strip this prefix, so the listener serves both.
+    pub fn public_path(&self) -> Option<String> {
+        let url = url::Url::parse(self.public_url.as_deref()?.trim()).ok()?;
+        let path = url.path().trim_end_matches('/');
+        (!path.is_empty()).then(|| path.to_string())
+    }
+}
+
+/// `notifications.public_url` must be an absolute http(s) URL that payrun can append its own
+/// paths to (`/payonic/notify/<token>`, `/paysend/webhook`): a query or a fragment would end
+/// up in the middle of the URL the provider calls.
+fn check_public_url(u: &str) -> Result<(), (String, String)> {
+    const EXAMPLE: &str = "e.g. https://payroll.example.com/payrun";
+    let parsed = url::Url::parse(u)
+        .ok()
+        .filter(|p| matches!(p.scheme(), "http" | "https") && p.host().is_some());
+    let Some(p) = parsed else {
+        return Err((
+            "is not an absolute http(s) URL".into(),
+            format!("write the full URL the provider can reach, {EXAMPLE}"),
+        ));
+    };
+    if u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err((
+            "has a space or a control character".into(),
+            format!("write the URL without spaces, {EXAMPLE}"),
+        ));
+    }
+    let hint = |what: &str| {
+        format!(
+            "leave the {what} out: payrun appends its own paths to public_url (/payonic/notify/<token>, /paysend/webhook), {EXAMPLE}"
+        )
+    };
+    if p.query().is_some() {
+        return Err(("has a query (`?…`)".into(), hint("query")));
+    }
+    if p.fragment().is_some() {
+        return Err(("has a fragment (`#…`)".into(), hint("fragment")));
+    }
+    Ok(())
+}
+
 mod humantime_serde_compat {
     pub fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,
@@ -535,13 +581,13 @@ fn check(
         );
     }
     if let Some(u) = &n.public_url
-        && !(u.starts_with("https://") || u.starts_with("http://"))
+        && let Err((why, hint)) = check_public_url(u)
     {
         c.error(
             &[key("notifications"), key("public_url")],
-            "manifest.notifications",
-            format!("`{u}` is not an http(s) URL"),
-            "write the full URL, e.g. https://payroll.example.com/payrun",
+            "manifest.public-url",
+            format!("`{u}` {why}"),
+            hint,
         );
     }
     let deadline = n.deadline.as_ref().map(|_| {
@@ -902,7 +948,49 @@ fn node(
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback_url;
+    use super::{Notifications, check_public_url, is_loopback_url};
+    use crate::manifest::raw::NotificationMode;
+
+    #[test]
+    fn a_public_url_is_an_absolute_http_url_without_query_or_fragment() {
+        for (url, ok) in [
+            ("https://payments.acme.example/payrun", true),
+            ("https://payments.acme.example/payrun/", true),
+            ("http://127.0.0.1:8788", true),
+            ("https://payments.acme.example/a/b%20c", true),
+            ("payments.acme.example/payrun", false),
+            ("/payrun", false),
+            ("ftp://payments.acme.example/payrun", false),
+            ("https://", false),
+            ("https://payments.acme.example/payrun?x=1", false),
+            ("https://payments.acme.example/payrun?", false),
+            ("https://payments.acme.example/payrun#top", false),
+            ("https://payments.acme.example/pay run", false),
+        ] {
+            assert_eq!(check_public_url(url).is_ok(), ok, "{url}");
+        }
+    }
+
+    #[test]
+    fn the_listener_prefix_is_the_public_urls_path_without_a_trailing_slash() {
+        for (url, prefix) in [
+            ("https://payments.acme.example/payrun", Some("/payrun")),
+            ("https://payments.acme.example/payrun/", Some("/payrun")),
+            ("https://payments.acme.example/a/b/", Some("/a/b")),
+            ("https://payments.acme.example/café", Some("/caf%C3%A9")),
+            ("https://payments.acme.example/", None),
+            ("http://127.0.0.1:8788", None),
+        ] {
+            let n = Notifications {
+                mode: NotificationMode::Webhook,
+                listen: Some("127.0.0.1:8788".into()),
+                public_url: Some(url.into()),
+                deadline: None,
+                lookups: None,
+            };
+            assert_eq!(n.public_path().as_deref(), prefix, "{url}");
+        }
+    }
 
     #[test]
     fn loopback_urls_are_this_machine_and_nothing_else() {

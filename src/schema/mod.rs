@@ -56,6 +56,20 @@ impl Provider {
     pub fn operation(&self, name: &str) -> Option<&Operation> {
         self.operations.get(name)
     }
+
+    /// The operation that settles a lost answer of `op`, when its own answer comes only by
+    /// notification (Payonic's Payment API): then even an operation answered at once (a
+    /// payout) can be settled only with payrun's listener running.
+    pub fn lookup_by_notification(&self, op: &Operation) -> Option<&Operation> {
+        self.operation(op.lookup.as_deref()?)
+            .filter(|l| l.completion == Completion::Notification)
+    }
+
+    /// A batch of `op` needs payrun's notification listener: its outcome, or the answer of
+    /// the lookup that settles a lost one, comes only by notification.
+    pub fn needs_listener(&self, op: &Operation) -> bool {
+        op.completion == Completion::Notification || self.lookup_by_notification(op).is_some()
+    }
 }
 
 impl Registry {
@@ -160,6 +174,8 @@ impl Registry {
         let mut errors = Vec::new();
         let mut descriptor = None;
         let mut operations = BTreeMap::new();
+        // (lookup named, the error if it names no operation): checked once all are known.
+        let mut lookups: Vec<(String, Diagnostic)> = Vec::new();
         for (name, bytes) in &files {
             let display = self.display(provider, name);
             let sha = crate::keys::hex_lower(&Sha256::digest(bytes));
@@ -181,11 +197,32 @@ impl Registry {
             match yaml::from_str::<raw::RawOperation>(&display, text, "schema.syntax") {
                 Ok(op) => match compile_operation(provider, name, op, &display, text, sha) {
                     Ok(op) => {
+                        if let Some(l) = &op.lookup {
+                            let unknown = Diagnostic::new(
+                                &display,
+                                "schema.lookup",
+                                format!("lookup `{l}` is not an operation of `{provider}`"),
+                            )
+                            .at_opt(yaml::locate(text, &[key("lookup")]));
+                            lookups.push((l.clone(), unknown));
+                        }
                         operations.insert(op.name.clone(), op);
                     }
                     Err(mut ds) => errors.append(&mut ds),
                 },
                 Err(d) => errors.push(d),
+            }
+        }
+        for (lookup, unknown) in lookups {
+            if !operations.contains_key(&lookup) {
+                let hint = match crate::text::did_you_mean(
+                    &lookup,
+                    operations.keys().map(String::as_str),
+                ) {
+                    Some(m) => format!("did you mean `{m}`?"),
+                    None => "name the operation that tells what became of a request whose answer was lost".into(),
+                };
+                errors.push(unknown.hint(hint));
             }
         }
         let Some((p, file, sha256)) = descriptor else {
@@ -308,6 +345,7 @@ fn compile_operation(
     );
     op.request = request;
     op.notification_url = notification_url;
+    op.lookup = raw.lookup;
     if let Some(r) = &op.request {
         if !matches!(r.method.as_str(), "GET" | "POST") {
             errors.push(err(
@@ -463,12 +501,13 @@ fn compile_field(f: &raw::RawField, all: &[raw::RawField]) -> Result<Field, Fiel
         ));
     }
     let only = |allowed: &[&str]| -> Result<(), FieldError> {
-        let present: [(&str, bool); 9] = [
+        let present: [(&str, bool); 10] = [
             ("pattern", f.pattern.is_some()),
             ("min_length", f.min_length.is_some()),
             ("max_length", f.max_length.is_some()),
             ("min", f.min.is_some()),
             ("max", f.max.is_some()),
+            ("max_digits", f.max_digits.is_some()),
             ("currency", f.currency.is_some()),
             ("currency_code", f.currency_code.is_some()),
             ("format", f.format.is_some()),
@@ -533,7 +572,7 @@ fn compile_field(f: &raw::RawField, all: &[raw::RawField]) -> Result<Field, Fiel
             }
         }
         T::Amount => {
-            only(&["min", "max", "currency", "currency_code"])?;
+            only(&["min", "max", "max_digits", "currency", "currency_code"])?;
             let currency = match (&f.currency, &f.currency_code) {
                 (Some(p), None) => CurrencyRef::Path(p.clone()),
                 (None, Some(c)) => CurrencyRef::Fixed(
@@ -548,10 +587,21 @@ fn compile_field(f: &raw::RawField, all: &[raw::RawField]) -> Result<Field, Fiel
                     ));
                 }
             };
+            // 10^38 is beyond i128; 30 digits is beyond any amount payrun parses (18 integer
+            // digits and a currency's few decimals).
+            if let Some(d) = f.max_digits
+                && !(1..=30).contains(&d)
+            {
+                return Err((
+                    "max_digits",
+                    format!("`max_digits` {d} is not between 1 and 30"),
+                ));
+            }
             FieldKind::Amount {
                 currency,
                 min: decimal(&f.min, "min")?,
                 max: decimal(&f.max, "max")?,
+                max_digits: f.max_digits,
             }
         }
         T::Currency => {
@@ -633,6 +683,7 @@ fn k_static(k: &str) -> &'static str {
         "max_length" => "max_length",
         "min" => "min",
         "max" => "max",
+        "max_digits" => "max_digits",
         "currency" => "currency",
         "currency_code" => "currency_code",
         "format" => "format",

@@ -23,6 +23,8 @@ pub struct Operation {
     pub request: Option<super::raw::RawRequest>,
     /// The field payrun fills with its notification URL.
     pub notification_url: Option<String>,
+    /// The operation that settles a request of this one whose answer was lost.
+    pub lookup: Option<String>,
     by_path: HashMap<String, usize>,
     /// The schema file this came from and its SHA-256, for plan fingerprints.
     pub file: String,
@@ -63,6 +65,7 @@ impl Operation {
             fields,
             request: None,
             notification_url: None,
+            lookup: None,
             by_path,
             file,
             sha256,

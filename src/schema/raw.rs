@@ -109,6 +109,10 @@ pub struct RawOperation {
     pub idempotency: Option<String>,
     /// The field payrun fills with the URL where it listens for this operation's notification.
     pub notification_url: Option<String>,
+    /// The operation of the same provider that tells what became of a request whose answer was
+    /// lost (Payonic: `payment`, the Payment API). When that operation answers only by
+    /// notification, a batch of this one needs payrun's listener.
+    pub lookup: Option<String>,
     pub request: Option<RawRequest>,
     #[serde(default)]
     pub any_of: Vec<Vec<String>>,
@@ -159,6 +163,9 @@ pub struct RawField {
     pub max_length: Option<usize>,
     pub min: Option<serde_yaml::Value>,
     pub max: Option<serde_yaml::Value>,
+    /// Amounts: the most digits the amount may have in the currency's minor units (the
+    /// integer a `wire: minor_units` field sends; Payonic's `^[0-9]{1,12}$`).
+    pub max_digits: Option<u32>,
     pub currency: Option<String>,
     pub currency_code: Option<String>,
     pub format: Option<CurrencyFormat>,
