@@ -987,6 +987,7 @@ mod tests {
                 public_url: Some(url.into()),
                 deadline: None,
                 lookups: None,
+                settle: None,
             };
             assert_eq!(n.public_path().as_deref(), prefix, "{url}");
         }
