@@ -1619,6 +1619,28 @@ async fn payonic_timeout_rate_holds_the_connection_then_closes_it_processing_not
     .await;
 }
 
+/// Every capture of `sent` was processed once, answered or not: listed in the Payment API's
+/// history, paid once in the ledger; and each of `unanswered` was notified.
+async fn processed_once_each(c: &Client, inbox: &Inbox, sent: &[Sent], unanswered: &[&Sent]) {
+    let shown = captures_shown(c, inbox, sent).await;
+    assert!(shown.iter().all(|&k| k == 1), "{shown:?}");
+    let paid = captures_paid(c).await;
+    assert_eq!(paid.len(), sent.len());
+    assert!(paid.values().all(|&k| k == 1));
+    let notified: std::collections::HashSet<String> = inbox
+        .at_path("/n")
+        .iter()
+        .map(|r| r.body["paymentid"].as_str().unwrap().to_string())
+        .collect();
+    for s in unanswered {
+        assert!(
+            notified.contains(&s.paymentid),
+            "{}: no notification",
+            s.paymentid
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payonic_drop_after_commit_processes_the_operation_but_never_answers() {
     bounded(async {
@@ -1645,23 +1667,7 @@ async fn payonic_drop_after_commit_processes_the_operation_but_never_answers() {
         );
         // The in-doubt case: every capture was processed, answered or not — in the Payment
         // API's history, in the ledger, and notified.
-        let shown = captures_shown(&c, &inbox, &sent).await;
-        assert!(shown.iter().all(|&k| k == 1), "{shown:?}");
-        let paid = captures_paid(&c).await;
-        assert_eq!(paid.len(), n as usize);
-        assert!(paid.values().all(|&k| k == 1));
-        let notified: std::collections::HashSet<String> = inbox
-            .at_path("/n")
-            .iter()
-            .map(|r| r.body["paymentid"].as_str().unwrap().to_string())
-            .collect();
-        for s in &dropped {
-            assert!(
-                notified.contains(&s.paymentid),
-                "{}: no notification",
-                s.paymentid
-            );
-        }
+        processed_once_each(&c, &inbox, &sent, &dropped).await;
         let counters = c.counters().await;
         assert_eq!(counters["dropped_after_commit"], dropped.len() as u64);
         assert_eq!(
@@ -1940,23 +1946,7 @@ async fn payonic_error_5xx_after_commit_processes_the_operation_and_answers_504(
             "answered 504: {failed:?}"
         );
         // Processed exactly as if answered 200: listed, paid once, notified.
-        let shown = captures_shown(&c, &inbox, &sent).await;
-        assert!(shown.iter().all(|&k| k == 1), "{shown:?}");
-        let paid = captures_paid(&c).await;
-        assert_eq!(paid.len(), n as usize);
-        assert!(paid.values().all(|&k| k == 1));
-        let notified: std::collections::HashSet<String> = inbox
-            .at_path("/n")
-            .iter()
-            .map(|r| r.body["paymentid"].as_str().unwrap().to_string())
-            .collect();
-        for s in &failed {
-            assert!(
-                notified.contains(&s.paymentid),
-                "{}: no notification",
-                s.paymentid
-            );
-        }
+        processed_once_each(&c, &inbox, &sent, &failed).await;
         let counters = c.counters().await;
         assert_eq!(counters["error_5xx_after_commit"], failed.len() as u64);
         assert_eq!(counters["dropped_after_commit"], 0);

@@ -523,6 +523,17 @@ fn in_doubt(
 ) -> (State, Vec<Effect>) {
     // The first lookup waits out the propagation delay: before it, "not found" means nothing.
     let at = plus(now, t.gap(lookups.max(1))).max(plus(since, t.propagation));
+    doubt_until(attempt, since, at, lookups, unlisted)
+}
+
+/// In doubt, next looked up at `at`.
+fn doubt_until(
+    attempt: u32,
+    since: Millis,
+    at: Millis,
+    lookups: u32,
+    unlisted: u32,
+) -> (State, Vec<Effect>) {
     (
         State::InDoubt {
             attempt,
@@ -551,7 +562,6 @@ fn unsettled(lookups: u32, unlisted: u32) -> String {
 /// operation only once processed): the next lookup is moved to the window's end. After it, the
 /// first such answer is noted and confirmed by another lookup; the second sends the item again
 /// (with the same key).
-#[allow(clippy::too_many_arguments)]
 fn unlisted_after(
     attempt: u32,
     since: Millis,
@@ -564,31 +574,18 @@ fn unlisted_after(
     let window = plus(since, t.settle.max(t.propagation));
     if asked < window {
         let at = plus(now, t.gap(lookups.max(1))).min(window).max(now);
-        return (
-            State::InDoubt {
-                attempt,
-                since,
-                at,
-                lookups,
-                unlisted,
-            },
-            vec![Effect::WakeAt(at)],
-        );
+        return doubt_until(attempt, since, at, lookups, unlisted);
     }
     if unlisted + 1 >= 2 {
         return send(attempt + 1, now);
     }
     // Confirmed by a lookup one wait later.
-    let at = plus(now, t.poll_every);
-    (
-        State::InDoubt {
-            attempt,
-            since,
-            at,
-            lookups,
-            unlisted: unlisted + 1,
-        },
-        vec![Effect::WakeAt(at)],
+    doubt_until(
+        attempt,
+        since,
+        plus(now, t.poll_every),
+        lookups,
+        unlisted + 1,
     )
 }
 
@@ -676,17 +673,7 @@ fn after_send(
 
 /// In doubt from `now`: first looked up once the propagation delay has passed.
 fn fresh_doubt(attempt: u32, now: Millis, t: &Timings) -> (State, Vec<Effect>) {
-    let at = plus(now, t.propagation);
-    (
-        State::InDoubt {
-            attempt,
-            since: now,
-            at,
-            lookups: 0,
-            unlisted: 0,
-        },
-        vec![Effect::WakeAt(at)],
-    )
+    doubt_until(attempt, now, plus(now, t.propagation), 0, 0)
 }
 
 fn class_name(c: ErrorClass) -> &'static str {
