@@ -368,3 +368,52 @@ fn items_under_review_are_settled_by_a_resume_that_waits_for_the_payment_apis_an
     let ledger = String::from_utf8_lossy(&out.stdout);
     assert!(ledger.contains("0 keys paid more than once"), "{ledger}");
 }
+
+#[test]
+fn an_mit_batch_is_refused_by_run_with_nothing_sent_until_its_new_payment_can_be_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mits.csv"),
+        "order,parent,amount,currency\no1,pay00000001,10.95,DKK\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("manifest.yaml"),
+        "batch: mit-test\nprovider: payonic\nenvironment: sandbox\ncredentials:\n  api_key: PAYONIC_API_KEY\nitems:\n  source: mits.csv\n  columns: {id: order, parent: parent, amount: amount, currency: currency}\nflow:\n  - op: mit\n    payload:\n      merchantid: m1\n      paymentid: ${item.parent}\n      amount: ${item.amount}\n      currency: ${item.currency}\nnotifications:\n  listen: 127.0.0.1:9\n  public_url: https://payments.acme.example/payrun\n",
+    )
+    .unwrap();
+    let validate = std::process::Command::new(env!("CARGO_BIN_EXE_payrun"))
+        .current_dir(dir.path())
+        .args(["validate", "manifest.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        validate.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&validate.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_payrun"))
+        .current_dir(dir.path())
+        .args([
+            "run",
+            "manifest.yaml",
+            "--sandbox",
+            "--yes",
+            "--state-dir",
+            "state",
+        ])
+        .env("PAYONIC_API_KEY", "any")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("MIT") && said.contains("nothing was sent"),
+        "{said}"
+    );
+    assert!(
+        !dir.path().join("state/mit-test.redb").exists(),
+        "no batch was started"
+    );
+}
