@@ -130,13 +130,12 @@ fn pending_statuses_and_a_numeric_responsecode_are_not_failures() {
 }
 
 #[test]
-fn a_forged_decline_followed_by_the_genuine_approval_goes_to_review_and_is_settled_by_payonics_own_listing()
- {
+fn a_forged_decline_of_the_last_waiting_item_neither_fails_it_nor_ends_the_run() {
     let port = free_port();
-    // The sandbox's own notifications come 30 provider minutes (1.8 s) after each request.
-    let sb = sandbox_with_payments(2, &[], "30m");
+    // The sandbox's own notification comes 30 provider minutes (1.8 s) after the request.
+    let sb = sandbox_with_payments(1, &[], "30m");
     let dir = tempfile::tempdir().unwrap();
-    refunds(dir.path(), &sb, 2, port);
+    refunds(dir.path(), &sb, 1, port);
     let mut run = Killed(payrun(dir.path(), &sb, &RUN).spawn().unwrap());
     let url = format!("/payonic/notify/{}", token(&sb, "refunds-test"));
     assert!(
@@ -150,7 +149,7 @@ fn a_forged_decline_followed_by_the_genuine_approval_goes_to_review_and_is_settl
         eventually(Duration::from_secs(10), || {
             row = report(dir.path(), &sb)
                 .into_iter()
-                .find(|r| &r[0] == "rf00000001" && !r[17].is_empty());
+                .find(|r| !r[17].is_empty());
             row.is_some()
         }),
         "the refund was accepted"
@@ -162,25 +161,16 @@ fn a_forged_decline_followed_by_the_genuine_approval_goes_to_review_and_is_settl
     let key = row[10].replace('-', "");
     let listing = json!({"operations": [{"note": key, "responsecode": "00"}]});
     assert_eq!(post(port, &url, &listing), Some(202));
-    // A decline carrying the real responseid: taken, as nothing tells it from Payonic's.
+    // A decline carrying the real responseid: nothing tells it from Payonic's, so it is
+    // confirmed through the Payment API before it counts — which lists the refund approved.
     let forged = json!({"responseid": rid, "paymentid": payment, "responsecode": "51", "status": "declined"});
     assert_eq!(post(port, &url, &forged), Some(200));
-    // Payonic's own approval, as it posts it: taken too — the item does not stay failed.
-    let genuine = json!({"responseid": rid, "paymentid": payment, "merchantpaymentid": payment, "responsecode": "00", "authorizationcode": "123456", "status": "approved"});
-    assert_eq!(post(port, &url, &genuine), Some(200));
-    // The contradiction sends the item to review, where it is asked about again: the Payment
-    // API, answering payrun's own lookup, lists the refund approved.
     let status = run.0.wait().unwrap();
     let said = std::io::read_to_string(run.0.stdout.take().unwrap()).unwrap();
     assert_eq!(status.code(), Some(0), "{said}");
     assert!(said.contains(" 1 rejected"), "the forged listing: {said}");
     all_paid(dir.path(), &sb);
-    each_paid_once(&sb, 2);
-    assert!(
-        sb.requests("GET /payonic/api/{paymentid}/payment 200") > 0,
-        "settled by a lookup, not by either notification: {}",
-        sb.counters()
-    );
+    each_paid_once(&sb, 1);
 }
 
 /// Asks the sandbox's Payment API about `payment` and returns the answer it posts.

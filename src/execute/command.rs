@@ -163,6 +163,7 @@ fn timings(scale: f64) -> Timings {
         poll_backoff: 1.0,
         settle: Duration::ZERO,
         reversals: true,
+        confirm_failures: false,
     }
 }
 

@@ -238,6 +238,10 @@ pub struct Timings {
     /// documented returns) when true; otherwise two contradicting reports a person must look
     /// at (Payonic documents no reversal).
     pub reversals: bool,
+    /// A failure reported by a notification is confirmed by a lookup before it is taken: the
+    /// provider's notifications are unsigned (Payonic), and a forged decline that ended the
+    /// batch's last item would end the run before the genuine outcome came.
+    pub confirm_failures: bool,
 }
 
 impl Timings {
@@ -856,6 +860,7 @@ mod tests {
             poll_backoff: 1.0,
             settle: Duration::ZERO,
             reversals: true,
+            confirm_failures: false,
         }
     }
 

@@ -815,6 +815,10 @@ impl Book {
                 verdict,
                 ..
             } => {
+                // An unsigned report of a failure about an item still waiting: asked about
+                // through a lookup instead, whose answer (taken only as the answer to payrun's
+                // own lookup) settles it.
+                let confirm = timings.confirm_failures && matches!(verdict, Verdict::Failed { .. });
                 for c in &candidates {
                     let concerned: Vec<usize> = self
                         .groups
@@ -829,7 +833,12 @@ impl Book {
                         })
                         .collect();
                     for i in concerned {
-                        observe(self, i, verdict.clone());
+                        if confirm && !self.recs[i].state.is_final() {
+                            tracing::info!(item = %self.recs[i].id, "a reported failure, confirmed by a lookup");
+                            self.lookups.push(i);
+                        } else {
+                            observe(self, i, verdict.clone());
+                        }
                     }
                 }
             }

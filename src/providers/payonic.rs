@@ -473,7 +473,8 @@ impl Adapter for Payonic {
     /// interval), at most 5 times (`notifications.lookups`), then a person looks; an item in
     /// doubt is looked up after 5 s, then with the same backoff. "Not listed" counts only for
     /// lookups asked 10 minutes (`notifications.settle`) or more after the request, twice. A
-    /// failure reported after a success is a contradiction for a person, not a reversal.
+    /// failure reported after a success is a contradiction for a person, not a reversal; a
+    /// failure a notification reports is confirmed through the Payment API first.
     fn timings(&self, base: Timings) -> Timings {
         // `base.poll_every` is one second of provider time.
         let n = &self.flow.manifest.notifications;
@@ -493,6 +494,7 @@ impl Adapter for Payonic {
                 .map(|d| base.poll_every.mul_f64(d.as_secs_f64()))
                 .unwrap_or(base.poll_every * DEFAULT_SETTLE_SECS),
             reversals: false,
+            confirm_failures: true,
         }
     }
 
