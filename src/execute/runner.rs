@@ -683,6 +683,22 @@ impl Book {
             .filter(move |&i| self.recs[i].state.reference() == Some(reference))
     }
 
+    /// Units a report about the request accepted under `reference` concerns: those waiting for
+    /// exactly it, and those that ended since they were accepted under it (a late copy, or a
+    /// contradiction).
+    fn concerned<'a>(&'a self, reference: &'a str) -> impl Iterator<Item = usize> + 'a {
+        self.groups
+            .get(reference)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .copied()
+            .filter(move |&i| {
+                let s = &self.recs[i].state;
+                s.is_final() || s.reference() == Some(reference)
+            })
+    }
+
     /// Checks an authentic notice against this run before it is journaled: it must concern an
     /// item of the batch — for a reference, one waiting for exactly it; for a lookup's answer, a
     /// lookup payrun made — and agree with what the item sent. Err says why it is not taken
@@ -706,12 +722,7 @@ impl Book {
                 let mut waiting = false;
                 for c in candidates {
                     // Waiting for it, or settled since it was accepted under it (a late copy).
-                    let members = self.groups.get(c).map(Vec::as_slice).unwrap_or(&[]);
-                    let concerned = members.iter().copied().filter(|&i| {
-                        let s = &self.recs[i].state;
-                        s.is_final() || s.reference() == Some(c.as_str())
-                    });
-                    for i in concerned {
+                    for i in self.concerned(c) {
                         if let Some(why) = contradiction(self.sent(items, i), claims) {
                             return Err(Rejection::Never(format!(
                                 "a notification about item {} that contradicts it: {why}",
@@ -820,18 +831,7 @@ impl Book {
                 // own lookup) settles it.
                 let confirm = timings.confirm_failures && matches!(verdict, Verdict::Failed { .. });
                 for c in &candidates {
-                    let concerned: Vec<usize> = self
-                        .groups
-                        .get(c)
-                        .map(Vec::as_slice)
-                        .unwrap_or(&[])
-                        .iter()
-                        .copied()
-                        .filter(|&i| {
-                            let s = &self.recs[i].state;
-                            s.is_final() || s.reference() == Some(c.as_str())
-                        })
-                        .collect();
+                    let concerned: Vec<usize> = self.concerned(c).collect();
                     for i in concerned {
                         if confirm && !self.recs[i].state.is_final() {
                             tracing::info!(item = %self.recs[i].id, "a reported failure, confirmed by a lookup");
