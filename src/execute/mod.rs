@@ -4,7 +4,8 @@
 //! pushes back);
 //! `store` is the redb checkpoint store; `runner` is the tokio loop around them (rate limiters,
 //! group commit, notifications, provider adapters); `command` is `run`, `resume`, `status`,
-//! `report`, `list` and `unlock`; `outlook` is what one `run` will send (its start line and
+//! `report`, `list` and `unlock`; `listener` serves the notification
+//! listener's connections (idle, slow and surplus ones closed); `outlook` is what one `run` will send (its start line and
 //! confirm prompt); `http` builds the HTTP client that reaches a provider (TLS, proxies) and puts
 //! its failures into words; `secret` keeps a batch's own secret (keyed keys); `crash` holds the
 //! crash points the crash tests use.
@@ -14,6 +15,7 @@ pub mod command;
 pub mod crash;
 pub mod fixed;
 pub mod http;
+pub mod listener;
 pub mod lock;
 pub mod machine;
 pub mod outlook;

@@ -119,8 +119,9 @@ enum Outcome {
     Records(tokio::sync::oneshot::Sender<Vec<Record>>),
 }
 
-/// Serves the adapter's notification paths on `addr`. Forged notifications are answered with
-/// the adapter's refusal and logged; they never reach the loop.
+/// Serves the adapter's notification paths on `addr` (`super::listener`: no connection, idle
+/// or slow, can keep a genuine notification out). Forged notifications are answered with the
+/// adapter's refusal and logged; they never reach the loop.
 ///
 /// The provider is given `<public_url><path>`: with a `public_url` that has a path
 /// (`https://payments.acme.example/payrun`), a reverse proxy in front of the listener either
@@ -195,9 +196,11 @@ async fn listen(
             app = app.route(&route, axum::routing::any(handler));
         }
     }
-    Ok(tokio::spawn(async move {
-        let _ = axum::serve(socket, app).await;
-    }))
+    Ok(super::listener::serve(
+        socket,
+        app,
+        super::listener::Limits::default(),
+    ))
 }
 
 /// Where a running batch answers `payrun report` from other processes.
