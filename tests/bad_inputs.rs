@@ -20,7 +20,9 @@
 //! the harness prints them with what it saw, so they stay visible until fixed.
 //!
 //! Every run must also finish within 60 s, never panic, print one JSON object on stdout, and
-//! give a report whose counts agree with each other.
+//! give a report whose counts agree with each other. A case that `validate` refuses is also
+//! given to `run --sandbox`, which must refuse it the same way with no request sent (the
+//! embedded sandbox's counters are the judge).
 
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -305,6 +307,9 @@ fn problems_with(case: &Case, manifest: &Path) -> Vec<String> {
             return problems;
         }
     };
+    if want != 0 {
+        problems.extend(nothing_is_sent(manifest, want));
+    }
     problems.extend(report_is_consistent(&report, run.code));
     problems.extend(expected_fields_match(case, &report));
     problems.extend(expected_errors_are_present(case, &report));
@@ -330,6 +335,58 @@ fn problems_with(case: &Case, manifest: &Path) -> Vec<String> {
             &human,
             "the human-format run",
         ));
+    }
+    problems
+}
+
+/// A bad input sends nothing: `run --sandbox` refuses it with the exit code `validate` gives,
+/// and the embedded sandbox (whose state file records every request it was sent) saw no request.
+fn nothing_is_sent(manifest: &Path, want: i64) -> Vec<String> {
+    let mut problems = Vec::new();
+    let state = tempfile::tempdir().expect("a temp dir");
+    let dir = state.path().to_string_lossy().into_owned();
+    let run = run_payrun(&[
+        "run",
+        &manifest.to_string_lossy(),
+        "--sandbox",
+        "--yes",
+        "--state-dir",
+        &dir,
+        "--time-scale",
+        "1000",
+    ]);
+    problems.extend(
+        run.basic_problems()
+            .into_iter()
+            .map(|p| format!("run --sandbox {p}")),
+    );
+    if run.code != Some(want as i32) {
+        problems.push(format!(
+            "run --sandbox: exit code {:?}, expected {want} as validate; stderr: {}",
+            run.code,
+            excerpt(&run.stderr, 300)
+        ));
+    }
+    for entry in std::fs::read_dir(state.path())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "sandbox") {
+            let counters = run_payrun(&["sandbox", "counters", "--state", &path.to_string_lossy()]);
+            let sent: u64 = serde_json::from_str::<Value>(&counters.stdout)
+                .ok()
+                .and_then(|c| c["requests"].as_object().cloned())
+                .map(|r| r.values().filter_map(Value::as_u64).sum())
+                .unwrap_or(u64::MAX);
+            if sent != 0 {
+                problems.push(format!(
+                    "run --sandbox sent requests for a bad input: {}",
+                    excerpt(&counters.stdout, 300)
+                ));
+            }
+        }
     }
     problems
 }
