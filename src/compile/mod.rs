@@ -1048,7 +1048,13 @@ impl Compiler<'_> {
             })
         };
         for b in &task.bindings {
-            let field = &op.fields[b.field];
+            // What the field holds may depend on a sibling set in the manifest (`holds_if`:
+            // Paysend's accountIdentifier is an IBAN when identifierType is IBAN).
+            let field = op.fields[b.field].given(|p| match value_of(p) {
+                Some(Bound::Const(c)) => Some(c.clone()),
+                _ => None,
+            });
+            let field: &Field = &field;
             let currency = currency_of(field);
             let sample = match &b.value {
                 Bound::Const(s) => Some(s.clone()),
@@ -1073,7 +1079,7 @@ impl Compiler<'_> {
                         _ => field.check(&s),
                     };
                     if let Err(v) = res {
-                        let shown = crate::mask::display(&s, field.sensitive);
+                        let shown = crate::mask::for_error(&s, field.privacy());
                         self.errors.push(
                             Diagnostic::new(
                                 &self.manifest.display,

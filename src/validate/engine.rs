@@ -685,7 +685,7 @@ impl Engine {
                             format!("{op} `{}` {}", field.path, viol.message),
                         )
                         .field(field.path.clone())
-                        .value(mask::display(&v, c.field.sensitive))
+                        .value(mask::for_error(&v, c.field.privacy()))
                         .hint(viol.hint.clone());
                     out.push(with_item(d), cap);
                 }
