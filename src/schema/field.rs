@@ -1,6 +1,9 @@
 //! `Field`: one payload field of a provider operation with its compiled rule, and the checks
 //! that every value bound for that field must pass. Checks work on text — a CSV cell, a YAML
-//! scalar, or a JSON scalar rendered as text — so one rule serves every input.
+//! scalar, or a JSON scalar rendered as text — so one rule serves every input. What a field
+//! holds (`Holds`: an IBAN, a card number, an identifier, a name, ...) adds the account-number
+//! checks of `account.rs`, refuses a spreadsheet's scientific notation in identifiers and says
+//! how outputs mask its values (`Field::privacy`).
 
 use crate::mask::Privacy;
 use crate::money::{self, Amount, Currency};
