@@ -279,6 +279,9 @@ pub struct RowCheck {
     pub field: Field,
     pub value: Bound,
     pub currency: Option<CurrencySource>,
+    /// The per-row values of the siblings the field's `holds_if` names (an accountIdentifier
+    /// whose identifierType comes from the file): what it holds is decided row by row.
+    pub siblings: Vec<(String, Bound)>,
 }
 
 /// At least one of these per-row values must be non-empty.
@@ -1104,12 +1107,21 @@ impl Compiler<'_> {
                     if matches!(b.value, Bound::Result { .. }) {
                         continue;
                     }
+                    let siblings = field
+                        .holds_if
+                        .iter()
+                        .filter_map(|c| {
+                            let v = value_of(&c.field)?;
+                            (!v.is_static()).then(|| (c.field.clone(), v.clone()))
+                        })
+                        .collect();
                     self.checks.push(RowCheck {
                         task: task.id.clone(),
                         op: op.name.clone(),
                         field: field.clone(),
                         value: b.value.clone(),
                         currency,
+                        siblings,
                     });
                 }
             }
