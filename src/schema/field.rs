@@ -216,17 +216,24 @@ impl Field {
         }
     }
 
-    /// The field as it is when the request's other fields hold `sibling` (`holds_if`): Paysend's
-    /// accountIdentifier is an IBAN when identifierType is `IBAN`.
-    pub fn given(&self, sibling: impl Fn(&str) -> Option<String>) -> std::borrow::Cow<'_, Field> {
-        let hit = self
-            .holds_if
+    /// What the field holds when the request's other fields hold `sibling` (`holds_if`):
+    /// Paysend's accountIdentifier is an IBAN when identifierType is `IBAN`.
+    pub fn holds_given(&self, sibling: impl Fn(&str) -> Option<String>) -> Option<Holds> {
+        self.holds_if
             .iter()
-            .find(|c| sibling(&c.field).is_some_and(|v| v.trim().eq_ignore_ascii_case(&c.equals)));
-        match hit {
-            Some(c) if self.holds != Some(c.holds) => {
+            .find(|c| sibling(&c.field).is_some_and(|v| v.trim().eq_ignore_ascii_case(&c.equals)))
+            .map(|c| c.holds)
+            .or(self.holds)
+    }
+
+    /// The field as it is when the request's other fields hold `sibling` (`holds_if`), for
+    /// values checked once (a manifest's constants); rows use `check_holding`, which does not
+    /// copy the field.
+    pub fn given(&self, sibling: impl Fn(&str) -> Option<String>) -> std::borrow::Cow<'_, Field> {
+        match self.holds_given(sibling) {
+            h if h != self.holds => {
                 let mut f = self.clone();
-                f.holds = Some(c.holds);
+                f.holds = h;
                 std::borrow::Cow::Owned(f)
             }
             _ => std::borrow::Cow::Borrowed(self),
@@ -307,14 +314,19 @@ impl Field {
     /// Checks a present, non-empty value of any kind but `Amount` (see `check_amount`): first
     /// scientific notation in an identifier, then the type's rules, then what the field holds.
     pub fn check(&self, v: &str) -> Result<(), Violation> {
-        if let Some(h) = self.holds
+        self.check_holding(v, self.holds)
+    }
+
+    /// `check` as if the field held `holds` (what `holds_given` says for this row).
+    pub fn check_holding(&self, v: &str, holds: Option<Holds>) -> Result<(), Violation> {
+        if let Some(h) = holds
             && h.is_identifier()
             && is_scientific(v)
         {
             return Err(scientific_notation(h));
         }
         self.check_kind(v)?;
-        match self.holds {
+        match holds {
             Some(Holds::Iban) => super::account::check_iban(v),
             Some(Holds::Account) if super::account::looks_like_iban(v) => {
                 super::account::check_iban(v)

@@ -66,7 +66,7 @@ pub fn check_payload(op: &Operation, payload: &Value) -> Vec<PayloadError> {
             }
             // What the field holds may depend on a sibling (`holds_if`: an accountIdentifier
             // whose identifierType is IBAN is an IBAN).
-            _ => field.given(|p| value_of(p).map(str::to_string)).check(text),
+            _ => field.check_holding(text, field.holds_given(|p| value_of(p).map(str::to_string))),
         };
         if let Err(v) = res {
             errors.push(PayloadError {

@@ -681,13 +681,13 @@ impl Engine {
                 FieldKind::Amount { .. } => c.field.check_amount(&v, currency(c.cur)).map(|_| ()),
                 _ if c.siblings.is_empty() => c.field.check(&v),
                 // What the field holds depends on a sibling of this row (`holds_if`).
-                _ => c
-                    .field
-                    .given(|p| {
+                _ => c.field.check_holding(
+                    &v,
+                    c.field.holds_given(|p| {
                         let (_, sv) = c.siblings.iter().find(|(sp, _)| sp == p)?;
                         Some(render(sv, row, id, &self.batch).into_owned())
-                    })
-                    .check(&v),
+                    }),
+                ),
             };
             if let Err(viol) = res {
                 for (op, field) in targets {
