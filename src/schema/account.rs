@@ -122,7 +122,7 @@ pub fn check_iban(v: &str) -> Result<(), Violation> {
             "iban.format",
             "is not an IBAN",
             format!(
-                "an IBAN is two letters for the country, two check digits and up to 30 letters and digits, {IBAN_EXAMPLE}"
+                "an IBAN is two letters for the country, two check digits and up to 30 letters and digits, {IBAN_EXAMPLE}; a domestic account number is not one (check the account's type)"
             ),
         ));
     }
