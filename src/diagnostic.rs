@@ -157,7 +157,7 @@ fn mask_secrets(line: &str) -> String {
     let mut token = String::new();
     let flush = |token: &mut String, out: &mut String| {
         if token.len() >= 12 && token.bytes().filter(u8::is_ascii_digit).count() >= 6 {
-            out.push_str(&crate::mask::mask(token));
+            out.push_str(&crate::mask::mask_account(token));
         } else {
             out.push_str(token);
         }

@@ -68,7 +68,8 @@ enum Command {
     /// Dry run: compile every item into its job graph and show what `run` would do.
     ///
     /// Shows tasks per operation, totals per currency, API calls, the estimated duration under
-    /// the manifest's rate limits and the first items' task trees (sensitive values masked).
+    /// the manifest's rate limits and the first items' task trees (account numbers to their last
+    /// four, secrets whole, names to initials, e-mails to their domain).
     Plan {
         /// The batch manifest (YAML).
         manifest: PathBuf,

@@ -83,8 +83,7 @@ pub fn table(op: &Operation) -> String {
     fields.sort_by_key(|f| !f.required);
     for f in fields {
         let example = match &f.example {
-            Some(e) if f.sensitive => crate::mask::mask(e),
-            Some(e) => e.clone(),
+            Some(e) => crate::mask::for_error(e, f.privacy()),
             None => String::new(),
         };
         let mut format = f.format();

@@ -14,7 +14,9 @@
 //! `hint_contains` when they are given. Optional case keys: `error_count`, `rows`,
 //! `valid_items`, `invalid_items`, `stage` (for manifest/io failures), `absent_rules`,
 //! `max_value_chars`, `max_stdout_bytes`, `max_seconds`, `output_must_not_contain` (JSON run),
-//! `human_must_not_contain` (also runs the human format), `generator` (the case folder is copied
+//! `human_must_not_contain` (also runs the human format), `plan_must_not_contain` and
+//! `plan_must_contain` (also runs `payrun plan` in the human and JSON formats, for what its
+//! preview may show of a valid batch), `generator` (the case folder is copied
 //! to a temp dir and the named generator adds what is too big to commit), and `known_bug`: a
 //! description of a misbehaviour of payrun that the case documents. Known bugs are not asserted;
 //! the harness prints them with what it saw, so they stay visible until fixed.
@@ -335,6 +337,36 @@ fn problems_with(case: &Case, manifest: &Path) -> Vec<String> {
             &human,
             "the human-format run",
         ));
+    }
+    problems.extend(plan_preview(case, manifest));
+    problems
+}
+
+/// `plan_must_not_contain` / `plan_must_contain`: what `payrun plan` (human and JSON) may and
+/// must show of the items, e.g. personal data masked in its preview.
+fn plan_preview(case: &Case, manifest: &Path) -> Vec<String> {
+    let (hidden, shown) = (
+        case.strings("plan_must_not_contain"),
+        case.strings("plan_must_contain"),
+    );
+    let mut problems = Vec::new();
+    if hidden.is_empty() && shown.is_empty() {
+        return problems;
+    }
+    let manifest = manifest.to_string_lossy();
+    for format in ["human", "json"] {
+        let run = run_payrun(&["plan", &manifest, "--format", format]);
+        problems.extend(run.basic_problems());
+        let what = format!("the {format} plan");
+        problems.extend(secrets_stay_hidden(&hidden, &run, &what));
+        for s in &shown {
+            if !run.stdout.contains(s.as_str()) {
+                problems.push(format!(
+                    "{what} does not show {s:?}: {}",
+                    excerpt(&run.stdout, 300)
+                ));
+            }
+        }
     }
     problems
 }

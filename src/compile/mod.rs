@@ -279,6 +279,9 @@ pub struct RowCheck {
     pub field: Field,
     pub value: Bound,
     pub currency: Option<CurrencySource>,
+    /// The per-row values of the siblings the field's `holds_if` names (an accountIdentifier
+    /// whose identifierType comes from the file): what it holds is decided row by row.
+    pub siblings: Vec<(String, Bound)>,
 }
 
 /// At least one of these per-row values must be non-empty.
@@ -1048,7 +1051,13 @@ impl Compiler<'_> {
             })
         };
         for b in &task.bindings {
-            let field = &op.fields[b.field];
+            // What the field holds may depend on a sibling set in the manifest (`holds_if`:
+            // Paysend's accountIdentifier is an IBAN when identifierType is IBAN).
+            let field = op.fields[b.field].given(|p| match value_of(p) {
+                Some(Bound::Const(c)) => Some(c.clone()),
+                _ => None,
+            });
+            let field: &Field = &field;
             let currency = currency_of(field);
             let sample = match &b.value {
                 Bound::Const(s) => Some(s.clone()),
@@ -1073,7 +1082,7 @@ impl Compiler<'_> {
                         _ => field.check(&s),
                     };
                     if let Err(v) = res {
-                        let shown = crate::mask::display(&s, field.sensitive);
+                        let shown = crate::mask::for_error(&s, field.privacy());
                         self.errors.push(
                             Diagnostic::new(
                                 &self.manifest.display,
@@ -1098,12 +1107,21 @@ impl Compiler<'_> {
                     if matches!(b.value, Bound::Result { .. }) {
                         continue;
                     }
+                    let siblings = field
+                        .holds_if
+                        .iter()
+                        .filter_map(|c| {
+                            let v = value_of(&c.field)?;
+                            (!v.is_static()).then(|| (c.field.clone(), v.clone()))
+                        })
+                        .collect();
                     self.checks.push(RowCheck {
                         task: task.id.clone(),
                         op: op.name.clone(),
                         field: field.clone(),
                         value: b.value.clone(),
                         currency,
+                        siblings,
                     });
                 }
             }

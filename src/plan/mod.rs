@@ -427,13 +427,15 @@ pub fn item_money(flow: &Flow, item: &ItemRow, key: &str) -> Vec<(String, String
         .collect()
 }
 
-/// A task's payload for one item, as the JSON the provider would receive, sensitive values masked.
+/// A task's payload for one item, as the JSON the provider would receive, sensitive values and
+/// personal data masked (`Field::privacy`, `mask::for_preview`).
 pub fn payload(flow: &Flow, task: &Task, item: &ItemRow, key: &str) -> Value {
     render_payload(flow, task, item, key, true)
 }
 
 /// A task's payload for one item; `masked` hides sensitive values (every output does; only
-/// the request sent to the provider carries them).
+/// the request sent to the provider carries them): accounts keep their last four characters,
+/// names their initials, e-mails their domain.
 pub fn render_payload(flow: &Flow, task: &Task, item: &ItemRow, key: &str, masked: bool) -> Value {
     let op = flow.op(&task.op);
     let mut root = serde_json::Map::new();
@@ -459,8 +461,9 @@ pub fn render_payload(flow: &Flow, task: &Task, item: &ItemRow, key: &str, maske
         if text.is_empty() {
             continue;
         }
-        let value = if field.sensitive && masked {
-            Value::String(mask::mask(&text))
+        let privacy = field.privacy();
+        let value = if masked && privacy != mask::Privacy::Plain {
+            Value::String(mask::for_preview(&text, privacy))
         } else if matches!(b.value, Bound::Result { .. }) {
             Value::String(text)
         } else {
@@ -555,8 +558,10 @@ fn template_json(flow: &Flow) -> Value {
                 (
                     b.path.clone(),
                     Value::String(
-                        if op.fields[b.field].sensitive && matches!(b.value, Bound::Const(_)) {
-                            mask::mask(&b.value.describe())
+                        if op.fields[b.field].privacy() != mask::Privacy::Plain
+                            && matches!(b.value, Bound::Const(_))
+                        {
+                            mask::for_preview(&b.value.describe(), op.fields[b.field].privacy())
                         } else {
                             b.value.describe()
                         },

@@ -188,7 +188,7 @@ pub fn plan(s: &Summary, preview: &[Value], flow: &Flow) -> String {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "First {} item{} (sensitive values masked):",
+            "First {} item{} (account numbers, secrets and personal data masked):",
             preview.len(),
             if preview.len() == 1 { "" } else { "s" }
         );

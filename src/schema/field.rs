@@ -1,7 +1,11 @@
 //! `Field`: one payload field of a provider operation with its compiled rule, and the checks
 //! that every value bound for that field must pass. Checks work on text — a CSV cell, a YAML
-//! scalar, or a JSON scalar rendered as text — so one rule serves every input.
+//! scalar, or a JSON scalar rendered as text — so one rule serves every input. What a field
+//! holds (`Holds`: an IBAN, a card number, an identifier, a name, ...) adds the account-number
+//! checks of `account.rs`, refuses a spreadsheet's scientific notation in identifiers and says
+//! how outputs mask its values (`Field::privacy`).
 
+use crate::mask::Privacy;
 use crate::money::{self, Amount, Currency};
 use regex::Regex;
 use rust_decimal::Decimal;
@@ -71,12 +75,72 @@ pub enum FieldKind {
     Boolean,
 }
 
+/// What a field holds, beyond its type (schema key `holds`): account numbers are checked as
+/// such (IBAN, card, ABA routing number), identifiers refuse a spreadsheet's scientific
+/// notation, and accounts and personal data are masked by what they are (`Field::privacy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Holds {
+    /// An IBAN: structure, the country's length and layout, mod-97 check digits.
+    Iban,
+    /// An account number that may be an IBAN: checked as one when it looks like one (two
+    /// capital letters naming an IBAN country, two digits, at least 11 more characters).
+    Account,
+    /// A card number: 12-19 digits and the Luhn check digit.
+    Card,
+    /// A US ABA routing number: 9 digits and the ABA checksum.
+    Aba,
+    /// Another identifier or reference (ids, document numbers, tokens).
+    Id,
+    /// A phone number.
+    Phone,
+    /// A person's name.
+    Name,
+    /// An e-mail address.
+    Email,
+}
+
+impl Holds {
+    /// Whether a spreadsheet may have turned the value into scientific notation: every
+    /// identifier column (a name or an e-mail is never one).
+    pub fn is_identifier(self) -> bool {
+        !matches!(self, Holds::Name | Holds::Email)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Holds::Iban => "iban",
+            Holds::Account => "account",
+            Holds::Card => "card",
+            Holds::Aba => "aba",
+            Holds::Id => "id",
+            Holds::Phone => "phone",
+            Holds::Name => "name",
+            Holds::Email => "email",
+        }
+    }
+}
+
+/// `holds_if`: the field holds `holds` when the sibling field `field` of the same request is
+/// `equals` (ASCII case-insensitive), e.g. Paysend's accountIdentifier is an IBAN when its
+/// identifierType is IBAN. Applied where the sibling is a constant of the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldsIf {
+    pub field: String,
+    pub equals: String,
+    pub holds: Holds,
+}
+
 #[derive(Debug, Clone)]
 pub struct Field {
     pub path: String,
     pub kind: FieldKind,
     pub required: bool,
     pub sensitive: bool,
+    /// What the field holds (`holds`), when it is an account, an identifier or personal data.
+    pub holds: Option<Holds>,
+    /// What it holds depending on a sibling's value (`holds_if`).
+    pub holds_if: Vec<HoldsIf>,
     pub wire: Wire,
     pub description: String,
     pub example: Option<String>,
@@ -123,6 +187,60 @@ impl FieldKind {
 impl Field {
     /// A short description of the accepted format, for templates and hints.
     pub fn format(&self) -> String {
+        let base = self.kind_format();
+        match self.holds {
+            Some(Holds::Iban) => {
+                format!("{base}, an IBAN (country length and check digits checked)")
+            }
+            Some(Holds::Account) => {
+                format!("{base}, an account number (checked as an IBAN when it looks like one)")
+            }
+            Some(Holds::Card) => format!("{base}, a card number (Luhn check digit checked)"),
+            Some(Holds::Aba) => format!("{base}, a US ABA routing number (checksum checked)"),
+            Some(Holds::Id | Holds::Phone) => format!("{base}, no scientific notation"),
+            Some(Holds::Name | Holds::Email) | None => base,
+        }
+    }
+
+    /// What an output may show of this field's values: accounts their last four characters,
+    /// phone numbers their last digits, other secrets nothing; names and e-mails are shown in
+    /// errors and masked in previews (`mask::for_preview`).
+    pub fn privacy(&self) -> Privacy {
+        match (self.holds, self.sensitive) {
+            (Some(Holds::Phone), _) => Privacy::Phone,
+            (Some(Holds::Iban | Holds::Account | Holds::Card), _) => Privacy::Account,
+            (_, true) => Privacy::Secret,
+            (Some(Holds::Name), false) => Privacy::Name,
+            (Some(Holds::Email), false) => Privacy::Email,
+            _ => Privacy::Plain,
+        }
+    }
+
+    /// What the field holds when the request's other fields hold `sibling` (`holds_if`):
+    /// Paysend's accountIdentifier is an IBAN when identifierType is `IBAN`.
+    pub fn holds_given(&self, sibling: impl Fn(&str) -> Option<String>) -> Option<Holds> {
+        self.holds_if
+            .iter()
+            .find(|c| sibling(&c.field).is_some_and(|v| v.trim().eq_ignore_ascii_case(&c.equals)))
+            .map(|c| c.holds)
+            .or(self.holds)
+    }
+
+    /// The field as it is when the request's other fields hold `sibling` (`holds_if`), for
+    /// values checked once (a manifest's constants); rows use `check_holding`, which does not
+    /// copy the field.
+    pub fn given(&self, sibling: impl Fn(&str) -> Option<String>) -> std::borrow::Cow<'_, Field> {
+        match self.holds_given(sibling) {
+            h if h != self.holds => {
+                let mut f = self.clone();
+                f.holds = h;
+                std::borrow::Cow::Owned(f)
+            }
+            _ => std::borrow::Cow::Borrowed(self),
+        }
+    }
+
+    fn kind_format(&self) -> String {
         match &self.kind {
             FieldKind::String {
                 pattern,
@@ -193,8 +311,33 @@ impl Field {
         }
     }
 
-    /// Checks a present, non-empty value of any kind but `Amount` (see `check_amount`).
+    /// Checks a present, non-empty value of any kind but `Amount` (see `check_amount`): first
+    /// scientific notation in an identifier, then the type's rules, then what the field holds.
     pub fn check(&self, v: &str) -> Result<(), Violation> {
+        self.check_holding(v, self.holds)
+    }
+
+    /// `check` as if the field held `holds` (what `holds_given` says for this row).
+    pub fn check_holding(&self, v: &str, holds: Option<Holds>) -> Result<(), Violation> {
+        if let Some(h) = holds
+            && h.is_identifier()
+            && is_scientific(v)
+        {
+            return Err(scientific_notation(h));
+        }
+        self.check_kind(v)?;
+        match holds {
+            Some(Holds::Iban) => super::account::check_iban(v),
+            Some(Holds::Account) if super::account::looks_like_iban(v) => {
+                super::account::check_iban(v)
+            }
+            Some(Holds::Card) => super::account::check_card(v),
+            Some(Holds::Aba) => super::account::check_aba(v),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_kind(&self, v: &str) -> Result<(), Violation> {
         match &self.kind {
             FieldKind::String {
                 pattern,
@@ -433,6 +576,45 @@ fn too_many_digits(amount: Amount, digits: u32, currency: Currency) -> Violation
     )
 }
 
+/// `5.43232E+19`, `4.53903E+15`, `5,43232E+19`: what a spreadsheet makes of a long number in a
+/// General-formatted column, with the digits past the sixth lost. Excel always writes the
+/// exponent's sign, so a reference such as `2024E12` is not taken for one.
+pub fn is_scientific(v: &str) -> bool {
+    let b = v.trim().as_bytes();
+    let Some(e) = b.iter().position(|&c| c == b'e' || c == b'E') else {
+        return false;
+    };
+    let (mantissa, exponent) = (&b[..e], &b[e + 1..]);
+    let int_len = mantissa
+        .iter()
+        .position(|&c| c == b'.' || c == b',')
+        .unwrap_or(mantissa.len());
+    let (int, frac) = mantissa.split_at(int_len);
+    let frac = frac.get(1..).unwrap_or(&[]);
+    !int.is_empty()
+        && int.iter().all(u8::is_ascii_digit)
+        && (int_len == mantissa.len() || !frac.is_empty())
+        && frac.iter().all(u8::is_ascii_digit)
+        && exponent.len() >= 2
+        && (exponent[0] == b'+' || exponent[0] == b'-')
+        && exponent[1..].iter().all(u8::is_ascii_digit)
+}
+
+fn scientific_notation(h: Holds) -> Violation {
+    let what = match h {
+        Holds::Iban | Holds::Account => "account number",
+        Holds::Card => "card number",
+        Holds::Aba => "routing number",
+        Holds::Phone => "phone number",
+        Holds::Id | Holds::Name | Holds::Email => "identifier",
+    };
+    violation(
+        "identifier.scientific-notation",
+        format!("is in scientific notation, so the {what}'s digits are lost"),
+        "the spreadsheet (e.g. Excel) formatted the column as scientific and kept only the first digits: format the column as text and copy the values again from the source, then export",
+    )
+}
+
 /// A pattern as the schema wrote it (the compiled regex is anchored around it).
 fn pattern_src(p: &Regex) -> &str {
     let s = p.as_str();
@@ -600,6 +782,8 @@ mod tests {
             kind,
             required: false,
             sensitive: false,
+            holds: None,
+            holds_if: Vec::new(),
             wire: Wire::String,
             description: String::new(),
             example: None,
@@ -610,6 +794,135 @@ mod tests {
 
     fn rule(kind: FieldKind, v: &str) -> Option<&'static str> {
         field(kind).check(v).err().map(|e| e.rule)
+    }
+
+    fn holding(holds: Holds, sensitive: bool) -> Field {
+        let mut f = field(FieldKind::String {
+            pattern: None,
+            min_length: None,
+            max_length: Some(40),
+        });
+        f.holds = Some(holds);
+        f.sensitive = sensitive;
+        f
+    }
+
+    #[test]
+    fn excel_scientific_notation_is_recognised_with_a_signed_exponent_only() {
+        for v in [
+            "5.43232E+19",
+            "4.53903E+15",
+            "5,43232E+19",
+            "1E+05",
+            "1.2e-3",
+            " 5.4E+19",
+        ] {
+            assert!(is_scientific(v), "{v}");
+        }
+        for v in [
+            "2024E12",
+            "E+19",
+            "5.E+19",
+            "5.4E+",
+            "DE89370400440532013000",
+            "1e3x",
+            "12-E+4",
+        ] {
+            assert!(!is_scientific(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn an_identifier_in_scientific_notation_gets_the_excel_hint_before_any_other_rule() {
+        let mut card = holding(Holds::Card, true);
+        card.kind = FieldKind::String {
+            pattern: Some(Regex::new("^(?:[0-9]{12,19})$").unwrap()),
+            min_length: None,
+            max_length: None,
+        };
+        let v = card.check("4.53903E+15").unwrap_err();
+        assert_eq!(v.rule, "identifier.scientific-notation");
+        assert!(v.hint.contains("Excel"), "{}", v.hint);
+        for h in [
+            Holds::Iban,
+            Holds::Account,
+            Holds::Aba,
+            Holds::Id,
+            Holds::Phone,
+        ] {
+            assert_eq!(
+                holding(h, false).check("5.43232E+19").unwrap_err().rule,
+                "identifier.scientific-notation",
+                "{h:?}"
+            );
+        }
+        // A name or an e-mail is no identifier, and a field that holds nothing is not judged.
+        assert_eq!(holding(Holds::Name, false).check("5.43232E+19"), Ok(()));
+        assert_eq!(
+            field(FieldKind::String {
+                pattern: None,
+                min_length: None,
+                max_length: None
+            })
+            .check("5.43232E+19"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn an_account_field_is_checked_as_an_iban_only_when_its_value_looks_like_one() {
+        let f = holding(Holds::Account, true);
+        assert_eq!(f.check("1234567890"), Ok(()));
+        assert_eq!(f.check("user@example.com"), Ok(()));
+        assert_eq!(f.check("DE89370400440532013000"), Ok(()));
+        assert_eq!(
+            f.check("DE88370400440532013000").unwrap_err().rule,
+            "iban.checksum"
+        );
+        let iban = holding(Holds::Iban, true);
+        assert_eq!(iban.check("1234567890").unwrap_err().rule, "iban.format");
+    }
+
+    #[test]
+    fn a_sibling_set_to_iban_makes_an_account_field_an_iban() {
+        let mut f = holding(Holds::Account, true);
+        f.holds_if = vec![HoldsIf {
+            field: "identifierType".into(),
+            equals: "IBAN".into(),
+            holds: Holds::Iban,
+        }];
+        let iban = |v: &'static str| move |p: &str| (p == "identifierType").then(|| v.to_string());
+        assert_eq!(f.given(iban("IBAN")).holds, Some(Holds::Iban));
+        assert_eq!(f.given(iban("iban")).holds, Some(Holds::Iban));
+        assert_eq!(f.given(iban("BAN")).holds, Some(Holds::Account));
+        assert_eq!(f.given(|_| None).holds, Some(Holds::Account));
+        assert_eq!(
+            f.given(iban("IBAN")).check("12345678").unwrap_err().rule,
+            "iban.format"
+        );
+    }
+
+    #[test]
+    fn accounts_keep_their_tail_other_secrets_are_masked_whole_and_personal_data_is_marked() {
+        assert_eq!(holding(Holds::Iban, false).privacy(), Privacy::Account);
+        assert_eq!(holding(Holds::Card, true).privacy(), Privacy::Account);
+        assert_eq!(holding(Holds::Account, true).privacy(), Privacy::Account);
+        assert_eq!(holding(Holds::Id, true).privacy(), Privacy::Secret);
+        assert_eq!(holding(Holds::Id, false).privacy(), Privacy::Plain);
+        assert_eq!(holding(Holds::Aba, false).privacy(), Privacy::Plain);
+        assert_eq!(holding(Holds::Phone, true).privacy(), Privacy::Phone);
+        assert_eq!(holding(Holds::Name, false).privacy(), Privacy::Name);
+        assert_eq!(holding(Holds::Email, false).privacy(), Privacy::Email);
+        let mut dob = field(FieldKind::Date);
+        dob.sensitive = true;
+        assert_eq!(dob.privacy(), Privacy::Secret);
+    }
+
+    #[test]
+    fn the_format_says_what_the_field_holds() {
+        assert!(holding(Holds::Iban, true).format().contains("IBAN"));
+        assert!(holding(Holds::Card, true).format().contains("Luhn"));
+        assert!(holding(Holds::Aba, true).format().contains("ABA"));
     }
 
     #[test]

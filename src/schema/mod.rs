@@ -1,12 +1,13 @@
 //! Provider field schemas: data files (`schemas/<provider>/*.yaml`) loaded into typed,
 //! compiled rules. The files are embedded in the binary; `--schemas DIR` reads another tree.
 
+pub mod account;
 pub mod field;
 pub mod operation;
 pub mod payload;
 pub mod raw;
 
-pub use field::{CurrencyFormat, CurrencyRef, Field, FieldKind, Violation, Wire};
+pub use field::{CurrencyFormat, CurrencyRef, Field, FieldKind, Holds, HoldsIf, Violation, Wire};
 pub use operation::Operation;
 pub use raw::{Completion, KeyFormat, Location, Role, TreeExecution};
 
@@ -444,6 +445,24 @@ fn compile_operation(
         }
     }
     for (i, f) in op.fields.iter().enumerate() {
+        for (ci, c) in f.holds_if.iter().enumerate() {
+            if c.field == f.path || op.field(&c.field).is_none() {
+                errors.push(err(
+                    &[
+                        key("fields"),
+                        Seg::Index(i),
+                        key("holds_if"),
+                        Seg::Index(ci),
+                        key("field"),
+                    ],
+                    "schema.field",
+                    format!(
+                        "field `{}`: holds_if names `{}`, which is not another field of the operation",
+                        f.path, c.field
+                    ),
+                ));
+            }
+        }
         if let FieldKind::Amount {
             currency: CurrencyRef::Path(c),
             ..
@@ -471,7 +490,10 @@ fn compile_operation(
                     };
                     f.check_amount(example, cur).map(|_| ())
                 }
-                _ => f.check(example),
+                // Checked as what it holds beside the other fields' examples.
+                _ => f
+                    .given(|p| op.field(p).and_then(|s| s.example.clone()))
+                    .check(example),
             };
             if let Err(v) = res {
                 errors.push(err(
@@ -657,6 +679,21 @@ fn compile_field(f: &raw::RawField, all: &[raw::RawField]) -> Result<Field, Fiel
     } else {
         Wire::String
     };
+    // What a field holds is checked on its text: a type with a fixed form of its own (amount,
+    // currency, date, ...) holds nothing else.
+    let holds_types = [T::String, T::Integer, T::Email, T::Uuid];
+    let holds_checked = f.holds.is_some() || !f.holds_if.is_empty();
+    if holds_checked && !holds_types.contains(&f.ty) {
+        let k = if f.holds.is_some() {
+            "holds"
+        } else {
+            "holds_if"
+        };
+        return Err((
+            k,
+            format!("`{k}` does not apply to type {:?}", f.ty).to_lowercase(),
+        ));
+    }
     let example = match &f.example {
         None => None,
         Some(v) => Some(
@@ -668,6 +705,16 @@ fn compile_field(f: &raw::RawField, all: &[raw::RawField]) -> Result<Field, Fiel
         kind,
         required: f.required,
         sensitive: f.sensitive,
+        holds: f.holds,
+        holds_if: f
+            .holds_if
+            .iter()
+            .map(|c| field::HoldsIf {
+                field: c.field.clone(),
+                equals: c.equals.clone(),
+                holds: c.holds,
+            })
+            .collect(),
         wire: f.wire.unwrap_or(default_wire),
         description: f.description.clone(),
         example,
@@ -688,5 +735,65 @@ fn k_static(k: &str) -> &'static str {
         "currency_code" => "currency_code",
         "format" => "format",
         _ => "values",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(yaml: &str) -> raw::RawField {
+        serde_yaml::from_str(yaml).expect("a raw field")
+    }
+
+    #[test]
+    fn holds_applies_to_text_fields_only() {
+        let f = raw("{path: a, type: string, holds: iban, description: d}");
+        assert_eq!(compile_field(&f, &[]).unwrap().holds, Some(Holds::Iban));
+        let f = raw("{path: a, type: date, holds: id, description: d}");
+        assert_eq!(compile_field(&f, &[]).unwrap_err().0, "holds");
+        let f = raw(
+            "{path: a, type: amount, currency_code: EUR, holds_if: [{field: b, equals: X, holds: iban}], description: d}",
+        );
+        assert_eq!(compile_field(&f, &[]).unwrap_err().0, "holds_if");
+    }
+
+    #[test]
+    fn an_unknown_holds_value_is_a_schema_error() {
+        let r: Result<raw::RawField, _> =
+            serde_yaml::from_str("{path: a, type: string, holds: bank, description: d}");
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn the_embedded_schemas_mark_the_account_and_personal_fields() {
+        let paysend = Registry::Embedded
+            .provider("paysend")
+            .expect("paysend schemas");
+        let acc = paysend.operation("pay.toAccount").unwrap();
+        let dest = acc
+            .field("to.destinationTransactionInstrument.accountIdentifier")
+            .unwrap();
+        assert_eq!(dest.holds, Some(Holds::Account));
+        assert_eq!(dest.holds_if[0].holds, Holds::Iban);
+        assert_eq!(
+            acc.field("to.recipient.email").unwrap().holds,
+            Some(Holds::Email)
+        );
+        assert_eq!(
+            acc.field("to.recipient.lastName").unwrap().holds,
+            Some(Holds::Name)
+        );
+        let card = paysend.operation("pay.toCard").unwrap();
+        assert_eq!(
+            card.field("to.cardNumber").unwrap().holds,
+            Some(Holds::Card)
+        );
+        let payonic = Registry::Embedded
+            .provider("payonic")
+            .expect("payonic schemas");
+        let payout = payonic.operation("payout").unwrap();
+        assert_eq!(payout.field("email").unwrap().holds, Some(Holds::Email));
+        assert_eq!(payout.field("paymentid").unwrap().holds, Some(Holds::Id));
     }
 }

@@ -64,7 +64,9 @@ pub fn check_payload(op: &Operation, payload: &Value) -> Vec<PayloadError> {
                 };
                 field.check_amount(text, cur).map(|_| ())
             }
-            _ => field.check(text),
+            // What the field holds may depend on a sibling (`holds_if`: an accountIdentifier
+            // whose identifierType is IBAN is an IBAN).
+            _ => field.check_holding(text, field.holds_given(|p| value_of(p).map(str::to_string))),
         };
         if let Err(v) = res {
             errors.push(PayloadError {

@@ -1,7 +1,7 @@
 //! The serde shape of schema files (`schemas/<provider>/*.yaml`), as written; checked and
 //! compiled into `Operation`/`Field` by the registry. See schemas/README.md.
 
-use super::field::{CurrencyFormat, Wire};
+use super::field::{CurrencyFormat, Holds, Wire};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -174,12 +174,28 @@ pub struct RawField {
     pub case_insensitive: bool,
     #[serde(default)]
     pub sensitive: bool,
+    /// What the field holds: `iban`, `account`, `card`, `aba`, `id`, `phone`, `name`, `email`
+    /// (checks, scientific notation, masking; see schemas/README.md).
+    pub holds: Option<Holds>,
+    /// What it holds when a sibling field has a given value.
+    #[serde(default)]
+    pub holds_if: Vec<RawHoldsIf>,
     pub wire: Option<Wire>,
     /// `body` (default) or `path`: a URL path variable of the operation's request.
     #[serde(rename = "in", default)]
     pub location: Location,
     pub example: Option<serde_yaml::Value>,
     pub description: String,
+}
+
+/// `holds_if: [{field: identifierType, equals: IBAN, holds: iban}]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHoldsIf {
+    /// The payload path of a sibling field of the same operation.
+    pub field: String,
+    pub equals: String,
+    pub holds: Holds,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]

@@ -43,6 +43,8 @@ struct Check {
     val: Val,
     /// The row field the value comes from (for the column in diagnostics).
     fi: Option<usize>,
+    /// Per-row values of the siblings the field's `holds_if` names.
+    siblings: Vec<(String, Val)>,
     cur: Cur,
     /// Other (operation, field) pairs that take the same value under the same rule (a country
     /// column used for the bank and the address): checked once, reported for each.
@@ -58,6 +60,7 @@ impl Check {
             && a.format() == b.format()
             && a.required == b.required
             && a.sensitive == b.sensitive
+            && self.siblings == other.siblings
             && match (self.cur, other.cur) {
                 (Cur::None, Cur::None) | (Cur::Unknown, Cur::Unknown) => true,
                 (Cur::Fixed(x), Cur::Fixed(y)) => x == y,
@@ -359,6 +362,11 @@ impl Engine {
                 Check {
                     op: c.op.clone(),
                     field: c.field.clone(),
+                    siblings: c
+                        .siblings
+                        .iter()
+                        .map(|(p, b)| (p.clone(), to_val(b, fields, &tp(&c.task))))
+                        .collect(),
                     fi: first_field(&val),
                     val,
                     cur: cur(&c.currency, &c.task),
@@ -671,7 +679,15 @@ impl Engine {
             }
             let res = match c.field.kind {
                 FieldKind::Amount { .. } => c.field.check_amount(&v, currency(c.cur)).map(|_| ()),
-                _ => c.field.check(&v),
+                _ if c.siblings.is_empty() => c.field.check(&v),
+                // What the field holds depends on a sibling of this row (`holds_if`).
+                _ => c.field.check_holding(
+                    &v,
+                    c.field.holds_given(|p| {
+                        let (_, sv) = c.siblings.iter().find(|(sp, _)| sp == p)?;
+                        Some(render(sv, row, id, &self.batch).into_owned())
+                    }),
+                ),
             };
             if let Err(viol) = res {
                 for (op, field) in targets {
@@ -685,7 +701,7 @@ impl Engine {
                             format!("{op} `{}` {}", field.path, viol.message),
                         )
                         .field(field.path.clone())
-                        .value(mask::display(&v, c.field.sensitive))
+                        .value(mask::for_error(&v, c.field.privacy()))
                         .hint(viol.hint.clone());
                     out.push(with_item(d), cap);
                 }
