@@ -175,6 +175,40 @@ fn mask_secrets(line: &str) -> String {
     out
 }
 
+/// How a diagnostic quotes a name read from a file (a CSV header cell): what looks like a
+/// secret or an account number masked, control characters escaped, at most 32 characters. A
+/// header is the user's, but a file that is not what it should be (an environment dump, a key
+/// file) must not be echoed through it.
+pub fn quote_header(name: &str) -> String {
+    const MAX: usize = 32;
+    // Masking looks at whole tokens: a long prefix is enough to judge the shown part.
+    let head: String = name.chars().take(4 * MAX).collect();
+    let shown = crate::mask::shorten(&mask_secrets(&head));
+    if shown.chars().count() > MAX || head.len() < name.len() {
+        let mut cut: String = shown.chars().take(MAX).collect();
+        cut.push('…');
+        cut
+    } else {
+        shown
+    }
+}
+
+/// A short list of names read from a file, each quoted by `quote_header`: the first eight,
+/// then how many more there are.
+pub fn quote_names<S: AsRef<str>>(names: &[S]) -> String {
+    const SHOWN: usize = 8;
+    let mut out = names
+        .iter()
+        .take(SHOWN)
+        .map(|n| quote_header(n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        out.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    out
+}
+
 impl std::fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.render())
@@ -216,6 +250,23 @@ mod tests {
         assert_eq!(
             mask_secrets("key: sk_live_4eC39HqLyjWD1234"),
             "key: ********1234"
+        );
+    }
+
+    #[test]
+    fn header_names_are_quoted_short_and_masked() {
+        assert_eq!(quote_header("net_pay"), "net_pay");
+        assert_eq!(
+            quote_header("AWS_SECRET=sk_live_4eC39HqLyjWD1234"),
+            "AWS_SECRET=********1234"
+        );
+        let long = quote_header(&"x".repeat(10 << 20));
+        assert_eq!(long.chars().count(), 33, "{long}");
+        assert_eq!(quote_header("a\u{1b}[31mb"), "a\\u{1b}[31mb");
+        let many: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+        assert_eq!(
+            quote_names(&many),
+            "c0, c1, c2, c3, c4, c5, c6, c7 and 12 more"
         );
     }
 

@@ -554,7 +554,7 @@ pub fn compile(
             "remove tasks_per_request",
         );
     }
-    let mut warnings = Vec::new();
+    let mut warnings = manifest.warnings.clone();
     let unused: Vec<&str> = row_fields
         .iter()
         .filter(|f| *f != "id" && !c.used_fields.contains(*f))
@@ -564,7 +564,7 @@ pub fn compile(
         let shown: Vec<String> = unused
             .iter()
             .take(10)
-            .map(|f| format!("`{}`", crate::mask::shorten(f)))
+            .map(|f| format!("`{}`", crate::diagnostic::quote_header(f)))
             .collect();
         let more = if unused.len() > 10 {
             format!(" and {} more", unused.len() - 10)
@@ -999,7 +999,7 @@ impl Compiler<'_> {
                         let candidates: Vec<&str> = self.row_fields.iter().map(String::as_str).chain(self.manifest.defaults.keys().map(String::as_str)).collect();
                         let hint = match crate::text::did_you_mean(&field, candidates.iter().copied()) {
                             Some(m) => format!("did you mean `{m}`?"),
-                            None => format!("item fields: {}", candidates.join(", ")),
+                            None => format!("item fields: {}", crate::diagnostic::quote_names(&candidates)),
                         };
                         let full = if sub.is_empty() { field.clone() } else { format!("{field}.{}", sub.join(".")) };
                         Err((format!("item field `{full}` is neither a column nor a default"), hint))
