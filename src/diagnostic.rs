@@ -48,7 +48,7 @@ impl Diagnostic {
             field: None,
             item: None,
             rule: rule.into(),
-            message: message.into(),
+            message: bound_quotes(message.into()),
             value: None,
             hint: None,
         }
@@ -79,7 +79,7 @@ impl Diagnostic {
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
+        self.hint = Some(bound_quotes(hint.into()));
         self
     }
 
@@ -148,6 +148,52 @@ impl Diagnostic {
     pub fn render(&self) -> String {
         self.render_with(None)
     }
+}
+
+/// The longest quoted run a message or hint keeps whole.
+const QUOTED_MAX: usize = 60;
+
+/// Cuts every run quoted in `` `…` `` or `"…"` that is longer than `QUOTED_MAX` characters:
+/// messages quote what the user wrote (a batch id, a duration, a header name, serde_yaml's
+/// `invalid type: string "…"`), and a 200 MB value must not come back whole. Text outside
+/// quotes is payrun's own and stays as it is.
+fn bound_quotes(text: String) -> String {
+    if text.len() <= QUOTED_MAX {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len().min(1024));
+    let mut run = String::new();
+    let mut open: Option<char> = None;
+    let mut escaped = false;
+    let flush = |run: &mut String, out: &mut String| {
+        if run.chars().count() > QUOTED_MAX {
+            out.extend(run.chars().take(40));
+            out.push_str(&format!("… ({} bytes in all)", run.len()));
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        match open {
+            None => {
+                out.push(c);
+                if c == '`' || c == '"' {
+                    open = Some(c);
+                }
+            }
+            Some(q) if c == q && !(q == '"' && escaped) => {
+                flush(&mut run, &mut out);
+                out.push(c);
+                open = None;
+            }
+            Some(_) => run.push(c),
+        }
+        escaped = c == '\\' && !escaped;
+    }
+    // An unclosed quote: its run is cut the same way.
+    flush(&mut run, &mut out);
+    out
 }
 
 /// Masks what looks like a secret or an account number in a quoted source line: a run of 12 or
@@ -251,6 +297,27 @@ mod tests {
             mask_secrets("key: sk_live_4eC39HqLyjWD1234"),
             "key: ********1234"
         );
+    }
+
+    #[test]
+    fn a_huge_quoted_value_in_a_message_or_hint_is_cut_and_payruns_own_words_are_not() {
+        let huge = "x".repeat(1 << 20);
+        let d = Diagnostic::new(
+            "m.yaml",
+            "manifest.batch-id",
+            format!("batch id `{huge}` is not usable as a stable id, whatever the rest of this long sentence says"),
+        )
+        .hint(format!("did you mean \"{huge}\"?"));
+        assert_eq!(
+            d.message,
+            format!(
+                "batch id `{}… (1048576 bytes in all)` is not usable as a stable id, whatever the rest of this long sentence says",
+                "x".repeat(40)
+            )
+        );
+        assert!(d.hint.unwrap().len() < 100);
+        let plain = "a message of payrun's own words that is longer than sixty characters `ok`";
+        assert_eq!(Diagnostic::new("f", "r", plain).message, plain);
     }
 
     #[test]

@@ -51,9 +51,9 @@ impl Refusal {
 }
 
 fn human_size(n: u64) -> String {
-    if n >= 1 << 20 && n % (1 << 20) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
-    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
         format!("{} KiB", n >> 10)
     } else {
         format!("{n} bytes")
@@ -102,7 +102,9 @@ fn on_system_fs(file: &File) -> bool {
     if !ok {
         return false;
     }
-    // SAFETY: initialised by the successful call above.
+    // SAFETY: initialised by the successful call above. `f_type`'s type differs between
+    // targets (i64, u32…): the cast is a no-op on some.
+    #[allow(clippy::unnecessary_cast)]
     let t = unsafe { st.assume_init() }.f_type as i64;
     t == PROC_SUPER_MAGIC || t == SYSFS_MAGIC
 }

@@ -23,7 +23,6 @@ pub fn from_str<T: DeserializeOwned>(file: &str, text: &str, rule: &str) -> Resu
         if let Some(i) = message.find(" at line ") {
             message.truncate(i);
         }
-        let message = shorten_quoted(&message);
         let hint = hint_for(&message);
         let mut d = Diagnostic::new(file, rule, message).at_opt(pos);
         if let Some(h) = hint {
@@ -86,7 +85,7 @@ pub fn tags(text: &str) -> Vec<(u64, u64)> {
             let kind = (*t).type_;
             if kind == sys::YAML_TAG_TOKEN {
                 let m = (*t).start_mark;
-                found.push((m.line as u64 + 1, m.column as u64 + 1));
+                found.push((m.line + 1, m.column + 1));
             }
             sys::yaml_token_delete(t);
             if kind == sys::YAML_STREAM_END_TOKEN || kind == sys::YAML_NO_TOKEN {
@@ -96,35 +95,6 @@ pub fn tags(text: &str) -> Vec<(u64, u64)> {
         sys::yaml_parser_delete(p);
     }
     found
-}
-
-/// serde_yaml's messages quote the offending text (`invalid type: string "…"`, ``unknown field
-/// `…` ``) whole, however long: each quoted run longer than a few dozen characters is cut.
-fn shorten_quoted(message: &str) -> String {
-    const KEEP: usize = 40;
-    let mut out = String::with_capacity(message.len().min(512));
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if run.chars().count() > KEEP + 20 {
-            out.extend(run.chars().take(KEEP));
-            out.push_str(&format!("… ({} bytes in all)", run.len()));
-        } else {
-            out.push_str(run);
-        }
-        run.clear();
-    };
-    let mut escaped = false;
-    for c in message.chars() {
-        if (c == '`' || c == '"') && !escaped {
-            flush(&mut run, &mut out);
-            out.push(c);
-        } else {
-            run.push(c);
-        }
-        escaped = c == '\\' && !escaped;
-    }
-    flush(&mut run, &mut out);
-    out
 }
 
 /// The key of a "duplicate entry with key \"k\"" message.

@@ -183,7 +183,7 @@ fn check_lookups_can_be_answered(c: &mut Compiler, tasks: &[Task]) {
             op.name
         ),
         format!(
-            "add `notifications: {{listen: 127.0.0.1:8787, public_url: https://<a host {} reaches>/payrun}}`: a `{}` whose answer is lost can be settled only through `{}`, whose answer comes by notification; without the listener it could never be settled, and sending it again could pay twice",
+            "add `notifications: {{listen: 127.0.0.1:8787, public_url: <url>}}`, the URL e.g. https://<a host {} reaches>/payrun: a `{}` whose answer is lost can be settled only through `{}`, whose answer comes by notification; without the listener it could never be settled, and sending it again could pay twice",
             provider.title, op.name, lookup.name
         ),
     );

@@ -228,7 +228,7 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
         OpenError::Io(d)
     })?;
     if !src.allow_outside_folder {
-        check_inside_folder(m, src, &canonical)?;
+        check_inside_folder(m, &canonical)?;
     }
     let file_len = file.metadata().map(|md| md.len()).unwrap_or(0);
     let mut reader = Records::new(
@@ -499,11 +499,7 @@ const MAX_FIELD_NAME: usize = 64;
 /// Refuses an item source outside the manifest's folder (an absolute path, `..`, a symlink
 /// leading out) unless `items.allow_outside_folder` says so: a manifest from elsewhere must
 /// not make payrun read, and quote from, any file the user can read.
-fn check_inside_folder(
-    m: &Manifest,
-    src: &CsvSource,
-    canonical: &std::path::Path,
-) -> Result<(), OpenError> {
+fn check_inside_folder(m: &Manifest, canonical: &std::path::Path) -> Result<(), OpenError> {
     let folder = crate::input_file::canonical_folder(&m.path).map_err(|e| {
         OpenError::Io(Diagnostic::new(
             &m.display,
@@ -519,10 +515,7 @@ fn check_inside_folder(
         Diagnostic::new(
             &m.display,
             "source.outside-folder",
-            format!(
-                "the item source {} lies outside the manifest's folder",
-                crate::mask::shorten(&src.display)
-            ),
+            "items.source leads outside the manifest's folder",
         )
         .at_opt(yaml::locate(&m.text, &at))
         .hint("keep the CSV beside the manifest; if reading it from there is intended, set `allow_outside_folder: true` under items"),
