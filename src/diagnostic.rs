@@ -73,8 +73,15 @@ impl Diagnostic {
         self
     }
 
+    /// The offending value, as the caller masked or shortened it; anything still longer than
+    /// 100 characters (more than `mask::shorten` ever gives) is cut here, whatever the caller did.
     pub fn value(mut self, value: impl Into<String>) -> Self {
-        self.value = Some(value.into());
+        let value = value.into();
+        self.value = Some(if value.chars().count() > 100 {
+            crate::mask::shorten(&value)
+        } else {
+            value
+        });
         self
     }
 
