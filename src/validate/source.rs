@@ -404,6 +404,25 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
                     .at(1, 1)
                     .hint(d),
                 );
+            } else if h.len() == 1 && !crate::manifest::is_field_name(&h[0]) {
+                // No delimiter and no field name: a key file, a note, anything but a CSV
+                // export. Its one "column name" would be quoted in later hints: say so now,
+                // quoting none of it.
+                errors.push(
+                    Diagnostic::new(
+                        &src.display,
+                        "csv.no-delimiter",
+                        format!(
+                            "the first line has no {} between columns and is no column name: the file is not a CSV export with a header row",
+                            match src.delimiter {
+                                b'\t' => "tab".to_string(),
+                                d => format!("`{}`", d as char),
+                            }
+                        ),
+                    )
+                    .at(1, 1)
+                    .hint("name the payroll's CSV export in items.source, or set `delimiter:` under items to the one it uses"),
+                );
             }
             (h.clone(), (0..h.len()).collect())
         }
@@ -703,6 +722,23 @@ mod tests {
         );
         let d = &r.unwrap_err()[0];
         assert!(!format!("{d:?}").contains("API_KEY"), "{d:?}");
+    }
+
+    #[test]
+    fn a_one_line_key_file_as_source_is_refused_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("key.csv"),
+            "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n",
+        )
+        .unwrap();
+        let r = open_in(dir.path(), "  source: key.csv\n");
+        let ds = r.unwrap_err();
+        assert_eq!(ds[0].rule, "csv.no-delimiter");
+        assert!(!format!("{ds:?}").contains("wJalr"), "{ds:?}");
+        // A one-column file whose header is a field name is a CSV like any other.
+        std::fs::write(dir.path().join("ids.csv"), "id\nE1\n").unwrap();
+        assert_eq!(rule(&open_in(dir.path(), "  source: ids.csv\n")), "ok");
     }
 
     #[test]
