@@ -68,8 +68,14 @@ impl Diagnostic {
         self
     }
 
+    /// The item field or payload path, cut like a value when a key in the input is huge.
     pub fn field(mut self, field: impl Into<String>) -> Self {
-        self.field = Some(field.into());
+        let field = field.into();
+        self.field = Some(if field.chars().count() > 100 {
+            crate::mask::shorten(&field)
+        } else {
+            field
+        });
         self
     }
 

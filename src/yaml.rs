@@ -1,5 +1,5 @@
 //! YAML input with positions: strict deserialisation whose errors carry the file's line and
-//! column, and a small locator that finds the line of a key path for errors found *after*
+//! column (YAML tags are refused: serde_yaml would read them as plain values), and a small locator that finds the line of a key path for errors found *after*
 //! deserialisation (e.g. "unknown payload field" in the flow template).
 //!
 //! `yaml_serde` reports positions for syntax errors, unknown keys, wrong types and missing

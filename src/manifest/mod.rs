@@ -840,6 +840,17 @@ fn check_items(c: &mut Checker, raw: &RawManifest, base: &Path) -> Option<Items>
             Some(Items::Inline(out))
         }
         (Some(src), None) => {
+            // A path is at most PATH_MAX (4096) bytes; a longer one would come back whole in
+            // every diagnostic about the file.
+            if src.len() > 4096 || src.trim().is_empty() {
+                c.error(
+                    &[key("items"), key("source")],
+                    "manifest.items",
+                    format!("items.source is not a usable path ({} bytes)", src.len()),
+                    "name the CSV file, relative to the manifest's folder",
+                );
+                return None;
+            }
             let delimiter = match it.delimiter.as_deref() {
                 None => b',',
                 Some("\\t") | Some("tab") | Some("\t") => b'\t',
@@ -1094,6 +1105,17 @@ mod tests {
         let r = load(&big);
         assert_eq!(rules(&r), ["manifest.too-large"]);
         assert!(r.unwrap_err()[0].message.contains("1 MiB"));
+    }
+
+    #[test]
+    fn a_source_path_longer_than_any_path_is_refused_before_it_reaches_a_diagnostic() {
+        let text = BASE.replace(
+            "  inline:\n    - {id: E1}\n",
+            &format!("  source: {}\n", "a".repeat(100_000)),
+        );
+        let r = load(&text);
+        assert_eq!(rules(&r), ["manifest.items"]);
+        assert!(format!("{:?}", r.unwrap_err()).len() < 1000);
     }
 
     #[test]

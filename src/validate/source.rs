@@ -1,6 +1,10 @@
 //! Item sources: a CSV file read as a stream of byte records, or the manifest's inline items.
 //! Opening a source reads only the header, which fixes the item fields the flow compiles
 //! against; rows are then read one at a time, so memory does not grow with the file.
+//!
+//! The file must be a regular file (`crate::input_file`) inside the manifest's folder unless
+//! `items.allow_outside_folder` says otherwise, and its first line must be CSV text. What
+//! diagnostics quote of the header is a few names, masked and cut (`diagnostic::quote_header`).
 
 use super::records::Records;
 use crate::diagnostic::{Diagnostic, Diagnostics};
