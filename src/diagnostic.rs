@@ -48,7 +48,7 @@ impl Diagnostic {
             field: None,
             item: None,
             rule: rule.into(),
-            message: message.into(),
+            message: bound_quotes(message.into()),
             value: None,
             hint: None,
         }
@@ -68,18 +68,31 @@ impl Diagnostic {
         self
     }
 
+    /// The item field or payload path, cut like a value when a key in the input is huge.
     pub fn field(mut self, field: impl Into<String>) -> Self {
-        self.field = Some(field.into());
+        let field = field.into();
+        self.field = Some(if field.chars().count() > 100 {
+            crate::mask::shorten(&field)
+        } else {
+            field
+        });
         self
     }
 
+    /// The offending value, as the caller masked or shortened it; anything still longer than
+    /// 100 characters (more than `mask::shorten` ever gives) is cut here, whatever the caller did.
     pub fn value(mut self, value: impl Into<String>) -> Self {
-        self.value = Some(value.into());
+        let value = value.into();
+        self.value = Some(if value.chars().count() > 100 {
+            crate::mask::shorten(&value)
+        } else {
+            value
+        });
         self
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
+        self.hint = Some(bound_quotes(hint.into()));
         self
     }
 
@@ -150,6 +163,52 @@ impl Diagnostic {
     }
 }
 
+/// The longest quoted run a message or hint keeps whole.
+const QUOTED_MAX: usize = 60;
+
+/// Cuts every run quoted in `` `…` `` or `"…"` that is longer than `QUOTED_MAX` characters:
+/// messages quote what the user wrote (a batch id, a duration, a header name, serde_yaml's
+/// `invalid type: string "…"`), and a 200 MB value must not come back whole. Text outside
+/// quotes is payrun's own and stays as it is.
+fn bound_quotes(text: String) -> String {
+    if text.len() <= QUOTED_MAX {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len().min(1024));
+    let mut run = String::new();
+    let mut open: Option<char> = None;
+    let mut escaped = false;
+    let flush = |run: &mut String, out: &mut String| {
+        if run.chars().count() > QUOTED_MAX {
+            out.extend(run.chars().take(40));
+            out.push_str(&format!("… ({} bytes in all)", run.len()));
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        match open {
+            None => {
+                out.push(c);
+                if c == '`' || c == '"' {
+                    open = Some(c);
+                }
+            }
+            Some(q) if c == q && !(q == '"' && escaped) => {
+                flush(&mut run, &mut out);
+                out.push(c);
+                open = None;
+            }
+            Some(_) => run.push(c),
+        }
+        escaped = c == '\\' && !escaped;
+    }
+    // An unclosed quote: its run is cut the same way.
+    flush(&mut run, &mut out);
+    out
+}
+
 /// Masks what looks like a secret or an account number in a quoted source line: a run of 12 or
 /// more letters, digits and underscores holding at least 6 digits (IBANs, card numbers, API keys).
 fn mask_secrets(line: &str) -> String {
@@ -172,6 +231,40 @@ fn mask_secrets(line: &str) -> String {
         }
     }
     flush(&mut token, &mut out);
+    out
+}
+
+/// How a diagnostic quotes a name read from a file (a CSV header cell): what looks like a
+/// secret or an account number masked, control characters escaped, at most 32 characters. A
+/// header is the user's, but a file that is not what it should be (an environment dump, a key
+/// file) must not be echoed through it.
+pub fn quote_header(name: &str) -> String {
+    const MAX: usize = 32;
+    // Masking looks at whole tokens: a long prefix is enough to judge the shown part.
+    let head: String = name.chars().take(4 * MAX).collect();
+    let shown = crate::mask::shorten(&mask_secrets(&head));
+    if shown.chars().count() > MAX || head.len() < name.len() {
+        let mut cut: String = shown.chars().take(MAX).collect();
+        cut.push('…');
+        cut
+    } else {
+        shown
+    }
+}
+
+/// A short list of names read from a file, each quoted by `quote_header`: the first eight,
+/// then how many more there are.
+pub fn quote_names<S: AsRef<str>>(names: &[S]) -> String {
+    const SHOWN: usize = 8;
+    let mut out = names
+        .iter()
+        .take(SHOWN)
+        .map(|n| quote_header(n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        out.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
     out
 }
 
@@ -216,6 +309,44 @@ mod tests {
         assert_eq!(
             mask_secrets("key: sk_live_4eC39HqLyjWD1234"),
             "key: ********1234"
+        );
+    }
+
+    #[test]
+    fn a_huge_quoted_value_in_a_message_or_hint_is_cut_and_payruns_own_words_are_not() {
+        let huge = "x".repeat(1 << 20);
+        let d = Diagnostic::new(
+            "m.yaml",
+            "manifest.batch-id",
+            format!("batch id `{huge}` is not usable as a stable id, whatever the rest of this long sentence says"),
+        )
+        .hint(format!("did you mean \"{huge}\"?"));
+        assert_eq!(
+            d.message,
+            format!(
+                "batch id `{}… (1048576 bytes in all)` is not usable as a stable id, whatever the rest of this long sentence says",
+                "x".repeat(40)
+            )
+        );
+        assert!(d.hint.unwrap().len() < 100);
+        let plain = "a message of payrun's own words that is longer than sixty characters `ok`";
+        assert_eq!(Diagnostic::new("f", "r", plain).message, plain);
+    }
+
+    #[test]
+    fn header_names_are_quoted_short_and_masked() {
+        assert_eq!(quote_header("net_pay"), "net_pay");
+        assert_eq!(
+            quote_header("AWS_SECRET=sk_live_4eC39HqLyjWD1234"),
+            "AWS_SECRET=********1234"
+        );
+        let long = quote_header(&"x".repeat(10 << 20));
+        assert_eq!(long.chars().count(), 33, "{long}");
+        assert_eq!(quote_header("a\u{1b}[31mb"), "a\\u{1b}[31mb");
+        let many: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+        assert_eq!(
+            quote_names(&many),
+            "c0, c1, c2, c3, c4, c5, c6, c7 and 12 more"
         );
     }
 

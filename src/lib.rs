@@ -11,6 +11,7 @@ pub mod out;
 pub mod compile;
 pub mod diagnostic;
 pub mod execute;
+pub mod input_file;
 pub mod keys;
 pub mod manifest;
 pub mod mask;

@@ -45,8 +45,14 @@ pub struct Prepared {
 
 pub fn prepare(manifest_path: &Path, registry: &Registry) -> Result<Prepared, Failure> {
     let manifest = Manifest::load(manifest_path).map_err(|d| {
-        let io = d.0.iter().any(|x| x.rule == "manifest.io");
-        let text = std::fs::read_to_string(manifest_path).ok();
+        let io =
+            d.0.iter()
+                .any(|x| crate::manifest::UNREADABLE_RULES.contains(&x.rule.as_str()));
+        // Read again only a manifest that was read once (never a FIFO, a device or a huge file).
+        let text = (!io)
+            .then(|| crate::input_file::read_capped(manifest_path, crate::manifest::MAX_BYTES))
+            .and_then(Result::ok)
+            .and_then(|b| String::from_utf8(b).ok());
         Failure {
             exit_code: if io { 2 } else { 1 },
             diagnostics: d.0,

@@ -1,5 +1,5 @@
 //! YAML input with positions: strict deserialisation whose errors carry the file's line and
-//! column, and a small locator that finds the line of a key path for errors found *after*
+//! column (YAML tags are refused: serde_yaml would read them as plain values), and a small locator that finds the line of a key path for errors found *after*
 //! deserialisation (e.g. "unknown payload field" in the flow template).
 //!
 //! `yaml_serde` reports positions for syntax errors, unknown keys, wrong types and missing
@@ -31,7 +31,70 @@ pub fn from_str<T: DeserializeOwned>(file: &str, text: &str, rule: &str) -> Resu
         d
     };
     serde_yaml::from_str::<serde_yaml::Value>(text).map_err(to_diag)?;
+    if let Some((line, column)) = tags(text).into_iter().next() {
+        let prefix = rule.split('.').next().unwrap_or("yaml");
+        let tag: String = text
+            .lines()
+            .nth(line as usize - 1)
+            .unwrap_or("")
+            .chars()
+            .skip(column as usize - 1)
+            .take_while(|c| !c.is_whitespace())
+            .collect();
+        return Err(Diagnostic::new(
+            file,
+            format!("{prefix}.yaml-tag"),
+            format!(
+                "`{}` is a YAML tag; payrun reads plain values only",
+                crate::mask::shorten(&tag.chars().take(40).collect::<String>())
+            ),
+        )
+        .at(line, column)
+        .hint("remove the tag; a value that starts with `!` must be quoted, e.g. \"!value\""));
+    }
     serde_yaml::from_str(text).map_err(to_diag)
+}
+
+/// The 1-based (line, column) of every tag (`!foo`, `!!str`, `!<…>`) in `text`, as the YAML
+/// scanner serde_yaml uses finds them: a tag inside a quoted or block scalar or a comment is
+/// text, not a tag. serde_yaml reads `!!python/object/apply:…` and friends as plain values, so
+/// a manifest that means something else by them is refused rather than misread. Scanning stops
+/// at a syntax error (reported by the parser).
+pub fn tags(text: &str) -> Vec<(u64, u64)> {
+    use libyaml_rs as sys;
+    use std::mem::MaybeUninit;
+    let mut found = Vec::new();
+    // The parser points at itself (its read handler's data), so it stays in one place: boxed.
+    let mut parser: Box<MaybeUninit<sys::yaml_parser_t>> = Box::new(MaybeUninit::uninit());
+    let p = parser.as_mut_ptr();
+    // SAFETY: the calls follow libyaml's protocol as serde_yaml does: initialise, set the input
+    // (which `text` outlives), scan tokens, delete each token and finally the parser. A token
+    // is read only after a successful scan filled it.
+    unsafe {
+        if sys::yaml_parser_initialize(p).fail {
+            return found;
+        }
+        sys::yaml_parser_set_encoding(p, sys::YAML_UTF8_ENCODING);
+        sys::yaml_parser_set_input_string(p, text.as_ptr(), text.len() as u64);
+        loop {
+            let mut token = MaybeUninit::<sys::yaml_token_t>::uninit();
+            if sys::yaml_parser_scan(p, token.as_mut_ptr()).fail {
+                break;
+            }
+            let t = token.as_mut_ptr();
+            let kind = (*t).type_;
+            if kind == sys::YAML_TAG_TOKEN {
+                let m = (*t).start_mark;
+                found.push((m.line + 1, m.column + 1));
+            }
+            sys::yaml_token_delete(t);
+            if kind == sys::YAML_STREAM_END_TOKEN || kind == sys::YAML_NO_TOKEN {
+                break;
+            }
+        }
+        sys::yaml_parser_delete(p);
+    }
+    found
 }
 
 /// The key of a "duplicate entry with key \"k\"" message.
@@ -267,6 +330,74 @@ flow:
             Some((11, 9))
         );
         assert_eq!(at(&[key("nope")]), None);
+    }
+
+    #[test]
+    fn yaml_tags_are_refused_with_their_position_wherever_they_are() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct S {
+            a: String,
+            #[serde(default)]
+            b: Vec<String>,
+        }
+        for (text, line, column) in [
+            ("a: !!python/object/apply:os.system [\"ls\"]\n", 1, 4),
+            ("a: !foo x\n", 1, 4),
+            ("a: !!str x\n", 1, 4),
+            ("a: x\nb:\n  - y\n  - !<tag:yaml.org,2002:str> z\n", 4, 5),
+            ("a: x\nb: [y, !t z]\n", 2, 8),
+        ] {
+            let e = from_str::<S>("m.yaml", text, "manifest.syntax").unwrap_err();
+            assert_eq!(e.rule, "manifest.yaml-tag", "{text}");
+            assert_eq!((e.line, e.column), (Some(line), Some(column)), "{text}");
+            assert!(e.hint.unwrap().contains("quoted"));
+        }
+        let e = from_str::<S>(
+            "m.yaml",
+            "a: !!python/object/apply:os.system [\"ls\"]\n",
+            "schema.syntax",
+        )
+        .unwrap_err();
+        assert!(
+            e.message
+                .starts_with("`!!python/object/apply:os.system` is a YAML tag"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn an_exclamation_mark_in_a_quoted_block_or_plain_value_or_a_comment_is_no_tag() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct S {
+            a: String,
+            b: String,
+            c: String,
+        }
+        let text = "a: '!not a tag'\nb: |\n  !still text\nc: hello !world # !comment\n";
+        assert_eq!(tags(text), vec![]);
+        let s = from_str::<S>("m.yaml", text, "manifest.syntax").unwrap();
+        assert_eq!(s.a, "!not a tag");
+        assert_eq!(s.c, "hello !world");
+    }
+
+    #[test]
+    fn a_huge_value_in_a_serde_message_is_cut() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct S {
+            a: u32,
+        }
+        let text = format!("a: \"{}\"\n", "y".repeat(1 << 20));
+        let e = from_str::<S>("m.yaml", &text, "manifest.syntax").unwrap_err();
+        assert!(e.message.len() < 200, "{}", e.message);
+        assert!(
+            e.message.contains("invalid type: string \"yyyy"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

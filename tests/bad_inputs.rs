@@ -16,8 +16,10 @@
 //! `max_value_chars`, `max_stdout_bytes`, `max_seconds`, `output_must_not_contain` (JSON run),
 //! `human_must_not_contain` (also runs the human format), `plan_must_not_contain` and
 //! `plan_must_contain` (also runs `payrun plan` in the human and JSON formats, for what its
-//! preview may show of a valid batch), `generator` (the case folder is copied
-//! to a temp dir and the named generator adds what is too big to commit), and `known_bug`: a
+//! preview may show of a valid batch), `warnings_contain` (each a part of one of the report's
+//! warnings), `generator` (the case folder is copied to a temp dir and the named generator adds
+//! what is too big, or cannot be, committed: huge files, FIFOs, symlinks to devices or out of
+//! the folder), and `known_bug`: a
 //! description of a misbehaviour of payrun that the case documents. Known bugs are not asserted;
 //! the harness prints them with what it saw, so they stay visible until fixed.
 //!
@@ -237,6 +239,45 @@ fn prepare(case: &Case) -> Prepared {
             append_row_with_huge_first_name(&tmp.path().join("employees.csv"))
         }
         "add-30000-unused-columns" => add_unused_columns(&tmp.path().join("employees.csv"), 30_000),
+        "source-is-a-fifo" => make_fifo(&tmp.path().join("payouts.csv")),
+        "manifest-is-a-fifo" => make_fifo(&tmp.path().join("manifest.yaml")),
+        "manifest-is-dev-zero" => {
+            let m = tmp.path().join("manifest.yaml");
+            std::fs::remove_file(&m).expect("remove the case's manifest");
+            std::os::unix::fs::symlink("/dev/zero", &m).expect("symlink the manifest to /dev/zero");
+        }
+        "pad-manifest-to-2mib" => {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(tmp.path().join("manifest.yaml"))
+                .expect("the case's manifest");
+            let line = format!("# {}\n", "padding ".repeat(15));
+            f.write_all(line.repeat((2 << 20) / line.len() + 1).as_bytes())
+                .expect("pad the manifest");
+        }
+        "source-symlink-leading-out" => std::os::unix::fs::symlink(
+            root().join("batches/payouts-payonic/payouts.csv"),
+            tmp.path().join("payouts.csv"),
+        )
+        .expect("symlink the source out of the folder"),
+        "prepend-10mib-header-cell" => {
+            let csv = tmp.path().join("payouts.csv");
+            let text = std::fs::read_to_string(&csv).expect("the case's payouts.csv");
+            let huge = "x".repeat(10 << 20);
+            let out: String = text
+                .lines()
+                .enumerate()
+                .map(|(i, l)| format!("{},{l}\n", if i == 0 { huge.as_str() } else { "" }))
+                .collect();
+            std::fs::write(&csv, out).expect("write the CSV with a huge header cell");
+        }
+        "huge-batch-id" => {
+            let m = tmp.path().join("manifest.yaml");
+            let text = std::fs::read_to_string(&m).expect("the case's manifest");
+            let id = format!("batch: {}", "b".repeat(512 << 10));
+            std::fs::write(&m, text.replacen("batch: bad-inputs", &id, 1))
+                .expect("write the manifest with a huge batch id");
+        }
         other => panic!("{}: unknown generator `{other}`", case.name),
     }
     Prepared {
@@ -251,6 +292,19 @@ fn copy_folder(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy a case file");
         }
     }
+}
+
+/// Replaces `path` with a FIFO that nobody writes to: opening it for reading would block.
+fn make_fifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("a path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {}",
+        path.display()
+    );
 }
 
 /// Appends one row whose first_name is 10 MiB long (too big to commit).
@@ -317,6 +371,7 @@ fn problems_with(case: &Case, manifest: &Path) -> Vec<String> {
     problems.extend(expected_errors_are_present(case, &report));
     problems.extend(absent_rules_are_absent(case, &report));
     problems.extend(values_are_short(case, &report, &run));
+    problems.extend(warnings_are_present(case, &report));
     problems.extend(secrets_stay_hidden(
         &case.strings("output_must_not_contain"),
         &run,
@@ -586,6 +641,21 @@ fn values_are_short(case: &Case, report: &Value, run: &Outcome) -> Vec<String> {
         ));
     }
     problems
+}
+
+/// Each `warnings_contain` entry is part of one of the report's warnings.
+fn warnings_are_present(case: &Case, report: &Value) -> Vec<String> {
+    let got: Vec<&str> = report["warnings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    case.strings("warnings_contain")
+        .into_iter()
+        .filter(|w| !got.iter().any(|g| g.contains(w.as_str())))
+        .map(|w| format!("no warning contains {w:?}; warnings: {got:?}"))
+        .collect()
 }
 
 fn secrets_stay_hidden(secrets: &[String], run: &Outcome, which: &str) -> Vec<String> {

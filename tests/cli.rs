@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{copy_batch, payrun, root};
+use support::{copy_batch, payrun, payrun_in, root};
 
 const PAYROLL: &str = "batches/payroll-paysend/manifest.yaml";
 const CONTRACTORS: &str = "batches/contractors-cards/manifest.yaml";
@@ -406,4 +406,27 @@ fn a_delayed_step_on_a_branch_not_taken_is_skipped_and_the_run_does_not_wait_for
     ])
     .succeeds()
     .stdout_has(",0.success.0.fail.0 skipped,,,\n");
+}
+
+#[test]
+fn a_listener_other_machines_can_reach_is_stated_by_validate_plan_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = root().join("tests/fixtures/bad/notifications-listen-all-interfaces-stated");
+    for f in ["manifest.yaml", "payouts.csv"] {
+        std::fs::copy(case.join(f), dir.path().join(f)).unwrap();
+    }
+    let stated =
+        "warning: notifications.listen 0.0.0.0:8789 accepts connections from other machines";
+    payrun_in(dir.path(), ["validate", "manifest.yaml"])
+        .succeeds()
+        .stderr_has(stated);
+    payrun_in(dir.path(), ["plan", "manifest.yaml"])
+        .succeeds()
+        .stderr_has(stated);
+    // run states it before anything else happens (here it then stops: no API key is set).
+    payrun_in(
+        dir.path(),
+        ["run", "manifest.yaml", "--yes", "--state-dir", "state"],
+    )
+    .stderr_has(stated);
 }

@@ -183,7 +183,7 @@ fn check_lookups_can_be_answered(c: &mut Compiler, tasks: &[Task]) {
             op.name
         ),
         format!(
-            "add `notifications: {{listen: 127.0.0.1:8787, public_url: https://<a host {} reaches>/payrun}}`: a `{}` whose answer is lost can be settled only through `{}`, whose answer comes by notification; without the listener it could never be settled, and sending it again could pay twice",
+            "add `notifications: {{listen: 127.0.0.1:8787, public_url: <url>}}`, the URL e.g. https://<a host {} reaches>/payrun: a `{}` whose answer is lost can be settled only through `{}`, whose answer comes by notification; without the listener it could never be settled, and sending it again could pay twice",
             provider.title, op.name, lookup.name
         ),
     );
@@ -557,7 +557,7 @@ pub fn compile(
             "remove tasks_per_request",
         );
     }
-    let mut warnings = Vec::new();
+    let mut warnings = manifest.warnings.clone();
     let unused: Vec<&str> = row_fields
         .iter()
         .filter(|f| *f != "id" && !c.used_fields.contains(*f))
@@ -567,7 +567,7 @@ pub fn compile(
         let shown: Vec<String> = unused
             .iter()
             .take(10)
-            .map(|f| format!("`{}`", crate::mask::shorten(f)))
+            .map(|f| format!("`{}`", crate::diagnostic::quote_header(f)))
             .collect();
         let more = if unused.len() > 10 {
             format!(" and {} more", unused.len() - 10)
@@ -1002,7 +1002,7 @@ impl Compiler<'_> {
                         let candidates: Vec<&str> = self.row_fields.iter().map(String::as_str).chain(self.manifest.defaults.keys().map(String::as_str)).collect();
                         let hint = match crate::text::did_you_mean(&field, candidates.iter().copied()) {
                             Some(m) => format!("did you mean `{m}`?"),
-                            None => format!("item fields: {}", candidates.join(", ")),
+                            None => format!("item fields: {}", crate::diagnostic::quote_names(&candidates)),
                         };
                         let full = if sub.is_empty() { field.clone() } else { format!("{field}.{}", sub.join(".")) };
                         Err((format!("item field `{full}` is neither a column nor a default"), hint))

@@ -360,6 +360,9 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
             return 2;
         }
     };
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     if !report.is_ok() {
         for d in &report.errors {
             eprintln!("{}\n", d.render());
@@ -594,10 +597,16 @@ fn check_plan(flow: &Flow, plan: &Path) -> Option<u8> {
         return Some(2);
     };
     let source_sha = match &flow.manifest.items {
-        crate::manifest::Items::Csv(src) => std::fs::read(&src.path).ok().map(|b| {
-            use sha2::{Digest, Sha256};
-            crate::keys::hex_lower(&Sha256::digest(&b))
-        }),
+        crate::manifest::Items::Csv(src) => {
+            crate::input_file::open(&src.path)
+                .ok()
+                .and_then(|(mut f, _)| {
+                    use sha2::{Digest, Sha256};
+                    let mut h = Sha256::new();
+                    std::io::copy(&mut f, &mut h).ok()?;
+                    Some(crate::keys::hex_lower(&h.finalize()))
+                })
+        }
         crate::manifest::Items::Inline(_) => None,
     };
     let now = Fingerprint::of(flow, source_sha.as_deref());

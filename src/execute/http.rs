@@ -109,8 +109,13 @@ fn client_with_env(
     })
 }
 
+/// Reads a PEM file the manifest or the command line names: a regular file of at most 4 MiB
+/// (a FIFO or a device named there must not hang or exhaust a run; see `input_file`).
 fn read(what: &str, path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+    crate::input_file::read_capped(path, 4 << 20).map_err(|r| match r {
+        crate::input_file::Refusal::Io(e) => format!("cannot read {what} {}: {e}", path.display()),
+        other => format!("{what} {} {}", path.display(), other.describe()),
+    })
 }
 
 /// The certificates of a PEM bundle; a file with none is an error, not an empty trust list.

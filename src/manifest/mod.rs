@@ -33,6 +33,9 @@ pub struct Manifest {
     pub notifications: Notifications,
     pub signature: Signature,
     pub tls: Tls,
+    /// Things the manifest allows that the operator should know (e.g. a listener reachable
+    /// from other machines); every command prints them.
+    pub warnings: Vec<String>,
 }
 
 /// How payrun reaches the provider over TLS (the manifest's `tls:`); paths are resolved
@@ -81,6 +84,8 @@ pub struct CsvSource {
     pub header: bool,
     /// item field -> column; `None` means every header column is a field of the same name.
     pub columns: Option<Vec<(String, ColumnRef)>>,
+    /// `items.allow_outside_folder`: the file may lie outside the manifest's folder.
+    pub allow_outside_folder: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,21 +248,42 @@ const DEFAULT_BACKOFF: Backoff = Backoff {
     max_attempts: 6,
 };
 
+/// The largest manifest payrun reads: settings and a few thousand inline items fit many times
+/// over; a bigger file is not a manifest (or its items belong in a CSV source).
+pub const MAX_BYTES: u64 = 1 << 20;
+
+/// The rules whose manifest could not be read at all (exit 2 rather than 1).
+pub const UNREADABLE_RULES: [&str; 3] =
+    ["manifest.io", "manifest.not-a-file", "manifest.too-large"];
+
+/// The diagnostic for a manifest payrun does not read.
+fn refused(display: &str, r: &crate::input_file::Refusal) -> Diagnostic {
+    use crate::input_file::Refusal;
+    let (rule, hint) = match r {
+        Refusal::Io(_) | Refusal::Changed => ("manifest.io", "check the path"),
+        Refusal::NotRegular(_) | Refusal::System => (
+            "manifest.not-a-file",
+            "name the batch's manifest.yaml; payrun reads manifests from regular files only",
+        ),
+        Refusal::TooLarge { .. } => (
+            "manifest.too-large",
+            "a manifest holds settings and at most a few thousand inline items: put the items into a CSV file named in items.source",
+        ),
+    };
+    let message = match r {
+        Refusal::Io(e) => format!("cannot read the manifest: {e}"),
+        other => format!("the manifest {}", other.describe()),
+    };
+    Diagnostic::new(display, rule, message).hint(hint)
+}
+
 impl Manifest {
     /// Reads and checks a manifest. I/O problems and content problems are both diagnostics;
     /// the caller tells them apart by rule (`manifest.io`).
     pub fn load(path: &Path) -> Result<Manifest, Diagnostics> {
         let display = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| {
-            Diagnostics(vec![
-                Diagnostic::new(
-                    &display,
-                    "manifest.io",
-                    format!("cannot read the manifest: {e}"),
-                )
-                .hint("check the path"),
-            ])
-        })?;
+        let bytes = crate::input_file::read_capped(path, MAX_BYTES)
+            .map_err(|r| Diagnostics(vec![refused(&display, &r)]))?;
         let text = String::from_utf8(bytes).map_err(|e| {
             let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let line = upto.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
@@ -570,25 +596,40 @@ fn check(
             );
         }
     }
-    if let Some(listen) = &n.listen
-        && listen.parse::<std::net::SocketAddr>().is_err()
-    {
-        c.error(
-            &[key("notifications"), key("listen")],
-            "manifest.notifications",
-            format!("`{listen}` is not an address:port"),
-            "write e.g. 127.0.0.1:8787",
-        );
+    let mut warnings = Vec::new();
+    if let Some(listen) = &n.listen {
+        match listen.parse::<std::net::SocketAddr>() {
+            Err(_) => c.error(
+                &[key("notifications"), key("listen")],
+                "manifest.notifications",
+                format!("`{}` is not an address:port", crate::mask::shorten(listen)),
+                "write e.g. 127.0.0.1:8787",
+            ),
+            Ok(addr) => warnings.extend(listen_warning(addr)),
+        }
     }
-    if let Some(u) = &n.public_url
-        && let Err((why, hint)) = check_public_url(u)
-    {
-        c.error(
-            &[key("notifications"), key("public_url")],
-            "manifest.public-url",
-            format!("`{u}` {why}"),
-            hint,
-        );
+    if let Some(u) = &n.public_url {
+        if let Err((why, hint)) = check_public_url(u) {
+            c.error(
+                &[key("notifications"), key("public_url")],
+                "manifest.public-url",
+                format!("`{}` {why}", crate::mask::shorten(u)),
+                hint,
+            );
+        } else if u.trim().starts_with("http://")
+            && !is_loopback_url(u.trim())
+            && !n.allow_insecure_http.unwrap_or(false)
+        {
+            c.error(
+                &[key("notifications"), key("public_url")],
+                "manifest.insecure-public-url",
+                format!(
+                    "`{}` would carry notifications and their secret token unencrypted across the network",
+                    crate::mask::shorten(u)
+                ),
+                "use an https:// URL (e.g. a reverse proxy with TLS in front of the listener); only for a trusted private network, set `allow_insecure_http: true` under notifications",
+            );
+        }
     }
     let deadline = n.deadline.as_ref().map(|_| {
         c.duration(
@@ -659,7 +700,25 @@ fn check(
         notifications,
         signature,
         tls,
+        warnings,
     })
+}
+
+/// What the operator should know about a listener on `addr`: nothing for loopback; for any
+/// other address, that machines other than this one can connect to it.
+fn listen_warning(addr: std::net::SocketAddr) -> Option<String> {
+    let ip = addr.ip();
+    if ip.is_loopback() {
+        return None;
+    }
+    let reach = if ip.is_unspecified() {
+        "on every network interface".to_string()
+    } else {
+        format!("on {ip}")
+    };
+    Some(format!(
+        "notifications.listen {addr} accepts connections from other machines {reach}, not only from this one; make sure only the provider (or your TLS proxy) can reach it, or listen on 127.0.0.1 behind the proxy"
+    ))
 }
 
 /// An http(s) URL whose host is this machine (localhost, 127.0.0.0/8, ::1): plain http to it
@@ -727,10 +786,11 @@ fn check_items(c: &mut Checker, raw: &RawManifest, base: &Path) -> Option<Items>
             None
         }
         (None, Some(list)) => {
-            for k in ["delimiter", "header", "columns"] {
+            for k in ["delimiter", "header", "columns", "allow_outside_folder"] {
                 let set = match k {
                     "delimiter" => it.delimiter.is_some(),
                     "header" => it.header.is_some(),
+                    "allow_outside_folder" => it.allow_outside_folder.is_some(),
                     _ => it.columns.is_some(),
                 };
                 if set {
@@ -780,6 +840,17 @@ fn check_items(c: &mut Checker, raw: &RawManifest, base: &Path) -> Option<Items>
             Some(Items::Inline(out))
         }
         (Some(src), None) => {
+            // A path is at most PATH_MAX (4096) bytes; a longer one would come back whole in
+            // every diagnostic about the file.
+            if src.len() > 4096 || src.trim().is_empty() {
+                c.error(
+                    &[key("items"), key("source")],
+                    "manifest.items",
+                    format!("items.source is not a usable path ({} bytes)", src.len()),
+                    "name the CSV file, relative to the manifest's folder",
+                );
+                return None;
+            }
             let delimiter = match it.delimiter.as_deref() {
                 None => b',',
                 Some("\\t") | Some("tab") | Some("\t") => b'\t',
@@ -849,6 +920,7 @@ fn check_items(c: &mut Checker, raw: &RawManifest, base: &Path) -> Option<Items>
                 delimiter,
                 header,
                 columns,
+                allow_outside_folder: it.allow_outside_folder.unwrap_or(false),
             }))
         }
     }
@@ -948,8 +1020,112 @@ fn node(
 
 #[cfg(test)]
 mod tests {
-    use super::{Notifications, check_public_url, is_loopback_url};
+    use super::{Manifest, Notifications, check_public_url, is_loopback_url};
     use crate::manifest::raw::NotificationMode;
+
+    const BASE: &str = "batch: b1\nprovider: paysend\nenvironment: sandbox\nitems:\n  inline:\n    - {id: E1}\nflow:\n  - op: pay.toCard\n";
+
+    /// Loads `text` as a manifest from a temp folder.
+    fn load(text: &str) -> Result<Manifest, Vec<super::Diagnostic>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.yaml");
+        std::fs::write(&path, text).unwrap();
+        Manifest::load(&path).map_err(|d| d.0)
+    }
+
+    fn rules(r: &Result<Manifest, Vec<super::Diagnostic>>) -> Vec<String> {
+        match r {
+            Ok(_) => vec![],
+            Err(ds) => ds.iter().map(|d| d.rule.clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_public_url_over_http_to_another_machine_is_refused_unless_allowed() {
+        let with = |n: &str| {
+            load(&format!(
+                "{BASE}notifications:\n  listen: 127.0.0.1:8787\n{n}"
+            ))
+        };
+        let r = with("  public_url: http://payroll.acme.example/payrun\n");
+        assert_eq!(rules(&r), ["manifest.insecure-public-url"]);
+        let d = &r.unwrap_err()[0];
+        assert_eq!(d.line, Some(11));
+        assert!(
+            d.hint
+                .as_deref()
+                .unwrap()
+                .contains("allow_insecure_http: true")
+        );
+        for ok in [
+            "  public_url: https://payroll.acme.example/payrun\n",
+            "  public_url: http://127.0.0.1:8787\n",
+            "  public_url: http://localhost:8787/payrun\n",
+            "  public_url: http://10.0.0.5/payrun\n  allow_insecure_http: true\n",
+        ] {
+            assert!(with(ok).is_ok(), "{ok}: {:?}", rules(&with(ok)));
+        }
+    }
+
+    #[test]
+    fn a_listener_other_machines_can_reach_is_allowed_and_stated() {
+        let with = |listen: &str| {
+            load(&format!(
+                "{BASE}notifications:\n  listen: \"{listen}\"\n  public_url: https://payroll.acme.example/payrun\n"
+            ))
+            .unwrap()
+            .warnings
+        };
+        assert!(with("127.0.0.1:8787").is_empty());
+        assert!(with("[::1]:8787").is_empty());
+        let w = with("0.0.0.0:8787");
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].contains("0.0.0.0:8787") && w[0].contains("every network interface"),
+            "{w:?}"
+        );
+        assert!(with("10.0.0.5:8787")[0].contains("on 10.0.0.5"));
+        assert!(with("[::]:8787")[0].contains("every network interface"));
+    }
+
+    #[test]
+    fn a_manifest_that_is_a_device_a_folder_or_too_large_is_refused_at_once() {
+        for (path, rule) in [
+            ("/dev/zero", "manifest.not-a-file"),
+            ("/tmp", "manifest.not-a-file"),
+            ("/proc/self/environ", "manifest.not-a-file"),
+        ] {
+            let e = Manifest::load(std::path::Path::new(path)).unwrap_err();
+            assert_eq!(e.0[0].rule, rule, "{path}");
+        }
+        let mut big = BASE.to_string();
+        while big.len() as u64 <= super::MAX_BYTES {
+            big.push_str("# padding padding padding padding padding padding padding\n");
+        }
+        let r = load(&big);
+        assert_eq!(rules(&r), ["manifest.too-large"]);
+        assert!(r.unwrap_err()[0].message.contains("1 MiB"));
+    }
+
+    #[test]
+    fn a_source_path_longer_than_any_path_is_refused_before_it_reaches_a_diagnostic() {
+        let text = BASE.replace(
+            "  inline:\n    - {id: E1}\n",
+            &format!("  source: {}\n", "a".repeat(100_000)),
+        );
+        let r = load(&text);
+        assert_eq!(rules(&r), ["manifest.items"]);
+        assert!(format!("{:?}", r.unwrap_err()).len() < 1000);
+    }
+
+    #[test]
+    fn allow_outside_folder_belongs_to_a_csv_source() {
+        let text = BASE.replace(
+            "    - {id: E1}\n",
+            "    - {id: E1}\n  allow_outside_folder: true\n",
+        );
+        assert_eq!(rules(&load(&text)), ["manifest.items"]);
+    }
 
     #[test]
     fn a_public_url_is_an_absolute_http_url_without_query_or_fragment() {

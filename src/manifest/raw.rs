@@ -53,6 +53,9 @@ pub struct RawItems {
     pub delimiter: Option<String>,
     pub header: Option<bool>,
     pub columns: Option<IndexMap<String, serde_yaml::Value>>,
+    /// Allows a `source` outside the manifest's folder (an absolute path, `..`, or a symlink
+    /// leading out); without it such a source is refused.
+    pub allow_outside_folder: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,4 +148,7 @@ pub struct RawNotifications {
     /// "never processed" (provider time), for a provider without idempotency (Payonic);
     /// default: the provider's own (Payonic: 10 minutes).
     pub settle: Option<String>,
+    /// Allows an `http://` public_url on a host other than this machine (the URL carries the
+    /// notification token); without it such a URL is refused.
+    pub allow_insecure_http: Option<bool>,
 }

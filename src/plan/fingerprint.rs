@@ -25,7 +25,8 @@ impl Fingerprint {
     /// the manifest.
     pub fn of(flow: &Flow, source_sha: Option<&str>) -> Fingerprint {
         let m = &flow.manifest;
-        let manifest_bytes = std::fs::read(&m.path).unwrap_or_else(|_| m.text.as_bytes().to_vec());
+        let manifest_bytes = crate::input_file::read_capped(&m.path, crate::manifest::MAX_BYTES)
+            .unwrap_or_else(|_| m.text.as_bytes().to_vec());
         let mut inputs = vec![Input {
             kind: "manifest".into(),
             path: m.display.clone(),

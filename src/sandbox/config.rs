@@ -348,11 +348,25 @@ impl SandboxConfig {
     /// Loads a config file, strictly (unknown keys are errors with their line).
     pub fn load(path: &std::path::Path) -> Result<SandboxConfig, crate::diagnostic::Diagnostic> {
         let display = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        // Like a manifest: a regular file of at most 1 MiB (never a FIFO or /dev/zero).
+        let bytes =
+            crate::input_file::read_capped(path, crate::manifest::MAX_BYTES).map_err(|r| {
+                crate::diagnostic::Diagnostic::new(
+                    &display,
+                    "sandbox.io",
+                    match r {
+                        crate::input_file::Refusal::Io(e) => {
+                            format!("cannot read the sandbox config: {e}")
+                        }
+                        other => format!("the sandbox config {}", other.describe()),
+                    },
+                )
+            })?;
+        let text = String::from_utf8(bytes).map_err(|_| {
             crate::diagnostic::Diagnostic::new(
                 &display,
                 "sandbox.io",
-                format!("cannot read the sandbox config: {e}"),
+                "the sandbox config is not UTF-8",
             )
         })?;
         let c: SandboxConfig = crate::yaml::from_str(&display, &text, "sandbox.config")?;

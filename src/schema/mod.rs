@@ -153,13 +153,15 @@ impl Registry {
                 for e in rd.flatten() {
                     let name = e.file_name().to_string_lossy().to_string();
                     if name.ends_with(".yaml") {
-                        let bytes = std::fs::read(e.path()).map_err(|err| {
-                            Diagnostic::new(
-                                e.path().display().to_string(),
-                                "schema.io",
-                                format!("cannot read schema file: {err}"),
-                            )
-                        })?;
+                        // Regular files of at most 4 MiB: a FIFO or a device never hangs payrun.
+                        let bytes =
+                            crate::input_file::read_capped(&e.path(), 4 << 20).map_err(|r| {
+                                Diagnostic::new(
+                                    e.path().display().to_string(),
+                                    "schema.io",
+                                    format!("cannot read schema file: it {}", r.describe()),
+                                )
+                            })?;
                         out.push((name, bytes));
                     }
                 }

@@ -409,7 +409,7 @@ fn report_duplicates(
     cap: usize,
 ) {
     let mut texts: HashMap<u64, String> = HashMap::new();
-    if let Ok(file) = std::fs::File::open(&c.path) {
+    if let Ok((file, _)) = crate::input_file::open(&c.path) {
         let mut r = records::Records::new(source::LineEnds::new(file), c.delimiter);
         let mut row = records::Row::new();
         let id_col = c.columns[engine.id_idx];

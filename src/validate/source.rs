@@ -1,6 +1,10 @@
 //! Item sources: a CSV file read as a stream of byte records, or the manifest's inline items.
 //! Opening a source reads only the header, which fixes the item fields the flow compiles
 //! against; rows are then read one at a time, so memory does not grow with the file.
+//!
+//! The file must be a regular file (`crate::input_file`) inside the manifest's folder unless
+//! `items.allow_outside_folder` says otherwise, and its first line must be CSV text. What
+//! diagnostics quote of the header is a few names, masked and cut (`diagnostic::quote_header`).
 
 use super::records::Records;
 use crate::diagnostic::{Diagnostic, Diagnostics};
@@ -210,24 +214,27 @@ impl Source {
 }
 
 fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<String>), OpenError> {
-    let file = File::open(&src.path).map_err(|e| {
-        OpenError::Io(
-            Diagnostic::new(
+    let (file, canonical) = crate::input_file::open(&src.path).map_err(|r| {
+        let d = match &r {
+            crate::input_file::Refusal::Io(e) => Diagnostic::new(
                 &src.display,
                 "source.io",
                 format!("cannot open the item source: {e}"),
             )
             .hint("items.source is relative to the manifest's folder"),
-        )
+            other => Diagnostic::new(
+                &src.display,
+                if other.is_io() { "source.io" } else { "source.not-a-file" },
+                format!("the item source {}", other.describe()),
+            )
+            .hint("name the payroll's CSV export in items.source; payrun reads item sources from regular files only"),
+        };
+        OpenError::Io(d)
     })?;
-    let file_len = file.metadata().map(|md| md.len()).unwrap_or(0);
-    if file.metadata().map(|md| md.is_dir()).unwrap_or(false) {
-        return Err(OpenError::Io(Diagnostic::new(
-            &src.display,
-            "source.io",
-            "the item source is a folder, not a file",
-        )));
+    if !src.allow_outside_folder {
+        check_inside_folder(m, &canonical)?;
     }
+    let file_len = file.metadata().map(|md| md.len()).unwrap_or(0);
     let mut reader = Records::new(
         LineEnds::new(HashingReader {
             inner: file,
@@ -265,6 +272,19 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
             } else {
                 f
             };
+            // NUL and other control bytes in the first line: a binary file or a dump (e.g. an
+            // environment block), never a payroll export. Nothing of it is quoted.
+            if f.iter().any(|&b| b < 0x20 && b != b'\t' && b != b'\n') {
+                return Err(invalid(
+                    Diagnostic::new(
+                        &src.display,
+                        "csv.not-text",
+                        "the first line holds NUL or control bytes: the file is not CSV text",
+                    )
+                    .at(1, i as u64 + 1)
+                    .hint("name the payroll's CSV export (CSV UTF-8) in items.source"),
+                ));
+            }
             match std::str::from_utf8(f) {
                 Ok(s) => names.push(s.trim().to_string()),
                 Err(_) => {
@@ -310,7 +330,8 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
                                         &src.display,
                                         "csv.duplicate-column",
                                         format!(
-                                            "the header has column `{name}` {} times",
+                                            "the header has column `{}` {} times",
+                                            crate::diagnostic::quote_header(name),
                                             hits.len()
                                         ),
                                     )
@@ -334,7 +355,23 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
         (None, Some(h)) => {
             let mut seen = std::collections::HashSet::with_capacity(h.len());
             for (i, name) in h.iter().enumerate() {
-                if name.is_empty() {
+                if name.chars().count() > MAX_FIELD_NAME {
+                    // Every header cell names an item field here, and field names end up in
+                    // messages: a cell this long is data (or no CSV at all), not a name.
+                    errors.push(
+                        Diagnostic::new(
+                            &src.display,
+                            "csv.header-too-long",
+                            format!(
+                                "column {} has a name of {} characters; an item field's name has at most {MAX_FIELD_NAME}",
+                                i + 1,
+                                name.chars().count()
+                            ),
+                        )
+                        .at(1, i as u64 + 1)
+                        .hint("is the first line a header row? map the columns you need under items.columns, or set `header: false`"),
+                    );
+                } else if name.is_empty() {
                     errors.push(
                         Diagnostic::new(
                             &src.display,
@@ -349,7 +386,10 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
                         Diagnostic::new(
                             &src.display,
                             "csv.duplicate-column",
-                            format!("the header has column `{name}` more than once"),
+                            format!(
+                                "the header has column `{}` more than once",
+                                crate::diagnostic::quote_header(name)
+                            ),
                         )
                         .at(1, i as u64 + 1)
                         .hint("rename the duplicate columns so each header is unique"),
@@ -367,6 +407,25 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
                     )
                     .at(1, 1)
                     .hint(d),
+                );
+            } else if h.len() == 1 && !crate::manifest::is_field_name(&h[0]) {
+                // No delimiter and no field name: a key file, a note, anything but a CSV
+                // export. Its one "column name" would be quoted in later hints: say so now,
+                // quoting none of it.
+                errors.push(
+                    Diagnostic::new(
+                        &src.display,
+                        "csv.no-delimiter",
+                        format!(
+                            "the first line has no {} between columns and is no column name: the file is not a CSV export with a header row",
+                            match src.delimiter {
+                                b'\t' => "tab".to_string(),
+                                d => format!("`{}`", d as char),
+                            }
+                        ),
+                    )
+                    .at(1, 1)
+                    .hint("name the payroll's CSV export in items.source, or set `delimiter:` under items to the one it uses"),
                 );
             }
             (h.clone(), (0..h.len()).collect())
@@ -402,7 +461,12 @@ fn open_csv(m: &Manifest, src: &CsvSource, hash: bool) -> Result<(Source, Vec<St
             delimiter: src.delimiter,
             reader,
             columns,
-            header,
+            // Only diagnostics read it: quoted short and masked once, here.
+            header: header.map(|h| {
+                h.iter()
+                    .map(|n| crate::diagnostic::quote_header(n))
+                    .collect()
+            }),
             width,
             file_len,
         })),
@@ -422,14 +486,15 @@ fn missing_column(
         Items::Inline(_) => b',',
     };
     let mut hint = match crate::text::did_you_mean(name, header.iter().map(String::as_str)) {
-        Some(c) => format!("did you mean `{c}`?"),
+        Some(c) => format!("did you mean `{}`?", crate::diagnostic::quote_header(c)),
+        // One column: no delimiter in the first line, so it is no CSV header (or the wrong
+        // delimiter, said below); nothing of it is quoted.
+        None if header.len() == 1 => {
+            "the first line has no column delimiter: is the file the payroll's CSV export with a header row?".to_string()
+        }
         None => format!(
             "the header has: {}",
-            header
-                .iter()
-                .map(|h| crate::mask::shorten(h))
-                .collect::<Vec<_>>()
-                .join(", ")
+            crate::diagnostic::quote_names(header)
         ),
     };
     if header.len() == 1
@@ -449,6 +514,35 @@ fn missing_column(
     )
     .at(1, 1)
     .hint(hint)
+}
+
+/// The longest header cell taken as an item field's name (when every column is a field).
+const MAX_FIELD_NAME: usize = 64;
+
+/// Refuses an item source outside the manifest's folder (an absolute path, `..`, a symlink
+/// leading out) unless `items.allow_outside_folder` says so: a manifest from elsewhere must
+/// not make payrun read, and quote from, any file the user can read.
+fn check_inside_folder(m: &Manifest, canonical: &std::path::Path) -> Result<(), OpenError> {
+    let folder = crate::input_file::canonical_folder(&m.path).map_err(|e| {
+        OpenError::Io(Diagnostic::new(
+            &m.display,
+            "source.io",
+            format!("cannot resolve the manifest's folder: {e}"),
+        ))
+    })?;
+    if canonical.starts_with(&folder) {
+        return Ok(());
+    }
+    let at = [key("items"), key("source")];
+    Err(OpenError::Invalid(Diagnostics(vec![
+        Diagnostic::new(
+            &m.display,
+            "source.outside-folder",
+            "items.source leads outside the manifest's folder",
+        )
+        .at_opt(yaml::locate(&m.text, &at))
+        .hint("keep the CSV beside the manifest; if reading it from there is intended, set `allow_outside_folder: true` under items"),
+    ])))
 }
 
 fn delimiter_hint(only: &str, delimiter: u8) -> Option<String> {
@@ -499,6 +593,173 @@ mod tests {
             .read_to_end(&mut out)
             .unwrap();
         out
+    }
+
+    /// Opens the item source of a manifest written into `dir` with this `items:` block.
+    fn open_in(dir: &std::path::Path, items: &str) -> Result<Vec<String>, Vec<Diagnostic>> {
+        let path = dir.join("manifest.yaml");
+        std::fs::write(
+            &path,
+            format!("batch: b1\nprovider: paysend\nenvironment: sandbox\nitems:\n{items}flow:\n  - op: pay.toCard\n"),
+        )
+        .unwrap();
+        let m = Manifest::load(&path).unwrap();
+        match Source::open(&m) {
+            Ok((_, fields)) => Ok(fields),
+            Err(OpenError::Io(d)) => Err(vec![d]),
+            Err(OpenError::Invalid(ds)) => Err(ds.0),
+        }
+    }
+
+    fn rule(r: &Result<Vec<String>, Vec<Diagnostic>>) -> &str {
+        match r {
+            Ok(_) => "ok",
+            Err(ds) => &ds[0].rule,
+        }
+    }
+
+    #[test]
+    fn a_source_outside_the_manifests_folder_is_refused_unless_allowed() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("batch");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(root.path().join("out.csv"), "id,amount\nE1,1.00\n").unwrap();
+        std::fs::write(dir.join("in.csv"), "id,amount\nE1,1.00\n").unwrap();
+        std::os::unix::fs::symlink(root.path().join("out.csv"), dir.join("link.csv")).unwrap();
+        let abs_out = root.path().join("out.csv").display().to_string();
+        let abs_in = dir.join("in.csv").display().to_string();
+        for (source, want) in [
+            ("in.csv", "ok"),
+            ("./sub/../in.csv", "ok"),
+            (abs_in.as_str(), "ok"),
+            ("../out.csv", "source.outside-folder"),
+            (abs_out.as_str(), "source.outside-folder"),
+            ("link.csv", "source.outside-folder"),
+        ] {
+            if source.contains("sub") {
+                std::fs::create_dir_all(dir.join("sub")).unwrap();
+            }
+            let r = open_in(&dir, &format!("  source: {source}\n"));
+            assert_eq!(rule(&r), want, "{source}");
+            if let Err(ds) = &r {
+                assert_eq!(ds[0].line, Some(5), "{source}: points at items.source");
+                assert!(
+                    ds[0]
+                        .hint
+                        .as_deref()
+                        .unwrap()
+                        .contains("allow_outside_folder: true")
+                );
+            }
+            let allowed = open_in(
+                &dir,
+                &format!("  source: {source}\n  allow_outside_folder: true\n"),
+            );
+            assert_eq!(rule(&allowed), "ok", "{source} allowed");
+        }
+    }
+
+    #[test]
+    fn a_fifo_a_device_a_folder_or_a_proc_file_as_source_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.csv");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        std::fs::create_dir(dir.path().join("folder.csv")).unwrap();
+        for (source, what) in [
+            ("pipe.csv", "FIFO"),
+            ("folder.csv", "folder"),
+            ("/dev/zero", "character device"),
+            ("/proc/self/environ", "/proc"),
+        ] {
+            let r = open_in(
+                dir.path(),
+                &format!("  source: {source}\n  allow_outside_folder: true\n"),
+            );
+            assert_eq!(rule(&r), "source.not-a-file", "{source}");
+            let d = &r.unwrap_err()[0];
+            assert!(d.message.contains(what), "{source}: {}", d.message);
+        }
+    }
+
+    #[test]
+    fn a_first_line_with_nul_bytes_is_not_csv_and_is_never_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("env.csv"),
+            b"SECRET_TOKEN=abc\0HOME=/root\0PATH=/bin\0\n",
+        )
+        .unwrap();
+        let r = open_in(dir.path(), "  source: env.csv\n  columns: {id: id}\n");
+        assert_eq!(rule(&r), "csv.not-text");
+        let d = &r.unwrap_err()[0];
+        assert!(!format!("{d:?}").contains("SECRET_TOKEN"), "{d:?}");
+    }
+
+    #[test]
+    fn the_header_hint_quotes_a_few_short_masked_names_and_nothing_of_a_one_column_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut header: Vec<String> = (0..20).map(|i| format!("col{i}")).collect();
+        header[0] = format!("k_{}", "9".repeat(40));
+        std::fs::write(
+            dir.path().join("wide.csv"),
+            format!("{}\n", header.join(",")),
+        )
+        .unwrap();
+        let r = open_in(
+            dir.path(),
+            "  source: wide.csv\n  columns: {id: employee_number}\n",
+        );
+        let d = &r.unwrap_err()[0];
+        assert_eq!(d.rule, "csv.missing-column");
+        let hint = d.hint.as_deref().unwrap();
+        assert!(
+            hint.starts_with("the header has: ********9999, col1,"),
+            "{hint}"
+        );
+        assert!(hint.ends_with("and 12 more"), "{hint}");
+        std::fs::write(dir.path().join("one.csv"), "API_KEY=sk_live_4eC39HqLyjWD\n").unwrap();
+        let r = open_in(
+            dir.path(),
+            "  source: one.csv\n  columns: {id: employee_number}\n",
+        );
+        let d = &r.unwrap_err()[0];
+        assert!(!format!("{d:?}").contains("API_KEY"), "{d:?}");
+    }
+
+    #[test]
+    fn a_one_line_key_file_as_source_is_refused_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("key.csv"),
+            "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n",
+        )
+        .unwrap();
+        let r = open_in(dir.path(), "  source: key.csv\n");
+        let ds = r.unwrap_err();
+        assert_eq!(ds[0].rule, "csv.no-delimiter");
+        assert!(!format!("{ds:?}").contains("wJalr"), "{ds:?}");
+        // A one-column file whose header is a field name is a CSV like any other.
+        std::fs::write(dir.path().join("ids.csv"), "id\nE1\n").unwrap();
+        assert_eq!(rule(&open_in(dir.path(), "  source: ids.csv\n")), "ok");
+    }
+
+    #[test]
+    fn a_header_cell_too_long_for_a_field_name_is_refused_when_every_column_is_a_field() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("long.csv"),
+            format!("id,{}\nE1,x\n", "n".repeat(1000)),
+        )
+        .unwrap();
+        let r = open_in(dir.path(), "  source: long.csv\n");
+        let d = &r.unwrap_err()[0];
+        assert_eq!(
+            (d.rule.as_str(), d.column),
+            ("csv.header-too-long", Some(2))
+        );
+        assert!(d.message.len() < 120, "{}", d.message);
     }
 
     #[test]
