@@ -17,6 +17,7 @@ pub mod mask;
 pub mod money;
 pub mod pipeline;
 pub mod plan;
+pub mod private;
 pub mod providers;
 pub mod sandbox;
 pub mod schema;
