@@ -42,8 +42,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()
         _ => Path::new("."),
     };
     // tempfile creates its files 0600 (O_EXCL, owner only); asked for explicitly all the same.
+    // Named after the file, so that one left by a kill at this instant says whose it was.
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let prefix = format!(".{}.", name.as_deref().unwrap_or("payrun"));
     let mut b = tempfile::Builder::new();
-    b.prefix(".payrun-").suffix(".partial");
+    b.prefix(&prefix).suffix(".partial");
     #[cfg(unix)]
     b.permissions(std::os::unix::fs::PermissionsExt::from_mode(FILE_MODE));
     let mut tmp = b.tempfile_in(dir)?;

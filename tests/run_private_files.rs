@@ -88,6 +88,12 @@ fn every_file_a_run_writes_is_private_while_it_runs_and_after() {
     // The report, like the plan, lists what each employee was paid.
     batch.report();
     assert_eq!(mode(&batch.dir.path().join("report.csv")), 0o600);
+    let out = payrun(
+        batch.dir.path(),
+        &["plan", "manifest.yaml", "-o", "plan.json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(mode(&batch.dir.path().join("plan.json")), 0o600);
 }
 
 #[test]

@@ -313,10 +313,10 @@ pub fn unlock(dir: &Path, batch: &str, force: bool) -> Result<String, String> {
         Found::Stale { file, holder, why } => {
             remove_if_same(&path, &file).map_err(|e| e.to_string())?;
             let whose = holder
-                .map(|h| format!("of pid {} on {} since {}", h.pid, h.host, h.started))
+                .map(|h| format!(" of pid {} on {} since {}", h.pid, h.host, h.started))
                 .unwrap_or_default();
             Ok(format!(
-                "removed the stale lock {whose} of batch `{batch}`: {why}, so no payrun holds it (a run takes such a lock over by itself)"
+                "removed the stale lock{whose} of batch `{batch}`: {why}, so no payrun holds it (a run takes such a lock over by itself)"
             ))
         }
         Found::Held {
