@@ -198,9 +198,18 @@ fn clear_leftovers(dir: &Path, batch: &str) {
     };
     for e in entries.flatten() {
         let name = e.file_name();
+        // `<batch>.lock.<pid>.<n>` (and `<batch>.lock.<pid>` of older payruns) only: batch
+        // ids may hold dots, and another batch's files are not this one's to clear.
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix(&prefix))
+            .filter(|rest| {
+                let parts: Vec<&str> = rest.split('.').collect();
+                parts.len() <= 2
+                    && parts
+                        .iter()
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            })
             .and_then(|rest| rest.split('.').next())
             .and_then(|p| p.parse::<u32>().ok())
         else {
@@ -458,6 +467,28 @@ mod tests {
         assert!(unlock(dir.path(), "b", true).is_ok());
     }
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_temporary_lock_file_of_a_dead_taker_is_cleared_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = u32::MAX - 1;
+        let me = std::process::id();
+        let names = [
+            format!("b.lock.{dead}.3"),
+            format!("b.lock.{dead}"),
+            format!("b.lock.{me}.0"),
+            format!("b.lock.{dead}.lock"),
+            format!("b.lock.{dead}.7.lock"),
+            "b.lock".to_string(),
+        ];
+        for n in &names {
+            std::fs::write(dir.path().join(n), "x").unwrap();
+        }
+        clear_leftovers(dir.path(), "b");
+        let left: Vec<bool> = names.iter().map(|n| dir.path().join(n).exists()).collect();
+        assert_eq!(left, [false, false, true, true, true, true]);
+    }
+
     #[test]
     fn stat_fields_are_counted_after_the_command_name() {
         let line = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 10";
@@ -466,6 +497,7 @@ mod tests {
         assert!(parse_stat("garbage").is_none());
     }
 
+    #[cfg(unix)]
     #[test]
     fn many_takers_racing_over_a_stale_lock_leave_exactly_one_winner_whose_lock_survives() {
         use std::os::unix::fs::MetadataExt;
