@@ -242,6 +242,7 @@ impl Store {
         ));
         std::fs::rename(&path, &to)
             .map_err(|e| err(format!("cannot move {} aside: {e}", path.display())))?;
+        crate::private::tighten(&to);
         Ok(to)
     }
 
