@@ -18,6 +18,7 @@ pub mod mask;
 pub mod money;
 pub mod pipeline;
 pub mod plan;
+pub mod private;
 pub mod providers;
 pub mod sandbox;
 pub mod schema;

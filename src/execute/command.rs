@@ -672,13 +672,20 @@ struct Held {
 /// Takes the batch's lock, or says who holds it (exit code 2).
 fn take_lock(batch: &str, state_dir: &Path) -> Result<super::lock::Lock, u8> {
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    super::lock::Lock::take(state_dir, batch, &started).map_err(|m| {
+    let lock = super::lock::Lock::take(state_dir, batch, &started).map_err(|m| {
         eprintln!("error[run.locked]: {m}");
         eprintln!(
-            "  hint: one runner per batch; if that process is gone, `payrun unlock {batch} --force`"
+            "  hint: one runner per batch: stop that one first (a lock whose process is gone is taken over by itself; another machine's: `payrun unlock {batch} --force` once it is gone)"
         );
         2
-    })
+    })?;
+    if let Some(note) = lock.folder.notice(state_dir) {
+        eprintln!("{note}");
+    }
+    if let Some(stale) = &lock.took_over {
+        eprintln!("note: took over the stale {stale}");
+    }
+    Ok(lock)
 }
 
 fn hold(batch: &str, state_dir: &Path) -> Result<Held, u8> {
@@ -1252,7 +1259,13 @@ pub fn report(batch: &str, state_dir: &Path, output: Option<&Path>) -> u8 {
     };
     let csv = super::status::report_csv(&records);
     match output {
-        Some(path) => match std::fs::write(path, &csv) {
+        // Private (0600) like the plan: it lists what each employee was paid.
+        // A FIFO or device (`-o /dev/stdout`) is written to as it is; it cannot be replaced.
+        Some(path) => match if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            std::fs::write(path, &csv)
+        } else {
+            crate::private::write_atomic(path, &csv, false)
+        } {
             Ok(()) => {
                 eprintln!(
                     "report of {} items written to {}",
@@ -1273,7 +1286,7 @@ pub fn report(batch: &str, state_dir: &Path, output: Option<&Path>) -> u8 {
     }
 }
 
-/// `payrun unlock <batch> --force`.
+/// `payrun unlock <batch> [--force]`.
 pub fn unlock(batch: &str, state_dir: &Path, force: bool) -> u8 {
     match super::lock::unlock(state_dir, batch, force) {
         Ok(m) => {

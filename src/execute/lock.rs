@@ -1,27 +1,112 @@
 //! One runner per batch. The store itself is opened with an exclusive OS lock (released by the
 //! OS when the process dies, so a killed runner never blocks a resume on this machine); next to
-//! it a lock file names the holder — pid, host, start time — so that a refused second runner can
-//! say who holds the batch, and so that a batch on a shared disk is guarded across machines.
-//! `payrun unlock <batch> --force` removes a lock file whose holder is gone.
+//! it a lock file names the holder — pid, host, start time, and the process's start time and
+//! boot id — so that a refused second runner can say who holds the batch, and so that a batch
+//! on a shared disk is guarded across machines.
+//!
+//! The lock file appears whole: its content is written under a name of the taker's own and
+//! linked into place (link(2) fails if a lock exists). The holder keeps an flock(2) on it for
+//! as long as it lives, taken before the link, and the kernel drops that flock when the process
+//! dies, however it dies: a lock whose flock is free has no runner behind it. A stale lock is
+//! taken over while holding its flock, and its name is removed only while it still names the
+//! very file locked — the holder's own removal on exit does the same — so of runners starting
+//! together over a stale lock exactly one links its own, and the others meet that live lock.
+//!
+//! On this host a lock nobody flocks is stale when its pid is gone, ended (a zombie), or alive
+//! but started at another time or in another boot than the lock records (the pid was reused);
+//! where the start time cannot be read, a live pid is respected as before. Another host's
+//! processes cannot be seen, so its lock stands until `payrun unlock <batch> --force`.
 
 use super::status::Holder;
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub struct Lock {
     path: PathBuf,
+    /// The lock file, flocked for as long as this runner holds the batch.
+    file: File,
+    /// What taking the lock found of the state folder's mode (the caller tells the operator).
+    pub folder: crate::private::Folder,
+    /// The stale lock this runner took over, in words (whose, and why it was stale).
+    pub took_over: Option<String>,
 }
 
 fn lock_path(dir: &Path, batch: &str) -> PathBuf {
     dir.join(format!("{batch}.lock"))
 }
 
+/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks since boot.
+pub fn process_start(pid: u32) -> Option<u64> {
+    stat(pid).map(|s| s.start)
+}
+
+/// The id of the current boot (Linux), which changes with every restart.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+struct Stat {
+    state: char,
+    start: u64,
+}
+
+fn stat(pid: u32) -> Option<Stat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// `pid (comm) state ppid …`: the command name may hold spaces and parentheses, so fields are
+/// counted after the last `)`; there the state is field 3 and the start time field 22.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some(Stat { state, start })
+}
+
+/// Whether a lock's holder may still run, and if not, why.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    Gone(String),
+}
+
+/// What payrun can tell of `h` from this host.
+pub fn liveness(h: &Holder) -> Liveness {
+    let me = Holder::me("");
+    if h.host != me.host {
+        return Liveness::Alive;
+    }
+    if let (Some(then), Some(now)) = (&h.boot_id, &me.boot_id)
+        && then != now
+    {
+        return Liveness::Gone("the machine has restarted since".into());
+    }
+    if !Path::new(&format!("/proc/{}", h.pid)).exists() {
+        return Liveness::Gone(format!("pid {} is not running", h.pid));
+    }
+    let Some(now) = stat(h.pid) else {
+        return Liveness::Alive;
+    };
+    if matches!(now.state, 'Z' | 'X') {
+        return Liveness::Gone(format!("pid {} has ended", h.pid));
+    }
+    match h.process_start {
+        Some(then) if then != now.start => Liveness::Gone(format!(
+            "pid {} is now another process (it started {} clock ticks after boot, the lock's holder {then})",
+            h.pid, now.start
+        )),
+        _ => Liveness::Alive,
+    }
+}
+
 /// Whether `holder` is a process that still runs (on this host; another host's cannot be seen).
 pub fn alive(holder: &Holder) -> bool {
-    let me = Holder::me("");
-    if holder.host != me.host {
-        return true;
-    }
-    Path::new(&format!("/proc/{}", holder.pid)).exists()
+    liveness(holder) == Liveness::Alive
 }
 
 pub fn holder(dir: &Path, batch: &str) -> Option<Holder> {
@@ -30,80 +115,273 @@ pub fn holder(dir: &Path, batch: &str) -> Option<Holder> {
         .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
+/// What is at a lock's name.
+enum Found {
+    Missing,
+    /// Held by a runner: its flock is taken (`flocked`), or its holder may still run.
+    Held {
+        holder: Option<Holder>,
+        flocked: bool,
+    },
+    /// Nobody holds it. `file` is open on it and, where the file system has flocks, flocked
+    /// by this process, so that only this process may remove it now.
+    Stale {
+        file: File,
+        holder: Option<Holder>,
+        why: String,
+    },
+}
+
+fn inspect(path: &Path) -> std::io::Result<Found> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Missing),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    let holder: Option<Holder> = serde_json::from_slice(&bytes).ok();
+    match file.try_lock() {
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Ok(Found::Held {
+                holder,
+                flocked: true,
+            });
+        }
+        // A file system without flocks (some network ones): the holder alone decides.
+        Err(std::fs::TryLockError::Error(_)) | Ok(()) => {}
+    }
+    Ok(match holder {
+        None => Found::Stale {
+            file,
+            holder: None,
+            why: "it is not a lock payrun wrote whole".into(),
+        },
+        Some(h) => match liveness(&h) {
+            Liveness::Alive => Found::Held {
+                holder: Some(h),
+                flocked: false,
+            },
+            Liveness::Gone(why) => Found::Stale {
+                file,
+                holder: Some(h),
+                why,
+            },
+        },
+    })
+}
+
+/// Removes `path` if it still names the file `file` is open on.
+fn remove_if_same(path: &Path, file: &File) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let (ours, there) = (file.metadata()?, std::fs::symlink_metadata(path)?);
+        if ours.dev() != there.dev() || ours.ino() != there.ino() {
+            return Ok(());
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    std::fs::remove_file(path)
+}
+
+/// Temporary lock files of takers that died between writing and linking them.
+fn clear_leftovers(dir: &Path, batch: &str) {
+    // Without /proc every pid would look dead, and a live taker's file would go.
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!("{batch}.lock.");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        // `<batch>.lock.<pid>.<n>` (and `<batch>.lock.<pid>` of older payruns) only: batch
+        // ids may hold dots, and another batch's files are not this one's to clear.
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .filter(|rest| {
+                let parts: Vec<&str> = rest.split('.').collect();
+                parts.len() <= 2
+                    && parts
+                        .iter()
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// How long a taker waits, at most, for another taker that holds a stale lock's flock to put
+/// its own lock in place (it takes microseconds): `ATTEMPTS` rounds of `PAUSE`.
+const ATTEMPTS: u32 = 400;
+const PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
 impl Lock {
-    /// Takes the batch's lock, or says who holds it. A lock file left by a process that died on
-    /// this host is taken over.
+    /// Takes the batch's lock, or says who holds it. A lock nobody holds any more (its process
+    /// died, or its pid now names another process) is taken over.
     pub fn take(dir: &Path, batch: &str, started: &str) -> Result<Lock, String> {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let folder = crate::private::state_dir(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        clear_leftovers(dir, batch);
         let path = lock_path(dir, batch);
-        // The lock file appears whole or not at all: its content is written under a name of
-        // this process and linked into place (link fails if a lock exists). A runner killed in
-        // between leaves no empty lock that another runner could mistake for a stale one.
         let me = Holder::me(started);
-        let tmp = dir.join(format!("{batch}.lock.{}", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_vec(&me).unwrap_or_default())
-            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        static TAKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = TAKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!("{batch}.lock.{}.{n}", std::process::id()));
+        let file = (|| {
+            let mut f = crate::private::create_new(&tmp)?;
+            std::io::Write::write_all(&mut f, &serde_json::to_vec(&me).unwrap_or_default())?;
+            Ok(f)
+        })()
+        .map_err(|e: std::io::Error| format!("cannot create {}: {e}", tmp.display()))?;
+        // Flocked before it is linked: the lock is never in place unheld. A file system
+        // without flocks leaves the holder's pid to decide, as it did before.
+        let _ = file.try_lock();
         super::crash::point("lock-written");
-        let result = (|| {
-            for _ in 0..2 {
-                match std::fs::hard_link(&tmp, &path) {
-                    Ok(()) => return Ok(Lock { path: path.clone() }),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        match holder(dir, batch) {
-                            Some(h) if alive(&h) => {
-                                return Err(format!(
-                                    "batch `{batch}` is being run by pid {} on {} since {}",
-                                    h.pid, h.host, h.started
-                                ));
-                            }
-                            // Its holder is gone (killed), or the file is not a lock payrun
-                            // wrote whole: stale on this host.
-                            _ => {
-                                let _ = std::fs::remove_file(&path);
-                            }
-                        }
-                    }
-                    Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
-                }
-            }
-            Err(format!("cannot take the lock {}", path.display()))
-        })();
+        let result = Lock::link(&tmp, &path, batch);
         let _ = std::fs::remove_file(&tmp);
-        result
+        result.map(|took_over| Lock {
+            path,
+            file,
+            folder,
+            took_over,
+        })
+    }
+
+    /// Links `tmp` into place as the lock; returns the stale lock it replaced, in words.
+    fn link(tmp: &Path, path: &Path, batch: &str) -> Result<Option<String>, String> {
+        let mut took_over = None;
+        for _ in 0..ATTEMPTS {
+            match std::fs::hard_link(tmp, path) {
+                Ok(()) => return Ok(took_over),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+            }
+            match inspect(path).map_err(|e| format!("cannot read {}: {e}", path.display()))? {
+                Found::Missing => {}
+                Found::Stale { file, holder, why } => {
+                    took_over = Some(match holder {
+                        Some(h) => format!(
+                            "the lock of pid {} on {} since {}: {why}",
+                            h.pid, h.host, h.started
+                        ),
+                        None => format!("lock file {}: {why}", path.display()),
+                    });
+                    remove_if_same(path, &file)
+                        .or_else(|e| match e.kind() {
+                            std::io::ErrorKind::NotFound => Ok(()),
+                            _ => Err(e),
+                        })
+                        .map_err(|e| format!("cannot remove the stale {}: {e}", path.display()))?;
+                }
+                Found::Held {
+                    holder: Some(h), ..
+                } if alive(&h) => {
+                    return Err(format!(
+                        "batch `{batch}` is being run by pid {} on {} since {}",
+                        h.pid, h.host, h.started
+                    ));
+                }
+                // Flocked, and yet its holder is gone: another runner is taking that stale
+                // lock over at this instant, and its own lock is in place in a moment.
+                Found::Held { .. } => std::thread::sleep(PAUSE),
+            }
+        }
+        Err(format!(
+            "cannot take the lock {}: it stays held by a process payrun cannot name",
+            path.display()
+        ))
     }
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Removed while still flocked, and only if it is still ours.
+        let _ = remove_if_same(&self.path, &self.file);
     }
 }
 
-/// `payrun unlock <batch> --force`: removes the lock file of a holder that is gone.
+/// `payrun unlock <batch> [--force]`: removes a lock nobody holds, saying why it is stale;
+/// another host's lock only with `--force`; never the lock of a runner alive on this host.
 pub fn unlock(dir: &Path, batch: &str, force: bool) -> Result<String, String> {
     let path = lock_path(dir, batch);
-    let Some(h) = holder(dir, batch) else {
-        return Ok(format!("batch `{batch}` is not locked"));
-    };
-    if alive(&h) && Holder::me("").host == h.host {
-        return Err(format!(
-            "pid {} on {} is still running batch `{batch}`; stop it (Ctrl-C) instead",
-            h.pid, h.host
-        ));
+    let found = inspect(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let here = Holder::me("").host;
+    match found {
+        Found::Missing => Ok(format!("batch `{batch}` is not locked")),
+        Found::Stale { file, holder, why } => {
+            remove_if_same(&path, &file).map_err(|e| e.to_string())?;
+            let whose = holder
+                .map(|h| format!(" of pid {} on {} since {}", h.pid, h.host, h.started))
+                .unwrap_or_default();
+            Ok(format!(
+                "removed the stale lock{whose} of batch `{batch}`: {why}, so no payrun holds it (a run takes such a lock over by itself)"
+            ))
+        }
+        Found::Held {
+            holder: Some(h),
+            flocked,
+        } if h.host == here => {
+            if flocked || !force {
+                let how = if flocked {
+                    "stop it (Ctrl-C) instead".to_string()
+                } else {
+                    "it holds no flock on the lock (a payrun from before flocks, or another program that reuses the pid); pass --force once you are sure it is no payrun running this batch".to_string()
+                };
+                return Err(format!(
+                    "pid {} on {} is still running batch `{batch}`; {how}",
+                    h.pid, h.host
+                ));
+            }
+            std::fs::remove_file(&path).map_err(|e| e.to_string())?;
+            Ok(format!("removed the lock of pid {} on {}", h.pid, h.host))
+        }
+        Found::Held {
+            holder: Some(h), ..
+        } => {
+            if !force {
+                return Err(format!(
+                    "batch `{batch}` is locked by pid {} on {} since {}; payrun cannot see that machine's processes: pass --force once you are sure that process is gone",
+                    h.pid, h.host, h.started
+                ));
+            }
+            std::fs::remove_file(&path).map_err(|e| e.to_string())?;
+            Ok(format!("removed the lock of pid {} on {}", h.pid, h.host))
+        }
+        Found::Held { holder: None, .. } => Err(format!(
+            "batch `{batch}` is held by a process on this host that payrun cannot name ({} is being replaced); try again in a moment",
+            path.display()
+        )),
     }
-    if !force {
-        return Err(format!(
-            "batch `{batch}` is locked by pid {} on {} since {}; pass --force once you are sure that process is gone",
-            h.pid, h.host, h.started
-        ));
-    }
-    std::fs::remove_file(&path).map_err(|e| e.to_string())?;
-    Ok(format!("removed the lock of pid {} on {}", h.pid, h.host))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn holder_of(pid: u32, process_start: Option<u64>) -> Holder {
+        Holder {
+            pid,
+            host: Holder::me("").host,
+            started: "earlier".into(),
+            process_start,
+            boot_id: boot_id(),
+        }
+    }
+
+    fn write_lock(dir: &Path, h: &Holder) {
+        std::fs::write(lock_path(dir, "b"), serde_json::to_vec(h).unwrap()).unwrap();
+    }
 
     #[test]
     fn a_second_taker_learns_who_holds_the_batch() {
@@ -118,7 +396,12 @@ mod tests {
             "{:?}",
             second.err()
         );
+        assert!(
+            unlock(dir.path(), "b", true).is_err_and(|m| m.contains("Ctrl-C")),
+            "a live runner's lock is never removed"
+        );
         drop(first);
+        assert!(!lock_path(dir.path(), "b").exists(), "removed on drop");
         assert!(
             Lock::take(dir.path(), "b", "now").is_ok(),
             "released on drop"
@@ -126,28 +409,128 @@ mod tests {
     }
 
     #[test]
-    fn a_lock_left_by_a_dead_process_is_taken_over_and_can_be_removed() {
+    fn a_lock_left_by_a_dead_process_is_taken_over_and_unlock_says_why_it_is_stale() {
         let dir = tempfile::tempdir().unwrap();
-        let dead = Holder {
-            pid: u32::MAX - 1,
-            host: Holder::me("").host,
-            started: "earlier".into(),
-        };
-        std::fs::write(
-            lock_path(dir.path(), "b"),
-            serde_json::to_vec(&dead).unwrap(),
-        )
-        .unwrap();
-        assert!(unlock(dir.path(), "b", false).is_err_and(|m| m.contains("--force")));
-        assert!(unlock(dir.path(), "b", true).is_ok());
-        std::fs::write(
-            lock_path(dir.path(), "b"),
-            serde_json::to_vec(&dead).unwrap(),
-        )
-        .unwrap();
+        let dead = holder_of(u32::MAX - 1, None);
+        write_lock(dir.path(), &dead);
+        let said = unlock(dir.path(), "b", false).unwrap();
+        assert!(
+            said.contains("stale") && said.contains("is not running"),
+            "{said}"
+        );
+        assert!(!lock_path(dir.path(), "b").exists());
+        write_lock(dir.path(), &dead);
         assert!(
             Lock::take(dir.path(), "b", "now").is_ok(),
             "a dead holder's lock is stale"
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_lock_naming_a_live_pid_that_started_at_another_time_is_stale_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        // pid 1 is alive and is not this payrun: the lock says its holder started another time.
+        let real = process_start(1).expect("pid 1's start time");
+        let reused = holder_of(1, Some(real + 1));
+        write_lock(dir.path(), &reused);
+        let said = unlock(dir.path(), "b", false).unwrap();
+        assert!(
+            said.contains("pid 1 is now another process") && said.contains("stale"),
+            "{said}"
+        );
+        write_lock(dir.path(), &reused);
+        let lock = Lock::take(dir.path(), "b", "now").expect("taken over without --force");
+        assert_eq!(
+            holder(dir.path(), "b").map(|h| h.pid),
+            Some(std::process::id())
+        );
+        drop(lock);
+        // The same pid in another boot is no holder either.
+        let rebooted = Holder {
+            boot_id: Some("00000000-0000-0000-0000-000000000000".into()),
+            ..holder_of(1, Some(real))
+        };
+        write_lock(dir.path(), &rebooted);
+        assert!(Lock::take(dir.path(), "b", "now").is_ok());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_live_pid_with_its_own_start_time_and_no_flock_is_respected_as_before() {
+        // A lock of a payrun from before flocks, still running: its pid and start time match.
+        let dir = tempfile::tempdir().unwrap();
+        let real = process_start(1).expect("pid 1's start time");
+        write_lock(dir.path(), &holder_of(1, Some(real)));
+        assert!(Lock::take(dir.path(), "b", "now").is_err_and(|m| m.contains("pid 1")));
+        assert!(unlock(dir.path(), "b", false).is_err_and(|m| m.contains("--force")));
+        assert!(unlock(dir.path(), "b", true).is_ok());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_temporary_lock_file_of_a_dead_taker_is_cleared_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = u32::MAX - 1;
+        let me = std::process::id();
+        let names = [
+            format!("b.lock.{dead}.3"),
+            format!("b.lock.{dead}"),
+            format!("b.lock.{me}.0"),
+            format!("b.lock.{dead}.lock"),
+            format!("b.lock.{dead}.7.lock"),
+            "b.lock".to_string(),
+        ];
+        for n in &names {
+            std::fs::write(dir.path().join(n), "x").unwrap();
+        }
+        clear_leftovers(dir.path(), "b");
+        let left: Vec<bool> = names.iter().map(|n| dir.path().join(n).exists()).collect();
+        assert_eq!(left, [false, false, true, true, true, true]);
+    }
+
+    #[test]
+    fn stat_fields_are_counted_after_the_command_name() {
+        let line = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 10";
+        let s = parse_stat(line).unwrap();
+        assert_eq!((s.state, s.start), ('S', 123456));
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn many_takers_racing_over_a_stale_lock_leave_exactly_one_winner_whose_lock_survives() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..40 {
+            write_lock(dir.path(), &holder_of(u32::MAX - 1, None));
+            let barrier = std::sync::Barrier::new(8);
+            let won: Vec<Lock> = std::thread::scope(|s| {
+                let takers: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            Lock::take(dir.path(), "b", "now").ok()
+                        })
+                    })
+                    .collect();
+                takers
+                    .into_iter()
+                    .filter_map(|t| t.join().unwrap())
+                    .collect()
+            });
+            assert_eq!(won.len(), 1, "round {round}: exactly one winner");
+            let on_disk = std::fs::metadata(lock_path(dir.path(), "b")).unwrap();
+            let winner = won[0].file.metadata().unwrap();
+            assert_eq!(
+                (on_disk.dev(), on_disk.ino()),
+                (winner.dev(), winner.ino()),
+                "round {round}: the lock in place is the winner's"
+            );
+            drop(won);
+            assert!(!lock_path(dir.path(), "b").exists());
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "no temporary files left: {left:?}");
     }
 }

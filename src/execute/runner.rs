@@ -215,8 +215,22 @@ fn serve_records(
     tx: tokio::sync::mpsc::UnboundedSender<Outcome>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     use tokio::io::AsyncWriteExt;
-    let _ = std::fs::remove_file(&path);
-    let socket = tokio::net::UnixListener::bind(&path).ok()?;
+    // Bound under a temporary name, made private (0600), then renamed into place: the socket
+    // answers with every item's amount, so it never exists under its name open to others.
+    let tmp = path.with_extension("sock.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let socket = tokio::net::UnixListener::bind(&tmp).ok()?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::Permissions::from_mode(crate::private::FILE_MODE);
+        if std::fs::set_permissions(&tmp, private)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .is_err()
+        {
+            let _ = std::fs::remove_file(&tmp);
+            return None;
+        }
+    }
     Some(tokio::spawn(async move {
         while let Ok((mut conn, _)) = socket.accept().await {
             let (reply, answer) = tokio::sync::oneshot::channel();
@@ -1525,11 +1539,8 @@ fn write_snapshot(
     holder: Option<super::status::Holder>,
 ) {
     let view = super::status::view(batch, recs, holder);
-    let tmp = path.with_extension("json.partial");
-    if let Ok(bytes) = serde_json::to_vec_pretty(&view)
-        && std::fs::write(&tmp, bytes).is_ok()
-    {
-        let _ = std::fs::rename(&tmp, path);
+    if let Ok(bytes) = serde_json::to_vec_pretty(&view) {
+        let _ = crate::private::write_atomic(path, &bytes, false);
     }
 }
 

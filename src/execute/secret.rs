@@ -32,11 +32,9 @@ pub fn for_new_batch(state_dir: &Path, batch: &str) -> Result<Vec<u8>, String> {
     let text = crate::keys::hex_lower(&bytes);
     let tmp = state_dir.join(format!(".{batch}.secret.tmp"));
     let write = || -> std::io::Result<()> {
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-        let mut f = o.open(&tmp)?;
+        // A leftover of a run killed here was never used: made again, private from its start.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = crate::private::create_new(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.write_all(b"\n")?;
         f.sync_all()?;

@@ -16,6 +16,14 @@ pub struct Holder {
     pub pid: u32,
     pub host: String,
     pub started: String,
+    /// When the process started, in clock ticks since the machine booted (Linux: field 22 of
+    /// `/proc/<pid>/stat`): a live pid with another start time is another process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_start: Option<u64>,
+    /// The boot the process belongs to (`/proc/sys/kernel/random/boot_id`): after a restart
+    /// no process of the lock's is left, whatever its pid now names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 impl Holder {
@@ -26,10 +34,13 @@ impl Holder {
             .filter(|h| !h.is_empty())
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| "localhost".into());
+        let pid = std::process::id();
         Holder {
-            pid: std::process::id(),
+            pid,
             host,
             started: started.to_string(),
+            process_start: super::lock::process_start(pid),
+            boot_id: super::lock::boot_id(),
         }
     }
 }

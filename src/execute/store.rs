@@ -3,7 +3,8 @@
 //! commit), and a state is committed *before* the effect it announces is performed.
 //!
 //! The store holds ids, keys, states, provider ids, error codes, timings and a digest of each
-//! item's content — never card or account numbers, never payloads.
+//! item's content — never card or account numbers, never payloads — and amounts, so its file
+//! is readable by its owner only (0600 from its creation, `crate::private`).
 //!
 //! It also journals the notifications that settle items: what the adapter read from each
 //! (`Notice`: keys, references, outcomes — not the body), under the SHA-256 of the body so a
@@ -241,6 +242,7 @@ impl Store {
         ));
         std::fs::rename(&path, &to)
             .map_err(|e| err(format!("cannot move {} aside: {e}", path.display())))?;
+        crate::private::tighten(&to);
         Ok(to)
     }
 
@@ -254,7 +256,7 @@ impl Store {
         meta: &[(&str, &str)],
         fixed: &[u8],
     ) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir)
+        crate::private::state_dir(dir)
             .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
         let path = store_path(dir, batch);
         if path.exists() {
@@ -273,6 +275,10 @@ impl Store {
         }
         let tmp = dir.join(format!("{prefix}{}", std::process::id()));
         {
+            // Private (0600) before redb writes a byte into it: the store holds net pay per
+            // employee. redb initialises an empty file it is given.
+            crate::private::create_new(&tmp)
+                .map_err(|e| err(format!("cannot create {}: {e}", tmp.display())))?;
             let db = Database::create(&tmp)
                 .map_err(|e| err(format!("cannot create {}: {e}", tmp.display())))?;
             let txn = db.begin_write().map_err(err)?;
@@ -355,6 +361,8 @@ impl Store {
         if !path.exists() {
             return Err(err(format!("no batch `{batch}` in {}", dir.display())));
         }
+        // A store an older payrun left open to others is made private.
+        crate::private::tighten(&path);
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => err(format!(
                 "{} is open in another payrun process (only one runner per batch)",

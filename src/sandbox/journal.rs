@@ -17,9 +17,10 @@
 //! count, they never pay. The file is human-readable and needs no tool to inspect, which is
 //! what `payrun sandbox ledger --state FILE` does without starting a server.
 //!
-//! Nothing secret is written: no keys (they come from the configuration on each start), and
-//! card and account numbers are masked before a request is journaled (`mask`); the ledger keeps
-//! only a digest of recipients, as it does in memory.
+//! Nothing secret is written but the key of the ledger's recipient digests (so that they stay
+//! comparable across restarts; the file is created 0600): no credentials (they come from the
+//! configuration on each start), and card and account numbers are masked before a request is
+//! journaled (`mask`); the ledger keeps only a keyed digest of recipients, as it does in memory.
 //!
 //! Persistence is off unless a file is given: without one, no `Journal` exists and each
 //! journaling point costs one `Option` check.
@@ -85,8 +86,11 @@ pub enum Record {
     Event { what: String },
     /// One of the ledger's fixed counters (`rate_limited`, `replays`, …) went up by one.
     Bump { counter: String },
-    /// `POST /__sandbox/reset`: everything before is forgotten.
+    /// `POST /__sandbox/reset`: everything before is forgotten (but the digest key).
     Reset,
+    /// The key of the ledger's recipient digests (`ledger::Ledger::recipient_digest`),
+    /// written by the first start on a file; never printed.
+    DigestKey { key: super::ledger::DigestKey },
 }
 
 impl Record {
@@ -191,7 +195,8 @@ impl Journal {
     /// Opens (or creates) a state file for a sandbox: reads what it holds, cuts off a torn
     /// tail, and takes the file for this process (a second sandbox on it is refused).
     pub fn open(path: &Path) -> Result<(Journal, Replay), String> {
-        let mut file = std::fs::OpenOptions::new()
+        // Private (0600): it holds the ledger and the key of its recipient digests.
+        let mut file = crate::private::options()
             .read(true)
             .write(true)
             .create(true)

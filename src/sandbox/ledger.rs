@@ -1,6 +1,9 @@
 //! The sandbox's ledger of money movements and its request counters: what tests and benchmarks
 //! read (`GET /__sandbox/ledger`, `GET /__sandbox/counters`) to assert that every item was paid
-//! exactly once. Recipient numbers are never stored, only a digest.
+//! exactly once. Recipient numbers are never stored, only a digest: an HMAC-SHA256 under a
+//! random key of this sandbox's, so that nobody holding the ledger can find a card number or an
+//! e-mail by hashing candidates. The key is kept in the state file (its first start writes it),
+//! so digests stay comparable across the restarts of one sandbox; it is never printed.
 //!
 //! The ledger also carries the sandbox's state file (`journal`), when there is one: it is the
 //! one part of the sandbox every emulation already writes to, and `State` keeps its shape
@@ -24,7 +27,8 @@ pub struct Entry {
     /// Exact decimal.
     pub amount: String,
     pub currency: String,
-    /// SHA-256 (hex, first 16 bytes) of the recipient's card or account number.
+    /// HMAC-SHA256 (hex, first 16 bytes) of the recipient's card or account number (or
+    /// e-mail) under the sandbox's digest key.
     pub recipient_digest: String,
     /// Provider time of the movement, RFC 3339.
     pub time: String,
@@ -61,6 +65,39 @@ pub struct Ledger {
     pub webhooks_sent: AtomicU64,
     /// The state file every change is journaled to (none: nothing is persisted).
     journal: OnceLock<Arc<Journal>>,
+    /// The key of the recipient digests: random, or the one a replayed state file holds.
+    digest_key: std::sync::RwLock<(DigestKey, ring::hmac::Key)>,
+    /// Whether `digest_key` came from the state file (else it is journaled when one is set).
+    key_replayed: std::sync::atomic::AtomicBool,
+}
+
+/// The key of a sandbox's recipient digests, as hex; its `Debug` shows no digit of it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DigestKey(String);
+
+impl std::fmt::Debug for DigestKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DigestKey(…)")
+    }
+}
+
+impl DigestKey {
+    fn random() -> DigestKey {
+        let mut bytes = [0u8; 32];
+        // Without system randomness the digests stay keyed, by a key nobody chose.
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            bytes[..16].copy_from_slice(&t.as_nanos().to_le_bytes());
+        }
+        DigestKey(crate::keys::hex_lower(&bytes))
+    }
+
+    fn hmac(&self) -> ring::hmac::Key {
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.0.as_bytes())
+    }
 }
 
 /// The ledger's fixed counters, by name (journal lines and [`Ledger::bump`]).
@@ -129,14 +166,37 @@ impl Default for Ledger {
             error_5xx_after_commit: AtomicU64::new(0),
             webhooks_sent: AtomicU64::new(0),
             journal: OnceLock::new(),
+            digest_key: {
+                let k = DigestKey::random();
+                let h = k.hmac();
+                std::sync::RwLock::new((k, h))
+            },
+            key_replayed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
 
 impl Ledger {
-    /// Journals every change from now on to `journal` (once; later calls change nothing).
+    /// Journals every change from now on to `journal` (once; later calls change nothing),
+    /// starting with the digest key when the file did not hold one yet.
     pub fn persist_to(&self, journal: Arc<Journal>) {
-        let _ = self.journal.set(journal);
+        if self.journal.set(journal).is_ok() && !self.key_replayed.load(Ordering::Acquire) {
+            let key = self
+                .digest_key
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .0
+                .clone();
+            self.journal_record(|| Record::DigestKey { key });
+        }
+    }
+
+    /// The digest kept instead of a recipient's card or account number or e-mail: keyed by
+    /// this sandbox's key, so it cannot be reversed by hashing candidates.
+    pub fn recipient_digest(&self, number: &str) -> String {
+        let k = self.digest_key.read().unwrap_or_else(|p| p.into_inner());
+        let tag = ring::hmac::sign(&k.1, number.as_bytes());
+        crate::keys::hex_lower(&tag.as_ref()[..16])
     }
 
     /// The state file, when the sandbox has one.
@@ -182,6 +242,12 @@ impl Ledger {
                 }
             }
             Record::Reset => self.clear(),
+            // Kept across a reset: digests written before and after it stay comparable.
+            Record::DigestKey { key } => {
+                let h = key.hmac();
+                *self.digest_key.write().unwrap_or_else(|p| p.into_inner()) = (key.clone(), h);
+                self.key_replayed.store(true, Ordering::Release);
+            }
             _ => {}
         }
     }
@@ -327,8 +393,61 @@ pub fn paid_more_than_once(entries: &[Entry]) -> Vec<(String, String, usize)> {
         .collect()
 }
 
-/// The digest kept instead of a card or account number.
-pub fn recipient_digest(number: &str) -> String {
-    use sha2::{Digest, Sha256};
-    crate::keys::hex_lower(&Sha256::digest(number.as_bytes())[..16])
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recipient_digest_is_keyed_per_sandbox_and_is_no_plain_hash_of_the_number() {
+        use sha2::{Digest, Sha256};
+        let card = "4539025531693033";
+        let (a, b) = (Ledger::default(), Ledger::default());
+        assert_eq!(a.recipient_digest(card), a.recipient_digest(card));
+        assert_ne!(
+            a.recipient_digest(card),
+            a.recipient_digest("4539025531693034")
+        );
+        assert_ne!(
+            a.recipient_digest(card),
+            b.recipient_digest(card),
+            "another sandbox, another key"
+        );
+        let plain = crate::keys::hex_lower(&Sha256::digest(card.as_bytes())[..16]);
+        assert_ne!(a.recipient_digest(card), plain);
+    }
+
+    #[test]
+    fn a_replayed_state_file_keeps_the_digest_key_and_never_shows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sandbox");
+        let card = "4539025531693033";
+        let first = {
+            let (j, _) = Journal::open(&path).unwrap();
+            let ledger = Ledger::default();
+            ledger.persist_to(Arc::new(j));
+            ledger.reset();
+            let d = ledger.recipient_digest(card);
+            ledger.journal().unwrap().flush().unwrap();
+            ledger.journal().unwrap().close().unwrap();
+            d
+        };
+        let (j, replay) = Journal::open(&path).unwrap();
+        let again = Ledger::default();
+        for r in &replay.records {
+            again.apply(r);
+        }
+        again.persist_to(Arc::new(j));
+        assert_eq!(
+            again.recipient_digest(card),
+            first,
+            "kept across restarts and resets"
+        );
+        let keys = replay
+            .records
+            .iter()
+            .filter(|r| matches!(r, Record::DigestKey { .. }))
+            .count();
+        assert_eq!(keys, 1, "written once, by the first start");
+        assert!(!format!("{:?}", replay.records).contains(&again.digest_key.read().unwrap().0.0));
+    }
 }

@@ -69,7 +69,7 @@ pub mod wire;
 use super::State;
 use super::config::{PayonicConfig, SeedState};
 use super::faults;
-use super::ledger::{Entry, recipient_digest};
+use super::ledger::Entry;
 use super::server::DropConnection;
 use super::sharded::Sharded;
 use axum::Router;
@@ -656,7 +656,7 @@ fn operate(
                 .unwrap_or_default()
                 .to_string(),
             currency: currency.to_string(),
-            recipient_digest: recipient_digest(&p.customer.email),
+            recipient_digest: state.ledger.recipient_digest(&p.customer.email),
             time: state.clock.date(at),
             request_id: call.trace.clone().unwrap_or_default(),
         });

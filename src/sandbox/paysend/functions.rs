@@ -7,7 +7,7 @@ use super::tree::Outcome;
 use super::{Payment, Stored};
 use crate::sandbox::State;
 use crate::sandbox::faults;
-use crate::sandbox::ledger::{Entry, recipient_digest};
+use crate::sandbox::ledger::Entry;
 use crate::schema::Registry;
 use serde_json::{Value, json};
 use std::sync::{Arc, OnceLock};
@@ -134,7 +134,7 @@ pub fn execute(ctx: &mut Ctx, ty: &str, payload: &Value, level: usize) -> Outcom
         "fx.rateGet" => fx(payload, "currencyIn", "currencyOut", "amountIn", true),
         "fx.rateGet.p2a" => fx_p2a(payload),
         "card.infoGet" => card_info(payload),
-        "card.createToken" => create_token(payload),
+        "card.createToken" => create_token(ctx, payload),
         "partner.statementGet" => statement(ctx, payload),
         // Choice: an unknown task type is a processing error (1000); the document lists no
         // better code.
@@ -239,7 +239,7 @@ fn pay(
             .unwrap_or_default()
             .to_string(),
         currency: code,
-        recipient_digest: recipient_digest(&recipient),
+        recipient_digest: state.ledger.recipient_digest(&recipient),
         time: state.clock.date(done_at),
         request_id: ctx.request_id.to_string(),
     });
@@ -403,13 +403,17 @@ fn card_info(p: &Value) -> Outcome {
     }))
 }
 
-fn create_token(p: &Value) -> Outcome {
+fn create_token(ctx: &Ctx, p: &Value) -> Outcome {
     let Some(card) = text(p, "cardNumber")
         .filter(|c| (12..=19).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_digit()))
     else {
         return err(1000);
     };
-    let token = crate::keys::task_key("paysend-sandbox/token", &recipient_digest(&card));
+    // Derived from the keyed digest: a token does not give its card away by brute force.
+    let token = crate::keys::task_key(
+        "paysend-sandbox/token",
+        &ctx.state.ledger.recipient_digest(&card),
+    );
     let masked = format!("{}******{}", &card[..6], &card[card.len() - 4..]);
     ok(
         json!({"token": token, "cardNumber": masked, "resultCode": 0, "countryCode": "040", "paymentSystem": if card.starts_with('4') { "VISA" } else { "MASTERCARD" }, "currencyIsoCode": "EUR"}),
