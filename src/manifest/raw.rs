@@ -53,6 +53,9 @@ pub struct RawItems {
     pub delimiter: Option<String>,
     pub header: Option<bool>,
     pub columns: Option<IndexMap<String, serde_yaml::Value>>,
+    /// Pays the same recipient the same amount more than once on purpose (a warning, not an
+    /// error).
+    pub allow_repeated_recipients: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

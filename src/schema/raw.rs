@@ -174,6 +174,9 @@ pub struct RawField {
     pub case_insensitive: bool,
     #[serde(default)]
     pub sensitive: bool,
+    /// The field identifies the recipient of the money (see `Field::recipient`).
+    #[serde(default)]
+    pub recipient: bool,
     pub wire: Option<Wire>,
     /// `body` (default) or `path`: a URL path variable of the operation's request.
     #[serde(rename = "in", default)]
