@@ -679,7 +679,9 @@ impl Engine {
                 }
             }
         }
-        let ok = self.check_row(
+        // One pass over the whole record tells whether any cell can hold a hidden character.
+        let plain = text::printable_ascii(rec.as_slice());
+        let ok = self.check(
             place,
             line,
             index,
@@ -688,6 +690,7 @@ impl Engine {
             dup_of,
             out,
             cap,
+            plain,
         );
         Some(ok)
     }
@@ -704,6 +707,23 @@ impl Engine {
         dup_of: Option<(u64, &str)>,
         out: &mut BatchOut,
         cap: usize,
+    ) -> bool {
+        self.check(place, line, index, row, bad, dup_of, out, cap, false)
+    }
+
+    /// `check_row`; `plain`: every value is known to be printable ASCII.
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        &self,
+        place: &Place,
+        line: u64,
+        index: usize,
+        row: &[&str],
+        bad: &[bool],
+        dup_of: Option<(u64, &str)>,
+        out: &mut BatchOut,
+        cap: usize,
+        plain: bool,
     ) -> bool {
         out.rows += 1;
         let before = out.error_count;
@@ -731,7 +751,7 @@ impl Engine {
                     .hint("every row needs its own stable id, e.g. the employee number");
                 out.push(d, cap);
             }
-        } else if let Some(h) = text::first_hostile(id) {
+        } else if let Some(h) = (!plain).then(|| text::first_hostile(id)).flatten() {
             // Invisible, an id can look like another one and pay its person twice.
             let d = place
                 .diag(
@@ -781,7 +801,8 @@ impl Engine {
                     .value(mask::display(&text::visible(v), sensitive))
                     .hint("remove the leading = + - @ or tab; formulas in payroll files are either export mistakes or an injection attempt");
                 out.push(with_item(d), cap);
-            } else if fi != self.id_idx
+            } else if !plain
+                && fi != self.id_idx
                 && let Some(h) = text::first_hostile(v)
             {
                 if ui < 64 {
