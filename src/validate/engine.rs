@@ -337,7 +337,7 @@ impl Engine {
         let mut d = place
             .diag(line, index, Some(self.id_idx), &self.fields, "item.duplicate-id", message)
             .value(mask::shorten(&text::visible(id)))
-            .hint("each item must have its own id: it seeds the idempotency key that stops double payment; ids that differ only in case, width (Ｅ0 and E0) or similar look-alikes count as the same");
+            .hint("each item must have its own id: it seeds the idempotency key that stops double payment");
         if !id.is_empty() {
             d.item = Some(mask::shorten(&text::visible(id)));
         }
@@ -751,7 +751,7 @@ impl Engine {
                     .hint("every row needs its own stable id, e.g. the employee number");
                 out.push(d, cap);
             }
-        } else if let Some(h) = (!plain).then(|| text::first_hostile(id)).flatten() {
+        } else if let Some(h) = (!plain).then(|| text::first_hostile(id, false)).flatten() {
             // Invisible, an id can look like another one and pay its person twice.
             let d = place
                 .diag(
@@ -803,7 +803,7 @@ impl Engine {
                 out.push(with_item(d), cap);
             } else if !plain
                 && fi != self.id_idx
-                && let Some(h) = text::first_hostile(v)
+                && let Some(h) = text::first_hostile(v, true)
             {
                 if ui < 64 {
                     formula_in |= 1 << ui;
@@ -811,10 +811,7 @@ impl Engine {
                 let d = place
                     .diag(line, index, Some(fi), fields, h.rule(), format!("item field `{}` holds {}", fields[fi], h.describe()))
                     .value(mask::display(&text::visible(v), sensitive))
-                    .hint(match h.ch {
-                        '\n' | '\r' => "the cell holds a line break (inside its quotes), but every field sent to the provider is a single line: join the lines, or put a second address line in a column of its own (e.g. addressLine2)".to_string(),
-                        ch => format!("remove {}: the provider or a bank would mangle it, and hidden characters can make a name or number read as another (values sent to the provider are single-line visible text)", text::name(ch)),
-                    });
+                    .hint(format!("remove {}: the provider or a bank would mangle it, and hidden characters can make a name or number read as another", text::name(h.ch)));
                 out.push(with_item(d), cap);
             }
         }

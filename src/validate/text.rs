@@ -6,8 +6,10 @@
 //! invisible format characters (zero-width spaces and joiners, the byte-order mark, bidi
 //! overrides and isolates that make `gro.kcatta` read as `attack.org`) are mangled or dropped
 //! on the way, or make two different values look the same: `first_hostile` finds them.
-//! Every payload field of the providers payrun knows is single-line text, so tab, CR and LF
-//! inside a quoted CSV cell are refused like any other control character.
+//! A line break (LF; CRLF arrives as LF) inside a quoted CSV cell is the one control character
+//! a text cell may hold: payroll exports carry multi-line addresses, and the example batch and
+//! the corpus hold them as valid. Tab, a lone CR and every other control character are refused;
+//! ids allow no line break either.
 //!
 //! Item ids are compared as people read them: `fold_id` applies Unicode NFKC (fullwidth
 //! `Ｅ０１００１` is `E01001`) and lowercases (`e01001` is `E01001`). Account identifiers of the
@@ -65,13 +67,14 @@ pub fn printable_ascii(b: &[u8]) -> bool {
     chunks.remainder().iter().all(|&x| printable(x))
 }
 
-/// The first control or invisible character of `s`, if any.
-pub fn first_hostile(s: &str) -> Option<Hostile> {
+/// The first control or invisible character of `s`, if any; a line break (LF) counts only
+/// when `line_breaks` is false.
+pub fn first_hostile(s: &str, line_breaks: bool) -> Option<Hostile> {
     if printable_ascii(s.as_bytes()) {
         return None;
     }
     for (i, &b) in s.as_bytes().iter().enumerate() {
-        if b < 0x20 || b == 0x7f {
+        if (b < 0x20 && !(line_breaks && b == b'\n')) || b == 0x7f {
             return Some(Hostile {
                 ch: b as char,
                 at: i + 1,
@@ -81,6 +84,9 @@ pub fn first_hostile(s: &str) -> Option<Hostile> {
         if b >= 0x80 {
             // Bytes before `i` are ASCII: one character each.
             return s[i..].chars().enumerate().find_map(|(k, ch)| {
+                if line_breaks && ch == '\n' {
+                    return None;
+                }
                 kind_of(ch).map(|kind| Hostile {
                     ch,
                     at: i + k + 1,
@@ -200,7 +206,7 @@ pub fn escape(s: &str) -> String {
 /// whose hidden characters would otherwise act on the terminal or vanish; borrowed when it has
 /// none.
 pub fn visible(s: &str) -> Cow<'_, str> {
-    if first_hostile(s).is_none() {
+    if first_hostile(s, false).is_none() {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
@@ -272,7 +278,19 @@ mod tests {
     use super::*;
 
     fn hostile(s: &str) -> Option<(u32, usize, &'static str)> {
-        first_hostile(s).map(|h| (h.ch as u32, h.at, h.rule()))
+        first_hostile(s, false).map(|h| (h.ch as u32, h.at, h.rule()))
+    }
+
+    #[test]
+    fn a_line_break_is_allowed_only_where_asked_and_nothing_else_is() {
+        assert_eq!(first_hostile("60 rue de Rivoli\nc/o Nord", true), None);
+        assert_eq!(first_hostile("Müller\nStraße 1", true), None);
+        assert_eq!(
+            first_hostile("a\nb\tc", true).map(|h| (h.ch, h.at)),
+            Some(('\t', 4))
+        );
+        assert_eq!(first_hostile("a\rb", true).map(|h| h.ch), Some('\r'));
+        assert_eq!(first_hostile("E1\n", false).map(|h| h.at), Some(3));
     }
 
     #[test]
@@ -360,10 +378,10 @@ mod tests {
 
     #[test]
     fn the_description_names_the_character_and_where_it_is() {
-        let h = first_hostile("Paul R\u{202e}ichter").unwrap();
+        let h = first_hostile("Paul R\u{202e}ichter", true).unwrap();
         assert_eq!(h.describe(), "U+202E RIGHT-TO-LEFT OVERRIDE at character 7");
         assert_eq!(
-            first_hostile("a\0").unwrap().describe(),
+            first_hostile("a\0", true).unwrap().describe(),
             "U+0000 NULL at character 2"
         );
     }
