@@ -96,7 +96,7 @@ pub struct Engine {
     /// and whether they are sensitive: with the amounts, what identifies a payment.
     recipients: Vec<(Val, String, bool)>,
     /// Seeds the recipient hashes of one pass.
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::quality::RandomState,
 }
 
 /// Findings of one batch of rows.
@@ -594,7 +594,7 @@ impl Engine {
             batch: flow.manifest.batch.clone(),
             fields: fields.clone(),
             recipients,
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: foldhash::quality::RandomState::default(),
         }
     }
 

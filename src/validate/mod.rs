@@ -236,10 +236,11 @@ pub fn validate<V: Visitor>(
             let job_rx = Arc::new(Mutex::new(job_rx));
             let (res_tx, res_rx) = mpsc::channel::<(u64, BatchOut, V::Chunk, Vec<Rec>)>();
             let mut failure: Option<Diagnostic> = None;
-            let hasher = std::collections::hash_map::RandomState::new();
+            // Equal ids hash equal, so a collision can only add a false repeat (which refuses),
+            // never hide one: a fast seeded hash is enough.
+            let hasher = foldhash::quality::RandomState::default();
             // (id hash, line, row index, otherwise valid) of every item, in two halves by hash.
             let mut ids: [Vec<(u64, u64, u64, bool)>; 2] = [Vec::new(), Vec::new()];
-            // (payment hash, line, row index, true) of every valid item, likewise.
             // (payment hash, line) of every valid item, likewise (CSV diagnostics need no index).
             let mut pays: [Vec<(u64, u64)>; 2] = [Vec::new(), Vec::new()];
             std::thread::scope(|s| {
