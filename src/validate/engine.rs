@@ -397,9 +397,13 @@ impl Engine {
         for (v, path, sensitive) in &self.recipients {
             let r = render(v, row, id, &self.batch);
             if !r.is_empty() {
+                // As compared (without spaces, upper case), so the masked tail is comparable.
+                let mut norm = Vec::new();
+                text::recipient_into(&r, &mut norm);
+                let norm = String::from_utf8_lossy(&norm);
                 parts.push(format!(
                     "`{path}` {}",
-                    mask::display(&text::visible(&r), *sensitive)
+                    mask::display(&text::visible(&norm), *sensitive)
                 ));
             }
         }
