@@ -23,6 +23,13 @@ pub fn from_str<T: DeserializeOwned>(file: &str, text: &str, rule: &str) -> Resu
         if let Some(i) = message.find(" at line ") {
             message.truncate(i);
         }
+        // libyaml gives this one a byte position and no line (so 1:1): find the character.
+        if message.starts_with("control characters are not allowed")
+            && let Some((line, col, ch)) = first_forbidden(text)
+        {
+            pos = Some((line, col));
+            message = format!("{} is not allowed in YAML", crate::validate::text::name(ch));
+        }
         let hint = hint_for(&message);
         let mut d = Diagnostic::new(file, rule, message).at_opt(pos);
         if let Some(h) = hint {
@@ -97,6 +104,27 @@ pub fn tags(text: &str) -> Vec<(u64, u64)> {
     found
 }
 
+/// The first character YAML does not allow in a document (YAML 1.1 printable set, as libyaml
+/// checks it), with its 1-based line and column (in characters).
+fn first_forbidden(text: &str) -> Option<(u64, u64, char)> {
+    let (mut line, mut col) = (1u64, 1u64);
+    for ch in text.chars() {
+        let allowed = matches!(ch,
+            '\t' | '\n' | '\r' | ' '..='~' | '\u{85}' | '\u{A0}'..='\u{D7FF}'
+            | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..);
+        if !allowed {
+            return Some((line, col, ch));
+        }
+        if ch == '\n' {
+            line += 1;
+            col = 1;
+        } else {
+            col += 1;
+        }
+    }
+    None
+}
+
 /// The key of a "duplicate entry with key \"k\"" message.
 fn duplicate_key(message: &str) -> Option<String> {
     let rest = &message[message.find("duplicate entry with key \"")? + 26..];
@@ -131,6 +159,8 @@ fn hint_for(message: &str) -> Option<String> {
         )
     } else if message.contains("missing field") {
         Some("add the key; see the reference in README.md".into())
+    } else if message.contains("is not allowed in YAML") {
+        Some("remove the character: a manifest is plain text (a NUL byte often means the file was saved as UTF-16 or is not a manifest)".into())
     } else if message.contains("invalid type") || message.contains("invalid value") {
         Some("quote values that must stay text, e.g. ids with leading zeros: \"007\"".into())
     } else {
@@ -414,5 +444,17 @@ flow:
         let e = from_str::<S>("m.yaml", "b:\n  c: 1\n  c: 2\n", "manifest.syntax").unwrap_err();
         assert_eq!(e.line, Some(3));
         assert!(e.message.contains("duplicate entry"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_nul_byte_is_reported_on_its_own_line_not_at_1_1() {
+        let e = from_str::<serde_yaml::Value>("m.yaml", "a: 1\nb: x\0y\n", "manifest.syntax")
+            .unwrap_err();
+        assert_eq!((e.line, e.column), (Some(2), Some(5)));
+        assert!(e.message.contains("U+0000 NULL"), "{}", e.message);
+        let e = from_str::<serde_yaml::Value>("m.yaml", "a: é\nbb: \u{1b}[2J\n", "manifest.syntax")
+            .unwrap_err();
+        assert_eq!((e.line, e.column), (Some(2), Some(5)));
+        assert!(e.message.contains("U+001B ESCAPE"), "{}", e.message);
     }
 }

@@ -25,6 +25,9 @@ pub struct Manifest {
     /// (credential name, environment variable name).
     pub credentials: Vec<(String, String)>,
     pub items: Items,
+    /// `items.allow_repeated_recipients`: the batch may pay the same recipient the same amount
+    /// twice (validate warns instead of refusing).
+    pub allow_repeated_recipients: bool,
     pub defaults: IndexMap<String, serde_yaml::Value>,
     pub preflight: Vec<Node>,
     pub flow: Vec<Node>,
@@ -683,6 +686,7 @@ fn check(
     if !c.errors.is_empty() {
         return Err(Diagnostics(c.errors));
     }
+    let allow_repeated_recipients = raw.items.allow_repeated_recipients.unwrap_or(false);
     Ok(Manifest {
         display: display.clone(),
         path,
@@ -692,6 +696,7 @@ fn check(
         environment,
         credentials,
         items: items.expect("items are present when there are no errors"),
+        allow_repeated_recipients,
         defaults: raw.defaults,
         preflight,
         flow,

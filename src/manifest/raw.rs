@@ -56,6 +56,9 @@ pub struct RawItems {
     /// Allows a `source` outside the manifest's folder (an absolute path, `..`, or a symlink
     /// leading out); without it such a source is refused.
     pub allow_outside_folder: Option<bool>,
+    /// Pays the same recipient the same amount more than once on purpose (a warning, not an
+    /// error).
+    pub allow_repeated_recipients: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -148,6 +148,9 @@ pub struct Field {
     pub in_path: bool,
     /// Used by payrun only (e.g. to convert an amount to minor units), never sent.
     pub local: bool,
+    /// Identifies who receives the money (an account, card or payment id): two items with
+    /// the same recipient, amount and currency are a repeated payment (see schemas/README.md).
+    pub recipient: bool,
 }
 
 /// A broken rule: the rule id, a message that reads after "value …", and a hint.
@@ -789,6 +792,7 @@ mod tests {
             example: None,
             in_path: false,
             local: false,
+            recipient: false,
         }
     }
 

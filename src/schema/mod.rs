@@ -722,6 +722,7 @@ fn compile_field(f: &raw::RawField, all: &[raw::RawField]) -> Result<Field, Fiel
         example,
         in_path: f.location == raw::Location::Path,
         local: f.location == raw::Location::Local,
+        recipient: f.recipient,
     })
 }
 

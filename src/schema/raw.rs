@@ -180,6 +180,9 @@ pub struct RawField {
     /// What it holds when a sibling field has a given value.
     #[serde(default)]
     pub holds_if: Vec<RawHoldsIf>,
+    /// The field identifies the recipient of the money (see `Field::recipient`).
+    #[serde(default)]
+    pub recipient: bool,
     pub wire: Option<Wire>,
     /// `body` (default) or `path`: a URL path variable of the operation's request.
     #[serde(rename = "in", default)]

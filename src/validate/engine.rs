@@ -3,6 +3,7 @@
 //! findings into its own `BatchOut`.
 
 use super::source::Source;
+use super::text;
 use crate::compile::{Bound, CurrencySource, Flow};
 use crate::diagnostic::Diagnostic;
 use crate::keys;
@@ -94,6 +95,11 @@ pub struct Engine {
     is_used: Vec<bool>,
     batch: String,
     fields: Vec<String>,
+    /// The values marked `recipient` in the schemas (constants included), with their paths
+    /// and whether they are sensitive: with the amounts, what identifies a payment.
+    recipients: Vec<(Val, String, bool)>,
+    /// Seeds the recipient hashes of one pass.
+    hasher: foldhash::quality::RandomState,
 }
 
 /// Findings of one batch of rows.
@@ -109,6 +115,9 @@ pub struct BatchOut {
     /// (hash of the item id, line, row index, otherwise valid) of every row with an id, for the
     /// duplicate check that runs once all rows are in.
     pub ids: Vec<(u64, u64, u64, bool)>,
+    /// (hash of recipient, amounts and currencies, line, row index) of every valid row, for the
+    /// repeated-recipient check that runs once all rows are in.
+    pub recipients: Vec<(u64, u64, u64)>,
 }
 
 impl BatchOut {
@@ -309,7 +318,8 @@ fn looks_like_formula(s: &str) -> bool {
 }
 
 impl Engine {
-    /// The diagnostic for an item whose id appeared before, on line `first`.
+    /// The diagnostic for an item whose id appeared before, on line `first`, spelt `first_id`
+    /// there (`None` when it could not be read again).
     pub fn duplicate(
         &self,
         place: &Place,
@@ -317,15 +327,144 @@ impl Engine {
         index: usize,
         id: &str,
         first: u64,
+        first_id: Option<&str>,
     ) -> Diagnostic {
+        let message = match first_id {
+            Some(f) if f != id => format!(
+                "the item id is used twice (first on line {first}): {} there and {} here are the same id once case and Unicode look-alikes (NFKC) are set aside",
+                mask::shorten(&text::escape(f)),
+                mask::shorten(&text::escape(id)),
+            ),
+            _ => format!("the item id is used twice (first on line {first})"),
+        };
         let mut d = place
-            .diag(line, index, Some(self.id_idx), &self.fields, "item.duplicate-id", format!("the item id is used twice (first on line {first})"))
-            .value(mask::shorten(id))
+            .diag(line, index, Some(self.id_idx), &self.fields, "item.duplicate-id", message)
+            .value(mask::shorten(&text::visible(id)))
             .hint("each item must have its own id: it seeds the idempotency key that stops double payment");
         if !id.is_empty() {
-            d.item = Some(mask::shorten(id));
+            d.item = Some(mask::shorten(&text::visible(id)));
         }
         d
+    }
+
+    /// The diagnostic for an item that pays the recipient, amount and currency of line `first`
+    /// again. `row` holds the item's values when they could be read again. As a warning when
+    /// `allowed` (the manifest's `items.allow_repeated_recipients`).
+    pub fn repeated_recipient(
+        &self,
+        place: &Place,
+        line: u64,
+        index: usize,
+        row: Option<&[&str]>,
+        first: u64,
+        allowed: bool,
+    ) -> Diagnostic {
+        let fi = self.recipients.iter().find_map(|(v, _, _)| first_field(v));
+        let what = row.map(|r| self.payment_summary(r)).unwrap_or_default();
+        let (message, hint) = if allowed {
+            (
+                format!(
+                    "line {line} pays the same recipient the same amount as line {first}{what} (allowed by items.allow_repeated_recipients)"
+                ),
+                "nothing to do if both payments are meant".to_string(),
+            )
+        } else {
+            (
+                format!("the item pays the same recipient the same amount as line {first}{what}"),
+                "a recipient paid twice in one batch is the classic double payment; remove one of the two items, or, if both payments are meant (e.g. two expense refunds of the same amount), set `allow_repeated_recipients: true` under `items:` in the manifest".to_string(),
+            )
+        };
+        let mut d = place
+            .diag(
+                line,
+                index,
+                fi,
+                &self.fields,
+                "item.repeated-recipient",
+                message,
+            )
+            .hint(hint);
+        if let Some(r) = row {
+            let id = r[self.id_idx];
+            if !id.is_empty() {
+                d.item = Some(mask::shorten(&text::visible(id)));
+            }
+        }
+        d
+    }
+
+    /// ": `to.accountIdentifier` ********5565, 3628.61 GBP" (masked as the schema says).
+    fn payment_summary(&self, row: &[&str]) -> String {
+        let id = row[self.id_idx];
+        let mut parts: Vec<String> = Vec::new();
+        for (v, path, sensitive) in &self.recipients {
+            let r = render(v, row, id, &self.batch);
+            if !r.is_empty() {
+                // As compared (without spaces, upper case), so the masked tail is comparable.
+                let mut norm = Vec::new();
+                text::recipient_into(&r, &mut norm);
+                let norm = String::from_utf8_lossy(&norm);
+                parts.push(format!(
+                    "`{path}` {}",
+                    mask::display(&text::visible(&norm), *sensitive)
+                ));
+            }
+        }
+        for m in &self.money {
+            let amount = render(&m.amount, row, id, &self.batch);
+            let cur = self.currency_of(m.cur, row, id).map(|c| c.code());
+            parts.push(format!(
+                "{} {}",
+                mask::shorten(&amount),
+                cur.unwrap_or_default()
+            ));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", parts.join(", "))
+        }
+    }
+
+    fn currency_of(&self, c: Cur, row: &[&str], id: &str) -> Option<Currency> {
+        match c {
+            Cur::None | Cur::Unknown => None,
+            Cur::Fixed(c) => Some(c),
+            Cur::Slot(i) => {
+                let (v, format) = &self.slots[i];
+                crate::schema::field::check_currency(&render(v, row, id, &self.batch), *format).ok()
+            }
+        }
+    }
+
+    /// The hash of what identifies this (valid) item's payment: its recipient values, amounts
+    /// and currencies, normalised. `None` when the item names no recipient or an amount is
+    /// unreadable.
+    fn payment_hash(
+        &self,
+        row: &[&str],
+        id: &str,
+        money: &[Option<(Currency, i128)>],
+    ) -> Option<u64> {
+        use std::hash::BuildHasher;
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.clear();
+            let mut any = false;
+            for (v, _, _) in &self.recipients {
+                let r = render(v, row, id, &self.batch);
+                any |= !r.is_empty();
+                text::recipient_into(&r, &mut buf);
+                buf.push(0xff); // never in UTF-8: separates the values
+            }
+            if !any {
+                return None;
+            }
+            Some(self.hasher.hash_one((&buf[..], money)))
+        })
     }
 
     pub fn new(flow: &Flow) -> Engine {
@@ -443,6 +582,19 @@ impl Engine {
             mark(&m.amount, false);
         }
         used.sort_unstable();
+        let mut recipients: Vec<(Val, String, bool)> = Vec::new();
+        for task in flow.all_tasks() {
+            let op = flow.op(&task.op);
+            for b in &task.bindings {
+                let field = &op.fields[b.field];
+                if field.recipient {
+                    let v = to_val(&b.value, fields, &task.tree_path);
+                    if !recipients.iter().any(|(x, _, _)| *x == v) {
+                        recipients.push((v, b.path.clone(), field.sensitive));
+                    }
+                }
+            }
+        }
         Engine {
             id_idx,
             checks,
@@ -453,6 +605,8 @@ impl Engine {
             is_used,
             batch: flow.manifest.batch.clone(),
             fields: fields.clone(),
+            recipients,
+            hasher: foldhash::quality::RandomState::default(),
         }
     }
 
@@ -467,7 +621,7 @@ impl Engine {
         index: usize,
         width: Option<usize>,
         columns: &[usize],
-        dup_of: Option<u64>,
+        dup_of: Option<(u64, &str)>,
         values: &mut Vec<&'r str>,
         bad: &mut [bool],
         out: &mut BatchOut,
@@ -537,7 +691,9 @@ impl Engine {
                 }
             }
         }
-        let ok = self.check_row(
+        // One pass over the whole record tells whether any cell can hold a hidden character.
+        let plain = text::printable_ascii(rec.as_slice());
+        let ok = self.check(
             place,
             line,
             index,
@@ -546,6 +702,7 @@ impl Engine {
             dup_of,
             out,
             cap,
+            plain,
         );
         Some(ok)
     }
@@ -559,9 +716,26 @@ impl Engine {
         index: usize,
         row: &[&str],
         bad: &[bool],
-        dup_of: Option<u64>,
+        dup_of: Option<(u64, &str)>,
         out: &mut BatchOut,
         cap: usize,
+    ) -> bool {
+        self.check(place, line, index, row, bad, dup_of, out, cap, false)
+    }
+
+    /// `check_row`; `plain`: every value is known to be printable ASCII.
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        &self,
+        place: &Place,
+        line: u64,
+        index: usize,
+        row: &[&str],
+        bad: &[bool],
+        dup_of: Option<(u64, &str)>,
+        out: &mut BatchOut,
+        cap: usize,
+        plain: bool,
     ) -> bool {
         out.rows += 1;
         let before = out.error_count;
@@ -570,7 +744,7 @@ impl Engine {
         let id = row[self.id_idx];
         let with_item = |mut d: Diagnostic| {
             if !id.is_empty() {
-                d.item = Some(mask::shorten(id));
+                d.item = Some(mask::shorten(&text::visible(id)));
             }
             d
         };
@@ -589,7 +763,21 @@ impl Engine {
                     .hint("every row needs its own stable id, e.g. the employee number");
                 out.push(d, cap);
             }
-        } else if id.len() > 128 || id.chars().any(char::is_control) {
+        } else if let Some(h) = (!plain).then(|| text::first_hostile(id, false)).flatten() {
+            // Invisible, an id can look like another one and pay its person twice.
+            let d = place
+                .diag(
+                    line,
+                    index,
+                    Some(self.id_idx),
+                    fields,
+                    "item.id-hidden-character",
+                    format!("the item id holds {}", h.describe()),
+                )
+                .value(mask::shorten(&text::visible(id)))
+                .hint(format!("ids are plain visible text such as E0042; {} does not show on screen, so this id can look like another one: retype it in the source", text::name(h.ch)));
+            out.push(with_item(d), cap);
+        } else if id.len() > 128 {
             let d = place
                 .diag(
                     line,
@@ -597,30 +785,45 @@ impl Engine {
                     Some(self.id_idx),
                     fields,
                     "item.id-format",
-                    "the item id has control characters or more than 128 bytes".into(),
+                    "the item id has more than 128 bytes".into(),
                 )
                 .value(mask::shorten(id))
                 .hint("ids are short plain text such as E0042");
             out.push(with_item(d), cap);
-        } else if let Some(first) = dup_of {
-            let d = place
-                .diag(line, index, Some(self.id_idx), fields, "item.duplicate-id", format!("the item id is used twice (first on line {first})"))
-                .value(mask::shorten(id))
-                .hint("each item must have its own id: it seeds the idempotency key that stops double payment");
-            out.push(with_item(d), cap);
+        } else if let Some((first, first_id)) = dup_of {
+            out.push(
+                self.duplicate(place, line, index, id, first, Some(first_id)),
+                cap,
+            );
         }
-        // Formula-looking cells in any cell we read.
-        let mut formula_in: u64 = 0; // bit i: used[i] holds a formula (first 64 used fields)
+        // Formula-looking cells and hidden characters in any cell we read; such a cell is not
+        // checked further (its other findings would only repeat the problem).
+        let mut formula_in: u64 = 0; // bit i: used[i] is reported (first 64 used fields)
         for (ui, &(fi, sensitive)) in self.used.iter().enumerate() {
             let v = row[fi];
-            if !is_bad(fi) && looks_like_formula(v) {
+            if is_bad(fi) {
+                continue;
+            }
+            if looks_like_formula(v) {
                 if ui < 64 {
                     formula_in |= 1 << ui;
                 }
                 let d = place
                     .diag(line, index, Some(fi), fields, "cell.formula", format!("item field `{}` looks like a spreadsheet formula", fields[fi]))
-                    .value(mask::display(v, sensitive))
+                    .value(mask::display(&text::visible(v), sensitive))
                     .hint("remove the leading = + - @ or tab; formulas in payroll files are either export mistakes or an injection attempt");
+                out.push(with_item(d), cap);
+            } else if !plain
+                && fi != self.id_idx
+                && let Some(h) = text::first_hostile(v, true)
+            {
+                if ui < 64 {
+                    formula_in |= 1 << ui;
+                }
+                let d = place
+                    .diag(line, index, Some(fi), fields, h.rule(), format!("item field `{}` holds {}", fields[fi], h.describe()))
+                    .value(mask::display(&text::visible(v), sensitive))
+                    .hint(format!("remove {}: the provider or a bank would mangle it, and hidden characters can make a name or number read as another", text::name(h.ch)));
                 out.push(with_item(d), cap);
             }
         }
@@ -734,16 +937,35 @@ impl Engine {
         let ok = out.error_count == before && !bad.iter().any(|&b| b);
         if ok {
             out.valid += 1;
+            let mut money: [Option<(Currency, i128)>; 4] = [None; 4];
+            let mut n = 0;
+            let mut whole = self.money.len() <= money.len();
             for m in &self.money {
-                let Some(cur) = currency(m.cur) else { continue };
-                let Some(exp) = cur.exponent() else { continue };
-                if let Ok(a) =
-                    crate::money::parse_amount(&render(&m.amount, row, id, &self.batch), exp)
-                {
-                    let t = out.totals.entry(cur).or_insert((0, 0));
-                    t.0 += a.minor;
-                    t.1 += 1;
+                let amount = currency(m.cur).and_then(|cur| {
+                    let exp = cur.exponent()?;
+                    let a =
+                        crate::money::parse_amount(&render(&m.amount, row, id, &self.batch), exp)
+                            .ok()?;
+                    Some((cur, a.minor))
+                });
+                let Some((cur, minor)) = amount else {
+                    whole = false;
+                    continue;
+                };
+                let t = out.totals.entry(cur).or_insert((0, 0));
+                t.0 += minor;
+                t.1 += 1;
+                if n < money.len() {
+                    money[n] = Some((cur, minor));
+                    n += 1;
                 }
+            }
+            if whole
+                && n > 0
+                && !self.recipients.is_empty()
+                && let Some(h) = self.payment_hash(row, id, &money[..n])
+            {
+                out.recipients.push((h, line, index as u64));
             }
         } else {
             out.invalid += 1;

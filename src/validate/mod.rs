@@ -7,10 +7,17 @@
 //! may hold newlines) and checked on worker threads in batches; results are merged back in file
 //! order, so output is the same as a sequential pass. Memory is bounded by the batches in
 //! flight, not by the file.
+//!
+//! Two checks need every row: repeated item ids (compared as `text::fold_id` folds them, so
+//! `e01001` and `Ｅ０１００１` repeat `E01001`) and repeated payments (`item.repeated-recipient`:
+//! the schema's `recipient` fields, amounts and currencies of two valid items are the same).
+//! Rows leave only hashes; once all are in, the hashes are sorted and the few rows a message
+//! shows are read again from the file.
 
 pub mod engine;
 pub mod records;
 pub mod source;
+pub mod text;
 
 use crate::compile::Flow;
 use crate::diagnostic::Diagnostic;
@@ -134,7 +141,8 @@ pub fn validate<V: Visitor>(
         Source::Inline(r) => {
             let mut out = BatchOut::default();
             let mut chunk = V::Chunk::default();
-            let mut seen: HashMap<&str, u64> = HashMap::new();
+            // Folded id -> (line, id as written) of its first item.
+            let mut seen: HashMap<std::borrow::Cow<str>, (u64, &str)> = HashMap::new();
             for (index, item) in r.items.iter().enumerate() {
                 let values: Vec<&str> = flow
                     .row_fields
@@ -150,11 +158,14 @@ pub fn validate<V: Visitor>(
                 let dup_of = if id.is_empty() {
                     None
                 } else {
-                    seen.insert(id, item.line)
+                    match seen.entry(text::fold_id(id)) {
+                        std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert((item.line, id));
+                            None
+                        }
+                    }
                 };
-                if let Some(first) = dup_of {
-                    seen.insert(id, first);
-                }
                 let valid = engine.check_row(
                     &place,
                     item.line,
@@ -176,8 +187,43 @@ pub fn validate<V: Visitor>(
                     &mut chunk,
                 );
             }
+            let repeats = duplicates(halves(out.recipients.drain(..)));
             report.absorb(out, cap);
             merge(chunk);
+            if !repeats.is_empty() {
+                let need = lines_to_show(&repeats, cap);
+                let mut texts: HashMap<u64, Vec<String>> = HashMap::new();
+                for d in &repeats {
+                    for (line, index) in [(d.line, d.index), (d.first_line, d.first_index)] {
+                        if need.contains(&line)
+                            && let Some(item) = r.items.get(index as usize)
+                        {
+                            let row = flow
+                                .row_fields
+                                .iter()
+                                .map(|f| {
+                                    item.fields
+                                        .get(f)
+                                        .map(|s| s.trim_matches(' ').to_string())
+                                        .unwrap_or_default()
+                                })
+                                .collect();
+                            texts.insert(line, row);
+                        }
+                    }
+                }
+                let allowed = flow.manifest.allow_repeated_recipients;
+                report_repeats(
+                    &engine,
+                    &place,
+                    repeats,
+                    &texts,
+                    &Default::default(),
+                    allowed,
+                    &mut report,
+                    cap,
+                );
+            }
         }
         Source::Csv(c) => {
             let width = c.width;
@@ -190,9 +236,13 @@ pub fn validate<V: Visitor>(
             let job_rx = Arc::new(Mutex::new(job_rx));
             let (res_tx, res_rx) = mpsc::channel::<(u64, BatchOut, V::Chunk, Vec<Rec>)>();
             let mut failure: Option<Diagnostic> = None;
-            let hasher = std::collections::hash_map::RandomState::new();
+            // Equal ids hash equal, so a collision can only add a false repeat (which refuses),
+            // never hide one: a fast seeded hash is enough.
+            let hasher = foldhash::quality::RandomState::default();
             // (id hash, line, row index, otherwise valid) of every item, in two halves by hash.
             let mut ids: [Vec<(u64, u64, u64, bool)>; 2] = [Vec::new(), Vec::new()];
+            // (payment hash, line) of every valid item, likewise (CSV diagnostics need no index).
+            let mut pays: [Vec<(u64, u64)>; 2] = [Vec::new(), Vec::new()];
             std::thread::scope(|s| {
                 for _ in 0..workers {
                     let job_rx = Arc::clone(&job_rx);
@@ -233,8 +283,12 @@ pub fn validate<V: Visitor>(
                                 if let Some(valid) = valid {
                                     let id = values[engine.id_idx];
                                     if !id.is_empty() {
-                                        use std::hash::BuildHasher;
-                                        out.ids.push((hasher.hash_one(id), r.line, index, valid));
+                                        out.ids.push((
+                                            text::id_hash(hasher, id),
+                                            r.line,
+                                            index,
+                                            valid,
+                                        ));
                                     }
                                     visitor.item(
                                         &ItemRow {
@@ -268,6 +322,9 @@ pub fn validate<V: Visitor>(
                     while let Some((mut out, chunk)) = pending.remove(next) {
                         for id in out.ids.drain(..) {
                             ids[(id.0 >> 63) as usize].push(id);
+                        }
+                        for (h, line, _) in out.recipients.drain(..) {
+                            pays[(h >> 63) as usize].push((h, line));
                         }
                         report.absorb(out, cap);
                         merge(chunk);
@@ -337,8 +394,49 @@ pub fn validate<V: Visitor>(
                 return Err(f);
             }
             let dups = duplicates(ids);
-            if !dups.is_empty() {
-                report_duplicates(&engine, &place, c, dups, &mut report, cap);
+            let repeats = repeated(
+                pays,
+                |&(h, line)| (h, line),
+                |&(_, line), &(_, first)| Repeat {
+                    line,
+                    index: 0,
+                    valid: true,
+                    first_line: first,
+                    first_index: 0,
+                },
+            );
+            if !dups.is_empty() || !repeats.is_empty() {
+                let mut need = lines_to_show(&dups, cap);
+                need.extend(lines_to_show(&repeats, cap));
+                let texts = reread(c, need);
+                let id_col = engine.id_idx;
+                let id_of = |line: u64| texts.get(&line).map(|r| r[id_col].as_str());
+                let mut dup_lines = std::collections::HashSet::new();
+                for d in dups {
+                    let e = engine.duplicate(
+                        &place,
+                        d.line,
+                        d.index as usize,
+                        id_of(d.line).unwrap_or(""),
+                        d.first_line,
+                        id_of(d.first_line),
+                    );
+                    dup_lines.insert(d.line);
+                    add_error(&mut report, e, d.valid);
+                }
+                let allowed = flow.manifest.allow_repeated_recipients;
+                report_repeats(
+                    &engine,
+                    &place,
+                    repeats,
+                    &texts,
+                    &dup_lines,
+                    allowed,
+                    &mut report,
+                    cap,
+                );
+                report.errors.sort_by_key(|d| (d.line, d.column));
+                report.errors.truncate(cap);
             }
         }
     }
@@ -364,22 +462,62 @@ pub fn validate<V: Visitor>(
     Ok(report)
 }
 
-/// Finds repeated item ids once every row is in: the (hash, line) pairs of each half are sorted
-/// (in parallel) and equal neighbours are duplicates. Sorting a million pairs costs a fraction of
-/// a million random inserts into a hash table that does not fit in cache.
-/// Returns (line, row index, otherwise valid, first line) for every repeat, by line.
-fn duplicates(halves: [Vec<(u64, u64, u64, bool)>; 2]) -> Vec<(u64, u64, bool, u64)> {
-    let found: Vec<Vec<(u64, u64, bool, u64)>> = std::thread::scope(|s| {
+/// A repeated hash: the row that repeats and the row it repeats.
+struct Repeat {
+    line: u64,
+    index: u64,
+    /// The repeating row was otherwise valid.
+    valid: bool,
+    first_line: u64,
+    first_index: u64,
+}
+
+/// Splits (hash, line, row index, valid) tuples into two halves by hash, for `duplicates`.
+fn halves(all: impl Iterator<Item = (u64, u64, u64)>) -> [Vec<(u64, u64, u64, bool)>; 2] {
+    let mut out: [Vec<(u64, u64, u64, bool)>; 2] = [Vec::new(), Vec::new()];
+    for (h, line, index) in all {
+        out[(h >> 63) as usize].push((h, line, index, true));
+    }
+    out
+}
+
+/// Finds repeated item ids once every row is in (see `repeated`).
+fn duplicates(halves: [Vec<(u64, u64, u64, bool)>; 2]) -> Vec<Repeat> {
+    repeated(
+        halves,
+        |&(h, line, _, _)| (h, line),
+        |r, f| Repeat {
+            line: r.1,
+            index: r.2,
+            valid: r.3,
+            first_line: f.1,
+            first_index: f.2,
+        },
+    )
+}
+
+/// Finds repeated hashes (item ids, payments) once every row is in: the entries of each half
+/// are sorted by (hash, line) (in parallel) and equal neighbours are repeats. Sorting a million
+/// pairs costs a fraction of a million random inserts into a hash table that does not fit in
+/// cache. `key` gives an entry's (hash, line); `repeat` makes the finding of an entry and the
+/// first entry with its hash. Every repeat, by line.
+fn repeated<T: Send>(
+    halves: [Vec<T>; 2],
+    key: impl Fn(&T) -> (u64, u64) + Sync,
+    repeat: impl Fn(&T, &T) -> Repeat + Sync,
+) -> Vec<Repeat> {
+    let (key, repeat) = (&key, &repeat);
+    let found: Vec<Vec<Repeat>> = std::thread::scope(|s| {
         let handles: Vec<_> = halves
             .into_iter()
             .map(|mut half| {
                 s.spawn(move || {
-                    half.sort_unstable_by_key(|&(h, line, _, _)| (h, line));
+                    half.sort_unstable_by_key(key);
                     let mut out = Vec::new();
                     let mut first = 0;
-                    for i in 0..half.len() {
-                        if i > 0 && half[i].0 == half[i - 1].0 {
-                            out.push((half[i].1, half[i].2, half[i].3, half[first].1));
+                    for i in 1..half.len() {
+                        if key(&half[i]).0 == key(&half[i - 1]).0 {
+                            out.push(repeat(&half[i], &half[first]));
                         } else {
                             first = i;
                         }
@@ -393,52 +531,314 @@ fn duplicates(halves: [Vec<(u64, u64, u64, bool)>; 2]) -> Vec<(u64, u64, bool, u
             .map(|h| h.join().unwrap_or_default())
             .collect()
     });
-    let mut all: Vec<(u64, u64, bool, u64)> = found.into_iter().flatten().collect();
-    all.sort_unstable();
+    let mut all: Vec<Repeat> = found.into_iter().flatten().collect();
+    all.sort_unstable_by_key(|r| (r.line, r.index));
     all
 }
 
-/// Adds the duplicate-id diagnostics, in line order among the others, and recounts the items.
-/// The ids themselves are read again from the file: only the hashes were kept.
-fn report_duplicates(
-    engine: &Engine,
-    place: &Place,
+/// The lines whose values a report of `repeats` shows: the repeats that can be among the first
+/// `cap` diagnostics, and the lines they repeat.
+fn lines_to_show(repeats: &[Repeat], cap: usize) -> std::collections::HashSet<u64> {
+    repeats
+        .iter()
+        .take(cap)
+        .flat_map(|r| [r.line, r.first_line])
+        .collect()
+}
+
+/// The item field values (trimmed, in `columns` order) of the CSV records that start on `lines`,
+/// read again from the file: the pass kept only hashes.
+fn reread(
     c: &source::CsvRows,
-    dups: Vec<(u64, u64, bool, u64)>,
-    report: &mut Report,
-    cap: usize,
-) {
-    let mut texts: HashMap<u64, String> = HashMap::new();
+    mut want: std::collections::HashSet<u64>,
+) -> HashMap<u64, Vec<String>> {
+    let mut texts: HashMap<u64, Vec<String>> = HashMap::new();
+    if want.is_empty() {
+        return texts;
+    }
     if let Ok((file, _)) = crate::input_file::open(&c.path) {
         let mut r = records::Records::new(source::LineEnds::new(file), c.delimiter);
         let mut row = records::Row::new();
-        let id_col = c.columns[engine.id_idx];
-        let mut want: std::collections::HashSet<u64> = dups.iter().map(|d| d.0).collect();
         while let Ok(Some(line)) = r.read(&mut row) {
             if want.remove(&line) {
-                texts.insert(
-                    line,
-                    row.get(id_col)
-                        .map(|b| String::from_utf8_lossy(b).trim_matches(' ').to_string())
-                        .unwrap_or_default(),
-                );
+                let values = c
+                    .columns
+                    .iter()
+                    .map(|&col| {
+                        row.get(col)
+                            .map(|b| String::from_utf8_lossy(b).trim_matches(' ').to_string())
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                texts.insert(line, values);
                 if want.is_empty() {
                     break;
                 }
             }
         }
     }
-    for (line, index, valid, first) in dups {
-        let id = texts.get(&line).map(String::as_str).unwrap_or("");
-        let d = engine.duplicate(place, line, index as usize, id, first);
-        report.error_count += 1;
-        *report.errors_by_rule.entry(d.rule.clone()).or_insert(0) += 1;
-        report.errors.push(d);
-        if valid {
-            report.valid_items -= 1;
-            report.invalid_items += 1;
+    texts
+}
+
+/// Counts an error found after the pass; `valid`: the item was valid until now.
+fn add_error(report: &mut Report, d: Diagnostic, valid: bool) {
+    report.error_count += 1;
+    *report.errors_by_rule.entry(d.rule.clone()).or_insert(0) += 1;
+    report.errors.push(d);
+    if valid {
+        report.valid_items -= 1;
+        report.invalid_items += 1;
+    }
+}
+
+/// Warnings listed for repeated recipients a manifest allows, before a count of the rest.
+const REPEAT_WARNINGS: usize = 20;
+
+/// Reports items that pay the recipient, amount and currency of an earlier item: errors (the
+/// item becomes invalid), or warnings when the manifest allows repeats. A row already reported
+/// as a duplicate id (`skip`) is not reported again. `texts` holds the values of the lines
+/// shown, by line.
+#[allow(clippy::too_many_arguments)]
+fn report_repeats(
+    engine: &Engine,
+    place: &Place,
+    repeats: Vec<Repeat>,
+    texts: &HashMap<u64, Vec<String>>,
+    skip: &std::collections::HashSet<u64>,
+    allowed: bool,
+    report: &mut Report,
+    cap: usize,
+) {
+    let mut warned = 0usize;
+    for r in repeats {
+        if skip.contains(&r.line) {
+            continue;
         }
+        let values: Option<Vec<&str>> = texts
+            .get(&r.line)
+            .map(|v| v.iter().map(String::as_str).collect());
+        if allowed {
+            if warned < REPEAT_WARNINGS {
+                let d = engine.repeated_recipient(
+                    place,
+                    r.line,
+                    r.index as usize,
+                    values.as_deref(),
+                    r.first_line,
+                    true,
+                );
+                report.warnings.push(d.message);
+            }
+            warned += 1;
+            continue;
+        }
+        let d = engine.repeated_recipient(
+            place,
+            r.line,
+            r.index as usize,
+            values.as_deref(),
+            r.first_line,
+            false,
+        );
+        add_error(report, d, r.valid);
+    }
+    if warned > REPEAT_WARNINGS {
+        report.warnings.push(format!(
+            "{} more items pay a recipient the same amount as an earlier item (allowed by items.allow_repeated_recipients)",
+            warned - REPEAT_WARNINGS
+        ));
     }
     report.errors.sort_by_key(|d| (d.line, d.column));
     report.errors.truncate(cap);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Registry;
+
+    const HEAD: &str = "batch: t
+provider: paysend
+environment: sandbox
+credentials: {partner_id: P, inbound_key: I, outbound_key: O}
+items:
+";
+    const FLOW: &str = r#"flow:
+  - op: pay.toAccount
+    payload:
+      transferAmount: ${item.amount}
+      transferCurrency: ${item.currency}
+      purposeOfPayment: Salary
+      from:
+        sender: {type: LegalEntity, name: ACME, address: {addressLine1: Main 1, city: Berlin, country: DE}}
+        sourceTransactionInstrument: {identifierType: PrepaidAccount, accountIdentifier: 52eab379-0bfe-4e04-9285-75fff9085765, currency: EUR}
+      to:
+        destinationTransactionInstrument: {identifierType: IBAN, accountIdentifier: "${item.iban}", bic: COBADEFFXXX, country: DE, currency: "${item.currency}"}
+        recipient: {type: Individual, firstName: "${item.name}", lastName: Muller, address: {addressLine1: Main 2, city: Berlin, country: DE}}
+"#;
+
+    /// Validates a batch made of `items` (the lines under `items:`) and, when given, a CSV file.
+    fn check(items: &str, csv: Option<&str>) -> Report {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(csv) = csv {
+            std::fs::write(dir.path().join("e.csv"), csv).unwrap();
+        }
+        let path = dir.path().join("m.yaml");
+        std::fs::write(&path, format!("{HEAD}{items}{FLOW}")).unwrap();
+        let p = crate::pipeline::prepare(&path, &Registry::from_option(None))
+            .map_err(|f| format!("{:?}", f.diagnostics))
+            .unwrap();
+        let mut source = p.source;
+        validate(&p.flow, &mut source, 100, &NoVisitor, |_| {}).unwrap()
+    }
+
+    fn rules(r: &Report) -> Vec<(String, Option<u64>)> {
+        r.errors.iter().map(|d| (d.rule.clone(), d.line)).collect()
+    }
+
+    const CSV_HEAD: &str = "id,name,iban,amount,currency\n";
+
+    #[test]
+    fn csv_ids_differing_in_case_or_width_are_duplicates_showing_both_spellings() {
+        let r = check(
+            "  source: e.csv\n",
+            Some(&format!(
+                "{CSV_HEAD}E01001,Anna,DE89370400440532013000,10.00,EUR\ne01001,Bo,DE44500105175407324931,11.00,EUR\nＥ０１００１,Cy,DE02120300000000202051,12.00,EUR\n"
+            )),
+        );
+        assert_eq!(
+            rules(&r),
+            vec![
+                ("item.duplicate-id".to_string(), Some(3)),
+                ("item.duplicate-id".to_string(), Some(4)),
+            ]
+        );
+        assert!(
+            r.errors[1].message.contains("\"E01001\" there"),
+            "{}",
+            r.errors[1].message
+        );
+        assert!(
+            r.errors[1].message.contains("\\u{FF25}"),
+            "{}",
+            r.errors[1].message
+        );
+        assert_eq!(r.valid_items, 1);
+    }
+
+    #[test]
+    fn inline_ids_differing_in_case_or_width_are_duplicates() {
+        let r = check(
+            "  inline:\n    - {id: E01001, name: Anna, iban: DE89370400440532013000, amount: \"10.00\", currency: EUR}\n    - {id: Ｅ０１００１, name: Bo, iban: DE44500105175407324931, amount: \"11.00\", currency: EUR}\n",
+            None,
+        );
+        assert_eq!(rules(&r), vec![("item.duplicate-id".to_string(), Some(8))]);
+        assert!(
+            r.errors[0].message.contains("line 7"),
+            "{}",
+            r.errors[0].message
+        );
+    }
+
+    #[test]
+    fn an_id_with_a_zero_width_space_is_refused_not_taken_as_new() {
+        let r = check(
+            "  source: e.csv\n",
+            Some(&format!(
+                "{CSV_HEAD}E01001,Anna,DE89370400440532013000,10.00,EUR\nE01001\u{200b},Anna,DE89370400440532013000,10.00,EUR\n"
+            )),
+        );
+        assert_eq!(
+            rules(&r),
+            vec![("item.id-hidden-character".to_string(), Some(3))]
+        );
+        assert!(
+            r.errors[0]
+                .message
+                .contains("U+200B ZERO WIDTH SPACE at character 7")
+        );
+        assert!(
+            !r.errors[0]
+                .value
+                .as_deref()
+                .unwrap_or("")
+                .contains('\u{200b}')
+        );
+    }
+
+    #[test]
+    fn a_bidi_override_or_escape_in_a_name_is_refused_and_named() {
+        let r = check(
+            "  source: e.csv\n",
+            Some(&format!(
+                "{CSV_HEAD}E1,Pa\u{202e}ul,DE89370400440532013000,10.00,EUR\nE2,\u{1b}[2JBo,DE44500105175407324931,11.00,EUR\nE3,\"Cy\nDi\",DE02120300000000202051,12.00,EUR\nE4,D\0,DE02120300000000202051,13.00,EUR\n"
+            )),
+        );
+        assert_eq!(
+            rules(&r),
+            vec![
+                ("text.invisible-character".to_string(), Some(2)),
+                ("text.control-character".to_string(), Some(3)),
+                ("text.control-character".to_string(), Some(6)),
+            ]
+        );
+        assert!(
+            r.errors[0]
+                .message
+                .contains("U+202E RIGHT-TO-LEFT OVERRIDE at character 3")
+        );
+        assert!(r.errors[2].message.contains("U+0000 NULL at character 2"));
+    }
+
+    #[test]
+    fn the_same_iban_and_amount_twice_is_a_repeated_recipient_naming_both_lines() {
+        let csv = format!(
+            "{CSV_HEAD}E1,Anna,DE89370400440532013000,10.00,EUR\nE2,Anna,DE89370400440532013000,11.00,EUR\nE3,Anne,de89 3704-0044 0532 0130 00,10.00,EUR\nE4,Anna,DE89370400440532013000,10.00,GBP\n"
+        );
+        let r = check("  source: e.csv\n", Some(&csv));
+        assert_eq!(
+            rules(&r),
+            vec![("item.repeated-recipient".to_string(), Some(4))]
+        );
+        let m = &r.errors[0].message;
+        assert!(m.contains("line 2") && m.contains("10.00 EUR"), "{m}");
+        assert!(!m.contains("DE89370400440532013000"), "{m}");
+        assert_eq!((r.valid_items, r.invalid_items), (3, 1));
+    }
+
+    #[test]
+    fn repeats_the_manifest_allows_are_warnings() {
+        let csv = format!(
+            "{CSV_HEAD}E1,Anna,DE89370400440532013000,10.00,EUR\nE2,Anna,DE89370400440532013000,10.00,EUR\n"
+        );
+        let r = check(
+            "  source: e.csv\n  allow_repeated_recipients: true\n",
+            Some(&csv),
+        );
+        assert!(r.is_ok(), "{:?}", rules(&r));
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("line 3 pays the same recipient the same amount as line 2")),
+            "{:?}",
+            r.warnings
+        );
+    }
+
+    #[test]
+    fn inline_items_paying_one_account_the_same_amount_are_repeats() {
+        let r = check(
+            "  inline:\n    - {id: A, name: Anna, iban: DE89370400440532013000, amount: \"10.00\", currency: EUR}\n    - {id: B, name: Anna, iban: DE89370400440532013000, amount: \"10.0\", currency: EUR}\n",
+            None,
+        );
+        assert_eq!(
+            rules(&r),
+            vec![("item.repeated-recipient".to_string(), Some(8))]
+        );
+        assert!(
+            r.errors[0].message.contains("line 7"),
+            "{}",
+            r.errors[0].message
+        );
+    }
 }

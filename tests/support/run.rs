@@ -349,6 +349,9 @@ impl Batch {
         }
         let csv = String::from_utf8(w.into_inner().unwrap()).unwrap();
         let manifest = std::fs::read_to_string(src.join("manifest.yaml")).unwrap();
+        // The rows repeat, so their accounts and amounts do: allowed for this test batch.
+        let manifest =
+            manifest.replacen("items:\n", "items:\n  allow_repeated_recipients: true\n", 1);
         Batch::new(sandbox, &manifest, &[("employees.csv", &csv)]).fast_retries()
     }
 
@@ -586,7 +589,8 @@ impl Batch {
     }
 }
 
-/// Bank payouts whose `transferAmount` and `transferCurrency` come from each item.
+/// Bank payouts whose `transferAmount` and `transferCurrency` come from each item, all to one
+/// account (repeats allowed).
 pub fn bank_payouts_manifest(batch: &str, items: &[(String, String, &str)]) -> String {
     let mut list = String::new();
     for (id, amount, currency) in items {
@@ -603,6 +607,7 @@ credentials:
   inbound_key: PAYSEND_INBOUND_KEY
   outbound_key: PAYSEND_OUTBOUND_KEY
 items:
+  allow_repeated_recipients: true
   inline:
 {list}defaults:
   company: {{type: LegalEntity, name: ACME, address: {{addressLine1: Main 1, city: Berlin, country: DE}}}}
