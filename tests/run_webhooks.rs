@@ -33,7 +33,10 @@ fn duplicated_delayed_reordered_and_forged_webhooks_leave_every_card_payout_in_i
     rows.push_str("DECLINED-4004,Emma,Schulz,4716949985538078,4004,USD,US\n");
     rows.push_str("DECLINED-4006,Leon,Richter,5555555555554444,4006,EUR,DE\n");
     rows.push_str("UNKNOWN-9999,Hugo,Bernard,5105105105105100,9999,USD,US\n");
-    let batch = Batch::contractors_with(&sandbox, port, Some(&rows)).limits(50, 5, 4, 4);
+    // The example's rows repeat, so their cards and amounts do: allowed for this batch.
+    let batch = Batch::contractors_with(&sandbox, port, Some(&rows))
+        .limits(50, 5, 4, 4)
+        .edit("items:\n", "items:\n  allow_repeated_recipients: true\n");
 
     batch.run().exits_with(4);
 

@@ -97,7 +97,7 @@ pub struct Engine {
     fields: Vec<String>,
     /// The values marked `recipient` in the schemas (constants included), with their paths
     /// and whether they are sensitive: with the amounts, what identifies a payment.
-    recipients: Vec<(Val, String, bool)>,
+    recipients: Vec<(Val, String, mask::Privacy)>,
     /// Seeds the recipient hashes of one pass.
     hasher: foldhash::quality::RandomState,
 }
@@ -397,7 +397,7 @@ impl Engine {
     fn payment_summary(&self, row: &[&str]) -> String {
         let id = row[self.id_idx];
         let mut parts: Vec<String> = Vec::new();
-        for (v, path, sensitive) in &self.recipients {
+        for (v, path, privacy) in &self.recipients {
             let r = render(v, row, id, &self.batch);
             if !r.is_empty() {
                 // As compared (without spaces, upper case), so the masked tail is comparable.
@@ -406,7 +406,7 @@ impl Engine {
                 let norm = String::from_utf8_lossy(&norm);
                 parts.push(format!(
                     "`{path}` {}",
-                    mask::display(&text::visible(&norm), *sensitive)
+                    mask::for_error(&text::visible(&norm), *privacy)
                 ));
             }
         }
@@ -582,7 +582,7 @@ impl Engine {
             mark(&m.amount, false);
         }
         used.sort_unstable();
-        let mut recipients: Vec<(Val, String, bool)> = Vec::new();
+        let mut recipients: Vec<(Val, String, mask::Privacy)> = Vec::new();
         for task in flow.all_tasks() {
             let op = flow.op(&task.op);
             for b in &task.bindings {
@@ -590,7 +590,7 @@ impl Engine {
                 if field.recipient {
                     let v = to_val(&b.value, fields, &task.tree_path);
                     if !recipients.iter().any(|(x, _, _)| *x == v) {
-                        recipients.push((v, b.path.clone(), field.sensitive));
+                        recipients.push((v, b.path.clone(), field.privacy()));
                     }
                 }
             }
