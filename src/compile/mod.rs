@@ -1070,6 +1070,38 @@ impl Compiler<'_> {
                 Bound::NotifyUrl => Some("https://payrun.invalid/notify/token".into()),
                 _ => None,
             };
+            // Text written in the manifest (payload constants, defaults blocks, the literal parts
+            // of `Salary ${item.month}`) is held to the rule item values are: no control or
+            // invisible character reaches the provider.
+            let written: Vec<&str> = match &b.value {
+                Bound::Const(c) => vec![c.as_str()],
+                Bound::Interp(parts) => parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        Bound::Const(c) => Some(c.as_str()),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if let Some(h) = written
+                .iter()
+                .find_map(|c| crate::validate::text::first_hostile(c, true))
+            {
+                self.errors.push(
+                    Diagnostic::new(
+                        &self.manifest.display,
+                        h.rule(),
+                        format!("{} `{}` holds {}", op.name, b.path, h.describe()),
+                    )
+                    .at_opt(yaml::locate(&self.manifest.text, &at_path(&b.path)))
+                    .field(b.path.clone())
+                    .hint(format!(
+                        "remove {} from the manifest: the provider or a bank would mangle it, and hidden characters can make a name or number read as another",
+                        crate::validate::text::name(h.ch)
+                    )),
+                );
+            }
             let row_currency = matches!(currency, Some(CurrencySource::Row { .. }));
             match sample {
                 Some(s) if !row_currency => {
