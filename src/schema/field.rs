@@ -584,6 +584,10 @@ fn too_many_digits(amount: Amount, digits: u32, currency: Currency) -> Violation
 /// exponent's sign, so a reference such as `2024E12` is not taken for one.
 pub fn is_scientific(v: &str) -> bool {
     let b = v.trim().as_bytes();
+    // Most values have no exponent sign at all: one fast scan settles them.
+    if memchr::memchr2(b'+', b'-', b).is_none() {
+        return false;
+    }
     let Some(e) = b.iter().position(|&c| c == b'e' || c == b'E') else {
         return false;
     };
