@@ -429,4 +429,20 @@ fn a_listener_other_machines_can_reach_is_stated_by_validate_plan_and_run() {
         ["run", "manifest.yaml", "--yes", "--state-dir", "state"],
     )
     .stderr_has(stated);
+    // A rehearsal's listener takes a free loopback port instead: nothing to state.
+    payrun_in(
+        dir.path(),
+        [
+            "run",
+            "manifest.yaml",
+            "--sandbox",
+            "--yes",
+            "--state-dir",
+            "rehearsal",
+            "--time-scale",
+            "1000",
+        ],
+    )
+    .succeeds()
+    .stderr_lacks("accepts connections from other machines");
 }

@@ -43,12 +43,10 @@ fn with_correct_check_digits(country: &str, bban: &str) -> Result<Iban, ParseIba
 /// Whether `code` (two capital letters) is a country of the IBAN registry, as a 26×26 table
 /// built once from `iban_validate`.
 fn is_iban_country(code: &[u8]) -> bool {
-    static TABLE: std::sync::OnceLock<Vec<bool>> = std::sync::OnceLock::new();
-    let t = TABLE.get_or_init(|| {
-        (0..26 * 26)
-            .map(|i| {
-                let code = [b'A' + (i / 26) as u8, b'A' + (i % 26) as u8];
-                let code = std::str::from_utf8(&code).expect("ascii");
+    static TABLE: std::sync::OnceLock<super::field::LetterPairs> = std::sync::OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            super::field::LetterPairs::of(|code| {
                 // A country's pattern is looked up before its BBAN is matched: any BBAN tells
                 // an unknown country from a known one.
                 !matches!(
@@ -56,11 +54,8 @@ fn is_iban_country(code: &[u8]) -> bool {
                     Err(ParseIbanError::UnknownCountry(_))
                 )
             })
-            .collect()
-    });
-    code.len() == 2
-        && code.iter().all(u8::is_ascii_uppercase)
-        && t[usize::from(code[0] - b'A') * 26 + usize::from(code[1] - b'A')]
+        })
+        .contains(code)
 }
 
 /// Whether a value of an account field that may or may not be an IBAN is one: two letters

@@ -673,27 +673,38 @@ pub fn check_currency(v: &str, format: CurrencyFormat) -> Result<Currency, Viola
     }
 }
 
-/// ISO 3166-1 alpha-2 codes as a 26×26 table, built once from `celes` (whose lookup lowercases
-/// and hashes its input, too slow for a million rows).
+/// A set of two-capital-letter codes as a 26×26 table, `keep` asked once per code: a lookup is
+/// an index, whatever the source of the codes costs per call.
+pub(super) struct LetterPairs(Vec<bool>);
+
+impl LetterPairs {
+    pub(super) fn of(keep: impl Fn(&str) -> bool) -> LetterPairs {
+        LetterPairs(
+            (0..26 * 26)
+                .map(|i| {
+                    let code = [b'A' + (i / 26) as u8, b'A' + (i % 26) as u8];
+                    keep(std::str::from_utf8(&code).expect("ascii"))
+                })
+                .collect(),
+        )
+    }
+
+    pub(super) fn contains(&self, code: &[u8]) -> bool {
+        code.len() == 2
+            && code.iter().all(u8::is_ascii_uppercase)
+            && self.0[usize::from(code[0] - b'A') * 26 + usize::from(code[1] - b'A')]
+    }
+}
+
+/// ISO 3166-1 alpha-2 codes, from `celes` (whose lookup lowercases and hashes its input, too
+/// slow for a million rows).
 fn is_country(v: &str) -> bool {
-    static TABLE: std::sync::OnceLock<Vec<bool>> = std::sync::OnceLock::new();
-    let t = TABLE.get_or_init(|| {
-        (0..26 * 26)
-            .map(|i| {
-                let code = [b'A' + (i / 26) as u8, b'A' + (i % 26) as u8];
-                let code = std::str::from_utf8(&code).expect("ascii");
-                // "UK" is exceptionally reserved in ISO 3166-1 for the United Kingdom and
-                // Paysend's own fx.rateGet.p2a example uses it; accept it rather than reject
-                // the provider's example.
-                code == "UK" || celes::Country::from_alpha2(code).is_ok()
-            })
-            .collect()
-    });
-    let b = v.as_bytes();
-    b.len() == 2
-        && b[0].is_ascii_uppercase()
-        && b[1].is_ascii_uppercase()
-        && t[usize::from(b[0] - b'A') * 26 + usize::from(b[1] - b'A')]
+    static TABLE: std::sync::OnceLock<LetterPairs> = std::sync::OnceLock::new();
+    // "UK" is exceptionally reserved in ISO 3166-1 for the United Kingdom and Paysend's own
+    // fx.rateGet.p2a example uses it; accept it rather than reject the provider's example.
+    TABLE
+        .get_or_init(|| LetterPairs::of(|c| c == "UK" || celes::Country::from_alpha2(c).is_ok()))
+        .contains(v.as_bytes())
 }
 
 fn check_country(v: &str) -> Result<(), Violation> {
