@@ -777,6 +777,21 @@ impl Engine {
                 .value(mask::shorten(&text::visible(id)))
                 .hint(format!("ids are plain visible text such as E0042; {} does not show on screen, so this id can look like another one: retype it in the source", text::name(h.ch)));
             out.push(with_item(d), cap);
+        } else if crate::schema::field::is_scientific(id) {
+            // `1.23457E+11`: the spreadsheet kept the first digits of a long numeric id, so
+            // different people's ids may now read the same (or as someone else's).
+            let d = place
+                .diag(
+                    line,
+                    index,
+                    Some(self.id_idx),
+                    fields,
+                    "identifier.scientific-notation",
+                    "the item id is in scientific notation, so its digits are lost".into(),
+                )
+                .value(mask::shorten(id))
+                .hint("the spreadsheet (e.g. Excel) formatted the id column as scientific and kept only the first digits: format the column as text and copy the ids again from the source, then export");
+            out.push(with_item(d), cap);
         } else if id.len() > 128 {
             let d = place
                 .diag(
