@@ -176,51 +176,6 @@ fn a_forged_decline_of_the_last_waiting_item_neither_fails_it_nor_ends_the_run()
     each_paid_once(&sb, 1);
 }
 
-/// Asks the sandbox's Payment API about `payment` and returns the answer it posts.
-fn payment_listing(sb: &Sandbox, payment: &str) -> Value {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let body = json!({"notificationurl": format!("http://127.0.0.1:{port}/listing")}).to_string();
-    let root = sb.root.trim_start_matches("http://");
-    let mut c = std::net::TcpStream::connect(root).unwrap();
-    write!(
-        c,
-        "GET /payonic/api/{payment}/payment HTTP/1.1\r\nHost: {root}\r\nAuthorization: Basic {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        sb.payonic_key,
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    c.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    listener.set_nonblocking(false).unwrap();
-    let (mut s, _) = listener.accept().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = s.read(&mut buf).unwrap_or(0);
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got);
-        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            if rest.len() >= len {
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-                return serde_json::from_str(&rest[..len]).unwrap();
-            }
-        }
-        assert!(n > 0, "the listing was not posted");
-    }
-}
-
 #[test]
 fn the_note_payonic_lists_is_keyed_with_the_batchs_secret_and_a_resume_without_it_sends_nothing() {
     let sb = sandbox_with_payments(3, &[], "1m");

@@ -54,6 +54,15 @@ impl Bound {
         }
     }
 
+    /// True when the value is (or contains) a result of another task, known only at run time.
+    pub fn reads_result(&self) -> bool {
+        match self {
+            Bound::Result { .. } => true,
+            Bound::Interp(parts) => parts.iter().any(Bound::reads_result),
+            _ => false,
+        }
+    }
+
     /// The row fields this value reads.
     pub fn row_fields(&self, out: &mut Vec<String>) {
         match self {
@@ -243,20 +252,25 @@ impl Task {
     }
 }
 
-/// A delayed step (see `Flow::steps`).
+/// A node of an item's graph that payrun sends as a request of its own once the node above it
+/// ended (see `Flow::steps`).
 #[derive(Debug, Clone)]
 pub struct Step<'a> {
-    /// The delayed task: the root of the step's request.
+    /// The step's task: the root of its request.
     pub task: &'a Task,
     /// The step whose outcome it waits for (0: the item's first request).
     pub after: usize,
-    /// The payout task it hangs off (the only payout of step `after`).
+    /// The task it hangs off (for a tree the provider runs, the only payout of step `after`).
     pub after_task: &'a Task,
     pub link: Link,
+    /// How long after `after_task` ended it is sent (zero: at once).
     pub delay: Duration,
-    /// The step's request contains a payout (so an answer lost in transit is settled by a
-    /// lookup by key, not by sending it again).
-    pub pays: bool,
+    /// How a request of the step whose answer was lost is settled: looked up (it pays, or
+    /// its operation names a lookup), sent again under the same key, or handed to a person.
+    pub settle: crate::schema::Settle,
+    /// The tasks above it whose results it may read, nearest first, with the step each one is
+    /// the root of or belongs to (0: the item's first request).
+    pub ancestors: Vec<(&'a Task, usize)>,
 }
 
 /// How an amount finds its currency, per row.
@@ -333,37 +347,54 @@ impl Flow {
         out
     }
 
-    /// The delayed steps of a tree the provider runs itself: each delayed task (with the tasks
-    /// below it up to the next delay) is a request payrun sends once the payout above it ended
-    /// and the delay passed. Step 0 — the item's first request — is not in the list; step `k`
-    /// is `steps()[k - 1]`. Depth first, so a step's parent step comes before it.
+    /// The requests of an item after its first one, each sent by payrun once the task above it
+    /// ended (and its delay passed). For a tree the provider runs itself (Paysend), each delayed
+    /// task with the tasks below it up to the next delay; for a provider that runs nothing,
+    /// every task below the first. Step 0 — the item's first request — is not in the list;
+    /// step `k` is `steps()[k - 1]`. Depth first, so a step's parent step comes before it.
     pub fn steps(&self) -> Vec<Step<'_>> {
-        fn walk<'a>(flow: &Flow, t: &'a Task, current: usize, out: &mut Vec<Step<'a>>) {
+        fn walk<'a>(
+            flow: &Flow,
+            t: &'a Task,
+            current: usize,
+            above: &mut Vec<(&'a Task, usize)>,
+            out: &mut Vec<Step<'a>>,
+        ) {
+            let client = flow.provider.tree == TreeExecution::Client;
+            above.push((t, current));
             for (link, c) in t.children() {
-                match c.delay {
-                    Some(delay) => {
+                if c.delay.is_none() && !client {
+                    walk(flow, c, current, above, out);
+                    continue;
+                }
+                let settle = match client {
+                    true => flow.op(&c.op).settle,
+                    false => {
                         let mut below = Vec::new();
                         c.walk_request(&mut below);
-                        out.push(Step {
-                            task: c,
-                            after: current,
-                            after_task: t,
-                            link,
-                            delay,
-                            pays: below.iter().any(|t| flow.op(&t.op).role == Role::Payout),
-                        });
-                        let me = out.len();
-                        walk(flow, c, me, out);
+                        match below.iter().any(|t| flow.op(&t.op).role == Role::Payout) {
+                            true => crate::schema::Settle::Lookup,
+                            false => crate::schema::Settle::Resend,
+                        }
                     }
-                    None => walk(flow, c, current, out),
-                }
+                };
+                out.push(Step {
+                    task: c,
+                    after: current,
+                    after_task: t,
+                    link,
+                    delay: c.delay.unwrap_or_default(),
+                    settle,
+                    ancestors: above.iter().rev().copied().collect(),
+                });
+                let me = out.len();
+                walk(flow, c, me, above, out);
             }
+            above.pop();
         }
         let mut out = Vec::new();
-        if self.provider.tree == TreeExecution::Server {
-            for t in &self.tasks {
-                walk(self, t, 0, &mut out);
-            }
+        for t in &self.tasks {
+            walk(self, t, 0, &mut Vec::new(), &mut out);
         }
         out
     }
@@ -506,6 +537,21 @@ pub fn compile(
     let tasks: Vec<Task> = m.flow.iter().map(|n| c.task(n, &[], false)).collect();
     if provider.tree == TreeExecution::Server {
         check_server_delays(&mut c, &m.flow, provider);
+    } else {
+        // payrun sends every task of the graph itself, each once the one above it ended: a
+        // delay anywhere but at the top is an ordinary wait.
+        for r in &m.flow {
+            if r.delay.is_some() {
+                let mut at = r.yaml_path.clone();
+                at.push(key("delay"));
+                c.error(
+                    &at,
+                    "flow.delay",
+                    "a task at the top of the flow cannot wait: it is what starts each item",
+                    "run the batch later instead, or put the delay on a task below it",
+                );
+            }
+        }
     }
     check_lookups_can_be_answered(&mut c, &tasks);
 
@@ -1212,5 +1258,118 @@ impl Compiler<'_> {
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::schema::{Registry, Settle};
+
+    fn prepared(manifest: &str, csv: &str) -> Result<super::Flow, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("items.csv"), csv).unwrap();
+        std::fs::write(dir.path().join("manifest.yaml"), manifest).unwrap();
+        crate::pipeline::prepare(&dir.path().join("manifest.yaml"), &Registry::Embedded)
+            .map(|p| p.flow)
+            .map_err(|f| {
+                f.diagnostics
+                    .iter()
+                    .map(|d| d.render())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+    }
+
+    const CHAIN: &str = r#"batch: chain
+provider: payonic
+environment: sandbox
+credentials: {api_key: K}
+items: {source: items.csv}
+flow:
+  - id: charge
+    op: mit
+    payload:
+      merchantid: m1
+      paymentid: ${item.p}
+      amount: ${item.amount}
+      currency: DKK
+    success:
+      - id: capture
+        op: capture
+        payload:
+          paymentid: ${result.charge.paymentid}
+          amount: ${result.charge.amount}
+          currency: DKK
+        success:
+          - id: refund
+            op: refund
+            delay: 1h
+            payload:
+              paymentid: ${result.charge.paymentid}
+              amount: ${item.back}
+              currency: DKK
+notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun"}
+"#;
+
+    #[test]
+    fn every_task_below_the_first_is_a_step_of_its_own_for_a_provider_that_runs_nothing() {
+        let flow = prepared(CHAIN, "id,p,amount,back\na,p1,10.00,2.00\n").unwrap();
+        let steps = flow.steps();
+        let shape: Vec<(&str, usize, &str, Settle, u64, Vec<&str>)> = steps
+            .iter()
+            .map(|s| {
+                (
+                    s.task.id.as_str(),
+                    s.after,
+                    s.after_task.id.as_str(),
+                    s.settle,
+                    s.delay.as_secs(),
+                    s.ancestors.iter().map(|(t, _)| t.id.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("capture", 0, "charge", Settle::Lookup, 0, vec!["charge"]),
+                (
+                    "refund",
+                    1,
+                    "capture",
+                    Settle::Lookup,
+                    3600,
+                    vec!["capture", "charge"]
+                ),
+            ]
+        );
+        assert_eq!(
+            steps[1]
+                .ancestors
+                .iter()
+                .map(|(_, at)| *at)
+                .collect::<Vec<_>>(),
+            [1, 0],
+            "the step each result is kept in"
+        );
+    }
+
+    #[test]
+    fn the_first_task_of_a_graph_payrun_runs_cannot_wait() {
+        let manifest = CHAIN.replace(
+            "  - id: charge\n    op: mit\n",
+            "  - id: charge\n    op: mit\n    delay: 1h\n",
+        );
+        let err = prepared(&manifest, "id,p,amount,back\na,p1,10.00,2.00\n").unwrap_err();
+        assert!(err.contains("flow.delay"), "{err}");
+    }
+
+    #[test]
+    fn a_result_of_a_task_not_above_is_refused() {
+        let manifest = CHAIN.replace(
+            "paymentid: ${result.charge.paymentid}\n              amount: ${item.back}",
+            "paymentid: ${result.nowhere.paymentid}\n              amount: ${item.back}",
+        );
+        let err = prepared(&manifest, "id,p,amount,back\na,p1,10.00,2.00\n").unwrap_err();
+        assert!(err.contains("not an ancestor"), "{err}");
     }
 }

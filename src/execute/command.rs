@@ -83,7 +83,8 @@ fn retry_selection(flow: &Flow, records: &[&super::store::Record]) -> HashMap<St
 }
 
 /// A rehearsal of a Payonic batch needs the payments its items name (refunds, captures, voids
-/// and payouts act on existing payments): each is created in the embedded sandbox, captured,
+/// and payouts act on existing payments, an MIT charges one): each is created in the embedded
+/// sandbox — authorized for a batch that starts with a capture or void, captured otherwise —
 /// for ten times the item's amount in the item's currency — unless `--sandbox-config` lists
 /// it. The sandbox creates only those its state file does not know yet, so a resumed
 /// rehearsal keeps the payments (and their refunds) the first run made.
@@ -91,7 +92,14 @@ fn seed_payonic(cfg: &mut crate::sandbox::SandboxConfig, flow: &Flow, items: &[P
     let Some(op) = flow.tasks.first().map(|t| flow.op(&t.op)) else {
         return;
     };
-    let Some(var) = op.fields.iter().find(|f| f.in_path).map(|f| f.path.clone()) else {
+    // The payment it acts on: in the path, or (an MIT) the parent payment in the body.
+    let Some(var) = op
+        .fields
+        .iter()
+        .find(|f| f.in_path)
+        .or_else(|| op.field("paymentid"))
+        .map(|f| f.path.clone())
+    else {
         return;
     };
     let mut seen: std::collections::HashSet<String> = cfg
@@ -134,7 +142,11 @@ fn seed_payonic(cfg: &mut crate::sandbox::SandboxConfig, flow: &Flow, items: &[P
                     merchantpaymentid: None,
                     amount: amount.saturating_mul(10).max(1),
                     currency,
-                    state: crate::sandbox::config::SeedState::Captured,
+                    // A capture or void needs an authorization still open.
+                    state: match op.name.as_str() {
+                        "capture" | "void" => crate::sandbox::config::SeedState::Authorized,
+                        _ => crate::sandbox::config::SeedState::Captured,
+                    },
                     reference: String::new(),
                     customer: Default::default(),
                 });
@@ -227,33 +239,16 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         );
         return 2;
     }
-    // Payonic's MIT creates a new payment: its notification names that payment (and its
-    // newmerchantpaymentid), not the one the request was about, and its lost answers are found
-    // under the new merchantpaymentid. Until the adapter follows an MIT there, it is not run.
-    if flow.provider.name == "payonic"
-        && flow
-            .tasks
-            .first()
-            .is_some_and(|t| flow.op(&t.op).name == "mit")
-    {
+    // A provider that runs nothing itself: each item is one graph, started by one task.
+    if flow.provider.tree == crate::schema::TreeExecution::Client && flow.tasks.len() != 1 {
         eprintln!(
-            "error[run.flow]: `payrun run` does not drive Payonic MIT authorizations yet (validate and plan work); nothing was sent"
-        );
-        eprintln!(
-            "  hint: its outcome names the payment the MIT creates, which payrun cannot yet match to the item exactly once"
-        );
-        return 2;
-    }
-    // A provider that takes one call per task: payrun runs flows of one task per item so far.
-    if flow.provider.tree == crate::schema::TreeExecution::Client
-        && (flow.tasks.len() != 1 || flow.tasks[0].children().next().is_some())
-    {
-        eprintln!(
-            "error[run.flow]: `payrun run` drives {} flows of one task per item so far (this flow has {}); nothing was sent",
+            "error[run.flow]: each item's graph starts with one task for {}; this flow has {} at the top; nothing was sent",
             flow.provider.title,
-            flow.all_tasks().len()
+            flow.tasks.len()
         );
-        eprintln!("  hint: run each operation as a batch of its own");
+        eprintln!(
+            "  hint: hang the others under the first (`success:`, `fail:` or `always:`), or run each as a batch of its own"
+        );
         return 1;
     }
     // `--retry-failed`: which items go again, decided from the store before their keys are made.

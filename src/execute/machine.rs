@@ -155,6 +155,11 @@ pub enum Verdict {
     },
     Succeeded {
         ids: BTreeMap<String, String>,
+        /// What the provider answered, as JSON (the adapter picks the fields; the runner adds
+        /// what the request sent and removes what the schema marks sensitive before keeping it):
+        /// read by later nodes as `${result.<node>.<path>}`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<serde_json::Value>,
     },
     Failed {
         code: String,
@@ -602,7 +607,7 @@ fn after_send(
 ) -> (State, Vec<Effect>) {
     match verdict {
         Verdict::Accepted { reference } => submitted(attempt, reference, now, t),
-        Verdict::Succeeded { ids } => (State::Succeeded { ids, at: now }, vec![]),
+        Verdict::Succeeded { ids, .. } => (State::Succeeded { ids, at: now }, vec![]),
         Verdict::Failed { code, description } => (
             State::Failed {
                 code,
@@ -699,7 +704,7 @@ fn observed(state: &State, verdict: Verdict, now: Millis, t: &Timings) -> (State
         _ => 0,
     };
     match verdict {
-        Verdict::Succeeded { ids } => (State::Succeeded { ids, at: now }, vec![]),
+        Verdict::Succeeded { ids, .. } => (State::Succeeded { ids, at: now }, vec![]),
         Verdict::Failed { code, description } => (
             State::Failed {
                 code,
@@ -879,6 +884,7 @@ mod tests {
     fn paid() -> Verdict {
         Verdict::Succeeded {
             ids: BTreeMap::from([("paymentId".to_string(), "p-1".to_string())]),
+            result: None,
         }
     }
 

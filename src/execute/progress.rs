@@ -50,6 +50,8 @@ pub struct WaitContext {
     pub propagation: Duration,
     /// Outcomes arrive by notification (webhooks) while accepted items wait.
     pub notifications: bool,
+    /// The task id of each step, by its tree path (`0.success.0` → `refund`).
+    pub step_names: std::collections::HashMap<String, String>,
 }
 
 /// Plain lines about the pace come at most this often.
@@ -172,8 +174,10 @@ impl Progress {
                 };
                 if let Some(what) = what
                     && self.bar.is_none()
+                    && self.reported.insert(i)
                 {
-                    let _ = writeln!(lines, "{} step {path} {what}", r.id);
+                    let name = self.context.step_names.get(path).unwrap_or(path);
+                    let _ = writeln!(lines, "{} step `{name}` {what}", r.id);
                 }
                 continue;
             }
@@ -481,6 +485,7 @@ mod tests {
             provider: "Paysend Enterprise".into(),
             propagation: Duration::from_secs(180),
             notifications: false,
+            step_names: Default::default(),
         }
     }
 

@@ -12,6 +12,7 @@ use crate::compile::Flow;
 use crate::providers::{
     Adapter, Answer, Method, Notice, Outgoing, Rendered, Request, contradiction,
 };
+use crate::schema::Settle;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -405,22 +406,43 @@ impl Wire {
     }
 }
 
-/// A delayed step as the runner needs it (see `Flow::steps`).
+/// A step — a node of the item's graph sent as a request of its own — as the runner needs it
+/// (see `Flow::steps`).
 struct StepInfo {
     path: String,
     /// The step it follows (0: the item's first request).
     after: usize,
-    /// The id of the payout task it follows (`${result.<id>.<path>}`).
+    /// The id of the task it follows.
     after_id: String,
     link: crate::manifest::Link,
     delay: Duration,
-    pays: bool,
+    /// How a request of it whose answer was lost is settled.
+    settle: Settle,
+    /// Its operation.
+    op: String,
+    /// The tasks whose results it may read (`${result.<id>.<path>}`), by id, with the step each
+    /// one's result is kept in. For a tree the provider runs, only the payout it follows.
+    reads: Vec<(String, usize)>,
+    /// Payload paths filled from results, and the type each goes on the wire as.
+    typed: Vec<(String, crate::schema::Wire)>,
 }
 
 /// The loop's bookkeeping around the records: which items wait for what. A record is a *unit*:
 /// an item's first request (units `0..items`, in batch order) or one of its delayed steps
 /// (appended as they come due).
-struct Book {
+struct Book<'a> {
+    flow: &'a Flow,
+    items: &'a [PlannedItem],
+    /// Every node is a request of its own, under its own key (the provider runs nothing itself).
+    client_run: bool,
+    /// The first request's operation, and how it settles.
+    root_op: String,
+    root_settle: Settle,
+    /// Steps (0: the item's first request) whose results later steps read: kept in the record.
+    read: Vec<bool>,
+    adapter: &'a dyn Adapter,
+    /// Notifications name nodes by key (`by_key` is kept up to date as steps are created).
+    keyed_notices: bool,
     recs: Vec<Record>,
     /// (item, step) of each unit; step 0 is the item's first request.
     units: Vec<(usize, usize)>,
@@ -482,7 +504,7 @@ fn is_open(s: &State) -> bool {
     !(s.is_final() || matches!(s, State::NeedsReview { .. }))
 }
 
-impl Book {
+impl Book<'_> {
     /// Steps item `i` with `event`: records a changed state, schedules its next due time and
     /// routes the effects.
     fn apply(
@@ -499,8 +521,26 @@ impl Book {
             | Event::Observed { now, .. }
             | Event::Resume { now } => *now,
         };
+        let answer = match &event {
+            Event::Sent {
+                verdict: Verdict::Succeeded { result, .. },
+                ..
+            }
+            | Event::Observed {
+                verdict: Verdict::Succeeded { result, .. },
+                ..
+            } => result.clone(),
+            _ => None,
+        };
         let (s, fx) = machine::step(&self.recs[i].state, event, policy, timings);
         let ends = s.is_final() && !self.recs[i].state.is_final();
+        // What a later node reads of this one: kept with the record, committed with its end.
+        if matches!(s, State::Succeeded { .. })
+            && !matches!(self.recs[i].state, State::Succeeded { .. })
+            && self.read[self.units[i].1]
+        {
+            self.recs[i].result = Some(self.keep_result(i, answer.as_ref()));
+        }
         if s != self.recs[i].state {
             let r = &mut self.recs[i];
             if matches!(s, State::Sending { .. }) && r.first_sent.is_none() {
@@ -574,6 +614,9 @@ impl Book {
             let skipped = state.is_final();
             r.state = state;
             let v = self.recs.len();
+            if self.client_run && self.keyed_notices {
+                self.by_key.insert(self.adapter.wire_key(&r.key), v);
+            }
             self.recs.push(r);
             self.units.push((item, k));
             self.unit_at.insert((item, k), v);
@@ -588,48 +631,97 @@ impl Book {
         }
     }
 
-    /// The request of delayed step unit `u`, with the results of the payout it follows.
-    fn step_payload(&self, u: usize, planned: &Rendered) -> Result<Rendered, String> {
+    /// The request of step unit `u`, with the results of the nodes above it it reads: a full
+    /// path into a node's kept result (`${result.auth.paymentid}`,
+    /// `${result.account.result.accountToken}`); for a failed node its `code` and
+    /// `description`; for a tree the provider ran, the ids its verdict reported.
+    fn step_payload(&self, u: usize) -> Result<Rendered, String> {
         let (item, step) = self.units[u];
+        let planned = &self.items[item].steps[step - 1];
         let s = &self.steps[step - 1];
-        let parent = &self.recs[self.unit(item, s.after)].state;
         let lookup = |id: &str, path: &str| -> Option<Value> {
-            if id != s.after_id {
-                return None;
-            }
+            let &(_, at) = s.reads.iter().find(|(n, _)| n == id)?;
+            let unit = match at {
+                0 => item,
+                _ => *self.unit_at.get(&(item, at))?,
+            };
+            let rec = &self.recs[unit];
             let name = path.rsplit('.').next().unwrap_or(path);
-            match parent {
-                State::Succeeded { ids, .. } => ids.get(path).or_else(|| ids.get(name)).cloned(),
+            match &rec.state {
+                State::Succeeded { ids, .. } => rec
+                    .result
+                    .as_ref()
+                    .and_then(|r| crate::providers::json_path(r, path))
+                    .cloned()
+                    .or_else(|| {
+                        ids.get(path)
+                            .or_else(|| ids.get(name))
+                            .cloned()
+                            .map(Value::String)
+                    }),
                 State::Failed {
                     code, description, ..
                 } => match name {
                     "code" => Some(code.clone()),
                     "description" | "comment" => Some(description.clone()),
                     _ => None,
-                },
+                }
+                .map(Value::String),
                 _ => None,
             }
-            .map(Value::String)
         };
         let mut missing = Vec::new();
         let v = crate::providers::fill_rendered(planned, &lookup, &mut missing);
-        if missing.is_empty() {
-            Ok(v)
-        } else {
-            Err(format!(
-                "the step needs {} of the payout it follows, which did not report it",
-                missing.join(", ")
-            ))
+        if !missing.is_empty() {
+            return Err(format!(
+                "`{}` needs {} of the task{} above it, which did not report it",
+                s.path,
+                missing.join(", "),
+                if s.reads.len() == 1 { "" } else { "s" }
+            ));
         }
+        if s.typed.is_empty() || !planned.get().contains("${result.") {
+            return Ok(v);
+        }
+        // A value read from a result goes on the wire as the field's type (an amount the
+        // provider listed as "1095" is the number 1095 in a minor-units field).
+        let mut tree: Value = serde_json::from_str(v.get()).expect("kept JSON parses");
+        for (path, wire) in &s.typed {
+            if let Some(x) = crate::providers::json_path_mut(&mut tree, path) {
+                crate::providers::retype(x, *wire)
+                    .map_err(|why| format!("`{}`: `{path}` read from a result {why}", s.path))?;
+            }
+        }
+        Ok(crate::providers::keep(&tree))
     }
 
-    /// The unit of `item`'s step `step`.
-    fn unit(&self, item: usize, step: usize) -> usize {
-        if step == 0 {
-            item
-        } else {
-            self.unit_at[&(item, step)]
+    /// The result kept for unit `u`, which just succeeded: for a node payrun sent on its own,
+    /// what its request sent (keys as they went on the wire) overlaid with the provider's
+    /// `answer`; then every field its operation marks sensitive, and any value shaped like a
+    /// card number, removed — nothing of the kind is ever at rest.
+    fn keep_result(&self, u: usize, answer: Option<&Value>) -> Value {
+        let op = self.flow.op(self.op_of(u));
+        let mut out = serde_json::Map::new();
+        if self.client_run
+            && let Some(Value::Object(sent)) = self
+                .sent(u)
+                .first()
+                .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
+        {
+            out = sent;
+            let key = self.adapter.wire_key(&self.recs[u].key);
+            for v in out.values_mut() {
+                if v.as_str() == Some(crate::keys::KEYED) {
+                    *v = Value::String(key.clone());
+                }
+            }
         }
+        if let Some(Value::Object(a)) = answer {
+            out.extend(a.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let mut v = Value::Object(out);
+        crate::providers::scrub(&mut v, op);
+        v
     }
 
     /// Where unit `u` is stored.
@@ -677,16 +769,53 @@ impl Book {
         Ok(())
     }
 
-    /// What unit `u` sends: its item's request, or its delayed step's.
-    fn sent<'a>(&self, items: &'a [PlannedItem], u: usize) -> &'a [Rendered] {
+    /// What unit `u` sends: its item's request, or its step's with the results it reads
+    /// filled in.
+    fn sent(&self, u: usize) -> Vec<Rendered> {
         match self.units[u] {
-            (item, 0) => &items[item].payload,
-            (item, s) => items[item]
-                .steps
-                .get(s - 1)
-                .map(std::slice::from_ref)
-                .unwrap_or(&[]),
+            (item, 0) => self.items[item].payload.clone(),
+            (item, s) => match self.step_payload(u) {
+                Ok(v) => vec![v],
+                Err(_) => self.items[item]
+                    .steps
+                    .get(s - 1)
+                    .cloned()
+                    .into_iter()
+                    .collect(),
+            },
         }
+    }
+
+    /// How unit `u`'s lost answer is settled.
+    fn settle_of(&self, u: usize) -> Settle {
+        match self.units[u].1 {
+            0 => self.root_settle,
+            k => self.steps[k - 1].settle,
+        }
+    }
+
+    /// What unit `u` sends, with the results it reads; Err: a result it needs is missing.
+    fn payload_of(&self, u: usize) -> Result<Vec<Rendered>, String> {
+        match self.units[u] {
+            (item, 0) => Ok(self.items[item].payload.clone()),
+            _ => self.step_payload(u).map(|v| vec![v]),
+        }
+    }
+
+    /// The operation of unit `u`.
+    fn op_of(&self, u: usize) -> &str {
+        match self.units[u].1 {
+            0 => &self.root_op,
+            k => &self.steps[k - 1].op,
+        }
+    }
+
+    /// `contradiction` of `claims` with what unit `u` sent.
+    fn contradicts(&self, u: usize, claims: &crate::providers::Claims) -> Option<String> {
+        let op = self.op_of(u);
+        contradiction(&self.sent(u), claims, &|ty| {
+            self.adapter.names_operation(op, ty)
+        })
     }
 
     /// Submitted units waiting for exactly `reference`.
@@ -720,7 +849,7 @@ impl Book {
     /// item of the batch — for a reference, one waiting for exactly it; for a lookup's answer, a
     /// lookup payrun made — and agree with what the item sent. Err says why it is not taken
     /// (it then changes nothing).
-    fn vet(&self, notice: &Notice, items: &[PlannedItem]) -> Result<(), Rejection> {
+    fn vet(&self, notice: &Notice) -> Result<(), Rejection> {
         match notice {
             Notice::Item { key, .. } => match self.by_key.get(&key.replace('-', "")) {
                 // An outcome is about a request payrun recorded as sent, or about nothing.
@@ -740,7 +869,7 @@ impl Book {
                 for c in candidates {
                     // Waiting for it, or settled since it was accepted under it (a late copy).
                     for i in self.concerned(c) {
-                        if let Some(why) = contradiction(self.sent(items, i), claims) {
+                        if let Some(why) = self.contradicts(i, claims) {
                             return Err(Rejection::Never(format!(
                                 "a notification about item {} that contradicts it: {why}",
                                 self.recs[i].id
@@ -771,7 +900,7 @@ impl Book {
                 });
                 for (key, _, claims) in found {
                     if let Some(&i) = self.by_key.get(&key.replace('-', ""))
-                        && let Some(why) = contradiction(self.sent(items, i), claims)
+                        && let Some(why) = self.contradicts(i, claims)
                     {
                         return Err(Rejection::Never(format!(
                             "a payment notification that contradicts item {}: {why}",
@@ -939,8 +1068,16 @@ pub async fn run(
             recs.push(r);
         }
     }
-    let steps: Vec<StepInfo> = flow
-        .steps()
+    let client_run = flow.provider.tree == crate::schema::TreeExecution::Client;
+    let flow_steps = flow.steps();
+    // The step each task is sent in (0: the item's first request).
+    let step_of: HashMap<&str, usize> = flow_steps
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (s.task.id.as_str(), k + 1))
+        .chain(flow.tasks.iter().map(|t| (t.id.as_str(), 0)))
+        .collect();
+    let steps: Vec<StepInfo> = flow_steps
         .iter()
         .map(|s| StepInfo {
             path: s.task.tree_path.clone(),
@@ -948,14 +1085,48 @@ pub async fn run(
             after_id: s.after_task.id.clone(),
             link: s.link,
             delay: s.delay,
-            pays: s.pays,
+            settle: s.settle,
+            op: s.task.op.clone(),
+            reads: match client_run {
+                true => s
+                    .ancestors
+                    .iter()
+                    .map(|(t, _)| (t.id.clone(), step_of[t.id.as_str()]))
+                    .collect(),
+                false => vec![(s.after_task.id.clone(), s.after)],
+            },
+            typed: s
+                .task
+                .bindings
+                .iter()
+                .filter(|b| matches!(b.value, crate::compile::Bound::Result { .. }))
+                .map(|b| (b.path.clone(), flow.op(&s.task.op).fields[b.field].wire))
+                .collect(),
         })
         .collect();
     let mut followers = vec![Vec::new(); steps.len() + 1];
     for (k, s) in steps.iter().enumerate() {
         followers[s.after].push(k + 1);
     }
+    let mut read = vec![false; steps.len() + 1];
+    for s in &steps {
+        for (_, at) in &s.reads {
+            read[*at] = true;
+        }
+    }
+    let root = flow.tasks.first();
     let mut book = Book {
+        flow,
+        items,
+        client_run,
+        root_op: root.map(|t| t.op.clone()).unwrap_or_default(),
+        root_settle: match (client_run, root) {
+            (true, Some(t)) => flow.op(&t.op).settle,
+            _ => Settle::Lookup,
+        },
+        read,
+        adapter,
+        keyed_notices: false,
         open: recs.iter().filter(|r| is_open(&r.state)).count(),
         unit_at: units
             .iter()
@@ -1051,16 +1222,21 @@ pub async fn run(
         provider: flow.provider.title.clone(),
         propagation: timings.propagation,
         notifications: listener.is_some(),
+        step_names: flow_steps
+            .iter()
+            .map(|s| (s.task.tree_path.clone(), s.task.id.clone()))
+            .collect(),
     });
     // Notifications journaled before a stop whose effect was not committed: taken now.
     let unapplied = store.unapplied_notices()?;
     // Notifications name items by key (only needed when they can arrive).
     if listener.is_some() || !unapplied.is_empty() {
+        book.keyed_notices = true;
         book.by_key = book
             .recs
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.step.is_none())
+            .filter(|(_, r)| r.step.is_none() || client_run)
             .map(|(i, r)| (adapter.wire_key(&r.key), i))
             .collect();
     }
@@ -1133,6 +1309,8 @@ pub async fn run(
         sends_now.retain(|&i| {
             matches!(book.recs[i].state, State::Sending { .. }) && !book.in_flight.contains(&i)
         });
+        // Nodes in doubt whose operation offers no safe way to settle them (`settle: review`).
+        let mut unsettled: Vec<usize> = Vec::new();
         let mut lookups_now = std::mem::take(&mut book.lookups);
         lookups_now.sort_unstable();
         lookups_now.dedup();
@@ -1142,11 +1320,10 @@ pub async fn run(
         let mut unresolved: Vec<(usize, String)> = Vec::new();
         let mut filled: HashMap<usize, Vec<Rendered>> = HashMap::new();
         sends_now.retain(|&u| {
-            let (item, step) = book.units[u];
-            if step == 0 {
+            if book.units[u].1 == 0 {
                 return true;
             }
-            match book.step_payload(u, &items[item].steps[step - 1]) {
+            match book.step_payload(u) {
                 Ok(v) => {
                     filled.insert(u, vec![v]);
                     true
@@ -1177,6 +1354,7 @@ pub async fn run(
                 .iter()
                 .map(|&u| Outgoing {
                     key: &book.recs[u].key,
+                    op: book.op_of(u),
                     payload: match filled.get(&u) {
                         Some(v) => v,
                         None => &items[book.units[u].0].payload,
@@ -1204,9 +1382,9 @@ pub async fn run(
             }
             let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
             tokio::spawn(async move {
-                let path = req.path.clone();
+                let sent = req.clone();
                 let (_slot, answer) = wire.exchange(req, true).await;
-                let verdicts = adapter.classify_submit(&path, &answer, idx.len());
+                let verdicts = adapter.classify_submit(&sent, &answer, idx.len());
                 let _ = wire
                     .tx
                     .send(Outcome::Sent(idx.into_iter().zip(verdicts).collect()));
@@ -1223,49 +1401,63 @@ pub async fn run(
                     let (group, pos) = adapter.reference_group(reference);
                     by_group.entry(group).or_default().push((i, pos));
                 }
-                // A delayed step that pays nothing is settled by sending it again (it only
-                // reads); one that pays is looked up by the item's key like the item itself.
-                _ if book.units[i].1 > 0 && !book.steps[book.units[i].1 - 1].pays => {
-                    let (item, step) = book.units[i];
-                    match book.step_payload(i, &items[item].steps[step - 1]) {
-                        Ok(v) => {
-                            requests += 1;
-                            let payload = [v];
-                            let req = adapter.submit(
-                                &[Outgoing {
-                                    key: &book.recs[i].key,
-                                    payload: &payload,
-                                    attempt: book.recs[i].requests,
-                                }],
-                                &rfc3339(now),
-                            );
-                            let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
-                            tokio::spawn(async move {
-                                let path = req.path.clone();
-                                let (_slot, answer) = wire.exchange(req, false).await;
-                                let verdict = adapter
-                                    .classify_submit(&path, &answer, 1)
-                                    .pop()
-                                    .unwrap_or(Verdict::InDoubt);
-                                let _ = wire.tx.send(Outcome::Observed(vec![(i, verdict)]));
-                            });
-                        }
-                        Err(why) => {
-                            book.in_flight.remove(&i);
-                            unresolved.push((i, why));
-                        }
+                // How this node's lost answer is settled is its operation's rule (`settle:`):
+                // sent again under the same key (it only reads, or the provider deduplicates
+                // it), handed to a person, or looked up by key.
+                _ if book.settle_of(i) == Settle::Resend => match book.payload_of(i) {
+                    Ok(payload) => {
+                        requests += 1;
+                        let req = adapter.submit(
+                            &[Outgoing {
+                                key: &book.recs[i].key,
+                                op: book.op_of(i),
+                                payload: &payload,
+                                attempt: book.recs[i].requests,
+                            }],
+                            &rfc3339(now),
+                        );
+                        let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
+                        tokio::spawn(async move {
+                            let sent = req.clone();
+                            let (_slot, answer) = wire.exchange(req, false).await;
+                            let verdict = adapter
+                                .classify_submit(&sent, &answer, 1)
+                                .pop()
+                                .unwrap_or(Verdict::InDoubt);
+                            let _ = wire.tx.send(Outcome::Observed(vec![(i, verdict)]));
+                        });
                     }
+                    Err(why) => {
+                        book.in_flight.remove(&i);
+                        unresolved.push((i, why));
+                    }
+                },
+                _ if book.settle_of(i) == Settle::Review => {
+                    book.in_flight.remove(&i);
+                    book.recs[i].requests -= 1;
+                    unsettled.push(i);
                 }
                 _ => {
-                    let key = match book.units[i] {
-                        (item, s) if s > 0 => book.recs[item].key.clone(),
-                        _ => book.recs[i].key.clone(),
+                    // A tree the provider ran is looked up by the item's key and request; a
+                    // node payrun sent on its own by its own.
+                    let (key, payload) = match (book.client_run, book.units[i]) {
+                        (false, (item, _)) => {
+                            (book.recs[item].key.clone(), items[item].payload.clone())
+                        }
+                        (true, _) => match book.payload_of(i) {
+                            Ok(p) => (book.recs[i].key.clone(), p),
+                            Err(why) => {
+                                book.in_flight.remove(&i);
+                                unresolved.push((i, why));
+                                continue;
+                            }
+                        },
                     };
                     requests += 1;
-                    let (item, _) = book.units[i];
                     let req = adapter.key_lookup(
+                        book.op_of(i),
                         &key,
-                        &items[item].payload,
+                        &payload,
                         book.recs[i].requests,
                         &rfc3339(now),
                     );
@@ -1282,7 +1474,11 @@ pub async fn run(
                             tokio::time::sleep(Duration::from_millis(300)).await;
                             answer = wire.exchange(next, false).await.1;
                         }
-                        let verdict = adapter.classify_key_lookup(&answer);
+                        let verdict = match adapter.classify_key_lookup(&answer) {
+                            // "Not listed", as of when it was asked.
+                            Verdict::Unlisted { .. } => Verdict::Unlisted { asked: now },
+                            v => v,
+                        };
                         if let Some(reference) = adapter.lookup_reference(&answer) {
                             let _ = wire.tx.send(Outcome::Asked(i, reference, now));
                         }
@@ -1318,6 +1514,24 @@ pub async fn run(
             });
         }
 
+        for u in unsettled {
+            let verdict = Verdict::NeedsReview {
+                code: "in-doubt".into(),
+                description: format!(
+                    "its answer was lost and {} offers no way to find out whether `{}` was done: \
+                     it is not sent again",
+                    flow.provider.title,
+                    book.op_of(u)
+                ),
+            };
+            book.apply(
+                u,
+                Event::Observed { verdict, now },
+                policy,
+                timings,
+                adapter,
+            );
+        }
         for (u, why) in unresolved {
             let verdict = Verdict::Failed {
                 code: "unresolved-result".into(),
@@ -1413,7 +1627,7 @@ pub async fn run(
         let mut fresh: Vec<(Notice, [u8; 32], Ack)> = Vec::new();
         // Held ones whose request's answer has come since (answered 202 when they came).
         for (n, digest, came) in std::mem::take(&mut book.held) {
-            match book.vet(&n, items) {
+            match book.vet(&n) {
                 Ok(()) => fresh.push((n, digest, None)),
                 Err(Rejection::NotYet(_)) if now < came + HOLD.as_millis() as u64 => {
                     book.held.push((n, digest, came));
@@ -1425,7 +1639,7 @@ pub async fn run(
             }
         }
         for (n, digest, ack) in incoming {
-            match book.vet(&n, items) {
+            match book.vet(&n) {
                 Ok(()) => fresh.push((n, digest, Some(ack))),
                 // A copy of one journaled earlier, about an item since settled.
                 Err(_) if store.knows_notice(&digest)? => {
@@ -1483,7 +1697,7 @@ pub async fn run(
         }
     }
     for (n, ..) in std::mem::take(&mut book.held) {
-        if let Err(r) = book.vet(&n, items) {
+        if let Err(r) = book.vet(&n) {
             tracing::warn!("rejected {}", r.why());
         }
         book.notices.rejected += 1;

@@ -74,6 +74,12 @@ pub struct Record {
     /// and an operator accepted that (`--accept-changes`): when and why, for reviewers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted: Option<String>,
+    /// What the provider answered when this node succeeded, as JSON, kept where a later node
+    /// reads it (`${result.<node>.<path>}`): the fields the request sent, overlaid with the
+    /// answer's, with every field the schema marks sensitive and anything shaped like a card
+    /// number removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
 }
 
 fn first_attempt() -> u32 {
@@ -122,6 +128,7 @@ impl Record {
             step: None,
             trace: None,
             accepted: None,
+            result: None,
         }
     }
 }

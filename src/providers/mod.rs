@@ -44,6 +44,9 @@ pub struct Request {
     /// The id a support ticket quotes for this request (Payonic: its `TraceApi` header), kept
     /// with the item it submits.
     pub trace: Option<String>,
+    /// The operation this request performs (a schema operation's name; for a provider that
+    /// takes a whole tree per request, the tree's root operation).
+    pub op: String,
 }
 
 /// What an adapter rendered for an item, kept as compact JSON text (a tenth of the memory of a
@@ -58,7 +61,11 @@ pub fn keep(v: &Value) -> Rendered {
 /// An item going out in a submission: its key and what the adapter rendered for it at plan
 /// time (real values, memory only).
 pub struct Outgoing<'a> {
+    /// The node's key: the item's for its first node, derived from it and the node's path for
+    /// the nodes after it (`keys::task_key(item, "step/<path>")`).
     pub key: &'a str,
+    /// The node's operation (a schema operation's name).
+    pub op: &'a str,
     pub payload: &'a [Rendered],
     /// The item's attempt (recorded before the request leaves): a request of its own each time.
     pub attempt: u32,
@@ -106,12 +113,26 @@ pub enum Notice {
 /// contradicts every item.
 pub type Claims = Vec<(String, String)>;
 
+/// The claim naming the kind of operation a listing shows (Payonic `operationtype`): compared
+/// with the node's operation through `Adapter::names_operation`, not with a payload field.
+pub const OPERATION_CLAIM: &str = "@operation";
+
 /// The first field of `payload` (the item's request, `payload[0]`) that `claims` contradict, as
 /// a sentence. A field the item did not send cannot be contradicted. Currencies compare without
 /// case, numbers as numbers.
-pub fn contradiction(payload: &[Rendered], claims: &Claims) -> Option<String> {
+pub fn contradiction(
+    payload: &[Rendered],
+    claims: &Claims,
+    same_operation: &dyn Fn(&str) -> bool,
+) -> Option<String> {
     if claims.is_empty() {
         return None;
+    }
+    // The kind of operation a listing shows must be the node's (`OPERATION_CLAIM`).
+    if let Some((_, ty)) = claims.iter().find(|(f, _)| f == OPERATION_CLAIM)
+        && !same_operation(ty)
+    {
+        return Some(format!("it lists a `{ty}` operation, not the item's"));
     }
     let sent: Value = payload
         .first()
@@ -130,6 +151,9 @@ pub fn contradiction(payload: &[Rendered], claims: &Claims) -> Option<String> {
         return Some(format!("its {}: {why}", &field[1..]));
     }
     claims.iter().find_map(|(field, _)| {
+        if field == OPERATION_CLAIM {
+            return None;
+        }
         let ours = match sent.get(field)? {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
@@ -260,12 +284,22 @@ pub fn render_steps(
     item: &crate::validate::ItemRow,
     key: &str,
 ) -> Vec<Rendered> {
-    match flow.provider.name.as_str() {
-        "paysend" => paysend::step_trees(flow, item, key)
+    match flow.provider.tree {
+        crate::schema::TreeExecution::Server => paysend::step_trees(flow, item, key)
             .iter()
             .map(keep)
             .collect(),
-        _ => Vec::new(),
+        // Each node after the first is a request of its own, under its own key.
+        crate::schema::TreeExecution::Client => flow
+            .steps()
+            .iter()
+            .map(|s| {
+                let node_key = crate::keys::task_key(key, &format!("step/{}", s.task.tree_path));
+                keep(&crate::plan::render_payload(
+                    flow, s.task, item, &node_key, false,
+                ))
+            })
+            .collect(),
     }
 }
 
@@ -281,6 +315,89 @@ pub fn fill_rendered(
     let mut v: Value = serde_json::from_str(r.get()).expect("kept JSON parses");
     fill_results(&mut v, lookup, missing);
     keep(&v)
+}
+
+/// The value at `path` (dot-separated; a number indexes an array) in `v`.
+pub fn json_path<'v>(v: &'v Value, path: &str) -> Option<&'v Value> {
+    path.split('.').try_fold(v, |v, seg| match v {
+        Value::Array(a) => a.get(seg.parse::<usize>().ok()?),
+        other => other.get(seg),
+    })
+}
+
+/// `json_path`, to change the value.
+pub fn json_path_mut<'v>(v: &'v mut Value, path: &str) -> Option<&'v mut Value> {
+    path.split('.').try_fold(v, |v, seg| match v {
+        Value::Array(a) => a.get_mut(seg.parse::<usize>().ok()?),
+        other => other.get_mut(seg),
+    })
+}
+
+/// Gives `v` (read from a node's result) the JSON type its field goes on the wire as: a number
+/// for `number` and `minor_units` (a provider's "1095" is 1095 — a result is already in the
+/// provider's units), text for `string`, true/false for `boolean`. Err: it cannot be that.
+pub fn retype(v: &mut Value, wire: crate::schema::Wire) -> Result<(), String> {
+    use crate::schema::Wire;
+    let text = match v {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return Err("is not a single value".into()),
+    };
+    *v = match wire {
+        Wire::String => Value::String(text),
+        Wire::Number | Wire::MinorUnits => {
+            match serde_json::from_str::<serde_json::Number>(&text) {
+                Ok(n) if wire == Wire::Number || n.is_u64() => Value::Number(n),
+                _ => return Err(format!("is {text:?}, not a whole number")),
+            }
+        }
+        Wire::Boolean => match text.to_ascii_lowercase().as_str() {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => return Err(format!("is {text:?}, not true or false")),
+        },
+    };
+    Ok(())
+}
+
+/// Removes from a node's result every field `op` marks sensitive or holding an account, card
+/// or phone number, a name or an e-mail address: at its path, and under the same name anywhere
+/// (an answer may echo it elsewhere). Results are kept at rest; such values never are.
+pub fn scrub(v: &mut Value, op: &crate::schema::Operation) {
+    let private: Vec<&str> = op
+        .fields
+        .iter()
+        .filter(|f| f.privacy() != crate::mask::Privacy::Plain)
+        .map(|f| f.path.as_str())
+        .collect();
+    if private.is_empty() {
+        return;
+    }
+    for path in &private {
+        if let Some((parent, leaf)) = path.rsplit_once('.') {
+            if let Some(Value::Object(o)) = json_path_mut(v, parent) {
+                o.remove(leaf);
+            }
+        } else if let Value::Object(o) = v {
+            o.remove(*path);
+        }
+    }
+    let leaves: std::collections::HashSet<&str> = private
+        .iter()
+        .map(|p| p.rsplit('.').next().unwrap_or(p))
+        .collect();
+    fn walk(v: &mut Value, leaves: &std::collections::HashSet<&str>) {
+        match v {
+            Value::Object(o) => {
+                o.retain(|k, _| !leaves.contains(k.as_str()));
+                o.values_mut().for_each(|x| walk(x, leaves));
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, leaves)),
+            _ => {}
+        }
+    }
+    walk(v, &leaves);
 }
 
 /// Replaces every string that is exactly `${result.<id>.<path>}` with what `lookup(id, path)`
@@ -330,9 +447,9 @@ pub trait Adapter: Send + Sync {
     /// The request that submits `items` (always the same request for the same items, so a
     /// resend is a replay to the provider).
     fn submit(&self, items: &[Outgoing<'_>], now: &str) -> Request;
-    /// One verdict per submitted item, in order (`sent_path`: the path the request went to).
-    /// An `Accepted` reference is what `reference_group` splits.
-    fn classify_submit(&self, sent_path: &str, answer: &Answer, n: usize) -> Vec<Verdict>;
+    /// One verdict per submitted item, in order (`sent`: the request `submit` made). An
+    /// `Accepted` reference is what `reference_group` splits.
+    fn classify_submit(&self, sent: &Request, answer: &Answer, n: usize) -> Vec<Verdict>;
     /// The submission a reference belongs to, and the item's position in it; items of one group
     /// are looked up with one `group_lookup`.
     fn reference_group(&self, reference: &str) -> (String, usize);
@@ -341,9 +458,14 @@ pub trait Adapter: Send + Sync {
     fn group_lookup(&self, group: &str, seq: u32, now: &str) -> Request;
     /// Verdicts for positions `0..n` of a group from a `group_lookup` answer.
     fn classify_group(&self, answer: &Answer, n: usize) -> Vec<Verdict>;
-    /// The lookup of one item by its idempotency key (`seq` counts this item's lookups);
-    /// `payload` is what the item sends.
-    fn key_lookup(&self, key: &str, payload: &[Rendered], seq: u32, now: &str) -> Request;
+    /// The lookup of one node by its idempotency key (`seq` counts this node's lookups);
+    /// `op` is its operation and `payload` what it sends.
+    fn key_lookup(&self, op: &str, key: &str, payload: &[Rendered], seq: u32, now: &str)
+    -> Request;
+    /// Whether a listing's kind of operation (`OPERATION_CLAIM`) is `op`'s.
+    fn names_operation(&self, op: &str, claimed: &str) -> bool {
+        claimed.trim().eq_ignore_ascii_case(op)
+    }
     /// The reference of a key lookup the provider took and will answer by notification
     /// (`Verdict::Pending`; Payonic: the Payment API request's `responseid`). Only a
     /// `Notice::Subject` answering a lookup payrun made may say an item was never processed.
@@ -389,6 +511,7 @@ mod tests {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect()
         };
+        let contradiction = |p: &[Rendered], c: &Claims| contradiction(p, c, &|_| true);
         assert_eq!(contradiction(&sent, &claims(&[("amount", "1095")])), None);
         assert_eq!(contradiction(&sent, &claims(&[("amount", "01095")])), None);
         assert_eq!(contradiction(&sent, &claims(&[("currency", "dkk")])), None);
@@ -414,6 +537,57 @@ mod tests {
         assert_eq!(
             contradiction(&named, &claims(&[("paymentid", "p1"), ("paymentid", "m2")])),
             Some("it says paymentid p1 or m2, the item sent m1".into())
+        );
+    }
+
+    #[test]
+    fn a_result_is_read_by_a_full_path_through_objects_and_arrays() {
+        let r = json!({"ret_code": "000100", "result": {"accountToken": "tok-1",
+            "accounts": [{"id": "a0"}, {"id": "a1"}]}});
+        assert_eq!(json_path(&r, "result.accountToken"), Some(&json!("tok-1")));
+        assert_eq!(json_path(&r, "result.accounts.1.id"), Some(&json!("a1")));
+        assert_eq!(json_path(&r, "result.accounts.7.id"), None);
+        assert_eq!(json_path(&r, "result.missing"), None);
+    }
+
+    #[test]
+    fn a_value_read_from_a_result_goes_on_the_wire_as_its_fields_type() {
+        use crate::schema::Wire;
+        let mut v = json!("1095");
+        retype(&mut v, Wire::MinorUnits).unwrap();
+        assert_eq!(v, json!(1095));
+        let mut v = json!(42);
+        retype(&mut v, Wire::String).unwrap();
+        assert_eq!(v, json!("42"));
+        let mut v = json!("10.95");
+        assert!(
+            retype(&mut v, Wire::MinorUnits).is_err(),
+            "a minor-units field takes whole numbers only"
+        );
+        let mut v = json!({"a": 1});
+        assert!(retype(&mut v, Wire::String).is_err());
+    }
+
+    #[test]
+    fn a_kept_result_holds_no_field_the_schema_marks_private() {
+        let flow = crate::pipeline::prepare(
+            std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/batches/subscriptions-payonic/manifest.yaml"
+            )),
+            &crate::schema::Registry::Embedded,
+        )
+        .map_err(|f| f.diagnostics)
+        .expect("the example compiles")
+        .flow;
+        let mut r = json!({"paymentid": "p1", "amount": 1095,
+            "customer": {"email": "don@example.com", "firstname": "Don", "ipaddress": "1.2.3.4"},
+            "echo": {"firstname": "Don"}});
+        scrub(&mut r, flow.op("mit"));
+        assert_eq!(
+            r,
+            json!({"paymentid": "p1", "amount": 1095,
+                "customer": {"ipaddress": "1.2.3.4"}, "echo": {}})
         );
     }
 

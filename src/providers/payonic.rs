@@ -86,6 +86,55 @@ const DECLINED: &[&str] = &[
 /// keeps waiting and is asked again. A status and a code that disagree (approved with 51,
 /// declined with 00) go to a person. None: neither field.
 fn outcome(v: &Value) -> Option<Verdict> {
+    outcome_in(None, v)
+}
+
+/// The fields of an operation's outcome later nodes may read (`${result.<node>.<path>}`): the
+/// payment's ids and money from `payment` (a Payment API answer's top level), overlaid with the
+/// operation's own (`op`: a notification, a socket answer, or an entry of `operations[]`).
+/// Card details (`last4`, `Issuer`, `gfx` …) are never taken.
+fn result_of(payment: Option<&Value>, op: &Value) -> Value {
+    const PAYMENT: &[&str] = &[
+        "paymentid",
+        "merchantpaymentid",
+        "parentpaymentid",
+        "amount",
+        "currency",
+        "balance",
+        "reference",
+    ];
+    const OPERATION: &[&str] = &[
+        "responseid",
+        "paymentid",
+        "merchantpaymentid",
+        "newmerchantpaymentid",
+        "operationid",
+        "operationtype",
+        "amount",
+        "currency",
+        "responsecode",
+        "authorizationcode",
+        "status",
+        "processor",
+        "created",
+    ];
+    let mut out = Map::new();
+    for (v, keys) in payment
+        .map(|p| (p, PAYMENT))
+        .into_iter()
+        .chain([(op, OPERATION)])
+    {
+        for k in keys {
+            if let Some(x) = v.get(*k).filter(|x| x.is_string() || x.is_number()) {
+                out.insert((*k).to_string(), x.clone());
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+/// `outcome` of operation `v`, in the payment `payment` when it comes from a Payment API answer.
+fn outcome_in(payment: Option<&Value>, v: &Value) -> Option<Verdict> {
     let code = code(v);
     let status = text(v, "status").map(|s| s.trim().to_ascii_lowercase());
     let succeeded = || {
@@ -101,7 +150,13 @@ fn outcome(v: &Value) -> Option<Verdict> {
                 ids.insert(name.to_string(), s);
             }
         }
-        Verdict::Succeeded { ids }
+        if let Some(p) = payment.and_then(|p| text(p, "paymentid")) {
+            ids.insert("paymentId".into(), p);
+        }
+        Verdict::Succeeded {
+            ids,
+            result: Some(result_of(payment, v)),
+        }
     };
     let disagree = |status: &str, code: &str| Verdict::NeedsReview {
         code: "contradictory-outcome".into(),
@@ -149,8 +204,11 @@ fn operation_types(function: &str) -> &'static [&'static str] {
 /// it carries them. The document's operation notifications carry no amount (L128-135); a body
 /// that does must agree.
 fn claims(payment: &Value, op: &Value) -> super::Claims {
+    // An MIT's outcome names the payment it created (L85-86), not the one it was about.
+    let created = text(payment, "newmerchantpaymentid").is_some();
     let ids = ["paymentid", "merchantpaymentid"]
         .iter()
+        .filter(|_| !created)
         .filter_map(|k| Some(("paymentid".to_string(), text(payment, k)?)));
     let money = ["amount", "currency"]
         .iter()
@@ -164,7 +222,7 @@ fn claims(payment: &Value, op: &Value) -> super::Claims {
 /// of another type is a claim no item can satisfy (`!field`): a listing under an item's key
 /// that does not show the item's operation is never taken, neither as its outcome nor as
 /// "not listed".
-fn listing_claims(payment: &Value, op: &Value, function: &str) -> super::Claims {
+fn listing_claims(payment: &Value, op: &Value) -> super::Claims {
     let mut c = claims(payment, op);
     for (field, present) in [
         (
@@ -181,20 +239,41 @@ fn listing_claims(payment: &Value, op: &Value, function: &str) -> super::Claims 
             ));
         }
     }
-    let ty = text(op, "operationtype").unwrap_or_default();
-    if !operation_types(function)
-        .iter()
-        .any(|t| t.eq_ignore_ascii_case(ty.trim()))
-    {
-        c.push(("!operationtype".into(), format!("`{ty}`, not a {function}")));
-    }
+    c.push((
+        super::OPERATION_CLAIM.into(),
+        text(op, "operationtype").unwrap_or_default(),
+    ));
     c
 }
 
+/// What the Payment API lists about the payment an MIT created, found by its merchantpaymentid
+/// (the MIT's key, unguessable: `keys: keyed`): the payment's `authorize` operation and its
+/// money. Not the payment it was made from: the MIT may have named it by either of its ids,
+/// and `parentpaymentid` (L371) gives one.
+fn created_claims(_payment: &Value, op: &Value) -> super::Claims {
+    let mut c = super::Claims::new();
+    for k in ["amount", "currency"] {
+        match text(op, k) {
+            Some(v) => c.push((k.to_string(), v)),
+            None => c.push((format!("!{k}"), "missing from the listed operation".into())),
+        }
+    }
+    c.push((
+        super::OPERATION_CLAIM.into(),
+        text(op, "operationtype").unwrap_or_default(),
+    ));
+    c
+}
+
+/// Whether `s` is a key as payrun writes it on Payonic's wire (32 hex digits).
+fn is_wire_key(s: &str) -> bool {
+    s.len() == 32 && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
 impl Payonic {
-    /// The flow's (single) operation.
-    fn op(&self) -> &Operation {
-        self.flow.op(&self.flow.tasks[0].op)
+    /// The schema operation `name` (one of the flow's, or the Payment and Health APIs).
+    fn op(&self, name: &str) -> &Operation {
+        self.flow.op(name)
     }
 
     fn notify_url(&self) -> Option<String> {
@@ -261,6 +340,7 @@ impl Payonic {
             ],
             body,
             trace: Some(trace.to_string()),
+            op: op.name.clone(),
         }
     }
 
@@ -282,11 +362,20 @@ impl Payonic {
         self.request(op, &Value::Object(payload), trace)
     }
 
-    /// The payment an item's request is about (its `{paymentid}` path variable).
-    fn paymentid(&self, payload: &[Rendered]) -> Option<String> {
+    /// The payment a node's request is about: its `{paymentid}` path variable; for an MIT,
+    /// which has none, the payment it creates, named by its merchantpaymentid (the node's key).
+    fn paymentid(&self, op: &Operation, key: &str, payload: &[Rendered]) -> Option<String> {
         let v: Value = serde_json::from_str(payload.first()?.get()).ok()?;
-        let f = self.op().fields.iter().find(|f| f.in_path)?;
-        text(&v, &f.path)
+        let f = op
+            .fields
+            .iter()
+            .find(|f| f.in_path)
+            .map(|f| f.path.as_str())
+            .or(op.idempotency.as_deref())?;
+        text(&v, f).map(|t| match t == crate::keys::KEYED {
+            true => self.wire_key(key),
+            false => t,
+        })
     }
 }
 
@@ -308,6 +397,16 @@ fn path_paymentid(path: &str) -> Option<&str> {
     let rest = &path[path.find("/api/")? + 5..];
     let (id, _) = rest.split_once('/')?;
     Some(id)
+}
+
+/// The payment a sent request is about, as its notification names it: the path's payment, or
+/// for an MIT (`/api/mit`, no payment in the path) the merchantpaymentid of the payment it
+/// creates.
+fn sent_payment(sent: &Request) -> Option<String> {
+    path_paymentid(&sent.path).map(str::to_string).or_else(|| {
+        let v: Value = serde_json::from_slice(&sent.body).ok()?;
+        text(&v, "merchantpaymentid")
+    })
 }
 
 /// A TraceApi value: 32 hex digits (L28-31), "an unique value" per request (L29). Derived from
@@ -351,7 +450,7 @@ impl Adapter for Payonic {
             }
         }
         self.request(
-            self.op(),
+            self.op(item.op),
             &payload,
             &trace(item.key, &format!("submit/{}", item.attempt)),
         )
@@ -364,7 +463,8 @@ impl Adapter for Payonic {
         }
     }
 
-    fn classify_submit(&self, sent_path: &str, answer: &Answer, n: usize) -> Vec<Verdict> {
+    fn classify_submit(&self, sent: &Request, answer: &Answer, n: usize) -> Vec<Verdict> {
+        let op = self.op(&sent.op);
         let verdict = match answer {
             Answer::Transport {
                 maybe_sent: true, ..
@@ -375,7 +475,7 @@ impl Adapter for Payonic {
             // Payonic has no idempotency: a 5xx may come after the work was done (a gateway's
             // timeout, a crash after the commit), so a money-moving request is in doubt, settled
             // through the Payment API, never sent again on a guess.
-            Answer::Http { status, .. } if *status >= 500 && moves_money(&self.op().name) => {
+            Answer::Http { status, .. } if *status >= 500 && moves_money(&op.name) => {
                 Verdict::InDoubt
             }
             // "Too many requests", "request timeout", or a 5xx of a request that moves nothing:
@@ -395,14 +495,11 @@ impl Adapter for Payonic {
             Answer::Http {
                 status: 200, body, ..
             } => match serde_json::from_slice::<Value>(body) {
-                Ok(v) => match (self.op().completion, text(&v, "responseid")) {
+                Ok(v) => match (op.completion, text(&v, "responseid")) {
                     // Payout answers on the socket (L228, L254-260).
                     (Completion::Sync, _) => outcome(&v).unwrap_or(Verdict::InDoubt),
                     (_, Some(rid)) => Verdict::Accepted {
-                        reference: format!(
-                            "{rid}@{}",
-                            path_paymentid(sent_path).unwrap_or_default()
-                        ),
+                        reference: format!("{rid}@{}", sent_payment(sent).unwrap_or_default()),
                     },
                     // A 200 without a responseid may still have been taken.
                     (_, None) => Verdict::InDoubt,
@@ -439,15 +536,33 @@ impl Adapter for Payonic {
         vec![self.classify_key_lookup(answer); n]
     }
 
-    fn key_lookup(&self, key: &str, payload: &[Rendered], seq: u32, now: &str) -> Request {
-        let paymentid = self.paymentid(payload).unwrap_or_default();
+    fn key_lookup(
+        &self,
+        op: &str,
+        key: &str,
+        payload: &[Rendered],
+        seq: u32,
+        now: &str,
+    ) -> Request {
+        let paymentid = self
+            .paymentid(self.op(op), key, payload)
+            .unwrap_or_default();
         self.payment_lookup(&paymentid, &trace(key, &format!("lookup/{seq}/{now}")))
     }
 
-    /// Taken: the answer comes as a notification (L283-289).
+    fn names_operation(&self, op: &str, claimed: &str) -> bool {
+        operation_types(op)
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(claimed.trim()))
+    }
+
+    /// Taken: the answer comes as a notification (L283-289). A payment Payonic does not know
+    /// (404: the one an MIT would have created, by its merchantpaymentid) has no operation of
+    /// the node's: "not listed" (asked now; the runner stamps the time).
     fn classify_key_lookup(&self, answer: &Answer) -> Verdict {
         match answer {
             Answer::Http { status: 200, .. } => Verdict::Pending,
+            Answer::Http { status: 404, .. } => Verdict::Unlisted { asked: 0 },
             Answer::Http { status: 429, .. } => retry(ErrorClass::RateLimited),
             Answer::Http { status, .. } if *status >= 500 => retry(ErrorClass::ServerError),
             _ => retry(ErrorClass::Network),
@@ -527,8 +642,8 @@ impl Adapter for Payonic {
         };
         let mut needed: Vec<String> = self
             .flow
-            .tasks
-            .iter()
+            .all_tasks()
+            .into_iter()
             .filter_map(|t| self.flow.op(&t.op).request.as_ref())
             .filter_map(|r| r.hosts.get("production"))
             .map(|h| {
@@ -585,24 +700,29 @@ impl Adapter for Payonic {
             .collect();
         // The Payment API's answer: the payment with its operations (L289-365).
         if let Some(ops) = v.get("operations").and_then(Value::as_array) {
-            let found = ops
+            let mut found: Vec<(String, Verdict, super::Claims)> = ops
                 .iter()
                 .filter_map(|op| {
-                    let note = text(op, "note")?;
-                    let is_key = note.len() == 32 && note.chars().all(|c| c.is_ascii_hexdigit());
-                    if !is_key {
-                        return None;
-                    }
+                    let note = text(op, "note").filter(|n| is_wire_key(n))?;
                     // Listed without an outcome yet: it exists, so it is not "not listed".
-                    let mut verdict = outcome(op).unwrap_or(Verdict::Pending);
-                    if let Verdict::Succeeded { ids: found_ids } = &mut verdict
-                        && let Some(p) = text(&v, "paymentid")
-                    {
-                        found_ids.insert("paymentId".into(), p);
-                    }
-                    Some((note, verdict, listing_claims(&v, op, &self.op().name)))
+                    let verdict = outcome_in(Some(&v), op).unwrap_or(Verdict::Pending);
+                    Some((note, verdict, listing_claims(&v, op)))
                 })
                 .collect();
+            // A payment an MIT created carries the MIT's key as its merchantpaymentid (L39,
+            // L98): its authorization is that MIT's outcome.
+            if let Some(mpid) = text(&v, "merchantpaymentid").filter(|m| is_wire_key(m))
+                && !found.iter().any(|(k, ..)| *k == mpid)
+                && let Some(auth) = ops.iter().find(|op| {
+                    let ty = text(op, "operationtype").unwrap_or_default();
+                    operation_types("mit")
+                        .iter()
+                        .any(|t| t.eq_ignore_ascii_case(ty.trim()))
+                })
+            {
+                let verdict = outcome_in(Some(&v), auth).unwrap_or(Verdict::Pending);
+                found.push((mpid, verdict, created_claims(&v, auth)));
+            }
             // A reconciliation item's own answer: the payment as Payonic has it.
             let answered = text(&v, "responseid").map(|rid| {
                 let mut about = BTreeMap::new();
@@ -619,7 +739,8 @@ impl Adapter for Payonic {
                 }
                 about.insert("operations".into(), ops.len().to_string());
                 about.insert("responseid".into(), rid.clone());
-                (rid, Verdict::Succeeded { ids: about })
+                let result = Some(result_of(Some(&v), &Value::Object(Map::new())));
+                (rid, Verdict::Succeeded { ids: about, result })
             });
             return Notice::Subject {
                 subjects: ids,
@@ -628,6 +749,12 @@ impl Adapter for Payonic {
             };
         }
         // An operation's outcome (L86-95, L124-131, L164-171, L204-211).
+        // An MIT's names the payment it created and, as newmerchantpaymentid, the MIT's own
+        // merchantpaymentid (L85-86, L98): the reference its request was accepted under.
+        let ids: Vec<String> = ids
+            .into_iter()
+            .chain(text(&v, "newmerchantpaymentid"))
+            .collect();
         match (text(&v, "responseid"), outcome(&v)) {
             (Some(rid), Some(verdict)) => Notice::Reference {
                 candidates: ids.iter().map(|p| format!("{rid}@{p}")).collect(),
@@ -680,6 +807,7 @@ mod tests {
         let r = a.submit(
             &[Outgoing {
                 key: "k-1",
+                op: "refund",
                 payload: &payload,
                 attempt: 1,
             }],
@@ -701,7 +829,7 @@ mod tests {
                 .any(|(h, v)| *h == "TraceApi" && v.len() == 32)
         );
         let accepted = a.classify_submit(
-            &r.path,
+            &r,
             &Answer::Http {
                 status: 200,
                 body: br#"{"responseid": "r9"}"#.to_vec(),
@@ -782,7 +910,11 @@ mod tests {
                             ("paymentid".to_string(), "abc123".to_string()),
                             ("paymentid".to_string(), "m1".to_string()),
                             ("amount".to_string(), "500".to_string()),
-                            ("currency".to_string(), "DKK".to_string())
+                            ("currency".to_string(), "DKK".to_string()),
+                            (
+                                super::super::OPERATION_CLAIM.to_string(),
+                                "refund".to_string()
+                            )
                         ]
                     )]
                 );
@@ -805,7 +937,7 @@ mod tests {
     fn an_approved_operation_succeeds_and_a_declined_one_fails_with_its_code() {
         let ok = serde_json::json!({"responseid": "r1", "responsecode": "00", "status": "approved", "authorizationcode": "654321"});
         assert!(
-            matches!(outcome(&ok), Some(Verdict::Succeeded { ids }) if ids["authorizationcode"] == "654321")
+            matches!(outcome(&ok), Some(Verdict::Succeeded { ids, .. }) if ids["authorizationcode"] == "654321")
         );
         let no =
             serde_json::json!({"responseid": "r1", "responsecode": "51", "status": "declined"});
@@ -832,17 +964,25 @@ mod tests {
         let a = refunds();
         for status in [500, 502, 503, 504] {
             assert_eq!(
-                a.classify_submit("/api/p1/refund", &answer(status, r#"{"error":"x"}"#), 1),
+                a.classify_submit(
+                    &sent_to("/api/p1/refund"),
+                    &answer(status, r#"{"error":"x"}"#),
+                    1
+                ),
                 vec![Verdict::InDoubt],
                 "{status}"
             );
         }
         assert!(matches!(
-            a.classify_submit("/api/p1/refund", &answer(429, "{}"), 1)[0],
+            a.classify_submit(&sent_to("/api/p1/refund"), &answer(429, "{}"), 1)[0],
             Verdict::RetryLater { .. }
         ));
         assert!(matches!(
-            a.classify_submit("/api/p1/refund", &answer(400, r#"{"error":"amount"}"#), 1)[0],
+            a.classify_submit(
+                &sent_to("/api/p1/refund"),
+                &answer(400, r#"{"error":"amount"}"#),
+                1
+            )[0],
             Verdict::Failed { .. }
         ));
     }
@@ -899,6 +1039,7 @@ mod tests {
             a.submit(
                 &[Outgoing {
                     key,
+                    op: "refund",
                     payload: &payload,
                     attempt,
                 }],
@@ -911,8 +1052,8 @@ mod tests {
         assert_ne!(a.wire_key(key), key.replace('-', ""), "not the plain key");
         assert_eq!(a.wire_key(key).len(), 32);
         assert_ne!(first.trace, again.trace, "TraceApi is unique per request");
-        let l1 = a.key_lookup(key, &payload, 3, "2026-12-01T00:00:00.001Z");
-        let l2 = a.key_lookup(key, &payload, 3, "2026-12-01T00:00:00.002Z");
+        let l1 = a.key_lookup("refund", key, &payload, 3, "2026-12-01T00:00:00.001Z");
+        let l2 = a.key_lookup("refund", key, &payload, 3, "2026-12-01T00:00:00.002Z");
         assert_ne!(l1.trace, l2.trace);
     }
 
@@ -922,25 +1063,126 @@ mod tests {
         let full =
             serde_json::json!({"operationtype": "refund", "amount": "500", "currency": "DKK"});
         assert!(
-            listing_claims(&payment, &full, "refund")
+            listing_claims(&payment, &full)
                 .iter()
                 .all(|(f, _)| !f.starts_with('!'))
         );
         let bare = serde_json::json!({"note": "k", "responsecode": "00"});
-        let c = listing_claims(&serde_json::json!({}), &bare, "refund");
+        let c = listing_claims(&serde_json::json!({}), &bare);
         let unmet: Vec<&str> = c
             .iter()
             .filter(|(f, _)| f.starts_with('!'))
             .map(|(f, _)| f.as_str())
             .collect();
+        assert_eq!(unmet, ["!paymentid", "!amount", "!currency"]);
+        // The kind of operation is the node's: a refund listed for a payout contradicts it.
+        let a = refunds();
+        let sent = [super::super::keep(
+            &serde_json::json!({"paymentid": "p1", "amount": 500}),
+        )];
+        let claims = listing_claims(&payment, &full);
+        let as_node =
+            |op: &str| super::super::contradiction(&sent, &claims, &|ty| a.names_operation(op, ty));
+        assert_eq!(as_node("refund"), None);
         assert_eq!(
-            unmet,
-            ["!paymentid", "!amount", "!currency", "!operationtype"]
+            as_node("payout"),
+            Some("it lists a `refund` operation, not the item's".into())
         );
-        assert!(
-            listing_claims(&payment, &full, "payout")
-                .iter()
-                .any(|(f, _)| f == "!operationtype")
+        assert!(a.names_operation("mit", "authorize"));
+        assert!(a.names_operation("void", "cancel"));
+    }
+
+    #[test]
+    fn an_mit_is_known_by_the_merchantpaymentid_of_the_payment_it_creates() {
+        let a = refunds();
+        let key = "a6431184-f308-8de2-bb16-f2aa4cd2153a";
+        let wire = a.wire_key(key);
+        let payload = [super::super::keep(&serde_json::json!({
+            "merchantid": "m", "paymentid": "parent1", "merchantpaymentid": crate::keys::KEYED,
+            "amount": 1095, "currency": "DKK", "notificationurl": crate::compile::NOTIFY_URL
+        }))];
+        let r = a.submit(
+            &[Outgoing {
+                key,
+                op: "mit",
+                payload: &payload,
+                attempt: 1,
+            }],
+            "now",
         );
+        assert_eq!(r.path, "/api/mit");
+        let body: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["merchantpaymentid"], Value::String(wire.clone()));
+        // Accepted under the payment it creates, as its notification names it.
+        let accepted = a.classify_submit(&r, &answer(200, r#"{"responseid": "r7"}"#), 1);
+        assert_eq!(
+            accepted,
+            vec![Verdict::Accepted {
+                reference: format!("r7@{wire}")
+            }]
+        );
+        let h = axum::http::HeaderMap::new();
+        let path = "/payonic/notify/0123456789abcdef0123456789abcdef";
+        let note = serde_json::json!({"responseid": "r7", "paymentid": "new1",
+            "newmerchantpaymentid": wire, "responsecode": "00", "status": "approved"});
+        match a.notice(path, &h, None, &serde_json::to_vec(&note).unwrap()) {
+            Notice::Reference {
+                candidates,
+                claims,
+                verdict: Verdict::Succeeded { result, .. },
+            } => {
+                assert!(candidates.contains(&format!("r7@{wire}")), "{candidates:?}");
+                assert!(
+                    claims.iter().all(|(f, _)| f != "paymentid"),
+                    "the new payment is not the one the MIT named: {claims:?}"
+                );
+                assert_eq!(result.unwrap()["paymentid"], "new1", "what a capture reads");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Lost: looked up as the payment it would have created; unknown there, not listed.
+        let lookup = a.key_lookup("mit", key, &payload, 1, "now");
+        assert_eq!(lookup.path, format!("/api/{wire}/payment"));
+        assert_eq!(
+            a.classify_key_lookup(&answer(
+                404,
+                r#"{"error": "unknown payment", "field": "paymentid"}"#
+            )),
+            Verdict::Unlisted { asked: 0 }
+        );
+        // Listed: the payment carries the MIT's key as its merchantpaymentid.
+        let listing = serde_json::json!({"paymentid": "new1", "merchantpaymentid": wire,
+            "parentpaymentid": "parent1", "responseid": "r8", "amount": 1095, "currency": "DKK",
+            "operations": [{"operationid": "o1", "operationtype": "authorize", "amount": "1095",
+                "currency": "DKK", "note": "", "responsecode": "00", "status": "approved"}]});
+        match a.notice(path, &h, None, &serde_json::to_vec(&listing).unwrap()) {
+            Notice::Subject { found, .. } => {
+                assert_eq!(found.len(), 1, "{found:?}");
+                let (k, verdict, claims) = &found[0];
+                assert_eq!(*k, wire);
+                assert!(matches!(verdict, Verdict::Succeeded { .. }));
+                let sent = [super::super::keep(
+                    &serde_json::json!({"paymentid": "parent1", "amount": 1095, "currency": "DKK"}),
+                )];
+                assert_eq!(
+                    super::super::contradiction(&sent, claims, &|ty| a.names_operation("mit", ty)),
+                    None
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A request as `submit` would have made it, to `path`.
+    fn sent_to(path: &str) -> Request {
+        Request {
+            method: Method::Post,
+            path: path.into(),
+            endpoint: "refund",
+            headers: Vec::new(),
+            body: Vec::new(),
+            trace: None,
+            op: "refund".into(),
+        }
     }
 }

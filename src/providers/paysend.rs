@@ -157,6 +157,7 @@ impl Paysend {
             ],
             body,
             trace: None,
+            op: endpoint.to_string(),
         }
     }
 }
@@ -202,7 +203,7 @@ impl Adapter for Paysend {
         self.post("/processing", "processing", body)
     }
 
-    fn classify_submit(&self, _sent_path: &str, answer: &Answer, n: usize) -> Vec<Verdict> {
+    fn classify_submit(&self, _sent: &Request, answer: &Answer, n: usize) -> Vec<Verdict> {
         // The items of a pack share its globalId; each keeps its place in the pack, which is
         // where its tree sits in every status answer.
         classify_submission(&self.flow, answer, n)
@@ -235,6 +236,7 @@ impl Adapter for Paysend {
             )],
             body: Vec::new(),
             trace: None,
+            op: "processing".into(),
         }
     }
 
@@ -273,7 +275,14 @@ impl Adapter for Paysend {
         }
     }
 
-    fn key_lookup(&self, key: &str, _payload: &[Rendered], seq: u32, now: &str) -> Request {
+    fn key_lookup(
+        &self,
+        _op: &str,
+        key: &str,
+        _payload: &[Rendered],
+        seq: u32,
+        now: &str,
+    ) -> Request {
         self.post(
             "/processing",
             "processing",
@@ -470,7 +479,10 @@ pub fn task_verdict(result: Option<&Value>, global_id: &str) -> Verdict {
                 ids.insert(k.to_string(), v.to_string());
             }
         }
-        Verdict::Succeeded { ids }
+        Verdict::Succeeded {
+            ids,
+            result: Some(r.clone()),
+        }
     };
     let disagree = |why: &str| Verdict::NeedsReview {
         code: code.map_or_else(|| "no-code".to_string(), |c| c.to_string()),
@@ -784,11 +796,11 @@ pub fn classify_lookup(answer: &Answer) -> Verdict {
     // The lookup task's own result, read as any task's (`task_verdict`); the payment's status
     // is in its data.
     match task_verdict(Some(r), "") {
-        Verdict::Succeeded { ids } => match r
+        Verdict::Succeeded { ids, result } => match r
             .pointer("/data/status/description")
             .and_then(Value::as_str)
         {
-            Some("Completed") | None => Verdict::Succeeded { ids },
+            Some("Completed") | None => Verdict::Succeeded { ids, result },
             Some(other) => Verdict::NeedsReview {
                 code: other.to_string(),
                 description: format!("payment status {other}"),
@@ -863,7 +875,7 @@ pub fn webhook_verdict(body: &[u8]) -> Option<(String, Verdict)> {
                     ids.insert(name.to_string(), s.to_string());
                 }
             }
-            Verdict::Succeeded { ids }
+            Verdict::Succeeded { ids, result: None }
         }
         "onhold" => Verdict::NeedsReview {
             code: if code.is_empty() { "5".into() } else { code },
@@ -924,7 +936,7 @@ mod tests {
     fn task_results_map_to_verdicts_by_the_error_table() {
         let r = |v: Value| task_verdict(Some(&v), "g");
         assert!(
-            matches!(r(json!({"status": "Success", "code": 0, "data": {"paymentId": "p"}})), Verdict::Succeeded { ids } if ids["paymentId"] == "p")
+            matches!(r(json!({"status": "Success", "code": 0, "data": {"paymentId": "p"}})), Verdict::Succeeded { ids, .. } if ids["paymentId"] == "p")
         );
         assert_eq!(
             r(json!({"status": "Error", "code": 3011})),

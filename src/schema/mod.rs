@@ -9,7 +9,7 @@ pub mod raw;
 
 pub use field::{CurrencyFormat, CurrencyRef, Field, FieldKind, Holds, HoldsIf, Violation, Wire};
 pub use operation::Operation;
-pub use raw::{Completion, KeyFormat, Location, Role, TreeExecution};
+pub use raw::{Completion, KeyFormat, Location, Role, Settle, TreeExecution};
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::money::Currency;
@@ -348,7 +348,22 @@ fn compile_operation(
     );
     op.request = request;
     op.notification_url = notification_url;
+    // A request that pays, or that the provider lets payrun look up, is looked up when its
+    // answer is lost; one that only reads is sent again.
+    op.settle = match (raw.settle, &raw.lookup) {
+        (Some(s), _) => s,
+        (None, Some(_)) => raw::Settle::Lookup,
+        (None, None) => op.settle,
+    };
     op.lookup = raw.lookup;
+    // Sending a paying request again is safe only where the provider recognises it by a key.
+    if op.settle == raw::Settle::Resend && op.role == Role::Payout && op.idempotency.is_none() {
+        errors.push(err(
+            &[key("settle")],
+            "schema.settle",
+            "`settle: resend` on a payout without `idempotency`: a request whose answer was lost could be paid twice".to_string(),
+        ));
+    }
     if let Some(r) = &op.request {
         if !matches!(r.method.as_str(), "GET" | "POST") {
             errors.push(err(

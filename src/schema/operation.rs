@@ -25,6 +25,8 @@ pub struct Operation {
     pub notification_url: Option<String>,
     /// The operation that settles a request of this one whose answer was lost.
     pub lookup: Option<String>,
+    /// How an in-doubt request of this operation is settled (schema `settle:`, or its default).
+    pub settle: super::raw::Settle,
     by_path: HashMap<String, usize>,
     /// The schema file this came from and its SHA-256, for plan fingerprints.
     pub file: String,
@@ -66,6 +68,11 @@ impl Operation {
             request: None,
             notification_url: None,
             lookup: None,
+            settle: if role == Role::Payout {
+                super::raw::Settle::Lookup
+            } else {
+                super::raw::Settle::Resend
+            },
             by_path,
             file,
             sha256,

@@ -72,6 +72,28 @@ pub struct RawCredential {
     pub description: String,
 }
 
+/// How an in-doubt request of an operation is settled (`RawOperation::settle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Settle {
+    /// Asked about (by key, reference or group) before anything is sent again.
+    Lookup,
+    /// Sent again under the same key: the provider deduplicates it, or it moves no money.
+    Resend,
+    /// Handed to a person: the provider offers no way to find out, and resending could pay twice.
+    Review,
+}
+
+impl Settle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Settle::Lookup => "lookup",
+            Settle::Resend => "resend",
+            Settle::Review => "review",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TreeExecution {
@@ -113,6 +135,11 @@ pub struct RawOperation {
     /// lost (Payonic: `payment`, the Payment API). When that operation answers only by
     /// notification, a batch of this one needs payrun's listener.
     pub lookup: Option<String>,
+    /// How a request of this operation whose answer was lost (in doubt) is settled: `lookup`
+    /// (asked about by its key or reference), `resend` (sent again under the same key: the
+    /// provider deduplicates it, or it moves nothing), `review` (a person looks: nothing else is
+    /// safe). Default: `lookup` for an operation that pays or names a `lookup`, else `resend`.
+    pub settle: Option<Settle>,
     pub request: Option<RawRequest>,
     #[serde(default)]
     pub any_of: Vec<Vec<String>>,

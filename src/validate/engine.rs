@@ -587,7 +587,8 @@ impl Engine {
             let op = flow.op(&task.op);
             for b in &task.bindings {
                 let field = &op.fields[b.field];
-                if field.recipient {
+                // A recipient read from an earlier node's result is known only when it is sent.
+                if field.recipient && !b.value.reads_result() {
                     let v = to_val(&b.value, fields, &task.tree_path);
                     if !recipients.iter().any(|(x, _, _)| *x == v) {
                         recipients.push((v, b.path.clone(), field.privacy()));

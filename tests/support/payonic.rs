@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use super::run::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -167,4 +167,74 @@ pub fn token(sb: &Sandbox, batch: &str) -> String {
         .chain_update(sb.payonic_key.as_bytes())
         .finalize();
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Asks the sandbox's Payment API about `payment` and returns the answer it posts.
+pub fn payment_listing(sb: &Sandbox, payment: &str) -> Value {
+    // A sandbox with faults may lose the request or its answer: asked again, a few times.
+    for _ in 0..20 {
+        if let Some(v) = try_payment_listing(sb, payment) {
+            return v;
+        }
+    }
+    panic!("the Payment API did not list {payment} in 20 tries");
+}
+
+fn try_payment_listing(sb: &Sandbox, payment: &str) -> Option<Value> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = json!({"notificationurl": format!("http://127.0.0.1:{port}/listing")}).to_string();
+    let root = sb.root.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(root).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "GET /payonic/api/{payment}/payment HTTP/1.1\r\nHost: {root}\r\nAuthorization: Basic {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        sb.payonic_key,
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    if !answer.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    listener.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut s = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(_) => return None,
+        }
+    };
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = s.read(&mut buf).unwrap_or(0);
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if rest.len() >= len {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+                return serde_json::from_str(&rest[..len]).ok();
+            }
+        }
+        if n == 0 {
+            return None;
+        }
+    }
 }
