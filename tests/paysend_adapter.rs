@@ -126,7 +126,7 @@ async fn a_packed_payroll_request_is_accepted_then_every_item_succeeds_once() {
     let done = paysend::classify_envelope(&flow, &status(&c, &global).await, first.len());
     for v in &done {
         assert!(
-            matches!(v, Verdict::Succeeded { ids } if ids.contains_key("paymentId") && ids["globalId"] == global),
+            matches!(v, Verdict::Succeeded { ids, .. } if ids.contains_key("paymentId") && ids["globalId"] == global),
             "{v:?}"
         );
     }

@@ -318,7 +318,7 @@ fn items_under_review_are_settled_by_a_resume_that_waits_for_the_payment_apis_an
 }
 
 #[test]
-fn an_mit_batch_is_refused_by_run_with_nothing_sent_until_its_new_payment_can_be_followed() {
+fn an_mit_is_matched_to_its_item_by_the_merchantpaymentid_of_the_payment_it_creates() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("mits.csv"),
@@ -355,13 +355,27 @@ fn an_mit_batch_is_refused_by_run_with_nothing_sent_until_its_new_payment_can_be
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{said}");
-    assert!(
-        said.contains("MIT") && said.contains("nothing was sent"),
-        "{said}"
+    // Its notification names the new payment, not the one the request named: matched by the
+    // MIT's own merchantpaymentid (newmerchantpaymentid), so the item is paid, once.
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let ledger = std::process::Command::new(env!("CARGO_BIN_EXE_payrun"))
+        .current_dir(dir.path())
+        .args(["sandbox", "counters", "--state", "state/mit-test.sandbox"])
+        .output()
+        .unwrap();
+    let counters: serde_json::Value = serde_json::from_slice(&ledger.stdout).unwrap();
+    assert_eq!(
+        counters["events"]["payonic.mit.replayed"]
+            .as_u64()
+            .unwrap_or(0),
+        0,
+        "{counters}"
     );
-    assert!(
-        !dir.path().join("state/mit-test.redb").exists(),
-        "no batch was started"
-    );
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_payrun"))
+        .current_dir(dir.path())
+        .args(["status", "mit-test", "--state-dir", "state"])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("states: done 1"), "{status}");
 }
