@@ -1032,6 +1032,157 @@ impl Book<'_> {
     }
 }
 
+impl<'a> Book<'a> {
+    /// The bookkeeping of a run over `items`, resuming from the records `stored` (by store
+    /// index): every node's record, the steps each is followed by, and what is due — nodes
+    /// left `Sending` by a stopped run are in doubt, nodes that ended get the steps that follow
+    /// them. Nothing is committed yet.
+    fn new(
+        flow: &'a Flow,
+        items: &'a [PlannedItem],
+        stored: Vec<(u64, Record)>,
+        adapter: &'a dyn Adapter,
+        now: Millis,
+        timings: &Timings,
+    ) -> Book<'a> {
+        let policy = &flow.manifest.retry;
+        let mut stored: HashMap<u64, Record> = stored.into_iter().collect();
+        let mut recs: Vec<Record> = items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| {
+                stored.remove(&(i as u64)).unwrap_or_else(|| {
+                    Record::planned(&it.id, &it.key, &it.digest, it.line, it.money.clone())
+                })
+            })
+            .collect();
+        let mut units: Vec<(usize, usize)> = (0..recs.len()).map(|i| (i, 0)).collect();
+        // Delayed steps already under way, after the items.
+        let mut rest: Vec<(u64, Record)> = stored.into_iter().collect();
+        rest.sort_unstable_by_key(|(i, _)| *i);
+        for (index, r) in rest {
+            let (step, item) = super::store::split_index(index);
+            if step > 0 && item < items.len() {
+                units.push((item, step));
+                recs.push(r);
+            }
+        }
+        let client_run = flow.provider.tree == crate::schema::TreeExecution::Client;
+        let flow_steps = flow.steps();
+        // The step each task is sent in (0: the item's first request).
+        let step_of: HashMap<&str, usize> = flow_steps
+            .iter()
+            .enumerate()
+            .map(|(k, s)| (s.task.id.as_str(), k + 1))
+            .chain(flow.tasks.iter().map(|t| (t.id.as_str(), 0)))
+            .collect();
+        let steps: Vec<StepInfo> = flow_steps
+            .iter()
+            .map(|s| StepInfo {
+                path: s.task.tree_path.clone(),
+                after: s.after,
+                after_id: s.after_task.id.clone(),
+                link: s.link,
+                delay: s.delay,
+                settle: s.settle,
+                op: s.task.op.clone(),
+                reads: match client_run {
+                    true => s
+                        .ancestors
+                        .iter()
+                        .map(|(t, _)| (t.id.clone(), step_of[t.id.as_str()]))
+                        .collect(),
+                    false => vec![(s.after_task.id.clone(), s.after)],
+                },
+                typed: s
+                    .task
+                    .bindings
+                    .iter()
+                    .filter(|b| matches!(b.value, crate::compile::Bound::Result { .. }))
+                    .map(|b| (b.path.clone(), flow.op(&s.task.op).fields[b.field].wire))
+                    .collect(),
+            })
+            .collect();
+        let mut followers = vec![Vec::new(); steps.len() + 1];
+        for (k, s) in steps.iter().enumerate() {
+            followers[s.after].push(k + 1);
+        }
+        let mut read = vec![false; steps.len() + 1];
+        for s in &steps {
+            for (_, at) in &s.reads {
+                read[*at] = true;
+            }
+        }
+        let root = flow.tasks.first();
+        let mut book = Book {
+            flow,
+            items,
+            client_run,
+            root_op: root.map(|t| t.op.clone()).unwrap_or_default(),
+            root_settle: match (client_run, root) {
+                (true, Some(t)) => flow.op(&t.op).settle,
+                _ => Settle::Lookup,
+            },
+            read,
+            adapter,
+            keyed_notices: false,
+            open: recs.iter().filter(|r| is_open(&r.state)).count(),
+            unit_at: units
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, step))| *step > 0)
+                .map(|(u, &iu)| (iu, u))
+                .collect(),
+            units,
+            steps,
+            followers,
+            recs,
+            ready: VecDeque::new(),
+            timers: BTreeSet::new(),
+            in_flight: HashSet::new(),
+            groups: HashMap::new(),
+            changed: Vec::new(),
+            sends: Vec::new(),
+            lookups: Vec::new(),
+            by_key: HashMap::new(),
+            asked: HashMap::new(),
+            answered: HashSet::new(),
+            applied: None,
+            held: Vec::new(),
+            notices: NoticeCounts::default(),
+        };
+        // A resumed run: whatever was being sent when it stopped is now in doubt; whatever waited
+        // keeps its due time (pending backoffs are respected).
+        for i in 0..book.recs.len() {
+            match &book.recs[i].state {
+                State::Planned => book.ready.push_back(i),
+                State::Sending { .. } | State::NeedsReview { .. } => {
+                    if let Some(reference) = book.recs[i].state.reference() {
+                        let (group, _) = adapter.reference_group(reference);
+                        book.groups.entry(group).or_default().push(i);
+                    }
+                    book.apply(i, Event::Resume { now }, policy, timings, adapter)
+                }
+                // Accepted and waiting: whatever the provider told while no run listened is lost,
+                // so each is asked about once now.
+                State::Submitted { reference, .. } => {
+                    let (group, _) = adapter.reference_group(reference);
+                    book.groups.entry(group).or_default().push(i);
+                    book.apply(i, Event::Resume { now }, policy, timings, adapter);
+                }
+                _ => book.schedule(i),
+            }
+        }
+        // Steps that should follow what ended before (a batch started by an older payrun).
+        for u in 0..book.recs.len() {
+            if book.recs[u].state.is_final() {
+                book.follow(u, now);
+            }
+        }
+        book
+    }
+}
+
 /// Runs `items` to the end (or until `stop` is set), resuming from whatever `store` holds.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
@@ -1047,140 +1198,8 @@ pub async fn run(
     let policy = &flow.manifest.retry;
     let limits = &flow.limits;
     let adapter: &dyn Adapter = endpoint.adapter.as_ref();
-    let mut stored: HashMap<u64, Record> = stored.into_iter().collect();
-    let mut recs: Vec<Record> = items
-        .iter()
-        .enumerate()
-        .map(|(i, it)| {
-            stored.remove(&(i as u64)).unwrap_or_else(|| {
-                Record::planned(&it.id, &it.key, &it.digest, it.line, it.money.clone())
-            })
-        })
-        .collect();
-    let mut units: Vec<(usize, usize)> = (0..recs.len()).map(|i| (i, 0)).collect();
-    // Delayed steps already under way, after the items.
-    let mut rest: Vec<(u64, Record)> = stored.into_iter().collect();
-    rest.sort_unstable_by_key(|(i, _)| *i);
-    for (index, r) in rest {
-        let (step, item) = super::store::split_index(index);
-        if step > 0 && item < items.len() {
-            units.push((item, step));
-            recs.push(r);
-        }
-    }
-    let client_run = flow.provider.tree == crate::schema::TreeExecution::Client;
-    let flow_steps = flow.steps();
-    // The step each task is sent in (0: the item's first request).
-    let step_of: HashMap<&str, usize> = flow_steps
-        .iter()
-        .enumerate()
-        .map(|(k, s)| (s.task.id.as_str(), k + 1))
-        .chain(flow.tasks.iter().map(|t| (t.id.as_str(), 0)))
-        .collect();
-    let steps: Vec<StepInfo> = flow_steps
-        .iter()
-        .map(|s| StepInfo {
-            path: s.task.tree_path.clone(),
-            after: s.after,
-            after_id: s.after_task.id.clone(),
-            link: s.link,
-            delay: s.delay,
-            settle: s.settle,
-            op: s.task.op.clone(),
-            reads: match client_run {
-                true => s
-                    .ancestors
-                    .iter()
-                    .map(|(t, _)| (t.id.clone(), step_of[t.id.as_str()]))
-                    .collect(),
-                false => vec![(s.after_task.id.clone(), s.after)],
-            },
-            typed: s
-                .task
-                .bindings
-                .iter()
-                .filter(|b| matches!(b.value, crate::compile::Bound::Result { .. }))
-                .map(|b| (b.path.clone(), flow.op(&s.task.op).fields[b.field].wire))
-                .collect(),
-        })
-        .collect();
-    let mut followers = vec![Vec::new(); steps.len() + 1];
-    for (k, s) in steps.iter().enumerate() {
-        followers[s.after].push(k + 1);
-    }
-    let mut read = vec![false; steps.len() + 1];
-    for s in &steps {
-        for (_, at) in &s.reads {
-            read[*at] = true;
-        }
-    }
-    let root = flow.tasks.first();
-    let mut book = Book {
-        flow,
-        items,
-        client_run,
-        root_op: root.map(|t| t.op.clone()).unwrap_or_default(),
-        root_settle: match (client_run, root) {
-            (true, Some(t)) => flow.op(&t.op).settle,
-            _ => Settle::Lookup,
-        },
-        read,
-        adapter,
-        keyed_notices: false,
-        open: recs.iter().filter(|r| is_open(&r.state)).count(),
-        unit_at: units
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, step))| *step > 0)
-            .map(|(u, &iu)| (iu, u))
-            .collect(),
-        units,
-        steps,
-        followers,
-        recs,
-        ready: VecDeque::new(),
-        timers: BTreeSet::new(),
-        in_flight: HashSet::new(),
-        groups: HashMap::new(),
-        changed: Vec::new(),
-        sends: Vec::new(),
-        lookups: Vec::new(),
-        by_key: HashMap::new(),
-        asked: HashMap::new(),
-        answered: HashSet::new(),
-        applied: None,
-        held: Vec::new(),
-        notices: NoticeCounts::default(),
-    };
-    // A resumed run: whatever was being sent when it stopped is now in doubt; whatever waited
-    // keeps its due time (pending backoffs are respected).
     let now = now_ms();
-    for i in 0..book.recs.len() {
-        match &book.recs[i].state {
-            State::Planned => book.ready.push_back(i),
-            State::Sending { .. } | State::NeedsReview { .. } => {
-                if let Some(reference) = book.recs[i].state.reference() {
-                    let (group, _) = adapter.reference_group(reference);
-                    book.groups.entry(group).or_default().push(i);
-                }
-                book.apply(i, Event::Resume { now }, policy, timings, adapter)
-            }
-            // Accepted and waiting: whatever the provider told while no run listened is lost,
-            // so each is asked about once now.
-            State::Submitted { reference, .. } => {
-                let (group, _) = adapter.reference_group(reference);
-                book.groups.entry(group).or_default().push(i);
-                book.apply(i, Event::Resume { now }, policy, timings, adapter);
-            }
-            _ => book.schedule(i),
-        }
-    }
-    // Steps that should follow what ended before (a batch started by an older payrun).
-    for u in 0..book.recs.len() {
-        if book.recs[u].state.is_final() {
-            book.follow(u, now);
-        }
-    }
+    let mut book = Book::new(flow, items, stored, adapter, now, timings);
     book.commit(store)?;
 
     let http = endpoint.http.clone();
@@ -1222,7 +1241,8 @@ pub async fn run(
         provider: flow.provider.title.clone(),
         propagation: timings.propagation,
         notifications: listener.is_some(),
-        step_names: flow_steps
+        step_names: flow
+            .steps()
             .iter()
             .map(|s| (s.task.tree_path.clone(), s.task.id.clone()))
             .collect(),
@@ -1236,7 +1256,7 @@ pub async fn run(
             .recs
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.step.is_none() || client_run)
+            .filter(|(_, r)| r.step.is_none() || book.client_run)
             .map(|(i, r)| (adapter.wire_key(&r.key), i))
             .collect();
     }
@@ -1825,5 +1845,380 @@ async fn send(http: &reqwest::Client, base_url: &str, req: Request) -> Answer {
             maybe_sent: !e.is_connect(),
             why: super::http::describe(&e),
         },
+    }
+}
+
+#[cfg(test)]
+mod graph_tests {
+    //! The runner's bookkeeping of item graphs driven by random answers, lost answers and
+    //! crashes (a new `Book` from what was committed), against the invariants that make
+    //! "exactly once" hold: a node is never sent again while a request of it may have been
+    //! processed and nothing settled that; a node is sent only once its own `Sending` and its
+    //! parent's outcome are durable, on the branch that outcome took; every item's graph ends
+    //! with each node final or with a person.
+
+    use super::*;
+    use crate::providers::payonic::Payonic;
+    use serde_json::json;
+
+    const FLOW: &str = r#"batch: graph-test
+provider: payonic
+environment: sandbox
+credentials: {api_key: K}
+items: {source: items.csv}
+flow:
+  - id: capture
+    op: capture
+    payload:
+      paymentid: ${item.p}
+      amount: ${item.amount}
+      currency: DKK
+    success:
+      - id: refund
+        op: refund
+        payload:
+          paymentid: ${result.capture.paymentid}
+          amount: ${item.back}
+          currency: DKK
+        success:
+          - id: again
+            op: refund
+            delay: 10m
+            payload:
+              paymentid: ${result.capture.paymentid}
+              amount: ${result.refund.amount}
+              currency: DKK
+    fail:
+      - id: release
+        op: void
+        payload:
+          paymentid: ${item.p}
+          amount: ${item.amount}
+          currency: DKK
+notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun"}
+"#;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn flow() -> Flow {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("items.csv"),
+            "id,p,amount,back\na,p1,10.00,2.00\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("manifest.yaml"), FLOW).unwrap();
+        crate::pipeline::prepare(
+            &dir.path().join("manifest.yaml"),
+            &crate::schema::Registry::Embedded,
+        )
+        .map_err(|f| f.diagnostics)
+        .expect("the graph compiles")
+        .flow
+    }
+
+    fn items(flow: &Flow, n: usize) -> Vec<PlannedItem> {
+        (0..n)
+            .map(|i| {
+                let key = crate::keys::item_key("graph-test", &format!("i{i}"));
+                let steps = flow
+                    .steps()
+                    .iter()
+                    .map(|s| {
+                        let amount = match s.task.id.as_str() {
+                            "again" => json!("${result.refund.amount}"),
+                            _ => json!(200),
+                        };
+                        crate::providers::keep(&json!({
+                            "paymentid": match s.task.id.as_str() {
+                                "release" => json!(format!("p{i}")),
+                                _ => json!("${result.capture.paymentid}"),
+                            },
+                            "amount": amount,
+                            "note": crate::keys::KEYED,
+                        }))
+                    })
+                    .collect();
+                PlannedItem {
+                    id: format!("i{i}"),
+                    key,
+                    digest: String::new(),
+                    line: i as u64 + 2,
+                    payload: vec![crate::providers::keep(&json!({
+                        "paymentid": format!("p{i}"), "amount": 1000, "note": crate::keys::KEYED
+                    }))],
+                    steps,
+                    money: Vec::new(),
+                }
+            })
+            .collect()
+    }
+
+    fn timings() -> Timings {
+        Timings {
+            propagation: Duration::from_secs(5),
+            poll_every: Duration::from_secs(60),
+            review_every: Duration::from_secs(600),
+            max_lookups: 10,
+            max_polls: Some(5),
+            poll_backoff: 2.0,
+            settle: Duration::from_secs(600),
+            reversals: false,
+            confirm_failures: true,
+        }
+    }
+
+    /// What the test knows of a unit's requests: one may have been processed, and the
+    /// settlement observed since.
+    #[derive(Default, Clone)]
+    struct Doubt {
+        maybe: bool,
+        evidence: u32,
+    }
+
+    fn commit(book: &mut Book, durable: &mut HashMap<u64, Record>) {
+        book.changed.sort_unstable();
+        book.changed.dedup();
+        for &i in &book.changed {
+            durable.insert(book.store_index(i), book.recs[i].clone());
+        }
+        book.changed.clear();
+    }
+
+    fn succeeded(paymentid: String, amount: u64) -> Verdict {
+        Verdict::Succeeded {
+            ids: BTreeMap::new(),
+            result: Some(json!({"paymentid": paymentid, "amount": amount.to_string()})),
+        }
+    }
+
+    use std::collections::BTreeMap;
+
+    /// A random answer to a send (`benign`: the provider answers, at once, with an outcome).
+    fn answer(rng: &mut Rng, benign: bool, pay: String) -> Verdict {
+        match (benign, rng.below(8)) {
+            (true, 0) => Verdict::Failed {
+                code: "51".into(),
+                description: "declined".into(),
+            },
+            (true, _) => succeeded(pay, 200),
+            (false, 0) => Verdict::InDoubt,
+            (false, 1) => Verdict::RetryLater {
+                class: crate::execute::backoff::ErrorClass::RateLimited,
+                retry_after: None,
+            },
+            (false, 2) => Verdict::Failed {
+                code: "51".into(),
+                description: "declined".into(),
+            },
+            (false, 3) => Verdict::NeedsReview {
+                code: "x".into(),
+                description: "odd".into(),
+            },
+            (false, 4 | 5) => Verdict::Accepted {
+                reference: format!("r{}@{pay}", rng.next() % 1000),
+            },
+            _ => succeeded(pay, 200),
+        }
+    }
+
+    /// A random answer to a lookup, asked at `now`.
+    fn observation(rng: &mut Rng, benign: bool, now: Millis, pay: String) -> Verdict {
+        match (benign, rng.below(7)) {
+            (true, _) => succeeded(pay, 200),
+            (false, 0) => Verdict::Unknown,
+            (false, 1) => Verdict::Unlisted { asked: now },
+            (false, 2) => Verdict::Pending,
+            (false, 3) => Verdict::Failed {
+                code: "05".into(),
+                description: "declined".into(),
+            },
+            (false, 4) => Verdict::RetryLater {
+                class: crate::execute::backoff::ErrorClass::Network,
+                retry_after: None,
+            },
+            _ => succeeded(pay, 200),
+        }
+    }
+
+    #[test]
+    fn random_answers_losses_and_crashes_never_break_the_graph_invariants() {
+        let flow = flow();
+        let adapter = Payonic {
+            flow: Arc::new(flow.clone()),
+            api_key: "k".into(),
+            listener: Some("https://acme.example/payrun".into()),
+            token: "0123456789abcdef0123456789abcdef".into(),
+            per_operation_hosts: false,
+            note_secret: Some(b"secret".to_vec()),
+        };
+        let t = timings();
+        let policy = flow.manifest.retry.clone();
+        let flow_steps = flow.steps();
+        for seed in 1..=150u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let items = items(&flow, 3);
+            let mut durable: HashMap<u64, Record> = HashMap::new();
+            // Units by store index, so they survive a crash's renumbering.
+            let mut doubt: HashMap<u64, Doubt> = HashMap::new();
+            let mut now: Millis = 1_000_000;
+            let mut book = Book::new(&flow, &items, Vec::new(), &adapter, now, &t);
+            commit(&mut book, &mut durable);
+            let mut rounds = 0;
+            loop {
+                rounds += 1;
+                let benign = rounds > 60;
+                assert!(
+                    rounds < 4000,
+                    "seed {seed}: the graphs never ended: {:?}",
+                    book.recs
+                        .iter()
+                        .map(|r| (&r.step, &r.state))
+                        .filter(|(_, s)| is_open(s))
+                        .collect::<Vec<_>>()
+                );
+                // A crash: everything not committed is lost; a new run resumes.
+                if !benign && rng.below(15) == 0 {
+                    let stored: Vec<(u64, Record)> =
+                        durable.iter().map(|(k, r)| (*k, r.clone())).collect();
+                    book = Book::new(&flow, &items, stored, &adapter, now, &t);
+                    commit(&mut book, &mut durable);
+                }
+                for i in book.due(now) {
+                    book.apply(i, Event::Tick { now }, &policy, &t, &adapter);
+                }
+                while let Some(i) = book.ready.pop_front() {
+                    if matches!(book.recs[i].state, State::Planned) {
+                        book.apply(i, Event::Tick { now }, &policy, &t, &adapter);
+                    }
+                }
+                commit(&mut book, &mut durable);
+                let mut sends = std::mem::take(&mut book.sends);
+                sends.sort_unstable();
+                sends.dedup();
+                sends.retain(|&u| matches!(book.recs[u].state, State::Sending { .. }));
+                let mut lookups = std::mem::take(&mut book.lookups);
+                lookups.sort_unstable();
+                lookups.dedup();
+                lookups.retain(|&u| !book.recs[u].state.is_final());
+                for u in sends {
+                    let at = book.store_index(u);
+                    // Its own `Sending`, and its parent's end on its branch, are durable.
+                    assert!(
+                        matches!(durable[&at].state, State::Sending { .. }),
+                        "seed {seed}: sent before its Sending was committed"
+                    );
+                    let (item, step) = book.units[u];
+                    if step > 0 {
+                        let s = &book.steps[step - 1];
+                        let parent = match s.after {
+                            0 => item as u64,
+                            a => crate::execute::store::step_index(a, item),
+                        };
+                        let taken = match &durable[&parent].state {
+                            State::Succeeded { .. } => crate::manifest::Link::Success,
+                            State::Failed { .. } => crate::manifest::Link::Fail,
+                            other => panic!("seed {seed}: sent while its parent is {other:?}"),
+                        };
+                        assert!(
+                            s.link == taken || s.link == crate::manifest::Link::Always,
+                            "seed {seed}: a node on the branch not taken was sent"
+                        );
+                        assert!(
+                            book.step_payload(u).is_ok(),
+                            "seed {seed}: sent without the results it reads"
+                        );
+                    }
+                    let d = doubt.entry(at).or_default();
+                    assert!(
+                        !d.maybe || d.evidence > 0,
+                        "seed {seed}: unit {at:x} sent again while a request of it may have been processed and nothing settled it"
+                    );
+                    let verdict = answer(&mut rng, benign, format!("p{item}"));
+                    // A request may have been processed unless the provider said it was not.
+                    *d = Doubt {
+                        maybe: !matches!(verdict, Verdict::RetryLater { .. }),
+                        evidence: 0,
+                    };
+                    // The answer lost on the way (a timeout): in doubt.
+                    let verdict = match !benign && rng.below(6) == 0 {
+                        true => Verdict::InDoubt,
+                        false => verdict,
+                    };
+                    book.apply(u, Event::Sent { verdict, now }, &policy, &t, &adapter);
+                }
+                for u in lookups {
+                    let (item, _) = book.units[u];
+                    let verdict = observation(&mut rng, benign, now, format!("p{item}"));
+                    if matches!(verdict, Verdict::Unknown | Verdict::Unlisted { .. }) {
+                        doubt.entry(book.store_index(u)).or_default().evidence += 1;
+                    }
+                    book.apply(u, Event::Observed { verdict, now }, &policy, &t, &adapter);
+                }
+                commit(&mut book, &mut durable);
+                if book.open == 0 && book.ready.is_empty() && book.timers.is_empty() {
+                    break;
+                }
+                if book.open == 0 && benign {
+                    break;
+                }
+                now += match benign {
+                    true => 700_000,
+                    false => rng.below(120_000),
+                };
+            }
+            // Every node of every graph ended, or waits for a person; every step whose parent
+            // ended exists, run or skipped as its branch says.
+            for (u, r) in book.recs.iter().enumerate() {
+                assert!(
+                    r.state.is_final() || matches!(r.state, State::NeedsReview { .. }),
+                    "seed {seed}: unit {u} left {:?}",
+                    r.state
+                );
+            }
+            for item in 0..items.len() {
+                for (k, s) in flow_steps.iter().enumerate() {
+                    let parent = match s.after {
+                        0 => Some(&book.recs[item].state),
+                        a => book.unit_at.get(&(item, a)).map(|&p| &book.recs[p].state),
+                    };
+                    let child = book
+                        .unit_at
+                        .get(&(item, k + 1))
+                        .map(|&c| &book.recs[c].state);
+                    match (parent, child) {
+                        (Some(p), None) if p.is_final() => {
+                            panic!(
+                                "seed {seed}: item {item}'s `{}` was never created",
+                                s.task.id
+                            )
+                        }
+                        (Some(State::Succeeded { .. }), Some(State::Skipped { .. }))
+                            if s.link == crate::manifest::Link::Success =>
+                        {
+                            panic!("seed {seed}: `{}` skipped on the branch taken", s.task.id)
+                        }
+                        (Some(State::Failed { .. }), Some(c))
+                            if s.link == crate::manifest::Link::Success
+                                && !matches!(c, State::Skipped { .. }) =>
+                        {
+                            panic!("seed {seed}: `{}` ran on the branch not taken", s.task.id)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
     }
 }
