@@ -25,4 +25,5 @@ pub mod schema;
 pub mod template;
 pub mod text;
 pub mod validate;
+pub mod wire;
 pub mod yaml;

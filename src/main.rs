@@ -787,8 +787,7 @@ fn sandbox(
         }
     };
     runtime.block_on(async move {
-        let paysend = cfg.paysend.clone();
-        let payonic = cfg.payonic.clone();
+        let config = cfg.clone();
         let started = match tls_dir {
             None => Sandbox::start_with(cfg, listen, state.as_deref(), None)
                 .await
@@ -821,19 +820,9 @@ fn sandbox(
             println!("certificate: {}", cert.display());
             println!("  trust it with: payrun run <manifest> --ca-file {}", cert.display());
         }
-        println!("paysend: {}", sb.base_url("paysend"));
-        println!("  partner_id:   {}", paysend.partner_id);
-        println!("  inbound_key:  {}", paysend.inbound_key);
-        println!("  outbound_key: {}", paysend.outbound_key);
-        println!("payonic: {}", sb.base_url("payonic"));
-        println!("  api_key:      {}", payonic.api_key);
-        println!(
-            "  life cycle:   POST {root}/__sandbox/payonic/lifecycle/{{paymentid}} -> {}",
-            payonic
-                .lifecycle_url
-                .as_deref()
-                .unwrap_or("(payonic.lifecycle_url not set)")
-        );
+        for line in sb.banner(&config) {
+            println!("{line}");
+        }
         if let (Some(path), Some(r)) = (&state, sb.restored) {
             println!(
                 "state: {} ({} records replayed from {} earlier start{}{})",

@@ -6,17 +6,7 @@ use crate::manifest::{Backoff, RetryPolicy};
 use backon::BackoffBuilder;
 use std::time::Duration;
 
-/// Why a request is to be tried again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorClass {
-    /// The provider said "not now" (Paysend's 404 "Sorry. Can't accept your request now.").
-    RateLimited,
-    /// A 5xx answer.
-    ServerError,
-    /// The connection failed before the request could have reached the provider.
-    Network,
-}
+pub use crate::wire::ErrorClass;
 
 impl RetryPolicy {
     pub fn for_class(&self, class: ErrorClass) -> &Backoff {

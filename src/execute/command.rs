@@ -82,88 +82,15 @@ fn retry_selection(flow: &Flow, records: &[&super::store::Record]) -> HashMap<St
         .collect()
 }
 
-/// A rehearsal of a Payonic batch needs the payments its items name (refunds, captures, voids
-/// and payouts act on existing payments, an MIT charges one): each is created in the embedded
-/// sandbox — authorized for a batch that starts with a capture or void, captured otherwise —
-/// for ten times the item's amount in the item's currency — unless `--sandbox-config` lists
-/// it. The sandbox creates only those its state file does not know yet, so a resumed
-/// rehearsal keeps the payments (and their refunds) the first run made.
-fn seed_payonic(cfg: &mut crate::sandbox::SandboxConfig, flow: &Flow, items: &[PlannedItem]) {
-    let Some(op) = flow.tasks.first().map(|t| flow.op(&t.op)) else {
-        return;
-    };
-    // The payment it acts on: in the path, or (an MIT) the parent payment in the body.
-    let Some(var) = op
-        .fields
-        .iter()
-        .find(|f| f.in_path)
-        .or_else(|| op.field("paymentid"))
-        .map(|f| f.path.clone())
-    else {
-        return;
-    };
-    let mut seen: std::collections::HashSet<String> = cfg
-        .payonic
-        .payments
-        .iter()
-        .flat_map(|p| {
-            [p.paymentid.clone()]
-                .into_iter()
-                .chain(p.merchantpaymentid.clone())
-        })
-        .collect();
-    let mut named = 0;
-    for it in items {
-        let Some(v) = it
-            .payload
-            .first()
-            .and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok())
-        else {
-            continue;
-        };
-        let Some(id) = v.get(&var).and_then(|x| x.as_str()).map(String::from) else {
-            continue;
-        };
-        let amount = v
-            .get("amount")
-            .and_then(|a| a.to_string().parse::<u64>().ok())
-            .unwrap_or(100_000);
-        let currency = it
-            .money
-            .first()
-            .map(|(_, c)| c.clone())
-            .unwrap_or_else(|| "EUR".into());
-        if seen.insert(id.clone()) {
-            named += 1;
-            cfg.payonic
-                .payments
-                .push(crate::sandbox::config::PayonicPayment {
-                    paymentid: id,
-                    merchantpaymentid: None,
-                    amount: amount.saturating_mul(10).max(1),
-                    currency,
-                    // A capture or void needs an authorization still open.
-                    state: match op.name.as_str() {
-                        "capture" | "void" => crate::sandbox::config::SeedState::Authorized,
-                        _ => crate::sandbox::config::SeedState::Captured,
-                    },
-                    reference: String::new(),
-                    customer: Default::default(),
-                });
-        }
-    }
-    eprintln!(
-        "sandbox: the batch refers to {named} payments; each is created unless the sandbox has it"
-    );
-}
-
 /// Where the embedded sandbox of a batch keeps what it remembers across commands.
 pub fn sandbox_state_file(state_dir: &Path, batch: &str) -> std::path::PathBuf {
     state_dir.join(format!("{batch}.sandbox"))
 }
 
-/// Paysend's timings as its document gives them (L633, L659-667), and this runner's polling;
-/// `scale` > 1 for a sandbox whose provider time runs that much faster.
+/// payrun's default waits, which each adapter adjusts to its provider (`Adapter::timings`):
+/// a 3-minute propagation delay before a lookup means anything (Paysend documents it, L633,
+/// L659-667; a provider that documents none gets the same caution), polls every second of
+/// provider time; `scale` > 1 for a sandbox whose provider time runs that much faster.
 fn timings(scale: f64) -> Timings {
     let s = |d: Duration| d.div_f64(scale.max(1.0)).max(Duration::from_millis(20));
     Timings {
@@ -232,7 +159,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         }
     };
     let flow = prepared.flow;
-    if !matches!(flow.provider.name.as_str(), "paysend" | "payonic") {
+    if crate::providers::plugin(&flow.provider.name).is_none() {
         eprintln!(
             "error[run.provider]: `payrun run` has no adapter for {} yet (validate and plan work); nothing was sent",
             flow.provider.name
@@ -893,8 +820,11 @@ fn execute(
         let mut listen = None;
         // Where the provider reaches payrun's listener (each adapter adds its own paths).
         let mut callback = None;
-        let paysend = flow.provider.name == "paysend";
-        let (base_url, mut credentials) = if sandbox {
+        let Some(plugin) = crate::providers::plugin(&flow.provider.name) else {
+            eprintln!("error[run.provider]: `payrun run` has no adapter for {}; nothing was sent", flow.provider.name);
+            return 2;
+        };
+        let (base_url, credentials) = if sandbox {
             // The rehearsal's provider: the configuration given (balances, faults, seeds…), its
             // memory in the state folder, so that a resume meets the provider that saw the run.
             let mut cfg = match o.sandbox_config {
@@ -913,23 +843,23 @@ fn execute(
                 && let Ok(addr) =
                     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr())
             {
-                cfg.paysend.webhook_url =
-                    Some(format!("http://{addr}{}", crate::providers::paysend::WEBHOOK_PATH));
                 callback = Some(format!("http://{addr}"));
                 listen = Some(addr);
             }
-            if flow.provider.name == "payonic" {
-                seed_payonic(&mut cfg, flow, items);
-            }
-            let credentials: crate::providers::Credentials = [
-                ("partner_id", cfg.paysend.partner_id.clone()),
-                ("inbound_key", cfg.paysend.inbound_key.clone()),
-                ("outbound_key", cfg.paysend.outbound_key.clone()),
-                ("api_key", cfg.payonic.api_key.clone()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+            // Fitted to the batch by the provider's plugin (the payments it names, where
+            // notifications go); its test credentials.
+            let rehearsal = crate::providers::Rehearsal {
+                flow,
+                items: items
+                    .iter()
+                    .filter_map(|it| {
+                        let first = it.payload.first()?;
+                        Some((first.get(), it.money.first().map(|(_, c)| c.as_str())))
+                    })
+                    .collect(),
+                listener: callback.as_deref(),
+            };
+            let credentials = (plugin.rehearse)(&mut cfg, &rehearsal);
             let state_file = sandbox_state_file(state_dir, &flow.manifest.batch);
             let persist = (!o.sandbox_in_memory).then_some(state_file.as_path());
             match crate::sandbox::Sandbox::start_with_state(cfg, "127.0.0.1:0".parse().expect("loopback address"), persist).await {
@@ -980,7 +910,8 @@ fn execute(
                     _ => missing.push(format!("${var} ({name})")),
                 }
             }
-            let needed = |name: &str| name != "outbound_key" || webhooks || !paysend;
+            let optional = (plugin.optional_credentials)(webhooks);
+            let needed = |name: &str| !optional.contains(&name);
             let missing: Vec<String> = missing
                 .into_iter()
                 .filter(|m| needed(m.rsplit_once('(').map_or("", |(_, n)| n.trim_end_matches(')'))))
@@ -998,47 +929,33 @@ fn execute(
                     eprintln!("error[run.notifications]: webhook notifications need `listen` and `public_url`");
                     return 2;
                 };
-                if paysend && !credentials.contains_key("outbound_key") {
-                    eprintln!("error[run.credentials]: webhooks are verified with the outbound key: set the variable named by credentials.outbound_key");
-                    return 2;
-                }
                 let public = public.trim_end_matches('/');
-                if paysend {
-                    eprintln!(
-                        "notifications: callbacks to {public}{}; set {public}{} as the expanded webhook URL with Paysend",
-                        crate::providers::paysend::CALLBACK_PATH,
-                        crate::providers::paysend::WEBHOOK_PATH
-                    );
-                } else {
-                    eprintln!("notifications: {} posts outcomes to {public}/{}/notify/<a secret token of this batch>", flow.provider.title, flow.provider.name);
+                let setup = crate::providers::Setup {
+                    flow,
+                    credentials: &credentials,
+                    callback_url: None,
+                    base_url: &base_url,
+                    key_secret: None,
+                };
+                match (plugin.listening)(&setup, public) {
+                    Ok(line) => eprintln!("notifications: {line}"),
+                    Err(why) => {
+                        eprintln!("error[run.credentials]: {why}");
+                        return 2;
+                    }
                 }
                 callback = Some(public.to_string());
                 listen = Some(addr);
             }
             (base_url, credentials)
         };
-        // Unsigned notifications (Payonic) are taken only on a URL with this batch's secret token:
-        // derived from the API key and the batch, so it survives a resume and is never stored.
-        if let Some(k) = credentials.get("api_key") {
-            use sha2::{Digest, Sha256};
-            let digest = Sha256::new()
-                .chain_update(b"payrun/notify-token/v1\x1f")
-                .chain_update(flow.manifest.batch.as_bytes())
-                .chain_update(b"\x1f")
-                .chain_update(k.as_bytes())
-                .finalize();
-            let token = crate::keys::hex_lower(&digest[..16]);
-            credentials.insert("notify_token".into(), token);
-        }
-        match &note_secret {
-            Some(s) => {
-                credentials.insert("note_secret".into(), crate::keys::hex_lower(s));
-            }
-            None => {
-                credentials.insert("legacy_notes".into(), String::new());
-            }
-        }
-        let adapter = match crate::providers::adapter(flow, &credentials, callback, &base_url) {
+        let adapter = match crate::providers::adapter(&crate::providers::Setup {
+            flow,
+            credentials: &credentials,
+            callback_url: callback,
+            base_url: &base_url,
+            key_secret: note_secret.as_deref(),
+        }) {
             Ok(a) => a,
             Err(m) => {
                 eprintln!("error[run.adapter]: {m}; nothing was sent");

@@ -18,8 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Milliseconds since the Unix epoch.
-pub type Millis = u64;
+pub use crate::wire::{Millis, Timings, Verdict};
 
 fn plus(t: Millis, d: Duration) -> Millis {
     t.saturating_add(d.as_millis() as u64)
@@ -146,54 +145,6 @@ impl State {
     }
 }
 
-/// What a provider's answer means, as the adapter classified it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Verdict {
-    /// Taken for processing; `reference` finds it again (Paysend: globalId).
-    Accepted {
-        reference: String,
-    },
-    Succeeded {
-        ids: BTreeMap<String, String>,
-        /// What the provider answered, as JSON (the adapter picks the fields; the runner adds
-        /// what the request sent and removes what the schema marks sensitive before keeping it):
-        /// read by later nodes as `${result.<node>.<path>}`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        result: Option<serde_json::Value>,
-    },
-    Failed {
-        code: String,
-        description: String,
-    },
-    /// Not final, or held for manual action (Paysend 9999, code 5 / OnHold).
-    NeedsReview {
-        code: String,
-        description: String,
-    },
-    /// "Already paid with this key" (Paysend 3011).
-    AlreadyExists,
-    /// The provider cannot see it yet (Paysend 3006 right after acceptance).
-    NotYetVisible,
-    /// The provider has no record of the key.
-    Unknown,
-    /// Not processed; safe to send again later.
-    RetryLater {
-        class: ErrorClass,
-        retry_after: Option<Duration>,
-    },
-    /// It may have been processed; nobody knows (timeout, dropped connection).
-    InDoubt,
-    /// A lookup was taken; its answer comes later, by notification (Payonic's Payment API).
-    /// Also: the provider lists the request as not final yet (Payonic `pending`).
-    Pending,
-    /// The answer to a lookup asked at `asked` does not list the request: for a provider
-    /// without idempotency, "not processed" only once the settle window (`Timings::settle`)
-    /// had passed when it was asked, and confirmed by a second such lookup.
-    Unlisted {
-        asked: Millis,
-    },
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Start, or a due time passed.
@@ -215,51 +166,6 @@ pub enum Effect {
     /// Ask the provider for the outcome (by reference when submitted, by key otherwise).
     Lookup,
     WakeAt(Millis),
-}
-
-/// Provider timings the machine waits by.
-#[derive(Debug, Clone)]
-pub struct Timings {
-    /// After acceptance the provider may not find the payment yet (Paysend: at least 3 min).
-    pub propagation: Duration,
-    /// Between polls of a submitted request.
-    pub poll_every: Duration,
-    /// Between follow-up lookups of an item under review.
-    pub review_every: Duration,
-    /// Failed lookups of an item in doubt before a person is asked to look.
-    pub max_lookups: u32,
-    /// Lookups of a submitted item before a person is asked to look; None: poll as long as it
-    /// takes (Paysend's status polls). Set for providers whose outcome comes by notification,
-    /// where a lookup is the fallback for one that never came.
-    pub max_polls: Option<u32>,
-    /// Each further lookup of a waiting or in-doubt item waits this many times longer than the
-    /// one before (1: every `poll_every`), never longer than `review_every`.
-    pub poll_backoff: f64,
-    /// How long after a request of an item in doubt a lookup must be asked before its "not
-    /// listed" (`Verdict::Unlisted`) can mean "never processed" (a provider may list an
-    /// operation only once it is processed). Two such answers are needed before a resend.
-    pub settle: Duration,
-    /// What a failure reported after a success means: money moved back (`Reversed`, Paysend's
-    /// documented returns) when true; otherwise two contradicting reports a person must look
-    /// at (Payonic documents no reversal).
-    pub reversals: bool,
-    /// A failure reported by a notification is confirmed by a lookup before it is taken: the
-    /// provider's notifications are unsigned (Payonic), and a forged decline that ended the
-    /// batch's last item would end the run before the genuine outcome came.
-    pub confirm_failures: bool,
-}
-
-impl Timings {
-    /// The wait after the n-th lookup (n from 1).
-    fn gap(&self, n: u32) -> Duration {
-        let factor = self
-            .poll_backoff
-            .max(1.0)
-            .powi(n.saturating_sub(1).min(30) as i32);
-        self.poll_every
-            .mul_f64(factor)
-            .min(self.review_every.max(self.poll_every))
-    }
 }
 
 fn is_zero(n: &u32) -> bool {

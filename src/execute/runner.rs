@@ -109,6 +109,14 @@ pub fn rfc3339(ms: Millis) -> String {
 /// What comes back to the loop.
 enum Outcome {
     Sent(Vec<(usize, Verdict)>),
+    /// A key lookup of this unit (asked at this time) was answered before it finished: this
+    /// request fetches its outcome, after `FOLLOWUP_WAIT`; `n` follow-ups were made so far.
+    Followup {
+        unit: usize,
+        next: Request,
+        n: u32,
+        asked: Millis,
+    },
     Observed(Vec<(usize, Verdict)>),
     /// A lookup of this unit, made at this time, was taken under this reference; its answer
     /// comes by notification.
@@ -888,16 +896,15 @@ impl Book<'_> {
                 }
             }
             Notice::Subject {
-                subjects,
                 found,
                 answered,
+                references,
+                ..
             } => {
                 let rid = answered.as_ref().map(|(rid, _)| rid.as_str());
-                let reconciles = rid.is_some_and(|rid| {
-                    subjects
-                        .iter()
-                        .any(|s| self.waiting_for(&format!("{rid}@{s}")).next().is_some())
-                });
+                let reconciles = references
+                    .iter()
+                    .any(|r| self.waiting_for(r).next().is_some());
                 for (key, _, claims) in found {
                     if let Some(&i) = self.by_key.get(&key.replace('-', ""))
                         && let Some(why) = self.contradicts(i, claims)
@@ -992,14 +999,15 @@ impl Book<'_> {
             // was this lookup (a reconciliation); and the items in doubt that asked through it
             // and are not listed (never processed: sent again with the same key).
             Notice::Subject {
-                subjects,
                 found,
                 answered,
+                references,
+                ..
             } => {
                 let mut listed = HashSet::new();
-                if let Some((rid, verdict)) = &answered {
-                    for s in &subjects {
-                        let waiting: Vec<usize> = self.waiting_for(&format!("{rid}@{s}")).collect();
+                if let Some((_, verdict)) = &answered {
+                    for r in &references {
+                        let waiting: Vec<usize> = self.waiting_for(r).collect();
                         for i in waiting {
                             listed.insert(i);
                             observe(self, i, verdict.clone());
@@ -1284,6 +1292,10 @@ pub async fn run(
     let control = serve_records(control_path(&store.path), tx.clone());
     let snapshot = store.path.with_extension("status.json");
     let mut last_snapshot = std::time::Instant::now() - Duration::from_secs(1);
+    // Follow-ups of key lookups, due at a time: (due, seq) and what each sends.
+    let mut followups: BTreeSet<(Millis, u64)> = BTreeSet::new();
+    let mut waiting_followups: HashMap<u64, (usize, Request, u32, Millis)> = HashMap::new();
+    let mut followup_seq = 0u64;
     let mut snapshot_every = Duration::from_millis(300);
     loop {
         // A provider that answers nothing, many times in a row, stops the run: items stay
@@ -1481,30 +1493,25 @@ pub async fn run(
                         book.recs[i].requests,
                         &rfc3339(now),
                     );
-                    let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
-                    tokio::spawn(async move {
-                        let (slot, mut answer) = wire.exchange(req, false).await;
-                        drop(slot);
-                        // Answered before the lookup ran: fetch its outcome by the lookup's own
-                        // reference, a few times.
-                        for _ in 0..10 {
-                            let Some(next) = adapter.lookup_followup(&answer) else {
-                                break;
-                            };
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                            answer = wire.exchange(next, false).await.1;
-                        }
-                        let verdict = match adapter.classify_key_lookup(&answer) {
-                            // "Not listed", as of when it was asked.
-                            Verdict::Unlisted { .. } => Verdict::Unlisted { asked: now },
-                            v => v,
-                        };
-                        if let Some(reference) = adapter.lookup_reference(&answer) {
-                            let _ = wire.tx.send(Outcome::Asked(i, reference, now));
-                        }
-                        let _ = wire.tx.send(Outcome::Observed(vec![(i, verdict)]));
-                    });
+                    key_lookup(&wire, &endpoint.adapter, i, req, 0, now);
                 }
+            }
+        }
+        // A stop abandons the follow-ups not made yet: their units are looked up again later.
+        if stopping {
+            for (unit, ..) in waiting_followups.drain().map(|(_, v)| v) {
+                book.in_flight.remove(&unit);
+            }
+            followups.clear();
+        }
+        // Follow-ups of key lookups whose wait is over.
+        while let Some(&(at, seq)) = followups.first()
+            && at <= now
+        {
+            followups.pop_first();
+            if let Some((unit, next, n, asked)) = waiting_followups.remove(&seq) {
+                requests += 1;
+                key_lookup(&wire, &endpoint.adapter, unit, next, n, asked);
             }
         }
         for (group, members) in by_group {
@@ -1581,7 +1588,13 @@ pub async fn run(
         let next_due = if stopping {
             None
         } else {
-            book.timers.first().map(|&(t, _)| t)
+            let follow = followups.first().map(|&(t, _)| t);
+            book.timers
+                .first()
+                .map(|&(t, _)| t)
+                .into_iter()
+                .chain(follow)
+                .min()
         };
         let wait = next_due
             .map(|d| Duration::from_millis(d.saturating_sub(now_ms()).min(500)))
@@ -1607,6 +1620,18 @@ pub async fn run(
                     (l, true)
                 }
                 Outcome::Observed(l) => (l, false),
+                // The follow-up waits for its time like every other wait: a timer of the loop.
+                Outcome::Followup {
+                    unit,
+                    next,
+                    n,
+                    asked,
+                } => {
+                    followup_seq += 1;
+                    followups.insert((now + FOLLOWUP_WAIT.as_millis() as u64, followup_seq));
+                    waiting_followups.insert(followup_seq, (unit, next, n, asked));
+                    continue;
+                }
                 Outcome::Asked(i, reference, at) => {
                     let entry = book.asked.entry(reference).or_insert((Vec::new(), at));
                     entry.0.push(i);
@@ -1776,6 +1801,48 @@ fn write_snapshot(
     if let Ok(bytes) = serde_json::to_vec_pretty(&view) {
         let _ = crate::private::write_atomic(path, &bytes, false);
     }
+}
+
+/// How long a key lookup the provider answered before it finished waits before its outcome is
+/// fetched (`Adapter::lookup_followup`), and how many times, before it counts as lost.
+const FOLLOWUP_WAIT: Duration = Duration::from_millis(300);
+const FOLLOWUPS: u32 = 10;
+
+/// Performs key lookup `req` of `unit` (asked at `asked`; `n` follow-ups made before it) and
+/// reports what it says — or, when the provider answered before it finished, the follow-up to
+/// make after `FOLLOWUP_WAIT` (the loop's timer, not a sleep here).
+fn key_lookup(
+    wire: &Wire,
+    adapter: &Arc<dyn Adapter>,
+    unit: usize,
+    req: Request,
+    n: u32,
+    asked: Millis,
+) {
+    let (wire, adapter) = (wire.clone(), Arc::clone(adapter));
+    tokio::spawn(async move {
+        let (_slot, answer) = wire.exchange(req, false).await;
+        if n < FOLLOWUPS
+            && let Some(next) = adapter.lookup_followup(&answer)
+        {
+            let _ = wire.tx.send(Outcome::Followup {
+                unit,
+                next,
+                n: n + 1,
+                asked,
+            });
+            return;
+        }
+        let verdict = match adapter.classify_key_lookup(&answer) {
+            // "Not listed", as of when it was asked.
+            Verdict::Unlisted { .. } => Verdict::Unlisted { asked },
+            v => v,
+        };
+        if let Some(reference) = adapter.lookup_reference(&answer) {
+            let _ = wire.tx.send(Outcome::Asked(unit, reference, asked));
+        }
+        let _ = wire.tx.send(Outcome::Observed(vec![(unit, verdict)]));
+    });
 }
 
 /// One HTTP exchange as the adapter described it, outside the run's limiters (preflight).

@@ -6,241 +6,80 @@
 pub mod payonic;
 pub mod paysend;
 
-use crate::execute::machine::Verdict;
+pub use crate::wire::{
+    Answer, Claims, Credentials, Method, Notice, OPERATION_CLAIM, Outgoing, Preflight, Rendered,
+    Request, contradiction, fill_rendered, fill_results, json_path, json_path_mut, keep, retype,
+    scrub,
+};
+use crate::wire::{Timings, Verdict};
 use serde_json::Value;
-use std::time::Duration;
+use std::sync::Arc;
 
-/// What came back from one HTTP exchange.
-#[derive(Debug, Clone)]
-pub enum Answer {
-    Http {
-        status: u16,
-        body: Vec<u8>,
-        retry_after: Option<Duration>,
-    },
-    /// No answer from the provider: no connection, a timeout, a TLS failure, or an HTTP answer
-    /// that is not the provider's (a proxy's 502, an HTML error page, a wrong base URL's 404).
-    /// `maybe_sent`: the request may have reached the provider (a timeout, a connection lost
-    /// after sending, a gateway's 5xx), as opposed to one that provably never did. `why`: what
-    /// failed, in words, for the operator. Never an item's outcome.
-    Transport { maybe_sent: bool, why: String },
+/// What payrun needs of one provider beyond its schemas and its sandbox. `REGISTRY` lists one
+/// per provider: outside it, the providers' files and the sandbox, no code names a provider.
+pub struct Plugin {
+    /// The provider's name, as `provider:` in a manifest and its folder under `schemas/`.
+    pub name: &'static str,
+    /// The adapter of a run.
+    pub adapter: fn(&Setup<'_>) -> Result<Arc<dyn Adapter>, String>,
+    /// The credentials a run can go without (`webhooks`: the batch takes notifications).
+    pub optional_credentials: fn(webhooks: bool) -> &'static [&'static str],
+    /// What the operator is told about where the provider must send notifications, given the
+    /// batch's public URL; Err: the batch cannot take them (a credential they need is missing).
+    pub listening: fn(&Setup<'_>, public_url: &str) -> Result<String, String>,
+    /// A rehearsal against the embedded sandbox: fits the sandbox's configuration to the batch
+    /// (the payments it names, where notifications go) and gives the credentials it accepts,
+    /// by the names the provider's schema gives them.
+    pub rehearse: fn(&mut crate::sandbox::SandboxConfig, &Rehearsal<'_>) -> Credentials,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Get,
-    Post,
+/// Everything an adapter is made from.
+pub struct Setup<'a> {
+    pub flow: &'a crate::compile::Flow,
+    /// The run's credentials, by the schema's names, from the environment (or the sandbox).
+    pub credentials: &'a Credentials,
+    /// The base URL where the provider reaches payrun's listener, when it listens (each adapter
+    /// adds its own paths).
+    pub callback_url: Option<String>,
+    /// Where requests go; empty for a provider with one host per operation in production.
+    pub base_url: &'a str,
+    /// The batch's secret for keys written `keys: keyed`; None for a batch started before keys
+    /// were keyed (its keys go on the wire as they are).
+    pub key_secret: Option<&'a [u8]>,
 }
 
-/// A request an adapter wants sent, relative to the provider's base URL.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub method: Method,
-    pub path: String,
-    /// The endpoint's name for per-endpoint rate limits (`limits.endpoints.<name>`).
-    pub endpoint: &'static str,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
-    /// The id a support ticket quotes for this request (Payonic: its `TraceApi` header), kept
-    /// with the item it submits.
-    pub trace: Option<String>,
-    /// The operation this request performs (a schema operation's name; for a provider that
-    /// takes a whole tree per request, the tree's root operation).
-    pub op: String,
+/// What a rehearsal tells the embedded sandbox about the batch.
+pub struct Rehearsal<'a> {
+    pub flow: &'a crate::compile::Flow,
+    /// Each item's first request (rendered JSON) and its currency.
+    pub items: Vec<(&'a str, Option<&'a str>)>,
+    /// Where payrun's listener takes notifications (`http://127.0.0.1:PORT`), when it listens.
+    pub listener: Option<&'a str>,
 }
 
-/// What an adapter rendered for an item, kept as compact JSON text (a tenth of the memory of a
-/// `Value` tree, and written into request bodies as it is).
-pub type Rendered = Box<serde_json::value::RawValue>;
+/// Every provider `payrun run` drives.
+pub static REGISTRY: &[Plugin] = &[paysend::PLUGIN, payonic::PLUGIN];
 
-/// Renders a value for keeping.
-pub fn keep(v: &Value) -> Rendered {
-    serde_json::value::to_raw_value(v).expect("JSON values serialise")
+/// The plugin of provider `name`, if `payrun run` drives it.
+pub fn plugin(name: &str) -> Option<&'static Plugin> {
+    REGISTRY.iter().find(|p| p.name == name)
 }
 
-/// An item going out in a submission: its key and what the adapter rendered for it at plan
-/// time (real values, memory only).
-pub struct Outgoing<'a> {
-    /// The node's key: the item's for its first node, derived from it and the node's path for
-    /// the nodes after it (`keys::task_key(item, "step/<path>")`).
-    pub key: &'a str,
-    /// The node's operation (a schema operation's name).
-    pub op: &'a str,
-    pub payload: &'a [Rendered],
-    /// The item's attempt (recorded before the request leaves): a request of its own each time.
-    pub attempt: u32,
+/// The credential `name` of a run, or why it is missing.
+pub fn need(credentials: &Credentials, name: &str) -> Result<String, String> {
+    credentials
+        .get(name)
+        .cloned()
+        .ok_or_else(|| format!("the credential `{name}` is not set"))
 }
 
-/// What a notification said, once the adapter checked it. The runner journals a notice that
-/// settles items before acting on it (so only what the adapter read is kept, never the body).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Notice {
-    /// Forged or malformed: answered with this HTTP status and logged, never acted on.
-    #[serde(skip)]
-    Refused(u16, String),
-    /// About one item, by its idempotency key.
-    Item { key: String, verdict: Verdict },
-    /// A submission (by its group reference) has news: look its items up now.
-    Group(String),
-    /// The outcome of an accepted request, for the submitted item whose reference is one of
-    /// `candidates` (Payonic: responseid and the payment it names). No such item: rejected.
-    Reference {
-        candidates: Vec<String>,
-        verdict: Verdict,
-        claims: Claims,
-    },
-    /// A lookup's answer about a subject (Payonic: a payment by paymentid or merchantpaymentid):
-    /// the outcomes it lists by item key. An item in doubt about this subject that is not
-    /// listed was never processed.
-    Subject {
-        subjects: Vec<String>,
-        found: Vec<(String, Verdict, Claims)>,
-        /// The answer's own request (`<responseid>`: a lookup payrun made, or the request of a
-        /// reconciliation item), and what it says about the subject itself: the outcome of an
-        /// item whose request *was* this lookup.
-        answered: Option<(String, Verdict)>,
-    },
-    /// Authentic but of no interest.
-    Ignored,
-}
-
-/// Fields of an item's request that a notification asserts, as (field, value): what the item
-/// sent in each field must equal the value claimed for it (one of them, when a field is claimed
-/// more than once: a payment named by paymentid or merchantpaymentid), or the notification is
-/// not taken for it. Payonic's notifications are unsigned: one naming the right payment with
-/// another amount is a forgery, not news. A field named `!<field>` is a requirement the
-/// notification failed (a field missing, an operation of another type), with why: it
-/// contradicts every item.
-pub type Claims = Vec<(String, String)>;
-
-/// The claim naming the kind of operation a listing shows (Payonic `operationtype`): compared
-/// with the node's operation through `Adapter::names_operation`, not with a payload field.
-pub const OPERATION_CLAIM: &str = "@operation";
-
-/// The first field of `payload` (the item's request, `payload[0]`) that `claims` contradict, as
-/// a sentence. A field the item did not send cannot be contradicted. Currencies compare without
-/// case, numbers as numbers.
-pub fn contradiction(
-    payload: &[Rendered],
-    claims: &Claims,
-    same_operation: &dyn Fn(&str) -> bool,
-) -> Option<String> {
-    if claims.is_empty() {
-        return None;
-    }
-    // The kind of operation a listing shows must be the node's (`OPERATION_CLAIM`).
-    if let Some((_, ty)) = claims.iter().find(|(f, _)| f == OPERATION_CLAIM)
-        && !same_operation(ty)
-    {
-        return Some(format!("it lists a `{ty}` operation, not the item's"));
-    }
-    let sent: Value = payload
-        .first()
-        .and_then(|r| serde_json::from_str(r.get()).ok())
-        .unwrap_or(Value::Null);
-    let same = |field: &str, ours: &str, claimed: &str| {
-        ours == claimed
-            || (field == "currency" && ours.eq_ignore_ascii_case(claimed))
-            || matches!(
-                (ours.parse::<i128>(), claimed.parse::<i128>()),
-                (Ok(a), Ok(b)) if a == b
-            )
-    };
-    // A requirement the notification did not meet (see `Claims`).
-    if let Some((field, why)) = claims.iter().find(|(f, _)| f.starts_with('!')) {
-        return Some(format!("its {}: {why}", &field[1..]));
-    }
-    claims.iter().find_map(|(field, _)| {
-        if field == OPERATION_CLAIM {
-            return None;
-        }
-        let ours = match sent.get(field)? {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            _ => return None,
-        };
-        let claimed: Vec<&str> = claims
-            .iter()
-            .filter(|(f, _)| f == field)
-            .map(|(_, v)| v.as_str())
-            .collect();
-        (!claimed.iter().any(|c| same(field, &ours, c))).then(|| {
-            format!(
-                "it says {field} {}, the item sent {ours}",
-                claimed.join(" or ")
-            )
-        })
-    })
-}
-
-/// What a preflight answer says.
-#[derive(Debug, Clone)]
-pub enum Preflight {
-    /// Every preflight task finished. `balances`: Some when a balance was asked for (Paysend
-    /// getBalance) — then a currency it does not list has no balance to pay from.
-    Done {
-        balances: Option<std::collections::BTreeMap<String, rust_decimal::Decimal>>,
-        /// Each preflight task's result by its id, for `${result.<id>.<path>}` in the flow.
-        results: std::collections::BTreeMap<String, Value>,
-    },
-    /// A preflight task failed: nothing may be sent.
-    Failed(String),
-    /// Not finished yet: ask with this request (after a short wait).
-    Again(Request),
-    /// Not taken (busy, lost, refused for now): send the preflight again later.
-    Retry(String),
-}
-
-/// What the credentials of a run are, by the names the provider's schema gives them
-/// (`partner_id`, `inbound_key`, ...), with their values from the environment.
-pub type Credentials = std::collections::BTreeMap<String, String>;
-
-/// The adapter of `flow`'s provider. `callback_url` is the base URL where the provider reaches
-/// payrun's listener, when it listens (each adapter adds its own paths).
-pub fn adapter(
-    flow: &crate::compile::Flow,
-    credentials: &Credentials,
-    callback_url: Option<String>,
-    base_url: &str,
-) -> Result<std::sync::Arc<dyn Adapter>, String> {
-    let need = |name: &str| {
-        credentials
-            .get(name)
-            .cloned()
-            .ok_or_else(|| format!("the credential `{name}` is not set"))
-    };
-    match flow.provider.name.as_str() {
-        "paysend" => Ok(std::sync::Arc::new(paysend::Paysend {
-            flow: std::sync::Arc::new(flow.clone()),
-            partner_id: need("partner_id")?,
-            inbound_key: need("inbound_key")?,
-            outbound_key: credentials.get("outbound_key").cloned(),
-            callback_url: callback_url.map(|base| format!("{base}{}", paysend::CALLBACK_PATH)),
-            signature: flow.manifest.signature,
-        })),
-        "payonic" => Ok(std::sync::Arc::new(payonic::Payonic {
-            flow: std::sync::Arc::new(flow.clone()),
-            api_key: need("api_key")?,
-            listener: callback_url,
-            token: credentials
-                .get("notify_token")
-                .cloned()
-                .ok_or("no notification token for the batch")?,
-            per_operation_hosts: base_url.is_empty(),
-            note_secret: match (flow.provider.keys, credentials.get("note_secret")) {
-                (crate::schema::KeyFormat::Keyed, Some(hex)) => {
-                    Some(decode_hex(hex).ok_or("the batch's note secret is not hex digits")?)
-                }
-                (crate::schema::KeyFormat::Keyed, None)
-                    if !credentials.contains_key("legacy_notes") =>
-                {
-                    return Err("no secret for the batch's keys".into());
-                }
-                _ => None,
-            },
-        })),
-        other => Err(format!(
-            "`payrun run` has no adapter for {other} yet; `validate` and `plan` work for it"
+/// The adapter of `flow`'s provider (see `Setup`).
+pub fn adapter(setup: &Setup<'_>) -> Result<Arc<dyn Adapter>, String> {
+    match plugin(&setup.flow.provider.name) {
+        Some(p) => (p.adapter)(setup),
+        None => Err(format!(
+            "`payrun run` has no adapter for {} yet; `validate` and `plan` work for it",
+            setup.flow.provider.name
         )),
     }
 }
@@ -303,131 +142,6 @@ pub fn render_steps(
     }
 }
 
-/// `fill_results` on kept JSON; untouched (no parse) when it holds no reference.
-pub fn fill_rendered(
-    r: &Rendered,
-    lookup: &dyn Fn(&str, &str) -> Option<Value>,
-    missing: &mut Vec<String>,
-) -> Rendered {
-    if !r.get().contains("${result.") {
-        return r.clone();
-    }
-    let mut v: Value = serde_json::from_str(r.get()).expect("kept JSON parses");
-    fill_results(&mut v, lookup, missing);
-    keep(&v)
-}
-
-/// The value at `path` (dot-separated; a number indexes an array) in `v`.
-pub fn json_path<'v>(v: &'v Value, path: &str) -> Option<&'v Value> {
-    path.split('.').try_fold(v, |v, seg| match v {
-        Value::Array(a) => a.get(seg.parse::<usize>().ok()?),
-        other => other.get(seg),
-    })
-}
-
-/// `json_path`, to change the value.
-pub fn json_path_mut<'v>(v: &'v mut Value, path: &str) -> Option<&'v mut Value> {
-    path.split('.').try_fold(v, |v, seg| match v {
-        Value::Array(a) => a.get_mut(seg.parse::<usize>().ok()?),
-        other => other.get_mut(seg),
-    })
-}
-
-/// Gives `v` (read from a node's result) the JSON type its field goes on the wire as: a number
-/// for `number` and `minor_units` (a provider's "1095" is 1095 — a result is already in the
-/// provider's units), text for `string`, true/false for `boolean`. Err: it cannot be that.
-pub fn retype(v: &mut Value, wire: crate::schema::Wire) -> Result<(), String> {
-    use crate::schema::Wire;
-    let text = match v {
-        Value::String(s) => s.trim().to_string(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        _ => return Err("is not a single value".into()),
-    };
-    *v = match wire {
-        Wire::String => Value::String(text),
-        Wire::Number | Wire::MinorUnits => {
-            match serde_json::from_str::<serde_json::Number>(&text) {
-                Ok(n) if wire == Wire::Number || n.is_u64() => Value::Number(n),
-                _ => return Err(format!("is {text:?}, not a whole number")),
-            }
-        }
-        Wire::Boolean => match text.to_ascii_lowercase().as_str() {
-            "true" => Value::Bool(true),
-            "false" => Value::Bool(false),
-            _ => return Err(format!("is {text:?}, not true or false")),
-        },
-    };
-    Ok(())
-}
-
-/// Removes from a node's result every field `op` marks sensitive or holding an account, card
-/// or phone number, a name or an e-mail address: at its path, and under the same name anywhere
-/// (an answer may echo it elsewhere). Results are kept at rest; such values never are.
-pub fn scrub(v: &mut Value, op: &crate::schema::Operation) {
-    let private: Vec<&str> = op
-        .fields
-        .iter()
-        .filter(|f| f.privacy() != crate::mask::Privacy::Plain)
-        .map(|f| f.path.as_str())
-        .collect();
-    if private.is_empty() {
-        return;
-    }
-    for path in &private {
-        if let Some((parent, leaf)) = path.rsplit_once('.') {
-            if let Some(Value::Object(o)) = json_path_mut(v, parent) {
-                o.remove(leaf);
-            }
-        } else if let Value::Object(o) = v {
-            o.remove(*path);
-        }
-    }
-    let leaves: std::collections::HashSet<&str> = private
-        .iter()
-        .map(|p| p.rsplit('.').next().unwrap_or(p))
-        .collect();
-    fn walk(v: &mut Value, leaves: &std::collections::HashSet<&str>) {
-        match v {
-            Value::Object(o) => {
-                o.retain(|k, _| !leaves.contains(k.as_str()));
-                o.values_mut().for_each(|x| walk(x, leaves));
-            }
-            Value::Array(a) => a.iter_mut().for_each(|x| walk(x, leaves)),
-            _ => {}
-        }
-    }
-    walk(v, &leaves);
-}
-
-/// Replaces every string that is exactly `${result.<id>.<path>}` with what `lookup(id, path)`
-/// gives; returns the references it could not fill.
-pub fn fill_results(
-    v: &mut Value,
-    lookup: &dyn Fn(&str, &str) -> Option<Value>,
-    missing: &mut Vec<String>,
-) {
-    match v {
-        Value::String(s) => {
-            if let Some(inner) = s
-                .strip_prefix("${result.")
-                .and_then(|r| r.strip_suffix('}'))
-                && let Some((id, path)) = inner.split_once('.')
-            {
-                match lookup(id, path) {
-                    Some(x) => *v = x,
-                    None => missing.push(format!("result.{id}.{path}")),
-                }
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(|x| fill_results(x, lookup, missing)),
-        Value::Object(o) => o
-            .values_mut()
-            .for_each(|x| fill_results(x, lookup, missing)),
-        _ => {}
-    }
-}
-
 /// One provider's wire protocol, as the runner needs it. Pure: no I/O.
 pub trait Adapter: Send + Sync {
     /// Whether an HTTP answer is the provider's own, in its documented shape, rather than a
@@ -473,7 +187,7 @@ pub trait Adapter: Send + Sync {
         None
     }
     /// This provider's waits, from payrun's defaults.
-    fn timings(&self, base: crate::execute::machine::Timings) -> crate::execute::machine::Timings {
+    fn timings(&self, base: Timings) -> Timings {
         base
     }
     fn classify_key_lookup(&self, answer: &Answer) -> Verdict;

@@ -19,12 +19,134 @@
 
 use super::{Adapter, Answer, Method, Notice, Outgoing, Preflight, Rendered, Request};
 use crate::compile::Flow;
-use crate::execute::backoff::ErrorClass;
-use crate::execute::machine::{Timings, Verdict};
 use crate::schema::{Completion, Operation};
+use crate::wire::{ErrorClass, Timings, Verdict};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// Payonic in the registry of providers `payrun run` drives.
+pub const PLUGIN: super::Plugin = super::Plugin {
+    name: "payonic",
+    adapter,
+    optional_credentials,
+    listening,
+    rehearse,
+};
+
+fn adapter(s: &super::Setup<'_>) -> Result<Arc<dyn super::Adapter>, String> {
+    let api_key = super::need(s.credentials, "api_key")?;
+    Ok(Arc::new(Payonic {
+        flow: Arc::new(s.flow.clone()),
+        token: notify_token(&s.flow.manifest.batch, &api_key),
+        api_key,
+        listener: s.callback_url.clone(),
+        per_operation_hosts: s.base_url.is_empty(),
+        note_secret: s.key_secret.map(<[u8]>::to_vec),
+    }))
+}
+
+/// The secret token in the URL payrun gives Payonic for its notifications, which are unsigned:
+/// derived from the API key and the batch, so it survives a resume and is never stored.
+pub fn notify_token(batch: &str, api_key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"payrun/notify-token/v1\x1f")
+        .chain_update(batch.as_bytes())
+        .chain_update(b"\x1f")
+        .chain_update(api_key.as_bytes())
+        .finalize();
+    crate::keys::hex_lower(&digest[..16])
+}
+
+fn optional_credentials(_webhooks: bool) -> &'static [&'static str] {
+    &[]
+}
+
+fn listening(s: &super::Setup<'_>, public: &str) -> Result<String, String> {
+    Ok(format!(
+        "{} posts outcomes to {public}{NOTIFY_PREFIX}<a secret token of this batch>",
+        s.flow.provider.title
+    ))
+}
+
+/// A rehearsal: the sandbox holds the payments the batch names, and accepts its test key.
+fn rehearse(
+    cfg: &mut crate::sandbox::SandboxConfig,
+    r: &super::Rehearsal<'_>,
+) -> super::Credentials {
+    seed(cfg, r.flow, &r.items);
+    [("api_key".to_string(), cfg.payonic.api_key.clone())]
+        .into_iter()
+        .collect()
+}
+
+/// A rehearsal of a Payonic batch needs the payments its items name (refunds, captures, voids
+/// and payouts act on existing payments, an MIT charges one): each is created in the embedded
+/// sandbox — authorized for a batch that starts with a capture or void, captured otherwise —
+/// for ten times the item's amount in the item's currency — unless `--sandbox-config` lists
+/// it. The sandbox creates only those its state file does not know yet, so a resumed
+/// rehearsal keeps the payments (and their refunds) the first run made.
+fn seed(cfg: &mut crate::sandbox::SandboxConfig, flow: &Flow, items: &[(&str, Option<&str>)]) {
+    let Some(op) = flow.tasks.first().map(|t| flow.op(&t.op)) else {
+        return;
+    };
+    // The payment it acts on: in the path, or (an MIT) the parent payment in the body.
+    let Some(var) = op
+        .fields
+        .iter()
+        .find(|f| f.in_path)
+        .or_else(|| op.field("paymentid"))
+        .map(|f| f.path.clone())
+    else {
+        return;
+    };
+    let mut seen: std::collections::HashSet<String> = cfg
+        .payonic
+        .payments
+        .iter()
+        .flat_map(|p| {
+            [p.paymentid.clone()]
+                .into_iter()
+                .chain(p.merchantpaymentid.clone())
+        })
+        .collect();
+    let mut named = 0;
+    for (payload, currency) in items {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(payload) else {
+            continue;
+        };
+        let Some(id) = v.get(&var).and_then(|x| x.as_str()).map(String::from) else {
+            continue;
+        };
+        let amount = v
+            .get("amount")
+            .and_then(|a| a.to_string().parse::<u64>().ok())
+            .unwrap_or(100_000);
+        let currency = currency.unwrap_or("EUR").to_string();
+        if seen.insert(id.clone()) {
+            named += 1;
+            cfg.payonic
+                .payments
+                .push(crate::sandbox::config::PayonicPayment {
+                    paymentid: id,
+                    merchantpaymentid: None,
+                    amount: amount.saturating_mul(10).max(1),
+                    currency,
+                    // A capture or void needs an authorization still open.
+                    state: match op.name.as_str() {
+                        "capture" | "void" => crate::sandbox::config::SeedState::Authorized,
+                        _ => crate::sandbox::config::SeedState::Captured,
+                    },
+                    reference: String::new(),
+                    customer: Default::default(),
+                });
+        }
+    }
+    eprintln!(
+        "sandbox: the batch refers to {named} payments; each is created unless the sandbox has it"
+    );
+}
 
 /// Where the runner's listener takes Payonic's notifications: this prefix and the token.
 pub const NOTIFY_PREFIX: &str = "/payonic/notify/";
@@ -742,10 +864,15 @@ impl Adapter for Payonic {
                 let result = Some(result_of(Some(&v), &Value::Object(Map::new())));
                 (rid, Verdict::Succeeded { ids: about, result })
             });
+            let references = match &answered {
+                Some((rid, _)) => ids.iter().map(|p| format!("{rid}@{p}")).collect(),
+                None => Vec::new(),
+            };
             return Notice::Subject {
                 subjects: ids,
                 found,
                 answered,
+                references,
             };
         }
         // An operation's outcome (L86-95, L124-131, L164-171, L204-211).

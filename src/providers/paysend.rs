@@ -5,10 +5,9 @@
 
 use super::{Adapter, Method, Notice, Outgoing, Preflight, Rendered, Request};
 use crate::compile::{Flow, Task};
-use crate::execute::backoff::ErrorClass;
-use crate::execute::machine::Verdict;
 use crate::manifest::Signature;
 use crate::validate::ItemRow;
+use crate::wire::{ErrorClass, Verdict};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -129,6 +128,64 @@ pub fn sign_with(alg: Signature, data: &[u8], inbound_key: &str) -> String {
 }
 
 /// Where the runner's listener takes Paysend's expanded webhooks and basic callbacks.
+/// Paysend in the registry of providers `payrun run` drives.
+pub const PLUGIN: super::Plugin = super::Plugin {
+    name: "paysend",
+    adapter,
+    optional_credentials,
+    listening,
+    rehearse,
+};
+
+fn adapter(s: &super::Setup<'_>) -> Result<Arc<dyn super::Adapter>, String> {
+    Ok(Arc::new(Paysend {
+        flow: Arc::new(s.flow.clone()),
+        partner_id: super::need(s.credentials, "partner_id")?,
+        inbound_key: super::need(s.credentials, "inbound_key")?,
+        outbound_key: s.credentials.get("outbound_key").cloned(),
+        callback_url: s
+            .callback_url
+            .as_ref()
+            .map(|base| format!("{base}{CALLBACK_PATH}")),
+        signature: s.flow.manifest.signature,
+    }))
+}
+
+/// The outbound key verifies webhooks: a batch without them runs without it.
+fn optional_credentials(webhooks: bool) -> &'static [&'static str] {
+    match webhooks {
+        true => &[],
+        false => &["outbound_key"],
+    }
+}
+
+fn listening(s: &super::Setup<'_>, public: &str) -> Result<String, String> {
+    if !s.credentials.contains_key("outbound_key") {
+        return Err("webhooks are verified with the outbound key: set the variable named by credentials.outbound_key".into());
+    }
+    Ok(format!(
+        "callbacks to {public}{CALLBACK_PATH}; set {public}{WEBHOOK_PATH} as the expanded webhook URL with Paysend"
+    ))
+}
+
+/// A rehearsal: the sandbox posts webhooks to payrun's listener, and accepts its test keys.
+fn rehearse(
+    cfg: &mut crate::sandbox::SandboxConfig,
+    r: &super::Rehearsal<'_>,
+) -> super::Credentials {
+    if let Some(l) = r.listener {
+        cfg.paysend.webhook_url = Some(format!("{l}{WEBHOOK_PATH}"));
+    }
+    [
+        ("partner_id", &cfg.paysend.partner_id),
+        ("inbound_key", &cfg.paysend.inbound_key),
+        ("outbound_key", &cfg.paysend.outbound_key),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.clone()))
+    .collect()
+}
+
 pub const WEBHOOK_PATH: &str = "/paysend/webhook";
 pub const CALLBACK_PATH: &str = "/paysend/callback";
 

@@ -233,6 +233,28 @@ impl Sandbox {
     }
 
     /// `http://127.0.0.1:PORT` (or `https://…`): where the `/__sandbox/` endpoints are.
+    /// What `payrun sandbox` prints about each emulated provider: its base URL and the test
+    /// credentials it accepts (from `config`, the configuration it started from).
+    pub fn banner(&self, config: &SandboxConfig) -> Vec<String> {
+        let root = self.root_url();
+        let (paysend, payonic) = (&config.paysend, &config.payonic);
+        vec![
+            format!("paysend: {}", self.base_url("paysend")),
+            format!("  partner_id:   {}", paysend.partner_id),
+            format!("  inbound_key:  {}", paysend.inbound_key),
+            format!("  outbound_key: {}", paysend.outbound_key),
+            format!("payonic: {}", self.base_url("payonic")),
+            format!("  api_key:      {}", payonic.api_key),
+            format!(
+                "  life cycle:   POST {root}/__sandbox/payonic/lifecycle/{{paymentid}} -> {}",
+                payonic
+                    .lifecycle_url
+                    .as_deref()
+                    .unwrap_or("(payonic.lifecycle_url not set)")
+            ),
+        ]
+    }
+
     pub fn root_url(&self) -> String {
         format!("{}://{}", self.scheme, self.addr)
     }
