@@ -1,5 +1,7 @@
-//! Execution: `machine` is the life of one item (or delayed step) as a pure
-//! `(state, event) -> (state, effects)`; `backoff` turns the manifest's retry policy into delays;
+//! Execution: `machine` is the life of one node (an item's first request, or a step) as a pure
+//! `(state, event) -> (state, effects)`; `graph` the items' job graphs around it (which node
+//! follows which, the results they read, the notifications taken, the actions due), with no
+//! I/O; `backoff` turns the manifest's retry policy into delays;
 //! `pace` is the adaptive send rate under the manifest's ceiling (slower when the provider
 //! pushes back);
 //! `store` is the redb checkpoint store; `runner` is the tokio loop around them (rate limiters,
@@ -14,6 +16,7 @@ pub mod backoff;
 pub mod command;
 pub mod crash;
 pub mod fixed;
+pub mod graph;
 pub mod http;
 pub mod listener;
 pub mod lock;

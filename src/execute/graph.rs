@@ -1,0 +1,1179 @@
+//! The items' job graphs, as the runner's bookkeeping: every node's record (an item's first
+//! request, or a step sent on its own once the node above it ended), what each waits for, and
+//! the actions the current states call for — sends, lookups — collected for the runner to
+//! perform. No I/O and no clock of its own: events arrive with their time (`apply`,
+//! `take`), due nodes are asked for (`due`), and what changed is committed by the caller
+//! before any action is performed. Here live branch choice (`follow`), result filling
+//! (`step_payload`), the results kept (`keep_result`), notification vetting (`vet`) and the
+//! settlement rule of each node (`settle_of`).
+
+use super::machine::{self, Effect, Event, Millis, State, Timings, Verdict};
+use super::store::{Record, Store, StoreError};
+use crate::compile::Flow;
+use crate::providers::{Adapter, Notice, Rendered, contradiction};
+use crate::schema::Settle;
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use super::runner::{NoticeCounts, PlannedItem};
+
+/// A step — a node of the item's graph sent as a request of its own — as the runner needs it
+/// (see `Flow::steps`).
+pub(super) struct StepInfo {
+    pub(super) path: String,
+    /// The step it follows (0: the item's first request).
+    pub(super) after: usize,
+    /// The id of the task it follows.
+    pub(super) after_id: String,
+    pub(super) link: crate::manifest::Link,
+    pub(super) delay: Duration,
+    /// How a request of it whose answer was lost is settled.
+    pub(super) settle: Settle,
+    /// Its operation.
+    pub(super) op: String,
+    /// The tasks whose results it may read (`${result.<id>.<path>}`), by id, with the step each
+    /// one's result is kept in. For a tree the provider runs, only the payout it follows.
+    pub(super) reads: Vec<(String, usize)>,
+    /// Payload paths filled from results, and the type each goes on the wire as.
+    pub(super) typed: Vec<(String, crate::schema::Wire)>,
+}
+
+/// The loop's bookkeeping around the records: which items wait for what. A record is a *unit*:
+/// an item's first request (units `0..items`, in batch order) or one of its delayed steps
+/// (appended as they come due).
+pub(super) struct Book<'a> {
+    pub(super) flow: &'a Flow,
+    pub(super) items: &'a [PlannedItem],
+    /// Every node is a request of its own, under its own key (the provider runs nothing itself).
+    pub(super) client_run: bool,
+    /// The first request's operation, and how it settles.
+    pub(super) root_op: String,
+    pub(super) root_settle: Settle,
+    /// Steps (0: the item's first request) whose results later steps read: kept in the record.
+    pub(super) read: Vec<bool>,
+    pub(super) adapter: &'a dyn Adapter,
+    /// Notifications name nodes by key (`by_key` is kept up to date as steps are created).
+    pub(super) keyed_notices: bool,
+    pub(super) recs: Vec<Record>,
+    /// (item, step) of each unit; step 0 is the item's first request.
+    pub(super) units: Vec<(usize, usize)>,
+    /// Delayed steps' units by (item, step); an item's first request is unit `item`.
+    pub(super) unit_at: HashMap<(usize, usize), usize>,
+    /// Steps 1.. (index k - 1), and the steps that follow each step (index k).
+    pub(super) steps: Vec<StepInfo>,
+    pub(super) followers: Vec<Vec<usize>>,
+    /// Not started yet, in file order.
+    pub(super) ready: VecDeque<usize>,
+    /// (due time, item); stale entries are skipped when popped.
+    pub(super) timers: BTreeSet<(Millis, usize)>,
+    /// Items with a request out (their answers are awaited).
+    pub(super) in_flight: HashSet<usize>,
+    /// Items neither final nor under review.
+    pub(super) open: usize,
+    /// Submitted items by the group their reference belongs to.
+    pub(super) groups: HashMap<String, Vec<usize>>,
+    pub(super) changed: Vec<usize>,
+    pub(super) sends: Vec<usize>,
+    pub(super) lookups: Vec<usize>,
+    /// Items by key, as notifications name them (built when notifications can arrive).
+    pub(super) by_key: HashMap<String, usize>,
+    /// Lookups whose answer comes as a `Notice::Subject` and has not come yet: the units that
+    /// asked and when, by the lookup's reference.
+    pub(super) asked: HashMap<String, (Vec<usize>, Millis)>,
+    /// Lookups whose answer came: a later answer under the same reference (a copy, or the
+    /// genuine one after a forgery) is still taken, so a contradiction is seen.
+    pub(super) answered: HashSet<String>,
+    /// The last journaled notice acted on since the last commit (committed with the states).
+    pub(super) applied: Option<u64>,
+    /// Notifications that came before the answer they follow (`Rejection::NotYet`): the notice,
+    /// its digest, and when it came. Memory only: a provider that hears 202 may send it again.
+    pub(super) held: Vec<(Notice, [u8; 32], Millis)>,
+    pub(super) notices: NoticeCounts,
+}
+
+/// Why a notification is not taken.
+pub(super) enum Rejection {
+    /// It contradicts what an item sent, or names nothing of this batch.
+    Never(String),
+    /// It names a request or lookup whose answer has not come back yet: a notification can
+    /// overtake the answer it follows. Held a while, looked at again each round, then rejected.
+    NotYet(String),
+}
+
+impl Rejection {
+    pub(super) fn why(&self) -> &str {
+        match self {
+            Rejection::Never(w) | Rejection::NotYet(w) => w,
+        }
+    }
+}
+
+/// How long a notification that overtook its request's answer is held.
+pub(super) const HOLD: Duration = Duration::from_secs(10);
+
+pub(super) fn is_open(s: &State) -> bool {
+    !(s.is_final() || matches!(s, State::NeedsReview { .. }))
+}
+
+impl Book<'_> {
+    /// Steps item `i` with `event`: records a changed state, schedules its next due time and
+    /// routes the effects.
+    pub(super) fn apply(
+        &mut self,
+        i: usize,
+        event: Event,
+        policy: &crate::manifest::RetryPolicy,
+        timings: &Timings,
+        adapter: &dyn Adapter,
+    ) {
+        let now = match &event {
+            Event::Tick { now }
+            | Event::Sent { now, .. }
+            | Event::Observed { now, .. }
+            | Event::Resume { now } => *now,
+        };
+        let answer = match &event {
+            Event::Sent {
+                verdict: Verdict::Succeeded { result, .. },
+                ..
+            }
+            | Event::Observed {
+                verdict: Verdict::Succeeded { result, .. },
+                ..
+            } => result.clone(),
+            _ => None,
+        };
+        let (s, fx) = machine::step(&self.recs[i].state, event, policy, timings);
+        let ends = s.is_final() && !self.recs[i].state.is_final();
+        // What a later node reads of this one: kept with the record, committed with its end.
+        if matches!(s, State::Succeeded { .. })
+            && !matches!(self.recs[i].state, State::Succeeded { .. })
+            && self.read[self.units[i].1]
+        {
+            self.recs[i].result = Some(self.keep_result(i, answer.as_ref()));
+        }
+        if s != self.recs[i].state {
+            let r = &mut self.recs[i];
+            if matches!(s, State::Sending { .. }) && r.first_sent.is_none() {
+                r.first_sent = Some(now);
+            }
+            if let State::Submitted { reference, .. } = &s {
+                let (group, _) = adapter.reference_group(reference);
+                self.groups.entry(group).or_default().push(i);
+            }
+            match (is_open(&r.state), is_open(&s)) {
+                (true, false) => self.open -= 1,
+                (false, true) => self.open += 1,
+                _ => {}
+            }
+            r.updated = now;
+            r.state = s;
+            self.changed.push(i);
+        }
+        self.schedule(i);
+        if ends {
+            self.follow(i, now);
+        }
+        for e in fx {
+            match e {
+                Effect::Send { .. } => self.sends.push(i),
+                Effect::Lookup => self.lookups.push(i),
+                Effect::WakeAt(_) => {}
+            }
+        }
+    }
+
+    /// Creates the delayed steps that follow unit `u`, which just ended: scheduled after their
+    /// delay when the branch they hang on was taken, skipped otherwise. Committed with `u`'s
+    /// final state, so a crash cannot lose them.
+    pub(super) fn follow(&mut self, u: usize, now: Millis) {
+        use crate::manifest::Link;
+        let (item, step) = self.units[u];
+        for k in self.followers[step].clone() {
+            if self.unit_at.contains_key(&(item, k)) {
+                continue;
+            }
+            let s = &self.steps[k - 1];
+            let outcome = match &self.recs[u].state {
+                State::Succeeded { .. } => Some(Link::Success),
+                State::Failed { .. } => Some(Link::Fail),
+                _ => None,
+            };
+            let state = match outcome {
+                Some(o) if s.link == Link::Always || s.link == o => State::Scheduled {
+                    at: now.saturating_add(s.delay.as_millis() as u64),
+                },
+                Some(o) => State::Skipped {
+                    reason: format!("`{}` ended in {}", s.after_id, o.as_str()),
+                    at: now,
+                },
+                None => State::Skipped {
+                    reason: format!("`{}` did not run", s.after_id),
+                    at: now,
+                },
+            };
+            let base = &self.recs[item];
+            let mut r = Record::planned(
+                &base.id,
+                &crate::keys::task_key(&base.key, &format!("step/{}", s.path)),
+                &base.digest,
+                base.line,
+                Vec::new(),
+            );
+            r.step = Some(s.path.clone());
+            r.updated = now;
+            let skipped = state.is_final();
+            r.state = state;
+            let v = self.recs.len();
+            if self.client_run && self.keyed_notices {
+                self.by_key.insert(self.adapter.wire_key(&r.key), v);
+            }
+            self.recs.push(r);
+            self.units.push((item, k));
+            self.unit_at.insert((item, k), v);
+            if !skipped {
+                self.open += 1;
+            }
+            self.changed.push(v);
+            self.schedule(v);
+            if skipped {
+                self.follow(v, now);
+            }
+        }
+    }
+
+    /// The request of step unit `u`, with the results of the nodes above it it reads: a full
+    /// path into a node's kept result (`${result.auth.paymentid}`,
+    /// `${result.account.result.accountToken}`); for a failed node its `code` and
+    /// `description`; for a tree the provider ran, the ids its verdict reported.
+    pub(super) fn step_payload(&self, u: usize) -> Result<Rendered, String> {
+        let (item, step) = self.units[u];
+        let planned = &self.items[item].steps[step - 1];
+        let s = &self.steps[step - 1];
+        let lookup = |id: &str, path: &str| -> Option<Value> {
+            let &(_, at) = s.reads.iter().find(|(n, _)| n == id)?;
+            let unit = match at {
+                0 => item,
+                _ => *self.unit_at.get(&(item, at))?,
+            };
+            let rec = &self.recs[unit];
+            let name = path.rsplit('.').next().unwrap_or(path);
+            match &rec.state {
+                State::Succeeded { ids, .. } => rec
+                    .result
+                    .as_ref()
+                    .and_then(|r| crate::providers::json_path(r, path))
+                    .cloned()
+                    .or_else(|| {
+                        ids.get(path)
+                            .or_else(|| ids.get(name))
+                            .cloned()
+                            .map(Value::String)
+                    }),
+                State::Failed {
+                    code, description, ..
+                } => match name {
+                    "code" => Some(code.clone()),
+                    "description" | "comment" => Some(description.clone()),
+                    _ => None,
+                }
+                .map(Value::String),
+                _ => None,
+            }
+        };
+        let mut missing = Vec::new();
+        let v = crate::providers::fill_rendered(planned, &lookup, &mut missing);
+        if !missing.is_empty() {
+            return Err(format!(
+                "`{}` needs {} of the task{} above it, which did not report it",
+                s.path,
+                missing.join(", "),
+                if s.reads.len() == 1 { "" } else { "s" }
+            ));
+        }
+        if s.typed.is_empty() || !planned.get().contains("${result.") {
+            return Ok(v);
+        }
+        // A value read from a result goes on the wire as the field's type (an amount the
+        // provider listed as "1095" is the number 1095 in a minor-units field).
+        let mut tree: Value = serde_json::from_str(v.get()).expect("kept JSON parses");
+        for (path, wire) in &s.typed {
+            if let Some(x) = crate::providers::json_path_mut(&mut tree, path) {
+                crate::providers::retype(x, *wire)
+                    .map_err(|why| format!("`{}`: `{path}` read from a result {why}", s.path))?;
+            }
+        }
+        Ok(crate::providers::keep(&tree))
+    }
+
+    /// The result kept for unit `u`, which just succeeded: for a node payrun sent on its own,
+    /// what its request sent (keys as they went on the wire) overlaid with the provider's
+    /// `answer`; then every field its operation marks sensitive, and any value shaped like a
+    /// card number, removed — nothing of the kind is ever at rest.
+    pub(super) fn keep_result(&self, u: usize, answer: Option<&Value>) -> Value {
+        let op = self.flow.op(self.op_of(u));
+        let mut out = serde_json::Map::new();
+        if self.client_run
+            && let Some(Value::Object(sent)) = self
+                .sent(u)
+                .first()
+                .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
+        {
+            out = sent;
+            let key = self.adapter.wire_key(&self.recs[u].key);
+            for v in out.values_mut() {
+                if v.as_str() == Some(crate::keys::KEYED) {
+                    *v = Value::String(key.clone());
+                }
+            }
+        }
+        if let Some(Value::Object(a)) = answer {
+            out.extend(a.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let mut v = Value::Object(out);
+        crate::providers::scrub(&mut v, op);
+        v
+    }
+
+    /// Where unit `u` is stored.
+    pub(super) fn store_index(&self, u: usize) -> u64 {
+        match self.units[u] {
+            (item, 0) => item as u64,
+            (item, step) => super::store::step_index(step, item),
+        }
+    }
+
+    pub(super) fn schedule(&mut self, i: usize) {
+        if let Some(d) = self.recs[i].state.due() {
+            self.timers.insert((d, i));
+        }
+    }
+
+    /// Items whose due time has come, each once.
+    pub(super) fn due(&mut self, now: Millis) -> Vec<usize> {
+        let mut out = Vec::new();
+        while let Some(&(t, i)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            if self.recs[i].state.due() == Some(t) && !self.in_flight.contains(&i) {
+                out.push(i);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    pub(super) fn commit(&mut self, store: &mut Store) -> Result<(), StoreError> {
+        self.changed.sort_unstable();
+        self.changed.dedup();
+        let rows: Vec<(u64, &Record)> = self
+            .changed
+            .iter()
+            .map(|&i| (self.store_index(i), &self.recs[i]))
+            .collect();
+        store.commit_with(&rows, self.applied)?;
+        self.changed.clear();
+        self.applied = None;
+        Ok(())
+    }
+
+    /// What unit `u` sends: its item's request, or its step's with the results it reads
+    /// filled in.
+    pub(super) fn sent(&self, u: usize) -> Vec<Rendered> {
+        match self.units[u] {
+            (item, 0) => self.items[item].payload.clone(),
+            (item, s) => match self.step_payload(u) {
+                Ok(v) => vec![v],
+                Err(_) => self.items[item]
+                    .steps
+                    .get(s - 1)
+                    .cloned()
+                    .into_iter()
+                    .collect(),
+            },
+        }
+    }
+
+    /// How unit `u`'s lost answer is settled.
+    pub(super) fn settle_of(&self, u: usize) -> Settle {
+        match self.units[u].1 {
+            0 => self.root_settle,
+            k => self.steps[k - 1].settle,
+        }
+    }
+
+    /// What unit `u` sends, with the results it reads; Err: a result it needs is missing.
+    pub(super) fn payload_of(&self, u: usize) -> Result<Vec<Rendered>, String> {
+        match self.units[u] {
+            (item, 0) => Ok(self.items[item].payload.clone()),
+            _ => self.step_payload(u).map(|v| vec![v]),
+        }
+    }
+
+    /// The operation of unit `u`.
+    pub(super) fn op_of(&self, u: usize) -> &str {
+        match self.units[u].1 {
+            0 => &self.root_op,
+            k => &self.steps[k - 1].op,
+        }
+    }
+
+    /// `contradiction` of `claims` with what unit `u` sent.
+    pub(super) fn contradicts(
+        &self,
+        u: usize,
+        claims: &crate::providers::Claims,
+    ) -> Option<String> {
+        let op = self.op_of(u);
+        contradiction(&self.sent(u), claims, &|ty| {
+            self.adapter.names_operation(op, ty)
+        })
+    }
+
+    /// Submitted units waiting for exactly `reference`.
+    pub(super) fn waiting_for<'a>(
+        &'a self,
+        reference: &'a str,
+    ) -> impl Iterator<Item = usize> + 'a {
+        self.groups
+            .get(reference)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .copied()
+            .filter(move |&i| self.recs[i].state.reference() == Some(reference))
+    }
+
+    /// Units a report about the request accepted under `reference` concerns: those waiting for
+    /// exactly it, and those that ended since they were accepted under it (a late copy, or a
+    /// contradiction).
+    pub(super) fn concerned<'a>(&'a self, reference: &'a str) -> impl Iterator<Item = usize> + 'a {
+        self.groups
+            .get(reference)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .copied()
+            .filter(move |&i| {
+                let s = &self.recs[i].state;
+                s.is_final() || s.reference() == Some(reference)
+            })
+    }
+
+    /// Checks an authentic notice against this run before it is journaled: it must concern an
+    /// item of the batch — for a reference, one waiting for exactly it; for a lookup's answer, a
+    /// lookup payrun made — and agree with what the item sent. Err says why it is not taken
+    /// (it then changes nothing).
+    pub(super) fn vet(&self, notice: &Notice) -> Result<(), Rejection> {
+        match notice {
+            Notice::Item { key, .. } => match self.by_key.get(&key.replace('-', "")) {
+                // An outcome is about a request payrun recorded as sent, or about nothing.
+                Some(&i) if self.recs[i].state.was_sent() => Ok(()),
+                Some(&i) => Err(Rejection::Never(format!(
+                    "a notification about item {}, for which nothing was sent",
+                    self.recs[i].id
+                ))),
+                None => Err(Rejection::Never(
+                    "a notification about a key not in this batch".into(),
+                )),
+            },
+            Notice::Reference {
+                candidates, claims, ..
+            } => {
+                let mut waiting = false;
+                for c in candidates {
+                    // Waiting for it, or settled since it was accepted under it (a late copy).
+                    for i in self.concerned(c) {
+                        if let Some(why) = self.contradicts(i, claims) {
+                            return Err(Rejection::Never(format!(
+                                "a notification about item {} that contradicts it: {why}",
+                                self.recs[i].id
+                            )));
+                        }
+                        waiting = true;
+                    }
+                }
+                match waiting {
+                    true => Ok(()),
+                    false => Err(Rejection::NotYet(
+                        "a notification for a request no item of this run waits for \
+                         (unknown responseid or payment)"
+                            .into(),
+                    )),
+                }
+            }
+            Notice::Subject {
+                found,
+                answered,
+                references,
+                ..
+            } => {
+                let rid = answered.as_ref().map(|(rid, _)| rid.as_str());
+                let reconciles = references
+                    .iter()
+                    .any(|r| self.waiting_for(r).next().is_some());
+                for (key, _, claims) in found {
+                    if let Some(&i) = self.by_key.get(&key.replace('-', ""))
+                        && let Some(why) = self.contradicts(i, claims)
+                    {
+                        return Err(Rejection::Never(format!(
+                            "a payment notification that contradicts item {}: {why}",
+                            self.recs[i].id
+                        )));
+                    }
+                }
+                // Taken only as the answer to a lookup payrun made (or a reconciliation item's
+                // own request): a listing posted by anyone else proves nothing.
+                let ours = rid
+                    .is_some_and(|rid| self.asked.contains_key(rid) || self.answered.contains(rid));
+                if reconciles || ours {
+                    Ok(())
+                } else {
+                    Err(Rejection::NotYet(
+                        "a payment notification answering no lookup of this run \
+                         (unknown responseid)"
+                            .into(),
+                    ))
+                }
+            }
+            Notice::Group(_) | Notice::Refused(..) | Notice::Ignored => Ok(()),
+        }
+    }
+
+    /// Acts on a notice (vetted before it was journaled, or replayed from the journal).
+    pub(super) fn take(
+        &mut self,
+        notice: Notice,
+        now: Millis,
+        policy: &crate::manifest::RetryPolicy,
+        timings: &Timings,
+        adapter: &dyn Adapter,
+    ) {
+        let observe = |book: &mut Book, i: usize, verdict: Verdict| {
+            tracing::debug!(item = %book.recs[i].id, ?verdict, "notification");
+            book.apply(
+                i,
+                Event::Observed { verdict, now },
+                policy,
+                timings,
+                adapter,
+            );
+        };
+        match notice {
+            // One more observation; duplicates and stale ones are absorbed by the state machine.
+            Notice::Item { key, verdict } => {
+                if let Some(&i) = self.by_key.get(&key.replace('-', "")) {
+                    observe(self, i, verdict);
+                }
+            }
+            // Ask about that submission's items now instead of at their next poll.
+            Notice::Group(group) => {
+                for i in self.groups.get(&group).cloned().unwrap_or_default() {
+                    if let State::Submitted { reference, .. } = &self.recs[i].state
+                        && adapter.reference_group(reference).0 == group
+                        && !self.in_flight.contains(&i)
+                    {
+                        self.lookups.push(i);
+                    }
+                }
+            }
+            // The outcome of an accepted request, for the item waiting for exactly it.
+            // The outcome of an accepted request, for the item waiting for exactly it — or that
+            // ended since it was accepted under it: a later report that contradicts the end is
+            // news (the machine keeps a copy of the same outcome from changing anything).
+            Notice::Reference {
+                candidates,
+                verdict,
+                ..
+            } => {
+                // An unsigned report of a failure about an item still waiting: asked about
+                // through a lookup instead, whose answer (taken only as the answer to payrun's
+                // own lookup) settles it.
+                let confirm = timings.confirm_failures && matches!(verdict, Verdict::Failed { .. });
+                for c in &candidates {
+                    let concerned: Vec<usize> = self.concerned(c).collect();
+                    for i in concerned {
+                        if confirm && !self.recs[i].state.is_final() {
+                            tracing::info!(item = %self.recs[i].id, "a reported failure, confirmed by a lookup");
+                            self.lookups.push(i);
+                        } else {
+                            observe(self, i, verdict.clone());
+                        }
+                    }
+                }
+            }
+            // A lookup's answer about a subject: the items it lists; an item whose own request
+            // was this lookup (a reconciliation); and the items in doubt that asked through it
+            // and are not listed (never processed: sent again with the same key).
+            Notice::Subject {
+                found,
+                answered,
+                references,
+                ..
+            } => {
+                let mut listed = HashSet::new();
+                if let Some((_, verdict)) = &answered {
+                    for r in &references {
+                        let waiting: Vec<usize> = self.waiting_for(r).collect();
+                        for i in waiting {
+                            listed.insert(i);
+                            observe(self, i, verdict.clone());
+                        }
+                    }
+                }
+                for (key, verdict, _) in found {
+                    if let Some(&i) = self.by_key.get(&key.replace('-', "")) {
+                        listed.insert(i);
+                        observe(self, i, verdict);
+                    }
+                }
+                // Not listed: what that means is the machine's to say (a provider without
+                // idempotency needs the settle window and a second lookup).
+                if let Some((rid, _)) = &answered
+                    && let Some((units, at)) = self.asked.remove(rid)
+                {
+                    self.answered.insert(rid.clone());
+                    for i in units {
+                        if !listed.contains(&i)
+                            && matches!(self.recs[i].state, State::InDoubt { .. })
+                        {
+                            observe(self, i, Verdict::Unlisted { asked: at });
+                        }
+                    }
+                }
+            }
+            Notice::Refused(..) | Notice::Ignored => {}
+        }
+    }
+}
+
+impl<'a> Book<'a> {
+    /// The bookkeeping of a run over `items`, resuming from the records `stored` (by store
+    /// index): every node's record, the steps each is followed by, and what is due — nodes
+    /// left `Sending` by a stopped run are in doubt, nodes that ended get the steps that follow
+    /// them. Nothing is committed yet.
+    pub(super) fn new(
+        flow: &'a Flow,
+        items: &'a [PlannedItem],
+        stored: Vec<(u64, Record)>,
+        adapter: &'a dyn Adapter,
+        now: Millis,
+        timings: &Timings,
+    ) -> Book<'a> {
+        let policy = &flow.manifest.retry;
+        let mut stored: HashMap<u64, Record> = stored.into_iter().collect();
+        let mut recs: Vec<Record> = items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| {
+                stored.remove(&(i as u64)).unwrap_or_else(|| {
+                    Record::planned(&it.id, &it.key, &it.digest, it.line, it.money.clone())
+                })
+            })
+            .collect();
+        let mut units: Vec<(usize, usize)> = (0..recs.len()).map(|i| (i, 0)).collect();
+        // Delayed steps already under way, after the items.
+        let mut rest: Vec<(u64, Record)> = stored.into_iter().collect();
+        rest.sort_unstable_by_key(|(i, _)| *i);
+        for (index, r) in rest {
+            let (step, item) = super::store::split_index(index);
+            if step > 0 && item < items.len() {
+                units.push((item, step));
+                recs.push(r);
+            }
+        }
+        let client_run = flow.provider.tree == crate::schema::TreeExecution::Client;
+        let flow_steps = flow.steps();
+        // The step each task is sent in (0: the item's first request).
+        let step_of: HashMap<&str, usize> = flow_steps
+            .iter()
+            .enumerate()
+            .map(|(k, s)| (s.task.id.as_str(), k + 1))
+            .chain(flow.tasks.iter().map(|t| (t.id.as_str(), 0)))
+            .collect();
+        let steps: Vec<StepInfo> = flow_steps
+            .iter()
+            .map(|s| StepInfo {
+                path: s.task.tree_path.clone(),
+                after: s.after,
+                after_id: s.after_task.id.clone(),
+                link: s.link,
+                delay: s.delay,
+                settle: s.settle,
+                op: s.task.op.clone(),
+                reads: match client_run {
+                    true => s
+                        .ancestors
+                        .iter()
+                        .map(|(t, _)| (t.id.clone(), step_of[t.id.as_str()]))
+                        .collect(),
+                    false => vec![(s.after_task.id.clone(), s.after)],
+                },
+                typed: s
+                    .task
+                    .bindings
+                    .iter()
+                    .filter(|b| matches!(b.value, crate::compile::Bound::Result { .. }))
+                    .map(|b| (b.path.clone(), flow.op(&s.task.op).fields[b.field].wire))
+                    .collect(),
+            })
+            .collect();
+        let mut followers = vec![Vec::new(); steps.len() + 1];
+        for (k, s) in steps.iter().enumerate() {
+            followers[s.after].push(k + 1);
+        }
+        let mut read = vec![false; steps.len() + 1];
+        for s in &steps {
+            for (_, at) in &s.reads {
+                read[*at] = true;
+            }
+        }
+        let root = flow.tasks.first();
+        let mut book = Book {
+            flow,
+            items,
+            client_run,
+            root_op: root.map(|t| t.op.clone()).unwrap_or_default(),
+            root_settle: match (client_run, root) {
+                (true, Some(t)) => flow.op(&t.op).settle,
+                _ => Settle::Lookup,
+            },
+            read,
+            adapter,
+            keyed_notices: false,
+            open: recs.iter().filter(|r| is_open(&r.state)).count(),
+            unit_at: units
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, step))| *step > 0)
+                .map(|(u, &iu)| (iu, u))
+                .collect(),
+            units,
+            steps,
+            followers,
+            recs,
+            ready: VecDeque::new(),
+            timers: BTreeSet::new(),
+            in_flight: HashSet::new(),
+            groups: HashMap::new(),
+            changed: Vec::new(),
+            sends: Vec::new(),
+            lookups: Vec::new(),
+            by_key: HashMap::new(),
+            asked: HashMap::new(),
+            answered: HashSet::new(),
+            applied: None,
+            held: Vec::new(),
+            notices: NoticeCounts::default(),
+        };
+        // A resumed run: whatever was being sent when it stopped is now in doubt; whatever waited
+        // keeps its due time (pending backoffs are respected).
+        for i in 0..book.recs.len() {
+            match &book.recs[i].state {
+                State::Planned => book.ready.push_back(i),
+                State::Sending { .. } | State::NeedsReview { .. } => {
+                    if let Some(reference) = book.recs[i].state.reference() {
+                        let (group, _) = adapter.reference_group(reference);
+                        book.groups.entry(group).or_default().push(i);
+                    }
+                    book.apply(i, Event::Resume { now }, policy, timings, adapter)
+                }
+                // Accepted and waiting: whatever the provider told while no run listened is lost,
+                // so each is asked about once now.
+                State::Submitted { reference, .. } => {
+                    let (group, _) = adapter.reference_group(reference);
+                    book.groups.entry(group).or_default().push(i);
+                    book.apply(i, Event::Resume { now }, policy, timings, adapter);
+                }
+                _ => book.schedule(i),
+            }
+        }
+        // Steps that should follow what ended before (a batch started by an older payrun).
+        for u in 0..book.recs.len() {
+            if book.recs[u].state.is_final() {
+                book.follow(u, now);
+            }
+        }
+        book
+    }
+}
+
+#[cfg(test)]
+mod graph_tests {
+    //! The runner's bookkeeping of item graphs driven by random answers, lost answers and
+    //! crashes (a new `Book` from what was committed), against the invariants that make
+    //! "exactly once" hold: a node is never sent again while a request of it may have been
+    //! processed and nothing settled that; a node is sent only once its own `Sending` and its
+    //! parent's outcome are durable, on the branch that outcome took; every item's graph ends
+    //! with each node final or with a person.
+
+    use super::*;
+    use crate::providers::payonic::Payonic;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    const FLOW: &str = r#"batch: graph-test
+provider: payonic
+environment: sandbox
+credentials: {api_key: K}
+items: {source: items.csv}
+flow:
+  - id: capture
+    op: capture
+    payload:
+      paymentid: ${item.p}
+      amount: ${item.amount}
+      currency: DKK
+    success:
+      - id: refund
+        op: refund
+        payload:
+          paymentid: ${result.capture.paymentid}
+          amount: ${item.back}
+          currency: DKK
+        success:
+          - id: again
+            op: refund
+            delay: 10m
+            payload:
+              paymentid: ${result.capture.paymentid}
+              amount: ${result.refund.amount}
+              currency: DKK
+    fail:
+      - id: release
+        op: void
+        payload:
+          paymentid: ${item.p}
+          amount: ${item.amount}
+          currency: DKK
+notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun"}
+"#;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn flow() -> Flow {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("items.csv"),
+            "id,p,amount,back\na,p1,10.00,2.00\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("manifest.yaml"), FLOW).unwrap();
+        crate::pipeline::prepare(
+            &dir.path().join("manifest.yaml"),
+            &crate::schema::Registry::Embedded,
+        )
+        .map_err(|f| f.diagnostics)
+        .expect("the graph compiles")
+        .flow
+    }
+
+    fn items(flow: &Flow, n: usize) -> Vec<PlannedItem> {
+        (0..n)
+            .map(|i| {
+                let key = crate::keys::item_key("graph-test", &format!("i{i}"));
+                let steps = flow
+                    .steps()
+                    .iter()
+                    .map(|s| {
+                        let amount = match s.task.id.as_str() {
+                            "again" => json!("${result.refund.amount}"),
+                            _ => json!(200),
+                        };
+                        crate::providers::keep(&json!({
+                            "paymentid": match s.task.id.as_str() {
+                                "release" => json!(format!("p{i}")),
+                                _ => json!("${result.capture.paymentid}"),
+                            },
+                            "amount": amount,
+                            "note": crate::keys::KEYED,
+                        }))
+                    })
+                    .collect();
+                PlannedItem {
+                    id: format!("i{i}"),
+                    key,
+                    digest: String::new(),
+                    line: i as u64 + 2,
+                    payload: vec![crate::providers::keep(&json!({
+                        "paymentid": format!("p{i}"), "amount": 1000, "note": crate::keys::KEYED
+                    }))],
+                    steps,
+                    money: Vec::new(),
+                }
+            })
+            .collect()
+    }
+
+    fn timings() -> Timings {
+        Timings {
+            propagation: Duration::from_secs(5),
+            poll_every: Duration::from_secs(60),
+            review_every: Duration::from_secs(600),
+            max_lookups: 10,
+            max_polls: Some(5),
+            poll_backoff: 2.0,
+            settle: Duration::from_secs(600),
+            reversals: false,
+            confirm_failures: true,
+        }
+    }
+
+    /// What the test knows of a unit's requests: one may have been processed, and the
+    /// settlement observed since.
+    #[derive(Default, Clone)]
+    struct Doubt {
+        maybe: bool,
+        evidence: u32,
+    }
+
+    fn commit(book: &mut Book, durable: &mut HashMap<u64, Record>) {
+        book.changed.sort_unstable();
+        book.changed.dedup();
+        for &i in &book.changed {
+            durable.insert(book.store_index(i), book.recs[i].clone());
+        }
+        book.changed.clear();
+    }
+
+    fn succeeded(paymentid: String, amount: u64) -> Verdict {
+        Verdict::Succeeded {
+            ids: BTreeMap::new(),
+            result: Some(json!({"paymentid": paymentid, "amount": amount.to_string()})),
+        }
+    }
+
+    use std::collections::BTreeMap;
+
+    /// A random answer to a send (`benign`: the provider answers, at once, with an outcome).
+    fn answer(rng: &mut Rng, benign: bool, pay: String) -> Verdict {
+        match (benign, rng.below(8)) {
+            (true, 0) => Verdict::Failed {
+                code: "51".into(),
+                description: "declined".into(),
+            },
+            (true, _) => succeeded(pay, 200),
+            (false, 0) => Verdict::InDoubt,
+            (false, 1) => Verdict::RetryLater {
+                class: crate::execute::backoff::ErrorClass::RateLimited,
+                retry_after: None,
+            },
+            (false, 2) => Verdict::Failed {
+                code: "51".into(),
+                description: "declined".into(),
+            },
+            (false, 3) => Verdict::NeedsReview {
+                code: "x".into(),
+                description: "odd".into(),
+            },
+            (false, 4 | 5) => Verdict::Accepted {
+                reference: format!("r{}@{pay}", rng.next() % 1000),
+            },
+            _ => succeeded(pay, 200),
+        }
+    }
+
+    /// A random answer to a lookup, asked at `now`.
+    fn observation(rng: &mut Rng, benign: bool, now: Millis, pay: String) -> Verdict {
+        match (benign, rng.below(7)) {
+            (true, _) => succeeded(pay, 200),
+            (false, 0) => Verdict::Unknown,
+            (false, 1) => Verdict::Unlisted { asked: now },
+            (false, 2) => Verdict::Pending,
+            (false, 3) => Verdict::Failed {
+                code: "05".into(),
+                description: "declined".into(),
+            },
+            (false, 4) => Verdict::RetryLater {
+                class: crate::execute::backoff::ErrorClass::Network,
+                retry_after: None,
+            },
+            _ => succeeded(pay, 200),
+        }
+    }
+
+    #[test]
+    fn random_answers_losses_and_crashes_never_break_the_graph_invariants() {
+        let flow = flow();
+        let adapter = Payonic {
+            flow: Arc::new(flow.clone()),
+            api_key: "k".into(),
+            listener: Some("https://acme.example/payrun".into()),
+            token: "0123456789abcdef0123456789abcdef".into(),
+            per_operation_hosts: false,
+            note_secret: Some(b"secret".to_vec()),
+        };
+        let t = timings();
+        let policy = flow.manifest.retry.clone();
+        let flow_steps = flow.steps();
+        for seed in 1..=150u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let items = items(&flow, 3);
+            let mut durable: HashMap<u64, Record> = HashMap::new();
+            // Units by store index, so they survive a crash's renumbering.
+            let mut doubt: HashMap<u64, Doubt> = HashMap::new();
+            let mut now: Millis = 1_000_000;
+            let mut book = Book::new(&flow, &items, Vec::new(), &adapter, now, &t);
+            commit(&mut book, &mut durable);
+            let mut rounds = 0;
+            loop {
+                rounds += 1;
+                let benign = rounds > 60;
+                assert!(
+                    rounds < 4000,
+                    "seed {seed}: the graphs never ended: {:?}",
+                    book.recs
+                        .iter()
+                        .map(|r| (&r.step, &r.state))
+                        .filter(|(_, s)| is_open(s))
+                        .collect::<Vec<_>>()
+                );
+                // A crash: everything not committed is lost; a new run resumes.
+                if !benign && rng.below(15) == 0 {
+                    let stored: Vec<(u64, Record)> =
+                        durable.iter().map(|(k, r)| (*k, r.clone())).collect();
+                    book = Book::new(&flow, &items, stored, &adapter, now, &t);
+                    commit(&mut book, &mut durable);
+                }
+                for i in book.due(now) {
+                    book.apply(i, Event::Tick { now }, &policy, &t, &adapter);
+                }
+                while let Some(i) = book.ready.pop_front() {
+                    if matches!(book.recs[i].state, State::Planned) {
+                        book.apply(i, Event::Tick { now }, &policy, &t, &adapter);
+                    }
+                }
+                commit(&mut book, &mut durable);
+                let mut sends = std::mem::take(&mut book.sends);
+                sends.sort_unstable();
+                sends.dedup();
+                sends.retain(|&u| matches!(book.recs[u].state, State::Sending { .. }));
+                let mut lookups = std::mem::take(&mut book.lookups);
+                lookups.sort_unstable();
+                lookups.dedup();
+                lookups.retain(|&u| !book.recs[u].state.is_final());
+                for u in sends {
+                    let at = book.store_index(u);
+                    // Its own `Sending`, and its parent's end on its branch, are durable.
+                    assert!(
+                        matches!(durable[&at].state, State::Sending { .. }),
+                        "seed {seed}: sent before its Sending was committed"
+                    );
+                    let (item, step) = book.units[u];
+                    if step > 0 {
+                        let s = &book.steps[step - 1];
+                        let parent = match s.after {
+                            0 => item as u64,
+                            a => crate::execute::store::step_index(a, item),
+                        };
+                        let taken = match &durable[&parent].state {
+                            State::Succeeded { .. } => crate::manifest::Link::Success,
+                            State::Failed { .. } => crate::manifest::Link::Fail,
+                            other => panic!("seed {seed}: sent while its parent is {other:?}"),
+                        };
+                        assert!(
+                            s.link == taken || s.link == crate::manifest::Link::Always,
+                            "seed {seed}: a node on the branch not taken was sent"
+                        );
+                        assert!(
+                            book.step_payload(u).is_ok(),
+                            "seed {seed}: sent without the results it reads"
+                        );
+                    }
+                    let d = doubt.entry(at).or_default();
+                    assert!(
+                        !d.maybe || d.evidence > 0,
+                        "seed {seed}: unit {at:x} sent again while a request of it may have been processed and nothing settled it"
+                    );
+                    let verdict = answer(&mut rng, benign, format!("p{item}"));
+                    // A request may have been processed unless the provider said it was not.
+                    *d = Doubt {
+                        maybe: !matches!(verdict, Verdict::RetryLater { .. }),
+                        evidence: 0,
+                    };
+                    // The answer lost on the way (a timeout): in doubt.
+                    let verdict = match !benign && rng.below(6) == 0 {
+                        true => Verdict::InDoubt,
+                        false => verdict,
+                    };
+                    book.apply(u, Event::Sent { verdict, now }, &policy, &t, &adapter);
+                }
+                for u in lookups {
+                    let (item, _) = book.units[u];
+                    let verdict = observation(&mut rng, benign, now, format!("p{item}"));
+                    if matches!(verdict, Verdict::Unknown | Verdict::Unlisted { .. }) {
+                        doubt.entry(book.store_index(u)).or_default().evidence += 1;
+                    }
+                    book.apply(u, Event::Observed { verdict, now }, &policy, &t, &adapter);
+                }
+                commit(&mut book, &mut durable);
+                if book.open == 0 && book.ready.is_empty() && book.timers.is_empty() {
+                    break;
+                }
+                if book.open == 0 && benign {
+                    break;
+                }
+                now += match benign {
+                    true => 700_000,
+                    false => rng.below(120_000),
+                };
+            }
+            // Every node of every graph ended, or waits for a person; every step whose parent
+            // ended exists, run or skipped as its branch says.
+            for (u, r) in book.recs.iter().enumerate() {
+                assert!(
+                    r.state.is_final() || matches!(r.state, State::NeedsReview { .. }),
+                    "seed {seed}: unit {u} left {:?}",
+                    r.state
+                );
+            }
+            for item in 0..items.len() {
+                for (k, s) in flow_steps.iter().enumerate() {
+                    let parent = match s.after {
+                        0 => Some(&book.recs[item].state),
+                        a => book.unit_at.get(&(item, a)).map(|&p| &book.recs[p].state),
+                    };
+                    let child = book
+                        .unit_at
+                        .get(&(item, k + 1))
+                        .map(|&c| &book.recs[c].state);
+                    match (parent, child) {
+                        (Some(p), None) if p.is_final() => {
+                            panic!(
+                                "seed {seed}: item {item}'s `{}` was never created",
+                                s.task.id
+                            )
+                        }
+                        (Some(State::Succeeded { .. }), Some(State::Skipped { .. }))
+                            if s.link == crate::manifest::Link::Success =>
+                        {
+                            panic!("seed {seed}: `{}` skipped on the branch taken", s.task.id)
+                        }
+                        (Some(State::Failed { .. }), Some(c))
+                            if s.link == crate::manifest::Link::Success
+                                && !matches!(c, State::Skipped { .. }) =>
+                        {
+                            panic!("seed {seed}: `{}` ran on the branch not taken", s.task.id)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
