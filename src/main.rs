@@ -1,8 +1,11 @@
 //! The `payrun` command line: wires the library's stages together and maps failures to exit
 //! codes. Data (reports, plans, templates) goes to stdout; diagnostics and progress to stderr.
 //!
-//! Exit codes: 0 success; 1 the batch or manifest is invalid (nothing was or would be sent);
-//! 2 usage error or a file that cannot be read or written.
+//! Exit codes (`payrun::execute::errors::exit`, which maps every layer's errors to them): 0
+//! success; 1 the batch or manifest is invalid, changed since it started, refused by the
+//! provider or declined (nothing was or would be sent); 2 usage error, a file that cannot be
+//! read or written, a batch held by another runner, or a provider that cannot be reached; 4 a
+//! run ended with items failed, needing review, reversed or unfinished; 130 stopped by a signal.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use payrun::diagnostic::Diagnostic;

@@ -1,12 +1,14 @@
 //! `payrun run` and `payrun resume`: the front end of execution — validate, check a saved plan,
 //! confirm, open the batch's store (refusing items that changed since they were started), pick
 //! the endpoint (the embedded sandbox or the manifest's environment with credentials from the
-//! environment variables it names), run, and report. Returns the process exit code.
+//! environment variables it names), run, and report. Returns the process exit code: what stops
+//! a command is reported, and its code chosen, by `errors` from the error's kind.
 
+use super::errors::{self, RunError, exit};
 use super::machine::Timings;
 use super::outlook::Outlook;
 use super::runner::{self, Endpoint, PlannedItem};
-use super::store::Store;
+use super::store::{Store, StoreError};
 use crate::compile::Flow;
 use crate::pipeline;
 use crate::schema::Registry;
@@ -200,11 +202,14 @@ pub struct RunOptions<'a> {
 }
 
 /// The manifest a started batch was run from.
-fn stored_manifest(batch: &str, state_dir: &Path) -> Result<std::path::PathBuf, (String, u8)> {
-    let store = Store::open_existing(state_dir, batch).map_err(|e| (e.0, 2))?;
-    match store.meta("manifest") {
-        Ok(Some(m)) => Ok(std::path::PathBuf::from(m)),
-        _ => Err((format!("no batch `{batch}` in {}", state_dir.display()), 2)),
+fn stored_manifest(batch: &str, state_dir: &Path) -> Result<std::path::PathBuf, StoreError> {
+    let store = Store::open_existing(state_dir, batch)?;
+    match store.meta("manifest")? {
+        Some(m) => Ok(std::path::PathBuf::from(m)),
+        None => Err(StoreError::Missing {
+            batch: batch.to_string(),
+            dir: state_dir.to_path_buf(),
+        }),
     }
 }
 
@@ -213,10 +218,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
     let manifest = if o.retry_failed && !target.is_file() {
         match stored_manifest(&target.to_string_lossy(), o.state_dir) {
             Ok(m) => m,
-            Err((m, code)) => {
-                eprintln!("error[run.retry-failed]: {m}");
-                return code;
-            }
+            Err(e) => return errors::report_as("run.retry-failed", &e.into(), ""),
         }
     } else {
         target.to_path_buf()
@@ -261,7 +263,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         super::store::Found::Unfinished(why) => {
             let _lock = match take_lock(&flow.manifest.batch, o.state_dir) {
                 Ok(l) => l,
-                Err(code) => return code,
+                Err(e) => return errors::report(&e, ""),
             };
             match Store::set_aside(o.state_dir, &flow.manifest.batch) {
                 Ok(to) => eprintln!(
@@ -269,10 +271,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
                     flow.manifest.batch,
                     to.display()
                 ),
-                Err(e) => {
-                    eprintln!("error[run.store]: {e}");
-                    return 2;
-                }
+                Err(e) => return errors::report(&e.into(), ""),
             }
             false
         }
@@ -288,7 +287,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
     let mut held = if batch_exists {
         match hold(&flow.manifest.batch, o.state_dir) {
             Ok(h) => Some(h),
-            Err(code) => return code,
+            Err(e) => return errors::report(&e, ""),
         }
     } else {
         None
@@ -432,9 +431,9 @@ fn nothing_left(flow: &Flow, outlook: &Outlook) -> u8 {
     );
     sayln!("{}", outlook.finished_line(batch));
     if outlook.failed + outlook.reversed + outlook.steps_failed > 0 {
-        4
+        exit::UNSETTLED
     } else {
-        0
+        exit::OK
     }
 }
 
@@ -443,7 +442,7 @@ fn nothing_left(flow: &Flow, outlook: &Outlook) -> u8 {
 /// every drifted item is one never sent, changed or added at the end: then the new items are
 /// fixed, each accepted item's record carries the note, and the override is recorded in the
 /// batch (status and report show both). Removed and moved rows, items already sent and a
-/// changed flow are never accepted. Err: the exit code (nothing was sent).
+/// changed flow are never accepted. Err: the exit code of what it reported (nothing was sent).
 fn settle_drift(
     flow: &Flow,
     items: &[PlannedItem],
@@ -464,16 +463,13 @@ fn settle_drift(
         eprintln!(
             "  hint: restore the manifest's flow, defaults and preflight to continue (limits, retry and notifications may change), or run the changed flow as a new batch (a new `batch:` id)"
         );
-        return Err(1);
+        return Err(exit::INVALID);
     }
     let fixed = match held.store.fixed() {
         Ok(Some(f)) => f,
         // A batch started before items were fixed: checked by record in `execute`.
         Ok(None) => return Ok(()),
-        Err(e) => {
-            eprintln!("error[run.store]: {e}");
-            return Err(2);
-        }
+        Err(e) => return Err(errors::report(&e.into(), "")),
     };
     let drift = super::fixed::compare(&fixed, items);
     if drift.is_empty() {
@@ -488,7 +484,7 @@ fn settle_drift(
                 "  or, for a deliberate change of rows never sent: run again with --accept-changes \"<reason>\" (recorded in the batch; status and report show it)"
             );
         }
-        return Err(1);
+        return Err(exit::INVALID);
     };
     // What may be accepted: rows never sent, changed in place or added at the end.
     let by_index: HashMap<u64, &super::store::Record> =
@@ -525,7 +521,7 @@ fn settle_drift(
         if !drift.removed.is_empty() || !drift.moved.is_empty() {
             eprintln!("  rows removed or moved cannot be accepted: restore their places");
         }
-        return Err(1);
+        return Err(exit::INVALID);
     }
     let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let note = format!("{at} accepted: {reason}");
@@ -565,8 +561,7 @@ fn settle_drift(
         .store
         .accept(&super::fixed::entries(items), &refs, &line)
     {
-        eprintln!("error[run.store]: {e}; nothing was accepted or sent");
-        return Err(2);
+        return Err(errors::report(&e.into(), "; nothing was accepted or sent"));
     }
     eprintln!(
         "accepted changes to batch {batch} ({reason}): {} changed, {} added; recorded in the batch (`payrun status {batch}`, `payrun report {batch}`)",
@@ -638,10 +633,7 @@ pub fn resume(
 ) -> u8 {
     let manifest = match stored_manifest(batch, state_dir) {
         Ok(m) => m,
-        Err((m, code)) => {
-            eprintln!("error[resume]: {m}");
-            return code;
-        }
+        Err(e) => return errors::report_as("resume", &e.into(), ""),
     };
     run(
         registry,
@@ -668,17 +660,11 @@ struct Held {
     stored: Vec<(u64, super::store::Record)>,
 }
 
-/// Takes the batch's lock, then opens and reads its store (creating it when `create`).
-/// Takes the batch's lock, or says who holds it (exit code 2).
-fn take_lock(batch: &str, state_dir: &Path) -> Result<super::lock::Lock, u8> {
+/// Takes the batch's lock, or says who holds it; tells the operator what taking it found (a
+/// state folder made private, a stale lock taken over).
+fn take_lock(batch: &str, state_dir: &Path) -> Result<super::lock::Lock, RunError> {
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let lock = super::lock::Lock::take(state_dir, batch, &started).map_err(|m| {
-        eprintln!("error[run.locked]: {m}");
-        eprintln!(
-            "  hint: one runner per batch: stop that one first (a lock whose process is gone is taken over by itself; another machine's: `payrun unlock {batch} --force` once it is gone)"
-        );
-        2
-    })?;
+    let lock = super::lock::Lock::take(state_dir, batch, &started)?;
     if let Some(note) = lock.folder.notice(state_dir) {
         eprintln!("{note}");
     }
@@ -688,16 +674,11 @@ fn take_lock(batch: &str, state_dir: &Path) -> Result<super::lock::Lock, u8> {
     Ok(lock)
 }
 
-fn hold(batch: &str, state_dir: &Path) -> Result<Held, u8> {
+/// Takes the batch's lock, then opens and reads its store.
+fn hold(batch: &str, state_dir: &Path) -> Result<Held, RunError> {
     let lock = take_lock(batch, state_dir)?;
-    let store = Store::open(state_dir, batch).map_err(|e| {
-        eprintln!("error[run.store]: {e}");
-        2u8
-    })?;
-    let stored = store.items().map_err(|e| {
-        eprintln!("error[run.store]: {e}");
-        2u8
-    })?;
+    let store = Store::open(state_dir, batch)?;
+    let stored = store.items()?;
     Ok(Held {
         _lock: lock,
         store,
@@ -721,7 +702,7 @@ fn execute(
             // A new batch: its item set is fixed in the store's very first commit.
             let lock = match take_lock(&flow.manifest.batch, state_dir) {
                 Ok(l) => l,
-                Err(code) => return code,
+                Err(e) => return errors::report(&e, ""),
             };
             let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             let flow_digest = super::fixed::flow_digest(&flow.manifest);
@@ -729,9 +710,8 @@ fn execute(
             let count = items.len().to_string();
             // Keyed keys: the batch's secret is durable before the store that says it is used.
             let keyed = flow.provider.keys == crate::schema::KeyFormat::Keyed;
-            if keyed && let Err(m) = super::secret::for_new_batch(state_dir, &flow.manifest.batch) {
-                eprintln!("error[run.secret]: {m}; nothing was sent");
-                return 2;
+            if keyed && let Err(e) = super::secret::for_new_batch(state_dir, &flow.manifest.batch) {
+                return errors::report(&e.into(), "; nothing was sent");
             }
             let manifest_text = manifest_abs.to_string_lossy();
             let mut meta: Vec<(&str, &str)> = vec![
@@ -747,10 +727,7 @@ fn execute(
             }
             let store = match Store::create(state_dir, &flow.manifest.batch, &meta, &fixed) {
                 Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error[run.store]: {e}; nothing was sent");
-                    return 2;
-                }
+                Err(e) => return errors::report(&e.into(), "; nothing was sent"),
             };
             Held {
                 _lock: lock,
@@ -769,24 +746,15 @@ fn execute(
         Ok(Some(v)) if v == super::secret::KEYED_V1 => {
             match super::secret::read(state_dir, &flow.manifest.batch) {
                 Ok(s) => Some(s),
-                Err(m) => {
-                    eprintln!("error[run.secret]: {m}");
-                    return 2;
-                }
+                Err(e) => return errors::report(&e.into(), ""),
             }
         }
         Ok(Some(other)) => {
-            eprintln!(
-                "error[run.secret]: the batch's keys are `{other}`, which this payrun does not know; nothing was sent"
-            );
-            eprintln!("  hint: resume it with the payrun version that started it");
-            return 2;
+            let e = super::secret::SecretError::Unknown { keys: other };
+            return errors::report(&e.into(), "");
         }
         Ok(None) => None,
-        Err(e) => {
-            eprintln!("error[run.store]: {e}; nothing was sent");
-            return 2;
-        }
+        Err(e) => return errors::report(&e.into(), "; nothing was sent"),
     };
     // `--retry-failed`: each chosen item starts a new attempt with a new key; the old key and
     // how it ended are kept. Committed before anything is sent.
@@ -821,8 +789,7 @@ fn execute(
         }
         let refs: Vec<(u64, &super::store::Record)> = rows.iter().map(|(i, r)| (*i, r)).collect();
         if let Err(e) = store.commit(&refs) {
-            eprintln!("error[run.store]: {e}");
-            return 2;
+            return errors::report(&e.into(), "");
         }
     }
     // Requests were built only for items not ended before; one that another run reopened in
@@ -872,8 +839,7 @@ fn execute(
         ("batch", &flow.manifest.batch),
         ("provider", &flow.provider.name),
     ]) {
-        eprintln!("error[run.store]: {e}");
-        return 2;
+        return errors::report(&e.into(), "");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1076,15 +1042,7 @@ fn execute(
         // still to be paid in a currency stops the run with nothing sent.
         match preflight(flow, &endpoint, &stored, items).await {
             Ok(sent) => endpoint.spent = sent,
-            Err((m, 2)) => {
-                eprintln!("error[run.transport]: {m}");
-                eprintln!("  hint: check the connection and the base URL (`environment:`), then run again");
-                return 2;
-            }
-            Err((m, code)) => {
-                eprintln!("error[run.preflight]: {m}");
-                return code;
-            }
+            Err(e) => return errors::report(&e, ""),
         }
         let flag = Arc::clone(&stop);
         tokio::spawn(async move {
@@ -1107,10 +1065,7 @@ fn execute(
         let started = std::time::Instant::now();
         let summary = match runner::run(flow, items, std::mem::take(&mut stored), &mut store, &endpoint, &endpoint.adapter.timings(timings(time_scale)), Arc::clone(&stop), listen).await {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("error[run.store]: {e}");
-                return 2;
-            }
+            Err(e) => return errors::report(&e.into(), ""),
         };
         if let Some(sb) = sandbox_handle {
             sb.stop().await;
@@ -1156,7 +1111,7 @@ fn execute(
                 if sandbox { " --sandbox" } else { "" },
                 state_dir.display()
             );
-            return 130;
+            return exit::STOPPED;
         }
         let n = summary.notices;
         if n.taken + n.duplicates + n.rejected + n.replayed > 0 {
@@ -1174,7 +1129,7 @@ fn execute(
                 summary.steps_done, summary.steps_failed, summary.steps_open
             );
         }
-        if summary.failed + summary.needs_review + summary.unfinished + summary.reversed + summary.steps_failed + summary.steps_open > 0 { 4 } else { 0 }
+        if summary.failed + summary.needs_review + summary.unfinished + summary.reversed + summary.steps_failed + summary.steps_open > 0 { exit::UNSETTLED } else { exit::OK }
     })
 }
 
@@ -1183,15 +1138,11 @@ fn execute(
 fn status_view(
     batch: &str,
     state_dir: &Path,
-) -> Result<(super::status::StatusView, Option<Vec<super::store::Record>>), String> {
+) -> Result<(super::status::StatusView, Option<Vec<super::store::Record>>), StoreError> {
     match Store::open_existing(state_dir, batch) {
         Ok(store) => {
-            let records: Vec<super::store::Record> = store
-                .items()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|(_, r)| r)
-                .collect();
+            let records: Vec<super::store::Record> =
+                store.items()?.into_iter().map(|(_, r)| r).collect();
             let mut view = super::status::view(batch, &records, None);
             // Items never touched have no record; the batch's size was fixed when it started.
             if let Ok(Some(n)) = store.meta("items")
@@ -1203,7 +1154,7 @@ fn status_view(
             }
             Ok((view, Some(records)))
         }
-        Err(e) if e.0.contains("another payrun process") => {
+        Err(e @ StoreError::Busy { .. }) => {
             let store_path = state_dir.join(format!("{batch}.redb"));
             if let Some(records) = runner::records_from_runner(&store_path) {
                 let holder = super::lock::holder(state_dir, batch);
@@ -1211,12 +1162,14 @@ fn status_view(
             }
             let snap = state_dir.join(format!("{batch}.status.json"));
             let bytes = std::fs::read(&snap)
-                .map_err(|_| format!("{e}, and it has written no status yet"))?;
-            let view = serde_json::from_slice(&bytes)
-                .map_err(|x| format!("cannot read {}: {x}", snap.display()))?;
+                .map_err(|_| StoreError::other(format!("{e}, and it has written no status yet")))?;
+            let view = serde_json::from_slice(&bytes).map_err(|x| StoreError::Corrupt {
+                path: snap.clone(),
+                why: x.to_string(),
+            })?;
             Ok((view, None))
         }
-        Err(e) => Err(e.0),
+        Err(e) => Err(e),
     }
 }
 
@@ -1231,10 +1184,7 @@ pub fn status(batch: &str, state_dir: &Path, json: bool) -> u8 {
             }
             0
         }
-        Err(m) => {
-            eprintln!("error[status]: {m}");
-            2
-        }
+        Err(e) => errors::report_as("status", &e.into(), ""),
     }
 }
 
@@ -1252,10 +1202,7 @@ pub fn report(batch: &str, state_dir: &Path, output: Option<&Path>) -> u8 {
             );
             return 2;
         }
-        Err(m) => {
-            eprintln!("error[report]: {m}");
-            return 2;
-        }
+        Err(e) => return errors::report_as("report", &e.into(), ""),
     };
     let csv = super::status::report_csv(&records);
     match output {
@@ -1293,10 +1240,7 @@ pub fn unlock(batch: &str, state_dir: &Path, force: bool) -> u8 {
             eprintln!("{m}");
             0
         }
-        Err(m) => {
-            eprintln!("error[unlock]: {m}");
-            2
-        }
+        Err(e) => errors::report_as("unlock", &e.into(), ""),
     }
 }
 
@@ -1308,7 +1252,7 @@ async fn preflight(
     endpoint: &Endpoint,
     stored: &[(u64, super::store::Record)],
     items: &mut [PlannedItem],
-) -> Result<u32, (String, u8)> {
+) -> Result<u32, RunError> {
     use crate::providers::Preflight;
     use rust_decimal::Decimal;
     use std::str::FromStr;
@@ -1335,11 +1279,15 @@ async fn preflight(
         let unreachable = matches!(answer, crate::providers::Answer::Transport { .. });
         match endpoint.adapter.classify_preflight(&answer) {
             Preflight::Done { balances, results } => break (balances, results),
-            Preflight::Failed(m) => return Err((format!("{m}; nothing was sent"), 1)),
+            Preflight::Failed(m) => {
+                return Err(RunError::Refused(format!("{m}; nothing was sent")));
+            }
             Preflight::Again(next) => {
                 polls += 1;
                 if polls > 60 {
-                    return Err(("the preflight did not finish; nothing was sent".into(), 1));
+                    return Err(RunError::Refused(
+                        "the preflight did not finish; nothing was sent".into(),
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 req = next;
@@ -1349,10 +1297,12 @@ async fn preflight(
                     Some(d) => tokio::time::sleep(d).await,
                     // No answer of the provider's: a transport problem (exit 2), not the batch's.
                     None => {
-                        return Err((
-                            format!("{m}; nothing was sent"),
-                            if unreachable { 2 } else { 1 },
-                        ));
+                        let m = format!("{m}; nothing was sent");
+                        return Err(if unreachable {
+                            RunError::Transport(m)
+                        } else {
+                            RunError::Refused(m)
+                        });
                     }
                 }
                 attempt += 1;
@@ -1397,13 +1347,10 @@ async fn preflight(
             *v = crate::providers::fill_rendered(v, &only_preflight, &mut missing);
         }
         if let Some(m) = missing.first() {
-            return Err((
-                format!(
-                    "the preflight answer has no `{m}`, which item {} needs; nothing was sent",
-                    it.id
-                ),
-                1,
-            ));
+            return Err(RunError::Refused(format!(
+                "the preflight answer has no `{m}`, which item {} needs; nothing was sent",
+                it.id
+            )));
         }
     }
     // What is still to pay, per currency: items not started yet.
@@ -1444,13 +1391,10 @@ async fn preflight(
             }
         }
         if !short.is_empty() {
-            return Err((
-                format!(
-                    "not enough balance to pay this batch; nothing was sent\n  {}\n  hint: top up, split the batch, or ask getBalance for every currency (omit its `currency`)",
-                    short.join("\n  ")
-                ),
-                1,
-            ));
+            return Err(RunError::Refused(format!(
+                "not enough balance to pay this batch; nothing was sent\n  {}\n  hint: top up, split the batch, or ask getBalance for every currency (omit its `currency`)",
+                short.join("\n  ")
+            )));
         }
     }
     Ok(requests)
@@ -1522,7 +1466,7 @@ pub fn list(state_dir: &Path, json: bool) -> u8 {
     for b in &batches {
         match status_view(b, state_dir) {
             Ok((v, _)) => views.push(v),
-            Err(m) => eprintln!("warning: {b}: {m}"),
+            Err(e) => eprintln!("warning: {b}: {e}"),
         }
     }
     if json {
