@@ -277,12 +277,11 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         }
     };
     if o.retry_failed && !batch_exists {
-        eprintln!(
-            "error[run.retry-failed]: no batch `{}` in {}",
-            flow.manifest.batch,
-            o.state_dir.display()
-        );
-        return 2;
+        let e = StoreError::Missing {
+            batch: flow.manifest.batch.clone(),
+            dir: o.state_dir.to_path_buf(),
+        };
+        return errors::report_as("run.retry-failed", &e.into(), "");
     }
     let mut held = if batch_exists {
         match hold(&flow.manifest.batch, o.state_dir) {

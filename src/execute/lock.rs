@@ -584,6 +584,24 @@ mod tests {
     }
 
     #[test]
+    fn a_state_folder_that_cannot_be_made_is_an_io_error_not_a_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        let e = Lock::take(&file.join("state"), "b", "now").err().unwrap();
+        assert!(
+            matches!(
+                e,
+                LockError::Io {
+                    action: "create",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn stat_fields_are_counted_after_the_command_name() {
         let line = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 10";
         let s = parse_stat(line).unwrap();

@@ -763,6 +763,71 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_never_started_or_started_twice_is_told_by_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Store::open(dir.path(), "nope").err().unwrap();
+        assert!(
+            matches!(&missing, StoreError::Missing { batch, .. } if batch == "nope"),
+            "{missing:?}"
+        );
+        assert!(missing.to_string().contains("no batch `nope` in"));
+        drop(Store::create(dir.path(), "b", &[("batch", "b")], &[]).unwrap());
+        let again = Store::create(dir.path(), "b", &[("batch", "b")], &[])
+            .err()
+            .unwrap();
+        assert!(matches!(again, StoreError::Appeared { .. }), "{again:?}");
+    }
+
+    #[test]
+    fn what_redb_says_is_sorted_into_kinds() {
+        let p = Path::new("/state/b.redb");
+        let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "disk full");
+        assert!(matches!(
+            db(p, "open", redb::Error::DatabaseAlreadyOpen),
+            StoreError::Busy { .. }
+        ));
+        assert!(matches!(
+            db(p, "open", redb::Error::LockProtocolMismatch),
+            StoreError::Busy { .. }
+        ));
+        assert!(matches!(
+            db(p, "open", redb::Error::Io(io)),
+            StoreError::Io { action: "open", .. }
+        ));
+        assert!(matches!(
+            db(p, "open", redb::Error::Corrupted("bad page".into())),
+            StoreError::Corrupt { .. }
+        ));
+        assert!(matches!(
+            db(p, "open", redb::Error::UpgradeRequired(2)),
+            StoreError::Incompatible { .. }
+        ));
+        assert!(matches!(
+            db(p, "open", redb::Error::TableDoesNotExist("x".into())),
+            StoreError::Database { .. }
+        ));
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_read_back_is_corrupt_naming_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path(), "b", &[("batch", "b")], &[]).unwrap();
+        {
+            let txn = s.db.begin_write().unwrap();
+            txn.open_table(ITEMS)
+                .unwrap()
+                .insert(3, b"not json".as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let e = s.items().err().unwrap();
+        assert!(
+            matches!(&e, StoreError::Corrupt { path, why } if path == &s.path && why.contains("the record at 3")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn a_store_killed_while_being_created_is_recognised_as_never_started() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(Store::find(dir.path(), "b"), Found::Missing);
