@@ -1029,8 +1029,10 @@ fn execute(
             return 2;
         }
         if let Err(m) = super::http::probe(&endpoint.http, &endpoint.base_url).await {
-            eprintln!("error[run.transport]: {m}; nothing was sent");
-            return 2;
+            // What `http::describe` says carries its own hint (a certificate, a proxy…).
+            let e = RunError::Transport(format!("{m}; nothing was sent"));
+            eprintln!("error[{}]: {e}", e.name());
+            return errors::exit_code(&e);
         }
         if scaled && let Err(why) = sandbox_at(&endpoint.http, &endpoint.base_url).await {
             eprintln!("error[run.time-scale]: --time-scale is for the sandbox only, and {why}; nothing was sent");
@@ -1091,7 +1093,8 @@ fn execute(
             );
         }
         if let Some(why) = &summary.unreachable {
-            eprintln!("error[run.transport]: {} could not be reached: {why}", flow.provider.title);
+            let e = RunError::Transport(format!("{} could not be reached: {why}", flow.provider.title));
+            eprintln!("error[{}]: {e}", e.name());
             eprintln!(
                 "  no item was marked failed for it: unsent items stay unsent, items whose request may have arrived are looked up before anything is resent"
             );
@@ -1101,7 +1104,7 @@ fn execute(
                 if sandbox { " --sandbox" } else { "" },
                 state_dir.display()
             );
-            return 2;
+            return errors::exit_code(&e);
         }
         if stop.load(Ordering::Relaxed) {
             eprintln!(
