@@ -9,6 +9,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use payrun::diagnostic::Diagnostic;
+use payrun::execute::errors::exit;
 // Writes to a closed or full stdout/stderr never panic or hang payrun (see `payrun::out`).
 use payrun::pipeline::{self, Failure};
 use payrun::schema::Registry;
@@ -566,7 +567,7 @@ fn plan(
     };
     if graph == Some(Graph::Dot) {
         print!("{}", payrun::plan::dot::render(&prepared.flow));
-        return 0;
+        return exit::OK;
     }
     let manifest_text = (
         prepared.flow.manifest.display.clone(),
@@ -595,7 +596,7 @@ fn plan(
                 "payrun: the batch is invalid; there is no plan until every item passes `payrun validate`"
             );
         }
-        return 1;
+        return exit::INVALID;
     }
     for w in &report.warnings {
         eprintln!("warning: {w}");
@@ -604,7 +605,7 @@ fn plan(
     if let Some(path) = &output {
         let Some(full) = plan.full.take() else {
             eprintln!("payrun: internal error: no full plan was built");
-            return 2;
+            return exit::IO;
         };
         // The complete plan replaces the target in one rename: never a half-written plan.
         if let Err(e) = full.persist(path) {
@@ -613,7 +614,7 @@ fn plan(
                 path.display(),
                 e.error
             );
-            return 2;
+            return exit::IO;
         }
         eprintln!(
             "plan saved to {} (fingerprint {})",
@@ -631,12 +632,12 @@ fn plan(
             });
             if let Some(Err(e)) = copied {
                 eprintln!("payrun: cannot write the plan to stdout: {e}");
-                return 2;
+                return exit::IO;
             }
         }
         Format::Human => print!("{}", plan.human),
     }
-    0
+    exit::OK
 }
 
 fn template(
@@ -651,7 +652,7 @@ fn template(
         Ok(p) => p,
         Err(d) => {
             print_diagnostics(&d.0, None);
-            return 2;
+            return exit::IO;
         }
     };
     let Some(op) = p.operation(operation) else {
@@ -666,7 +667,7 @@ fn template(
         eprintln!(
             "error[template.operation]: {provider} has no operation `{operation}`\n  hint: {hint}"
         );
-        return 2;
+        return exit::IO;
     };
     let out = if csv {
         payrun::template::csv(op, all)
@@ -676,7 +677,7 @@ fn template(
         payrun::template::table(op)
     };
     print!("{out}");
-    0
+    exit::OK
 }
 
 /// `payrun sandbox ledger|counters --state FILE`.
@@ -688,7 +689,7 @@ fn sandbox_inspect(what: SandboxInspect) -> u8 {
         Ok(l) => l,
         Err(m) => {
             eprintln!("error[sandbox.state]: {m}");
-            return 2;
+            return exit::IO;
         }
     };
     let mut out = std::io::stdout().lock();
@@ -738,9 +739,9 @@ fn sandbox_inspect(what: SandboxInspect) -> u8 {
         }
     };
     if written.is_err() {
-        return 2;
+        return exit::IO;
     }
-    0
+    exit::OK
 }
 
 fn sandbox(
@@ -758,7 +759,7 @@ fn sandbox(
             Ok(c) => c,
             Err(d) => {
                 print_diagnostics(&[d], None);
-                return 2;
+                return exit::IO;
             }
         },
         None => SandboxConfig::default(),
@@ -772,12 +773,12 @@ fn sandbox(
     for f in faults {
         if let Err(m) = cfg.faults.set(f) {
             eprintln!("error[sandbox.fault]: {m}");
-            return 2;
+            return exit::IO;
         }
     }
     if let Err(m) = cfg.check() {
         eprintln!("error[sandbox.config]: {m}");
-        return 2;
+        return exit::IO;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -786,7 +787,7 @@ fn sandbox(
         Ok(r) => r,
         Err(e) => {
             eprintln!("payrun: cannot start the async runtime: {e}");
-            return 2;
+            return exit::IO;
         }
     };
     runtime.block_on(async move {
@@ -801,7 +802,7 @@ fn sandbox(
                     Ok(c) => c,
                     Err(m) => {
                         eprintln!("error[sandbox.tls]: {m}");
-                        return 2;
+                        return exit::IO;
                     }
                 };
                 Sandbox::start_with(cfg, listen, state.as_deref(), Some(&cert))
@@ -813,7 +814,7 @@ fn sandbox(
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error[sandbox.start]: cannot start the sandbox on {listen}: {e}");
-                return 2;
+                return exit::IO;
             }
         };
         let root = sb.root_url();
@@ -857,6 +858,6 @@ fn sandbox(
         eprintln!("press Ctrl-C to stop");
         let _ = tokio::signal::ctrl_c().await;
         sb.stop().await;
-        0
+        exit::OK
     })
 }

@@ -317,7 +317,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
                 "no failed item of batch {} is safe to resend; nothing was sent",
                 flow.manifest.batch
             );
-            return 0;
+            return exit::OK;
         }
         eprintln!("retrying {} failed item(s) with new keys", pick.len());
         pick
@@ -350,7 +350,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         Ok(r) => r,
         Err(d) => {
             eprintln!("{}", d.render());
-            return 2;
+            return exit::IO;
         }
     };
     for w in &report.warnings {
@@ -369,7 +369,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
             "payrun: the batch is invalid ({} errors); nothing was sent",
             report.error_count
         );
-        return 1;
+        return exit::INVALID;
     }
     if let Some(plan) = o.plan
         && let Some(code) = check_plan(&flow, plan)
@@ -400,7 +400,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
             eprintln!(
                 "error[run.confirm]: no terminal to confirm on; pass --yes to run without asking"
             );
-            return 2;
+            return exit::IO;
         }
         eprint!("{}", outlook.prompt(&flow.manifest.batch, o.sandbox));
         let _ = std::io::stderr().flush();
@@ -408,7 +408,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         let _ = std::io::stdin().lock().read_line(&mut answer);
         if !super::outlook::confirmed(&answer) {
             eprintln!("nothing was sent");
-            return 1;
+            return exit::INVALID;
         }
     }
     let code = execute(&flow, &mut items, manifest, &attempts, o, held);
@@ -588,7 +588,7 @@ fn check_plan(flow: &Flow, plan: &Path) -> Option<u8> {
             "error[run.plan]: {} is not a plan written by `payrun plan -o`",
             plan.display()
         );
-        return Some(2);
+        return Some(exit::IO);
     };
     let source_sha = match &flow.manifest.items {
         crate::manifest::Items::Csv(src) => {
@@ -613,7 +613,7 @@ fn check_plan(flow: &Flow, plan: &Path) -> Option<u8> {
             eprintln!("  {c}");
         }
         eprintln!("  hint: run `payrun plan` again and review it");
-        return Some(1);
+        return Some(exit::INVALID);
     }
     None
 }
@@ -769,7 +769,7 @@ fn execute(
                     "error[run.retry-failed]: item {} is no longer failed (another run changed the batch); nothing was sent",
                     r.id
                 );
-                return 2;
+                return exit::IO;
             };
             let Some(it) = items.get(*i as usize) else {
                 continue;
@@ -804,7 +804,7 @@ fn execute(
             "error[run.raced]: item {} changed state while this run started (another run?); nothing was sent; run again",
             r.id
         );
-        return 2;
+        return exit::IO;
     }
     // An item whose content changed since it was started is never sent as it is now.
     let changed: Vec<String> = stored
@@ -831,7 +831,7 @@ fn execute(
         eprintln!(
             "  hint: a started batch must not change; put corrections in a new batch with a new id"
         );
-        return 1;
+        return exit::INVALID;
     }
     if let Err(e) = store.set_meta(&[
         ("manifest", &manifest_abs.to_string_lossy()),
@@ -847,7 +847,7 @@ fn execute(
         Ok(r) => r,
         Err(e) => {
             eprintln!("payrun: cannot start the async runtime: {e}");
-            return 2;
+            return exit::IO;
         }
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -867,7 +867,7 @@ fn execute(
                     Ok(c) => c,
                     Err(d) => {
                         eprintln!("{}", d.render_with(None));
-                        return 2;
+                        return exit::IO;
                     }
                 },
                 None => crate::sandbox::SandboxConfig::default(),
@@ -915,7 +915,7 @@ fn execute(
                 }
                 Err(e) => {
                     eprintln!("error[run.sandbox]: cannot start the sandbox: {e}");
-                    return 2;
+                    return exit::IO;
                 }
             }
         } else {
@@ -930,7 +930,7 @@ fn execute(
                 None if per_operation => String::new(),
                 None => {
                     eprintln!("error[run.endpoint]: no base URL for environment {:?}", flow.manifest.environment);
-                    return 2;
+                    return exit::IO;
                 }
             };
             // Credentials come from the environment variables the manifest names, never from
@@ -955,17 +955,17 @@ fn execute(
                     "error[run.credentials]: set the environment variables the manifest names: {}; nothing was sent",
                     missing.join(", ")
                 );
-                return 2;
+                return exit::IO;
             }
             if webhooks {
                 let n = &flow.manifest.notifications;
                 let (Some(addr), Some(public)) = (n.listen.as_ref().and_then(|l| l.parse().ok()), n.public_url.as_ref()) else {
                     eprintln!("error[run.notifications]: webhook notifications need `listen` and `public_url`");
-                    return 2;
+                    return exit::IO;
                 };
                 if paysend && !credentials.contains_key("outbound_key") {
                     eprintln!("error[run.credentials]: webhooks are verified with the outbound key: set the variable named by credentials.outbound_key");
-                    return 2;
+                    return exit::IO;
                 }
                 let public = public.trim_end_matches('/');
                 if paysend {
@@ -1007,14 +1007,14 @@ fn execute(
             Ok(a) => a,
             Err(m) => {
                 eprintln!("error[run.adapter]: {m}; nothing was sent");
-                return 2;
+                return exit::IO;
             }
         };
         let http = match super::http::client(&flow.manifest.tls, o.ca_file) {
             Ok(h) => h,
             Err(m) => {
                 eprintln!("error[run.tls]: {m}; nothing was sent");
-                return 2;
+                return exit::IO;
             }
         };
         let mut endpoint = Endpoint { base_url, adapter, spent: 0, http };
@@ -1026,7 +1026,7 @@ fn execute(
         if scaled && let Err(why) = loopback_origin(&endpoint.base_url) {
             eprintln!("error[run.time-scale]: --time-scale is for the sandbox only, and {why}; nothing was sent");
             eprintln!("  hint: drop --time-scale, or rehearse with --sandbox or against `payrun sandbox`");
-            return 2;
+            return exit::IO;
         }
         if let Err(m) = super::http::probe(&endpoint.http, &endpoint.base_url).await {
             // What `http::describe` says carries its own hint (a certificate, a proxy…).
@@ -1037,7 +1037,7 @@ fn execute(
         if scaled && let Err(why) = sandbox_at(&endpoint.http, &endpoint.base_url).await {
             eprintln!("error[run.time-scale]: --time-scale is for the sandbox only, and {why}; nothing was sent");
             eprintln!("  hint: drop --time-scale, or rehearse with --sandbox or against `payrun sandbox`");
-            return 2;
+            return exit::IO;
         }
         // Preflight (e.g. getBalance): before any payout of this run; a balance below what is
         // still to be paid in a currency stops the run with nothing sent.
@@ -1184,7 +1184,7 @@ pub fn status(batch: &str, state_dir: &Path, json: bool) -> u8 {
             } else {
                 print!("{}", super::status::render(&v));
             }
-            0
+            exit::OK
         }
         Err(e) => errors::report_as("status", &e.into(), ""),
     }
@@ -1202,7 +1202,7 @@ pub fn report(batch: &str, state_dir: &Path, output: Option<&Path>) -> u8 {
             eprintln!(
                 "error[report.running]: the batch is running ({who}) and did not answer for its records; `payrun status {batch}` shows its progress"
             );
-            return 2;
+            return exit::IO;
         }
         Err(e) => return errors::report_as("report", &e.into(), ""),
     };
@@ -1221,16 +1221,16 @@ pub fn report(batch: &str, state_dir: &Path, output: Option<&Path>) -> u8 {
                     records.len(),
                     path.display()
                 );
-                0
+                exit::OK
             }
             Err(e) => {
                 eprintln!("error[report.io]: cannot write {}: {e}", path.display());
-                2
+                exit::IO
             }
         },
         None => {
             let _ = std::io::stdout().write_all(&csv);
-            0
+            exit::OK
         }
     }
 }
@@ -1240,7 +1240,7 @@ pub fn unlock(batch: &str, state_dir: &Path, force: bool) -> u8 {
     match super::lock::unlock(state_dir, batch, force) {
         Ok(m) => {
             eprintln!("{m}");
-            0
+            exit::OK
         }
         Err(e) => errors::report_as("unlock", &e.into(), ""),
     }
@@ -1476,11 +1476,11 @@ pub fn list(state_dir: &Path, json: bool) -> u8 {
             "{}",
             serde_json::to_string_pretty(&views).unwrap_or_default()
         );
-        return 0;
+        return exit::OK;
     }
     if views.is_empty() {
         eprintln!("no batches in {}", state_dir.display());
-        return 0;
+        return exit::OK;
     }
     println!(
         "{:<32} {:>8} {:>8} {:>8} {:>8} {:>8}  RUNNER",
@@ -1506,5 +1506,5 @@ pub fn list(state_dir: &Path, json: bool) -> u8 {
             open
         );
     }
-    0
+    exit::OK
 }
