@@ -251,7 +251,7 @@ mod tests {
                 }
                 .into(),
                 2,
-                &["/state/b.redb: Table already open"],
+                &["/state/b.redb: Table already open", "hint: run again"],
             ),
             (
                 StoreError::Listen {

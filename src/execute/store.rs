@@ -206,7 +206,11 @@ impl std::fmt::Display for StoreError {
                 "{} cannot be read: {why} (hint: a newer payrun may have written it; else restore the state folder from a backup)",
                 path.display()
             ),
-            StoreError::Database { path, why } => write!(f, "{}: {why}", path.display()),
+            StoreError::Database { path, why } => write!(
+                f,
+                "{}: {why} (hint: run again; if it repeats, report it with this message)",
+                path.display()
+            ),
             StoreError::Listen { addr, source } => write!(
                 f,
                 "cannot listen for notifications on {addr}: {source} (hint: is another process using it? `notifications.listen` in the manifest names it)"
