@@ -1,11 +1,15 @@
 //! The `payrun` command line: wires the library's stages together and maps failures to exit
 //! codes. Data (reports, plans, templates) goes to stdout; diagnostics and progress to stderr.
 //!
-//! Exit codes: 0 success; 1 the batch or manifest is invalid (nothing was or would be sent);
-//! 2 usage error or a file that cannot be read or written.
+//! Exit codes (`payrun::execute::errors::exit`, which maps every layer's errors to them): 0
+//! success; 1 the batch or manifest is invalid, changed since it started, refused by the
+//! provider or declined (nothing was or would be sent); 2 usage error, a file that cannot be
+//! read or written, a batch held by another runner, or a provider that cannot be reached; 4 a
+//! run ended with items failed, needing review, reversed or unfinished; 130 stopped by a signal.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use payrun::diagnostic::Diagnostic;
+use payrun::execute::errors::exit;
 // Writes to a closed or full stdout/stderr never panic or hang payrun (see `payrun::out`).
 use payrun::pipeline::{self, Failure};
 use payrun::schema::Registry;
@@ -563,7 +567,7 @@ fn plan(
     };
     if graph == Some(Graph::Dot) {
         print!("{}", payrun::plan::dot::render(&prepared.flow));
-        return 0;
+        return exit::OK;
     }
     let manifest_text = (
         prepared.flow.manifest.display.clone(),
@@ -592,7 +596,7 @@ fn plan(
                 "payrun: the batch is invalid; there is no plan until every item passes `payrun validate`"
             );
         }
-        return 1;
+        return exit::INVALID;
     }
     for w in &report.warnings {
         eprintln!("warning: {w}");
@@ -601,7 +605,7 @@ fn plan(
     if let Some(path) = &output {
         let Some(full) = plan.full.take() else {
             eprintln!("payrun: internal error: no full plan was built");
-            return 2;
+            return exit::IO;
         };
         // The complete plan replaces the target in one rename: never a half-written plan.
         if let Err(e) = full.persist(path) {
@@ -610,7 +614,7 @@ fn plan(
                 path.display(),
                 e.error
             );
-            return 2;
+            return exit::IO;
         }
         eprintln!(
             "plan saved to {} (fingerprint {})",
@@ -628,12 +632,12 @@ fn plan(
             });
             if let Some(Err(e)) = copied {
                 eprintln!("payrun: cannot write the plan to stdout: {e}");
-                return 2;
+                return exit::IO;
             }
         }
         Format::Human => print!("{}", plan.human),
     }
-    0
+    exit::OK
 }
 
 fn template(
@@ -648,7 +652,7 @@ fn template(
         Ok(p) => p,
         Err(d) => {
             print_diagnostics(&d.0, None);
-            return 2;
+            return exit::IO;
         }
     };
     let Some(op) = p.operation(operation) else {
@@ -663,7 +667,7 @@ fn template(
         eprintln!(
             "error[template.operation]: {provider} has no operation `{operation}`\n  hint: {hint}"
         );
-        return 2;
+        return exit::IO;
     };
     let out = if csv {
         payrun::template::csv(op, all)
@@ -673,7 +677,7 @@ fn template(
         payrun::template::table(op)
     };
     print!("{out}");
-    0
+    exit::OK
 }
 
 /// `payrun sandbox ledger|counters --state FILE`.
@@ -685,7 +689,7 @@ fn sandbox_inspect(what: SandboxInspect) -> u8 {
         Ok(l) => l,
         Err(m) => {
             eprintln!("error[sandbox.state]: {m}");
-            return 2;
+            return exit::IO;
         }
     };
     let mut out = std::io::stdout().lock();
@@ -735,9 +739,9 @@ fn sandbox_inspect(what: SandboxInspect) -> u8 {
         }
     };
     if written.is_err() {
-        return 2;
+        return exit::IO;
     }
-    0
+    exit::OK
 }
 
 fn sandbox(
@@ -755,7 +759,7 @@ fn sandbox(
             Ok(c) => c,
             Err(d) => {
                 print_diagnostics(&[d], None);
-                return 2;
+                return exit::IO;
             }
         },
         None => SandboxConfig::default(),
@@ -769,12 +773,12 @@ fn sandbox(
     for f in faults {
         if let Err(m) = cfg.faults.set(f) {
             eprintln!("error[sandbox.fault]: {m}");
-            return 2;
+            return exit::IO;
         }
     }
     if let Err(m) = cfg.check() {
         eprintln!("error[sandbox.config]: {m}");
-        return 2;
+        return exit::IO;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -783,7 +787,7 @@ fn sandbox(
         Ok(r) => r,
         Err(e) => {
             eprintln!("payrun: cannot start the async runtime: {e}");
-            return 2;
+            return exit::IO;
         }
     };
     runtime.block_on(async move {
@@ -797,7 +801,7 @@ fn sandbox(
                     Ok(c) => c,
                     Err(m) => {
                         eprintln!("error[sandbox.tls]: {m}");
-                        return 2;
+                        return exit::IO;
                     }
                 };
                 Sandbox::start_with(cfg, listen, state.as_deref(), Some(&cert))
@@ -809,7 +813,7 @@ fn sandbox(
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error[sandbox.start]: cannot start the sandbox on {listen}: {e}");
-                return 2;
+                return exit::IO;
             }
         };
         let root = sb.root_url();
@@ -843,6 +847,6 @@ fn sandbox(
         eprintln!("press Ctrl-C to stop");
         let _ = tokio::signal::ctrl_c().await;
         sb.stop().await;
-        0
+        exit::OK
     })
 }

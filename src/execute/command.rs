@@ -1,12 +1,14 @@
 //! `payrun run` and `payrun resume`: the front end of execution — validate, check a saved plan,
 //! confirm, open the batch's store (refusing items that changed since they were started), pick
 //! the endpoint (the embedded sandbox or the manifest's environment with credentials from the
-//! environment variables it names), run, and report. Returns the process exit code.
+//! environment variables it names), run, and report. Returns the process exit code: what stops
+//! a command is reported, and its code chosen, by `errors` from the error's kind.
 
+use super::errors::{self, RunError, exit};
 use super::machine::Timings;
 use super::outlook::Outlook;
 use super::runner::{self, Endpoint, PlannedItem};
-use super::store::Store;
+use super::store::{Store, StoreError};
 use crate::compile::Flow;
 use crate::pipeline;
 use crate::schema::Registry;
@@ -127,11 +129,14 @@ pub struct RunOptions<'a> {
 }
 
 /// The manifest a started batch was run from.
-fn stored_manifest(batch: &str, state_dir: &Path) -> Result<std::path::PathBuf, (String, u8)> {
-    let store = Store::open_existing(state_dir, batch).map_err(|e| (e.0, 2))?;
-    match store.meta("manifest") {
-        Ok(Some(m)) => Ok(std::path::PathBuf::from(m)),
-        _ => Err((format!("no batch `{batch}` in {}", state_dir.display()), 2)),
+fn stored_manifest(batch: &str, state_dir: &Path) -> Result<std::path::PathBuf, StoreError> {
+    let store = Store::open_existing(state_dir, batch)?;
+    match store.meta("manifest")? {
+        Some(m) => Ok(std::path::PathBuf::from(m)),
+        None => Err(StoreError::Missing {
+            batch: batch.to_string(),
+            dir: state_dir.to_path_buf(),
+        }),
     }
 }
 
@@ -140,10 +145,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
     let manifest = if o.retry_failed && !target.is_file() {
         match stored_manifest(&target.to_string_lossy(), o.state_dir) {
             Ok(m) => m,
-            Err((m, code)) => {
-                eprintln!("error[run.retry-failed]: {m}");
-                return code;
-            }
+            Err(e) => return errors::report_as("run.retry-failed", &e.into(), ""),
         }
     } else {
         target.to_path_buf()
@@ -188,7 +190,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         super::store::Found::Unfinished(why) => {
             let _lock = match take_lock(&flow.manifest.batch, o.state_dir) {
                 Ok(l) => l,
-                Err(code) => return code,
+                Err(e) => return errors::report(&e, ""),
             };
             match Store::set_aside(o.state_dir, &flow.manifest.batch) {
                 Ok(to) => eprintln!(
@@ -196,26 +198,22 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
                     flow.manifest.batch,
                     to.display()
                 ),
-                Err(e) => {
-                    eprintln!("error[run.store]: {e}");
-                    return 2;
-                }
+                Err(e) => return errors::report(&e.into(), ""),
             }
             false
         }
     };
     if o.retry_failed && !batch_exists {
-        eprintln!(
-            "error[run.retry-failed]: no batch `{}` in {}",
-            flow.manifest.batch,
-            o.state_dir.display()
-        );
-        return 2;
+        let e = StoreError::Missing {
+            batch: flow.manifest.batch.clone(),
+            dir: o.state_dir.to_path_buf(),
+        };
+        return errors::report_as("run.retry-failed", &e.into(), "");
     }
     let mut held = if batch_exists {
         match hold(&flow.manifest.batch, o.state_dir) {
             Ok(h) => Some(h),
-            Err(code) => return code,
+            Err(e) => return errors::report(&e, ""),
         }
     } else {
         None
@@ -246,7 +244,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
                 "no failed item of batch {} is safe to resend; nothing was sent",
                 flow.manifest.batch
             );
-            return 0;
+            return exit::OK;
         }
         eprintln!("retrying {} failed item(s) with new keys", pick.len());
         pick
@@ -279,7 +277,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         Ok(r) => r,
         Err(d) => {
             eprintln!("{}", d.render());
-            return 2;
+            return exit::IO;
         }
     };
     for w in &report.warnings {
@@ -298,7 +296,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
             "payrun: the batch is invalid ({} errors); nothing was sent",
             report.error_count
         );
-        return 1;
+        return exit::INVALID;
     }
     if let Some(plan) = o.plan
         && let Some(code) = check_plan(&flow, plan)
@@ -329,7 +327,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
             eprintln!(
                 "error[run.confirm]: no terminal to confirm on; pass --yes to run without asking"
             );
-            return 2;
+            return exit::IO;
         }
         eprint!("{}", outlook.prompt(&flow.manifest.batch, o.sandbox));
         let _ = std::io::stderr().flush();
@@ -337,7 +335,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         let _ = std::io::stdin().lock().read_line(&mut answer);
         if !super::outlook::confirmed(&answer) {
             eprintln!("nothing was sent");
-            return 1;
+            return exit::INVALID;
         }
     }
     let code = execute(&flow, &mut items, manifest, &attempts, o, held);
@@ -359,9 +357,9 @@ fn nothing_left(flow: &Flow, outlook: &Outlook) -> u8 {
     );
     sayln!("{}", outlook.finished_line(batch));
     if outlook.failed + outlook.reversed + outlook.steps_failed > 0 {
-        4
+        exit::UNSETTLED
     } else {
-        0
+        exit::OK
     }
 }
 
@@ -370,7 +368,7 @@ fn nothing_left(flow: &Flow, outlook: &Outlook) -> u8 {
 /// every drifted item is one never sent, changed or added at the end: then the new items are
 /// fixed, each accepted item's record carries the note, and the override is recorded in the
 /// batch (status and report show both). Removed and moved rows, items already sent and a
-/// changed flow are never accepted. Err: the exit code (nothing was sent).
+/// changed flow are never accepted. Err: the exit code of what it reported (nothing was sent).
 fn settle_drift(
     flow: &Flow,
     items: &[PlannedItem],
@@ -391,16 +389,13 @@ fn settle_drift(
         eprintln!(
             "  hint: restore the manifest's flow, defaults and preflight to continue (limits, retry and notifications may change), or run the changed flow as a new batch (a new `batch:` id)"
         );
-        return Err(1);
+        return Err(exit::INVALID);
     }
     let fixed = match held.store.fixed() {
         Ok(Some(f)) => f,
         // A batch started before items were fixed: checked by record in `execute`.
         Ok(None) => return Ok(()),
-        Err(e) => {
-            eprintln!("error[run.store]: {e}");
-            return Err(2);
-        }
+        Err(e) => return Err(errors::report(&e.into(), "")),
     };
     let drift = super::fixed::compare(&fixed, items);
     if drift.is_empty() {
@@ -415,7 +410,7 @@ fn settle_drift(
                 "  or, for a deliberate change of rows never sent: run again with --accept-changes \"<reason>\" (recorded in the batch; status and report show it)"
             );
         }
-        return Err(1);
+        return Err(exit::INVALID);
     };
     // What may be accepted: rows never sent, changed in place or added at the end.
     let by_index: HashMap<u64, &super::store::Record> =
@@ -452,7 +447,7 @@ fn settle_drift(
         if !drift.removed.is_empty() || !drift.moved.is_empty() {
             eprintln!("  rows removed or moved cannot be accepted: restore their places");
         }
-        return Err(1);
+        return Err(exit::INVALID);
     }
     let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let note = format!("{at} accepted: {reason}");
@@ -492,8 +487,7 @@ fn settle_drift(
         .store
         .accept(&super::fixed::entries(items), &refs, &line)
     {
-        eprintln!("error[run.store]: {e}; nothing was accepted or sent");
-        return Err(2);
+        return Err(errors::report(&e.into(), "; nothing was accepted or sent"));
     }
     eprintln!(
         "accepted changes to batch {batch} ({reason}): {} changed, {} added; recorded in the batch (`payrun status {batch}`, `payrun report {batch}`)",
@@ -521,7 +515,7 @@ fn check_plan(flow: &Flow, plan: &Path) -> Option<u8> {
             "error[run.plan]: {} is not a plan written by `payrun plan -o`",
             plan.display()
         );
-        return Some(2);
+        return Some(exit::IO);
     };
     let source_sha = match &flow.manifest.items {
         crate::manifest::Items::Csv(src) => {
@@ -546,7 +540,7 @@ fn check_plan(flow: &Flow, plan: &Path) -> Option<u8> {
             eprintln!("  {c}");
         }
         eprintln!("  hint: run `payrun plan` again and review it");
-        return Some(1);
+        return Some(exit::INVALID);
     }
     None
 }
@@ -565,10 +559,7 @@ pub fn resume(
 ) -> u8 {
     let manifest = match stored_manifest(batch, state_dir) {
         Ok(m) => m,
-        Err((m, code)) => {
-            eprintln!("error[resume]: {m}");
-            return code;
-        }
+        Err(e) => return errors::report_as("resume", &e.into(), ""),
     };
     run(
         registry,
@@ -595,17 +586,11 @@ struct Held {
     stored: Vec<(u64, super::store::Record)>,
 }
 
-/// Takes the batch's lock, then opens and reads its store (creating it when `create`).
-/// Takes the batch's lock, or says who holds it (exit code 2).
-fn take_lock(batch: &str, state_dir: &Path) -> Result<super::lock::Lock, u8> {
+/// Takes the batch's lock, or says who holds it; tells the operator what taking it found (a
+/// state folder made private, a stale lock taken over).
+fn take_lock(batch: &str, state_dir: &Path) -> Result<super::lock::Lock, RunError> {
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let lock = super::lock::Lock::take(state_dir, batch, &started).map_err(|m| {
-        eprintln!("error[run.locked]: {m}");
-        eprintln!(
-            "  hint: one runner per batch: stop that one first (a lock whose process is gone is taken over by itself; another machine's: `payrun unlock {batch} --force` once it is gone)"
-        );
-        2
-    })?;
+    let lock = super::lock::Lock::take(state_dir, batch, &started)?;
     if let Some(note) = lock.folder.notice(state_dir) {
         eprintln!("{note}");
     }
@@ -615,16 +600,11 @@ fn take_lock(batch: &str, state_dir: &Path) -> Result<super::lock::Lock, u8> {
     Ok(lock)
 }
 
-fn hold(batch: &str, state_dir: &Path) -> Result<Held, u8> {
+/// Takes the batch's lock, then opens and reads its store.
+fn hold(batch: &str, state_dir: &Path) -> Result<Held, RunError> {
     let lock = take_lock(batch, state_dir)?;
-    let store = Store::open(state_dir, batch).map_err(|e| {
-        eprintln!("error[run.store]: {e}");
-        2u8
-    })?;
-    let stored = store.items().map_err(|e| {
-        eprintln!("error[run.store]: {e}");
-        2u8
-    })?;
+    let store = Store::open(state_dir, batch)?;
+    let stored = store.items()?;
     Ok(Held {
         _lock: lock,
         store,
@@ -648,7 +628,7 @@ fn execute(
             // A new batch: its item set is fixed in the store's very first commit.
             let lock = match take_lock(&flow.manifest.batch, state_dir) {
                 Ok(l) => l,
-                Err(code) => return code,
+                Err(e) => return errors::report(&e, ""),
             };
             let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             let flow_digest = super::fixed::flow_digest(&flow.manifest);
@@ -656,9 +636,8 @@ fn execute(
             let count = items.len().to_string();
             // Keyed keys: the batch's secret is durable before the store that says it is used.
             let keyed = flow.provider.keys == crate::schema::KeyFormat::Keyed;
-            if keyed && let Err(m) = super::secret::for_new_batch(state_dir, &flow.manifest.batch) {
-                eprintln!("error[run.secret]: {m}; nothing was sent");
-                return 2;
+            if keyed && let Err(e) = super::secret::for_new_batch(state_dir, &flow.manifest.batch) {
+                return errors::report(&e.into(), "; nothing was sent");
             }
             let manifest_text = manifest_abs.to_string_lossy();
             let mut meta: Vec<(&str, &str)> = vec![
@@ -674,10 +653,7 @@ fn execute(
             }
             let store = match Store::create(state_dir, &flow.manifest.batch, &meta, &fixed) {
                 Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error[run.store]: {e}; nothing was sent");
-                    return 2;
-                }
+                Err(e) => return errors::report(&e.into(), "; nothing was sent"),
             };
             Held {
                 _lock: lock,
@@ -696,24 +672,15 @@ fn execute(
         Ok(Some(v)) if v == super::secret::KEYED_V1 => {
             match super::secret::read(state_dir, &flow.manifest.batch) {
                 Ok(s) => Some(s),
-                Err(m) => {
-                    eprintln!("error[run.secret]: {m}");
-                    return 2;
-                }
+                Err(e) => return errors::report(&e.into(), ""),
             }
         }
         Ok(Some(other)) => {
-            eprintln!(
-                "error[run.secret]: the batch's keys are `{other}`, which this payrun does not know; nothing was sent"
-            );
-            eprintln!("  hint: resume it with the payrun version that started it");
-            return 2;
+            let e = super::secret::SecretError::Unknown { keys: other };
+            return errors::report(&e.into(), "");
         }
         Ok(None) => None,
-        Err(e) => {
-            eprintln!("error[run.store]: {e}; nothing was sent");
-            return 2;
-        }
+        Err(e) => return errors::report(&e.into(), "; nothing was sent"),
     };
     // `--retry-failed`: each chosen item starts a new attempt with a new key; the old key and
     // how it ended are kept. Committed before anything is sent.
@@ -729,7 +696,7 @@ fn execute(
                     "error[run.retry-failed]: item {} is no longer failed (another run changed the batch); nothing was sent",
                     r.id
                 );
-                return 2;
+                return exit::IO;
             };
             let Some(it) = items.get(*i as usize) else {
                 continue;
@@ -748,8 +715,7 @@ fn execute(
         }
         let refs: Vec<(u64, &super::store::Record)> = rows.iter().map(|(i, r)| (*i, r)).collect();
         if let Err(e) = store.commit(&refs) {
-            eprintln!("error[run.store]: {e}");
-            return 2;
+            return errors::report(&e.into(), "");
         }
     }
     // Requests were built only for items not ended before; one that another run reopened in
@@ -765,7 +731,7 @@ fn execute(
             "error[run.raced]: item {} changed state while this run started (another run?); nothing was sent; run again",
             r.id
         );
-        return 2;
+        return exit::IO;
     }
     // An item whose content changed since it was started is never sent as it is now.
     let changed: Vec<String> = stored
@@ -792,15 +758,14 @@ fn execute(
         eprintln!(
             "  hint: a started batch must not change; put corrections in a new batch with a new id"
         );
-        return 1;
+        return exit::INVALID;
     }
     if let Err(e) = store.set_meta(&[
         ("manifest", &manifest_abs.to_string_lossy()),
         ("batch", &flow.manifest.batch),
         ("provider", &flow.provider.name),
     ]) {
-        eprintln!("error[run.store]: {e}");
-        return 2;
+        return errors::report(&e.into(), "");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -809,7 +774,7 @@ fn execute(
         Ok(r) => r,
         Err(e) => {
             eprintln!("payrun: cannot start the async runtime: {e}");
-            return 2;
+            return exit::IO;
         }
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -832,7 +797,7 @@ fn execute(
                     Ok(c) => c,
                     Err(d) => {
                         eprintln!("{}", d.render_with(None));
-                        return 2;
+                        return exit::IO;
                     }
                 },
                 None => crate::sandbox::SandboxConfig::default(),
@@ -880,7 +845,7 @@ fn execute(
                 }
                 Err(e) => {
                     eprintln!("error[run.sandbox]: cannot start the sandbox: {e}");
-                    return 2;
+                    return exit::IO;
                 }
             }
         } else {
@@ -895,7 +860,7 @@ fn execute(
                 None if per_operation => String::new(),
                 None => {
                     eprintln!("error[run.endpoint]: no base URL for environment {:?}", flow.manifest.environment);
-                    return 2;
+                    return exit::IO;
                 }
             };
             // Credentials come from the environment variables the manifest names, never from
@@ -921,13 +886,13 @@ fn execute(
                     "error[run.credentials]: set the environment variables the manifest names: {}; nothing was sent",
                     missing.join(", ")
                 );
-                return 2;
+                return exit::IO;
             }
             if webhooks {
                 let n = &flow.manifest.notifications;
                 let (Some(addr), Some(public)) = (n.listen.as_ref().and_then(|l| l.parse().ok()), n.public_url.as_ref()) else {
                     eprintln!("error[run.notifications]: webhook notifications need `listen` and `public_url`");
-                    return 2;
+                    return exit::IO;
                 };
                 let public = public.trim_end_matches('/');
                 let setup = crate::providers::Setup {
@@ -941,7 +906,7 @@ fn execute(
                     Ok(line) => eprintln!("notifications: {line}"),
                     Err(why) => {
                         eprintln!("error[run.credentials]: {why}");
-                        return 2;
+                        return exit::IO;
                     }
                 }
                 callback = Some(public.to_string());
@@ -959,14 +924,14 @@ fn execute(
             Ok(a) => a,
             Err(m) => {
                 eprintln!("error[run.adapter]: {m}; nothing was sent");
-                return 2;
+                return exit::IO;
             }
         };
         let http = match super::http::client(&flow.manifest.tls, o.ca_file) {
             Ok(h) => h,
             Err(m) => {
                 eprintln!("error[run.tls]: {m}; nothing was sent");
-                return 2;
+                return exit::IO;
             }
         };
         let mut endpoint = Endpoint { base_url, adapter, spent: 0, http };
@@ -978,30 +943,24 @@ fn execute(
         if scaled && let Err(why) = loopback_origin(&endpoint.base_url) {
             eprintln!("error[run.time-scale]: --time-scale is for the sandbox only, and {why}; nothing was sent");
             eprintln!("  hint: drop --time-scale, or rehearse with --sandbox or against `payrun sandbox`");
-            return 2;
+            return exit::IO;
         }
         if let Err(m) = super::http::probe(&endpoint.http, &endpoint.base_url).await {
-            eprintln!("error[run.transport]: {m}; nothing was sent");
-            return 2;
+            // What `http::describe` says carries its own hint (a certificate, a proxy…).
+            let e = RunError::Transport(format!("{m}; nothing was sent"));
+            eprintln!("error[{}]: {e}", e.name());
+            return errors::exit_code(&e);
         }
         if scaled && let Err(why) = sandbox_at(&endpoint.http, &endpoint.base_url).await {
             eprintln!("error[run.time-scale]: --time-scale is for the sandbox only, and {why}; nothing was sent");
             eprintln!("  hint: drop --time-scale, or rehearse with --sandbox or against `payrun sandbox`");
-            return 2;
+            return exit::IO;
         }
         // Preflight (e.g. getBalance): before any payout of this run; a balance below what is
         // still to be paid in a currency stops the run with nothing sent.
         match preflight(flow, &endpoint, &stored, items).await {
             Ok(sent) => endpoint.spent = sent,
-            Err((m, 2)) => {
-                eprintln!("error[run.transport]: {m}");
-                eprintln!("  hint: check the connection and the base URL (`environment:`), then run again");
-                return 2;
-            }
-            Err((m, code)) => {
-                eprintln!("error[run.preflight]: {m}");
-                return code;
-            }
+            Err(e) => return errors::report(&e, ""),
         }
         let flag = Arc::clone(&stop);
         tokio::spawn(async move {
@@ -1024,10 +983,7 @@ fn execute(
         let started = std::time::Instant::now();
         let summary = match runner::run(flow, items, std::mem::take(&mut stored), &mut store, &endpoint, &endpoint.adapter.timings(timings(time_scale)), Arc::clone(&stop), listen).await {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("error[run.store]: {e}");
-                return 2;
-            }
+            Err(e) => return errors::report(&e.into(), ""),
         };
         if let Some(sb) = sandbox_handle {
             sb.stop().await;
@@ -1054,7 +1010,8 @@ fn execute(
             );
         }
         if let Some(why) = &summary.unreachable {
-            eprintln!("error[run.transport]: {} could not be reached: {why}", flow.provider.title);
+            let e = RunError::Transport(format!("{} could not be reached: {why}", flow.provider.title));
+            eprintln!("error[{}]: {e}", e.name());
             eprintln!(
                 "  no item was marked failed for it: unsent items stay unsent, items whose request may have arrived are looked up before anything is resent"
             );
@@ -1064,7 +1021,7 @@ fn execute(
                 if sandbox { " --sandbox" } else { "" },
                 state_dir.display()
             );
-            return 2;
+            return errors::exit_code(&e);
         }
         if stop.load(Ordering::Relaxed) {
             eprintln!(
@@ -1073,7 +1030,7 @@ fn execute(
                 if sandbox { " --sandbox" } else { "" },
                 state_dir.display()
             );
-            return 130;
+            return exit::STOPPED;
         }
         let n = summary.notices;
         if n.taken + n.duplicates + n.rejected + n.replayed > 0 {
@@ -1091,7 +1048,7 @@ fn execute(
                 summary.steps_done, summary.steps_failed, summary.steps_open
             );
         }
-        if summary.failed + summary.needs_review + summary.unfinished + summary.reversed + summary.steps_failed + summary.steps_open > 0 { 4 } else { 0 }
+        if summary.failed + summary.needs_review + summary.unfinished + summary.reversed + summary.steps_failed + summary.steps_open > 0 { exit::UNSETTLED } else { exit::OK }
     })
 }
 
@@ -1100,15 +1057,11 @@ fn execute(
 fn status_view(
     batch: &str,
     state_dir: &Path,
-) -> Result<(super::status::StatusView, Option<Vec<super::store::Record>>), String> {
+) -> Result<(super::status::StatusView, Option<Vec<super::store::Record>>), StoreError> {
     match Store::open_existing(state_dir, batch) {
         Ok(store) => {
-            let records: Vec<super::store::Record> = store
-                .items()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|(_, r)| r)
-                .collect();
+            let records: Vec<super::store::Record> =
+                store.items()?.into_iter().map(|(_, r)| r).collect();
             let mut view = super::status::view(batch, &records, None);
             // Items never touched have no record; the batch's size was fixed when it started.
             if let Ok(Some(n)) = store.meta("items")
@@ -1120,7 +1073,7 @@ fn status_view(
             }
             Ok((view, Some(records)))
         }
-        Err(e) if e.0.contains("another payrun process") => {
+        Err(e @ StoreError::Busy { .. }) => {
             let store_path = state_dir.join(format!("{batch}.redb"));
             if let Some(records) = runner::records_from_runner(&store_path) {
                 let holder = super::lock::holder(state_dir, batch);
@@ -1128,12 +1081,14 @@ fn status_view(
             }
             let snap = state_dir.join(format!("{batch}.status.json"));
             let bytes = std::fs::read(&snap)
-                .map_err(|_| format!("{e}, and it has written no status yet"))?;
-            let view = serde_json::from_slice(&bytes)
-                .map_err(|x| format!("cannot read {}: {x}", snap.display()))?;
+                .map_err(|_| StoreError::other(format!("{e}, and it has written no status yet")))?;
+            let view = serde_json::from_slice(&bytes).map_err(|x| StoreError::Corrupt {
+                path: snap.clone(),
+                why: x.to_string(),
+            })?;
             Ok((view, None))
         }
-        Err(e) => Err(e.0),
+        Err(e) => Err(e),
     }
 }
 
@@ -1146,12 +1101,9 @@ pub fn status(batch: &str, state_dir: &Path, json: bool) -> u8 {
             } else {
                 print!("{}", super::status::render(&v));
             }
-            0
+            exit::OK
         }
-        Err(m) => {
-            eprintln!("error[status]: {m}");
-            2
-        }
+        Err(e) => errors::report_as("status", &e.into(), ""),
     }
 }
 
@@ -1167,12 +1119,9 @@ pub fn report(batch: &str, state_dir: &Path, output: Option<&Path>) -> u8 {
             eprintln!(
                 "error[report.running]: the batch is running ({who}) and did not answer for its records; `payrun status {batch}` shows its progress"
             );
-            return 2;
+            return exit::IO;
         }
-        Err(m) => {
-            eprintln!("error[report]: {m}");
-            return 2;
-        }
+        Err(e) => return errors::report_as("report", &e.into(), ""),
     };
     let csv = super::status::report_csv(&records);
     match output {
@@ -1189,16 +1138,16 @@ pub fn report(batch: &str, state_dir: &Path, output: Option<&Path>) -> u8 {
                     records.len(),
                     path.display()
                 );
-                0
+                exit::OK
             }
             Err(e) => {
                 eprintln!("error[report.io]: cannot write {}: {e}", path.display());
-                2
+                exit::IO
             }
         },
         None => {
             let _ = std::io::stdout().write_all(&csv);
-            0
+            exit::OK
         }
     }
 }
@@ -1208,12 +1157,9 @@ pub fn unlock(batch: &str, state_dir: &Path, force: bool) -> u8 {
     match super::lock::unlock(state_dir, batch, force) {
         Ok(m) => {
             eprintln!("{m}");
-            0
+            exit::OK
         }
-        Err(m) => {
-            eprintln!("error[unlock]: {m}");
-            2
-        }
+        Err(e) => errors::report_as("unlock", &e.into(), ""),
     }
 }
 
@@ -1225,7 +1171,7 @@ async fn preflight(
     endpoint: &Endpoint,
     stored: &[(u64, super::store::Record)],
     items: &mut [PlannedItem],
-) -> Result<u32, (String, u8)> {
+) -> Result<u32, RunError> {
     use crate::providers::Preflight;
     use rust_decimal::Decimal;
     use std::str::FromStr;
@@ -1252,11 +1198,15 @@ async fn preflight(
         let unreachable = matches!(answer, crate::providers::Answer::Transport { .. });
         match endpoint.adapter.classify_preflight(&answer) {
             Preflight::Done { balances, results } => break (balances, results),
-            Preflight::Failed(m) => return Err((format!("{m}; nothing was sent"), 1)),
+            Preflight::Failed(m) => {
+                return Err(RunError::Refused(format!("{m}; nothing was sent")));
+            }
             Preflight::Again(next) => {
                 polls += 1;
                 if polls > 60 {
-                    return Err(("the preflight did not finish; nothing was sent".into(), 1));
+                    return Err(RunError::Refused(
+                        "the preflight did not finish; nothing was sent".into(),
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 req = next;
@@ -1266,10 +1216,12 @@ async fn preflight(
                     Some(d) => tokio::time::sleep(d).await,
                     // No answer of the provider's: a transport problem (exit 2), not the batch's.
                     None => {
-                        return Err((
-                            format!("{m}; nothing was sent"),
-                            if unreachable { 2 } else { 1 },
-                        ));
+                        let m = format!("{m}; nothing was sent");
+                        return Err(if unreachable {
+                            RunError::Transport(m)
+                        } else {
+                            RunError::Refused(m)
+                        });
                     }
                 }
                 attempt += 1;
@@ -1314,13 +1266,10 @@ async fn preflight(
             *v = crate::providers::fill_rendered(v, &only_preflight, &mut missing);
         }
         if let Some(m) = missing.first() {
-            return Err((
-                format!(
-                    "the preflight answer has no `{m}`, which item {} needs; nothing was sent",
-                    it.id
-                ),
-                1,
-            ));
+            return Err(RunError::Refused(format!(
+                "the preflight answer has no `{m}`, which item {} needs; nothing was sent",
+                it.id
+            )));
         }
     }
     // What is still to pay, per currency: items not started yet.
@@ -1361,13 +1310,10 @@ async fn preflight(
             }
         }
         if !short.is_empty() {
-            return Err((
-                format!(
-                    "not enough balance to pay this batch; nothing was sent\n  {}\n  hint: top up, split the batch, or ask getBalance for every currency (omit its `currency`)",
-                    short.join("\n  ")
-                ),
-                1,
-            ));
+            return Err(RunError::Refused(format!(
+                "not enough balance to pay this batch; nothing was sent\n  {}\n  hint: top up, split the batch, or ask getBalance for every currency (omit its `currency`)",
+                short.join("\n  ")
+            )));
         }
     }
     Ok(requests)
@@ -1439,7 +1385,7 @@ pub fn list(state_dir: &Path, json: bool) -> u8 {
     for b in &batches {
         match status_view(b, state_dir) {
             Ok((v, _)) => views.push(v),
-            Err(m) => eprintln!("warning: {b}: {m}"),
+            Err(e) => eprintln!("warning: {b}: {e}"),
         }
     }
     if json {
@@ -1447,11 +1393,11 @@ pub fn list(state_dir: &Path, json: bool) -> u8 {
             "{}",
             serde_json::to_string_pretty(&views).unwrap_or_default()
         );
-        return 0;
+        return exit::OK;
     }
     if views.is_empty() {
         eprintln!("no batches in {}", state_dir.display());
-        return 0;
+        return exit::OK;
     }
     println!(
         "{:<32} {:>8} {:>8} {:>8} {:>8} {:>8}  RUNNER",
@@ -1477,5 +1423,5 @@ pub fn list(state_dir: &Path, json: bool) -> u8 {
             open
         );
     }
-    0
+    exit::OK
 }

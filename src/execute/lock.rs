@@ -22,6 +22,94 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+/// Why a batch's lock cannot be taken or removed, by kind; the CLI turns it into words and an
+/// exit code (`errors::exit_code`).
+#[derive(Debug)]
+pub enum LockError {
+    /// A runner that may still run holds the batch (on another host, payrun cannot tell).
+    Held { batch: String, holder: Holder },
+    /// The lock stays held by a process payrun cannot name (its lock file is being replaced,
+    /// or stays flocked while naming a holder that is gone).
+    Unnamed { batch: String, path: PathBuf },
+    /// `unlock` refused: a runner alive on this host holds the batch. `flocked`: it holds the
+    /// lock's flock (a payrun of today); otherwise only `--force` removes the lock.
+    Running {
+        batch: String,
+        holder: Holder,
+        flocked: bool,
+    },
+    /// `unlock` refused: another host's runner holds the batch; only `--force` removes it.
+    Remote { batch: String, holder: Holder },
+    /// A file operation on the lock or its folder failed.
+    Io {
+        /// What payrun was doing, after "cannot": "create", "read", "remove the stale"…
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::Held { batch, holder: h } => write!(
+                f,
+                "batch `{batch}` is being run by pid {} on {} since {}",
+                h.pid, h.host, h.started
+            ),
+            LockError::Unnamed { batch, path } => write!(
+                f,
+                "batch `{batch}` is held by a process payrun cannot name ({} is being replaced, or stays locked by it); try again in a moment",
+                path.display()
+            ),
+            LockError::Running {
+                batch,
+                holder: h,
+                flocked,
+            } => write!(
+                f,
+                "pid {} on {} is still running batch `{batch}`; {}",
+                h.pid,
+                h.host,
+                if *flocked {
+                    "stop it (Ctrl-C) instead"
+                } else {
+                    "it holds no flock on the lock (a payrun from before flocks, or another program that reuses the pid); pass --force once you are sure it is no payrun running this batch"
+                }
+            ),
+            LockError::Remote { batch, holder: h } => write!(
+                f,
+                "batch `{batch}` is locked by pid {} on {} since {}; payrun cannot see that machine's processes: pass --force once you are sure that process is gone",
+                h.pid, h.host, h.started
+            ),
+            LockError::Io {
+                action,
+                path,
+                source,
+            } => write!(f, "cannot {action} {}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for LockError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LockError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// An I/O failure on `path` while doing `action`.
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LockError {
+    let path = path.to_path_buf();
+    move |source| LockError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
 pub struct Lock {
     path: PathBuf,
     /// The lock file, flocked for as long as this runner holds the batch.
@@ -229,9 +317,8 @@ const PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 impl Lock {
     /// Takes the batch's lock, or says who holds it. A lock nobody holds any more (its process
     /// died, or its pid now names another process) is taken over.
-    pub fn take(dir: &Path, batch: &str, started: &str) -> Result<Lock, String> {
-        let folder = crate::private::state_dir(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    pub fn take(dir: &Path, batch: &str, started: &str) -> Result<Lock, LockError> {
+        let folder = crate::private::state_dir(dir).map_err(io("create", dir))?;
         clear_leftovers(dir, batch);
         let path = lock_path(dir, batch);
         let me = Holder::me(started);
@@ -243,7 +330,7 @@ impl Lock {
             std::io::Write::write_all(&mut f, &serde_json::to_vec(&me).unwrap_or_default())?;
             Ok(f)
         })()
-        .map_err(|e: std::io::Error| format!("cannot create {}: {e}", tmp.display()))?;
+        .map_err(io("create", &tmp))?;
         // Flocked before it is linked: the lock is never in place unheld. A file system
         // without flocks leaves the holder's pid to decide, as it did before.
         let _ = file.try_lock();
@@ -259,15 +346,15 @@ impl Lock {
     }
 
     /// Links `tmp` into place as the lock; returns the stale lock it replaced, in words.
-    fn link(tmp: &Path, path: &Path, batch: &str) -> Result<Option<String>, String> {
+    fn link(tmp: &Path, path: &Path, batch: &str) -> Result<Option<String>, LockError> {
         let mut took_over = None;
         for _ in 0..ATTEMPTS {
             match std::fs::hard_link(tmp, path) {
                 Ok(()) => return Ok(took_over),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+                Err(e) => return Err(io("create", path)(e)),
             }
-            match inspect(path).map_err(|e| format!("cannot read {}: {e}", path.display()))? {
+            match inspect(path).map_err(io("read", path))? {
                 Found::Missing => {}
                 Found::Stale { file, holder, why } => {
                     took_over = Some(match holder {
@@ -282,25 +369,25 @@ impl Lock {
                             std::io::ErrorKind::NotFound => Ok(()),
                             _ => Err(e),
                         })
-                        .map_err(|e| format!("cannot remove the stale {}: {e}", path.display()))?;
+                        .map_err(io("remove the stale", path))?;
                 }
                 Found::Held {
                     holder: Some(h), ..
                 } if alive(&h) => {
-                    return Err(format!(
-                        "batch `{batch}` is being run by pid {} on {} since {}",
-                        h.pid, h.host, h.started
-                    ));
+                    return Err(LockError::Held {
+                        batch: batch.to_string(),
+                        holder: h,
+                    });
                 }
                 // Flocked, and yet its holder is gone: another runner is taking that stale
                 // lock over at this instant, and its own lock is in place in a moment.
                 Found::Held { .. } => std::thread::sleep(PAUSE),
             }
         }
-        Err(format!(
-            "cannot take the lock {}: it stays held by a process payrun cannot name",
-            path.display()
-        ))
+        Err(LockError::Unnamed {
+            batch: batch.to_string(),
+            path: path.to_path_buf(),
+        })
     }
 }
 
@@ -313,14 +400,14 @@ impl Drop for Lock {
 
 /// `payrun unlock <batch> [--force]`: removes a lock nobody holds, saying why it is stale;
 /// another host's lock only with `--force`; never the lock of a runner alive on this host.
-pub fn unlock(dir: &Path, batch: &str, force: bool) -> Result<String, String> {
+pub fn unlock(dir: &Path, batch: &str, force: bool) -> Result<String, LockError> {
     let path = lock_path(dir, batch);
-    let found = inspect(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let found = inspect(&path).map_err(io("read", &path))?;
     let here = Holder::me("").host;
     match found {
         Found::Missing => Ok(format!("batch `{batch}` is not locked")),
         Found::Stale { file, holder, why } => {
-            remove_if_same(&path, &file).map_err(|e| e.to_string())?;
+            remove_if_same(&path, &file).map_err(io("remove", &path))?;
             let whose = holder
                 .map(|h| format!(" of pid {} on {} since {}", h.pid, h.host, h.started))
                 .unwrap_or_default();
@@ -333,35 +420,31 @@ pub fn unlock(dir: &Path, batch: &str, force: bool) -> Result<String, String> {
             flocked,
         } if h.host == here => {
             if flocked || !force {
-                let how = if flocked {
-                    "stop it (Ctrl-C) instead".to_string()
-                } else {
-                    "it holds no flock on the lock (a payrun from before flocks, or another program that reuses the pid); pass --force once you are sure it is no payrun running this batch".to_string()
-                };
-                return Err(format!(
-                    "pid {} on {} is still running batch `{batch}`; {how}",
-                    h.pid, h.host
-                ));
+                return Err(LockError::Running {
+                    batch: batch.to_string(),
+                    holder: h,
+                    flocked,
+                });
             }
-            std::fs::remove_file(&path).map_err(|e| e.to_string())?;
+            std::fs::remove_file(&path).map_err(io("remove", &path))?;
             Ok(format!("removed the lock of pid {} on {}", h.pid, h.host))
         }
         Found::Held {
             holder: Some(h), ..
         } => {
             if !force {
-                return Err(format!(
-                    "batch `{batch}` is locked by pid {} on {} since {}; payrun cannot see that machine's processes: pass --force once you are sure that process is gone",
-                    h.pid, h.host, h.started
-                ));
+                return Err(LockError::Remote {
+                    batch: batch.to_string(),
+                    holder: h,
+                });
             }
-            std::fs::remove_file(&path).map_err(|e| e.to_string())?;
+            std::fs::remove_file(&path).map_err(io("remove", &path))?;
             Ok(format!("removed the lock of pid {} on {}", h.pid, h.host))
         }
-        Found::Held { holder: None, .. } => Err(format!(
-            "batch `{batch}` is held by a process on this host that payrun cannot name ({} is being replaced); try again in a moment",
-            path.display()
-        )),
+        Found::Held { holder: None, .. } => Err(LockError::Unnamed {
+            batch: batch.to_string(),
+            path,
+        }),
     }
 }
 
@@ -389,15 +472,19 @@ mod tests {
         let first = Lock::take(dir.path(), "b", "2026-11-21T10:00:00Z").unwrap();
         let second = Lock::take(dir.path(), "b", "later");
         assert!(
-            second
-                .as_ref()
-                .is_err_and(|m| m.contains(&format!("pid {}", std::process::id()))
-                    && m.contains("since 2026-11-21T10:00:00Z")),
+            second.as_ref().is_err_and(
+                |e| matches!(e, LockError::Held { holder, .. } if holder.pid == std::process::id())
+                    && e.to_string()
+                        .contains(&format!("pid {}", std::process::id()))
+                    && e.to_string().contains("since 2026-11-21T10:00:00Z")
+            ),
             "{:?}",
             second.err()
         );
         assert!(
-            unlock(dir.path(), "b", true).is_err_and(|m| m.contains("Ctrl-C")),
+            unlock(dir.path(), "b", true)
+                .is_err_and(|e| matches!(e, LockError::Running { flocked: true, .. })
+                    && e.to_string().contains("Ctrl-C")),
             "a live runner's lock is never removed"
         );
         drop(first);
@@ -462,8 +549,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let real = process_start(1).expect("pid 1's start time");
         write_lock(dir.path(), &holder_of(1, Some(real)));
-        assert!(Lock::take(dir.path(), "b", "now").is_err_and(|m| m.contains("pid 1")));
-        assert!(unlock(dir.path(), "b", false).is_err_and(|m| m.contains("--force")));
+        assert!(
+            Lock::take(dir.path(), "b", "now")
+                .is_err_and(|e| matches!(e, LockError::Held { holder, .. } if holder.pid == 1))
+        );
+        assert!(unlock(dir.path(), "b", false).is_err_and(|e| matches!(
+            e,
+            LockError::Running { flocked: false, .. }
+        )
+            && e.to_string().contains("--force")));
         assert!(unlock(dir.path(), "b", true).is_ok());
     }
 
@@ -487,6 +581,24 @@ mod tests {
         clear_leftovers(dir.path(), "b");
         let left: Vec<bool> = names.iter().map(|n| dir.path().join(n).exists()).collect();
         assert_eq!(left, [false, false, true, true, true, true]);
+    }
+
+    #[test]
+    fn a_state_folder_that_cannot_be_made_is_an_io_error_not_a_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        let e = Lock::take(&file.join("state"), "b", "now").err().unwrap();
+        assert!(
+            matches!(
+                e,
+                LockError::Io {
+                    action: "create",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -10,11 +10,14 @@
 //! listener's connections (idle, slow and surplus ones closed); `outlook` is what one `run` will send (its start line and
 //! confirm prompt); `http` builds the HTTP client that reaches a provider (TLS, proxies) and puts
 //! its failures into words; `secret` keeps a batch's own secret (keyed keys); `crash` holds the
-//! crash points the crash tests use.
+//! crash points the crash tests use. The store, the lock and the secret raise typed errors
+//! (`StoreError`, `LockError`, `SecretError`); `errors` is the one place that turns them, and
+//! transport failures and provider refusals, into messages and exit codes.
 
 pub mod backoff;
 pub mod command;
 pub mod crash;
+pub mod errors;
 pub mod fixed;
 pub mod graph;
 pub mod http;

@@ -506,7 +506,10 @@ pub async fn run(
                 tx.clone(),
             )
             .await
-            .map_err(|e| StoreError(format!("cannot listen for notifications on {addr}: {e}")))?,
+            .map_err(|source| StoreError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?,
         ),
         None => None,
     };

@@ -19,16 +19,83 @@ pub const KEYED_V1: &str = "keyed/v1";
 
 const LEN: usize = 32;
 
+/// Why a batch's secret cannot be made or read, by kind; the CLI turns it into words and an
+/// exit code (`errors::exit_code`). Never holds the secret itself.
+#[derive(Debug)]
+pub enum SecretError {
+    /// The system gave no random bytes to make one.
+    NoRandom,
+    /// The batch uses keyed keys and its secret file is gone.
+    Missing { path: PathBuf },
+    /// The secret file is not 32 bytes as hex digits.
+    Damaged { path: PathBuf },
+    /// The batch's keys are derived in a way this payrun does not know (a newer payrun's).
+    Unknown { keys: String },
+    /// Reading or writing the secret file failed.
+    Io {
+        /// "read" or "write".
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for SecretError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretError::NoRandom => {
+                f.write_str("the system gave no random bytes for the batch's secret")
+            }
+            SecretError::Missing { path } => write!(
+                f,
+                "the batch's secret {} is missing: without it payrun cannot recognise this \
+                 batch's operations at the provider, so it sends nothing (hint: restore the file \
+                 from a backup of the state folder)",
+                path.display()
+            ),
+            SecretError::Damaged { path } => write!(
+                f,
+                "the batch's secret {} is damaged (not {LEN} bytes as hex digits); payrun sends nothing \
+                 (hint: restore the file from a backup of the state folder)",
+                path.display()
+            ),
+            SecretError::Unknown { keys } => write!(
+                f,
+                "the batch's keys are `{keys}`, which this payrun does not know; nothing was sent \
+                 (hint: resume it with the payrun version that started it)"
+            ),
+            SecretError::Io {
+                action,
+                path,
+                source,
+            } => write!(
+                f,
+                "cannot {action} the batch's secret {}: {source}",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SecretError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SecretError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
 /// The secret of a batch about to be created: the one left by a run that stopped before its
 /// store was made (nothing was sent with it), or a new one, durable before this returns.
-pub fn for_new_batch(state_dir: &Path, batch: &str) -> Result<Vec<u8>, String> {
+pub fn for_new_batch(state_dir: &Path, batch: &str) -> Result<Vec<u8>, SecretError> {
     let p = path(state_dir, batch);
     if p.exists() {
         return read(state_dir, batch);
     }
     let mut bytes = vec![0u8; LEN];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .map_err(|_| "the system gave no random bytes for the batch's secret".to_string())?;
+        .map_err(|_| SecretError::NoRandom)?;
     let text = crate::keys::hex_lower(&bytes);
     let tmp = state_dir.join(format!(".{batch}.secret.tmp"));
     let write = || -> std::io::Result<()> {
@@ -44,34 +111,31 @@ pub fn for_new_batch(state_dir: &Path, batch: &str) -> Result<Vec<u8>, String> {
         }
         Ok(())
     };
-    write().map_err(|e| format!("cannot write the batch's secret {}: {e}", p.display()))?;
+    write().map_err(|source| SecretError::Io {
+        action: "write",
+        path: p.clone(),
+        source,
+    })?;
     Ok(bytes)
 }
 
 /// The secret of a batch that has one.
-pub fn read(state_dir: &Path, batch: &str) -> Result<Vec<u8>, String> {
+pub fn read(state_dir: &Path, batch: &str) -> Result<Vec<u8>, SecretError> {
     let p = path(state_dir, batch);
-    let text = std::fs::read_to_string(&p).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            format!(
-                "the batch's secret {} is missing: without it payrun cannot recognise this \
-                 batch's operations at the provider, so it sends nothing (hint: restore the file \
-                 from a backup of the state folder)",
-                p.display()
-            )
+    let text = std::fs::read_to_string(&p).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            SecretError::Missing { path: p.clone() }
         } else {
-            format!("cannot read the batch's secret {}: {e}", p.display())
+            SecretError::Io {
+                action: "read",
+                path: p.clone(),
+                source,
+            }
         }
     })?;
     crate::providers::decode_hex(text.trim())
         .filter(|b| b.len() == LEN)
-        .ok_or_else(|| {
-            format!(
-                "the batch's secret {} is damaged (not {LEN} bytes as hex digits); payrun sends nothing \
-                 (hint: restore the file from a backup of the state folder)",
-                p.display()
-            )
-        })
+        .ok_or(SecretError::Damaged { path: p })
 }
 
 #[cfg(test)]
@@ -105,9 +169,21 @@ mod tests {
     fn a_missing_or_damaged_secret_is_refused_with_a_hint() {
         let dir = tempfile::tempdir().unwrap();
         let e = read(dir.path(), "b1").unwrap_err();
-        assert!(e.contains("is missing") && e.contains("hint"), "{e}");
-        std::fs::write(path(dir.path(), "b1"), "abc").unwrap();
+        assert!(matches!(e, SecretError::Missing { .. }), "{e}");
+        assert!(
+            e.to_string().contains("is missing") && e.to_string().contains("hint"),
+            "{e}"
+        );
+        std::fs::write(path(dir.path(), "b1"), "0f-not-hex-0f").unwrap();
         let e = read(dir.path(), "b1").unwrap_err();
-        assert!(e.contains("damaged"), "{e}");
+        assert!(matches!(e, SecretError::Damaged { .. }), "{e}");
+        assert!(
+            e.to_string().contains("damaged") && e.to_string().contains("hint"),
+            "{e}"
+        );
+        assert!(
+            !e.to_string().contains("not-hex"),
+            "what the file holds is never repeated"
+        );
     }
 }

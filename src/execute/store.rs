@@ -133,19 +133,132 @@ impl Record {
     }
 }
 
+/// What went wrong with a batch's store, by the kind that matters to the operator; the CLI
+/// turns it into words and an exit code (`errors::exit_code`). Each message names the file.
 #[derive(Debug)]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// The batch has no store in the folder: it never started there.
+    Missing { batch: String, dir: PathBuf },
+    /// Another process has the store open: a runner of the batch (one runner per batch).
+    Busy { path: PathBuf },
+    /// A store appeared while this run was starting the batch (another run started it).
+    Appeared { path: PathBuf },
+    /// A file operation on the store or its folder failed (a full disk, permissions…).
+    Io {
+        /// What payrun was doing, after "cannot": "create", "open", "sync"…
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The store is in a file format or layout this payrun does not read.
+    Incompatible { path: PathBuf, why: String },
+    /// What the store holds cannot be read: the file is damaged, or a newer payrun wrote it.
+    Corrupt { path: PathBuf, why: String },
+    /// The database refused an operation for a reason none of the above names (a bug).
+    Database { path: PathBuf, why: String },
+    /// The runner cannot listen for notifications on the manifest's address.
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// Anything else, in words.
+    Other(String),
+}
 
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+impl StoreError {
+    /// A store error of no particular kind, in words.
+    pub fn other(why: impl std::fmt::Display) -> StoreError {
+        StoreError::Other(why.to_string())
     }
 }
 
-impl std::error::Error for StoreError {}
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Missing { batch, dir } => write!(
+                f,
+                "no batch `{batch}` in {} (hint: `payrun list --state-dir {}` lists the batches there)",
+                dir.display(),
+                dir.display()
+            ),
+            StoreError::Busy { path } => write!(
+                f,
+                "{} is open in another payrun process (only one runner per batch)",
+                path.display()
+            ),
+            StoreError::Appeared { path } => write!(
+                f,
+                "{} appeared while this run started the batch (another run?); run again",
+                path.display()
+            ),
+            StoreError::Io {
+                action,
+                path,
+                source,
+            } => write!(f, "cannot {action} {}: {source}", path.display()),
+            StoreError::Incompatible { path, why } => write!(
+                f,
+                "cannot open {}: {why} (hint: run the batch with the payrun version that started it)",
+                path.display()
+            ),
+            StoreError::Corrupt { path, why } => write!(
+                f,
+                "{} cannot be read: {why} (hint: a newer payrun may have written it; else restore the state folder from a backup)",
+                path.display()
+            ),
+            StoreError::Database { path, why } => write!(
+                f,
+                "{}: {why} (hint: run again; if it repeats, report it with this message)",
+                path.display()
+            ),
+            StoreError::Listen { addr, source } => write!(
+                f,
+                "cannot listen for notifications on {addr}: {source} (hint: is another process using it? `notifications.listen` in the manifest names it)"
+            ),
+            StoreError::Other(why) => f.write_str(why),
+        }
+    }
+}
 
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Io { source, .. } | StoreError::Listen { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// A record that cannot be put into JSON (never seen: records are plain data).
+fn encode(e: serde_json::Error) -> StoreError {
+    StoreError::other(format!("cannot encode a record for the store: {e}"))
+}
+
+/// What redb said of the store at `path`, by kind: another process holding it, I/O, damage, a
+/// format this payrun does not read, or anything else in redb's words.
+fn db(path: &Path, action: &'static str, e: impl Into<redb::Error>) -> StoreError {
+    let path = path.to_path_buf();
+    match e.into() {
+        redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
+            StoreError::Busy { path }
+        }
+        redb::Error::Io(source) => StoreError::Io {
+            action,
+            path,
+            source,
+        },
+        redb::Error::Corrupted(why) => StoreError::Corrupt { path, why },
+        e @ (redb::Error::UpgradeRequired(_)
+        | redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TypeDefinitionChanged { .. }) => StoreError::Incompatible {
+            path,
+            why: e.to_string(),
+        },
+        e => StoreError::Database {
+            path,
+            why: e.to_string(),
+        },
+    }
 }
 
 pub struct Store {
@@ -175,6 +288,19 @@ fn store_path(dir: &Path, batch: &str) -> PathBuf {
 const PARTIAL: &str = ".redb.partial-";
 
 impl Store {
+    /// What redb said while this store was in use.
+    fn fail(&self, e: impl Into<redb::Error>) -> StoreError {
+        db(&self.path, "read or write", e)
+    }
+
+    /// A record of this store that cannot be read back.
+    fn unreadable(&self, what: String, e: serde_json::Error) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            why: format!("{what} is not one this payrun wrote ({e})"),
+        }
+    }
+
     /// Whether batch `batch` has a store in `dir`, and whether it is one a run completed.
     /// Never creates anything.
     pub fn find(dir: &Path, batch: &str) -> Found {
@@ -225,7 +351,9 @@ impl Store {
                 }
             }
             // What redb says of a file whose creation never finished: its header (written
-            // last) is missing or the file is empty.
+            // last) is missing or the file is empty. redb tells these apart from other damage
+            // only in words (`StorageError::Corrupted(String)`), so its words are read here;
+            // the magic number was checked above, so this is a last resort.
             Err(e)
                 if {
                     let t = e.to_string();
@@ -247,8 +375,11 @@ impl Store {
             "{batch}.redb.unfinished-{}",
             super::runner::now_ms()
         ));
-        std::fs::rename(&path, &to)
-            .map_err(|e| err(format!("cannot move {} aside: {e}", path.display())))?;
+        std::fs::rename(&path, &to).map_err(|source| StoreError::Io {
+            action: "move aside",
+            path: path.clone(),
+            source,
+        })?;
         crate::private::tighten(&to);
         Ok(to)
     }
@@ -263,14 +394,18 @@ impl Store {
         meta: &[(&str, &str)],
         fixed: &[u8],
     ) -> Result<Store, StoreError> {
-        crate::private::state_dir(dir)
-            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+        let io = |action, path: &Path| {
+            let path = path.to_path_buf();
+            move |source: std::io::Error| StoreError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        crate::private::state_dir(dir).map_err(io("create", dir))?;
         let path = store_path(dir, batch);
         if path.exists() {
-            return Err(err(format!(
-                "{} appeared while this run started the batch (another run?); run again",
-                path.display()
-            )));
+            return Err(StoreError::Appeared { path });
         }
         let prefix = format!("{batch}{PARTIAL}");
         if let Ok(entries) = std::fs::read_dir(dir) {
@@ -284,33 +419,31 @@ impl Store {
         {
             // Private (0600) before redb writes a byte into it: the store holds net pay per
             // employee. redb initialises an empty file it is given.
-            crate::private::create_new(&tmp)
-                .map_err(|e| err(format!("cannot create {}: {e}", tmp.display())))?;
-            let db = Database::create(&tmp)
-                .map_err(|e| err(format!("cannot create {}: {e}", tmp.display())))?;
-            let txn = db.begin_write().map_err(err)?;
+            crate::private::create_new(&tmp).map_err(io("create", &tmp))?;
+            let fail = |e: redb::Error| db(&tmp, "create", e);
+            let database = Database::create(&tmp).map_err(|e| fail(e.into()))?;
+            let txn = database.begin_write().map_err(|e| fail(e.into()))?;
             {
-                let mut m = txn.open_table(META).map_err(err)?;
+                let mut m = txn.open_table(META).map_err(|e| fail(e.into()))?;
                 for (k, v) in meta {
-                    m.insert(*k, *v).map_err(err)?;
+                    m.insert(*k, *v).map_err(|e| fail(e.into()))?;
                 }
-                txn.open_table(ITEMS).map_err(err)?;
-                txn.open_table(NOTICES).map_err(err)?;
-                txn.open_table(NOTICE_DIGESTS).map_err(err)?;
-                let mut f = txn.open_table(FIXED).map_err(err)?;
-                f.insert(FIXED_ITEMS, fixed).map_err(err)?;
+                txn.open_table(ITEMS).map_err(|e| fail(e.into()))?;
+                txn.open_table(NOTICES).map_err(|e| fail(e.into()))?;
+                txn.open_table(NOTICE_DIGESTS).map_err(|e| fail(e.into()))?;
+                let mut f = txn.open_table(FIXED).map_err(|e| fail(e.into()))?;
+                f.insert(FIXED_ITEMS, fixed).map_err(|e| fail(e.into()))?;
             }
             super::crash::point("store-create");
-            txn.commit().map_err(err)?;
+            txn.commit().map_err(|e| fail(e.into()))?;
         }
         let sync = |p: &Path| {
             std::fs::File::open(p)
                 .and_then(|f| f.sync_all())
-                .map_err(|e| err(format!("cannot sync {}: {e}", p.display())))
+                .map_err(io("sync", p))
         };
         sync(&tmp)?;
-        std::fs::rename(&tmp, &path)
-            .map_err(|e| err(format!("cannot create {}: {e}", path.display())))?;
+        std::fs::rename(&tmp, &path).map_err(io("create", &path))?;
         sync(dir)?;
         super::crash::point("store-created");
         let mut s = Store::open(dir, batch)?;
@@ -327,86 +460,89 @@ impl Store {
         records: &[(u64, &Record)],
         override_line: &str,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(err)?;
+        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
         {
-            let mut f = txn.open_table(FIXED).map_err(err)?;
-            f.insert(FIXED_ITEMS, fixed).map_err(err)?;
-            let mut t = txn.open_table(ITEMS).map_err(err)?;
+            let mut f = txn.open_table(FIXED).map_err(|e| self.fail(e))?;
+            f.insert(FIXED_ITEMS, fixed).map_err(|e| self.fail(e))?;
+            let mut t = txn.open_table(ITEMS).map_err(|e| self.fail(e))?;
             for (i, r) in records {
-                let bytes = serde_json::to_vec(r).map_err(err)?;
-                t.insert(*i, bytes.as_slice()).map_err(err)?;
+                let bytes = serde_json::to_vec(r).map_err(encode)?;
+                t.insert(*i, bytes.as_slice()).map_err(|e| self.fail(e))?;
             }
-            let mut m = txn.open_table(META).map_err(err)?;
+            let mut m = txn.open_table(META).map_err(|e| self.fail(e))?;
             let mut all = m
                 .get("overrides")
-                .map_err(err)?
+                .map_err(|e| self.fail(e))?
                 .map(|v| v.value().to_string())
                 .unwrap_or_default();
             all.push_str(override_line);
             all.push('\n');
-            m.insert("overrides", all.as_str()).map_err(err)?;
+            m.insert("overrides", all.as_str())
+                .map_err(|e| self.fail(e))?;
         }
-        txn.commit().map_err(err)?;
+        txn.commit().map_err(|e| self.fail(e))?;
         self.commits += 1;
         Ok(())
     }
 
     /// The fixed item entries of the batch (None: a store from before they were kept).
     pub fn fixed(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(err)?;
+        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
         let t = match txn.open_table(FIXED) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(err(e)),
+            Err(e) => return Err(self.fail(e)),
         };
-        Ok(t.get(FIXED_ITEMS).map_err(err)?.map(|v| v.value().to_vec()))
+        Ok(t.get(FIXED_ITEMS)
+            .map_err(|e| self.fail(e))?
+            .map(|v| v.value().to_vec()))
     }
 
     /// The store of a started batch in `dir`.
     pub fn open(dir: &Path, batch: &str) -> Result<Store, StoreError> {
         let path = store_path(dir, batch);
         if !path.exists() {
-            return Err(err(format!("no batch `{batch}` in {}", dir.display())));
+            return Err(StoreError::Missing {
+                batch: batch.to_string(),
+                dir: dir.to_path_buf(),
+            });
         }
         // A store an older payrun left open to others is made private.
         crate::private::tighten(&path);
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => err(format!(
-                "{} is open in another payrun process (only one runner per batch)",
-                path.display()
-            )),
-            e => err(format!("cannot open {}: {e}", path.display())),
-        })?;
-        let txn = db.begin_write().map_err(err)?;
+        let fail = |e: redb::Error| db(&path, "open", e);
+        let database = Database::create(&path).map_err(|e| fail(e.into()))?;
+        let txn = database.begin_write().map_err(|e| fail(e.into()))?;
         {
-            txn.open_table(META).map_err(err)?;
-            txn.open_table(ITEMS).map_err(err)?;
-            txn.open_table(NOTICES).map_err(err)?;
-            txn.open_table(NOTICE_DIGESTS).map_err(err)?;
+            txn.open_table(META).map_err(|e| fail(e.into()))?;
+            txn.open_table(ITEMS).map_err(|e| fail(e.into()))?;
+            txn.open_table(NOTICES).map_err(|e| fail(e.into()))?;
+            txn.open_table(NOTICE_DIGESTS).map_err(|e| fail(e.into()))?;
         }
-        txn.commit().map_err(err)?;
+        txn.commit().map_err(|e| fail(e.into()))?;
         Ok(Store {
-            db,
+            db: database,
             path,
             commits: 0,
         })
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let t = txn.open_table(META).map_err(err)?;
-        Ok(t.get(key).map_err(err)?.map(|v| v.value().to_string()))
+        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let t = txn.open_table(META).map_err(|e| self.fail(e))?;
+        Ok(t.get(key)
+            .map_err(|e| self.fail(e))?
+            .map(|v| v.value().to_string()))
     }
 
     pub fn set_meta(&mut self, pairs: &[(&str, &str)]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(err)?;
+        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
         {
-            let mut t = txn.open_table(META).map_err(err)?;
+            let mut t = txn.open_table(META).map_err(|e| self.fail(e))?;
             for (k, v) in pairs {
-                t.insert(*k, *v).map_err(err)?;
+                t.insert(*k, *v).map_err(|e| self.fail(e))?;
             }
         }
-        txn.commit().map_err(err)?;
+        txn.commit().map_err(|e| self.fail(e))?;
         self.commits += 1;
         Ok(())
     }
@@ -419,12 +555,14 @@ impl Store {
     /// Every stored record by index: items at their position in the batch, delayed steps at
     /// `step_index`.
     pub fn items(&self) -> Result<Vec<(u64, Record)>, StoreError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let t = txn.open_table(ITEMS).map_err(err)?;
+        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let t = txn.open_table(ITEMS).map_err(|e| self.fail(e))?;
         let mut out = Vec::new();
-        for row in t.iter().map_err(err)? {
-            let (k, v) = row.map_err(err)?;
-            out.push((k.value(), serde_json::from_slice(v.value()).map_err(err)?));
+        for row in t.iter().map_err(|e| self.fail(e))? {
+            let (k, v) = row.map_err(|e| self.fail(e))?;
+            let r = serde_json::from_slice(v.value())
+                .map_err(|e| self.unreadable(format!("the record at {}", k.value()), e))?;
+            out.push((k.value(), r));
         }
         Ok(out)
     }
@@ -444,20 +582,21 @@ impl Store {
         if records.is_empty() && applied.is_none() {
             return Ok(());
         }
-        let txn = self.db.begin_write().map_err(err)?;
+        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
         {
-            let mut t = txn.open_table(ITEMS).map_err(err)?;
+            let mut t = txn.open_table(ITEMS).map_err(|e| self.fail(e))?;
             for (i, r) in records {
-                let bytes = serde_json::to_vec(r).map_err(err)?;
-                t.insert(*i, bytes.as_slice()).map_err(err)?;
+                let bytes = serde_json::to_vec(r).map_err(encode)?;
+                t.insert(*i, bytes.as_slice()).map_err(|e| self.fail(e))?;
             }
             if let Some(seq) = applied {
-                let mut m = txn.open_table(META).map_err(err)?;
-                m.insert(APPLIED, seq.to_string().as_str()).map_err(err)?;
+                let mut m = txn.open_table(META).map_err(|e| self.fail(e))?;
+                m.insert(APPLIED, seq.to_string().as_str())
+                    .map_err(|e| self.fail(e))?;
             }
         }
         super::crash::point("mid-commit");
-        txn.commit().map_err(err)?;
+        txn.commit().map_err(|e| self.fail(e))?;
         super::crash::point("after-commit");
         self.commits += 1;
         Ok(())
@@ -473,14 +612,20 @@ impl Store {
         notices: &[([u8; 32], &crate::providers::Notice)],
         received: u64,
     ) -> Result<Vec<Option<u64>>, StoreError> {
-        let txn = self.db.begin_write().map_err(err)?;
+        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
         let mut out = Vec::with_capacity(notices.len());
         {
-            let mut t = txn.open_table(NOTICES).map_err(err)?;
-            let mut d = txn.open_table(NOTICE_DIGESTS).map_err(err)?;
-            let mut next = t.last().map_err(err)?.map_or(1, |(k, _)| k.value() + 1);
+            let mut t = txn.open_table(NOTICES).map_err(|e| self.fail(e))?;
+            let mut d = txn.open_table(NOTICE_DIGESTS).map_err(|e| self.fail(e))?;
+            let mut next = t
+                .last()
+                .map_err(|e| self.fail(e))?
+                .map_or(1, |(k, _)| k.value() + 1);
             for (digest, notice) in notices {
-                if d.get(digest.as_slice()).map_err(err)?.is_some() {
+                if d.get(digest.as_slice())
+                    .map_err(|e| self.fail(e))?
+                    .is_some()
+                {
                     out.push(None);
                     continue;
                 }
@@ -488,23 +633,26 @@ impl Store {
                     received,
                     notice: (*notice).clone(),
                 };
-                let bytes = serde_json::to_vec(&entry).map_err(err)?;
-                t.insert(next, bytes.as_slice()).map_err(err)?;
-                d.insert(digest.as_slice(), next).map_err(err)?;
+                let bytes = serde_json::to_vec(&entry).map_err(encode)?;
+                t.insert(next, bytes.as_slice()).map_err(|e| self.fail(e))?;
+                d.insert(digest.as_slice(), next)
+                    .map_err(|e| self.fail(e))?;
                 out.push(Some(next));
                 next += 1;
             }
         }
-        txn.commit().map_err(err)?;
+        txn.commit().map_err(|e| self.fail(e))?;
         self.commits += 1;
         Ok(out)
     }
 
     /// Whether a notice with this digest was journaled.
     pub fn knows_notice(&self, digest: &[u8; 32]) -> Result<bool, StoreError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let t = txn.open_table(NOTICE_DIGESTS).map_err(err)?;
-        Ok(t.get(digest.as_slice()).map_err(err)?.is_some())
+        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let t = txn.open_table(NOTICE_DIGESTS).map_err(|e| self.fail(e))?;
+        Ok(t.get(digest.as_slice())
+            .map_err(|e| self.fail(e))?
+            .is_some())
     }
 
     /// Journaled notices whose effect was not committed (after the watermark), in order.
@@ -513,12 +661,14 @@ impl Store {
             .meta(APPLIED)?
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let txn = self.db.begin_read().map_err(err)?;
-        let t = txn.open_table(NOTICES).map_err(err)?;
+        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let t = txn.open_table(NOTICES).map_err(|e| self.fail(e))?;
         let mut out = Vec::new();
-        for row in t.range(applied + 1..).map_err(err)? {
-            let (k, v) = row.map_err(err)?;
-            out.push((k.value(), serde_json::from_slice(v.value()).map_err(err)?));
+        for row in t.range(applied + 1..).map_err(|e| self.fail(e))? {
+            let (k, v) = row.map_err(|e| self.fail(e))?;
+            let n = serde_json::from_slice(v.value())
+                .map_err(|e| self.unreadable(format!("journaled notice {}", k.value()), e))?;
+            out.push((k.value(), n));
         }
         Ok(out)
     }
@@ -527,9 +677,9 @@ impl Store {
     #[cfg(test)]
     pub fn journaled(&self) -> Result<u64, StoreError> {
         use redb::ReadableTableMetadata;
-        let txn = self.db.begin_read().map_err(err)?;
-        let t = txn.open_table(NOTICES).map_err(err)?;
-        t.len().map_err(err)
+        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let t = txn.open_table(NOTICES).map_err(|e| self.fail(e))?;
+        t.len().map_err(|e| self.fail(e))
     }
 }
 
@@ -612,7 +762,73 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _first = Store::create(dir.path(), "b2", &[("batch", "b2")], &[]).unwrap();
         let second = Store::open(dir.path(), "b2");
-        assert!(second.is_err_and(|e| e.0.contains("another payrun process")));
+        assert!(second.is_err_and(|e| matches!(e, StoreError::Busy { .. })
+            && e.to_string().contains("another payrun process")));
+    }
+
+    #[test]
+    fn a_batch_never_started_or_started_twice_is_told_by_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Store::open(dir.path(), "nope").err().unwrap();
+        assert!(
+            matches!(&missing, StoreError::Missing { batch, .. } if batch == "nope"),
+            "{missing:?}"
+        );
+        assert!(missing.to_string().contains("no batch `nope` in"));
+        drop(Store::create(dir.path(), "b", &[("batch", "b")], &[]).unwrap());
+        let again = Store::create(dir.path(), "b", &[("batch", "b")], &[])
+            .err()
+            .unwrap();
+        assert!(matches!(again, StoreError::Appeared { .. }), "{again:?}");
+    }
+
+    #[test]
+    fn what_redb_says_is_sorted_into_kinds() {
+        let p = Path::new("/state/b.redb");
+        let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "disk full");
+        assert!(matches!(
+            db(p, "open", redb::Error::DatabaseAlreadyOpen),
+            StoreError::Busy { .. }
+        ));
+        assert!(matches!(
+            db(p, "open", redb::Error::LockProtocolMismatch),
+            StoreError::Busy { .. }
+        ));
+        assert!(matches!(
+            db(p, "open", redb::Error::Io(io)),
+            StoreError::Io { action: "open", .. }
+        ));
+        assert!(matches!(
+            db(p, "open", redb::Error::Corrupted("bad page".into())),
+            StoreError::Corrupt { .. }
+        ));
+        assert!(matches!(
+            db(p, "open", redb::Error::UpgradeRequired(2)),
+            StoreError::Incompatible { .. }
+        ));
+        assert!(matches!(
+            db(p, "open", redb::Error::TableDoesNotExist("x".into())),
+            StoreError::Database { .. }
+        ));
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_read_back_is_corrupt_naming_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::create(dir.path(), "b", &[("batch", "b")], &[]).unwrap();
+        {
+            let txn = s.db.begin_write().unwrap();
+            txn.open_table(ITEMS)
+                .unwrap()
+                .insert(3, b"not json".as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let e = s.items().err().unwrap();
+        assert!(
+            matches!(&e, StoreError::Corrupt { path, why } if path == &s.path && why.contains("the record at 3")),
+            "{e:?}"
+        );
     }
 
     #[test]
