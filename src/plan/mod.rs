@@ -492,11 +492,21 @@ pub fn render_payload(flow: &Flow, task: &Task, item: &ItemRow, key: &str, maske
 }
 
 fn preview_task(flow: &Flow, task: &Task, link: Option<Link>, item: &ItemRow, key: &str) -> Value {
+    // A graph payrun runs node by node sends each node under its own key, as `run` will: the
+    // item's for the first, one derived from it and the node's path for the rest.
+    let (node_key, payload_key) = match (flow.provider.tree, link) {
+        (TreeExecution::Client, None) => (key.to_string(), key.to_string()),
+        (TreeExecution::Client, Some(_)) => {
+            let k = keys::task_key(key, &format!("step/{}", task.tree_path));
+            (k.clone(), k)
+        }
+        (TreeExecution::Server, _) => (keys::task_key(key, &task.tree_path), key.to_string()),
+    };
     let mut v = json!({
         "node": task.id,
         "op": task.op,
-        "key": keys::task_key(key, &task.tree_path),
-        "payload": payload(flow, task, item, key),
+        "key": node_key,
+        "payload": payload(flow, task, item, &payload_key),
     });
     if let Some(l) = link {
         v["link"] = json!(l.as_str());
