@@ -934,7 +934,7 @@ fn execute(
                 return exit::IO;
             }
         };
-        let mut endpoint = Endpoint { base_url, adapter, spent: 0, http };
+        let endpoint = Endpoint { base_url, adapter, http };
         // Provider time runs faster only in a sandbox: a real provider's mandatory waits
         // (Paysend's 3 minutes before a lookup) are never shortened. Another machine is refused
         // before any traffic; a server on this one must say it is a sandbox (after the probe,
@@ -956,12 +956,9 @@ fn execute(
             eprintln!("  hint: drop --time-scale, or rehearse with --sandbox or against `payrun sandbox`");
             return exit::IO;
         }
-        // Preflight (e.g. getBalance): before any payout of this run; a balance below what is
-        // still to be paid in a currency stops the run with nothing sent.
-        match preflight(flow, &endpoint, &stored, items).await {
-            Ok(sent) => endpoint.spent = sent,
-            Err(e) => return errors::report(&e, ""),
-        }
+        // The preflight (e.g. getBalance) is the first node the runner sends: a balance below
+        // what this run still has to pay in a currency stops it with nothing sent.
+        let owed = owed(items, &stored);
         let flag = Arc::clone(&stop);
         tokio::spawn(async move {
             let term = async {
@@ -981,12 +978,21 @@ fn execute(
             eprintln!("\nstopping: no new requests; waiting for the ones in flight");
         });
         let started = std::time::Instant::now();
-        let summary = match runner::run(flow, items, std::mem::take(&mut stored), &mut store, &endpoint, &endpoint.adapter.timings(timings(time_scale)), Arc::clone(&stop), listen).await {
+        let summary = match runner::run(flow, items, std::mem::take(&mut stored), &mut store, &endpoint, &endpoint.adapter.timings(timings(time_scale)), Arc::clone(&stop), listen, owed).await {
             Ok(s) => s,
             Err(e) => return errors::report(&e.into(), ""),
         };
         if let Some(sb) = sandbox_handle {
             sb.stop().await;
+        }
+        // The preflight failed: nothing was sent. No answer from the provider is a transport
+        // problem (exit 2), a refusal the batch's (exit 1).
+        if let Some((why, unreachable)) = &summary.preflight {
+            let e = match unreachable {
+                true => RunError::Transport(why.clone()),
+                false => RunError::Refused(why.clone()),
+            };
+            return errors::report(&e, "");
         }
         sayln!(
             "{}: {} items: {} paid, {} failed, {} need review, {} unfinished; {} requests, {} commits ({:.2} per item), {:.1} s{}",
@@ -1163,160 +1169,26 @@ pub fn unlock(batch: &str, state_dir: &Path, force: bool) -> u8 {
     }
 }
 
-/// Runs the manifest's preflight tasks once and checks balances against what is still to pay;
-/// returns how many requests it sent. Preflight tasks only read (balances, rates): a lost or
-/// refused answer is simply asked again, following the manifest's backoff.
-async fn preflight(
-    flow: &Flow,
-    endpoint: &Endpoint,
+/// What this run still has to pay, per currency: the items not started yet (a balance the
+/// preflight reports must cover it).
+fn owed(
+    items: &[PlannedItem],
     stored: &[(u64, super::store::Record)],
-    items: &mut [PlannedItem],
-) -> Result<u32, RunError> {
-    use crate::providers::Preflight;
-    use rust_decimal::Decimal;
+) -> std::collections::BTreeMap<String, rust_decimal::Decimal> {
     use std::str::FromStr;
-    let Some(first) = endpoint
-        .adapter
-        .preflight(&runner::rfc3339(runner::now_ms()))
-    else {
-        return Ok(0);
-    };
-    let http = endpoint.http.clone();
-    let policy = &flow.manifest.retry.default;
-    let (mut attempt, mut requests, mut polls) = (1, 0u32, 0);
-    let mut req = first.clone();
-    let (balances, results) = loop {
-        requests += 1;
-        let answer = runner::exchange_once(
-            &http,
-            &endpoint.base_url,
-            req.clone(),
-            endpoint.adapter.as_ref(),
-            &flow.provider.title,
-        )
-        .await;
-        let unreachable = matches!(answer, crate::providers::Answer::Transport { .. });
-        match endpoint.adapter.classify_preflight(&answer) {
-            Preflight::Done { balances, results } => break (balances, results),
-            Preflight::Failed(m) => {
-                return Err(RunError::Refused(format!("{m}; nothing was sent")));
-            }
-            Preflight::Again(next) => {
-                polls += 1;
-                if polls > 60 {
-                    return Err(RunError::Refused(
-                        "the preflight did not finish; nothing was sent".into(),
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                req = next;
-            }
-            Preflight::Retry(m) => {
-                match super::backoff::delay(policy, attempt, None) {
-                    Some(d) => tokio::time::sleep(d).await,
-                    // No answer of the provider's: a transport problem (exit 2), not the batch's.
-                    None => {
-                        let m = format!("{m}; nothing was sent");
-                        return Err(if unreachable {
-                            RunError::Transport(m)
-                        } else {
-                            RunError::Refused(m)
-                        });
-                    }
-                }
-                attempt += 1;
-                req = first.clone();
-            }
-        }
-    };
-    // `${result.<preflight id>.<path>}` in the flow: filled in from what the preflight said,
-    // in every item's requests (first and delayed), before anything is sent.
-    let lookup = |id: &str, path: &str| -> Option<serde_json::Value> {
-        let mut v = results.get(id)?;
-        for seg in path.split('.') {
-            v = match v {
-                serde_json::Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
-                other => other.get(seg)?,
-            };
-        }
-        Some(v.clone())
-    };
-    let preflight_ids: std::collections::HashSet<&str> = flow
-        .preflight
-        .iter()
-        .flat_map(|t| {
-            let mut all = Vec::new();
-            t.walk(&mut all);
-            all.into_iter().map(|t| t.id.as_str()).collect::<Vec<_>>()
-        })
-        .collect();
-    let only_preflight = |id: &str, path: &str| {
-        if preflight_ids.contains(id) {
-            lookup(id, path)
-        } else {
-            // Left for the runner (results of the payout a delayed step follows).
-            Some(serde_json::Value::String(format!(
-                "${{result.{id}.{path}}}"
-            )))
-        }
-    };
-    for it in items.iter_mut() {
-        let mut missing = Vec::new();
-        for v in it.payload.iter_mut().chain(it.steps.iter_mut()) {
-            *v = crate::providers::fill_rendered(v, &only_preflight, &mut missing);
-        }
-        if let Some(m) = missing.first() {
-            return Err(RunError::Refused(format!(
-                "the preflight answer has no `{m}`, which item {} needs; nothing was sent",
-                it.id
-            )));
-        }
-    }
-    // What is still to pay, per currency: items not started yet.
-    let mut owed: std::collections::BTreeMap<String, Decimal> = std::collections::BTreeMap::new();
     let started: std::collections::HashSet<&str> = stored
         .iter()
         .filter(|(_, r)| !matches!(r.state, super::machine::State::Planned))
         .map(|(_, r)| r.key.as_str())
         .collect();
+    let mut owed = std::collections::BTreeMap::new();
     for it in items.iter().filter(|it| !started.contains(it.key.as_str())) {
         for (a, c) in &it.money {
-            *owed.entry(c.clone()).or_default() += Decimal::from_str(a).unwrap_or_default();
+            *owed.entry(c.clone()).or_default() +=
+                rust_decimal::Decimal::from_str(a).unwrap_or_default();
         }
     }
-    // A currency the balance answer does not list has nothing to pay from: zero, not "fine".
-    if let Some(balances) = balances {
-        let mut short = Vec::new();
-        for (currency, need) in &owed {
-            let have = balances.get(&currency.to_ascii_uppercase()).copied();
-            if have.is_none_or(|h| h < *need) {
-                short.push(match have {
-                    Some(h) => format!(
-                        "{currency}: balance {h}, below the {need} this run still has to pay"
-                    ),
-                    None => format!(
-                        "{currency}: the provider reports no {currency} balance (available: {}), and this run still has to pay {need}",
-                        if balances.is_empty() {
-                            "none".to_string()
-                        } else {
-                            balances
-                                .iter()
-                                .map(|(c, a)| format!("{c} {a}"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        }
-                    ),
-                });
-            }
-        }
-        if !short.is_empty() {
-            return Err(RunError::Refused(format!(
-                "not enough balance to pay this batch; nothing was sent\n  {}\n  hint: top up, split the batch, or ask getBalance for every currency (omit its `currency`)",
-                short.join("\n  ")
-            )));
-        }
-    }
-    Ok(requests)
+    owed
 }
 
 /// Whether `base_url` is served by a payrun sandbox: a loopback host whose origin answers the

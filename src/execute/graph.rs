@@ -13,7 +13,7 @@ use crate::compile::Flow;
 use crate::providers::{Adapter, Notice, Rendered, contradiction};
 use crate::schema::Settle;
 use serde_json::Value;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use super::runner::{NoticeCounts, PlannedItem};
@@ -55,6 +55,13 @@ pub(super) struct Book<'a> {
     pub(super) adapter: &'a dyn Adapter,
     /// Notifications name nodes by key (`by_key` is kept up to date as steps are created).
     pub(super) keyed_notices: bool,
+    /// The batch's preflight, which every item graph depends on.
+    pub(super) gate: Gate,
+    /// What the preflight answered, by task id (`${result.<preflight id>.<path>}`).
+    pub(super) preflight: BTreeMap<String, Value>,
+    /// What this run still has to pay, per currency (items not started): a balance the
+    /// preflight reports must cover it.
+    pub(super) owed: BTreeMap<String, rust_decimal::Decimal>,
     pub(super) recs: Vec<Record>,
     /// (item, step) of each unit; step 0 is the item's first request.
     pub(super) units: Vec<(usize, usize)>,
@@ -108,6 +115,30 @@ impl Rejection {
         }
     }
 }
+
+/// The batch's preflight (Paysend getBalance, Payonic health): the node of the batch's own
+/// graph every item graph depends on — no item is sent before it passed. Kept in memory only:
+/// each run asks again (a balance is as good as the moment it was read).
+pub(super) enum Gate {
+    /// No preflight, or it passed: items may start.
+    Open,
+    /// Its request (the `attempt`-th; `polls` follow-ups of an unfinished one so far) is due
+    /// at `at`; `next`: the follow-up the provider named, else the adapter's first request.
+    Due {
+        attempt: u32,
+        polls: u32,
+        at: Millis,
+        next: Option<crate::providers::Request>,
+    },
+    /// Its request is out.
+    Asking { attempt: u32, polls: u32 },
+    /// It failed: nothing is sent. `unreachable`: the provider never answered.
+    Closed { why: String, unreachable: bool },
+}
+
+/// How long an unfinished preflight waits before it is asked again, and how often.
+const PREFLIGHT_POLL: Duration = Duration::from_millis(500);
+const PREFLIGHT_POLLS: u32 = 60;
 
 /// How long a notification that overtook its request's answer is held.
 pub(super) const HOLD: Duration = Duration::from_secs(10);
@@ -252,6 +283,9 @@ impl Book<'_> {
         let planned = &self.items[item].steps[step - 1];
         let s = &self.steps[step - 1];
         let lookup = |id: &str, path: &str| -> Option<Value> {
+            if self.preflight.contains_key(id) {
+                return self.preflight_value(id, path);
+            }
             let &(_, at) = s.reads.iter().find(|(n, _)| n == id)?;
             let unit = match at {
                 0 => item,
@@ -409,8 +443,194 @@ impl Book<'_> {
     /// What unit `u` sends, with the results it reads; Err: a result it needs is missing.
     pub(super) fn payload_of(&self, u: usize) -> Result<Vec<Rendered>, String> {
         match self.units[u] {
-            (item, 0) => Ok(self.items[item].payload.clone()),
+            (item, 0) => self.with_preflight(&self.items[item].payload),
             _ => self.step_payload(u).map(|v| vec![v]),
+        }
+    }
+
+    /// `payload` with the preflight's results filled in (as it is when it reads none).
+    fn with_preflight(&self, payload: &[Rendered]) -> Result<Vec<Rendered>, String> {
+        if self.preflight.is_empty() || !payload.iter().any(|r| r.get().contains("${result.")) {
+            return Ok(payload.to_vec());
+        }
+        let mut missing = Vec::new();
+        let filled = payload
+            .iter()
+            .map(|r| {
+                crate::providers::fill_rendered(
+                    r,
+                    &|id, path| {
+                        self.preflight_value(id, path)
+                            .or_else(|| Some(Value::String(format!("${{result.{id}.{path}}}"))))
+                    },
+                    &mut missing,
+                )
+            })
+            .collect();
+        match missing.first() {
+            None => Ok(filled),
+            Some(m) => Err(format!("the preflight answer has no `{m}`")),
+        }
+    }
+
+    /// `${result.<id>.<path>}` of a preflight task.
+    fn preflight_value(&self, id: &str, path: &str) -> Option<Value> {
+        crate::providers::json_path(self.preflight.get(id)?, path).cloned()
+    }
+
+    /// Whether items may start: the preflight passed (or there is none).
+    pub(super) fn gate_open(&self) -> bool {
+        matches!(self.gate, Gate::Open)
+    }
+
+    /// The preflight's request is due at `now`: Some((attempt's follow-up request, if the
+    /// provider named one)); the gate then waits for its answer.
+    pub(super) fn preflight_due(
+        &mut self,
+        now: Millis,
+    ) -> Option<Option<crate::providers::Request>> {
+        match &mut self.gate {
+            Gate::Due { at, .. } if *at > now => None,
+            Gate::Due {
+                attempt,
+                polls,
+                next,
+                ..
+            } => {
+                let request = next.take();
+                self.gate = Gate::Asking {
+                    attempt: *attempt,
+                    polls: *polls,
+                };
+                Some(request)
+            }
+            _ => None,
+        }
+    }
+
+    /// When the preflight is next due, if it waits for a time.
+    pub(super) fn preflight_at(&self) -> Option<Millis> {
+        match self.gate {
+            Gate::Due { at, .. } => Some(at),
+            _ => None,
+        }
+    }
+
+    /// What the preflight's answer means for the batch (`unreachable`: it is no answer of the
+    /// provider's). Passed: its results are kept, every item's requests are checked for the
+    /// results they read, and a balance it reports must cover what this run still has to pay;
+    /// then items may start. Not finished: asked again (its poll) after a short wait; not taken:
+    /// again after the retry policy's delay, until it runs out. Failed: nothing is sent.
+    pub(super) fn preflight_answer(
+        &mut self,
+        answer: crate::providers::Preflight,
+        unreachable: bool,
+        now: Millis,
+        policy: &crate::manifest::Backoff,
+    ) {
+        use crate::providers::Preflight;
+        let Gate::Asking { attempt, polls } = self.gate else {
+            return;
+        };
+        self.gate = match answer {
+            Preflight::Done { balances, results } => {
+                self.preflight = results;
+                match self.preflight_passes(balances.as_ref()) {
+                    Ok(()) => Gate::Open,
+                    Err(why) => Gate::Closed {
+                        why,
+                        unreachable: false,
+                    },
+                }
+            }
+            Preflight::Failed(m) => Gate::Closed {
+                why: format!("{m}; nothing was sent"),
+                unreachable: false,
+            },
+            Preflight::Again(next) if polls < PREFLIGHT_POLLS => Gate::Due {
+                attempt,
+                polls: polls + 1,
+                at: now + PREFLIGHT_POLL.as_millis() as u64,
+                next: Some(next),
+            },
+            Preflight::Again(_) => Gate::Closed {
+                why: "the preflight did not finish; nothing was sent".into(),
+                unreachable: false,
+            },
+            Preflight::Retry(m) => match super::backoff::delay(policy, attempt, None) {
+                Some(d) => Gate::Due {
+                    attempt: attempt + 1,
+                    polls,
+                    at: now + d.as_millis() as u64,
+                    next: None,
+                },
+                None => Gate::Closed {
+                    why: format!("{m}; nothing was sent"),
+                    unreachable,
+                },
+            },
+        };
+    }
+
+    /// Every item's requests find the preflight results they read, and `balances` (when the
+    /// preflight asked for them) cover what this run still has to pay; Err says what is wrong.
+    /// A currency the balance answer does not list has nothing to pay from: zero, not "fine".
+    fn preflight_passes(
+        &self,
+        balances: Option<&BTreeMap<String, rust_decimal::Decimal>>,
+    ) -> Result<(), String> {
+        if !self.preflight.is_empty() {
+            for it in self.items {
+                let mut missing = Vec::new();
+                let only_preflight = |id: &str, path: &str| {
+                    self.preflight_value(id, path)
+                        .or_else(|| (!self.preflight.contains_key(id)).then(|| Value::Null))
+                };
+                for r in it.payload.iter().chain(it.steps.iter()) {
+                    if r.get().contains("${result.") {
+                        crate::providers::fill_rendered(r, &only_preflight, &mut missing);
+                    }
+                }
+                if let Some(m) = missing.first() {
+                    return Err(format!(
+                        "the preflight answer has no `{m}`, which item {} needs; nothing was sent",
+                        it.id
+                    ));
+                }
+            }
+        }
+        let Some(balances) = balances else {
+            return Ok(());
+        };
+        let mut short = Vec::new();
+        for (currency, need) in &self.owed {
+            let have = balances.get(&currency.to_ascii_uppercase()).copied();
+            if have.is_none_or(|h| h < *need) {
+                short.push(match have {
+                    Some(h) => format!(
+                        "{currency}: balance {h}, below the {need} this run still has to pay"
+                    ),
+                    None => format!(
+                        "{currency}: the provider reports no {currency} balance (available: {}), and this run still has to pay {need}",
+                        if balances.is_empty() {
+                            "none".to_string()
+                        } else {
+                            balances
+                                .iter()
+                                .map(|(c, a)| format!("{c} {a}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ),
+                });
+            }
+        }
+        match short.is_empty() {
+            true => Ok(()),
+            false => Err(format!(
+                "not enough balance to pay this batch; nothing was sent\n  {}\n  hint: top up, split the batch, or ask getBalance for every currency (omit its `currency`)",
+                short.join("\n  ")
+            )),
         }
     }
 
@@ -745,6 +965,17 @@ impl<'a> Book<'a> {
             read,
             adapter,
             keyed_notices: false,
+            gate: match adapter.preflight("") {
+                Some(_) => Gate::Due {
+                    attempt: 1,
+                    polls: 0,
+                    at: now,
+                    next: None,
+                },
+                None => Gate::Open,
+            },
+            preflight: BTreeMap::new(),
+            owed: BTreeMap::new(),
             open: recs.iter().filter(|r| is_open(&r.state)).count(),
             unit_at: units
                 .iter()
@@ -1005,6 +1236,93 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
             },
             _ => succeeded(pay, 200),
         }
+    }
+
+    #[test]
+    fn no_item_starts_before_the_batchs_preflight_passed_and_its_results_are_filled_in_when_sent() {
+        use crate::providers::Preflight;
+        let flow = flow();
+        let adapter = Payonic {
+            flow: Arc::new(flow.clone()),
+            api_key: "k".into(),
+            listener: None,
+            token: "0123456789abcdef0123456789abcdef".into(),
+            per_operation_hosts: false,
+            note_secret: None,
+        };
+        let mut items = items(&flow, 2);
+        items[0].payload = vec![crate::providers::keep(
+            &json!({"paymentid": "p0", "amount": "${result.bal.data.EUR}"}),
+        )];
+        items[0].money = vec![("50.00".into(), "EUR".into())];
+        items[1].money = vec![("60.00".into(), "EUR".into())];
+        let t = timings();
+        let policy = flow.manifest.retry.default.clone();
+        let asking = |b: &mut Book| {
+            b.gate = Gate::Due {
+                attempt: 1,
+                polls: 0,
+                at: 0,
+                next: None,
+            };
+            assert!(!b.gate_open());
+            assert!(b.preflight_due(0).is_some());
+        };
+        let owed: BTreeMap<String, rust_decimal::Decimal> =
+            [("EUR".to_string(), rust_decimal::Decimal::new(11000, 2))].into();
+        let balances = |eur: i64| {
+            Some(BTreeMap::from([(
+                "EUR".to_string(),
+                rust_decimal::Decimal::new(eur, 2),
+            )]))
+        };
+        let results = BTreeMap::from([("bal".to_string(), json!({"data": {"EUR": "110.00"}}))]);
+        // Not enough for what this run still has to pay: closed, nothing sent.
+        let mut book = Book::new(&flow, &items, Vec::new(), &adapter, 0, &t);
+        book.owed = owed.clone();
+        asking(&mut book);
+        book.preflight_answer(
+            Preflight::Done {
+                balances: balances(10999),
+                results: results.clone(),
+            },
+            false,
+            0,
+            &policy,
+        );
+        assert!(
+            matches!(&book.gate, Gate::Closed { why, unreachable: false } if why.contains("EUR: balance 109.99")),
+            "{}",
+            match &book.gate {
+                Gate::Closed { why, .. } => why.clone(),
+                _ => "open".into(),
+            }
+        );
+        // Not finished: asked again with the follow-up, after a short wait.
+        let mut book = Book::new(&flow, &items, Vec::new(), &adapter, 0, &t);
+        book.owed = owed.clone();
+        asking(&mut book);
+        book.preflight_answer(Preflight::Retry("busy".into()), false, 0, &policy);
+        assert!(
+            book.preflight_at().is_some_and(|at| at > 0),
+            "retried after the policy's delay"
+        );
+        // Enough: open, and the first item's request reads the balance.
+        let mut book = Book::new(&flow, &items, Vec::new(), &adapter, 0, &t);
+        book.owed = owed;
+        asking(&mut book);
+        book.preflight_answer(
+            Preflight::Done {
+                balances: balances(11000),
+                results,
+            },
+            false,
+            0,
+            &policy,
+        );
+        assert!(book.gate_open());
+        let sent: Value = serde_json::from_str(book.payload_of(0).unwrap()[0].get()).unwrap();
+        assert_eq!(sent["amount"], "110.00");
     }
 
     #[test]

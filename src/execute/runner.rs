@@ -6,7 +6,7 @@
 //! by the rate limiters and the concurrency cap. Answers and notifications come back as events,
 //! are applied, and committed together (group commit).
 
-use super::graph::{Book, HOLD, Rejection};
+use super::graph::{Book, Gate, HOLD, Rejection};
 use super::machine::{Event, Millis, State, Timings, Verdict};
 use super::store::{Record, Store, StoreError};
 use crate::compile::Flow;
@@ -35,9 +35,6 @@ pub struct PlannedItem {
 pub struct Endpoint {
     pub base_url: String,
     pub adapter: Arc<dyn Adapter>,
-    /// Requests already sent against the provider's rate just before the run (preflight): the
-    /// run's limiter starts with that many fewer in its burst.
-    pub spent: u32,
     /// The client that reaches the provider (`super::http::client`: TLS, proxies).
     pub http: reqwest::Client,
 }
@@ -53,6 +50,9 @@ pub struct Summary {
     pub reversed: usize,
     /// Set when the run stopped because the provider could not be reached: the last failure.
     pub unreachable: Option<String>,
+    /// Set when the batch's preflight failed (nothing was sent): why, and whether the provider
+    /// could not be reached at all.
+    pub preflight: Option<(String, bool)>,
     pub requests: u64,
     pub commits: u64,
     /// Delayed steps: done (sent and answered, or skipped), failed, not finished.
@@ -107,6 +107,8 @@ pub fn rfc3339(ms: Millis) -> String {
 /// What comes back to the loop.
 enum Outcome {
     Sent(Vec<(usize, Verdict)>),
+    /// What the batch's preflight answered (`true`: no answer of the provider's).
+    Preflight(crate::providers::Preflight, bool),
     /// A key lookup of this unit (asked at this time) was answered before it finished: this
     /// request fetches its outcome, after `FOLLOWUP_WAIT`; `n` follow-ups were made so far.
     Followup {
@@ -423,19 +425,18 @@ pub async fn run(
     timings: &Timings,
     stop: Arc<AtomicBool>,
     listener: Option<std::net::SocketAddr>,
+    owed: std::collections::BTreeMap<String, rust_decimal::Decimal>,
 ) -> Result<Summary, StoreError> {
     let policy = &flow.manifest.retry;
     let limits = &flow.limits;
     let adapter: &dyn Adapter = endpoint.adapter.as_ref();
     let now = now_ms();
     let mut book = Book::new(flow, items, stored, adapter, now, timings);
+    book.owed = owed;
     book.commit(store)?;
 
     let http = endpoint.http.clone();
     let provider_limiter = Arc::new(limiter(limits.requests_per_second, limits.burst));
-    for _ in 0..endpoint.spent {
-        let _ = provider_limiter.check();
-    }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
     let reach = Arc::new(Reach::default());
     let mut unreachable: Option<String> = None;
@@ -538,7 +539,20 @@ pub async fn run(
         if stopping {
             book.sends.clear();
             book.lookups.clear();
-        } else {
+        } else if let Some(next) = book.preflight_due(now) {
+            // The batch's preflight: through the same limiter as every request.
+            let req = next.or_else(|| adapter.preflight(&rfc3339(now)));
+            if let Some(req) = req {
+                requests += 1;
+                let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
+                tokio::spawn(async move {
+                    let (_slot, answer) = wire.exchange(req, false).await;
+                    let unreachable = matches!(answer, Answer::Transport { .. });
+                    let verdict = adapter.classify_preflight(&answer);
+                    let _ = wire.tx.send(Outcome::Preflight(verdict, unreachable));
+                });
+            }
+        } else if book.gate_open() {
             for i in book.due(now) {
                 book.apply(i, Event::Tick { now }, policy, timings, adapter);
             }
@@ -559,7 +573,12 @@ pub async fn run(
 
         // Effects asked for earlier may have been overtaken (a notification settled the item):
         // only what the current state still calls for is carried out.
-        let mut sends_now = std::mem::take(&mut book.sends);
+        // Nothing of an item's leaves before the batch's preflight passed.
+        let held = !book.gate_open();
+        let mut sends_now = match held {
+            true => Vec::new(),
+            false => std::mem::take(&mut book.sends),
+        };
         sends_now.sort_unstable();
         sends_now.dedup();
         sends_now.retain(|&i| {
@@ -567,7 +586,10 @@ pub async fn run(
         });
         // Nodes in doubt whose operation offers no safe way to settle them (`settle: review`).
         let mut unsettled: Vec<usize> = Vec::new();
-        let mut lookups_now = std::mem::take(&mut book.lookups);
+        let mut lookups_now = match held {
+            true => Vec::new(),
+            false => std::mem::take(&mut book.lookups),
+        };
         lookups_now.sort_unstable();
         lookups_now.dedup();
         lookups_now.retain(|&i| !book.recs[i].state.is_final() && !book.in_flight.contains(&i));
@@ -803,7 +825,9 @@ pub async fn run(
             .asked
             .values()
             .any(|(_, at)| now_ms() < at.saturating_add(timings.poll_every.as_millis() as u64));
+        let preflight_out = matches!(book.gate, Gate::Asking { .. });
         if book.in_flight.is_empty()
+            && !preflight_out
             && (stopping || (book.open == 0 && book.ready.is_empty() && !awaited))
         {
             break;
@@ -818,6 +842,7 @@ pub async fn run(
                 .map(|&(t, _)| t)
                 .into_iter()
                 .chain(follow)
+                .chain(book.preflight_at())
                 .min()
         };
         let wait = next_due
@@ -844,6 +869,14 @@ pub async fn run(
                     (l, true)
                 }
                 Outcome::Observed(l) => (l, false),
+                Outcome::Preflight(answer, unreachable) => {
+                    book.preflight_answer(answer, unreachable, now, &policy.default);
+                    if let Gate::Closed { why, .. } = &book.gate {
+                        tracing::info!("preflight failed: {why}");
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    continue;
+                }
                 // The follow-up waits for its time like every other wait: a timer of the loop.
                 Outcome::Followup {
                     unit,
@@ -983,7 +1016,12 @@ pub async fn run(
         let _ = std::fs::remove_file(control_path(&store.path));
     }
     let pace = wire.pace.now();
+    let preflight = match &book.gate {
+        Gate::Closed { why, unreachable } => Some((why.clone(), *unreachable)),
+        _ => None,
+    };
     let mut s = Summary {
+        preflight,
         items: book.recs.iter().filter(|r| r.step.is_none()).count(),
         requests,
         commits: store.commits,
