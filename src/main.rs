@@ -95,14 +95,15 @@ enum Command {
     },
     /// Execute a batch: every item paid exactly once, checkpointed so a stopped run resumes.
     ///
-    /// Paysend and Payonic batches so far. Validates first (nothing is sent for an invalid
-    /// batch), shows the items and amounts per currency this command will send and asks for
+    /// Paysend and Payonic batches so far; each item is a graph of tasks (a Paysend tree sent
+    /// whole, or Payonic operations payrun sends one by one, each once the one above it ended,
+    /// reading its result). Validates first (nothing is sent for an invalid batch), shows the items and amounts per currency this command will send and asks for
     /// confirmation (--yes to skip; required without a terminal; any answer but y/yes sends
     /// nothing and exits 1). A batch that was started before continues where it stopped: items
     /// that ended are not sent again, items sent before are looked up first; a batch whose
     /// items all ended says "nothing left to send" and starts nothing. Exit codes: 0 every item
     /// paid; 1 invalid batch, stale plan, changed items, or declined at the prompt; 2 usage or
-    /// I/O error; 4 the run ended with items (or delayed steps) failed or needing review; 130
+    /// I/O error; 4 the run ended with items (or later steps) failed or needing review; 130
     /// stopped by Ctrl-C or SIGTERM (resume with `payrun resume <batch>`).
     Run {
         /// The batch manifest (YAML); with --retry-failed, the batch id will do.

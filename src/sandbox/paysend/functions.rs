@@ -25,14 +25,16 @@ pub struct Ctx<'a> {
 fn ok(data: Value) -> Outcome {
     Outcome {
         ok: true,
-        result: json!({"status": "Success", "code": 0, "data": data}),
+        result: super::tree::compact(&json!({"status": "Success", "code": 0, "data": data})),
     }
 }
 
 fn err(code: u32) -> Outcome {
     Outcome {
         ok: false,
-        result: json!({"status": "Error", "code": code, "comment": codes::comment(code)}),
+        result: super::tree::compact(
+            &json!({"status": "Error", "code": code, "comment": codes::comment(code)}),
+        ),
     }
 }
 
@@ -92,8 +94,10 @@ pub fn execute(ctx: &mut Ctx, ty: &str, payload: &Value, level: usize) -> Outcom
                     .collect();
                 return Outcome {
                     ok: false,
-                    result: json!({"status": "Error", "code": 2000, "comment": "Validation error.",
+                    result: super::tree::compact(
+                        &json!({"status": "Error", "code": 2000, "comment": "Validation error.",
                         "data": {"validationResult": {"errors": list, "status": "Error", "message": "Validation error."}}}),
+                    ),
                 };
             }
             // The Mock Service answers a missing or mismatched field with 1000 (L283-344).
@@ -247,7 +251,9 @@ fn pay(
     if held_until.is_some() {
         return Outcome {
             ok: false,
-            result: json!({"status": "Error", "code": 5, "comment": "Offline Antifraud check: RFI", "data": data}),
+            result: super::tree::compact(
+                &json!({"status": "Error", "code": 5, "comment": "Offline Antifraud check: RFI", "data": data}),
+            ),
         };
     }
     ok(data)
@@ -274,8 +280,10 @@ fn status_get(ctx: &mut Ctx, p: &Value) -> Outcome {
             Some(code) => err(code),
             None if pm.held_until.is_some_and(|h| now < h) => Outcome {
                 ok: false,
-                result: json!({"status": "Error", "code": 5, "comment": "Offline Antifraud check: RFI",
+                result: super::tree::compact(
+                    &json!({"status": "Error", "code": 5, "comment": "Offline Antifraud check: RFI",
                     "data": {"code": "5", "status": {"code": "5", "description": "OnHold"}, "invoiceId": pm.invoice_id, "paymentId": pm.payment_id}}),
+                ),
             },
             None => {
                 let mut data = json!({
@@ -472,8 +480,8 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
     if tokio::runtime::Handle::try_current().is_err() {
         return;
     }
-    let results: Vec<Value> = stored
-        .request
+    let request = super::tree::parse(&stored.request);
+    let results: Vec<Value> = request
         .pointer("/header/service/result")
         .and_then(Value::as_array)
         .cloned()
@@ -482,8 +490,7 @@ pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, paymen
     if results.is_empty() && (webhook.is_none() || payments.is_empty()) {
         return;
     }
-    let request_id = stored
-        .request
+    let request_id = request
         .pointer("/header/request/id")
         .and_then(Value::as_str)
         .unwrap_or("")

@@ -42,7 +42,7 @@ pub struct Stored {
     pub response_id: String,
     pub accepted_at: Duration,
     /// The request as received (its header and payload are echoed in every answer).
-    pub request: Value,
+    pub request: tree::Json,
     pub tree: Vec<tree::Executed>,
     pub levels: usize,
 }
@@ -166,7 +166,7 @@ impl Paysend {
                         global_id: global_id.clone(),
                         response_id: response_id.clone(),
                         accepted_at: *accepted_at,
-                        request: request.clone(),
+                        request: tree::compact(request),
                         tree: tree.clone(),
                         levels: *levels,
                     }),
@@ -215,8 +215,11 @@ impl Paysend {
 /// A request as it may be journaled: payloads without card or account numbers (the fields
 /// the schemas call sensitive, and any secret key anywhere), results likewise. A replay after a
 /// restart echoes these masked values; the outcomes are the same.
-fn masked_for_journal(request: &Value, tree: &[tree::Executed]) -> (Value, Vec<tree::Executed>) {
-    let mut request = request.clone();
+fn masked_for_journal(
+    request: &tree::Json,
+    tree: &[tree::Executed],
+) -> (Value, Vec<tree::Executed>) {
+    let mut request = tree::parse(request);
     if let Some(tasks) = request
         .pointer_mut("/payload/tasks")
         .and_then(Value::as_array_mut)
@@ -241,7 +244,9 @@ fn masked_for_journal(request: &Value, tree: &[tree::Executed]) -> (Value, Vec<t
     }
     fn results(e: &mut tree::Executed) {
         if let Some(o) = &mut e.outcome {
-            super::journal::mask_value(&mut o.result, &[]);
+            let mut v = tree::parse(&o.result);
+            super::journal::mask_value(&mut v, &[]);
+            o.result = tree::compact(&v);
         }
         e.success
             .iter_mut()
@@ -478,7 +483,7 @@ fn commit(state: &Arc<State>, request_id: &str, request: Value) -> Arc<Stored> {
         global_id: global_id.clone(),
         response_id,
         accepted_at,
-        request,
+        request: tree::compact(&request),
         tree,
         levels,
     });
@@ -516,7 +521,7 @@ pub fn render(state: &State, s: &Stored, now: Duration) -> Value {
     } else {
         ("Finished", 2)
     };
-    let req = &s.request;
+    let req = &tree::parse(&s.request);
     let mut header = json!({
         "request": req.pointer("/header/request").cloned().unwrap_or(Value::Null),
         "response": {
@@ -596,7 +601,7 @@ fn task(
         } else if now < ends {
             json!({"status": "InProgress", "code": 1})
         } else {
-            outcome.result.clone()
+            tree::parse(&outcome.result)
         };
     }
     out["expiration"] = json!({"date": expiration});

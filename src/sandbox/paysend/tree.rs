@@ -6,12 +6,33 @@
 
 use serde_json::Value;
 
+/// JSON kept as its compact text: a sandbox that answers for a million payments keeps each
+/// request and result at a tenth of the memory of a `Value` tree, and parses it when it
+/// answers.
+pub type Json = Box<serde_json::value::RawValue>;
+
+/// `v` as compact JSON text.
+pub fn compact(v: &Value) -> Json {
+    serde_json::value::to_raw_value(v).expect("JSON values serialise")
+}
+
+/// Compact JSON text back as a `Value`.
+pub fn parse(j: &Json) -> Value {
+    serde_json::from_str(j.get()).expect("kept JSON parses")
+}
+
 /// What executing one task produced.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     pub ok: bool,
     /// The task's `result` object as Paysend returns it.
-    pub result: Value,
+    pub result: Json,
+}
+
+impl PartialEq for Outcome {
+    fn eq(&self, other: &Outcome) -> bool {
+        self.ok == other.ok && self.result.get() == other.result.get()
+    }
 }
 
 /// A task of the request after evaluation: its outcome and level, or `None` when its parent's
@@ -136,7 +157,7 @@ mod tests {
             let ok = payload.get("fail").is_none();
             Outcome {
                 ok,
-                result: json!({"status": if ok { "Success" } else { "Error" }}),
+                result: compact(&json!({"status": if ok { "Success" } else { "Error" }})),
             }
         });
         (tree, calls)
