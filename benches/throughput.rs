@@ -50,7 +50,7 @@ mod common;
 
 use common::{
     Limits, ProcSampler, arg, cpu_at, describe, load_average, mb, own_cpu, summary_numbers,
-    wait_rss, write_batch,
+    vm_rss_kib, wait_rss, write_batch, write_sandbox_config,
 };
 use payrun::providers::paysend;
 use payrun::sandbox::{Sandbox, SandboxConfig};
@@ -84,6 +84,7 @@ fn main() {
         tasks_per_request: pack,
     };
     let manifest = write_batch(dir.path(), BATCH, items, "sandbox", &limits);
+    write_sandbox_config(dir.path());
     println!(
         "throughput: {items} items, packs of {pack}, concurrency {concurrency}, rate limit off (10000/s, burst 10000), time scale {time_scale}, {} cores",
         std::thread::available_parallelism()
@@ -96,13 +97,15 @@ fn main() {
         let b = bare_process(&manifest, items);
         let p = payrun(dir.path(), &manifest, round, items, time_scale);
         println!(
-            "round {round}: bare {:>6.0} items/s {:>5.0} req/s {:>4.0} µs CPU/item | payrun {:>6.0} items/s {:>5.0} req/s {:>4.0} µs CPU/item | ratio {:.2} | load {}",
+            "round {round}: bare {:>6.0} items/s {:>5.0} req/s {:>4.0} µs CPU/item {} | payrun {:>6.0} items/s {:>5.0} req/s {:>4.0} µs CPU/item {} | ratio {:.2} | load {}",
             b.items_per_s(),
             b.requests_per_s(),
             b.window_cpu.as_secs_f64() * 1e6 / items as f64,
+            mb(b.rss_kib),
             p.items_per_s(),
             p.requests_per_s(),
             p.window_cpu.as_secs_f64() * 1e6 / items as f64,
+            mb(p.rss_kib),
             p.items_per_s() / b.items_per_s(),
             load_average()
         );
@@ -172,6 +175,25 @@ fn main() {
                 .collect()
         )
     );
+    // Memory: the lowest peak of the rounds (other work cannot raise a process's own RSS, but
+    // allocator timing varies a little).
+    let low = |v: &[Rates]| v.iter().min_by_key(|r| r.rss_kib).cloned().unwrap();
+    let (b, p) = (low(&bares), low(&runs));
+    let per_item = |kib: u64| kib as f64 * 1024.0 / items as f64;
+    println!(
+        "  peak RSS (VmHWM), payrun: {} ({:.0} bytes per item; target for 1,000,000 items ≤ 300 MB); RSS when the first item was sent {}, highest in the sending window {}, when the last was paid {}",
+        mb(p.rss_kib),
+        per_item(p.rss_kib),
+        mb(p.rss_start_kib),
+        mb(p.rss_window_kib),
+        mb(p.rss_end_kib)
+    );
+    println!(
+        "  peak RSS (VmHWM), bare loop: {} ({:.0} bytes per item), of which {} before its window (every pack's trees built, sandbox not started)",
+        mb(b.rss_kib),
+        per_item(b.rss_kib),
+        mb(b.rss_start_kib)
+    );
 }
 
 /// One pack as payrun sends it: its items' keys and their trees, in order.
@@ -192,7 +214,13 @@ struct Rates {
     /// Whole process: wall time, CPU time, peak RSS.
     process: Duration,
     cpu: Duration,
+    /// Peak RSS (VmHWM, sampled every 5 ms and read at the end).
     rss_kib: u64,
+    /// RSS at the window's start and end, and the highest sampled in it (payrun); bare: RSS
+    /// just before its window (its packs built).
+    rss_start_kib: u64,
+    rss_end_kib: u64,
+    rss_window_kib: u64,
 }
 
 impl Rates {
@@ -204,18 +232,26 @@ impl Rates {
     }
 }
 
-/// The bare round of `--bare-once`: prints "bare <requests> <window ns> <window CPU ns>".
+/// The bare round of `--bare-once`: prints "bare <requests> <window ns> <window CPU ns> <RSS KiB
+/// before the window>".
 fn bare_child(manifest: &Path, items: usize, pack: u32, concurrency: u32, time_scale: f64) {
     let (_flow, trees) = common::item_trees(manifest);
     assert_eq!(trees.len(), items);
-    let packs: Vec<Pack> = trees
-        .chunks(pack as usize)
-        .map(|c| Pack {
-            keys: c.iter().map(|(k, _)| k.clone()).collect(),
-            trees: c.iter().flat_map(|(_, t)| t.iter().cloned()).collect(),
-        })
-        .collect();
-    drop(trees);
+    // Moved, not cloned, into the packs: a million items' trees fit once, not twice.
+    let mut packs: Vec<Pack> = Vec::with_capacity(items.div_ceil(pack as usize));
+    for (i, (key, t)) in trees.into_iter().enumerate() {
+        if i % pack as usize == 0 {
+            packs.push(Pack {
+                keys: Vec::with_capacity(pack as usize),
+                trees: Vec::with_capacity(pack as usize),
+            });
+        }
+        let p = packs.last_mut().expect("a pack");
+        p.keys.push(key);
+        p.trees.extend(t);
+    }
+    let config = manifest.with_file_name("sandbox.yaml");
+    let rss_before = vm_rss_kib(std::process::id()).unwrap_or(0);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -225,9 +261,10 @@ fn bare_child(manifest: &Path, items: usize, pack: u32, concurrency: u32, time_s
         items,
         concurrency as usize,
         time_scale,
+        &config,
     ));
     println!(
-        "bare {} {} {}",
+        "bare {} {} {} {rss_before}",
         b.requests,
         b.window.as_nanos(),
         b.window_cpu.as_nanos()
@@ -244,9 +281,11 @@ fn bare_process(manifest: &Path, items: usize) -> Rates {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let sampler = ProcSampler::start(child.id());
     let mut out = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
     let ended = wait_rss(&mut child);
+    let (_, peak_kib) = sampler.finish();
     assert!(
         libc::WIFEXITED(ended.status) && libc::WEXITSTATUS(ended.status) == 0,
         "the bare loop failed: {}",
@@ -265,7 +304,10 @@ fn bare_process(manifest: &Path, items: usize) -> Rates {
         commits: 0,
         process: t.elapsed(),
         cpu: ended.cpu,
-        rss_kib: ended.rss_kib,
+        rss_kib: peak_kib,
+        rss_start_kib: w[3],
+        rss_end_kib: 0,
+        rss_window_kib: 0,
     }
 }
 
@@ -279,8 +321,10 @@ fn payrun(dir: &Path, manifest: &Path, round: usize, items: usize, time_scale: f
         .arg(manifest)
         .args([
             "--sandbox",
-            // Like the bare loop's in-process sandbox: no state file.
+            // Like the bare loop's in-process sandbox: no state file, the same configuration.
             "--sandbox-in-memory",
+            "--sandbox-config",
+            &manifest.with_file_name("sandbox.yaml").to_string_lossy(),
             "--yes",
             "--time-scale",
             &time_scale.to_string(),
@@ -295,7 +339,8 @@ fn payrun(dir: &Path, manifest: &Path, round: usize, items: usize, time_scale: f
     let sampler = ProcSampler::start(child.id());
     let ended = wait_rss(&mut child);
     let process = t.elapsed();
-    let (samples, _) = sampler.finish();
+    let sampled = sampler.finish_all();
+    let samples = &sampled.cpu;
     let stdout = std::fs::read_to_string(&out).unwrap();
     assert!(
         libc::WIFEXITED(ended.status) && libc::WEXITSTATUS(ended.status) == 0,
@@ -329,12 +374,15 @@ fn payrun(dir: &Path, manifest: &Path, round: usize, items: usize, time_scale: f
         requests: requests.saturating_sub(1),
         window: Duration::from_millis(last.saturating_sub(first).max(1)),
         window_cpu: Duration::from_secs_f64(
-            (cpu_at(&samples, last) - cpu_at(&samples, first)).max(0.0),
+            (cpu_at(samples, last) - cpu_at(samples, first)).max(0.0),
         ),
         commits,
         process,
         cpu: ended.cpu,
-        rss_kib: ended.rss_kib,
+        rss_kib: sampled.peak_kib,
+        rss_start_kib: sampled.rss_at(first),
+        rss_end_kib: sampled.rss_at(last),
+        rss_window_kib: sampled.rss_max(first, last),
     }
 }
 
@@ -356,10 +404,16 @@ enum Job {
     Get(usize, String),
 }
 
-async fn bare(packs: Arc<Vec<Pack>>, items: usize, concurrency: usize, time_scale: f64) -> Rates {
+async fn bare(
+    packs: Arc<Vec<Pack>>,
+    items: usize,
+    concurrency: usize,
+    time_scale: f64,
+    config: &Path,
+) -> Rates {
     let cfg = SandboxConfig {
         time_scale,
-        ..SandboxConfig::default()
+        ..SandboxConfig::load(config).expect("the bench's sandbox configuration")
     };
     assert!(cfg.paysend.rate_limit.is_none(), "rate limit off");
     let (partner, key) = (
@@ -412,6 +466,9 @@ async fn bare(packs: Arc<Vec<Pack>>, items: usize, concurrency: usize, time_scal
         process: window,
         cpu: window_cpu,
         rss_kib: 0,
+        rss_start_kib: 0,
+        rss_end_kib: 0,
+        rss_window_kib: 0,
     }
 }
 
