@@ -29,15 +29,15 @@
 //!    - the sandbox: the same items sent to an in-process `Sandbox` by a small client loop;
 //!      what it retains is taken apart by clearing its ledger and maps one at a time.
 //!
-//! Measured (2 shared cores, load average 3–5; 100,000 items: `-- --items 100000`, and 500,000
-//! items, which gave the same bytes per item within 1%; 1,000,000 items were not run: payrun
+//! Measured (2 shared cores, load average 1–5; 100,000 items: `-- --items 100000`, and 500,000
+//! items, which gave the same bytes per item within 1–4%; 1,000,000 items were not run: payrun
 //! would need about 14.5 GB and the bare loop of `throughput` 19 GB on this shared 24 GB
 //! machine, so they are extrapolated linearly, which the 100k/200k/500k runs support):
 //!
 //! | payrun run, peak RSS                 | 100,000   | 500,000   | per item | 1,000,000 (extrap.) |
 //! |--------------------------------------|-----------|-----------|----------|---------------------|
 //! | with the embedded sandbox (the target's setting) | 1,445 MB | 7,246 MB | 15.2 KB | ≈ 14.5 GB |
-//! | payrun alone (sandbox in another process) | 358 MB |  | 3.76 KB | ≈ 3.6 GB |
+//! | payrun alone (sandbox in another process) | 358 MB | 1,729 MB | 3.6–3.8 KB | ≈ 3.6 GB |
 //! | fixed cost (a 100-item run)          | 17.5 MB   |           |          |                     |
 //!
 //! RSS when the first item was sent: 216 MB at 100k (2.09 KB/item above the fixed cost:
