@@ -41,16 +41,36 @@
 //! - Rounds alternate bare / payrun; the best round of each is compared (wall times on the
 //!   2-core machine vary by ±30% and more when something else runs), with the median of the
 //!   per-round ratios next to it.
-//! - Scale: at ×1000 a request's status window (2 h of provider time) is 7.2 s of real time;
-//!   with `--items` much above 20,000 the packs' polls come later than that (payrun polls only
-//!   after every pack was sent) and payrun falls back to one task.statusGet per item, so give
-//!   such runs a lower `--time-scale` (e.g. 100).
+//! - Scale: both sandboxes are configured by `common::write_sandbox_config` (`sandbox.yaml`,
+//!   given to `payrun run --sandbox-config`): a EUR balance for a million items, and a status
+//!   window of 100,000 h so that packs polled long after they were sent (payrun polls only after
+//!   every pack was sent) are still answered by `GET /processing/status` at ×1000, instead of
+//!   one task.statusGet per item. Neither changes anything at 20,000 items.
+//! - Memory: peak RSS is VmHWM sampled from /proc every 5 ms (and at the end), for both sides;
+//!   payrun's RSS is also printed when its first item was sent, at its highest in the window
+//!   and when its last item was paid. The bare loop's includes its pre-built trees (printed:
+//!   its RSS just before its window). Both include the sandbox, which keeps every request
+//!   (see `benches/memory.rs` for where payrun's memory goes, part by part).
+//!
+//! Measured for issue 13 (one round each, 2 shared cores; `-- --items N --rounds 1`):
+//! 100,000 items, load 2.7: bare 5,534 items/s, payrun 4,438 items/s, ratio 0.80, CPU per item
+//! payrun/bare 1.18; peak RSS payrun 1,446 MB (15.2 KB/item; 216 MB when the first item was
+//! sent), bare 1,861 MB (700 MB of it its trees). 200,000 items, load 5.6 (other sessions
+//! building): bare 4,578 items/s, payrun 2,402 items/s, ratio 0.52 (wall time under load),
+//! CPU per item 1.28 (payrun 343 µs against 320 µs at 100k: its CPU per item grows with the
+//! batch, the bare loop's does not); peak RSS payrun 2,871 MB (15.1 KB/item), bare 3,707 MB.
+//! 100,000 items again, load 4.2: ratio 0.76, CPU per item 1.25 (payrun 348 µs, bare 278 µs).
+//! 20,000 items (`-- --rounds 2`, load 4.2): ratio 0.66 (rounds 0.78 and 0.64), CPU per item
+//! 1.23; peak RSS payrun 306 MB, bare 384 MB. The same with the former data (one IBAN for every
+//! item, repeats allowed): bare 267 µs, payrun 338 µs CPU per item, so the IBANs of their own
+//! change nothing; both sides spend about twice the CPU per item the README's figures imply.
+//! 1,000,000 items were not run (≈ 14.5 GB and 19 GB of RSS on a shared 24 GB machine).
 
 mod common;
 
 use common::{
     Limits, ProcSampler, arg, cpu_at, describe, load_average, mb, own_cpu, summary_numbers,
-    wait_rss, write_batch,
+    vm_rss_kib, wait_rss, write_batch, write_sandbox_config,
 };
 use payrun::providers::paysend;
 use payrun::sandbox::{Sandbox, SandboxConfig};
@@ -84,6 +104,7 @@ fn main() {
         tasks_per_request: pack,
     };
     let manifest = write_batch(dir.path(), BATCH, items, "sandbox", &limits);
+    write_sandbox_config(dir.path());
     println!(
         "throughput: {items} items, packs of {pack}, concurrency {concurrency}, rate limit off (10000/s, burst 10000), time scale {time_scale}, {} cores",
         std::thread::available_parallelism()
@@ -96,13 +117,15 @@ fn main() {
         let b = bare_process(&manifest, items);
         let p = payrun(dir.path(), &manifest, round, items, time_scale);
         println!(
-            "round {round}: bare {:>6.0} items/s {:>5.0} req/s {:>4.0} µs CPU/item | payrun {:>6.0} items/s {:>5.0} req/s {:>4.0} µs CPU/item | ratio {:.2} | load {}",
+            "round {round}: bare {:>6.0} items/s {:>5.0} req/s {:>4.0} µs CPU/item {} | payrun {:>6.0} items/s {:>5.0} req/s {:>4.0} µs CPU/item {} | ratio {:.2} | load {}",
             b.items_per_s(),
             b.requests_per_s(),
             b.window_cpu.as_secs_f64() * 1e6 / items as f64,
+            mb(b.rss_kib),
             p.items_per_s(),
             p.requests_per_s(),
             p.window_cpu.as_secs_f64() * 1e6 / items as f64,
+            mb(p.rss_kib),
             p.items_per_s() / b.items_per_s(),
             load_average()
         );
@@ -172,6 +195,25 @@ fn main() {
                 .collect()
         )
     );
+    // Memory: the lowest peak of the rounds (other work cannot raise a process's own RSS, but
+    // allocator timing varies a little).
+    let low = |v: &[Rates]| v.iter().min_by_key(|r| r.rss_kib).cloned().unwrap();
+    let (b, p) = (low(&bares), low(&runs));
+    let per_item = |kib: u64| kib as f64 * 1024.0 / items as f64;
+    println!(
+        "  peak RSS (VmHWM), payrun: {} ({:.0} bytes per item; target for 1,000,000 items ≤ 300 MB); RSS when the first item was sent {}, highest in the sending window {}, when the last was paid {}",
+        mb(p.rss_kib),
+        per_item(p.rss_kib),
+        mb(p.rss_start_kib),
+        mb(p.rss_window_kib),
+        mb(p.rss_end_kib)
+    );
+    println!(
+        "  peak RSS (VmHWM), bare loop: {} ({:.0} bytes per item), of which {} before its window (every pack's trees built, sandbox not started)",
+        mb(b.rss_kib),
+        per_item(b.rss_kib),
+        mb(b.rss_start_kib)
+    );
 }
 
 /// One pack as payrun sends it: its items' keys and their trees, in order.
@@ -192,7 +234,13 @@ struct Rates {
     /// Whole process: wall time, CPU time, peak RSS.
     process: Duration,
     cpu: Duration,
+    /// Peak RSS (VmHWM, sampled every 5 ms and read at the end).
     rss_kib: u64,
+    /// RSS at the window's start and end, and the highest sampled in it (payrun); bare: RSS
+    /// just before its window (its packs built).
+    rss_start_kib: u64,
+    rss_end_kib: u64,
+    rss_window_kib: u64,
 }
 
 impl Rates {
@@ -204,18 +252,26 @@ impl Rates {
     }
 }
 
-/// The bare round of `--bare-once`: prints "bare <requests> <window ns> <window CPU ns>".
+/// The bare round of `--bare-once`: prints "bare <requests> <window ns> <window CPU ns> <RSS KiB
+/// before the window>".
 fn bare_child(manifest: &Path, items: usize, pack: u32, concurrency: u32, time_scale: f64) {
     let (_flow, trees) = common::item_trees(manifest);
     assert_eq!(trees.len(), items);
-    let packs: Vec<Pack> = trees
-        .chunks(pack as usize)
-        .map(|c| Pack {
-            keys: c.iter().map(|(k, _)| k.clone()).collect(),
-            trees: c.iter().flat_map(|(_, t)| t.iter().cloned()).collect(),
-        })
-        .collect();
-    drop(trees);
+    // Moved, not cloned, into the packs: a million items' trees fit once, not twice.
+    let mut packs: Vec<Pack> = Vec::with_capacity(items.div_ceil(pack as usize));
+    for (i, (key, t)) in trees.into_iter().enumerate() {
+        if i % pack as usize == 0 {
+            packs.push(Pack {
+                keys: Vec::with_capacity(pack as usize),
+                trees: Vec::with_capacity(pack as usize),
+            });
+        }
+        let p = packs.last_mut().expect("a pack");
+        p.keys.push(key);
+        p.trees.extend(t);
+    }
+    let config = manifest.with_file_name("sandbox.yaml");
+    let rss_before = vm_rss_kib(std::process::id()).unwrap_or(0);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -225,9 +281,10 @@ fn bare_child(manifest: &Path, items: usize, pack: u32, concurrency: u32, time_s
         items,
         concurrency as usize,
         time_scale,
+        &config,
     ));
     println!(
-        "bare {} {} {}",
+        "bare {} {} {} {rss_before}",
         b.requests,
         b.window.as_nanos(),
         b.window_cpu.as_nanos()
@@ -244,9 +301,11 @@ fn bare_process(manifest: &Path, items: usize) -> Rates {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let sampler = ProcSampler::start(child.id());
     let mut out = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
     let ended = wait_rss(&mut child);
+    let (_, peak_kib) = sampler.finish();
     assert!(
         libc::WIFEXITED(ended.status) && libc::WEXITSTATUS(ended.status) == 0,
         "the bare loop failed: {}",
@@ -265,7 +324,10 @@ fn bare_process(manifest: &Path, items: usize) -> Rates {
         commits: 0,
         process: t.elapsed(),
         cpu: ended.cpu,
-        rss_kib: ended.rss_kib,
+        rss_kib: peak_kib,
+        rss_start_kib: w[3],
+        rss_end_kib: 0,
+        rss_window_kib: 0,
     }
 }
 
@@ -279,8 +341,10 @@ fn payrun(dir: &Path, manifest: &Path, round: usize, items: usize, time_scale: f
         .arg(manifest)
         .args([
             "--sandbox",
-            // Like the bare loop's in-process sandbox: no state file.
+            // Like the bare loop's in-process sandbox: no state file, the same configuration.
             "--sandbox-in-memory",
+            "--sandbox-config",
+            &manifest.with_file_name("sandbox.yaml").to_string_lossy(),
             "--yes",
             "--time-scale",
             &time_scale.to_string(),
@@ -295,7 +359,8 @@ fn payrun(dir: &Path, manifest: &Path, round: usize, items: usize, time_scale: f
     let sampler = ProcSampler::start(child.id());
     let ended = wait_rss(&mut child);
     let process = t.elapsed();
-    let (samples, _) = sampler.finish();
+    let sampled = sampler.finish_all();
+    let samples = &sampled.cpu;
     let stdout = std::fs::read_to_string(&out).unwrap();
     assert!(
         libc::WIFEXITED(ended.status) && libc::WEXITSTATUS(ended.status) == 0,
@@ -329,12 +394,15 @@ fn payrun(dir: &Path, manifest: &Path, round: usize, items: usize, time_scale: f
         requests: requests.saturating_sub(1),
         window: Duration::from_millis(last.saturating_sub(first).max(1)),
         window_cpu: Duration::from_secs_f64(
-            (cpu_at(&samples, last) - cpu_at(&samples, first)).max(0.0),
+            (cpu_at(samples, last) - cpu_at(samples, first)).max(0.0),
         ),
         commits,
         process,
         cpu: ended.cpu,
-        rss_kib: ended.rss_kib,
+        rss_kib: sampled.peak_kib,
+        rss_start_kib: sampled.rss_at(first),
+        rss_end_kib: sampled.rss_at(last),
+        rss_window_kib: sampled.rss_max(first, last),
     }
 }
 
@@ -356,10 +424,16 @@ enum Job {
     Get(usize, String),
 }
 
-async fn bare(packs: Arc<Vec<Pack>>, items: usize, concurrency: usize, time_scale: f64) -> Rates {
+async fn bare(
+    packs: Arc<Vec<Pack>>,
+    items: usize,
+    concurrency: usize,
+    time_scale: f64,
+    config: &Path,
+) -> Rates {
     let cfg = SandboxConfig {
         time_scale,
-        ..SandboxConfig::default()
+        ..SandboxConfig::load(config).expect("the bench's sandbox configuration")
     };
     assert!(cfg.paysend.rate_limit.is_none(), "rate limit off");
     let (partner, key) = (
@@ -412,6 +486,9 @@ async fn bare(packs: Arc<Vec<Pack>>, items: usize, concurrency: usize, time_scal
         process: window,
         cpu: window_cpu,
         rss_kib: 0,
+        rss_start_kib: 0,
+        rss_end_kib: 0,
+        rss_window_kib: 0,
     }
 }
 

@@ -1,6 +1,7 @@
-//! Shared by the execution benches (`throughput`, `resume`): a generated payroll in the format
-//! of batches/payroll-paysend, its manifest, peak RSS of a child process, and the Paysend
-//! request trees of every item as `payrun run` builds them.
+//! Shared by the execution benches (`throughput`, `resume`, `memory`): a generated payroll in
+//! the format of batches/payroll-paysend, its manifest, a sandbox configuration for big batches,
+//! peak RSS and an RSS time series of a child process, and the Paysend request trees of every
+//! item as `payrun run` builds them.
 
 #![allow(dead_code)]
 
@@ -19,8 +20,9 @@ pub struct Limits {
 }
 
 /// Writes `employees.csv` (`items` rows, ids `E0000000`…) and `manifest.yaml` for `batch` into
-/// `dir`; `environment` is `sandbox` or a base URL. Amounts average about 26 EUR, so that even
-/// a few hundred thousand items stay inside the sandbox's default EUR balance (10,000,000).
+/// `dir`; `environment` is `sandbox` or a base URL. Every item pays its own IBAN (`iban`).
+/// Amounts average about 26 EUR, so that a few hundred thousand items stay inside the
+/// sandbox's default EUR balance (10,000,000); more need `write_sandbox_config`'s.
 pub fn write_batch(
     dir: &Path,
     batch: &str,
@@ -39,10 +41,11 @@ pub fn write_batch(
     for i in 0..items {
         writeln!(
             csv,
-            "{},Anna,Muller,anna{}@acme.example,Torstrasse {},Berlin,DE,DE89370400440532013000,COBADEFFXXX,{}.{:02},EUR",
+            "{},Anna,Muller,anna{}@acme.example,Torstrasse {},Berlin,DE,{},COBADEFFXXX,{}.{:02},EUR",
             item_id(i),
             i % 1000,
             i % 200 + 1,
+            iban(i),
             1 + i % 50,
             i % 100
         )
@@ -72,6 +75,34 @@ pub fn write_batch(
     let path = dir.join("manifest.yaml");
     std::fs::write(&path, manifest).unwrap();
     path
+}
+
+/// Writes `sandbox.yaml` into `dir`: the embedded sandbox's configuration for big batches, given
+/// to `payrun run --sandbox-config` and loaded by the in-process sandboxes of the benches, so
+/// both sides meet the same provider. Two defaults stop a million-item run and change nothing
+/// below 20,000 items: the EUR balance (10,000,000; the generated items average about 26 EUR)
+/// and the status window of `GET /processing/status` (2 h of provider time, 7.2 s at ×1000,
+/// after which payrun falls back to one task.statusGet per item).
+pub fn write_sandbox_config(dir: &Path) -> PathBuf {
+    let path = dir.join("sandbox.yaml");
+    std::fs::write(
+        &path,
+        "paysend:\n  balances:\n    EUR: \"1000000000.00\"\n  status_window: 100000h\n",
+    )
+    .unwrap();
+    path
+}
+
+/// A German IBAN of its own for generated item `i` (bank code 37040044, account number `i`):
+/// the repeated-recipient check (`item.repeated-recipient`) refuses two items paying the same
+/// account the same amount, and a real payroll pays everyone to their own account.
+pub fn iban(i: usize) -> String {
+    let bban = format!("37040044{i:010}");
+    // ISO 13616 check digits: 98 - (BBAN, then "DE00" as digits, D=13 E=14) mod 97.
+    let rem = format!("{bban}131400")
+        .bytes()
+        .fold(0u32, |r, d| (r * 10 + u32::from(d - b'0')) % 97);
+    format!("DE{:02}{bban}", 98 - rem)
 }
 
 /// The id of generated item `i`.
@@ -200,25 +231,69 @@ pub fn summary_numbers(stdout: &str) -> Option<(u64, u64)> {
 /// VmHWM belongs to the child's own address space.
 pub struct ProcSampler {
     samples: std::sync::Arc<std::sync::Mutex<Vec<(u64, f64)>>>,
+    /// (ms since the epoch, VmRSS in KiB), at the same instants.
+    rss: std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>,
     hwm_kib: std::sync::Arc<std::sync::atomic::AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// A process's peak RSS so far (VmHWM, KiB), if it still has an address space.
 pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    vm_kib(pid, "VmHWM:")
+}
+
+/// A process's RSS now (VmRSS, KiB), if it still has an address space.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    vm_kib(pid, "VmRSS:")
+}
+
+fn vm_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// What a `ProcSampler` saw.
+pub struct Sampled {
+    /// (ms since the epoch, CPU seconds).
+    pub cpu: Vec<(u64, f64)>,
+    /// (ms since the epoch, VmRSS KiB).
+    pub rss: Vec<(u64, u64)>,
+    /// The highest VmHWM seen (KiB).
+    pub peak_kib: u64,
+}
+
+impl Sampled {
+    /// RSS (KiB) of the last sample at or before `at` (ms since the epoch).
+    pub fn rss_at(&self, at: u64) -> u64 {
+        let i = self.rss.partition_point(|(t, _)| *t <= at);
+        i.checked_sub(1)
+            .and_then(|j| self.rss.get(j))
+            .or(self.rss.first())
+            .map_or(0, |&(_, k)| k)
+    }
+
+    /// The highest RSS sampled in [from, to] (KiB).
+    pub fn rss_max(&self, from: u64, to: u64) -> u64 {
+        self.rss
+            .iter()
+            .filter(|(t, _)| (from..=to).contains(t))
+            .map(|&(_, k)| k)
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 impl ProcSampler {
     pub fn start(pid: u32) -> ProcSampler {
         let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let rss = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let hwm_kib = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (s, h) = (
+        let (s, r, h) = (
             std::sync::Arc::clone(&samples),
+            std::sync::Arc::clone(&rss),
             std::sync::Arc::clone(&hwm_kib),
         );
         // SAFETY: sysconf has no preconditions.
@@ -229,8 +304,19 @@ impl ProcSampler {
                 let Ok(text) = std::fs::read_to_string(&path) else {
                     return;
                 };
-                if let Some(kib) = vm_hwm_kib(pid) {
-                    h.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                    let field = |name: &str| {
+                        status
+                            .lines()
+                            .find_map(|l| l.strip_prefix(name))
+                            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                    };
+                    if let Some(kib) = field("VmHWM:") {
+                        h.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if let Some(kib) = field("VmRSS:") {
+                        r.lock().unwrap().push((epoch_ms(), kib));
+                    }
                 }
                 // Fields after the command's closing parenthesis: state is field 3, utime 14,
                 // stime 15; a zombie still has its times.
@@ -250,6 +336,7 @@ impl ProcSampler {
         });
         ProcSampler {
             samples,
+            rss,
             hwm_kib,
             thread: Some(thread),
         }
@@ -262,12 +349,21 @@ impl ProcSampler {
 
     /// Waits for the sampling to end (the process has ended) and returns the CPU samples and
     /// the peak RSS (KiB).
-    pub fn finish(mut self) -> (Vec<(u64, f64)>, u64) {
+    pub fn finish(self) -> (Vec<(u64, f64)>, u64) {
+        let s = self.finish_all();
+        (s.cpu, s.peak_kib)
+    }
+
+    /// Waits for the sampling to end and returns everything it saw.
+    pub fn finish_all(mut self) -> Sampled {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let samples = std::mem::take(&mut *self.samples.lock().unwrap());
-        (samples, self.peak_rss_kib())
+        Sampled {
+            cpu: std::mem::take(&mut *self.samples.lock().unwrap()),
+            rss: std::mem::take(&mut *self.rss.lock().unwrap()),
+            peak_kib: self.peak_rss_kib(),
+        }
     }
 }
 
