@@ -120,11 +120,13 @@ fn a_notification_url_written_in_the_manifest_is_refused() {
 }
 
 #[test]
-fn run_refuses_a_payonic_flow_of_more_than_one_task_per_item_and_sends_nothing() {
+fn run_refuses_a_payonic_graph_that_starts_with_two_tasks_and_sends_nothing() {
+    // Below the first task, payrun runs a graph node by node (tests/run_payonic_flows.rs); two
+    // tasks at the top would be two graphs per item.
     let dir = refund_batch(
         "10.95",
         "DKK",
-        "    success:\n      - op: capture\n        payload:\n          paymentid: ${item.payment}\n          amount: ${item.amount}\n          currency: ${item.currency}\n",
+        "  - op: capture\n    payload:\n      paymentid: ${item.payment}\n      amount: ${item.amount}\n      currency: ${item.currency}\n",
     );
     payrun_in(dir.path(), ["validate", "manifest.yaml"]).succeeds();
     payrun_in(
@@ -139,7 +141,7 @@ fn run_refuses_a_payonic_flow_of_more_than_one_task_per_item_and_sends_nothing()
         ],
     )
     .exits_with(1)
-    .stderr_has("flows of one task per item")
+    .stderr_has("starts with one task")
     .stderr_has("nothing was sent");
 }
 
