@@ -487,9 +487,13 @@ fn unlisted_after(
     t: &Timings,
 ) -> (State, Vec<Effect>) {
     let window = plus(since, t.settle.max(t.propagation));
+    // An answer before the window says nothing, so the lookup that got it does not count
+    // against `max_lookups`: otherwise a window longer than the lookups' spacing times their
+    // budget would send an item that was never processed to a person instead of sending it
+    // again once the window passed.
     if asked < window {
         let at = plus(now, t.gap(lookups.max(1))).min(window).max(now);
-        return doubt_until(attempt, since, at, lookups, unlisted);
+        return doubt_until(attempt, since, at, lookups.saturating_sub(1), unlisted);
     }
     if unlisted + 1 >= 2 {
         return send(attempt + 1, now);
@@ -1506,6 +1510,40 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn not_listed_answers_before_the_settle_window_do_not_use_up_the_lookups() {
+        // A window twenty lookups long (at the time scale the tests run, where the runner's
+        // waits have a floor): every early answer is followed by another lookup, never by a
+        // person, and the two after the window send the item again.
+        let t = Timings {
+            max_lookups: 3,
+            settle: Duration::from_secs(20 * 60),
+            ..no_idempotency()
+        };
+        let mut s = in_doubt_since(0, &t);
+        let mut now = 0;
+        let mut sent = 0;
+        for _ in 0..40 {
+            let State::InDoubt { at, .. } = s else { break };
+            now = now.max(at);
+            let (next, fx) = step(&s, Event::Tick { now }, &policy(), &t);
+            assert!(
+                !matches!(next, State::NeedsReview { .. }),
+                "sent to a person before the window passed, at {now}"
+            );
+            assert!(fx.contains(&Effect::Lookup));
+            let (next, fx) = unlisted(&next, now, now + SEC, &t);
+            sent += sends(&[fx]);
+            s = next;
+            now += SEC;
+        }
+        assert_eq!(
+            sent, 1,
+            "sent again once, after two answers past the window"
+        );
+        assert!(now >= 20 * MIN);
     }
 
     #[test]
