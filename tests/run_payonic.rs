@@ -165,7 +165,7 @@ fn a_run_killed_while_waiting_for_notifications_resumes_and_refunds_each_payment
     let sb = sandbox_with_payments(30, &[], "1h");
     let dir = tempfile::tempdir().unwrap();
     refunds(dir.path(), &sb, 30, port);
-    let run = Killed(payrun(dir.path(), &sb, &RUN).spawn().unwrap());
+    let mut run = Killed(payrun(dir.path(), &sb, &RUN).spawn().unwrap());
     let status = |dir: &std::path::Path| -> Option<Value> {
         let out = payrun(
             dir,
@@ -184,6 +184,12 @@ fn a_run_killed_while_waiting_for_notifications_resumes_and_refunds_each_payment
         serde_json::from_slice(&out.stdout).ok()
     };
     let waiting = eventually(Duration::from_secs(15), || {
+        // A run that ended early (another test took the listener's port between `free_port`
+        // and the bind) says why instead of timing out silently.
+        if let Ok(Some(code)) = run.0.try_wait() {
+            let said = std::io::read_to_string(run.0.stderr.take().unwrap()).unwrap_or_default();
+            panic!("the run ended early ({code}): {said}");
+        }
         status(dir.path()).is_some_and(|s| s["states"]["submitted"] == 30)
     });
     assert!(
