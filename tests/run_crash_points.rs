@@ -82,7 +82,9 @@ fn killed_in_the_middle_of_a_group_commit_then_resumed_pays_every_item_exactly_o
 
 #[test]
 fn killed_just_after_a_group_commit_then_resumed_pays_every_item_exactly_once() {
-    for n in [1, 3, 10] {
+    // A run of this batch makes a dozen or so commits; on a loaded machine more answers share
+    // a commit, so the points stay well before its end.
+    for n in [1, 3, 6] {
         killed_at_and_resumed("after-commit", n);
     }
 }
