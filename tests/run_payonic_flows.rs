@@ -310,3 +310,36 @@ fn killed_between_and_during_the_steps_every_operation_still_happens_once() {
         judge_shipments(dir.path(), &sb, n, &declined);
     }
 }
+
+#[test]
+fn a_preflight_result_every_items_request_reads_is_filled_in_when_it_is_sent() {
+    // Each refund's `tags` is what the health preflight said of the first API: filled in by
+    // the runner when the refund is sent, after the preflight passed.
+    let sb = sandbox_of(4, "captured", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    refunds(dir.path(), &sb, 4, free_port());
+    let manifest = dir.path().join("manifest.yaml");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("rf", "ca")
+        .replace(
+            "      currency: ${item.currency}\n",
+            "      currency: ${item.currency}\n      tags: ${result.health.api.0.status}\n",
+        );
+    std::fs::write(&manifest, text).unwrap();
+    let csv = dir.path().join("refunds.csv");
+    let rows = std::fs::read_to_string(&csv).unwrap().replace("rf", "ca");
+    std::fs::write(&csv, rows).unwrap();
+    runs_to_the_end(dir.path(), &sb, &RUN, false);
+    for i in 1..=4 {
+        let v = payment_listing(&sb, &format!("ca{i:08}"));
+        let refund = v["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["operationtype"] == "refund")
+            .cloned()
+            .unwrap_or_else(|| panic!("refunded: {v}"));
+        assert_eq!(refund["tags"], "ok", "{refund}");
+    }
+}

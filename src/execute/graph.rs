@@ -415,21 +415,17 @@ impl Book<'_> {
         Ok(())
     }
 
-    /// What unit `u` sends: its item's request, or its step's with the results it reads
-    /// filled in.
+    /// What unit `u` sends (`payload_of`), or as planned when a result it reads is missing.
     pub(super) fn sent(&self, u: usize) -> Vec<Rendered> {
-        match self.units[u] {
+        self.payload_of(u).unwrap_or_else(|_| match self.units[u] {
             (item, 0) => self.items[item].payload.clone(),
-            (item, s) => match self.step_payload(u) {
-                Ok(v) => vec![v],
-                Err(_) => self.items[item]
-                    .steps
-                    .get(s - 1)
-                    .cloned()
-                    .into_iter()
-                    .collect(),
-            },
-        }
+            (item, s) => self.items[item]
+                .steps
+                .get(s - 1)
+                .cloned()
+                .into_iter()
+                .collect(),
+        })
     }
 
     /// How unit `u`'s lost answer is settled.
@@ -471,6 +467,15 @@ impl Book<'_> {
             None => Ok(filled),
             Some(m) => Err(format!("the preflight answer has no `{m}`")),
         }
+    }
+
+    /// Whether unit `u`'s request as planned still reads results of the preflight.
+    pub(super) fn reads_preflight(&self, u: usize) -> bool {
+        !self.preflight.is_empty()
+            && self.items[self.units[u].0]
+                .payload
+                .iter()
+                .any(|r| r.get().contains("${result."))
     }
 
     /// `${result.<id>.<path>}` of a preflight task.

@@ -598,12 +598,14 @@ pub async fn run(
         let mut unresolved: Vec<(usize, String)> = Vec::new();
         let mut filled: HashMap<usize, Vec<Rendered>> = HashMap::new();
         sends_now.retain(|&u| {
-            if book.units[u].1 == 0 {
+            // An item's first request is sent as planned unless it reads the preflight's
+            // results (filled in now); a step's always reads results.
+            if book.units[u].1 == 0 && !book.reads_preflight(u) {
                 return true;
             }
-            match book.step_payload(u) {
+            match book.payload_of(u) {
                 Ok(v) => {
-                    filled.insert(u, vec![v]);
+                    filled.insert(u, v);
                     true
                 }
                 Err(why) => {
