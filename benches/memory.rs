@@ -89,17 +89,15 @@
 mod common;
 
 use common::{
-    Limits, ProcSampler, Sampled, arg, describe, mb, summary_numbers, wait_rss, write_batch,
-    write_sandbox_config,
+    Limits, ProcSampler, Sampled, arg, mb, paid_everything, payrun_run, prepared, sending_window,
+    summary_numbers, validated, wait_rss, write_batch, write_sandbox_config,
 };
 use payrun::compile::Flow;
 use payrun::execute::runner::PlannedItem;
 use payrun::execute::store::{Record, Store};
-use payrun::validate::{ItemRow, Visitor};
 use serde_json::Value;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -348,16 +346,9 @@ fn payrun_apart(
     let out = dir.join("payrun.out");
     let err = dir.join("payrun.err");
     let state = dir.join("state");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_payrun"))
-        .arg("run")
-        .arg(&manifest)
-        .args(["--yes", "--time-scale", &time_scale.to_string()])
-        .arg("--state-dir")
-        .arg(&state)
+    let mut child = payrun_run(&manifest, &state, &out, &err)
+        .args(["--time-scale", &time_scale.to_string()])
         .envs(env)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
         .unwrap();
     let sampler = ProcSampler::start(child.id());
@@ -365,33 +356,13 @@ fn payrun_apart(
     let sampled = sampler.finish_all();
     runtime.block_on(sb.stop());
     drop(runtime);
-    let stdout = std::fs::read_to_string(&out).unwrap();
-    assert!(
-        libc::WIFEXITED(ended.status) && libc::WEXITSTATUS(ended.status) == 0,
-        "payrun run: {}\n{stdout}\n{}",
-        describe(ended.status),
-        std::fs::read_to_string(&err).unwrap_or_default()
-    );
-    assert!(
-        stdout.contains(&format!("{items} items: {items} paid")),
-        "{stdout}"
-    );
+    paid_everything(&ended, &out, &err, items);
     (sampled, window(&state))
 }
 
-/// The sending window of the batch in `state`: the earliest `first_sent` and the latest
-/// `Succeeded.at` in its store (ms since the epoch); every item must be paid.
+/// The sending window of the batch in `state` (see `common::sending_window`).
 fn window(state: &Path) -> (u64, u64) {
-    let store = Store::open(state, BATCH).unwrap();
-    let mut first = u64::MAX;
-    let mut last = 0u64;
-    for (_, r) in store.items().unwrap() {
-        let payrun::execute::machine::State::Succeeded { at, .. } = r.state else {
-            panic!("item {} is not paid: {:?}", r.id, r.state);
-        };
-        first = first.min(r.first_sent.expect("a paid item was sent"));
-        last = last.max(at);
-    }
+    let (first, last, _) = sending_window(state, BATCH);
     (first, last)
 }
 
@@ -401,39 +372,21 @@ fn payrun(dir: &Path, manifest: &Path, items: usize, time_scale: f64) -> (Sample
     let state: PathBuf = dir.join("state");
     let out = dir.join("payrun.out");
     let err = dir.join("payrun.err");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_payrun"))
-        .arg("run")
-        .arg(manifest)
+    let mut child = payrun_run(manifest, &state, &out, &err)
         .args([
             "--sandbox",
             "--sandbox-in-memory",
             "--sandbox-config",
             &manifest.with_file_name("sandbox.yaml").to_string_lossy(),
-            "--yes",
             "--time-scale",
             &time_scale.to_string(),
         ])
-        .arg("--state-dir")
-        .arg(&state)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
         .unwrap();
     let sampler = ProcSampler::start(child.id());
     let ended = wait_rss(&mut child);
     let sampled = sampler.finish_all();
-    let stdout = std::fs::read_to_string(&out).unwrap();
-    assert!(
-        libc::WIFEXITED(ended.status) && libc::WEXITSTATUS(ended.status) == 0,
-        "payrun run: {}\n{stdout}\n{}",
-        describe(ended.status),
-        std::fs::read_to_string(&err).unwrap_or_default()
-    );
-    assert!(
-        stdout.contains(&format!("{items} items: {items} paid")),
-        "{stdout}"
-    );
+    let stdout = paid_everything(&ended, &out, &err, items);
     assert!(summary_numbers(&stdout).is_some(), "{stdout}");
     (sampled, window(&state))
 }
@@ -441,45 +394,24 @@ fn payrun(dir: &Path, manifest: &Path, items: usize, time_scale: f64) -> (Sample
 /// Every item as `payrun run` plans it (`execute::command`'s `Collect`: a first run, no
 /// `--retry-failed`, nothing settled before).
 fn planned_items(manifest: &Path) -> (Flow, Vec<PlannedItem>) {
-    struct Collect<'f>(&'f Flow);
-    impl Visitor for Collect<'_> {
-        type Chunk = Vec<PlannedItem>;
-        fn item(&self, item: &ItemRow, chunk: &mut Vec<PlannedItem>) {
-            if !item.valid {
-                return;
-            }
-            let flow = self.0;
-            let key = payrun::keys::item_key(&flow.manifest.batch, item.id);
-            chunk.push(PlannedItem {
-                id: item.id.to_string(),
-                digest: payrun::plan::content_digest(flow, item.values),
-                line: item.line,
-                payload: payrun::providers::render(flow, item, &key),
-                steps: payrun::providers::render_steps(flow, item, &key),
-                money: payrun::plan::item_money(flow, item, &key),
-                key,
-            });
+    validated(manifest, 20, |flow, item| {
+        let key = payrun::keys::item_key(&flow.manifest.batch, item.id);
+        PlannedItem {
+            id: item.id.to_string(),
+            digest: payrun::plan::content_digest(flow, item.values),
+            line: item.line,
+            payload: payrun::providers::render(flow, item, &key),
+            steps: payrun::providers::render_steps(flow, item, &key),
+            money: payrun::plan::item_money(flow, item, &key),
+            key,
         }
-    }
-    let registry = payrun::schema::Registry::from_option(None);
-    let prepared = payrun::pipeline::prepare(manifest, &registry)
-        .unwrap_or_else(|f| panic!("the generated manifest is invalid: {:?}", f.diagnostics));
-    let flow = prepared.flow;
-    let mut source = prepared.source;
-    let mut items = Vec::new();
-    let report =
-        payrun::validate::validate(&flow, &mut source, 20, &Collect(&flow), |c| items.extend(c))
-            .expect("the generated CSV reads");
-    assert!(report.is_ok(), "the generated batch is invalid");
-    (flow, items)
+    })
 }
 
 /// Validates the batch with a visitor that keeps nothing: the validator's own memory (its
 /// chunks in flight, the hashes of every row for the repeated-id and repeated-payment checks).
 fn validate_only(manifest: &Path) {
-    let registry = payrun::schema::Registry::from_option(None);
-    let prepared = payrun::pipeline::prepare(manifest, &registry)
-        .unwrap_or_else(|f| panic!("the generated manifest is invalid: {:?}", f.diagnostics));
+    let prepared = prepared(manifest);
     let mut source = prepared.source;
     let report = payrun::validate::validate(
         &prepared.flow,

@@ -69,8 +69,9 @@
 mod common;
 
 use common::{
-    Limits, ProcSampler, arg, cpu_at, describe, load_average, mb, own_cpu, summary_numbers,
-    vm_rss_kib, wait_rss, write_batch, write_sandbox_config,
+    Limits, ProcSampler, arg, cpu_at, describe, load_average, mb, own_cpu, paid_everything,
+    payrun_run, sending_window, summary_numbers, vm_rss_kib, wait_rss, write_batch,
+    write_sandbox_config,
 };
 use payrun::providers::paysend;
 use payrun::sandbox::{Sandbox, SandboxConfig};
@@ -336,24 +337,16 @@ fn payrun(dir: &Path, manifest: &Path, round: usize, items: usize, time_scale: f
     let out = dir.join(format!("payrun-{round}.out"));
     let err = dir.join(format!("payrun-{round}.err"));
     let t = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_payrun"))
-        .arg("run")
-        .arg(manifest)
+    let mut child = payrun_run(manifest, &state, &out, &err)
         .args([
             "--sandbox",
             // Like the bare loop's in-process sandbox: no state file, the same configuration.
             "--sandbox-in-memory",
             "--sandbox-config",
             &manifest.with_file_name("sandbox.yaml").to_string_lossy(),
-            "--yes",
             "--time-scale",
             &time_scale.to_string(),
         ])
-        .arg("--state-dir")
-        .arg(&state)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
         .unwrap();
     let sampler = ProcSampler::start(child.id());
@@ -361,32 +354,11 @@ fn payrun(dir: &Path, manifest: &Path, round: usize, items: usize, time_scale: f
     let process = t.elapsed();
     let sampled = sampler.finish_all();
     let samples = &sampled.cpu;
-    let stdout = std::fs::read_to_string(&out).unwrap();
-    assert!(
-        libc::WIFEXITED(ended.status) && libc::WEXITSTATUS(ended.status) == 0,
-        "payrun run: {}\n{stdout}\n{}",
-        describe(ended.status),
-        std::fs::read_to_string(&err).unwrap_or_default()
-    );
-    assert!(
-        stdout.contains(&format!("{items} items: {items} paid")),
-        "{stdout}"
-    );
+    let stdout = paid_everything(&ended, &out, &err, items);
     let (requests, commits) = summary_numbers(&stdout).expect("the run's summary line");
     // The sending window, from the runner's own timestamps in its store.
-    let store = payrun::execute::store::Store::open(&state, BATCH).unwrap();
-    let recs = store.items().unwrap();
-    assert_eq!(recs.len(), items);
-    let mut first = u64::MAX;
-    let mut last = 0u64;
-    for (_, r) in &recs {
-        let payrun::execute::machine::State::Succeeded { at, .. } = r.state else {
-            panic!("item {} is not paid: {:?}", r.id, r.state);
-        };
-        first = first.min(r.first_sent.expect("a paid item was sent"));
-        last = last.max(at);
-    }
-    drop(store);
+    let (first, last, stored) = sending_window(&state, BATCH);
+    assert_eq!(stored, items);
     let _ = std::fs::remove_dir_all(&state);
     Rates {
         items,

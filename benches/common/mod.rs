@@ -10,6 +10,7 @@ use payrun::validate::{ItemRow, Visitor};
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 /// Limits written into the generated manifest.
 pub struct Limits {
@@ -110,31 +111,98 @@ pub fn item_id(i: usize) -> String {
     format!("E{i:07}")
 }
 
-/// Every valid item's idempotency key and Paysend task trees, exactly as `payrun run` computes
-/// them (the same library functions: `keys::item_key`, `providers::paysend::item_tree`).
-pub fn item_trees(manifest: &Path) -> (Flow, Vec<(String, Vec<Value>)>) {
-    struct Trees<'f>(&'f Flow);
-    impl Visitor for Trees<'_> {
-        type Chunk = Vec<(String, Vec<Value>)>;
-        fn item(&self, item: &ItemRow, chunk: &mut Self::Chunk) {
+/// The generated batch, prepared as every payrun command prepares it.
+pub fn prepared(manifest: &Path) -> payrun::pipeline::Prepared {
+    let registry = payrun::schema::Registry::from_option(None);
+    payrun::pipeline::prepare(manifest, &registry)
+        .unwrap_or_else(|f| panic!("the generated manifest is invalid: {:?}", f.diagnostics))
+}
+
+/// Validates the batch (`chunk` rows per batch of work) and keeps what `each` makes of every
+/// valid item, in file order.
+pub fn validated<T: Send>(
+    manifest: &Path,
+    chunk: usize,
+    each: fn(&Flow, &ItemRow) -> T,
+) -> (Flow, Vec<T>) {
+    struct Each<'f, T>(&'f Flow, fn(&Flow, &ItemRow) -> T);
+    impl<T: Send> Visitor for Each<'_, T> {
+        type Chunk = Vec<T>;
+        fn item(&self, item: &ItemRow, chunk: &mut Vec<T>) {
             if item.valid {
-                let key = payrun::keys::item_key(&self.0.manifest.batch, item.id);
-                let trees = payrun::providers::paysend::item_tree(self.0, item, &key);
-                chunk.push((key, trees));
+                chunk.push((self.1)(self.0, item));
             }
         }
     }
-    let registry = payrun::schema::Registry::from_option(None);
-    let prepared = payrun::pipeline::prepare(manifest, &registry)
-        .unwrap_or_else(|f| panic!("the generated manifest is invalid: {:?}", f.diagnostics));
+    let prepared = prepared(manifest);
     let flow = prepared.flow;
     let mut source = prepared.source;
     let mut items = Vec::new();
-    let report =
-        payrun::validate::validate(&flow, &mut source, 5, &Trees(&flow), |c| items.extend(c))
-            .expect("the generated CSV reads");
+    let report = payrun::validate::validate(&flow, &mut source, chunk, &Each(&flow, each), |c| {
+        items.extend(c)
+    })
+    .expect("the generated CSV reads");
     assert!(report.is_ok(), "the generated batch is invalid");
     (flow, items)
+}
+
+/// Every valid item's idempotency key and Paysend task trees, exactly as `payrun run` computes
+/// them (the same library functions: `keys::item_key`, `providers::paysend::item_tree`).
+pub fn item_trees(manifest: &Path) -> (Flow, Vec<(String, Vec<Value>)>) {
+    validated(manifest, 5, |flow, item| {
+        let key = payrun::keys::item_key(&flow.manifest.batch, item.id);
+        let trees = payrun::providers::paysend::item_tree(flow, item, &key);
+        (key, trees)
+    })
+}
+
+/// `payrun run <manifest> --yes --state-dir <state>`, its stdout to `out` and stderr to `err`;
+/// the caller adds what its run needs (`--sandbox`, `--time-scale`, …) and spawns it.
+pub fn payrun_run(manifest: &Path, state: &Path, out: &Path, err: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_payrun"));
+    cmd.arg("run")
+        .arg(manifest)
+        .arg("--yes")
+        .arg("--state-dir")
+        .arg(state)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out).unwrap())
+        .stderr(std::fs::File::create(err).unwrap());
+    cmd
+}
+
+/// The stdout of a `payrun run` that `ended`, which must have exited 0 with all `items` paid.
+pub fn paid_everything(ended: &Ended, out: &Path, err: &Path, items: usize) -> String {
+    let stdout = std::fs::read_to_string(out).unwrap();
+    assert!(
+        libc::WIFEXITED(ended.status) && libc::WEXITSTATUS(ended.status) == 0,
+        "payrun run: {}\n{stdout}\n{}",
+        describe(ended.status),
+        std::fs::read_to_string(err).unwrap_or_default()
+    );
+    assert!(
+        stdout.contains(&format!("{items} items: {items} paid")),
+        "{stdout}"
+    );
+    stdout
+}
+
+/// The sending window of `batch` in the store in `state`: the earliest `first_sent` and the
+/// latest `Succeeded.at` (ms since the epoch), and how many items it holds; every item must be
+/// paid.
+pub fn sending_window(state: &Path, batch: &str) -> (u64, u64, usize) {
+    let store = payrun::execute::store::Store::open(state, batch).unwrap();
+    let recs = store.items().unwrap();
+    let mut first = u64::MAX;
+    let mut last = 0u64;
+    for (_, r) in &recs {
+        let payrun::execute::machine::State::Succeeded { at, .. } = r.state else {
+            panic!("item {} is not paid: {:?}", r.id, r.state);
+        };
+        first = first.min(r.first_sent.expect("a paid item was sent"));
+        last = last.max(at);
+    }
+    (first, last, recs.len())
 }
 
 /// What wait4 tells about a child that ended.

@@ -1109,18 +1109,6 @@ fn key_lookup(
     });
 }
 
-/// One HTTP exchange as the adapter described it, outside the run's limiters (preflight).
-pub async fn exchange_once(
-    http: &reqwest::Client,
-    base_url: &str,
-    req: Request,
-    adapter: &dyn Adapter,
-    provider: &str,
-) -> Answer {
-    let url = request_url(base_url, &req);
-    vetted(adapter, provider, &url, send(http, base_url, req).await)
-}
-
 /// Where a request goes (for messages).
 fn request_url(base_url: &str, req: &Request) -> String {
     if req.path.starts_with("http://") || req.path.starts_with("https://") {
