@@ -6,6 +6,10 @@
 //! The racers are this test binary started again (`a_racer`, which does nothing unless
 //! `PAYRUN_LOCK_RACE` names a state folder): each says `ready`, waits for `go` on its stdin,
 //! tries to take the lock, says `won` or `lost`, and holds what it took until its stdin closes.
+//!
+//! Readers and runners: a `status` or `report` that has the store open for a moment never makes
+//! a run starting then fail, nor another reader (stop 21: a run started while the test polled
+//! `status` failed with "open in another payrun process").
 
 use payrun::execute::{lock::Lock, status::Holder};
 use std::io::{BufRead, BufReader, Write};
@@ -130,4 +134,90 @@ fn processes_racing_over_a_stale_lock_leave_exactly_one_holder_whose_lock_surviv
         }
         assert!(!lock.exists(), "round {round}: the winner released it");
     }
+}
+
+/// The payroll example, paid in full against the embedded sandbox, in `dir`.
+fn a_paid_batch(dir: &Path) -> &'static str {
+    let manifest =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("batches/payroll-paysend/manifest.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_payrun"))
+        .arg("run")
+        .arg(&manifest)
+        .args(["--sandbox", "--yes", "--time-scale", "1000", "--state-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    "acme-payroll-2026-11"
+}
+
+/// The batch's store held open by this process, as a reading `status` holds it, until dropped.
+fn reading(dir: &Path, batch: &str) -> redb::Database {
+    redb::Database::create(dir.join(format!("{batch}.redb"))).unwrap()
+}
+
+#[test]
+fn a_run_started_while_another_command_reads_its_store_waits_for_the_reader_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = a_paid_batch(dir.path());
+    let manifest =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("batches/payroll-paysend/manifest.yaml");
+    for how in ["run", "resume"] {
+        let reader = reading(dir.path(), batch);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_payrun"));
+        match how {
+            "run" => cmd.arg("run").arg(&manifest).arg("--yes"),
+            _ => cmd.args(["resume", batch]),
+        };
+        let started = cmd
+            .args(["--sandbox", "--time-scale", "1000", "--state-dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        drop(reader);
+        let out = started.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{how}: {said}");
+        assert!(
+            said.contains("waiting for another payrun command"),
+            "{how}: {said}"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("50 paid"),
+            "{how}"
+        );
+    }
+}
+
+#[test]
+fn status_asked_while_another_command_reads_the_store_waits_for_it_and_reads_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = a_paid_batch(dir.path());
+    // No snapshot to fall back on: what status says comes from the store.
+    std::fs::remove_file(dir.path().join(format!("{batch}.status.json"))).unwrap();
+    let reader = reading(dir.path(), batch);
+    let status = Command::new(env!("CARGO_BIN_EXE_payrun"))
+        .args(["status", batch, "--format", "json", "--state-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    drop(reader);
+    let out = status.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(view["states"]["paid"], 50, "{view}");
 }

@@ -128,9 +128,32 @@ pub struct RunOptions<'a> {
     pub accept_changes: Option<&'a str>,
 }
 
+/// Opens a started batch's store to read it. Another process that has it open with no runner's
+/// lock in place is another command reading it, for a moment: that is waited for. A runner's
+/// store gives `Busy`.
+fn open_to_read(batch: &str, state_dir: &Path) -> Result<Store, StoreError> {
+    let no_runner = || super::lock::holder(state_dir, batch).is_none();
+    match Store::open_existing(state_dir, batch) {
+        Err(StoreError::Busy { .. }) if no_runner() => Store::open_waiting(
+            state_dir,
+            batch,
+            super::store::READERS_PATIENCE,
+            no_runner,
+            || waiting_for_reader(batch),
+        ),
+        r => r,
+    }
+}
+
+fn waiting_for_reader(batch: &str) {
+    eprintln!(
+        "note: waiting for another payrun command (status, report) to finish reading batch {batch}"
+    );
+}
+
 /// The manifest a started batch was run from.
 fn stored_manifest(batch: &str, state_dir: &Path) -> Result<std::path::PathBuf, StoreError> {
-    let store = Store::open_existing(state_dir, batch)?;
+    let store = open_to_read(batch, state_dir)?;
     match store.meta("manifest")? {
         Some(m) => Ok(std::path::PathBuf::from(m)),
         None => Err(StoreError::Missing {
@@ -600,10 +623,18 @@ fn take_lock(batch: &str, state_dir: &Path) -> Result<super::lock::Lock, RunErro
     Ok(lock)
 }
 
-/// Takes the batch's lock, then opens and reads its store.
+/// Takes the batch's lock, then opens and reads its store. With the lock taken, no other
+/// runner has the store: a process that has it open is a `status` or `report` reading it,
+/// which lets go within moments, so the run waits for it rather than failing.
 fn hold(batch: &str, state_dir: &Path) -> Result<Held, RunError> {
     let lock = take_lock(batch, state_dir)?;
-    let store = Store::open(state_dir, batch)?;
+    let store = Store::open_waiting(
+        state_dir,
+        batch,
+        super::store::READERS_PATIENCE,
+        || true,
+        || waiting_for_reader(batch),
+    )?;
     let stored = store.items()?;
     Ok(Held {
         _lock: lock,
@@ -1064,7 +1095,7 @@ fn status_view(
     batch: &str,
     state_dir: &Path,
 ) -> Result<(super::status::StatusView, Option<Vec<super::store::Record>>), StoreError> {
-    match Store::open_existing(state_dir, batch) {
+    match open_to_read(batch, state_dir) {
         Ok(store) => {
             let records: Vec<super::store::Record> =
                 store.items()?.into_iter().map(|(_, r)| r).collect();

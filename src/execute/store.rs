@@ -273,6 +273,13 @@ pub struct Store {
     pub commits: u64,
 }
 
+/// How long a command waits for another payrun command reading a store it needs: a reader of
+/// a million-item batch lets go within seconds.
+pub const READERS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+/// After how long a wait for a reader is said, and how often the store is tried again.
+const READER_NOTICE: std::time::Duration = std::time::Duration::from_millis(500);
+const READER_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// What is at a batch's store path.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Found {
@@ -558,6 +565,34 @@ impl Store {
     /// Opens an existing store; fails while a runner holds it.
     pub fn open_existing(dir: &Path, batch: &str) -> Result<Store, StoreError> {
         Store::open(dir, batch)
+    }
+
+    /// Opens the store of a started batch, waiting while another payrun process has it open
+    /// and `keep_waiting` says that process only reads it (`status` and `report` hold a store
+    /// for the moment a read takes): up to `patience`, saying once through `waiting` that it
+    /// waits. Gives `Busy` if the store is still held then, or as soon as `keep_waiting` says no.
+    pub fn open_waiting(
+        dir: &Path,
+        batch: &str,
+        patience: std::time::Duration,
+        mut keep_waiting: impl FnMut() -> bool,
+        waiting: impl FnOnce(),
+    ) -> Result<Store, StoreError> {
+        let start = std::time::Instant::now();
+        let mut waiting = Some(waiting);
+        loop {
+            match Store::open(dir, batch) {
+                Err(StoreError::Busy { .. }) if start.elapsed() < patience && keep_waiting() => {
+                    if start.elapsed() >= READER_NOTICE
+                        && let Some(say) = waiting.take()
+                    {
+                        say();
+                    }
+                    std::thread::sleep(READER_PAUSE);
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Every stored record by index: items at their position in the batch, delayed steps at
