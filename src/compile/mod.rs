@@ -1315,7 +1315,8 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
     fn every_task_below_the_first_is_a_step_of_its_own_for_a_provider_that_runs_nothing() {
         let flow = prepared(CHAIN, "id,p,amount,back\na,p1,10.00,2.00\n").unwrap();
         let steps = flow.steps();
-        let shape: Vec<(&str, usize, &str, Settle, u64, Vec<&str>)> = steps
+        type Shape<'a> = (&'a str, usize, &'a str, Settle, u64, Vec<&'a str>);
+        let shape: Vec<Shape> = steps
             .iter()
             .map(|s| {
                 (

@@ -261,7 +261,7 @@ pub fn check_card(v: &str) -> Result<(), Violation> {
             }
         })
         .sum();
-    if sum % 10 != 0 {
+    if !sum.is_multiple_of(10) {
         return Err(violation(
             "card.checksum",
             "fails the card number's check digit (Luhn)",
@@ -286,7 +286,7 @@ pub fn check_aba(v: &str) -> Result<(), Violation> {
         .zip([3, 7, 1].iter().cycle())
         .map(|(c, w)| u32::from(c - b'0') * w)
         .sum();
-    if sum % 10 != 0 {
+    if !sum.is_multiple_of(10) {
         return Err(violation(
             "aba.checksum",
             "fails the ABA routing number's checksum",
@@ -356,7 +356,7 @@ mod tests {
                     0 | 1 => b'A' + (r % 26) as u8,
                     2 | 3 => b'0' + (r % 10) as u8,
                     // Mostly digits, some letters.
-                    _ if r % 7 == 0 => alphabet[10 + r % 26],
+                    _ if r.is_multiple_of(7) => alphabet[10 + r % 26],
                     _ => b'0' + (r % 10) as u8,
                 });
             }
