@@ -310,8 +310,8 @@ fn main() {
     runner_books(&records, items);
     drop(records);
 
-    drop(flow);
-    sandbox(Arc::new(planned), &config, time_scale, items);
+    drop((flow, planned));
+    sandbox(Arc::new(sent_items(&manifest)), &config, time_scale, items);
 }
 
 /// Runs `payrun run` on a batch of `items` in `dir` against a sandbox this process serves (same
@@ -400,12 +400,30 @@ fn planned_items(manifest: &Path) -> (Flow, Vec<PlannedItem>) {
             id: item.id.to_string(),
             digest: payrun::plan::content_digest(flow, item.values),
             line: item.line,
-            payload: payrun::providers::render(flow, item, &key),
-            steps: payrun::providers::render_steps(flow, item, &key),
+            index: item.index,
+            offset: item.offset,
             money: payrun::plan::item_money(flow, item, &key),
             key,
         }
     })
+}
+
+/// What the sandbox part sends: each item's key and request, rendered as `payrun run`
+/// renders it when it sends it.
+struct Sent {
+    key: String,
+    payload: Vec<payrun::providers::Rendered>,
+}
+
+fn sent_items(manifest: &Path) -> Vec<Sent> {
+    validated(manifest, 20, |flow, item| {
+        let key = payrun::keys::item_key(&flow.manifest.batch, item.id);
+        Sent {
+            payload: payrun::providers::render(flow, item, &key),
+            key,
+        }
+    })
+    .1
 }
 
 /// Validates the batch with a visitor that keeps nothing: the validator's own memory (its
@@ -428,11 +446,8 @@ fn validate_only(manifest: &Path) {
 #[allow(clippy::ptr_arg)] // the Vec's capacity is part of the cost
 fn planned_breakdown(items: &Vec<PlannedItem>) {
     let n = items.len();
-    let (mut payload, mut payload_vec, mut strings, mut money) = (0usize, 0usize, 0usize, 0usize);
+    let (mut strings, mut money) = (0usize, 0usize);
     for it in items {
-        payload += it.payload.iter().map(|r| r.get().len()).sum::<usize>()
-            + it.steps.iter().map(|r| r.get().len()).sum::<usize>();
-        payload_vec += (it.payload.capacity() + it.steps.capacity()) * 16;
         strings += it.id.capacity() + it.key.capacity() + it.digest.capacity();
         money += it.money.capacity() * std::mem::size_of::<(String, String)>()
             + it.money
@@ -443,9 +458,7 @@ fn planned_breakdown(items: &Vec<PlannedItem>) {
     let array = items.capacity() * std::mem::size_of::<PlannedItem>();
     let b = |x: usize| x as f64 / n as f64;
     println!(
-        "    of which: rendered JSON (payload + steps) {:.0} B/item; their Vec<Box<RawValue>> {:.0}; id + key + digest {:.0}; money {:.0}; the array itself {:.0} ({} × {} B, capacity {})",
-        b(payload),
-        b(payload_vec),
+        "    of which: id + key + digest {:.0} B/item; money {:.0}; the array itself {:.0} ({} × {} B, capacity {}); requests are rendered when sent",
         b(strings),
         b(money),
         b(array),
@@ -573,7 +586,7 @@ fn runner_books(records: &[Record], items: usize) {
 
 /// The sandbox's memory: the items sent to an in-process sandbox, then its parts cleared one
 /// at a time.
-fn sandbox(planned: Arc<Vec<PlannedItem>>, config: &Path, time_scale: f64, items: usize) {
+fn sandbox(planned: Arc<Vec<Sent>>, config: &Path, time_scale: f64, items: usize) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

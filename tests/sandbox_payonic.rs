@@ -2161,7 +2161,18 @@ async fn pending_listings_show_operations_not_listed_yet_as_pending_without_code
             (&json!("approved"), &json!("00"))
         );
         assert_eq!(payout["authorizationcode"].as_str().unwrap().len(), 6);
-        let p = c.payment_view("auth1", &inbox).await;
+        // The capture was taken after the payout: it may become listable a moment later.
+        let p = loop {
+            let p = c.payment_view("auth1", &inbox).await;
+            if p["operations"][1]["status"] != "pending" {
+                break p;
+            }
+            assert!(
+                before.elapsed() < Duration::from_secs(15),
+                "still pending: {p}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         assert_eq!(p["operations"][1]["status"], "approved");
         assert_eq!(p["balance"], 0);
     })

@@ -20,14 +20,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// Collects the valid items with what the adapter sends for them. `attempts`: items sent again
-/// by `--retry-failed`, with their new attempt number (their key changes with it).
+/// Collects the valid items: identity, digest, where the row is and what it pays (requests
+/// are rendered from the row when they are sent, `rows::FromRows`). `attempts`: items sent
+/// again by `--retry-failed`, with their new attempt number (their key changes with it).
 struct Collect<'f> {
     flow: &'f Flow,
     attempts: &'f HashMap<String, u32>,
-    /// Items that ended in an earlier run: nothing will be sent for them, so their requests
-    /// are not built (a resume of a large batch starts sending at once).
-    settled: &'f std::collections::HashSet<String>,
 }
 
 impl Visitor for Collect<'_> {
@@ -40,21 +38,12 @@ impl Visitor for Collect<'_> {
         if let Some(&n) = self.attempts.get(item.id) {
             key = crate::keys::attempt_key(&key, n);
         }
-        let settled = self.settled.contains(item.id);
         chunk.push(PlannedItem {
             id: item.id.to_string(),
             digest: crate::plan::content_digest(self.flow, item.values),
             line: item.line,
-            payload: if settled {
-                Vec::new()
-            } else {
-                crate::providers::render(self.flow, item, &key)
-            },
-            steps: if settled {
-                Vec::new()
-            } else {
-                crate::providers::render_steps(self.flow, item, &key)
-            },
+            index: item.index,
+            offset: item.offset,
             money: crate::plan::item_money(self.flow, item, &key),
             key,
         });
@@ -274,17 +263,23 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
     } else {
         HashMap::new()
     };
-    let settled: std::collections::HashSet<String> = if flow.steps().is_empty() {
-        prior
-            .iter()
-            .filter(|r| r.step.is_none() && r.state.is_final() && !attempts.contains_key(&r.id))
-            .map(|r| r.id.clone())
-            .collect()
-    } else {
-        std::collections::HashSet::new()
-    };
     drop(prior);
     let mut source = prepared.source;
+    let display = match &source {
+        crate::validate::source::Source::Csv(c) => c.display.clone(),
+        crate::validate::source::Source::Inline(r) => r.display.clone(),
+    };
+    let rows = match crate::validate::source::Rows::of(&mut source, &flow.row_fields) {
+        Ok(rows) => super::rows::FromRows {
+            flow: &flow,
+            rows,
+            display,
+        },
+        Err(e) => {
+            eprintln!("error[source.io]: cannot read the item source {display}: {e}");
+            return exit::IO;
+        }
+    };
     let mut items: Vec<PlannedItem> = Vec::new();
     let report = match crate::validate::validate(
         &flow,
@@ -293,7 +288,6 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         &Collect {
             flow: &flow,
             attempts: &attempts,
-            settled: &settled,
         },
         |c: Vec<PlannedItem>| items.extend(c),
     ) {
@@ -361,7 +355,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
             return exit::INVALID;
         }
     }
-    let code = execute(&flow, &mut items, manifest, &attempts, o, held);
+    let code = execute(&flow, &mut items, &rows, manifest, &attempts, o, held);
     // The process ends right after; freeing every item's requests one by one only costs time.
     std::mem::forget(items);
     code
@@ -643,9 +637,11 @@ fn hold(batch: &str, state_dir: &Path) -> Result<Held, RunError> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn execute(
     flow: &Flow,
     items: &mut [PlannedItem],
+    rows: &super::rows::FromRows,
     manifest: &Path,
     attempts: &HashMap<String, u32>,
     o: &RunOptions,
@@ -749,21 +745,6 @@ fn execute(
             return errors::report(&e.into(), "");
         }
     }
-    // Requests were built only for items not ended before; one that another run reopened in
-    // the meantime would have nothing to send.
-    if let Some((_, r)) = stored.iter().find(|(i, r)| {
-        r.step.is_none()
-            && !r.state.is_final()
-            && items
-                .get(*i as usize)
-                .is_some_and(|it| it.payload.is_empty())
-    }) {
-        eprintln!(
-            "error[run.raced]: item {} changed state while this run started (another run?); nothing was sent; run again",
-            r.id
-        );
-        return exit::IO;
-    }
     // An item whose content changed since it was started is never sent as it is now.
     let changed: Vec<String> = stored
         .iter()
@@ -844,15 +825,19 @@ fn execute(
             }
             // Fitted to the batch by the provider's plugin (the payments it names, where
             // notifications go); its test credentials.
+            let each_item = |f: &mut dyn FnMut(&str, Option<&str>)| {
+                for it in items.iter() {
+                    use super::graph::Render;
+                    if let Ok(p) = rows.planned(it)
+                        && let Some(first) = p.payload.first()
+                    {
+                        f(first.get(), it.money.first().map(|(_, c)| c.as_str()));
+                    }
+                }
+            };
             let rehearsal = crate::providers::Rehearsal {
                 flow,
-                items: items
-                    .iter()
-                    .filter_map(|it| {
-                        let first = it.payload.first()?;
-                        Some((first.get(), it.money.first().map(|(_, c)| c.as_str())))
-                    })
-                    .collect(),
+                items: &each_item,
                 listener: callback.as_deref(),
             };
             let credentials = (plugin.rehearse)(&mut cfg, &rehearsal);
@@ -1009,7 +994,7 @@ fn execute(
             eprintln!("\nstopping: no new requests; waiting for the ones in flight");
         });
         let started = std::time::Instant::now();
-        let summary = match runner::run(flow, items, std::mem::take(&mut stored), &mut store, &endpoint, &endpoint.adapter.timings(timings(time_scale)), Arc::clone(&stop), listen, owed).await {
+        let summary = match runner::run(flow, items, rows, std::mem::take(&mut stored), &mut store, &endpoint, &endpoint.adapter.timings(timings(time_scale)), Arc::clone(&stop), listen, owed).await {
             Ok(s) => s,
             Err(e) => return errors::report(&e.into(), ""),
         };

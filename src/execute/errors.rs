@@ -40,6 +40,9 @@ pub enum RunError {
     /// failed or unfinished preflight, an answer without a result the items need, a balance
     /// below what the run has to pay. In words, with a hint where there is one.
     Refused(String),
+    /// The item source no longer holds an item as it was validated (a request is rendered
+    /// from its row when it is sent): the run stops before sending it. In words.
+    Source(String),
 }
 
 impl From<StoreError> for RunError {
@@ -66,7 +69,9 @@ impl std::fmt::Display for RunError {
             RunError::Store(e) => e.fmt(f),
             RunError::Lock(e) => e.fmt(f),
             RunError::Secret(e) => e.fmt(f),
-            RunError::Transport(why) | RunError::Refused(why) => f.write_str(why),
+            RunError::Transport(why) | RunError::Refused(why) | RunError::Source(why) => {
+                f.write_str(why)
+            }
         }
     }
 }
@@ -77,7 +82,7 @@ impl std::error::Error for RunError {
             RunError::Store(e) => Some(e),
             RunError::Lock(e) => Some(e),
             RunError::Secret(e) => Some(e),
-            RunError::Transport(_) | RunError::Refused(_) => None,
+            RunError::Transport(_) | RunError::Refused(_) | RunError::Source(_) => None,
         }
     }
 }
@@ -93,6 +98,7 @@ impl RunError {
             RunError::Secret(_) => "run.secret",
             RunError::Transport(_) => "run.transport",
             RunError::Refused(_) => "run.preflight",
+            RunError::Source(_) => "run.source",
         }
     }
 
@@ -108,6 +114,10 @@ impl RunError {
             ),
             RunError::Transport(_) => Some(
                 "check the connection and the base URL (`environment:`), then run again".into(),
+            ),
+            RunError::Source(_) => Some(
+                "put the item source back as it was when the batch started, then `payrun resume`: what was sent is not sent again, and the file is compared with the batch before anything more is"
+                    .into(),
             ),
             _ => None,
         }
@@ -144,7 +154,7 @@ pub fn exit_code(e: &RunError) -> u8 {
             | SecretError::Io { .. } => exit::IO,
         },
         // Nothing the provider said: the batch is not at fault, a resume goes on.
-        RunError::Transport(_) => exit::IO,
+        RunError::Transport(_) | RunError::Source(_) => exit::IO,
         // What the provider said stops this batch as it is.
         RunError::Refused(_) => exit::INVALID,
     }

@@ -204,8 +204,8 @@ mod tests {
             key: format!("k-{id}"),
             digest: digest.into(),
             line,
-            payload: Vec::new(),
-            steps: Vec::new(),
+            index: 0,
+            offset: 0,
             money: Vec::new(),
         }
     }

@@ -18,6 +18,33 @@ use std::time::Duration;
 
 use super::runner::{NoticeCounts, PlannedItem};
 
+/// An item's requests as planned: its first request (a Paysend tree, or one node) and what
+/// each of its steps sends (`Flow::steps` order), before the results they read are filled in.
+#[derive(Default)]
+pub struct Planned {
+    pub payload: Vec<Rendered>,
+    pub steps: Vec<Rendered>,
+}
+
+/// Renders an item's requests when they are needed (a run keeps none in memory: see
+/// `execute::rows`, which reads the item's row again and checks its digest). Err: the item
+/// source no longer holds the item as it was validated, in words.
+pub trait Render: Sync {
+    fn planned(&self, item: &PlannedItem) -> Result<Planned, String>;
+}
+
+/// Why a unit's request cannot be made now.
+#[derive(Debug)]
+pub(super) enum Unmade {
+    /// A result it reads is missing: the node cannot be sent, ever.
+    Missing(String),
+    /// Its row could not be read again as validated: the run stops, nothing of it is sent.
+    Source(String),
+}
+
+/// How many items' rendered requests are kept between the rounds that need them.
+const PLANNED_KEPT: usize = 4096;
+
 /// A step — a node of the item's graph sent as a request of its own — as the runner needs it
 /// (see `Flow::steps`).
 pub(super) struct StepInfo {
@@ -45,6 +72,10 @@ pub(super) struct StepInfo {
 pub(super) struct Book<'a> {
     pub(super) flow: &'a Flow,
     pub(super) items: &'a [PlannedItem],
+    /// Renders an item's requests from its row when they are needed.
+    pub(super) render: &'a dyn Render,
+    /// Items' requests rendered lately (at most `PLANNED_KEPT`).
+    pub(super) planned: std::sync::Mutex<HashMap<usize, std::sync::Arc<Planned>>>,
     /// Every node is a request of its own, under its own key (the provider runs nothing itself).
     pub(super) client_run: bool,
     /// The first request's operation, and how it settles.
@@ -278,9 +309,16 @@ impl Book<'_> {
     /// path into a node's kept result (`${result.auth.paymentid}`,
     /// `${result.account.result.accountToken}`); for a failed node its `code` and
     /// `description`; for a tree the provider ran, the ids its verdict reported.
-    pub(super) fn step_payload(&self, u: usize) -> Result<Rendered, String> {
+    pub(super) fn step_payload(&self, u: usize) -> Result<Rendered, Unmade> {
         let (item, step) = self.units[u];
-        let planned = &self.items[item].steps[step - 1];
+        let rendered = self.planned(item)?;
+        let Some(planned) = rendered.steps.get(step - 1) else {
+            return Err(Unmade::Source(format!(
+                "item {} renders no request for `{}`",
+                self.items[item].id,
+                self.steps[step - 1].path
+            )));
+        };
         let s = &self.steps[step - 1];
         let lookup = |id: &str, path: &str| -> Option<Value> {
             if self.preflight.contains_key(id) {
@@ -319,12 +357,12 @@ impl Book<'_> {
         let mut missing = Vec::new();
         let v = crate::providers::fill_rendered(planned, &lookup, &mut missing);
         if !missing.is_empty() {
-            return Err(format!(
+            return Err(Unmade::Missing(format!(
                 "`{}` needs {} of the task{} above it, which did not report it",
                 s.path,
                 missing.join(", "),
                 if s.reads.len() == 1 { "" } else { "s" }
-            ));
+            )));
         }
         if s.typed.is_empty() || !planned.get().contains("${result.") {
             return Ok(v);
@@ -334,8 +372,9 @@ impl Book<'_> {
         let mut tree: Value = serde_json::from_str(v.get()).expect("kept JSON parses");
         for (path, wire) in &s.typed {
             if let Some(x) = crate::providers::json_path_mut(&mut tree, path) {
-                crate::providers::retype(x, *wire)
-                    .map_err(|why| format!("`{}`: `{path}` read from a result {why}", s.path))?;
+                crate::providers::retype(x, *wire).map_err(|why| {
+                    Unmade::Missing(format!("`{}`: `{path}` read from a result {why}", s.path))
+                })?;
             }
         }
         Ok(crate::providers::keep(&tree))
@@ -415,17 +454,41 @@ impl Book<'_> {
         Ok(())
     }
 
-    /// What unit `u` sends (`payload_of`), or as planned when a result it reads is missing.
+    /// Item `item`'s requests as planned, rendered from its row (kept a while: the rounds
+    /// around a send ask for them more than once).
+    pub(super) fn planned(&self, item: usize) -> Result<std::sync::Arc<Planned>, Unmade> {
+        let mut kept = self.planned.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = kept.get(&item) {
+            return Ok(p.clone());
+        }
+        let p = std::sync::Arc::new(
+            self.render
+                .planned(&self.items[item])
+                .map_err(Unmade::Source)?,
+        );
+        if kept.len() >= PLANNED_KEPT {
+            kept.clear();
+        }
+        kept.insert(item, p.clone());
+        Ok(p)
+    }
+
+    /// What unit `u` sends (`payload_of`), or as planned when a result it reads is missing;
+    /// nothing when its row cannot be read again (the runner stops on that when it sends).
     pub(super) fn sent(&self, u: usize) -> Vec<Rendered> {
-        self.payload_of(u).unwrap_or_else(|_| match self.units[u] {
-            (item, 0) => self.items[item].payload.clone(),
-            (item, s) => self.items[item]
-                .steps
-                .get(s - 1)
-                .cloned()
-                .into_iter()
-                .collect(),
-        })
+        match self.payload_of(u) {
+            Ok(p) => p,
+            Err(Unmade::Source(_)) => Vec::new(),
+            Err(Unmade::Missing(_)) => {
+                let Ok(planned) = self.planned(self.units[u].0) else {
+                    return Vec::new();
+                };
+                match self.units[u].1 {
+                    0 => planned.payload.clone(),
+                    s => planned.steps.get(s - 1).cloned().into_iter().collect(),
+                }
+            }
+        }
     }
 
     /// How unit `u`'s lost answer is settled.
@@ -436,10 +499,13 @@ impl Book<'_> {
         }
     }
 
-    /// What unit `u` sends, with the results it reads; Err: a result it needs is missing.
-    pub(super) fn payload_of(&self, u: usize) -> Result<Vec<Rendered>, String> {
+    /// What unit `u` sends, with the results it reads; Err: a result it needs is missing, or
+    /// its row cannot be read again.
+    pub(super) fn payload_of(&self, u: usize) -> Result<Vec<Rendered>, Unmade> {
         match self.units[u] {
-            (item, 0) => self.with_preflight(&self.items[item].payload),
+            (item, 0) => self
+                .with_preflight(&self.planned(item)?.payload)
+                .map_err(Unmade::Missing),
             _ => self.step_payload(u).map(|v| vec![v]),
         }
     }
@@ -467,15 +533,6 @@ impl Book<'_> {
             None => Ok(filled),
             Some(m) => Err(format!("the preflight answer has no `{m}`")),
         }
-    }
-
-    /// Whether unit `u`'s request as planned still reads results of the preflight.
-    pub(super) fn reads_preflight(&self, u: usize) -> bool {
-        !self.preflight.is_empty()
-            && self.items[self.units[u].0]
-                .payload
-                .iter()
-                .any(|r| r.get().contains("${result."))
     }
 
     /// `${result.<id>.<path>}` of a preflight task.
@@ -584,14 +641,23 @@ impl Book<'_> {
         &self,
         balances: Option<&BTreeMap<String, rust_decimal::Decimal>>,
     ) -> Result<(), String> {
-        if !self.preflight.is_empty() {
-            for it in self.items {
+        // Every item's requests are made from the same templates, so they read the same
+        // preflight results: those of the first item still to be sent are every item's.
+        let first = (0..self.items.len()).find(|&i| !self.recs[i].state.is_final());
+        if !self.preflight.is_empty()
+            && let Some(first) = first
+        {
+            let it = &self.items[first];
+            let planned = self.planned(first).map_err(|e| match e {
+                Unmade::Source(why) | Unmade::Missing(why) => format!("{why}; nothing was sent"),
+            })?;
+            {
                 let mut missing = Vec::new();
                 let only_preflight = |id: &str, path: &str| {
                     self.preflight_value(id, path)
                         .or_else(|| (!self.preflight.contains_key(id)).then(|| Value::Null))
                 };
-                for r in it.payload.iter().chain(it.steps.iter()) {
+                for r in planned.payload.iter().chain(planned.steps.iter()) {
                     if r.get().contains("${result.") {
                         crate::providers::fill_rendered(r, &only_preflight, &mut missing);
                     }
@@ -884,6 +950,7 @@ impl<'a> Book<'a> {
     pub(super) fn new(
         flow: &'a Flow,
         items: &'a [PlannedItem],
+        render: &'a dyn Render,
         stored: Vec<(u64, Record)>,
         adapter: &'a dyn Adapter,
         now: Millis,
@@ -961,6 +1028,8 @@ impl<'a> Book<'a> {
         let mut book = Book {
             flow,
             items,
+            render,
+            planned: std::sync::Mutex::new(HashMap::new()),
             client_run,
             root_op: root.map(|t| t.op.clone()).unwrap_or_default(),
             root_settle: match (client_run, root) {
@@ -1119,8 +1188,21 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
         .flow
     }
 
-    fn items(flow: &Flow, n: usize) -> Vec<PlannedItem> {
-        (0..n)
+    /// Requests rendered up front, by item index: the tests' stand-in for `rows::FromRows`.
+    struct Prerendered(Vec<(Vec<Rendered>, Vec<Rendered>)>);
+
+    impl Render for Prerendered {
+        fn planned(&self, it: &PlannedItem) -> Result<Planned, String> {
+            let (payload, steps) = self.0.get(it.index as usize).ok_or("no such item")?;
+            Ok(Planned {
+                payload: payload.clone(),
+                steps: steps.clone(),
+            })
+        }
+    }
+
+    fn items(flow: &Flow, n: usize) -> (Vec<PlannedItem>, Prerendered) {
+        let (items, requests) = (0..n)
             .map(|i| {
                 let key = crate::keys::item_key("graph-test", &format!("i{i}"));
                 let steps = flow
@@ -1141,19 +1223,22 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
                         }))
                     })
                     .collect();
-                PlannedItem {
+                let payload = vec![crate::providers::keep(&json!({
+                    "paymentid": format!("p{i}"), "amount": 1000, "note": crate::keys::KEYED
+                }))];
+                let item = PlannedItem {
                     id: format!("i{i}"),
                     key,
                     digest: String::new(),
                     line: i as u64 + 2,
-                    payload: vec![crate::providers::keep(&json!({
-                        "paymentid": format!("p{i}"), "amount": 1000, "note": crate::keys::KEYED
-                    }))],
-                    steps,
+                    index: i as u64,
+                    offset: 0,
                     money: Vec::new(),
-                }
+                };
+                (item, (payload, steps))
             })
-            .collect()
+            .unzip();
+        (items, Prerendered(requests))
     }
 
     fn timings() -> Timings {
@@ -1255,8 +1340,8 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
             per_operation_hosts: false,
             note_secret: None,
         };
-        let mut items = items(&flow, 2);
-        items[0].payload = vec![crate::providers::keep(
+        let (mut items, mut requests) = items(&flow, 2);
+        requests.0[0].0 = vec![crate::providers::keep(
             &json!({"paymentid": "p0", "amount": "${result.bal.data.EUR}"}),
         )];
         items[0].money = vec![("50.00".into(), "EUR".into())];
@@ -1283,7 +1368,7 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
         };
         let results = BTreeMap::from([("bal".to_string(), json!({"data": {"EUR": "110.00"}}))]);
         // Not enough for what this run still has to pay: closed, nothing sent.
-        let mut book = Book::new(&flow, &items, Vec::new(), &adapter, 0, &t);
+        let mut book = Book::new(&flow, &items, &requests, Vec::new(), &adapter, 0, &t);
         book.owed = owed.clone();
         asking(&mut book);
         book.preflight_answer(
@@ -1304,7 +1389,7 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
             }
         );
         // Not finished: asked again with the follow-up, after a short wait.
-        let mut book = Book::new(&flow, &items, Vec::new(), &adapter, 0, &t);
+        let mut book = Book::new(&flow, &items, &requests, Vec::new(), &adapter, 0, &t);
         book.owed = owed.clone();
         asking(&mut book);
         book.preflight_answer(Preflight::Retry("busy".into()), false, 0, &policy);
@@ -1313,7 +1398,7 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
             "retried after the policy's delay"
         );
         // Enough: open, and the first item's request reads the balance.
-        let mut book = Book::new(&flow, &items, Vec::new(), &adapter, 0, &t);
+        let mut book = Book::new(&flow, &items, &requests, Vec::new(), &adapter, 0, &t);
         book.owed = owed;
         asking(&mut book);
         book.preflight_answer(
@@ -1346,12 +1431,12 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
         let flow_steps = flow.steps();
         for seed in 1..=150u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-            let items = items(&flow, 3);
+            let (items, requests) = items(&flow, 3);
             let mut durable: HashMap<u64, Record> = HashMap::new();
             // Units by store index, so they survive a crash's renumbering.
             let mut doubt: HashMap<u64, Doubt> = HashMap::new();
             let mut now: Millis = 1_000_000;
-            let mut book = Book::new(&flow, &items, Vec::new(), &adapter, now, &t);
+            let mut book = Book::new(&flow, &items, &requests, Vec::new(), &adapter, now, &t);
             commit(&mut book, &mut durable);
             let mut rounds = 0;
             loop {
@@ -1370,7 +1455,7 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
                 if !benign && rng.below(15) == 0 {
                     let stored: Vec<(u64, Record)> =
                         durable.iter().map(|(k, r)| (*k, r.clone())).collect();
-                    book = Book::new(&flow, &items, stored, &adapter, now, &t);
+                    book = Book::new(&flow, &items, &requests, stored, &adapter, now, &t);
                     commit(&mut book, &mut durable);
                 }
                 for i in book.due(now) {

@@ -27,6 +27,7 @@ pub mod machine;
 pub mod outlook;
 pub mod pace;
 pub mod progress;
+pub mod rows;
 pub mod runner;
 pub mod secret;
 pub mod status;

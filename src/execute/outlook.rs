@@ -279,8 +279,8 @@ mod tests {
             key: format!("k-{id}"),
             digest: "d".into(),
             line: 2,
-            payload: Vec::new(),
-            steps: Vec::new(),
+            index: 0,
+            offset: 0,
             money: vec![(amount.into(), currency.into())],
         }
     }

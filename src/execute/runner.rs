@@ -6,7 +6,8 @@
 //! by the rate limiters and the concurrency cap. Answers and notifications come back as events,
 //! are applied, and committed together (group commit).
 
-use super::graph::{Book, Gate, HOLD, Rejection};
+use super::errors::RunError;
+use super::graph::{Book, Gate, HOLD, Rejection, Render, Unmade};
 use super::machine::{Event, Millis, State, Timings, Verdict};
 use super::store::{Record, Store, StoreError};
 use crate::compile::Flow;
@@ -17,16 +18,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// One item as planned: identity, content digest and what the adapter rendered for it (real
-/// values; kept in memory only, never stored).
+/// One item as planned: identity, content digest, where its row is, and what it pays. What
+/// it sends is rendered from its row when it is sent (`graph::Render`), never kept.
 pub struct PlannedItem {
     pub id: String,
     pub key: String,
     pub digest: String,
     pub line: u64,
-    pub payload: Vec<Rendered>,
-    /// What each delayed step sends (`Flow::steps` order; results filled in when sent).
-    pub steps: Vec<Rendered>,
+    /// Its position in the batch, and where its row starts in a CSV file (`validate::ItemRow`).
+    pub index: u64,
+    pub offset: u64,
     pub money: Vec<(String, String)>,
 }
 
@@ -419,6 +420,7 @@ impl Wire {
 pub async fn run(
     flow: &Flow,
     items: &[PlannedItem],
+    render: &dyn Render,
     stored: Vec<(u64, Record)>,
     store: &mut Store,
     endpoint: &Endpoint,
@@ -426,12 +428,12 @@ pub async fn run(
     stop: Arc<AtomicBool>,
     listener: Option<std::net::SocketAddr>,
     owed: std::collections::BTreeMap<String, rust_decimal::Decimal>,
-) -> Result<Summary, StoreError> {
+) -> Result<Summary, RunError> {
     let policy = &flow.manifest.retry;
     let limits = &flow.limits;
     let adapter: &dyn Adapter = endpoint.adapter.as_ref();
     let now = now_ms();
-    let mut book = Book::new(flow, items, stored, adapter, now, timings);
+    let mut book = Book::new(flow, items, render, stored, adapter, now, timings);
     book.owed = owed;
     book.commit(store)?;
 
@@ -596,24 +598,28 @@ pub async fn run(
         // A delayed step's request gets the results of the payout it follows; one that cannot
         // be filled in is not sent.
         let mut unresolved: Vec<(usize, String)> = Vec::new();
+        // Every request is rendered now from its item's row, with the results it reads (the
+        // preflight's, the nodes' above it). A row that cannot be read again as validated
+        // stops the run before anything more is sent.
         let mut filled: HashMap<usize, Vec<Rendered>> = HashMap::new();
-        sends_now.retain(|&u| {
-            // An item's first request is sent as planned unless it reads the preflight's
-            // results (filled in now); a step's always reads results.
-            if book.units[u].1 == 0 && !book.reads_preflight(u) {
-                return true;
+        let mut unreadable: Option<String> = None;
+        sends_now.retain(|&u| match book.payload_of(u) {
+            Ok(v) => {
+                filled.insert(u, v);
+                true
             }
-            match book.payload_of(u) {
-                Ok(v) => {
-                    filled.insert(u, v);
-                    true
-                }
-                Err(why) => {
-                    unresolved.push((u, why));
-                    false
-                }
+            Err(Unmade::Missing(why)) => {
+                unresolved.push((u, why));
+                false
+            }
+            Err(Unmade::Source(why)) => {
+                unreadable.get_or_insert(why);
+                false
             }
         });
+        if let Some(why) = unreadable {
+            return Err(RunError::Source(why));
+        }
         // One step per request (a pack's answer is read against one kind of tree).
         sends_now.sort_unstable_by_key(|&u| (book.units[u].1, u));
         let packs: Vec<Vec<usize>> = sends_now
@@ -635,10 +641,7 @@ pub async fn run(
                 .map(|&u| Outgoing {
                     key: &book.recs[u].key,
                     op: book.op_of(u),
-                    payload: match filled.get(&u) {
-                        Some(v) => v,
-                        None => &items[book.units[u].0].payload,
-                    },
+                    payload: filled.get(&u).map(Vec::as_slice).unwrap_or_default(),
                     attempt: match &book.recs[u].state {
                         State::Sending { attempt, .. } => *attempt,
                         _ => book.recs[u].requests,
@@ -707,10 +710,11 @@ pub async fn run(
                             let _ = wire.tx.send(Outcome::Observed(vec![(i, verdict)]));
                         });
                     }
-                    Err(why) => {
+                    Err(Unmade::Missing(why)) => {
                         book.in_flight.remove(&i);
                         unresolved.push((i, why));
                     }
+                    Err(Unmade::Source(why)) => return Err(RunError::Source(why)),
                 },
                 _ if book.settle_of(i) == Settle::Review => {
                     book.in_flight.remove(&i);
@@ -721,12 +725,16 @@ pub async fn run(
                     // A tree the provider ran is looked up by the item's key and request; a
                     // node payrun sent on its own by its own.
                     let (key, payload) = match (book.client_run, book.units[i]) {
-                        (false, (item, _)) => {
-                            (book.recs[item].key.clone(), items[item].payload.clone())
-                        }
+                        (false, (item, _)) => match book.planned(item) {
+                            Ok(p) => (book.recs[item].key.clone(), p.payload.clone()),
+                            Err(Unmade::Source(why) | Unmade::Missing(why)) => {
+                                return Err(RunError::Source(why));
+                            }
+                        },
                         (true, _) => match book.payload_of(i) {
                             Ok(p) => (book.recs[i].key.clone(), p),
-                            Err(why) => {
+                            Err(Unmade::Source(why)) => return Err(RunError::Source(why)),
+                            Err(Unmade::Missing(why)) => {
                                 book.in_flight.remove(&i);
                                 unresolved.push((i, why));
                                 continue;

@@ -51,8 +51,9 @@ pub struct Setup<'a> {
 /// What a rehearsal tells the embedded sandbox about the batch.
 pub struct Rehearsal<'a> {
     pub flow: &'a crate::compile::Flow,
-    /// Each item's first request (rendered JSON) and its currency.
-    pub items: Vec<(&'a str, Option<&'a str>)>,
+    /// Gives each item's first request (rendered JSON) and its currency to the function it is
+    /// called with, one item at a time (a batch's requests are never all held at once).
+    pub items: &'a dyn Fn(&mut dyn FnMut(&str, Option<&str>)),
     /// Where payrun's listener takes notifications (`http://127.0.0.1:PORT`), when it listens.
     pub listener: Option<&'a str>,
 }

@@ -75,7 +75,7 @@ fn rehearse(
     cfg: &mut crate::sandbox::SandboxConfig,
     r: &super::Rehearsal<'_>,
 ) -> super::Credentials {
-    seed(cfg, r.flow, &r.items);
+    seed(cfg, r.flow, r.items);
     [("api_key".to_string(), cfg.payonic.api_key.clone())]
         .into_iter()
         .collect()
@@ -87,7 +87,11 @@ fn rehearse(
 /// for ten times the item's amount in the item's currency — unless `--sandbox-config` lists
 /// it. The sandbox creates only those its state file does not know yet, so a resumed
 /// rehearsal keeps the payments (and their refunds) the first run made.
-fn seed(cfg: &mut crate::sandbox::SandboxConfig, flow: &Flow, items: &[(&str, Option<&str>)]) {
+fn seed(
+    cfg: &mut crate::sandbox::SandboxConfig,
+    flow: &Flow,
+    items: &dyn Fn(&mut dyn FnMut(&str, Option<&str>)),
+) {
     let Some(op) = flow.tasks.first().map(|t| flow.op(&t.op)) else {
         return;
     };
@@ -112,12 +116,12 @@ fn seed(cfg: &mut crate::sandbox::SandboxConfig, flow: &Flow, items: &[(&str, Op
         })
         .collect();
     let mut named = 0;
-    for (payload, currency) in items {
+    items(&mut |payload, currency| {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(payload) else {
-            continue;
+            return;
         };
         let Some(id) = v.get(&var).and_then(|x| x.as_str()).map(String::from) else {
-            continue;
+            return;
         };
         let amount = v
             .get("amount")
@@ -142,7 +146,7 @@ fn seed(cfg: &mut crate::sandbox::SandboxConfig, flow: &Flow, items: &[(&str, Op
                     customer: Default::default(),
                 });
         }
-    }
+    });
     eprintln!(
         "sandbox: the batch refers to {named} payments; each is created unless the sandbox has it"
     );

@@ -747,6 +747,7 @@ pub fn preflight(
     let none = ItemRow {
         index: 0,
         line: 0,
+        offset: 0,
         id: "",
         values: &values,
         valid: true,

@@ -78,6 +78,9 @@ pub struct ItemRow<'a> {
     /// 0-based position of the item in the batch.
     pub index: u64,
     pub line: u64,
+    /// Where the row starts in its CSV file, in bytes (`Rows::values` reads it again from
+    /// there); 0 for an item of the manifest's own `items:` list.
+    pub offset: u64,
     pub id: &'a str,
     /// Values of the flow's row fields, in `flow.row_fields` order ("" when empty or unreadable).
     pub values: &'a [&'a str],
@@ -106,6 +109,8 @@ const BATCH: usize = 2048;
 struct Rec {
     rec: records::Row,
     line: u64,
+    /// Where the record starts in the file, in bytes.
+    offset: u64,
 }
 
 struct Job {
@@ -180,6 +185,7 @@ pub fn validate<V: Visitor>(
                     &ItemRow {
                         index: index as u64,
                         line: item.line,
+                        offset: 0,
                         id,
                         values: &values,
                         valid,
@@ -294,6 +300,7 @@ pub fn validate<V: Visitor>(
                                         &ItemRow {
                                             index,
                                             line: r.line,
+                                            offset: r.offset,
                                             id,
                                             values: &values,
                                             valid,
@@ -337,6 +344,7 @@ pub fn validate<V: Visitor>(
                             .map(|_| Rec {
                                 rec: records::Row::new(),
                                 line: 0,
+                                offset: 0,
                             })
                             .collect()
                     });
@@ -344,7 +352,11 @@ pub fn validate<V: Visitor>(
                     while len < BATCH {
                         let r = &mut recs[len];
                         match c.reader.read(&mut r.rec) {
-                            Ok(Some(line)) => r.line = line,
+                            Ok(Some(line)) => {
+                                r.line = line;
+                                let start = c.reader.record_start();
+                                r.offset = c.reader.get_mut().raw_offset(start);
+                            }
                             Ok(None) => break,
                             Err(e) => {
                                 failure = Some(Diagnostic::new(
@@ -697,6 +709,96 @@ items:
     }
 
     const CSV_HEAD: &str = "id,name,iban,amount,currency\n";
+
+    /// Every item's position, offset and values as the validator gave them (valid or not).
+    struct Keep;
+
+    impl Visitor for Keep {
+        type Chunk = Vec<(u64, u64, bool, Vec<String>)>;
+        fn item(&self, item: &ItemRow, chunk: &mut Self::Chunk) {
+            let values = item.values.iter().map(|v| v.to_string()).collect();
+            chunk.push((item.index, item.offset, item.valid, values));
+        }
+    }
+
+    #[test]
+    fn every_row_read_again_at_its_offset_gives_the_values_it_was_validated_with() {
+        // Windows line ends, old Mac ones and Unix ones mixed; blank lines; a BOM; quoted
+        // values holding the delimiter, a doubled quote and a line break; an invalid row; the
+        // last row without a line end; and enough rows that the readers' buffers end inside
+        // a `\r\n` somewhere.
+        let mut csv = String::from("\u{feff}id,name,iban,amount,currency\r\n");
+        let ends = ["\r\n", "\n", "\r", "\r\n\r\n", "\n\n"];
+        let mut n = 0;
+        for i in 0..4000 {
+            let name = match i % 7 {
+                0 => "\"Doe, Jane\"".to_string(),
+                1 => "\"Ann \"\"Nan\"\" Lee\"".to_string(),
+                2 => "\"two\r\nlines\"".to_string(),
+                3 => format!("  Spaced {i}  "),
+                _ => format!("Name{i}"),
+            };
+            let amount = if i == 10 {
+                "ten".to_string()
+            } else {
+                format!("{}.{:02}", i + 1, i % 100)
+            };
+            csv += &format!(
+                "E{i},{name},DE89370400440532013000,{amount},EUR{}",
+                ends[i % ends.len()]
+            );
+            n += 1;
+        }
+        csv += "LAST,Last,DE89370400440532013000,1.23,EUR";
+        n += 1;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("e.csv"), &csv).unwrap();
+        let path = dir.path().join("m.yaml");
+        std::fs::write(&path, format!("{HEAD}  source: e.csv\n{FLOW}")).unwrap();
+        let p = crate::pipeline::prepare(&path, &Registry::from_option(None))
+            .map_err(|f| format!("{:?}", f.diagnostics))
+            .unwrap();
+        let mut source = p.source;
+        let rows = source::Rows::of(&mut source, &p.flow.row_fields).unwrap();
+        let mut seen = Vec::new();
+        validate(&p.flow, &mut source, 100, &Keep, |c| seen.extend(c)).unwrap();
+        assert_eq!(seen.len(), n);
+        assert!(
+            seen.iter().any(|(_, _, valid, _)| !valid),
+            "an invalid row is among them"
+        );
+        for (index, offset, _, values) in &seen {
+            assert_eq!(
+                &rows.values(*index, *offset).unwrap(),
+                values,
+                "row {index} at byte {offset}"
+            );
+        }
+        // A name with a line break, read again, is the value validated (`\r\n` became `\n`).
+        assert!(
+            seen.iter()
+                .any(|(_, _, _, v)| v.iter().any(|x| x == "two\nlines"))
+        );
+    }
+
+    #[test]
+    fn inline_items_read_again_give_the_values_they_were_validated_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.yaml");
+        let items = "  inline:\n    - {id: A, name: Anna, iban: DE89370400440532013000, amount: \"10.00\", currency: EUR}\n    - {id: B, name: \" Bo \", iban: DE44500105175407324931, amount: \"11.00\", currency: EUR}\n";
+        std::fs::write(&path, format!("{HEAD}{items}{FLOW}")).unwrap();
+        let p = crate::pipeline::prepare(&path, &Registry::from_option(None))
+            .map_err(|f| format!("{:?}", f.diagnostics))
+            .unwrap();
+        let mut source = p.source;
+        let rows = source::Rows::of(&mut source, &p.flow.row_fields).unwrap();
+        let mut seen = Vec::new();
+        validate(&p.flow, &mut source, 100, &Keep, |c| seen.extend(c)).unwrap();
+        assert_eq!(seen.len(), 2);
+        for (index, offset, _, values) in &seen {
+            assert_eq!(&rows.values(*index, *offset).unwrap(), values);
+        }
+    }
 
     #[test]
     fn csv_ids_differing_in_case_or_width_are_duplicates_showing_both_spellings() {

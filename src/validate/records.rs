@@ -70,15 +70,22 @@ pub struct Records<R> {
     line: u64,
     /// Bytes consumed before `buf[0]`.
     base: u64,
+    /// Where the record `read` returned last starts, in bytes of input.
+    start: u64,
     out: Vec<u8>,
     ends: Vec<usize>,
 }
 
 impl<R: Read> Records<R> {
     pub fn new(inner: R, delimiter: u8) -> Self {
+        Records::with_capacity(inner, delimiter, 1 << 16)
+    }
+
+    /// A reader with a buffer of `capacity` bytes to start with (it grows for a longer line).
+    pub fn with_capacity(inner: R, delimiter: u8, capacity: usize) -> Self {
         Records {
             inner,
-            buf: vec![0; 1 << 16],
+            buf: vec![0; capacity.max(64)],
             pos: 0,
             end: 0,
             eof: false,
@@ -86,6 +93,7 @@ impl<R: Read> Records<R> {
             core: csv_core::ReaderBuilder::new().delimiter(delimiter).build(),
             line: 1,
             base: 0,
+            start: 0,
             out: vec![0; 1 << 12],
             ends: vec![0; 64],
         }
@@ -98,6 +106,12 @@ impl<R: Read> Records<R> {
     /// Bytes of input consumed so far.
     pub fn consumed(&self) -> u64 {
         self.base + self.pos as u64
+    }
+
+    /// Where the record `read` returned last starts, in bytes of input (blank lines before it
+    /// skipped): reading from there gives that record again.
+    pub fn record_start(&self) -> u64 {
+        self.start
     }
 
     /// Moves unconsumed bytes to the front and reads more; grows the buffer when a single line
@@ -144,6 +158,7 @@ impl<R: Read> Records<R> {
                 self.line += 1;
                 continue;
             }
+            self.start = self.base + self.pos as u64;
             if memchr(b'"', line).is_some() {
                 return self.quoted(rec);
             }

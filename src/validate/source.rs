@@ -67,18 +67,47 @@ pub struct LineEnds<R> {
     /// The last byte of the previous fill was `\r`; it is held back until the next byte is known.
     carry_cr: bool,
     eof: bool,
+    /// Bytes given out by the fills so far, and, of the positions where a `\r\n` became one
+    /// `\n`, those not yet passed by `raw_offset` and how many were: an output position is
+    /// the input position less the pairs before it.
+    produced: u64,
+    pairs: std::collections::VecDeque<u64>,
+    pairs_passed: u64,
 }
 
 impl<R: Read> LineEnds<R> {
     pub fn new(inner: R) -> Self {
+        LineEnds::with_capacity(inner, 1 << 16)
+    }
+
+    /// A reader that reads `capacity` bytes at a time.
+    pub fn with_capacity(inner: R, capacity: usize) -> Self {
         LineEnds {
             inner,
-            buf: vec![0; 1 << 16],
+            buf: vec![0; capacity.max(64)],
             start: 0,
             end: 0,
             carry_cr: false,
             eof: false,
+            produced: 0,
+            pairs: std::collections::VecDeque::new(),
+            pairs_passed: 0,
         }
+    }
+
+    /// Where output position `at` came from in the input. `at` never decreases from one call
+    /// to the next (a reader asks for record starts in file order).
+    pub fn raw_offset(&mut self, at: u64) -> u64 {
+        while self.pairs.front().is_some_and(|&p| p < at) {
+            self.pairs.pop_front();
+            self.pairs_passed += 1;
+        }
+        at + self.pairs_passed
+    }
+
+    /// The reader it reads from.
+    pub fn inner_mut(&mut self) -> &mut R {
+        &mut self.inner
     }
 
     fn fill(&mut self) -> std::io::Result<()> {
@@ -109,12 +138,14 @@ impl<R: Read> LineEnds<R> {
                     r += i + 1;
                     if r < len && self.buf[r] == b'\n' {
                         r += 1;
+                        self.pairs.push_back(self.produced + w as u64);
                     }
                     self.buf[w] = b'\n';
                     w += 1;
                 }
             }
         }
+        self.produced += w as u64;
         self.start = 0;
         self.end = w;
         Ok(())
@@ -133,6 +164,96 @@ impl<R: Read> Read for LineEnds<R> {
         out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
         self.start += n;
         Ok(n)
+    }
+}
+
+/// Reads a valid item's row values again, as the validator read them: a run keeps no rendered
+/// request in memory, it renders each one when it is sent from the row read again here (and
+/// checks that row's content digest against the one validated, see `execute::rows`).
+pub enum Rows {
+    /// The CSV file the batch was validated from (the very file: the handle the validator
+    /// opened), read at each row's byte offset.
+    Csv {
+        file: File,
+        delimiter: u8,
+        columns: Vec<usize>,
+    },
+    /// The manifest's own `items:`: the values of each item's fields, in the flow's order.
+    Inline(Vec<Vec<String>>),
+}
+
+/// Reads a file from a position on, without moving any shared position (`pread`).
+struct At<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Read for At<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        #[cfg(unix)]
+        let n = std::os::unix::fs::FileExt::read_at(self.file, out, self.pos)?;
+        #[cfg(windows)]
+        let n = std::os::windows::fs::FileExt::seek_read(self.file, out, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Rows {
+    /// The rows of `source`, before it is validated; `row_fields`: the flow's row fields.
+    pub fn of(source: &mut Source, row_fields: &[String]) -> std::io::Result<Rows> {
+        Ok(match source {
+            Source::Csv(c) => Rows::Csv {
+                file: c.reader.get_mut().inner_mut().inner.try_clone()?,
+                delimiter: c.delimiter,
+                columns: c.columns.clone(),
+            },
+            Source::Inline(r) => Rows::Inline(
+                r.items
+                    .iter()
+                    .map(|item| {
+                        row_fields
+                            .iter()
+                            .map(|f| {
+                                item.fields
+                                    .get(f)
+                                    .map(|s| s.trim_matches(' ').to_string())
+                                    .unwrap_or_default()
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            ),
+        })
+    }
+
+    /// The values of item `index` (0-based position in the batch), whose row starts at byte
+    /// `offset` of a CSV file: as `ItemRow::values` gave them, "" for a cell that is not UTF-8.
+    pub fn values(&self, index: u64, offset: u64) -> std::io::Result<Vec<String>> {
+        let gone = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the row is gone");
+        match self {
+            Rows::Inline(items) => items.get(index as usize).cloned().ok_or_else(gone),
+            Rows::Csv {
+                file,
+                delimiter,
+                columns,
+            } => {
+                let at = At { file, pos: offset };
+                let mut reader =
+                    Records::with_capacity(LineEnds::with_capacity(at, 4096), *delimiter, 4096);
+                let mut rec = super::records::Row::new();
+                reader.read(&mut rec)?.ok_or_else(gone)?;
+                Ok(columns
+                    .iter()
+                    .map(|&col| {
+                        rec.get(col)
+                            .and_then(|raw| std::str::from_utf8(raw).ok())
+                            .map(|v| v.trim_matches(' ').to_string())
+                            .unwrap_or_default()
+                    })
+                    .collect())
+            }
+        }
     }
 }
 
