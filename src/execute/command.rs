@@ -996,7 +996,7 @@ fn execute(
         let started = std::time::Instant::now();
         let summary = match runner::run(flow, items, rows, std::mem::take(&mut stored), &mut store, &endpoint, &endpoint.adapter.timings(timings(time_scale)), Arc::clone(&stop), listen, owed).await {
             Ok(s) => s,
-            Err(e) => return errors::report(&e.into(), ""),
+            Err(e) => return errors::report(&e, ""),
         };
         if let Some(sb) = sandbox_handle {
             sb.stop().await;

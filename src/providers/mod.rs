@@ -49,11 +49,14 @@ pub struct Setup<'a> {
 }
 
 /// What a rehearsal tells the embedded sandbox about the batch.
+/// Calls the function it is given with each item's first request and its currency.
+pub type EachItem<'a> = dyn Fn(&mut dyn FnMut(&str, Option<&str>)) + 'a;
+
 pub struct Rehearsal<'a> {
     pub flow: &'a crate::compile::Flow,
     /// Gives each item's first request (rendered JSON) and its currency to the function it is
     /// called with, one item at a time (a batch's requests are never all held at once).
-    pub items: &'a dyn Fn(&mut dyn FnMut(&str, Option<&str>)),
+    pub items: &'a EachItem<'a>,
     /// Where payrun's listener takes notifications (`http://127.0.0.1:PORT`), when it listens.
     pub listener: Option<&'a str>,
 }

@@ -87,11 +87,7 @@ fn rehearse(
 /// for ten times the item's amount in the item's currency — unless `--sandbox-config` lists
 /// it. The sandbox creates only those its state file does not know yet, so a resumed
 /// rehearsal keeps the payments (and their refunds) the first run made.
-fn seed(
-    cfg: &mut crate::sandbox::SandboxConfig,
-    flow: &Flow,
-    items: &dyn Fn(&mut dyn FnMut(&str, Option<&str>)),
-) {
+fn seed(cfg: &mut crate::sandbox::SandboxConfig, flow: &Flow, items: &super::EachItem<'_>) {
     let Some(op) = flow.tasks.first().map(|t| flow.op(&t.op)) else {
         return;
     };
