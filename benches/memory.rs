@@ -67,6 +67,11 @@
 //! measured (3,757 less the fixed cost); with the sandbox, + 9.1 KB + ~1.9 KB ≈ 14.7 KB/item
 //! against 15.0 KB/item measured.
 //!
+//! After requests are rendered when they are sent (2026-12-02, 100,000 items, load average 6):
+//! 525 MB peak with the embedded sandbox, 263 MB for payrun alone (130 MB when the first item
+//! is sent); planned items 434 B/item (id + key + digest 76, money 200, the array 157); records
+//! 1,356; redb's cache 344 (capped at 32 MiB); the sandbox 2,612.
+//!
 //! What the 300 MB target needs: 300 MB for 1,000,000 items is 18 MB fixed plus 282 bytes
 //! per item for everything — payrun, the embedded sandbox, redb's cache and glibc's overhead.
 //! - The sandbox alone is 9.1 KB/item (≈ 11 KB in RSS) today: even a payrun that held nothing
