@@ -24,6 +24,106 @@ pub enum ErrorClass {
     Network,
 }
 
+/// The ids a provider gave a paid node (`paymentId`, `globalId`, …), by name. Every paid
+/// item holds them for the whole run, so they are kept in one allocation (each name and value
+/// after its length) rather than a map of strings (a third of the memory); read and written as
+/// a JSON object sorted by name, exactly as a `BTreeMap` was, so stores are unchanged.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Ids(Box<[u8]>);
+
+impl Ids {
+    /// The pairs, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut rest: &[u8] = &self.0;
+        std::iter::from_fn(move || {
+            let mut take = || -> Option<&str> {
+                let (len, tail) = read_len(rest)?;
+                let (text, tail) = (tail.get(..len)?, tail.get(len..)?);
+                rest = tail;
+                std::str::from_utf8(text).ok()
+            };
+            Some((take()?, take()?))
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+}
+
+/// A length as LEB128 (7 bits a byte, low first), then the rest.
+fn read_len(b: &[u8]) -> Option<(usize, &[u8])> {
+    let mut n = 0usize;
+    for (i, &x) in b.iter().enumerate().take(5) {
+        n |= usize::from(x & 0x7f) << (7 * i);
+        if x & 0x80 == 0 {
+            return Some((n, &b[i + 1..]));
+        }
+    }
+    None
+}
+
+fn write_len(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let low = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(low);
+            return;
+        }
+        out.push(low | 0x80);
+    }
+}
+
+impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Ids {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Ids {
+        let sorted: BTreeMap<String, String> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string()))
+            .collect();
+        Ids::from(sorted)
+    }
+}
+
+impl From<BTreeMap<String, String>> for Ids {
+    fn from(m: BTreeMap<String, String>) -> Ids {
+        let mut out = Vec::new();
+        for (k, v) in &m {
+            for text in [k, v] {
+                write_len(&mut out, text.len());
+                out.extend_from_slice(text.as_bytes());
+            }
+        }
+        Ids(out.into_boxed_slice())
+    }
+}
+
+impl std::fmt::Debug for Ids {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Ids {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Ids {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Ids, D::Error> {
+        BTreeMap::<String, String>::deserialize(d).map(Ids::from)
+    }
+}
+
 /// What a provider's answer means, as the adapter classified it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Verdict {
@@ -428,5 +528,41 @@ pub fn fill_results(
             .values_mut()
             .for_each(|x| fill_results(x, lookup, missing)),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_read_and_write_the_same_json_object_a_map_of_them_did() {
+        let long = "x".repeat(300);
+        let map: BTreeMap<String, String> = [
+            ("paymentId", "e08bce0f-d869-834a-8ef7-9e239f089103"),
+            ("globalId", "g-1"),
+            ("empty", ""),
+            ("long", long.as_str()),
+            ("unicode ü", "日本"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let ids = Ids::from(map.clone());
+        assert_eq!(
+            serde_json::to_string(&ids).unwrap(),
+            serde_json::to_string(&map).unwrap()
+        );
+        let back: Ids = serde_json::from_str(&serde_json::to_string(&map).unwrap()).unwrap();
+        assert_eq!(back, ids);
+        assert_eq!(ids.get("long"), Some(long.as_str()));
+        assert_eq!(ids.get("empty"), Some(""));
+        assert_eq!(ids.get("unicode ü"), Some("日本"));
+        assert_eq!(ids.get("missing"), None);
+        assert_eq!(ids.len(), 5);
+        let names: Vec<&str> = ids.iter().map(|(k, _)| k).collect();
+        assert_eq!(names, map.keys().map(String::as_str).collect::<Vec<_>>());
+        assert!(Ids::default().is_empty());
+        assert_eq!(serde_json::to_string(&Ids::default()).unwrap(), "{}");
     }
 }

@@ -340,8 +340,7 @@ impl Book<'_> {
                     .or_else(|| {
                         ids.get(path)
                             .or_else(|| ids.get(name))
-                            .cloned()
-                            .map(Value::String)
+                            .map(|v| Value::String(v.to_string()))
                     }),
                 State::Failed {
                     code, description, ..

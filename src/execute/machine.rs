@@ -15,7 +15,6 @@
 use super::backoff::{self, ErrorClass};
 use crate::manifest::RetryPolicy;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use crate::wire::{Millis, Timings, Verdict};
@@ -70,7 +69,7 @@ pub enum State {
         unlisted: u32,
     },
     Succeeded {
-        ids: BTreeMap<String, String>,
+        ids: crate::wire::Ids,
         at: Millis,
     },
     Failed {
@@ -83,7 +82,7 @@ pub enum State {
     /// nothing is sent again — and shown apart from paid in status, report and exit code.
     Reversed {
         /// What the payment was paid under.
-        ids: BTreeMap<String, String>,
+        ids: crate::wire::Ids,
         paid_at: Millis,
         code: String,
         description: String,
@@ -517,7 +516,13 @@ fn after_send(
 ) -> (State, Vec<Effect>) {
     match verdict {
         Verdict::Accepted { reference } => submitted(attempt, reference, now, t),
-        Verdict::Succeeded { ids, .. } => (State::Succeeded { ids, at: now }, vec![]),
+        Verdict::Succeeded { ids, .. } => (
+            State::Succeeded {
+                ids: ids.into(),
+                at: now,
+            },
+            vec![],
+        ),
         Verdict::Failed { code, description } => (
             State::Failed {
                 code,
@@ -614,7 +619,13 @@ fn observed(state: &State, verdict: Verdict, now: Millis, t: &Timings) -> (State
         _ => 0,
     };
     match verdict {
-        Verdict::Succeeded { ids, .. } => (State::Succeeded { ids, at: now }, vec![]),
+        Verdict::Succeeded { ids, .. } => (
+            State::Succeeded {
+                ids: ids.into(),
+                at: now,
+            },
+            vec![],
+        ),
         Verdict::Failed { code, description } => (
             State::Failed {
                 code,
@@ -793,7 +804,7 @@ mod tests {
 
     fn paid() -> Verdict {
         Verdict::Succeeded {
-            ids: BTreeMap::from([("paymentId".to_string(), "p-1".to_string())]),
+            ids: std::collections::BTreeMap::from([("paymentId".to_string(), "p-1".to_string())]),
             result: None,
         }
     }
@@ -1595,7 +1606,7 @@ mod tests {
     fn a_failure_reported_after_a_success_goes_to_review_where_the_provider_has_no_reversals() {
         let t = no_idempotency();
         let paid = State::Succeeded {
-            ids: BTreeMap::new(),
+            ids: Default::default(),
             at: 1,
         };
         let declined = Verdict::Failed {

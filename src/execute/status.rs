@@ -354,7 +354,11 @@ pub fn report_csv(records: &[Record]) -> Vec<u8> {
             } => (Some(ids), code.as_str(), description.as_str(), Some(*at)),
             _ => (None, "", "", None),
         };
-        let get = |k: &str| ids.and_then(|m| m.get(k)).cloned().unwrap_or_default();
+        let get = |k: &str| {
+            ids.and_then(|m| m.get(k))
+                .map(str::to_string)
+                .unwrap_or_default()
+        };
         let (amount, currency) = r.money.first().cloned().unwrap_or_default();
         let time = |ms: Option<u64>| {
             ms.filter(|&ms| ms > 0)
