@@ -244,6 +244,51 @@ fn an_item_changed_after_the_batch_started_is_refused_on_resume() {
 }
 
 #[test]
+fn a_row_changed_while_the_run_sends_stops_it_before_that_row_is_sent_and_a_resume_pays_everyone_once()
+ {
+    // Requests are rendered when they are sent, from the row read again: a row changed in the
+    // meantime must never go out as it now reads.
+    let sb = start_sandbox(&[]);
+    let dir = batch_for(&sb);
+    let manifest = dir.path().join("manifest.yaml");
+    let m = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        m.replace("requests_per_second: 20", "requests_per_second: 4"),
+    )
+    .unwrap();
+    let run = payrun(dir.path(), &sb, &RUN)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ledger(&sb).len() < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let csv = dir.path().join("employees.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    // The last row, the last to be sent: another amount, the same length.
+    std::fs::write(&csv, text.replace("6393.52,GBP", "9393.52,GBP")).unwrap();
+    let out = run.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("error[run.source]"), "{said}");
+    assert!(said.contains("no longer holds item E01050"), "{said}");
+    let paid = ledger(&sb);
+    let changed = payrun::keys::item_key("acme-payroll-2026-11", "E01050");
+    assert!(paid.len() < 50, "stopped before the end");
+    assert!(
+        paid.iter().all(|e| e["key"] != changed.as_str()),
+        "the changed row was not sent"
+    );
+    // Put back, the batch goes on and ends with everyone paid once.
+    std::fs::write(&csv, text).unwrap();
+    let resume = payrun(dir.path(), &sb, &RESUME).spawn().unwrap();
+    assert_eq!(wait_exit(resume, Duration::from_secs(60)), 0);
+    assert_each_employee_paid_once(&sb);
+}
+
+#[test]
 fn status_and_report_work_during_a_run_from_another_process_and_after_it() {
     let sb = start_sandbox(&[]);
     let dir = batch_for(&sb);
