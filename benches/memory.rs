@@ -407,7 +407,7 @@ fn planned_items(manifest: &Path) -> (Flow, Vec<PlannedItem>) {
             line: item.line,
             index: item.index,
             offset: item.offset,
-            money: payrun::plan::item_money(flow, item, &key),
+            money: payrun::plan::item_money(flow, item, &key).into(),
             key,
         }
     })
@@ -454,11 +454,7 @@ fn planned_breakdown(items: &Vec<PlannedItem>) {
     let (mut strings, mut money) = (0usize, 0usize);
     for it in items {
         strings += it.id.capacity() + it.key.capacity() + it.digest.capacity();
-        money += it.money.capacity() * std::mem::size_of::<(String, String)>()
-            + it.money
-                .iter()
-                .map(|(a, c)| a.capacity() + c.capacity())
-                .sum::<usize>();
+        money += it.money.heap_bytes();
     }
     let array = items.capacity() * std::mem::size_of::<PlannedItem>();
     let b = |x: usize| x as f64 / n as f64;
@@ -483,14 +479,7 @@ fn records_breakdown(recs: &Vec<(u64, Record)>) {
     drop(states);
     let mut strings = 0usize;
     for (_, r) in recs {
-        strings += r.id.capacity()
-            + r.key.capacity()
-            + r.digest.capacity()
-            + r.money.capacity() * std::mem::size_of::<(String, String)>()
-            + r.money
-                .iter()
-                .map(|(a, c)| a.capacity() + c.capacity())
-                .sum::<usize>();
+        strings += r.id.capacity() + r.key.capacity() + r.digest.capacity() + r.money.heap_bytes();
     }
     let ids = recs
         .iter()

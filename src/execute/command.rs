@@ -44,7 +44,7 @@ impl Visitor for Collect<'_> {
             line: item.line,
             index: item.index,
             offset: item.offset,
-            money: crate::plan::item_money(self.flow, item, &key),
+            money: crate::plan::item_money(self.flow, item, &key).into(),
             key,
         });
     }
@@ -831,7 +831,7 @@ fn execute(
                     if let Ok(p) = rows.planned(it)
                         && let Some(first) = p.payload.first()
                     {
-                        f(first.get(), it.money.first().map(|(_, c)| c.as_str()));
+                        f(first.get(), it.money.first().map(|(_, c)| c));
                     }
                 }
             };
@@ -1200,7 +1200,7 @@ fn owed(
     let mut owed = std::collections::BTreeMap::new();
     for it in items.iter().filter(|it| !started.contains(it.key.as_str())) {
         for (a, c) in &it.money {
-            *owed.entry(c.clone()).or_default() +=
+            *owed.entry(c.to_string()).or_default() +=
                 rust_decimal::Decimal::from_str(a).unwrap_or_default();
         }
     }

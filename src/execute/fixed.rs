@@ -206,7 +206,7 @@ mod tests {
             line,
             index: 0,
             offset: 0,
-            money: Vec::new(),
+            money: Default::default(),
         }
     }
 

@@ -281,7 +281,7 @@ impl Book<'_> {
                 &crate::keys::task_key(&base.key, &format!("step/{}", s.path)),
                 &base.digest,
                 base.line,
-                Vec::new(),
+                Default::default(),
             );
             r.step = Some(s.path.clone());
             r.updated = now;
@@ -1232,7 +1232,7 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
                     line: i as u64 + 2,
                     index: i as u64,
                     offset: 0,
-                    money: Vec::new(),
+                    money: Default::default(),
                 };
                 (item, (payload, steps))
             })
@@ -1343,8 +1343,8 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
         requests.0[0].0 = vec![crate::providers::keep(
             &json!({"paymentid": "p0", "amount": "${result.bal.data.EUR}"}),
         )];
-        items[0].money = vec![("50.00".into(), "EUR".into())];
-        items[1].money = vec![("60.00".into(), "EUR".into())];
+        items[0].money = [("50.00", "EUR")].into_iter().collect();
+        items[1].money = [("60.00", "EUR")].into_iter().collect();
         let t = timings();
         let policy = flow.manifest.retry.default.clone();
         let asking = |b: &mut Book| {

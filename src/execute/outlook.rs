@@ -93,7 +93,7 @@ impl Outlook {
                     o.to_send += 1;
                     o.retried += usize::from(again);
                     for (amount, currency) in &it.money {
-                        let e = o.amounts.entry(currency.clone()).or_default();
+                        let e = o.amounts.entry(currency.to_string()).or_default();
                         e.0 += Decimal::from_str(amount).unwrap_or_default();
                         e.1 += 1;
                     }
@@ -281,7 +281,7 @@ mod tests {
             line: 2,
             index: 0,
             offset: 0,
-            money: vec![(amount.into(), currency.into())],
+            money: [(amount, currency)].into_iter().collect(),
         }
     }
 
@@ -290,7 +290,7 @@ mod tests {
             i,
             Record {
                 state,
-                ..Record::planned(id, &format!("k-{id}"), "d", 2, Vec::new())
+                ..Record::planned(id, &format!("k-{id}"), "d", 2, Default::default())
             },
         )
     }

@@ -109,7 +109,7 @@ impl Progress {
     fn count_paid(&mut self, r: &Record) {
         if matches!(r.state, State::Succeeded { .. }) {
             for (amount, currency) in &r.money {
-                *self.paid.entry(currency.clone()).or_default() +=
+                *self.paid.entry(currency.to_string()).or_default() +=
                     Decimal::from_str(amount).unwrap_or_default();
             }
         }
@@ -441,7 +441,7 @@ mod tests {
     fn rec(id: &str, state: State) -> Record {
         Record {
             state,
-            ..Record::planned(id, &format!("k-{id}"), "d", 2, Vec::new())
+            ..Record::planned(id, &format!("k-{id}"), "d", 2, Default::default())
         }
     }
 

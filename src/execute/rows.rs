@@ -86,7 +86,7 @@ flow:
                     line: item.line,
                     index: item.index,
                     offset: item.offset,
-                    money: Vec::new(),
+                    money: Default::default(),
                     key,
                 },
                 rendered.iter().map(|r| r.get().to_string()).collect(),

@@ -28,7 +28,7 @@ pub struct PlannedItem {
     /// Its position in the batch, and where its row starts in a CSV file (`validate::ItemRow`).
     pub index: u64,
     pub offset: u64,
-    pub money: Vec<(String, String)>,
+    pub money: crate::wire::Amounts,
 }
 
 /// Where and through which adapter to send.

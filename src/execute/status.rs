@@ -158,7 +158,7 @@ pub fn view(batch: &str, records: &[Record], running: Option<Holder>) -> StatusV
         for (amount, currency) in &r.money {
             let d = Decimal::from_str(amount).unwrap_or_default();
             *sums
-                .entry(currency.clone())
+                .entry(currency.to_string())
                 .or_default()
                 .entry(bucket(&r.state).to_string())
                 .or_insert(Decimal::ZERO) += d;
@@ -359,7 +359,11 @@ pub fn report_csv(records: &[Record]) -> Vec<u8> {
                 .map(str::to_string)
                 .unwrap_or_default()
         };
-        let (amount, currency) = r.money.first().cloned().unwrap_or_default();
+        let (amount, currency) = r
+            .money
+            .first()
+            .map(|(a, c)| (a.to_string(), c.to_string()))
+            .unwrap_or_default();
         let time = |ms: Option<u64>| {
             ms.filter(|&ms| ms > 0)
                 .and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64))
@@ -416,7 +420,7 @@ mod tests {
                 &format!("k-{id}"),
                 "d",
                 2,
-                vec![(amount.into(), "EUR".into())],
+                [(amount, "EUR")].into_iter().collect(),
             )
         }
     }

@@ -50,7 +50,7 @@ pub struct Record {
     pub requests: u32,
     /// (amount, currency) of each payout of the item.
     #[serde(default)]
-    pub money: Vec<(String, String)>,
+    pub money: crate::wire::Amounts,
     /// The item's attempt: 1, then 2 (with a new key) after `run --retry-failed`.
     #[serde(default = "first_attempt")]
     pub attempt: u32,
@@ -111,7 +111,7 @@ impl Record {
         key: &str,
         digest: &str,
         line: u64,
-        money: Vec<(String, String)>,
+        money: crate::wire::Amounts,
     ) -> Record {
         Record {
             id: id.to_string(),
@@ -733,7 +733,13 @@ mod tests {
     fn record(i: u64, state: State) -> Record {
         Record {
             state,
-            ..Record::planned(&format!("E{i}"), &format!("k{i}"), "d", i + 2, vec![])
+            ..Record::planned(
+                &format!("E{i}"),
+                &format!("k{i}"),
+                "d",
+                i + 2,
+                Default::default(),
+            )
         }
     }
 
