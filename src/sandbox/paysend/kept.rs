@@ -1,0 +1,452 @@
+//! What Paysend keeps in memory of each request and payment, in fixed-size form: a task's result
+//! is a code, a payout (its paymentId, and for a card its amount and currency), or — for the
+//! rare functions whose results carry more (fx quotes, balances, lookups, validation errors) —
+//! its JSON text; a payment by invoiceId is its ids, times and amount. Everything is rendered
+//! back to the JSON the sandbox answered with, and a form is only taken when it renders back
+//! exactly what it stands for (checked when it is made), so the answers never change.
+
+use super::Payment;
+use super::codes;
+use super::tree::{self, Executed, Json, Outcome};
+use crate::sandbox::compact::{self, Name};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// The comment of a payout held for review (L612-619).
+pub const ON_HOLD: &str = "Offline Antifraud check: RFI";
+
+/// A payout's `data`: its traceId and paymentId, and for a card its `arn`, `rrn` and `finance`
+/// (the amount and currency paid, at rate 1).
+pub fn payout_data(payment_id: &str, card: Option<(Value, &str)>) -> Value {
+    let trace: String = payment_id.replace('-', "");
+    match card {
+        None => json!({"traceId": trace, "paymentId": payment_id}),
+        Some((amount, code)) => {
+            let finance = json!({"to": {"amount": amount, "currency": code}, "from": {"amount": amount, "currency": code}, "rate": 1});
+            let rrn = trace.get(..12).unwrap_or("");
+            let arn = trace.get(12..18).unwrap_or("");
+            json!({"arn": arn, "rrn": rrn, "finance": finance, "traceId": rrn, "paymentId": payment_id})
+        }
+    }
+}
+
+/// A card payout's amount (digits, scale) and currency.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CardPaid {
+    minor: i64,
+    scale: u8,
+    currency: Name,
+}
+
+impl CardPaid {
+    fn amount(&self) -> Value {
+        serde_json::from_str(&compact::decimal_text(self.minor, self.scale)).unwrap_or(Value::Null)
+    }
+
+    /// The card part of a payout's `data`, read back from it.
+    fn of(data: &Value) -> Option<CardPaid> {
+        let to = data.pointer("/finance/to")?;
+        let (minor, scale) = match to.get("amount")? {
+            Value::Number(n) => compact::decimal(&n.to_string())?,
+            _ => return None,
+        };
+        Some(CardPaid {
+            minor,
+            scale,
+            currency: Name::new(to.get("currency")?.as_str()?)?,
+        })
+    }
+}
+
+fn data_of(payment_id: &[u8; 16], card: Option<&CardPaid>) -> Value {
+    let id = compact::uuid_text(payment_id);
+    payout_data(&id, card.map(|c| (c.amount(), c.currency.as_str())))
+}
+
+/// A task's result as kept.
+#[derive(Debug, Clone)]
+pub enum TaskResult {
+    /// Its parent's result did not lead to it.
+    NotRun,
+    /// `{"status": "Error", "code": c, "comment": <the code's comment>}`.
+    Code(u32),
+    /// A payout made: Success with its data, or held for review (code 5, the same data).
+    Payout {
+        payment_id: [u8; 16],
+        held: bool,
+        card: Option<Box<CardPaid>>,
+    },
+    /// Any other result, as its JSON text.
+    Json { ok: bool, result: Json },
+}
+
+impl TaskResult {
+    /// The kept form of `o`: the smallest one that renders back exactly its result.
+    pub fn new(o: &Outcome) -> TaskResult {
+        let kept = match tree::parse(&o.result) {
+            v if v.get("code").and_then(Value::as_u64) == Some(0) => {
+                payout(v.get("data"), false).filter(|_| o.ok)
+            }
+            v => match (v.get("code").and_then(Value::as_u64), v.get("data")) {
+                (Some(5), data @ Some(_)) => payout(data, true).filter(|_| !o.ok),
+                (Some(c), None) => u32::try_from(c)
+                    .ok()
+                    .map(TaskResult::Code)
+                    .filter(|_| !o.ok),
+                _ => None,
+            },
+        };
+        match kept {
+            Some(k) if k.outcome().is_some_and(|r| r == *o) => k,
+            _ => TaskResult::Json {
+                ok: o.ok,
+                result: o.result.clone(),
+            },
+        }
+    }
+
+    /// The outcome it stands for (`None`: not run).
+    pub fn outcome(&self) -> Option<Outcome> {
+        let (ok, v) = match self {
+            TaskResult::NotRun => return None,
+            TaskResult::Json { ok, result } => {
+                return Some(Outcome {
+                    ok: *ok,
+                    result: result.clone(),
+                });
+            }
+            TaskResult::Code(c) => (
+                false,
+                json!({"status": "Error", "code": c, "comment": codes::comment(*c)}),
+            ),
+            TaskResult::Payout {
+                payment_id,
+                held: false,
+                card,
+            } => (
+                true,
+                json!({"status": "Success", "code": 0, "data": data_of(payment_id, card.as_deref())}),
+            ),
+            TaskResult::Payout {
+                payment_id,
+                held: true,
+                card,
+            } => (
+                false,
+                json!({"status": "Error", "code": 5, "comment": ON_HOLD, "data": data_of(payment_id, card.as_deref())}),
+            ),
+        };
+        Some(Outcome {
+            ok,
+            result: tree::compact(&v),
+        })
+    }
+}
+
+fn payout(data: Option<&Value>, held: bool) -> Option<TaskResult> {
+    let data = data?;
+    let payment_id = compact::uuid(data.get("paymentId")?.as_str()?)?;
+    let card = match data.get("finance") {
+        Some(_) => Some(Box::new(CardPaid::of(data)?)),
+        None => None,
+    };
+    Some(TaskResult::Payout {
+        payment_id,
+        held,
+        card,
+    })
+}
+
+/// A task of an accepted request, as kept: its result, the level it ran on, and its children
+/// (those under `success`, then `fail`, then `always`).
+#[derive(Debug, Clone)]
+pub struct Ran {
+    pub result: TaskResult,
+    kids: Box<[Ran]>,
+    level: u16,
+    /// How many of `kids` are under `success`, and under `fail`.
+    split: [u16; 2],
+}
+
+impl Ran {
+    /// The kept form of an executed tree; `None` if one is too wide or deep for it (more than
+    /// 65,535 children on a branch or levels: kept as it is then).
+    pub fn new(e: &Executed) -> Option<Ran> {
+        let kids: Option<Vec<Ran>> = e
+            .success
+            .iter()
+            .chain(&e.fail)
+            .chain(&e.always)
+            .map(Ran::new)
+            .collect();
+        Some(Ran {
+            result: e
+                .outcome
+                .as_ref()
+                .map_or(TaskResult::NotRun, TaskResult::new),
+            kids: kids?.into_boxed_slice(),
+            level: u16::try_from(e.level).ok()?,
+            split: [
+                u16::try_from(e.success.len()).ok()?,
+                u16::try_from(e.fail.len()).ok()?,
+            ],
+        })
+    }
+
+    pub fn level(&self) -> usize {
+        usize::from(self.level)
+    }
+
+    /// Its children under `success`, `fail` and `always`.
+    pub fn branches(&self) -> [&[Ran]; 3] {
+        let (s, rest) = self
+            .kids
+            .split_at(usize::from(self.split[0]).min(self.kids.len()));
+        let (f, a) = rest.split_at(usize::from(self.split[1]).min(rest.len()));
+        [s, f, a]
+    }
+
+    /// The executed tree it stands for.
+    pub fn executed(&self) -> Executed {
+        let [s, f, a] = self.branches();
+        Executed {
+            level: self.level(),
+            outcome: self.result.outcome(),
+            success: s.iter().map(Ran::executed).collect(),
+            fail: f.iter().map(Ran::executed).collect(),
+            always: a.iter().map(Ran::executed).collect(),
+        }
+    }
+}
+
+/// The executed trees of a request as kept: compact where every tree fits, else as they are.
+#[derive(Debug)]
+pub enum Trees {
+    Kept(Box<[Ran]>),
+    AsRun(Vec<Executed>),
+}
+
+impl Trees {
+    pub fn new(tree: &[Executed]) -> Trees {
+        match tree.iter().map(Ran::new).collect::<Option<Vec<Ran>>>() {
+            Some(r) => Trees::Kept(r.into_boxed_slice()),
+            None => Trees::AsRun(tree.to_vec()),
+        }
+    }
+
+    pub fn executed(&self) -> Vec<Executed> {
+        match self {
+            Trees::Kept(r) => r.iter().map(Ran::executed).collect(),
+            Trees::AsRun(t) => t.clone(),
+        }
+    }
+}
+
+/// A payment by invoiceId as kept: fixed-size fields where they render back the `Payment`
+/// exactly (always, for the sandbox's own payouts), else the `Payment` itself.
+#[derive(Debug, Clone)]
+pub enum Paid {
+    Fixed(FixedPaid),
+    Whole(Box<Payment>),
+}
+
+#[derive(Debug, Clone)]
+pub struct FixedPaid {
+    payment_id: [u8; 16],
+    /// Provider times, in nanoseconds.
+    accepted_at: u64,
+    done_at: u64,
+    /// `u64::MAX`: not held.
+    held_until: u64,
+    /// `u32::MAX`: no error.
+    error: u32,
+    card: Option<CardPaid>,
+}
+
+impl Paid {
+    pub fn new(p: &Payment) -> Paid {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).ok();
+        let fixed = (|| {
+            Some(FixedPaid {
+                payment_id: compact::uuid(&p.payment_id)?,
+                accepted_at: ns(p.accepted_at)?,
+                done_at: ns(p.done_at)?,
+                held_until: match p.held_until {
+                    None => u64::MAX,
+                    Some(h) => ns(h).filter(|h| *h != u64::MAX)?,
+                },
+                error: match p.error {
+                    None => u32::MAX,
+                    Some(e) => Some(e).filter(|e| *e != u32::MAX)?,
+                },
+                card: match p.data.get("finance") {
+                    Some(_) => Some(CardPaid::of(&p.data)?),
+                    None => None,
+                },
+            })
+        })();
+        match fixed {
+            Some(f) if f.payment(&p.invoice_id) == *p => Paid::Fixed(f),
+            _ => Paid::Whole(Box::new(p.clone())),
+        }
+    }
+
+    /// Whether it was paid (no error): the 3011 guard.
+    pub fn succeeded(&self) -> bool {
+        match self {
+            Paid::Fixed(f) => f.error == u32::MAX,
+            Paid::Whole(p) => p.error.is_none(),
+        }
+    }
+
+    /// The payment it stands for, kept under `invoice_id`.
+    pub fn payment(&self, invoice_id: &str) -> Payment {
+        match self {
+            Paid::Fixed(f) => f.payment(invoice_id),
+            Paid::Whole(p) => (**p).clone(),
+        }
+    }
+}
+
+impl FixedPaid {
+    fn payment(&self, invoice_id: &str) -> Payment {
+        Payment {
+            payment_id: compact::uuid_text(&self.payment_id),
+            invoice_id: invoice_id.to_string(),
+            accepted_at: Duration::from_nanos(self.accepted_at),
+            done_at: Duration::from_nanos(self.done_at),
+            error: (self.error != u32::MAX).then_some(self.error),
+            held_until: (self.held_until != u64::MAX)
+                .then(|| Duration::from_nanos(self.held_until)),
+            data: data_of(&self.payment_id, self.card.as_ref()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(ok: bool, v: Value) -> Outcome {
+        Outcome {
+            ok,
+            result: tree::compact(&v),
+        }
+    }
+
+    fn pid() -> String {
+        crate::keys::task_key("paysend-sandbox/1", "inv")
+    }
+
+    #[test]
+    fn a_payout_an_error_code_and_a_hold_are_kept_as_fields_and_render_back_the_same() {
+        let card = payout_data(&pid(), Some((serde_json::from_str("10.5").unwrap(), "EUR")));
+        for (o, fixed) in [
+            (
+                outcome(
+                    true,
+                    json!({"status": "Success", "code": 0, "data": payout_data(&pid(), None)}),
+                ),
+                true,
+            ),
+            (
+                outcome(true, json!({"status": "Success", "code": 0, "data": card})),
+                true,
+            ),
+            (
+                outcome(
+                    false,
+                    json!({"status": "Error", "code": 5, "comment": ON_HOLD, "data": card}),
+                ),
+                true,
+            ),
+            (
+                outcome(
+                    false,
+                    json!({"status": "Error", "code": 3011, "comment": codes::comment(3011)}),
+                ),
+                true,
+            ),
+            // Not the comment the code has: kept as JSON.
+            (
+                outcome(
+                    false,
+                    json!({"status": "Error", "code": 3011, "comment": "other"}),
+                ),
+                false,
+            ),
+            (
+                outcome(
+                    true,
+                    json!({"status": "Success", "code": 0, "data": {"balances": {"EUR": 1}}}),
+                ),
+                false,
+            ),
+            (
+                outcome(
+                    true,
+                    json!({"status": "Success", "code": 0, "data": {"traceId": "x", "paymentId": pid()}}),
+                ),
+                false,
+            ),
+        ] {
+            let kept = TaskResult::new(&o);
+            assert_eq!(
+                !matches!(kept, TaskResult::Json { .. }),
+                fixed,
+                "{}",
+                o.result.get()
+            );
+            assert_eq!(kept.outcome().unwrap(), o);
+        }
+    }
+
+    #[test]
+    fn a_kept_tree_gives_back_the_executed_tree() {
+        let tasks = json!([
+            {"type": "a", "success": [{"type": "s"}, {"type": "s2"}], "fail": [{"type": "f"}], "always": [{"type": "x", "success": [{"type": "y"}]}]},
+            {"type": "b"}
+        ]);
+        let mut n = 0;
+        let tree = tree::run(tasks.as_array().unwrap(), &mut |ty, _, _| {
+            n += 1;
+            match ty {
+                "b" => outcome(
+                    false,
+                    json!({"status": "Error", "code": 1000, "comment": codes::comment(1000)}),
+                ),
+                _ => outcome(
+                    true,
+                    json!({"status": "Success", "code": 0, "data": {"n": n}}),
+                ),
+            }
+        });
+        let kept = Trees::new(&tree);
+        assert!(matches!(kept, Trees::Kept(_)));
+        assert_eq!(kept.executed(), tree);
+    }
+
+    #[test]
+    fn a_payment_is_kept_as_fields_and_gives_back_the_same_payment() {
+        let mut p = Payment {
+            payment_id: pid(),
+            invoice_id: "inv-1".into(),
+            accepted_at: Duration::new(3, 123_456_789),
+            done_at: Duration::new(4, 1),
+            error: None,
+            held_until: Some(Duration::from_secs(3600)),
+            data: payout_data(&pid(), Some((serde_json::from_str("1000").unwrap(), "JPY"))),
+        };
+        let kept = Paid::new(&p);
+        assert!(matches!(kept, Paid::Fixed(_)));
+        assert!(kept.succeeded());
+        assert_eq!(kept.payment("inv-1"), p);
+        p.data["traceId"] = json!("other");
+        let kept = Paid::new(&p);
+        assert!(
+            matches!(kept, Paid::Whole(_)),
+            "data it cannot render is kept whole"
+        );
+        assert_eq!(kept.payment("inv-1"), p);
+    }
+}
