@@ -38,15 +38,9 @@ pub struct Entry {
     pub request_id: String,
 }
 
-/// A ledger row as kept in memory: an [`Entry`] in fixed-size fields (see `compact`), ~100
-/// bytes instead of nine strings; one that does not fit them (Payonic's `<paymentid>/<op>` keys,
-/// a time from an older file) is kept whole.
-#[derive(Debug, Clone)]
-enum Row {
-    Fixed(Fixed),
-    Whole(Box<Entry>),
-}
-
+/// A ledger row as kept in memory: an [`Entry`] in fixed-size fields (see `compact`), 88
+/// bytes instead of nine strings. An entry that does not fit them (Payonic's
+/// `<paymentid>/<op>` keys, a time from an older file) is kept whole, apart.
 #[derive(Debug, Clone)]
 struct Fixed {
     key: [u8; 16],
@@ -63,72 +57,73 @@ struct Fixed {
     scale: u8,
 }
 
-impl Row {
-    fn new(e: Entry) -> Row {
-        let fixed = (|| {
-            let (minor, scale) = compact::decimal(&e.amount)?;
-            Some(Fixed {
-                key: compact::uuid(&e.key)?,
-                payment_id: compact::uuid(&e.payment_id)?,
-                request_id: compact::uuid(&e.request_id)?,
-                recipient_digest: compact::hex16(&e.recipient_digest)?,
-                minor,
-                time: compact::time(&e.time)?,
-                provider: Name::new(&e.provider)?,
-                operation: Name::new(&e.operation)?,
-                currency: Name::new(&e.currency)?,
-                scale,
-            })
-        })();
-        match fixed {
-            Some(f) => Row::Fixed(f),
-            None => Row::Whole(Box::new(e)),
-        }
+impl Fixed {
+    fn new(e: &Entry) -> Option<Fixed> {
+        let (minor, scale) = compact::decimal(&e.amount)?;
+        Some(Fixed {
+            key: compact::uuid(&e.key)?,
+            payment_id: compact::uuid(&e.payment_id)?,
+            request_id: compact::uuid(&e.request_id)?,
+            recipient_digest: compact::hex16(&e.recipient_digest)?,
+            minor,
+            time: compact::time(&e.time)?,
+            provider: Name::new(&e.provider)?,
+            operation: Name::new(&e.operation)?,
+            currency: Name::new(&e.currency)?,
+            scale,
+        })
     }
 
     fn entry(&self) -> Entry {
-        match self {
-            Row::Whole(e) => (**e).clone(),
-            Row::Fixed(f) => Entry {
-                provider: f.provider.as_str().to_string(),
-                key: compact::uuid_text(&f.key),
-                payment_id: compact::uuid_text(&f.payment_id),
-                operation: f.operation.as_str().to_string(),
-                amount: compact::decimal_text(f.minor, f.scale),
-                currency: f.currency.as_str().to_string(),
-                recipient_digest: crate::keys::hex_lower(&f.recipient_digest),
-                time: compact::time_text(f.time),
-                request_id: compact::uuid_text(&f.request_id),
-            },
+        Entry {
+            provider: self.provider.as_str().to_string(),
+            key: compact::uuid_text(&self.key),
+            payment_id: compact::uuid_text(&self.payment_id),
+            operation: self.operation.as_str().to_string(),
+            amount: compact::decimal_text(self.minor, self.scale),
+            currency: self.currency.as_str().to_string(),
+            recipient_digest: crate::keys::hex_lower(&self.recipient_digest),
+            time: compact::time_text(self.time),
+            request_id: compact::uuid_text(&self.request_id),
         }
     }
 }
 
-/// Rows in chunks of a fixed capacity: a growing ledger never holds a doubled array's spare
-/// half (nor copies it when growing).
+/// One shard's rows, each with its sequence number: fixed ones in chunks of a fixed capacity
+/// (a growing ledger never holds a doubled array's spare half, nor copies it when growing),
+/// whole ones apart.
 #[derive(Default)]
 struct Rows {
-    chunks: Vec<Vec<(u64, Row)>>,
-    len: usize,
+    fixed: Vec<Vec<(u64, Fixed)>>,
+    whole: Vec<(u64, Entry)>,
 }
 
 impl Rows {
     const CHUNK: usize = 4096;
 
-    fn push(&mut self, r: (u64, Row)) {
-        match self.chunks.last_mut() {
-            Some(c) if c.len() < Rows::CHUNK => c.push(r),
+    fn push(&mut self, seq: u64, e: Entry) {
+        let Some(f) = Fixed::new(&e).filter(|f| f.entry() == e) else {
+            self.whole.push((seq, e));
+            return;
+        };
+        match self.fixed.last_mut() {
+            Some(c) if c.len() < Rows::CHUNK => c.push((seq, f)),
             _ => {
                 let mut c = Vec::with_capacity(Rows::CHUNK);
-                c.push(r);
-                self.chunks.push(c);
+                c.push((seq, f));
+                self.fixed.push(c);
             }
         }
-        self.len += 1;
     }
 
-    fn iter(&self) -> impl Iterator<Item = &(u64, Row)> {
-        self.chunks.iter().flatten()
+    fn len(&self) -> usize {
+        self.fixed.iter().map(Vec::len).sum::<usize>() + self.whole.len()
+    }
+
+    /// Every row as an entry, with its sequence number.
+    fn entries(&self) -> impl Iterator<Item = (u64, Entry)> + '_ {
+        let fixed = self.fixed.iter().flatten().map(|(s, f)| (*s, f.entry()));
+        fixed.chain(self.whole.iter().map(|(s, e)| (*s, e.clone())))
     }
 
     fn clear(&mut self) {
@@ -361,7 +356,7 @@ impl Ledger {
         self.entries[shard()]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((seq, Row::new(e)));
+            .push(seq, e);
     }
 
     /// Every entry, in the order recorded.
@@ -369,7 +364,7 @@ impl Ledger {
         let mut all: Vec<(u64, Entry)> = Vec::new();
         for s in &self.entries {
             let rows = s.lock().unwrap_or_else(|p| p.into_inner());
-            all.extend(rows.iter().map(|(seq, r)| (*seq, r.entry())));
+            all.extend(rows.entries());
         }
         all.sort_by_key(|(seq, _)| *seq);
         all.into_iter().map(|(_, e)| e).collect()
@@ -429,7 +424,7 @@ impl Ledger {
             payments: self
                 .entries
                 .iter()
-                .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len as u64)
+                .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len() as u64)
                 .sum(),
         }
     }
@@ -536,8 +531,9 @@ mod tests {
             request_id: String::new(),
             ..paysend.clone()
         };
-        assert!(matches!(Row::new(paysend.clone()), Row::Fixed(_)));
-        assert!(matches!(Row::new(payonic.clone()), Row::Whole(_)));
+        assert!(Fixed::new(&paysend).is_some());
+        assert!(Fixed::new(&payonic).is_none());
+        assert_eq!(std::mem::size_of::<Fixed>(), 88);
         ledger.record(paysend.clone());
         ledger.record(payonic.clone());
         assert_eq!(ledger.entries(), [paysend, payonic]);

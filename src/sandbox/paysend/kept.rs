@@ -157,69 +157,19 @@ fn payout(data: Option<&Value>, held: bool) -> Option<TaskResult> {
     })
 }
 
-/// A task of an accepted request, as kept: its result, the level it ran on, and its children
-/// (those under `success`, then `fail`, then `always`).
+/// A task of an accepted request, as kept: its result, the level it ran on, and how many
+/// children it has under `success`, `fail` and `always`. A request's tasks are kept in one
+/// array, each followed by its children's (depth first): 40 bytes a task, one allocation a
+/// request.
 #[derive(Debug, Clone)]
 pub struct Ran {
-    pub result: TaskResult,
-    kids: Box<[Ran]>,
+    result: TaskResult,
     level: u16,
-    /// How many of `kids` are under `success`, and under `fail`.
-    split: [u16; 2],
+    kids: [u16; 3],
 }
 
-impl Ran {
-    /// The kept form of an executed tree; `None` if one is too wide or deep for it (more than
-    /// 65,535 children on a branch or levels: kept as it is then).
-    pub fn new(e: &Executed) -> Option<Ran> {
-        let kids: Option<Vec<Ran>> = e
-            .success
-            .iter()
-            .chain(&e.fail)
-            .chain(&e.always)
-            .map(Ran::new)
-            .collect();
-        Some(Ran {
-            result: e
-                .outcome
-                .as_ref()
-                .map_or(TaskResult::NotRun, TaskResult::new),
-            kids: kids?.into_boxed_slice(),
-            level: u16::try_from(e.level).ok()?,
-            split: [
-                u16::try_from(e.success.len()).ok()?,
-                u16::try_from(e.fail.len()).ok()?,
-            ],
-        })
-    }
-
-    pub fn level(&self) -> usize {
-        usize::from(self.level)
-    }
-
-    /// Its children under `success`, `fail` and `always`.
-    pub fn branches(&self) -> [&[Ran]; 3] {
-        let (s, rest) = self
-            .kids
-            .split_at(usize::from(self.split[0]).min(self.kids.len()));
-        let (f, a) = rest.split_at(usize::from(self.split[1]).min(rest.len()));
-        [s, f, a]
-    }
-
-    /// The executed tree it stands for.
-    pub fn executed(&self) -> Executed {
-        let [s, f, a] = self.branches();
-        Executed {
-            level: self.level(),
-            outcome: self.result.outcome(),
-            success: s.iter().map(Ran::executed).collect(),
-            fail: f.iter().map(Ran::executed).collect(),
-            always: a.iter().map(Ran::executed).collect(),
-        }
-    }
-}
-
-/// The executed trees of a request as kept: compact where every tree fits, else as they are.
+/// The executed trees of a request as kept: compact where every tree fits, else as they are
+/// (more than 65,535 children on one branch, or levels).
 #[derive(Debug)]
 pub enum Trees {
     Kept(Box<[Ran]>),
@@ -228,15 +178,59 @@ pub enum Trees {
 
 impl Trees {
     pub fn new(tree: &[Executed]) -> Trees {
-        match tree.iter().map(Ran::new).collect::<Option<Vec<Ran>>>() {
-            Some(r) => Trees::Kept(r.into_boxed_slice()),
+        fn flat(e: &Executed, out: &mut Vec<Ran>) -> Option<()> {
+            let n = |v: &Vec<Executed>| u16::try_from(v.len()).ok();
+            out.push(Ran {
+                result: e
+                    .outcome
+                    .as_ref()
+                    .map_or(TaskResult::NotRun, TaskResult::new),
+                level: u16::try_from(e.level).ok()?,
+                kids: [n(&e.success)?, n(&e.fail)?, n(&e.always)?],
+            });
+            e.success
+                .iter()
+                .chain(&e.fail)
+                .chain(&e.always)
+                .try_for_each(|k| flat(k, out))
+        }
+        let mut out = Vec::new();
+        match tree.iter().try_for_each(|e| flat(e, &mut out)) {
+            Some(()) => Trees::Kept(out.into_boxed_slice()),
             None => Trees::AsRun(tree.to_vec()),
         }
     }
 
     pub fn executed(&self) -> Vec<Executed> {
+        fn tree(it: &mut std::slice::Iter<'_, Ran>) -> Executed {
+            let Some(r) = it.next() else {
+                // Cannot happen: the array was made from whole trees.
+                return Executed {
+                    level: 0,
+                    outcome: None,
+                    success: vec![],
+                    fail: vec![],
+                    always: vec![],
+                };
+            };
+            let mut kids = r.kids.map(|n| (0..n).map(|_| tree(it)).collect::<Vec<_>>());
+            Executed {
+                level: usize::from(r.level),
+                outcome: r.result.outcome(),
+                always: std::mem::take(&mut kids[2]),
+                fail: std::mem::take(&mut kids[1]),
+                success: std::mem::take(&mut kids[0]),
+            }
+        }
         match self {
-            Trees::Kept(r) => r.iter().map(Ran::executed).collect(),
+            Trees::Kept(r) => {
+                let mut it = r.iter();
+                let mut out = Vec::new();
+                while !it.as_slice().is_empty() {
+                    out.push(tree(&mut it));
+                }
+                out
+            }
             Trees::AsRun(t) => t.clone(),
         }
     }
@@ -260,7 +254,7 @@ pub struct FixedPaid {
     held_until: u64,
     /// `u32::MAX`: no error.
     error: u32,
-    card: Option<CardPaid>,
+    card: Option<Box<CardPaid>>,
 }
 
 impl Paid {
@@ -280,7 +274,7 @@ impl Paid {
                     Some(e) => Some(e).filter(|e| *e != u32::MAX)?,
                 },
                 card: match p.data.get("finance") {
-                    Some(_) => Some(CardPaid::of(&p.data)?),
+                    Some(_) => Some(Box::new(CardPaid::of(&p.data)?)),
                     None => None,
                 },
             })
@@ -318,7 +312,7 @@ impl FixedPaid {
             error: (self.error != u32::MAX).then_some(self.error),
             held_until: (self.held_until != u64::MAX)
                 .then(|| Duration::from_nanos(self.held_until)),
-            data: data_of(&self.payment_id, self.card.as_ref()),
+            data: data_of(&self.payment_id, self.card.as_deref()),
         }
     }
 }
@@ -424,6 +418,20 @@ mod tests {
         let kept = Trees::new(&tree);
         assert!(matches!(kept, Trees::Kept(_)));
         assert_eq!(kept.executed(), tree);
+    }
+
+    #[test]
+    fn what_is_kept_per_payout_stays_small() {
+        assert!(
+            std::mem::size_of::<Paid>() <= 64,
+            "{}",
+            std::mem::size_of::<Paid>()
+        );
+        assert!(
+            std::mem::size_of::<Ran>() <= 40,
+            "{}",
+            std::mem::size_of::<Ran>()
+        );
     }
 
     #[test]
