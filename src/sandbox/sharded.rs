@@ -100,7 +100,7 @@ impl<V> IdMap<V> {
     /// `recent` into `sorted` (a key in both takes the recent value).
     fn merge(&mut self) {
         let mut recent: Vec<([u8; 16], V)> = self.recent.drain().collect();
-        recent.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        recent.sort_unstable_by_key(|e| e.0);
         let old = std::mem::take(&mut self.sorted);
         let mut merged = Vec::with_capacity(old.len() + recent.len());
         let mut old = old.into_iter().peekable();

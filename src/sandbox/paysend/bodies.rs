@@ -6,6 +6,8 @@
 //! AES-256-GCM under a random key that only this process's memory holds: the card and account
 //! numbers a request carries are never readable on disk. A body costs 12 bytes of memory.
 //!
+//! A reset leaves the file as it is: the bodies it forgot are never read again.
+//!
 //! Choice: where no such file can be made (no writable temporary folder), bodies are kept in
 //! memory as before; an answer never depends on where its body is.
 
@@ -56,6 +58,11 @@ impl Bodies {
             }
         }
         Body::Held(body.clone())
+    }
+
+    /// Bytes written to the file so far.
+    pub fn on_disk(&self) -> u64 {
+        self.end.load(Ordering::Relaxed)
     }
 
     /// The body kept as `b`; `None` only if the file cannot be read back (it was written

@@ -236,8 +236,9 @@ impl Trees {
     }
 }
 
-/// A payment by invoiceId as kept: fixed-size fields where they render back the `Payment`
-/// exactly (always, for the sandbox's own payouts), else the `Payment` itself.
+/// A payment by invoiceId as kept: a payout that completed (neither held nor failed, which is
+/// every payout of a batch without faults) in fixed-size fields that render back the `Payment`
+/// exactly; any other, the `Payment` itself.
 #[derive(Debug, Clone)]
 pub enum Paid {
     Fixed(FixedPaid),
@@ -250,10 +251,6 @@ pub struct FixedPaid {
     /// Provider times, in nanoseconds.
     accepted_at: u64,
     done_at: u64,
-    /// `u64::MAX`: not held.
-    held_until: u64,
-    /// `u32::MAX`: no error.
-    error: u32,
     card: Option<Box<CardPaid>>,
 }
 
@@ -261,18 +258,13 @@ impl Paid {
     pub fn new(p: &Payment) -> Paid {
         let ns = |d: Duration| u64::try_from(d.as_nanos()).ok();
         let fixed = (|| {
+            if p.error.is_some() || p.held_until.is_some() {
+                return None;
+            }
             Some(FixedPaid {
                 payment_id: compact::uuid(&p.payment_id)?,
                 accepted_at: ns(p.accepted_at)?,
                 done_at: ns(p.done_at)?,
-                held_until: match p.held_until {
-                    None => u64::MAX,
-                    Some(h) => ns(h).filter(|h| *h != u64::MAX)?,
-                },
-                error: match p.error {
-                    None => u32::MAX,
-                    Some(e) => Some(e).filter(|e| *e != u32::MAX)?,
-                },
                 card: match p.data.get("finance") {
                     Some(_) => Some(Box::new(CardPaid::of(&p.data)?)),
                     None => None,
@@ -288,7 +280,7 @@ impl Paid {
     /// Whether it was paid (no error): the 3011 guard.
     pub fn succeeded(&self) -> bool {
         match self {
-            Paid::Fixed(f) => f.error == u32::MAX,
+            Paid::Fixed(_) => true,
             Paid::Whole(p) => p.error.is_none(),
         }
     }
@@ -309,9 +301,8 @@ impl FixedPaid {
             invoice_id: invoice_id.to_string(),
             accepted_at: Duration::from_nanos(self.accepted_at),
             done_at: Duration::from_nanos(self.done_at),
-            error: (self.error != u32::MAX).then_some(self.error),
-            held_until: (self.held_until != u64::MAX)
-                .then(|| Duration::from_nanos(self.held_until)),
+            error: None,
+            held_until: None,
             data: data_of(&self.payment_id, self.card.as_deref()),
         }
     }
@@ -442,11 +433,19 @@ mod tests {
             accepted_at: Duration::new(3, 123_456_789),
             done_at: Duration::new(4, 1),
             error: None,
-            held_until: Some(Duration::from_secs(3600)),
+            held_until: None,
             data: payout_data(&pid(), Some((serde_json::from_str("1000").unwrap(), "JPY"))),
         };
         let kept = Paid::new(&p);
         assert!(matches!(kept, Paid::Fixed(_)));
+        assert!(kept.succeeded());
+        assert_eq!(kept.payment("inv-1"), p);
+        p.held_until = Some(Duration::from_secs(3600));
+        let kept = Paid::new(&p);
+        assert!(
+            matches!(kept, Paid::Whole(_)),
+            "a held payout is kept whole"
+        );
         assert!(kept.succeeded());
         assert_eq!(kept.payment("inv-1"), p);
         p.data["traceId"] = json!("other");
