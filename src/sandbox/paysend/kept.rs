@@ -172,12 +172,44 @@ pub struct Ran {
 /// (more than 65,535 children on one branch, or levels).
 #[derive(Debug)]
 pub enum Trees {
+    /// Every tree one task that paid to an account (a payroll's request): their paymentIds,
+    /// 16 bytes a task.
+    Payouts(Box<[[u8; 16]]>),
     Kept(Box<[Ran]>),
     AsRun(Vec<Executed>),
 }
 
+/// The result of a payout to an account that completed.
+fn account_payout(payment_id: [u8; 16]) -> TaskResult {
+    TaskResult::Payout {
+        payment_id,
+        held: false,
+        card: None,
+    }
+}
+
 impl Trees {
     pub fn new(tree: &[Executed]) -> Trees {
+        let payouts: Option<Vec<[u8; 16]>> = tree
+            .iter()
+            .map(|e| {
+                let alone = e.level == 0
+                    && e.success.is_empty()
+                    && e.fail.is_empty()
+                    && e.always.is_empty();
+                match e.outcome.as_ref().filter(|_| alone).map(TaskResult::new) {
+                    Some(TaskResult::Payout {
+                        payment_id,
+                        held: false,
+                        card: None,
+                    }) => Some(payment_id),
+                    _ => None,
+                }
+            })
+            .collect();
+        if let Some(p) = payouts {
+            return Trees::Payouts(p.into_boxed_slice());
+        }
         fn flat(e: &Executed, out: &mut Vec<Ran>) -> Option<()> {
             let n = |v: &Vec<Executed>| u16::try_from(v.len()).ok();
             out.push(Ran {
@@ -223,6 +255,16 @@ impl Trees {
             }
         }
         match self {
+            Trees::Payouts(p) => p
+                .iter()
+                .map(|id| Executed {
+                    level: 0,
+                    outcome: account_payout(*id).outcome(),
+                    success: vec![],
+                    fail: vec![],
+                    always: vec![],
+                })
+                .collect(),
             Trees::Kept(r) => {
                 let mut it = r.iter();
                 let mut out = Vec::new();
@@ -409,6 +451,7 @@ mod tests {
         let kept = Trees::new(&tree);
         assert!(matches!(kept, Trees::Kept(_)));
         assert_eq!(kept.executed(), tree);
+        assert!(matches!(Trees::new(&[]), Trees::Payouts(_)));
     }
 
     #[test]
@@ -423,6 +466,29 @@ mod tests {
             "{}",
             std::mem::size_of::<Ran>()
         );
+    }
+
+    #[test]
+    fn a_request_of_account_payouts_is_kept_as_their_payment_ids() {
+        let payout = |n: u32| {
+            let id = crate::keys::task_key("paysend-sandbox/1", &n.to_string());
+            outcome(
+                true,
+                json!({"status": "Success", "code": 0, "data": payout_data(&id, None)}),
+            )
+        };
+        let tasks = json!([{"type": "a"}, {"type": "b"}]);
+        let mut n = 0;
+        let tree = tree::run(tasks.as_array().unwrap(), &mut |_, _, _| {
+            n += 1;
+            payout(n)
+        });
+        let kept = Trees::new(&tree);
+        assert!(matches!(kept, Trees::Payouts(_)), "{kept:?}");
+        assert_eq!(kept.executed(), tree);
+        let with_child = json!([{"type": "a", "success": [{"type": "b"}]}]);
+        let tree = tree::run(with_child.as_array().unwrap(), &mut |_, _, _| payout(9));
+        assert!(matches!(Trees::new(&tree), Trees::Kept(_)));
     }
 
     #[test]
