@@ -629,4 +629,15 @@ async fn status_answers_and_replays_echo_the_first_request_whole_with_every_resu
         ledger[0]["payment_id"],
         replay["payload"]["tasks"][0]["result"]["data"]["paymentId"]
     );
+    // Found by its paymentId (kept as bytes, as is its UUID invoiceId), once it propagated.
+    after(Duration::from_secs(200)).await;
+    let found = finished(
+        &c,
+        json!([{"type": "task.statusGet", "payload": {"identifier": ledger[1]["payment_id"]}}]),
+    )
+    .await;
+    let data = &found["payload"]["tasks"][0]["result"]["data"];
+    assert_eq!(ledger[1]["key"], uuid(4), "level 0 paid before level 1");
+    assert_eq!(data["invoiceId"], uuid(4), "{found}");
+    assert_eq!(data["finance"]["to"]["amount"], 1500);
 }

@@ -68,29 +68,6 @@ fn lower_hex(c: u8) -> Option<u8> {
     }
 }
 
-/// An id: a UUID as its bytes, or any other text.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Id {
-    Uuid([u8; 16]),
-    Text(Box<str>),
-}
-
-impl Id {
-    pub fn new(s: &str) -> Id {
-        match uuid(s) {
-            Some(b) => Id::Uuid(b),
-            None => Id::Text(s.into()),
-        }
-    }
-
-    pub fn text(&self) -> String {
-        match self {
-            Id::Uuid(b) => uuid_text(b),
-            Id::Text(s) => s.to_string(),
-        }
-    }
-}
-
 /// A decimal amount as its digits and scale (`"10.50"`: 1050, 2), when it comes back as the same
 /// text.
 pub fn decimal(s: &str) -> Option<(i64, u8)> {
@@ -172,9 +149,7 @@ mod tests {
             "232db864-3930-43ce-8d27-59e1c67b520x".to_string(),
         ] {
             assert_eq!(uuid(&other), None, "{other}");
-            assert_eq!(Id::new(&other).text(), other);
         }
-        assert_eq!(Id::new(&key), Id::Uuid(uuid(&key).unwrap()));
     }
 
     #[test]

@@ -230,9 +230,7 @@ fn pay(
         });
     invoices.insert(&invoice, super::kept::Paid::new(&payment));
     drop(invoices);
-    ps.payments
-        .shard(&payment_id)
-        .insert(&payment_id, crate::sandbox::compact::Id::new(&invoice));
+    ps.index_payment(&payment_id, &invoice);
     state.ledger.record(Entry {
         provider: "paysend".into(),
         key: invoice,
@@ -266,14 +264,7 @@ fn status_get(ctx: &mut Ctx, p: &Value) -> Outcome {
     if let Some(code) = codes::mock_status_code(identifier.as_deref(), invoice.as_deref()) {
         return err(code);
     }
-    let invoice = invoice.or_else(|| {
-        identifier.and_then(|id| {
-            ps.payments
-                .shard(&id)
-                .get(&id)
-                .map(crate::sandbox::compact::Id::text)
-        })
-    });
+    let invoice = invoice.or_else(|| identifier.and_then(|id| ps.invoice_of(&id)));
     let payment = invoice.and_then(|i| ps.invoices.shard(&i).get(&i).map(|p| p.payment(&i)));
     let now = ctx.state.clock.now();
     match payment {

@@ -6,6 +6,10 @@
 //! provider time: Accepted, then InProgress while the levels of the trees run (`level_time`
 //! each), then Finished. Choices where the document is silent are marked "Choice:".
 //!
+//! What it keeps is small, so that a rehearsal of a million payouts fits in memory: each
+//! request's body (which every status answer and replay echoes) sealed in a temporary file
+//! (`bodies`), task results and payments in fixed-size fields (`kept`).
+//!
 //! The shared request faults apply to `POST /processing`, whatever its tasks: before the
 //! commit (latency, 500, timeout) nothing is processed; after it, the answer is dropped
 //! (`drop_after_commit_rate`) or replaced by a 504 in the documented error envelope
@@ -21,7 +25,7 @@ pub use super::sharded::{Sharded, ShardedIds};
 
 use super::State;
 use super::clock::Clock;
-use super::compact::Id;
+use super::compact;
 use super::config::PaysendConfig;
 use super::faults;
 use super::server::DropConnection;
@@ -71,8 +75,11 @@ pub struct Paysend {
     pub by_global: Sharded<String>,
     /// invoiceId → successful payment (3011 guard) or the last failed one.
     pub invoices: ShardedIds<kept::Paid>,
-    /// paymentId → invoiceId.
-    pub payments: ShardedIds<Id>,
+    /// paymentId → invoiceId, for invoiceIds that are UUIDs (as their bytes; see
+    /// `index_payment`) …
+    pub payments: ShardedIds<[u8; 16]>,
+    /// … and for any other.
+    payments_text: ShardedIds<Box<str>>,
     /// The bodies of `requests`.
     pub bodies: bodies::Bodies,
     /// Minor units per currency.
@@ -100,6 +107,7 @@ impl Paysend {
             by_global: Sharded::new(),
             invoices: ShardedIds::new(),
             payments: ShardedIds::new(),
+            payments_text: ShardedIds::new(),
             bodies: bodies::Bodies::new(),
             balances: Sharded::new(),
             attempts: Sharded::new(),
@@ -133,6 +141,7 @@ impl Paysend {
         self.by_global.clear();
         self.invoices.clear();
         self.payments.clear();
+        self.payments_text.clear();
         self.balances.clear();
         self.attempts.clear();
     }
@@ -145,6 +154,26 @@ impl Paysend {
             0 => crate::keys::task_key(&format!("paysend-sandbox/{n}"), salt),
             e => crate::keys::task_key(&format!("paysend-sandbox/{e}/{n}"), salt),
         }
+    }
+
+    /// Records which invoiceId a paymentId paid (task.statusGet by identifier).
+    pub fn index_payment(&self, payment_id: &str, invoice_id: &str) {
+        match compact::uuid(invoice_id) {
+            Some(b) => self.payments.shard(payment_id).insert(payment_id, b),
+            None => self
+                .payments_text
+                .shard(payment_id)
+                .insert(payment_id, invoice_id.into()),
+        }
+    }
+
+    /// The invoiceId a paymentId paid.
+    pub fn invoice_of(&self, payment_id: &str) -> Option<String> {
+        let uuid = self.payments.shard(payment_id).get(payment_id).copied();
+        uuid.map(|b| compact::uuid_text(&b)).or_else(|| {
+            let text = self.payments_text.shard(payment_id);
+            text.get(payment_id).map(|s| s.to_string())
+        })
     }
 
     pub fn set_epoch(&self, epoch: u64) {
@@ -181,9 +210,7 @@ impl Paysend {
                 );
             }
             R::PaysendPayment { payment } => {
-                self.payments
-                    .shard(&payment.payment_id)
-                    .insert(&payment.payment_id, Id::new(&payment.invoice_id));
+                self.index_payment(&payment.payment_id, &payment.invoice_id);
                 self.invoices
                     .shard(&payment.invoice_id)
                     .insert(&payment.invoice_id, kept::Paid::new(payment));
