@@ -94,19 +94,20 @@
 //!
 //! | part                                   | before | 100,000 | 1,000,000 (`--sandbox-only`) |
 //! |----------------------------------------|--------|---------|------------------------------|
-//! | ledger (`(u64, Fixed)`, 96 B a row)    | 209    | 102     | 96                           |
+//! | ledger (`(u64, Fixed)`: 96 B a row, in chunks of 4,096) | 209 | 102 | 96          |
 //! | requests (ids, task results: a request of account payouts keeps 16 B a task) | 1,137 | 30 | 30 |
-//! | invoices (payment by invoiceId, 64 B)  | 556    | 73      | 66                           |
-//! | payments (paymentId → invoiceId, 40 B) | 72     | 46      | 41                           |
+//! | invoices (a completed payout by invoiceId: 16 + 40 B) | 556 | 64 | 58             |
+//! | payments (paymentId → invoiceId: 16 + 16 B) | 72 | 37  | 33                           |
 //! | by_global, the maps' tables, the rest  | 638    | 17      | 14                           |
-//! | **everything it retains**              | **2,612** | **268** | **248**                   |
+//! | **everything it retains**              | **2,612** | **251** | **232  **                 |
 //!
-//! (the before column, and the 1M column's requests and total, are from the runs before and
-//! after the last change to requests: 1M measured 272 with 54 for requests, and 100k 287 with
-//! 54.) Sealed bodies on disk: 887 B/item (85 MB at 100k, 846 MB at 1M), freed when the process
-//! ends. `payrun run --sandbox --sandbox-in-memory` at 100,000 items: peak RSS 612.8 MB before,
-//! 383.6 MB after, of which payrun alone 355.5 MB (1b): the sandbox's share is 28 MB ≈ 295 B/item
-//! of RSS.
+//! ("before": compact JSON text, this bench at 100,000 items before these changes.) At 100k the
+//! ledger's partly filled last chunks (one per shard) weigh more; from 1M on it is flat: ≈ 232 MB
+//! for the sandbox at 1,000,000 items. Sealed bodies on disk: 887 B/item (85 MB at 100k, 846 MB
+//! at 1M), gone when the process ends. `payrun run --sandbox --sandbox-in-memory` at 100,000
+//! items peaks at 612.8 MB before and 383.6 MB after (measured one change earlier, with the
+//! sandbox at 268 B/item), of which payrun alone 355.5 MB (1b): the sandbox's share of RSS is
+//! 28 MB, ≈ 295 B/item.
 
 mod common;
 

@@ -5,6 +5,9 @@
 //! e-mail by hashing candidates. The key is kept in the state file (its first start writes it),
 //! so digests stay comparable across the restarts of one sandbox; it is never printed.
 //!
+//! Rows are kept in fixed-size fields (`Fixed`: 96 bytes with their sequence number, where nine
+//! strings took ~200), and read back as the same `Entry`s.
+//!
 //! The ledger also carries the sandbox's state file (`journal`), when there is one: it is the
 //! one part of the sandbox every emulation already writes to, and `State` keeps its shape
 //! (benches assemble it by hand).
