@@ -1,6 +1,7 @@
 //! Where `payrun run`'s memory goes, for the issue-13 target: a 1,000,000-item Paysend batch
 //! against the in-process sandbox with peak RSS ≤ 300 MB. Run with
-//! `cargo bench --bench memory -- [--items 100000] [--time-scale 1000]`.
+//! `cargo bench --bench memory -- [--items 100000] [--time-scale 1000] [--sandbox-only]`
+//! (the last: only the embedded sandbox's part, 2's last step).
 //! Prints figures; asserts only correctness (every item paid, in every run).
 //!
 //! Method:
@@ -59,9 +60,10 @@
 //!   (`paysend::Stored`: each request kept as a `serde_json::Value` to echo it, with the executed
 //!   tree) 7,608; `invoices` (`Payment` with its task data as a `Value`) 556; the ledger's
 //!   entries (9 `String`s each) 209; `payments` 72; `by_global` 5; the maps' and the ledger
-//!   `Vec`'s own tables 633–769.
+//!   `Vec`'s own tables 633–769. (2,612 once requests and results were compact JSON text; since
+//!   issue 13 see "The sandbox since issue 13" below.)
 //! - glibc's ~16 B per block: ~22 blocks per item on payrun's side (≈ 340 B), ~120 on the
-//!   sandbox's (≈ 1.9 KB).
+//!   sandbox's (≈ 1.9 KB; since issue 13 ~0.4 blocks per item, ≈ 6 B).
 //!
 //! Sum for payrun alone: 1,367 + 1,284 + 666 + 31 + ~340 ≈ 3.7 KB/item, against 3.58 KB/item
 //! measured (3,757 less the fixed cost); with the sandbox, + 9.1 KB + ~1.9 KB ≈ 14.7 KB/item
@@ -77,15 +79,10 @@
 //!
 //! What the 300 MB target needs: 300 MB for 1,000,000 items is 18 MB fixed plus 282 bytes
 //! per item for everything — payrun, the embedded sandbox, redb's cache and glibc's overhead.
-//! - The sandbox alone is 9.1 KB/item (≈ 11 KB in RSS) today: even a payrun that held nothing
-//!   would peak near 11 GB. Its requests must not be kept as `Value`s (the compact JSON is
-//!   ~900 B/item, still 3× the whole budget): keep per task only what the status and replay
-//!   answers need (outcome, code, ids: ~60 B), or keep requests in its state file and read them
-//!   back; a ledger entry of fixed-size fields (key and payment id as 16-byte UUIDs, amount in
-//!   minor units, interned provider/operation/currency, 16-byte digest, time: ~80 B);
-//!   `invoices`/`payments` without the task data (~50 B). Roughly 200 B/item: 200 MB at 1M —
-//!   leaving payrun ~80 B/item. Otherwise the bench should measure payrun's share (1b) against
-//!   the target and the sandbox apart.
+//! - The sandbox alone was 9.1 KB/item (≈ 11 KB in RSS): even a payrun that held nothing
+//!   would have peaked near 11 GB. Done in issue 13 (below): ~250–270 B/item, ≈ 250 MB at 1M —
+//!   which leaves payrun ~30 B/item; the bench should therefore also judge payrun's share (1b)
+//!   against the target, and the sandbox apart.
 //! - payrun: no rendered payloads held (render when sent: 640 in flight ≈ 0.9 MB), no
 //!   `Record` per item in memory (the store has them): per open node a compact state (tag,
 //!   attempt, due time, item index: ≤ 40 B, so ≤ 40 MB at 1M, less if ended nodes leave
@@ -93,6 +90,32 @@
 //!   bit set; `Book::groups` pruned as requests settle; redb's cache capped
 //!   (`redb::Builder::set_cache_size`, e.g. 16–32 MB, instead of 1 GiB); the validator's
 //!   ~46 B/item of row hashes is transient (done before sending) but still ~55 MB at 1M.
+//!
+//! The sandbox since issue 13 (2 shared cores, load average 2–6). Every answer is the same
+//! (tests/sandbox_paysend.rs's echo test passes before and after); what changed is what is
+//! held: each accepted Paysend request's body — echoed whole by every status answer and replay,
+//! ~900 B/item as compact JSON — is sealed (AES-256-GCM, key in memory only) in a nameless
+//! temporary file (`paysend/bodies.rs`: 12 bytes of memory a request); task results, payments
+//! by invoiceId and ledger rows are fixed-size fields (`compact.rs`, `paysend/kept.rs`),
+//! rendered back to the same JSON; maps of UUID keys are sorted arrays plus a small recent
+//! map (`sharded::IdMap`), not hash tables up to 2.3× their entries. Heap, bytes per item:
+//!
+//! | part                                   | before | 100,000 | 1,000,000 (`--sandbox-only`) |
+//! |----------------------------------------|--------|---------|------------------------------|
+//! | ledger (`(u64, Fixed)`: 96 B a row, in chunks of 4,096) | 209 | 102 | 96          |
+//! | requests (ids, task results: a request of account payouts keeps 16 B a task) | 1,137 | 30 | 30 |
+//! | invoices (a completed payout by invoiceId: 16 + 40 B) | 556 | 64 | 58             |
+//! | payments (paymentId → invoiceId: 16 + 16 B) | 72 | 37  | 33                           |
+//! | by_global, the maps' tables, the rest  | 638    | 17      | 14                           |
+//! | **everything it retains**              | **2,612** | **251** | **232  **                 |
+//!
+//! ("before": compact JSON text, this bench at 100,000 items before these changes.) At 100k the
+//! ledger's partly filled last chunks (one per shard) weigh more; from 1M on it is flat: ≈ 232 MB
+//! for the sandbox at 1,000,000 items. Sealed bodies on disk: 887 B/item (85 MB at 100k, 846 MB
+//! at 1M), gone when the process ends. `payrun run --sandbox --sandbox-in-memory` at 100,000
+//! items peaks at 612.8 MB before and 383.6 MB after (measured one change earlier, with the
+//! sandbox at 268 B/item), of which payrun alone 355.5 MB (1b): the sandbox's share of RSS is
+//! 28 MB, ≈ 295 B/item.
 
 mod common;
 
@@ -212,6 +235,16 @@ fn main() {
         t.elapsed().as_secs_f64(),
         common::load_average()
     );
+
+    // `--sandbox-only`: the sandbox's part alone (2, last step), e.g. at 1,000,000 items, which
+    // the runs of the binary could not afford on a shared machine.
+    if std::env::args().any(|a| a == "--sandbox-only") {
+        let (flow, planned) = planned_items(&manifest);
+        drop(flow);
+        println!("parts, live heap as asked of the allocator (this process, counting allocator):");
+        sandbox(Arc::new(planned), &config, time_scale, items);
+        return;
+    }
 
     // 1. The real binary, and its fixed cost.
     let small = tempfile::tempdir().unwrap();
@@ -693,12 +726,13 @@ fn sandbox(planned: Arc<Vec<Sent>>, config: &Path, time_scale: f64, items: usize
             started as f64 / 1048576.0
         );
         let ledger_entries = sb.state.ledger.entries().len();
+        let sealed = sb.state.paysend.bodies.on_disk();
         let parts: [(&str, &dyn Fn()); 5] = [
             ("ledger (entries)", &|| sb.state.ledger.reset()),
-            ("requests (Stored: request JSON + executed tree)", &|| {
+            ("requests (Stored: ids, executed trees)", &|| {
                 sb.state.paysend.requests.clear()
             }),
-            ("invoices (Payment with its task data)", &|| {
+            ("invoices (payments by invoiceId)", &|| {
                 sb.state.paysend.invoices.clear()
             }),
             ("payments (paymentId → invoiceId)", &|| {
@@ -721,6 +755,10 @@ fn sandbox(planned: Arc<Vec<Sent>>, config: &Path, time_scale: f64, items: usize
             "the maps' emptied tables, and the rest (stop)",
             part(-since(m2).0, items)
         );
-        println!("    ({ledger_entries} ledger entries)");
+        println!(
+            "    ({ledger_entries} ledger entries; request bodies sealed in a temporary file, not in memory: {:.1} MB = {:.0} B/item on disk)",
+            sealed as f64 / 1048576.0,
+            sealed as f64 / items as f64
+        );
     });
 }

@@ -532,3 +532,112 @@ async fn a_held_payout_reports_code_5_until_its_review_ends_then_completes() {
     );
     assert_eq!(c.ledger().await.len(), 1, "released, not paid again");
 }
+
+/// `v` without the dates the sandbox writes from its clock at each answer (they move by
+/// microseconds between two renderings of one instant).
+fn undated(mut v: serde_json::Value) -> serde_json::Value {
+    v["header"]["response"]
+        .as_object_mut()
+        .map(|r| r.remove("date"));
+    fn tasks(ts: &mut serde_json::Value) {
+        for t in ts.as_array_mut().into_iter().flatten() {
+            t.as_object_mut().map(|o| o.remove("expiration"));
+            for b in ["success", "fail", "always"] {
+                tasks(&mut t[b]);
+            }
+        }
+    }
+    tasks(&mut v["payload"]["tasks"]);
+    v
+}
+
+#[tokio::test]
+async fn status_answers_and_replays_echo_the_first_request_whole_with_every_result() {
+    // Memory is saved by keeping requests sealed outside it and results as fields: what comes
+    // back must be what was sent, results and all — for UUID invoiceIds (kept as bytes) and
+    // others, cards and accounts, branches taken and not.
+    let (_sb, c) = sandbox(fast()).await;
+    let uuid = |n: u32| format!("{n:08x}-0000-4000-8000-{n:012x}");
+    let mut account = to_account(&uuid(1), "10.50", "EUR");
+    account["success"] = json!([to_card(&uuid(2), "7.25", "EUR")]);
+    account["fail"] = json!([to_card(&uuid(3), "1", "EUR")]);
+    let tasks = json!([
+        account,
+        to_account("inv-text-1", "4017", "EUR"),
+        {"type": "getBalance", "payload": {"currency": "EUR"}},
+        to_card(&uuid(4), "1500", "JPY"),
+    ]);
+    let mut body = c.envelope("echo-1", tasks.clone());
+    body["payload"]["settings"] = json!({"culture": "en-GB"});
+    let first = c.post(&body).await.json();
+    let gid = first["header"]["response"]["globalId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    after(Duration::from_secs(5)).await;
+    let done = c.status(&gid).await.json();
+    assert_eq!(done["result"]["status"], "Finished", "{done}");
+    assert_eq!(done["header"]["request"], body["header"]["request"]);
+    assert_eq!(done["header"]["service"], body["header"]["service"]);
+    assert_eq!(done["payload"]["settings"], body["payload"]["settings"]);
+    assert_eq!(
+        done["payload"]["partner"],
+        json!({"identifier": c.partner, "parameters": {}})
+    );
+    let t = &done["payload"]["tasks"];
+    for i in 0..4 {
+        assert_eq!(t[i]["type"], tasks[i]["type"]);
+        assert_eq!(
+            t[i]["payload"], tasks[i]["payload"],
+            "task {i} echoed whole"
+        );
+    }
+    assert_eq!(
+        t[0]["success"][0]["payload"],
+        tasks[0]["success"][0]["payload"]
+    );
+    assert_eq!(t[0]["fail"][0]["payload"], tasks[0]["fail"][0]["payload"]);
+    assert!(
+        t[0]["fail"][0].get("result").is_none(),
+        "a branch not taken"
+    );
+    let paid = &t[0]["success"][0]["result"]["data"];
+    assert_eq!(
+        paid["finance"]["to"],
+        json!({"amount": 7.25, "currency": "EUR"})
+    );
+    assert_eq!(paid["traceId"], paid["rrn"]);
+    assert_eq!(t[1]["result"]["code"], 4017);
+    assert!(t[2]["result"]["data"]["balances"]["EUR"].is_number());
+    assert_eq!(t[3]["result"]["data"]["finance"]["to"]["amount"], 1500);
+
+    // A replay, and a request under the same id and date with another body: both get the first
+    // answer, and pay nothing.
+    let replay = c.post(&body).await.json();
+    let mut other = body.clone();
+    other["payload"]["tasks"] = json!([to_account(&uuid(9), "1", "EUR")]);
+    let other = c.post(&other).await.json();
+    assert_eq!(undated(replay.clone()), undated(done.clone()));
+    assert_eq!(undated(other), undated(done));
+    assert_eq!(c.counters().await["replays"], 2);
+    let ledger = c.ledger().await;
+    assert_eq!(ledger.len(), 3, "{ledger:?}");
+    assert_eq!(ledger[0]["key"], uuid(1));
+    assert_eq!(ledger[0]["amount"], "10.50");
+    assert_eq!(ledger[0]["request_id"], "echo-1");
+    assert_eq!(
+        ledger[0]["payment_id"],
+        replay["payload"]["tasks"][0]["result"]["data"]["paymentId"]
+    );
+    // Found by its paymentId (kept as bytes, as is its UUID invoiceId), once it propagated.
+    after(Duration::from_secs(200)).await;
+    let found = finished(
+        &c,
+        json!([{"type": "task.statusGet", "payload": {"identifier": ledger[1]["payment_id"]}}]),
+    )
+    .await;
+    let data = &found["payload"]["tasks"][0]["result"]["data"];
+    assert_eq!(ledger[1]["key"], uuid(4), "level 0 paid before level 1");
+    assert_eq!(data["invoiceId"], uuid(4), "{found}");
+    assert_eq!(data["finance"]["to"]["amount"], 1500);
+}

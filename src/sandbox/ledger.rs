@@ -5,10 +5,14 @@
 //! e-mail by hashing candidates. The key is kept in the state file (its first start writes it),
 //! so digests stay comparable across the restarts of one sandbox; it is never printed.
 //!
+//! Rows are kept in fixed-size fields (`Fixed`: 96 bytes with their sequence number, where nine
+//! strings took ~200), and read back as the same `Entry`s.
+//!
 //! The ledger also carries the sandbox's state file (`journal`), when there is one: it is the
 //! one part of the sandbox every emulation already writes to, and `State` keeps its shape
 //! (benches assemble it by hand).
 
+use super::compact::{self, Name};
 use super::journal::{Journal, Record};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -37,6 +41,99 @@ pub struct Entry {
     pub request_id: String,
 }
 
+/// A ledger row as kept in memory: an [`Entry`] in fixed-size fields (see `compact`), 88
+/// bytes instead of nine strings. An entry that does not fit them (Payonic's
+/// `<paymentid>/<op>` keys, a time from an older file) is kept whole, apart.
+#[derive(Debug, Clone)]
+struct Fixed {
+    key: [u8; 16],
+    payment_id: [u8; 16],
+    request_id: [u8; 16],
+    recipient_digest: [u8; 16],
+    /// The amount's digits (with `scale`).
+    minor: i64,
+    /// µs since the Unix epoch.
+    time: i64,
+    provider: Name,
+    operation: Name,
+    currency: Name,
+    scale: u8,
+}
+
+impl Fixed {
+    fn new(e: &Entry) -> Option<Fixed> {
+        let (minor, scale) = compact::decimal(&e.amount)?;
+        Some(Fixed {
+            key: compact::uuid(&e.key)?,
+            payment_id: compact::uuid(&e.payment_id)?,
+            request_id: compact::uuid(&e.request_id)?,
+            recipient_digest: compact::hex16(&e.recipient_digest)?,
+            minor,
+            time: compact::time(&e.time)?,
+            provider: Name::new(&e.provider)?,
+            operation: Name::new(&e.operation)?,
+            currency: Name::new(&e.currency)?,
+            scale,
+        })
+    }
+
+    fn entry(&self) -> Entry {
+        Entry {
+            provider: self.provider.as_str().to_string(),
+            key: compact::uuid_text(&self.key),
+            payment_id: compact::uuid_text(&self.payment_id),
+            operation: self.operation.as_str().to_string(),
+            amount: compact::decimal_text(self.minor, self.scale),
+            currency: self.currency.as_str().to_string(),
+            recipient_digest: crate::keys::hex_lower(&self.recipient_digest),
+            time: compact::time_text(self.time),
+            request_id: compact::uuid_text(&self.request_id),
+        }
+    }
+}
+
+/// One shard's rows, each with its sequence number: fixed ones in chunks of a fixed capacity
+/// (a growing ledger never holds a doubled array's spare half, nor copies it when growing),
+/// whole ones apart.
+#[derive(Default)]
+struct Rows {
+    fixed: Vec<Vec<(u64, Fixed)>>,
+    whole: Vec<(u64, Entry)>,
+}
+
+impl Rows {
+    const CHUNK: usize = 4096;
+
+    fn push(&mut self, seq: u64, e: Entry) {
+        let Some(f) = Fixed::new(&e).filter(|f| f.entry() == e) else {
+            self.whole.push((seq, e));
+            return;
+        };
+        match self.fixed.last_mut() {
+            Some(c) if c.len() < Rows::CHUNK => c.push((seq, f)),
+            _ => {
+                let mut c = Vec::with_capacity(Rows::CHUNK);
+                c.push((seq, f));
+                self.fixed.push(c);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.fixed.iter().map(Vec::len).sum::<usize>() + self.whole.len()
+    }
+
+    /// Every row as an entry, with its sequence number.
+    fn entries(&self) -> impl Iterator<Item = (u64, Entry)> + '_ {
+        let fixed = self.fixed.iter().flatten().map(|(s, f)| (*s, f.entry()));
+        fixed.chain(self.whole.iter().map(|(s, e)| (*s, e.clone())))
+    }
+
+    fn clear(&mut self) {
+        *self = Rows::default();
+    }
+}
+
 /// Entries and request counters are kept in shards picked by the recording thread, so that
 /// concurrent requests never wait on one lock; reading merges the shards.
 const SHARDS: usize = 16;
@@ -52,7 +149,7 @@ fn shard() -> usize {
 
 pub struct Ledger {
     /// (sequence, entry): the sequence restores the order of recording across shards.
-    entries: Vec<Mutex<Vec<(u64, Entry)>>>,
+    entries: Vec<Mutex<Rows>>,
     sequence: AtomicU64,
     counters: Vec<Mutex<BTreeMap<String, u64>>>,
     /// Named events ("payonic.notifications.dropped", "payonic.declined.capture", …).
@@ -155,7 +252,7 @@ pub struct Counters {
 impl Default for Ledger {
     fn default() -> Self {
         Ledger {
-            entries: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+            entries: (0..SHARDS).map(|_| Mutex::new(Rows::default())).collect(),
             sequence: AtomicU64::new(0),
             counters: (0..SHARDS).map(|_| Mutex::new(BTreeMap::new())).collect(),
             events: (0..SHARDS).map(|_| Mutex::new(BTreeMap::new())).collect(),
@@ -262,16 +359,16 @@ impl Ledger {
         self.entries[shard()]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((seq, e));
+            .push(seq, e);
     }
 
     /// Every entry, in the order recorded.
     pub fn entries(&self) -> Vec<Entry> {
-        let mut all: Vec<(u64, Entry)> = self
-            .entries
-            .iter()
-            .flat_map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            .collect();
+        let mut all: Vec<(u64, Entry)> = Vec::new();
+        for s in &self.entries {
+            let rows = s.lock().unwrap_or_else(|p| p.into_inner());
+            all.extend(rows.entries());
+        }
         all.sort_by_key(|(seq, _)| *seq);
         all.into_iter().map(|(_, e)| e).collect()
     }
@@ -414,6 +511,36 @@ mod tests {
         );
         let plain = crate::keys::hex_lower(&Sha256::digest(card.as_bytes())[..16]);
         assert_ne!(a.recipient_digest(card), plain);
+    }
+
+    #[test]
+    fn an_entry_comes_back_as_recorded_whether_its_fields_are_kept_fixed_or_whole() {
+        let ledger = Ledger::default();
+        let paysend = Entry {
+            provider: "paysend".into(),
+            key: crate::keys::task_key("item", "key"),
+            payment_id: crate::keys::task_key("payment", "id"),
+            operation: "pay.toAccount".into(),
+            amount: "10.50".into(),
+            currency: "EUR".into(),
+            recipient_digest: ledger.recipient_digest("DE89370400440532013000"),
+            time: "2026-12-02T07:14:36.123456+00:00".into(),
+            request_id: crate::keys::task_key("request", "id"),
+        };
+        let payonic = Entry {
+            provider: "payonic".into(),
+            key: "P1/op-1".into(),
+            payment_id: "P1".into(),
+            request_id: String::new(),
+            ..paysend.clone()
+        };
+        assert!(Fixed::new(&paysend).is_some());
+        assert!(Fixed::new(&payonic).is_none());
+        assert_eq!(std::mem::size_of::<Fixed>(), 88);
+        ledger.record(paysend.clone());
+        ledger.record(payonic.clone());
+        assert_eq!(ledger.entries(), [paysend, payonic]);
+        assert_eq!(ledger.counters().payments, 2);
     }
 
     #[test]

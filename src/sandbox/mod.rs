@@ -10,6 +10,7 @@
 //! code that talks to real providers, so a misreading of a document cannot hide in both.
 
 pub mod clock;
+pub mod compact;
 pub mod config;
 pub mod faults;
 pub mod journal;

@@ -177,7 +177,10 @@ fn pay(
     // The invoice shard stays locked from the 3011 check to the record, so one invoiceId can
     // never be paid twice, however requests interleave.
     let mut invoices = ps.invoices.shard(&invoice);
-    if invoices.get(&invoice).is_some_and(|pm| pm.error.is_none()) {
+    if invoices
+        .get(&invoice)
+        .is_some_and(super::kept::Paid::succeeded)
+    {
         state
             .ledger
             .bump(crate::sandbox::ledger::Counter::DuplicatesRefused);
@@ -200,15 +203,11 @@ fn pay(
     }
     let cfg = &ps.config;
     let payment_id = ps.new_id(&invoice);
-    let trace: String = payment_id.replace('-', "");
     let done_at = ctx.accepted_at + cfg.accept_time + cfg.level_time * (level as u32 + 1);
-    let finance = json!({"to": {"amount": number(amount.minor, exp), "currency": code}, "from": {"amount": number(amount.minor, exp), "currency": code}, "rate": 1});
-    let data = if ty == "pay.toCard" {
-        let rrn = &trace[..12];
-        json!({"arn": &trace[12..18], "rrn": rrn, "finance": finance, "traceId": rrn, "paymentId": payment_id})
-    } else {
-        json!({"traceId": trace, "paymentId": payment_id})
-    };
+    let data = super::kept::payout_data(
+        &payment_id,
+        (ty == "pay.toCard").then(|| (number(amount.minor, exp), code.as_str())),
+    );
     // A held payout is not declined: the money is reserved and the payment completes once the
     // manual review is over. Meanwhile the task reports code 5 (L612-619).
     let f = state.faults();
@@ -229,11 +228,9 @@ fn pay(
         .journal_record(|| crate::sandbox::journal::Record::PaysendPayment {
             payment: payment.clone(),
         });
-    invoices.insert(invoice.clone(), payment.clone());
+    invoices.insert(&invoice, super::kept::Paid::new(&payment));
     drop(invoices);
-    ps.payments
-        .shard(&payment_id)
-        .insert(payment_id.clone(), invoice.clone());
+    ps.index_payment(&payment_id, &invoice);
     state.ledger.record(Entry {
         provider: "paysend".into(),
         key: invoice,
@@ -252,7 +249,7 @@ fn pay(
         return Outcome {
             ok: false,
             result: super::tree::compact(
-                &json!({"status": "Error", "code": 5, "comment": "Offline Antifraud check: RFI", "data": data}),
+                &json!({"status": "Error", "code": 5, "comment": super::kept::ON_HOLD, "data": data}),
             ),
         };
     }
@@ -267,9 +264,8 @@ fn status_get(ctx: &mut Ctx, p: &Value) -> Outcome {
     if let Some(code) = codes::mock_status_code(identifier.as_deref(), invoice.as_deref()) {
         return err(code);
     }
-    let invoice =
-        invoice.or_else(|| identifier.and_then(|id| ps.payments.shard(&id).get(&id).cloned()));
-    let payment = invoice.and_then(|i| ps.invoices.shard(&i).get(&i).cloned());
+    let invoice = invoice.or_else(|| identifier.and_then(|id| ps.invoice_of(&id)));
+    let payment = invoice.and_then(|i| ps.invoices.shard(&i).get(&i).map(|p| p.payment(&i)));
     let now = ctx.state.clock.now();
     match payment {
         // During the propagation delay after acceptance the payment cannot be found yet
@@ -476,11 +472,16 @@ fn md5_hex(parts: &[&[u8]]) -> String {
 /// `header.service.result` URI when the request finishes (L186-214), and, when configured, an
 /// expanded `TransactionStatusUpdate` webhook per payment when it completes (L628-654), each
 /// subject to the webhook faults.
-pub fn notify(state: &Arc<State>, stored: &Arc<Stored>, finish: Duration, payments: Vec<Payment>) {
+pub fn notify(
+    state: &Arc<State>,
+    stored: &Arc<Stored>,
+    request: &Value,
+    finish: Duration,
+    payments: Vec<Payment>,
+) {
     if tokio::runtime::Handle::try_current().is_err() {
         return;
     }
-    let request = super::tree::parse(&stored.request);
     let results: Vec<Value> = request
         .pointer("/header/service/result")
         .and_then(Value::as_array)

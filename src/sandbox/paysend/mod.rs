@@ -6,19 +6,26 @@
 //! provider time: Accepted, then InProgress while the levels of the trees run (`level_time`
 //! each), then Finished. Choices where the document is silent are marked "Choice:".
 //!
+//! What it keeps is small, so that a rehearsal of a million payouts fits in memory: each
+//! request's body (which every status answer and replay echoes) sealed in a temporary file
+//! (`bodies`), task results and payments in fixed-size fields (`kept`).
+//!
 //! The shared request faults apply to `POST /processing`, whatever its tasks: before the
 //! commit (latency, 500, timeout) nothing is processed; after it, the answer is dropped
 //! (`drop_after_commit_rate`) or replaced by a 504 in the documented error envelope
 //! (`error_5xx_after_commit_rate`), and a retry with the same request id replays it.
 
+pub mod bodies;
 pub mod codes;
 pub mod functions;
+pub mod kept;
 pub mod tree;
 
-pub use super::sharded::Sharded;
+pub use super::sharded::{Sharded, ShardedIds};
 
 use super::State;
 use super::clock::Clock;
+use super::compact;
 use super::config::PaysendConfig;
 use super::faults;
 use super::server::DropConnection;
@@ -41,14 +48,15 @@ pub struct Stored {
     pub global_id: String,
     pub response_id: String,
     pub accepted_at: Duration,
-    /// The request as received (its header and payload are echoed in every answer).
-    pub request: tree::Json,
-    pub tree: Vec<tree::Executed>,
+    /// The request as received (its header and payload are echoed in every answer), kept in
+    /// `Paysend::bodies`.
+    pub body: bodies::Body,
+    pub tree: kept::Trees,
     pub levels: usize,
 }
 
 /// A payment Paysend knows about (task.statusGet finds it by invoiceId or paymentId).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Payment {
     pub payment_id: String,
     pub invoice_id: String,
@@ -66,8 +74,14 @@ pub struct Paysend {
     pub requests: Sharded<Arc<Stored>>,
     pub by_global: Sharded<String>,
     /// invoiceId → successful payment (3011 guard) or the last failed one.
-    pub invoices: Sharded<Payment>,
-    pub payments: Sharded<String>,
+    pub invoices: ShardedIds<kept::Paid>,
+    /// paymentId → invoiceId, for invoiceIds that are UUIDs (as their bytes; see
+    /// `index_payment`) …
+    pub payments: ShardedIds<[u8; 16]>,
+    /// … and for any other.
+    payments_text: ShardedIds<Box<str>>,
+    /// The bodies of `requests`.
+    pub bodies: bodies::Bodies,
     /// Minor units per currency.
     pub balances: Sharded<i128>,
     /// How many times each request id was seen (fault decisions).
@@ -91,8 +105,10 @@ impl Paysend {
             config: config.clone(),
             requests: Sharded::new(),
             by_global: Sharded::new(),
-            invoices: Sharded::new(),
-            payments: Sharded::new(),
+            invoices: ShardedIds::new(),
+            payments: ShardedIds::new(),
+            payments_text: ShardedIds::new(),
+            bodies: bodies::Bodies::new(),
             balances: Sharded::new(),
             attempts: Sharded::new(),
             limiter,
@@ -125,6 +141,7 @@ impl Paysend {
         self.by_global.clear();
         self.invoices.clear();
         self.payments.clear();
+        self.payments_text.clear();
         self.balances.clear();
         self.attempts.clear();
     }
@@ -137,6 +154,26 @@ impl Paysend {
             0 => crate::keys::task_key(&format!("paysend-sandbox/{n}"), salt),
             e => crate::keys::task_key(&format!("paysend-sandbox/{e}/{n}"), salt),
         }
+    }
+
+    /// Records which invoiceId a paymentId paid (task.statusGet by identifier).
+    pub fn index_payment(&self, payment_id: &str, invoice_id: &str) {
+        match compact::uuid(invoice_id) {
+            Some(b) => self.payments.shard(payment_id).insert(payment_id, b),
+            None => self
+                .payments_text
+                .shard(payment_id)
+                .insert(payment_id, invoice_id.into()),
+        }
+    }
+
+    /// The invoiceId a paymentId paid.
+    pub fn invoice_of(&self, payment_id: &str) -> Option<String> {
+        let uuid = self.payments.shard(payment_id).get(payment_id).copied();
+        uuid.map(|b| compact::uuid_text(&b)).or_else(|| {
+            let text = self.payments_text.shard(payment_id);
+            text.get(payment_id).map(|s| s.to_string())
+        })
     }
 
     pub fn set_epoch(&self, epoch: u64) {
@@ -166,19 +203,17 @@ impl Paysend {
                         global_id: global_id.clone(),
                         response_id: response_id.clone(),
                         accepted_at: *accepted_at,
-                        request: tree::compact(request),
-                        tree: tree.clone(),
+                        body: self.bodies.keep(&tree::compact(request)),
+                        tree: kept::Trees::new(tree),
                         levels: *levels,
                     }),
                 );
             }
             R::PaysendPayment { payment } => {
-                self.payments
-                    .shard(&payment.payment_id)
-                    .insert(payment.payment_id.clone(), payment.invoice_id.clone());
+                self.index_payment(&payment.payment_id, &payment.invoice_id);
                 self.invoices
                     .shard(&payment.invoice_id)
-                    .insert(payment.invoice_id.clone(), payment.clone());
+                    .insert(&payment.invoice_id, kept::Paid::new(payment));
             }
             R::PaysendBalance { currency, minor } => {
                 self.balances
@@ -407,7 +442,9 @@ async fn processing(
         .and_then(|w| w.strip_prefix("WaitFor"))
         .and_then(|ms| ms.parse::<u64>().ok())
         .unwrap_or(2000);
-    let stored = commit(&state, &request_id, request);
+    let Some((stored, echo)) = commit(&state, &request_id, request) else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response();
+    };
     // L73: with `sync`, a request that finishes within `waitTime` is answered finished; one that
     // takes longer continues asynchronously.
     if sync {
@@ -418,7 +455,11 @@ async fn processing(
         tokio::time::sleep(state.clock.real(wait)).await;
     }
     let now = state.clock.now();
-    let mut resp = (StatusCode::OK, axum::Json(render(&state, &stored, now))).into_response();
+    let mut resp = (
+        StatusCode::OK,
+        axum::Json(render(&state, &stored, &echo, now)),
+    )
+        .into_response();
     if faults::happens(&mut rng, f.drop_after_commit_rate) {
         state
             .ledger
@@ -439,8 +480,10 @@ async fn processing(
     resp
 }
 
-/// Processes a request once: a request id seen before gets its first answer again.
-fn commit(state: &Arc<State>, request_id: &str, request: Value) -> Arc<Stored> {
+/// Processes a request once: a request id seen before gets its first answer again. Returns the
+/// stored request and the request its answers echo (this one, or for a replay the first, as
+/// kept); `None` if a replay's first request cannot be read back (see `bodies`).
+fn commit(state: &Arc<State>, request_id: &str, request: Value) -> Option<(Arc<Stored>, Value)> {
     let ps = &state.paysend;
     // Idempotency is header.request.id *and* header.request.date (Authentication &
     // Idempotency, L7021-7029): the same id with another date is a new request (whose payouts
@@ -456,7 +499,8 @@ fn commit(state: &Arc<State>, request_id: &str, request: Value) -> Arc<Stored> {
     let mut shard = ps.requests.shard(replay_key);
     if let Some(s) = shard.get(replay_key) {
         state.ledger.bump(crate::sandbox::ledger::Counter::Replays);
-        return Arc::clone(s);
+        let first = ps.bodies.read(&s.body)?;
+        return Some((Arc::clone(s), tree::parse(&first)));
     }
     let accepted_at = state.clock.now();
     let global_id = ps.new_id("global");
@@ -479,17 +523,18 @@ fn commit(state: &Arc<State>, request_id: &str, request: Value) -> Arc<Stored> {
     let payments = ctx.payments;
     // Levels are known only after the tree ran; payments learn when they complete.
     let levels = tree::depth(&tree);
+    let body = tree::compact(&request);
     let stored = Arc::new(Stored {
         global_id: global_id.clone(),
         response_id,
         accepted_at,
-        request: tree::compact(&request),
-        tree,
+        body: ps.bodies.keep(&body),
+        tree: kept::Trees::new(&tree),
         levels,
     });
     let finish = accepted_at + cfg.accept_time + cfg.level_time * levels as u32;
     state.ledger.journal_record(|| {
-        let (request, tree) = masked_for_journal(&stored.request, &stored.tree);
+        let (request, tree) = masked_for_journal(&body, &tree);
         super::journal::Record::PaysendRequest {
             id: replay_key.to_string(),
             global_id: global_id.clone(),
@@ -505,12 +550,12 @@ fn commit(state: &Arc<State>, request_id: &str, request: Value) -> Arc<Stored> {
     ps.by_global
         .shard(&global_id)
         .insert(global_id.clone(), replay_key.to_string());
-    functions::notify(state, &stored, finish, payments);
-    stored
+    functions::notify(state, &stored, &request, finish, payments);
+    Some((stored, request))
 }
 
-/// The answer for a stored request at provider time `now`.
-pub fn render(state: &State, s: &Stored, now: Duration) -> Value {
+/// The answer for a stored request at provider time `now`; `req` is the request it echoes.
+pub fn render(state: &State, s: &Stored, req: &Value, now: Duration) -> Value {
     let cfg = &state.paysend.config;
     let started = s.accepted_at + cfg.accept_time;
     let finished = started + cfg.level_time * s.levels as u32;
@@ -521,7 +566,6 @@ pub fn render(state: &State, s: &Stored, now: Duration) -> Value {
     } else {
         ("Finished", 2)
     };
-    let req = &tree::parse(&s.request);
     let mut header = json!({
         "request": req.pointer("/header/request").cloned().unwrap_or(Value::Null),
         "response": {
@@ -551,7 +595,7 @@ pub fn render(state: &State, s: &Stored, now: Duration) -> Value {
         .date(s.accepted_at + Duration::from_secs(40 * 60));
     let rendered: Vec<Value> = tasks
         .iter()
-        .zip(&s.tree)
+        .zip(&s.tree.executed())
         .map(|(t, e)| task(cfg, t, e, started, now, &expiration))
         .collect();
     let mut payload = json!({"partner": partner, "tasks": rendered});
@@ -628,9 +672,14 @@ async fn status(
         // Choice: outside its window (docs: 2-3 hours) or unknown, the globalId is answered
         // like the document's "no data was found" (3006) with HTTP 400 — not 404, which
         // clients must read as "retry later".
-        Some(s) if now < s.accepted_at + ps.config.status_window => {
-            (StatusCode::OK, axum::Json(render(&state, &s, now))).into_response()
-        }
+        Some(s) if now < s.accepted_at + ps.config.status_window => match ps.bodies.read(&s.body) {
+            Some(req) => (
+                StatusCode::OK,
+                axum::Json(render(&state, &s, &tree::parse(&req), now)),
+            )
+                .into_response(),
+            None => (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response(),
+        },
         _ => error_body(StatusCode::BAD_REQUEST, 3006, codes::comment(3006)),
     }
 }

@@ -6,9 +6,9 @@
 
 use serde_json::Value;
 
-/// JSON kept as its compact text: a sandbox that answers for a million payments keeps each
-/// request and result at a tenth of the memory of a `Value` tree, and parses it when it
-/// answers.
+/// JSON kept as its compact text (a tenth of the memory of a `Value` tree), parsed when it is
+/// answered with: a request body until it is sealed (`bodies`), and the results `kept` has no
+/// fixed-size form for.
 pub type Json = Box<serde_json::value::RawValue>;
 
 /// `v` as compact JSON text.
