@@ -239,10 +239,8 @@ fn main() {
     // `--sandbox-only`: the sandbox's part alone (2, last step), e.g. at 1,000,000 items, which
     // the runs of the binary could not afford on a shared machine.
     if std::env::args().any(|a| a == "--sandbox-only") {
-        let (flow, planned) = planned_items(&manifest);
-        drop(flow);
         println!("parts, live heap as asked of the allocator (this process, counting allocator):");
-        sandbox(Arc::new(planned), &config, time_scale, items);
+        sandbox(Arc::new(sent_items(&manifest)), &config, time_scale, items);
         return;
     }
 
