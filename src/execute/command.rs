@@ -270,11 +270,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
         crate::validate::source::Source::Inline(r) => r.display.clone(),
     };
     let rows = match crate::validate::source::Rows::of(&mut source, &flow.row_fields) {
-        Ok(rows) => super::rows::FromRows {
-            flow: &flow,
-            rows,
-            display,
-        },
+        Ok(rows) => super::rows::FromRows::new(&flow, rows, display),
         Err(e) => {
             eprintln!("error[source.io]: cannot read the item source {display}: {e}");
             return exit::IO;

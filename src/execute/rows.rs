@@ -17,6 +17,16 @@ pub struct FromRows<'a> {
     pub display: String,
 }
 
+impl<'a> FromRows<'a> {
+    pub fn new(flow: &'a Flow, rows: Rows, display: impl Into<String>) -> FromRows<'a> {
+        FromRows {
+            flow,
+            rows,
+            display: display.into(),
+        }
+    }
+}
+
 impl Render for FromRows<'_> {
     fn planned(&self, it: &PlannedItem) -> Result<Planned, String> {
         let values = self.rows.values(it.index, it.offset).map_err(|e| {
@@ -118,11 +128,7 @@ flow:
     fn a_request_rendered_when_sent_is_the_request_planning_rendered() {
         let dir = tempfile::tempdir().unwrap();
         let (flow, items, rows) = planned(dir.path(), CSV);
-        let render = FromRows {
-            flow: &flow,
-            rows,
-            display: "e.csv".into(),
-        };
+        let render = FromRows::new(&flow, rows, "e.csv");
         assert_eq!(items.len(), 2);
         for (it, at_planning) in &items {
             let now: Vec<String> = render
@@ -140,11 +146,7 @@ flow:
     fn a_row_changed_while_the_batch_runs_is_not_rendered_and_says_where() {
         let dir = tempfile::tempdir().unwrap();
         let (flow, items, rows) = planned(dir.path(), CSV);
-        let render = FromRows {
-            flow: &flow,
-            rows,
-            display: "e.csv".into(),
-        };
+        let render = FromRows::new(&flow, rows, "e.csv");
         // The same length, another amount: only the digest can tell.
         std::fs::write(dir.path().join("e.csv"), CSV.replace("11.00", "91.00")).unwrap();
         assert!(render.planned(&items[0].0).is_ok(), "E1 did not change");

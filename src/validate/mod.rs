@@ -204,17 +204,7 @@ pub fn validate<V: Visitor>(
                         if need.contains(&line)
                             && let Some(item) = r.items.get(index as usize)
                         {
-                            let row = flow
-                                .row_fields
-                                .iter()
-                                .map(|f| {
-                                    item.fields
-                                        .get(f)
-                                        .map(|s| s.trim_matches(' ').to_string())
-                                        .unwrap_or_default()
-                                })
-                                .collect();
-                            texts.insert(line, row);
+                            texts.insert(line, source::inline_values(item, &flow.row_fields));
                         }
                     }
                 }
@@ -714,11 +704,32 @@ items:
     struct Keep;
 
     impl Visitor for Keep {
-        type Chunk = Vec<(u64, u64, bool, Vec<String>)>;
+        type Chunk = Seen;
         fn item(&self, item: &ItemRow, chunk: &mut Self::Chunk) {
             let values = item.values.iter().map(|v| v.to_string()).collect();
             chunk.push((item.index, item.offset, item.valid, values));
         }
+    }
+
+    type Seen = Vec<(u64, u64, bool, Vec<String>)>;
+
+    /// What the validator gave for each item of a batch made of `items` (and a CSV file), and
+    /// the rows opened to read them again.
+    fn seen_and_rows(items: &str, csv: Option<&str>) -> (Seen, source::Rows) {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(csv) = csv {
+            std::fs::write(dir.path().join("e.csv"), csv).unwrap();
+        }
+        let path = dir.path().join("m.yaml");
+        std::fs::write(&path, format!("{HEAD}{items}{FLOW}")).unwrap();
+        let p = crate::pipeline::prepare(&path, &Registry::from_option(None))
+            .map_err(|f| format!("{:?}", f.diagnostics))
+            .unwrap();
+        let mut source = p.source;
+        let rows = source::Rows::of(&mut source, &p.flow.row_fields).unwrap();
+        let mut seen = Vec::new();
+        validate(&p.flow, &mut source, 100, &Keep, |c| seen.extend(c)).unwrap();
+        (seen, rows)
     }
 
     #[test]
@@ -751,17 +762,7 @@ items:
         }
         csv += "LAST,Last,DE89370400440532013000,1.23,EUR";
         n += 1;
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("e.csv"), &csv).unwrap();
-        let path = dir.path().join("m.yaml");
-        std::fs::write(&path, format!("{HEAD}  source: e.csv\n{FLOW}")).unwrap();
-        let p = crate::pipeline::prepare(&path, &Registry::from_option(None))
-            .map_err(|f| format!("{:?}", f.diagnostics))
-            .unwrap();
-        let mut source = p.source;
-        let rows = source::Rows::of(&mut source, &p.flow.row_fields).unwrap();
-        let mut seen = Vec::new();
-        validate(&p.flow, &mut source, 100, &Keep, |c| seen.extend(c)).unwrap();
+        let (seen, rows) = seen_and_rows("  source: e.csv\n", Some(&csv));
         assert_eq!(seen.len(), n);
         assert!(
             seen.iter().any(|(_, _, valid, _)| !valid),
@@ -783,17 +784,8 @@ items:
 
     #[test]
     fn inline_items_read_again_give_the_values_they_were_validated_with() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.yaml");
         let items = "  inline:\n    - {id: A, name: Anna, iban: DE89370400440532013000, amount: \"10.00\", currency: EUR}\n    - {id: B, name: \" Bo \", iban: DE44500105175407324931, amount: \"11.00\", currency: EUR}\n";
-        std::fs::write(&path, format!("{HEAD}{items}{FLOW}")).unwrap();
-        let p = crate::pipeline::prepare(&path, &Registry::from_option(None))
-            .map_err(|f| format!("{:?}", f.diagnostics))
-            .unwrap();
-        let mut source = p.source;
-        let rows = source::Rows::of(&mut source, &p.flow.row_fields).unwrap();
-        let mut seen = Vec::new();
-        validate(&p.flow, &mut source, 100, &Keep, |c| seen.extend(c)).unwrap();
+        let (seen, rows) = seen_and_rows(items, None);
         assert_eq!(seen.len(), 2);
         for (index, offset, _, values) in &seen {
             assert_eq!(&rows.values(*index, *offset).unwrap(), values);

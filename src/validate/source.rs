@@ -182,6 +182,20 @@ pub enum Rows {
     Inline(Vec<Vec<String>>),
 }
 
+/// The values of an item of the manifest's own `items:` for `row_fields`, as the validator
+/// reads them ("" for a field it does not give).
+pub fn inline_values(item: &InlineItem, row_fields: &[String]) -> Vec<String> {
+    row_fields
+        .iter()
+        .map(|f| {
+            item.fields
+                .get(f)
+                .map(|s| s.trim_matches(' ').to_string())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 /// Reads a file from a position on, without moving any shared position (`pread`).
 struct At<'a> {
     file: &'a File,
@@ -211,17 +225,7 @@ impl Rows {
             Source::Inline(r) => Rows::Inline(
                 r.items
                     .iter()
-                    .map(|item| {
-                        row_fields
-                            .iter()
-                            .map(|f| {
-                                item.fields
-                                    .get(f)
-                                    .map(|s| s.trim_matches(' ').to_string())
-                                    .unwrap_or_default()
-                            })
-                            .collect()
-                    })
+                    .map(|item| inline_values(item, row_fields))
                     .collect(),
             ),
         })
