@@ -679,8 +679,9 @@ items:
         recipient: {type: Individual, firstName: "${item.name}", lastName: Muller, address: {addressLine1: Main 2, city: Berlin, country: DE}}
 "#;
 
-    /// Validates a batch made of `items` (the lines under `items:`) and, when given, a CSV file.
-    fn check(items: &str, csv: Option<&str>) -> Report {
+    /// A batch made of `items` (the lines under `items:`) and, when given, a CSV file, prepared
+    /// (its folder lives as long as the first value).
+    fn prepared(items: &str, csv: Option<&str>) -> (tempfile::TempDir, crate::pipeline::Prepared) {
         let dir = tempfile::tempdir().unwrap();
         if let Some(csv) = csv {
             std::fs::write(dir.path().join("e.csv"), csv).unwrap();
@@ -690,6 +691,12 @@ items:
         let p = crate::pipeline::prepare(&path, &Registry::from_option(None))
             .map_err(|f| format!("{:?}", f.diagnostics))
             .unwrap();
+        (dir, p)
+    }
+
+    /// Validates a batch made of `items` and, when given, a CSV file.
+    fn check(items: &str, csv: Option<&str>) -> Report {
+        let (_dir, p) = prepared(items, csv);
         let mut source = p.source;
         validate(&p.flow, &mut source, 100, &NoVisitor, |_| {}).unwrap()
     }
@@ -716,15 +723,7 @@ items:
     /// What the validator gave for each item of a batch made of `items` (and a CSV file), and
     /// the rows opened to read them again.
     fn seen_and_rows(items: &str, csv: Option<&str>) -> (Seen, source::Rows) {
-        let dir = tempfile::tempdir().unwrap();
-        if let Some(csv) = csv {
-            std::fs::write(dir.path().join("e.csv"), csv).unwrap();
-        }
-        let path = dir.path().join("m.yaml");
-        std::fs::write(&path, format!("{HEAD}{items}{FLOW}")).unwrap();
-        let p = crate::pipeline::prepare(&path, &Registry::from_option(None))
-            .map_err(|f| format!("{:?}", f.diagnostics))
-            .unwrap();
+        let (_dir, p) = prepared(items, csv);
         let mut source = p.source;
         let rows = source::Rows::of(&mut source, &p.flow.row_fields).unwrap();
         let mut seen = Vec::new();
