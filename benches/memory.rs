@@ -121,8 +121,8 @@
 mod common;
 
 use common::{
-    Limits, ProcSampler, Sampled, arg, mb, paid_everything, payrun_run, prepared, sending_window,
-    summary_numbers, validated, wait_rss, write_batch, write_sandbox_config,
+    Limits, ProcSampler, Sampled, arg, mb, paid_everything, payrun_rehearsal, payrun_run, prepared,
+    sending_window, summary_numbers, validated, wait_rss, write_batch, write_sandbox_config,
 };
 use payrun::compile::Flow;
 use payrun::execute::runner::PlannedItem;
@@ -412,15 +412,7 @@ fn payrun(dir: &Path, manifest: &Path, items: usize, time_scale: f64) -> (Sample
     let state: PathBuf = dir.join("state");
     let out = dir.join("payrun.out");
     let err = dir.join("payrun.err");
-    let mut child = payrun_run(manifest, &state, &out, &err)
-        .args([
-            "--sandbox",
-            "--sandbox-in-memory",
-            "--sandbox-config",
-            &manifest.with_file_name("sandbox.yaml").to_string_lossy(),
-            "--time-scale",
-            &time_scale.to_string(),
-        ])
+    let mut child = payrun_rehearsal(manifest, &state, &out, &err, time_scale)
         .spawn()
         .unwrap();
     let sampler = ProcSampler::start(child.id());

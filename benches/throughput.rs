@@ -70,7 +70,7 @@ mod common;
 
 use common::{
     Limits, ProcSampler, arg, cpu_at, describe, load_average, mb, own_cpu, paid_everything,
-    payrun_run, sending_window, summary_numbers, vm_rss_kib, wait_rss, write_batch,
+    payrun_rehearsal, sending_window, summary_numbers, vm_rss_kib, wait_rss, write_batch,
     write_sandbox_config,
 };
 use payrun::providers::paysend;
@@ -337,16 +337,8 @@ fn payrun(dir: &Path, manifest: &Path, round: usize, items: usize, time_scale: f
     let out = dir.join(format!("payrun-{round}.out"));
     let err = dir.join(format!("payrun-{round}.err"));
     let t = Instant::now();
-    let mut child = payrun_run(manifest, &state, &out, &err)
-        .args([
-            "--sandbox",
-            // Like the bare loop's in-process sandbox: no state file, the same configuration.
-            "--sandbox-in-memory",
-            "--sandbox-config",
-            &manifest.with_file_name("sandbox.yaml").to_string_lossy(),
-            "--time-scale",
-            &time_scale.to_string(),
-        ])
+    // Like the bare loop's in-process sandbox: no state file, the same configuration.
+    let mut child = payrun_rehearsal(manifest, &state, &out, &err, time_scale)
         .spawn()
         .unwrap();
     let sampler = ProcSampler::start(child.id());

@@ -171,6 +171,27 @@ pub fn payrun_run(manifest: &Path, state: &Path, out: &Path, err: &Path) -> Comm
     cmd
 }
 
+/// `payrun run` of `manifest` against its embedded sandbox kept in memory only, configured by
+/// the `sandbox.yaml` beside the manifest (the throughput and memory benches' setting).
+pub fn payrun_rehearsal(
+    manifest: &Path,
+    state: &Path,
+    out: &Path,
+    err: &Path,
+    time_scale: f64,
+) -> Command {
+    let mut cmd = payrun_run(manifest, state, out, err);
+    cmd.args([
+        "--sandbox",
+        "--sandbox-in-memory",
+        "--sandbox-config",
+        &manifest.with_file_name("sandbox.yaml").to_string_lossy(),
+        "--time-scale",
+        &time_scale.to_string(),
+    ]);
+    cmd
+}
+
 /// The stdout of a `payrun run` that `ended`, which must have exited 0 with all `items` paid.
 pub fn paid_everything(ended: &Ended, out: &Path, err: &Path, items: usize) -> String {
     let stdout = std::fs::read_to_string(out).unwrap();
