@@ -351,7 +351,9 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
             return exit::INVALID;
         }
     }
-    let code = execute(&flow, &mut items, &rows, manifest, &attempts, o, held);
+    // Shared with the run's report answers, which list the items not started from here.
+    let items = Arc::new(items);
+    let code = execute(&flow, &items, &rows, manifest, &attempts, o, held);
     // The process ends right after; freeing every item's requests one by one only costs time.
     std::mem::forget(items);
     code
@@ -636,13 +638,14 @@ fn hold(batch: &str, state_dir: &Path) -> Result<Held, RunError> {
 #[allow(clippy::too_many_arguments)]
 fn execute(
     flow: &Flow,
-    items: &mut [PlannedItem],
+    shared: &Arc<Vec<PlannedItem>>,
     rows: &super::rows::FromRows,
     manifest: &Path,
     attempts: &HashMap<String, u32>,
     o: &RunOptions,
     held: Option<Held>,
 ) -> u8 {
+    let items: &[PlannedItem] = shared;
     let (sandbox, state_dir, time_scale) = (o.sandbox, o.state_dir, o.time_scale);
     let manifest_abs = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
     let held = match held {
@@ -990,7 +993,9 @@ fn execute(
             eprintln!("\nstopping: no new requests; waiting for the ones in flight");
         });
         let started = std::time::Instant::now();
-        let summary = match runner::run(flow, items, rows, std::mem::take(&mut stored), &mut store, &endpoint, &endpoint.adapter.timings(timings(time_scale)), Arc::clone(&stop), listen, owed).await {
+        // The runner reads the records from the store as it needs them: none held from here.
+        drop(std::mem::take(&mut stored));
+        let summary = match runner::run(flow, shared, rows, &mut store, &endpoint, &endpoint.adapter.timings(timings(time_scale)), Arc::clone(&stop), listen, owed).await {
             Ok(s) => s,
             Err(e) => return errors::report(&e, ""),
         };
@@ -1075,6 +1080,7 @@ fn execute(
 fn status_view(
     batch: &str,
     state_dir: &Path,
+    records: bool,
 ) -> Result<(super::status::StatusView, Option<Vec<super::store::Record>>), StoreError> {
     match open_to_read(batch, state_dir) {
         Ok(store) => {
@@ -1093,9 +1099,15 @@ fn status_view(
         }
         Err(e @ StoreError::Busy { .. }) => {
             let store_path = state_dir.join(format!("{batch}.redb"));
-            if let Some(records) = runner::records_from_runner(&store_path) {
-                let holder = super::lock::holder(state_dir, batch);
-                return Ok((super::status::view(batch, &records, holder), Some(records)));
+            // The runner answers the status from the counts it keeps; the records (for a
+            // report) it streams from its store.
+            if records {
+                if let Some(records) = runner::records_from_runner(&store_path) {
+                    let holder = super::lock::holder(state_dir, batch);
+                    return Ok((super::status::view(batch, &records, holder), Some(records)));
+                }
+            } else if let Some(view) = runner::status_from_runner(&store_path) {
+                return Ok((view, None));
             }
             let snap = state_dir.join(format!("{batch}.status.json"));
             let bytes = std::fs::read(&snap)
@@ -1112,7 +1124,7 @@ fn status_view(
 
 /// `payrun status <batch>`.
 pub fn status(batch: &str, state_dir: &Path, json: bool) -> u8 {
-    match status_view(batch, state_dir) {
+    match status_view(batch, state_dir, false) {
         Ok((v, _)) => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -1127,7 +1139,7 @@ pub fn status(batch: &str, state_dir: &Path, json: bool) -> u8 {
 
 /// `payrun report <batch> -o results.csv`: one row per item, spreadsheet-safe.
 pub fn report(batch: &str, state_dir: &Path, output: Option<&Path>) -> u8 {
-    let records = match status_view(batch, state_dir) {
+    let records = match status_view(batch, state_dir, true) {
         Ok((_, Some(r))) => r,
         Ok((v, None)) => {
             let who = v
@@ -1267,7 +1279,7 @@ pub fn list(state_dir: &Path, json: bool) -> u8 {
     batches.sort();
     let mut views = Vec::new();
     for b in &batches {
-        match status_view(b, state_dir) {
+        match status_view(b, state_dir, false) {
             Ok((v, _)) => views.push(v),
             Err(e) => eprintln!("warning: {b}: {e}"),
         }

@@ -8,12 +8,14 @@
 //! settlement rule of each node (`settle_of`).
 
 use super::machine::{self, Effect, Event, Millis, State, Timings, Verdict};
+use super::status::Tally;
 use super::store::{Record, Store, StoreError};
 use crate::compile::Flow;
 use crate::providers::{Adapter, Notice, Rendered, contradiction};
 use crate::schema::Settle;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use super::runner::{NoticeCounts, PlannedItem};
@@ -40,6 +42,37 @@ pub(super) enum Unmade {
     Missing(String),
     /// Its row could not be read again as validated: the run stops, nothing of it is sent.
     Source(String),
+}
+
+/// Where the records a run let go are read back from: the store (`store::Reader`), or a test's
+/// map of what was committed.
+pub trait Pager: Sync {
+    /// The record committed at `index`, if any.
+    fn record(&self, index: u64) -> Result<Option<Record>, StoreError>;
+    /// Every committed record, in index order.
+    fn each(&self, f: &mut dyn FnMut(u64, Record)) -> Result<(), StoreError>;
+}
+
+impl Pager for super::store::Reader {
+    fn record(&self, index: u64) -> Result<Option<Record>, StoreError> {
+        super::store::Reader::record(self, index)
+    }
+    fn each(&self, f: &mut dyn FnMut(u64, Record)) -> Result<(), StoreError> {
+        super::store::Reader::each(self, f)
+    }
+}
+
+/// Where a unit's record is. A run holds the records of the nodes not ended; an ended node's
+/// record is let go once its end is committed and read back from the store when something
+/// asks about it again (a late notification, a step reading its result).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Place {
+    /// An item never stored: planned, its record made from its `PlannedItem` when needed.
+    Untouched,
+    /// In `Book::live`.
+    Live,
+    /// Ended and committed: in the store only.
+    Out,
 }
 
 /// How many items' rendered requests are kept between the rounds that need them.
@@ -93,16 +126,30 @@ pub(super) struct Book<'a> {
     /// What this run still has to pay, per currency (items not started): a balance the
     /// preflight reports must cover it.
     pub(super) owed: BTreeMap<String, rust_decimal::Decimal>,
-    pub(super) recs: Vec<Record>,
-    /// (item, step) of each unit; step 0 is the item's first request.
-    pub(super) units: Vec<(usize, usize)>,
+    /// The records of units not ended, and of units changed since the last commit.
+    pub(super) live: HashMap<usize, Record>,
+    /// Where each unit's record is.
+    pub(super) place: Vec<Place>,
+    /// Reads back the records let go.
+    pub(super) pager: &'a dyn Pager,
+    /// A record that could not be read back: the next commit fails with it (nothing decided
+    /// on a record that was not there is ever committed or acted on).
+    pub(super) fault: std::sync::Mutex<Option<StoreError>>,
+    /// The batch's counts and amounts by state, kept as states change.
+    pub(super) tally: Tally,
+    /// Units that took a final or review state (a new one) since the display last looked, and
+    /// whether they were final before.
+    pub(super) ended: Vec<(usize, bool)>,
+    /// (item, step) of each unit past the items (a unit below `items.len()` is `(u, 0)`).
+    pub(super) step_units: Vec<(usize, usize)>,
     /// Delayed steps' units by (item, step); an item's first request is unit `item`.
     pub(super) unit_at: HashMap<(usize, usize), usize>,
     /// Steps 1.. (index k - 1), and the steps that follow each step (index k).
     pub(super) steps: Vec<StepInfo>,
     pub(super) followers: Vec<Vec<usize>>,
-    /// Not started yet, in file order.
-    pub(super) ready: VecDeque<usize>,
+    /// Items before this one were started (file order): the next one not started is at or
+    /// after it.
+    pub(super) ready_from: usize,
     /// (due time, item); stale entries are skipped when popped.
     pub(super) timers: BTreeSet<(Millis, usize)>,
     /// Items with a request out (their answers are awaited).
@@ -206,31 +253,41 @@ impl Book<'_> {
             } => result.clone(),
             _ => None,
         };
-        let (s, fx) = machine::step(&self.recs[i].state, event, policy, timings);
-        let ends = s.is_final() && !self.recs[i].state.is_final();
+        let before = self.rec_mut(i).state.clone();
+        let (s, fx) = machine::step(&before, event, policy, timings);
+        let ends = s.is_final() && !before.is_final();
         // What a later node reads of this one: kept with the record, committed with its end.
         if matches!(s, State::Succeeded { .. })
-            && !matches!(self.recs[i].state, State::Succeeded { .. })
-            && self.read[self.units[i].1]
+            && !matches!(before, State::Succeeded { .. })
+            && self.read[self.unit(i).1]
         {
-            self.recs[i].result = Some(self.keep_result(i, answer.as_ref()));
+            let kept = self.keep_result(i, answer.as_ref());
+            self.rec_mut(i).result = Some(kept);
         }
-        if s != self.recs[i].state {
-            let r = &mut self.recs[i];
-            if matches!(s, State::Sending { .. }) && r.first_sent.is_none() {
-                r.first_sent = Some(now);
-            }
+        if s != before {
             if let State::Submitted { reference, .. } = &s {
                 let (group, _) = adapter.reference_group(reference);
                 self.groups.entry(group).or_default().push(i);
             }
-            match (is_open(&r.state), is_open(&s)) {
+            match (is_open(&before), is_open(&s)) {
                 (true, false) => self.open -= 1,
                 (false, true) => self.open += 1,
                 _ => {}
             }
+            if (s.is_final() || matches!(s, State::NeedsReview { .. }))
+                && super::status::state_name(&s) != super::status::state_name(&before)
+            {
+                self.ended.push((i, before.is_final()));
+            }
+            let index = self.store_index(i);
+            let r = self.live.get_mut(&i).expect("paged in above");
+            self.tally.remove(index, r);
+            if matches!(s, State::Sending { .. }) && r.first_sent.is_none() {
+                r.first_sent = Some(now);
+            }
             r.updated = now;
             r.state = s;
+            self.tally.add(index, r);
             self.changed.push(i);
         }
         self.schedule(i);
@@ -251,13 +308,13 @@ impl Book<'_> {
     /// final state, so a crash cannot lose them.
     pub(super) fn follow(&mut self, u: usize, now: Millis) {
         use crate::manifest::Link;
-        let (item, step) = self.units[u];
+        let (item, step) = self.unit(u);
         for k in self.followers[step].clone() {
             if self.unit_at.contains_key(&(item, k)) {
                 continue;
             }
             let s = &self.steps[k - 1];
-            let outcome = match &self.recs[u].state {
+            let outcome = match &self.rec(u).state {
                 State::Succeeded { .. } => Some(Link::Success),
                 State::Failed { .. } => Some(Link::Fail),
                 _ => None,
@@ -275,7 +332,7 @@ impl Book<'_> {
                     at: now,
                 },
             };
-            let base = &self.recs[item];
+            let base = self.rec(item);
             let mut r = Record::planned(
                 &base.id,
                 &crate::keys::task_key(&base.key, &format!("step/{}", s.path)),
@@ -285,14 +342,20 @@ impl Book<'_> {
             );
             r.step = Some(s.path.clone());
             r.updated = now;
+            drop(base);
             let skipped = state.is_final();
             r.state = state;
-            let v = self.recs.len();
+            let v = self.units();
             if self.client_run && self.keyed_notices {
                 self.by_key.insert(self.adapter.wire_key(&r.key), v);
             }
-            self.recs.push(r);
-            self.units.push((item, k));
+            self.step_units.push((item, k));
+            self.place.push(Place::Live);
+            self.tally.add(self.store_index(v), &r);
+            if skipped {
+                self.ended.push((v, false));
+            }
+            self.live.insert(v, r);
             self.unit_at.insert((item, k), v);
             if !skipped {
                 self.open += 1;
@@ -310,7 +373,7 @@ impl Book<'_> {
     /// `${result.account.result.accountToken}`); for a failed node its `code` and
     /// `description`; for a tree the provider ran, the ids its verdict reported.
     pub(super) fn step_payload(&self, u: usize) -> Result<Rendered, Unmade> {
-        let (item, step) = self.units[u];
+        let (item, step) = self.unit(u);
         let rendered = self.planned(item)?;
         let Some(planned) = rendered.steps.get(step - 1) else {
             return Err(Unmade::Source(format!(
@@ -329,7 +392,7 @@ impl Book<'_> {
                 0 => item,
                 _ => *self.unit_at.get(&(item, at))?,
             };
-            let rec = &self.recs[unit];
+            let rec = self.rec(unit);
             let name = path.rsplit('.').next().unwrap_or(path);
             match &rec.state {
                 State::Succeeded { ids, .. } => rec
@@ -393,7 +456,7 @@ impl Book<'_> {
                 .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
         {
             out = sent;
-            let key = self.adapter.wire_key(&self.recs[u].key);
+            let key = self.adapter.wire_key(&self.rec(u).key);
             for v in out.values_mut() {
                 if v.as_str() == Some(crate::keys::KEYED) {
                     *v = Value::String(key.clone());
@@ -410,14 +473,14 @@ impl Book<'_> {
 
     /// Where unit `u` is stored.
     pub(super) fn store_index(&self, u: usize) -> u64 {
-        match self.units[u] {
+        match self.unit(u) {
             (item, 0) => item as u64,
             (item, step) => super::store::step_index(step, item),
         }
     }
 
     pub(super) fn schedule(&mut self, i: usize) {
-        if let Some(d) = self.recs[i].state.due() {
+        if let Some(d) = self.rec(i).state.due() {
             self.timers.insert((d, i));
         }
     }
@@ -430,7 +493,11 @@ impl Book<'_> {
                 break;
             }
             self.timers.pop_first();
-            if self.recs[i].state.due() == Some(t) && !self.in_flight.contains(&i) {
+            // A unit let go has ended: it is due no more.
+            if self.place[i] == Place::Live
+                && self.live[&i].state.due() == Some(t)
+                && !self.in_flight.contains(&i)
+            {
                 out.push(i);
             }
         }
@@ -439,18 +506,143 @@ impl Book<'_> {
         out
     }
 
+    /// Makes what changed durable, then lets go of the records of the units that ended.
     pub(super) fn commit(&mut self, store: &mut Store) -> Result<(), StoreError> {
+        self.check_fault()?;
         self.changed.sort_unstable();
         self.changed.dedup();
         let rows: Vec<(u64, &Record)> = self
             .changed
             .iter()
-            .map(|&i| (self.store_index(i), &self.recs[i]))
+            .map(|&i| (self.store_index(i), &self.live[&i]))
             .collect();
         store.commit_with(&rows, self.applied)?;
+        self.committed();
+        Ok(())
+    }
+
+    /// What changed was committed: the records of the units that ended are let go.
+    pub(super) fn committed(&mut self) {
+        for &i in &self.changed {
+            if self.live.get(&i).is_some_and(|r| r.state.is_final()) {
+                self.live.remove(&i);
+                self.place[i] = Place::Out;
+            }
+        }
         self.changed.clear();
         self.applied = None;
-        Ok(())
+    }
+
+    /// A record that could not be read back since the last commit, as the error to stop on.
+    pub(super) fn check_fault(&self) -> Result<(), StoreError> {
+        match self.fault.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// (item, step) of unit `u`; step 0 is the item's first request.
+    pub(super) fn unit(&self, u: usize) -> (usize, usize) {
+        match u.checked_sub(self.items.len()) {
+            None => (u, 0),
+            Some(k) => self.step_units[k],
+        }
+    }
+
+    /// How many units there are (items, then the steps created so far).
+    pub(super) fn units(&self) -> usize {
+        self.items.len() + self.step_units.len()
+    }
+
+    /// Unit `u`'s record: held, made from its planned item, or read back from the store.
+    pub(super) fn rec(&self, u: usize) -> Cow<'_, Record> {
+        match self.place[u] {
+            Place::Live => Cow::Borrowed(&self.live[&u]),
+            Place::Untouched => Cow::Owned(self.untouched(u)),
+            Place::Out => Cow::Owned(self.read_back(u)),
+        }
+    }
+
+    /// Unit `u`'s record, held from now until its end is committed.
+    pub(super) fn rec_mut(&mut self, u: usize) -> &mut Record {
+        if self.place[u] != Place::Live {
+            let r = self.rec(u).into_owned();
+            self.live.insert(u, r);
+            self.place[u] = Place::Live;
+        }
+        self.live.get_mut(&u).expect("held")
+    }
+
+    fn untouched(&self, item: usize) -> Record {
+        let it = &self.items[item];
+        Record::planned(&it.id, &it.key, &it.digest, it.line, it.money.clone())
+    }
+
+    /// The record of unit `u`, let go when it ended, read back. One that cannot be read makes
+    /// the next commit fail (see `fault`); meanwhile a planned record stands in for it.
+    fn read_back(&self, u: usize) -> Record {
+        let index = self.store_index(u);
+        let why = match self.pager.record(index) {
+            Ok(Some(r)) => return r,
+            Ok(None) => StoreError::other(format!(
+                "the record of item {} (store index {index}) is missing from the store, which \
+                 this run committed it to",
+                self.items[self.unit(u).0].id
+            )),
+            Err(e) => e,
+        };
+        tracing::error!("{why}");
+        self.fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(why);
+        self.untouched(self.unit(u).0)
+    }
+
+    /// The next item not started yet (file order), taken off the ready list.
+    pub(super) fn pop_ready(&mut self) -> Option<usize> {
+        let i = self.peek_ready()?;
+        self.ready_from = i + 1;
+        Some(i)
+    }
+
+    /// Whether an item is still to be started.
+    pub(super) fn any_ready(&mut self) -> bool {
+        self.peek_ready().is_some()
+    }
+
+    fn peek_ready(&mut self) -> Option<usize> {
+        while self.ready_from < self.items.len() {
+            let i = self.ready_from;
+            let planned = match self.place[i] {
+                Place::Untouched => true,
+                Place::Live => matches!(self.live[&i].state, State::Planned),
+                Place::Out => false,
+            };
+            if planned {
+                return Some(i);
+            }
+            self.ready_from += 1;
+        }
+        None
+    }
+
+    /// The batch's status as this run holds it (`running`: who runs it).
+    pub(super) fn status(
+        &mut self,
+        batch: &str,
+        running: Option<super::status::Holder>,
+    ) -> super::status::StatusView {
+        let mut tally = std::mem::take(&mut self.tally);
+        let mut open: Vec<(u64, &Record)> = self
+            .live
+            .iter()
+            .map(|(&u, r)| (self.store_index(u), r))
+            .collect();
+        open.sort_unstable_by_key(|(i, _)| *i);
+        tally.relist(open.into_iter());
+        self.tally = tally;
+        self.tally.view(batch, running)
     }
 
     /// Item `item`'s requests as planned, rendered from its row (kept a while: the rounds
@@ -479,10 +671,10 @@ impl Book<'_> {
             Ok(p) => p,
             Err(Unmade::Source(_)) => Vec::new(),
             Err(Unmade::Missing(_)) => {
-                let Ok(planned) = self.planned(self.units[u].0) else {
+                let Ok(planned) = self.planned(self.unit(u).0) else {
                     return Vec::new();
                 };
-                match self.units[u].1 {
+                match self.unit(u).1 {
                     0 => planned.payload.clone(),
                     s => planned.steps.get(s - 1).cloned().into_iter().collect(),
                 }
@@ -492,7 +684,7 @@ impl Book<'_> {
 
     /// How unit `u`'s lost answer is settled.
     pub(super) fn settle_of(&self, u: usize) -> Settle {
-        match self.units[u].1 {
+        match self.unit(u).1 {
             0 => self.root_settle,
             k => self.steps[k - 1].settle,
         }
@@ -501,7 +693,7 @@ impl Book<'_> {
     /// What unit `u` sends, with the results it reads; Err: a result it needs is missing, or
     /// its row cannot be read again.
     pub(super) fn payload_of(&self, u: usize) -> Result<Vec<Rendered>, Unmade> {
-        match self.units[u] {
+        match self.unit(u) {
             (item, 0) => self
                 .with_preflight(&self.planned(item)?.payload)
                 .map_err(Unmade::Missing),
@@ -642,7 +834,11 @@ impl Book<'_> {
     ) -> Result<(), String> {
         // Every item's requests are made from the same templates, so they read the same
         // preflight results: those of the first item still to be sent are every item's.
-        let first = (0..self.items.len()).find(|&i| !self.recs[i].state.is_final());
+        let first = (0..self.items.len()).find(|&i| match self.place[i] {
+            Place::Untouched => true,
+            Place::Live => !self.live[&i].state.is_final(),
+            Place::Out => false,
+        });
         if !self.preflight.is_empty()
             && let Some(first) = first
         {
@@ -706,7 +902,7 @@ impl Book<'_> {
 
     /// The operation of unit `u`.
     pub(super) fn op_of(&self, u: usize) -> &str {
-        match self.units[u].1 {
+        match self.unit(u).1 {
             0 => &self.root_op,
             k => &self.steps[k - 1].op,
         }
@@ -735,7 +931,7 @@ impl Book<'_> {
             .unwrap_or(&[])
             .iter()
             .copied()
-            .filter(move |&i| self.recs[i].state.reference() == Some(reference))
+            .filter(move |&i| self.rec(i).state.reference() == Some(reference))
     }
 
     /// Units a report about the request accepted under `reference` concerns: those waiting for
@@ -749,8 +945,8 @@ impl Book<'_> {
             .iter()
             .copied()
             .filter(move |&i| {
-                let s = &self.recs[i].state;
-                s.is_final() || s.reference() == Some(reference)
+                let r = self.rec(i);
+                r.state.is_final() || r.state.reference() == Some(reference)
             })
     }
 
@@ -762,10 +958,10 @@ impl Book<'_> {
         match notice {
             Notice::Item { key, .. } => match self.by_key.get(&key.replace('-', "")) {
                 // An outcome is about a request payrun recorded as sent, or about nothing.
-                Some(&i) if self.recs[i].state.was_sent() => Ok(()),
+                Some(&i) if self.rec(i).state.was_sent() => Ok(()),
                 Some(&i) => Err(Rejection::Never(format!(
                     "a notification about item {}, for which nothing was sent",
-                    self.recs[i].id
+                    self.rec(i).id
                 ))),
                 None => Err(Rejection::Never(
                     "a notification about a key not in this batch".into(),
@@ -781,7 +977,7 @@ impl Book<'_> {
                         if let Some(why) = self.contradicts(i, claims) {
                             return Err(Rejection::Never(format!(
                                 "a notification about item {} that contradicts it: {why}",
-                                self.recs[i].id
+                                self.rec(i).id
                             )));
                         }
                         waiting = true;
@@ -812,7 +1008,7 @@ impl Book<'_> {
                     {
                         return Err(Rejection::Never(format!(
                             "a payment notification that contradicts item {}: {why}",
-                            self.recs[i].id
+                            self.rec(i).id
                         )));
                     }
                 }
@@ -844,7 +1040,7 @@ impl Book<'_> {
         adapter: &dyn Adapter,
     ) {
         let observe = |book: &mut Book, i: usize, verdict: Verdict| {
-            tracing::debug!(item = %book.recs[i].id, ?verdict, "notification");
+            tracing::debug!(item = %book.rec(i).id, ?verdict, "notification");
             book.apply(
                 i,
                 Event::Observed { verdict, now },
@@ -863,7 +1059,7 @@ impl Book<'_> {
             // Ask about that submission's items now instead of at their next poll.
             Notice::Group(group) => {
                 for i in self.groups.get(&group).cloned().unwrap_or_default() {
-                    if let State::Submitted { reference, .. } = &self.recs[i].state
+                    if let State::Submitted { reference, .. } = &self.rec(i).state
                         && adapter.reference_group(reference).0 == group
                         && !self.in_flight.contains(&i)
                     {
@@ -887,8 +1083,8 @@ impl Book<'_> {
                 for c in &candidates {
                     let concerned: Vec<usize> = self.concerned(c).collect();
                     for i in concerned {
-                        if confirm && !self.recs[i].state.is_final() {
-                            tracing::info!(item = %self.recs[i].id, "a reported failure, confirmed by a lookup");
+                        if confirm && !self.rec(i).state.is_final() {
+                            tracing::info!(item = %self.rec(i).id, "a reported failure, confirmed by a lookup");
                             self.lookups.push(i);
                         } else {
                             observe(self, i, verdict.clone());
@@ -929,7 +1125,7 @@ impl Book<'_> {
                     self.answered.insert(rid.clone());
                     for i in units {
                         if !listed.contains(&i)
-                            && matches!(self.recs[i].state, State::InDoubt { .. })
+                            && matches!(self.rec(i).state, State::InDoubt { .. })
                         {
                             observe(self, i, Verdict::Unlisted { asked: at });
                         }
@@ -950,31 +1146,45 @@ impl<'a> Book<'a> {
         flow: &'a Flow,
         items: &'a [PlannedItem],
         render: &'a dyn Render,
-        stored: Vec<(u64, Record)>,
+        pager: &'a dyn Pager,
         adapter: &'a dyn Adapter,
         now: Millis,
         timings: &Timings,
-    ) -> Book<'a> {
+    ) -> Result<Book<'a>, StoreError> {
         let policy = &flow.manifest.retry;
-        let mut stored: HashMap<u64, Record> = stored.into_iter().collect();
-        let mut recs: Vec<Record> = items
-            .iter()
-            .enumerate()
-            .map(|(i, it)| {
-                stored.remove(&(i as u64)).unwrap_or_else(|| {
-                    Record::planned(&it.id, &it.key, &it.digest, it.line, it.money.clone())
-                })
-            })
-            .collect();
-        let mut units: Vec<(usize, usize)> = (0..recs.len()).map(|i| (i, 0)).collect();
-        // Delayed steps already under way, after the items.
-        let mut rest: Vec<(u64, Record)> = stored.into_iter().collect();
-        rest.sort_unstable_by_key(|(i, _)| *i);
-        for (index, r) in rest {
-            let (step, item) = super::store::split_index(index);
-            if step > 0 && item < items.len() {
-                units.push((item, step));
-                recs.push(r);
+        // What the store holds, read one record at a time: a run holds only the records of
+        // the nodes not ended; the rest are counted and let go.
+        let mut live: HashMap<usize, Record> = HashMap::new();
+        let mut place = vec![Place::Untouched; items.len()];
+        let mut step_units: Vec<(usize, usize)> = Vec::new();
+        let mut tally = Tally::default();
+        let mut ended: Vec<usize> = Vec::new();
+        pager.each(&mut |index, r| {
+            let u = match index.checked_sub(items.len() as u64) {
+                None => index as usize,
+                Some(_) => {
+                    // Delayed steps already under way, after the items.
+                    let (step, item) = super::store::split_index(index);
+                    if step == 0 || item >= items.len() {
+                        return;
+                    }
+                    step_units.push((item, step));
+                    place.push(Place::Untouched);
+                    items.len() + step_units.len() - 1
+                }
+            };
+            tally.add(index, &r);
+            if r.state.is_final() {
+                place[u] = Place::Out;
+                ended.push(u);
+            } else {
+                place[u] = Place::Live;
+                live.insert(u, r);
+            }
+        })?;
+        for (i, it) in items.iter().enumerate() {
+            if place[i] == Place::Untouched {
+                tally.add_untouched(&it.money);
             }
         }
         let client_run = flow.provider.tree == crate::schema::TreeExecution::Client;
@@ -1049,18 +1259,23 @@ impl<'a> Book<'a> {
             },
             preflight: BTreeMap::new(),
             owed: BTreeMap::new(),
-            open: recs.iter().filter(|r| is_open(&r.state)).count(),
-            unit_at: units
+            open: live.values().filter(|r| is_open(&r.state)).count()
+                + place.iter().filter(|p| **p == Place::Untouched).count(),
+            unit_at: step_units
                 .iter()
                 .enumerate()
-                .filter(|(_, (_, step))| *step > 0)
-                .map(|(u, &iu)| (iu, u))
+                .map(|(k, &iu)| (iu, items.len() + k))
                 .collect(),
-            units,
+            step_units,
             steps,
             followers,
-            recs,
-            ready: VecDeque::new(),
+            live,
+            place,
+            pager,
+            fault: std::sync::Mutex::new(None),
+            tally,
+            ended: Vec::new(),
+            ready_from: 0,
             timers: BTreeSet::new(),
             in_flight: HashSet::new(),
             groups: HashMap::new(),
@@ -1076,11 +1291,13 @@ impl<'a> Book<'a> {
         };
         // A resumed run: whatever was being sent when it stopped is now in doubt; whatever waited
         // keeps its due time (pending backoffs are respected).
-        for i in 0..book.recs.len() {
-            match &book.recs[i].state {
-                State::Planned => book.ready.push_back(i),
+        let mut held: Vec<usize> = book.live.keys().copied().collect();
+        held.sort_unstable();
+        for i in held {
+            match &book.live[&i].state {
+                State::Planned => {}
                 State::Sending { .. } | State::NeedsReview { .. } => {
-                    if let Some(reference) = book.recs[i].state.reference() {
+                    if let Some(reference) = book.live[&i].state.reference() {
                         let (group, _) = adapter.reference_group(reference);
                         book.groups.entry(group).or_default().push(i);
                     }
@@ -1097,12 +1314,13 @@ impl<'a> Book<'a> {
             }
         }
         // Steps that should follow what ended before (a batch started by an older payrun).
-        for u in 0..book.recs.len() {
-            if book.recs[u].state.is_final() {
+        for u in ended {
+            if !book.followers[book.unit(u).1].is_empty() {
                 book.follow(u, now);
             }
         }
-        book
+        book.check_fault()?;
+        Ok(book)
     }
 }
 
@@ -1262,13 +1480,49 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
         evidence: u32,
     }
 
-    fn commit(book: &mut Book, durable: &mut HashMap<u64, Record>) {
+    /// What was committed, by store index: what a new run (after a crash) starts from, and
+    /// where the book reads back the records of the nodes that ended.
+    #[derive(Default)]
+    struct Durable(std::sync::Mutex<HashMap<u64, Record>>);
+
+    impl Pager for Durable {
+        fn record(&self, index: u64) -> Result<Option<Record>, StoreError> {
+            Ok(self.0.lock().unwrap().get(&index).cloned())
+        }
+        fn each(&self, f: &mut dyn FnMut(u64, Record)) -> Result<(), StoreError> {
+            let mut all: Vec<(u64, Record)> = self
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, r)| (*k, r.clone()))
+                .collect();
+            all.sort_unstable_by_key(|(k, _)| *k);
+            for (k, r) in all {
+                f(k, r);
+            }
+            Ok(())
+        }
+    }
+
+    impl Durable {
+        fn state(&self, index: u64) -> State {
+            self.0.lock().unwrap()[&index].state.clone()
+        }
+    }
+
+    fn commit(book: &mut Book, durable: &Durable) {
+        book.check_fault().expect("every record read back");
         book.changed.sort_unstable();
         book.changed.dedup();
         for &i in &book.changed {
-            durable.insert(book.store_index(i), book.recs[i].clone());
+            durable
+                .0
+                .lock()
+                .unwrap()
+                .insert(book.store_index(i), book.live[&i].clone());
         }
-        book.changed.clear();
+        book.committed();
     }
 
     fn succeeded(paymentid: String, amount: u64) -> Verdict {
@@ -1365,9 +1619,10 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
                 rust_decimal::Decimal::new(eur, 2),
             )]))
         };
+        let nothing = Durable::default();
         let results = BTreeMap::from([("bal".to_string(), json!({"data": {"EUR": "110.00"}}))]);
         // Not enough for what this run still has to pay: closed, nothing sent.
-        let mut book = Book::new(&flow, &items, &requests, Vec::new(), &adapter, 0, &t);
+        let mut book = Book::new(&flow, &items, &requests, &nothing, &adapter, 0, &t).unwrap();
         book.owed = owed.clone();
         asking(&mut book);
         book.preflight_answer(
@@ -1388,7 +1643,7 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
             }
         );
         // Not finished: asked again with the follow-up, after a short wait.
-        let mut book = Book::new(&flow, &items, &requests, Vec::new(), &adapter, 0, &t);
+        let mut book = Book::new(&flow, &items, &requests, &nothing, &adapter, 0, &t).unwrap();
         book.owed = owed.clone();
         asking(&mut book);
         book.preflight_answer(Preflight::Retry("busy".into()), false, 0, &policy);
@@ -1397,7 +1652,7 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
             "retried after the policy's delay"
         );
         // Enough: open, and the first item's request reads the balance.
-        let mut book = Book::new(&flow, &items, &requests, Vec::new(), &adapter, 0, &t);
+        let mut book = Book::new(&flow, &items, &requests, &nothing, &adapter, 0, &t).unwrap();
         book.owed = owed;
         asking(&mut book);
         book.preflight_answer(
@@ -1431,12 +1686,13 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
         for seed in 1..=150u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
             let (items, requests) = items(&flow, 3);
-            let mut durable: HashMap<u64, Record> = HashMap::new();
+            let durable = Durable::default();
             // Units by store index, so they survive a crash's renumbering.
             let mut doubt: HashMap<u64, Doubt> = HashMap::new();
             let mut now: Millis = 1_000_000;
-            let mut book = Book::new(&flow, &items, &requests, Vec::new(), &adapter, now, &t);
-            commit(&mut book, &mut durable);
+            let mut book =
+                Book::new(&flow, &items, &requests, &durable, &adapter, now, &t).unwrap();
+            commit(&mut book, &durable);
             let mut rounds = 0;
             loop {
                 rounds += 1;
@@ -1444,51 +1700,48 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
                 assert!(
                     rounds < 4000,
                     "seed {seed}: the graphs never ended: {:?}",
-                    book.recs
-                        .iter()
+                    book.live
+                        .values()
                         .map(|r| (&r.step, &r.state))
                         .filter(|(_, s)| is_open(s))
                         .collect::<Vec<_>>()
                 );
                 // A crash: everything not committed is lost; a new run resumes.
                 if !benign && rng.below(15) == 0 {
-                    let stored: Vec<(u64, Record)> =
-                        durable.iter().map(|(k, r)| (*k, r.clone())).collect();
-                    book = Book::new(&flow, &items, &requests, stored, &adapter, now, &t);
-                    commit(&mut book, &mut durable);
+                    book =
+                        Book::new(&flow, &items, &requests, &durable, &adapter, now, &t).unwrap();
+                    commit(&mut book, &durable);
                 }
                 for i in book.due(now) {
                     book.apply(i, Event::Tick { now }, &policy, &t, &adapter);
                 }
-                while let Some(i) = book.ready.pop_front() {
-                    if matches!(book.recs[i].state, State::Planned) {
-                        book.apply(i, Event::Tick { now }, &policy, &t, &adapter);
-                    }
+                while let Some(i) = book.pop_ready() {
+                    book.apply(i, Event::Tick { now }, &policy, &t, &adapter);
                 }
-                commit(&mut book, &mut durable);
+                commit(&mut book, &durable);
                 let mut sends = std::mem::take(&mut book.sends);
                 sends.sort_unstable();
                 sends.dedup();
-                sends.retain(|&u| matches!(book.recs[u].state, State::Sending { .. }));
+                sends.retain(|&u| matches!(book.rec(u).state, State::Sending { .. }));
                 let mut lookups = std::mem::take(&mut book.lookups);
                 lookups.sort_unstable();
                 lookups.dedup();
-                lookups.retain(|&u| !book.recs[u].state.is_final());
+                lookups.retain(|&u| !book.rec(u).state.is_final());
                 for u in sends {
                     let at = book.store_index(u);
                     // Its own `Sending`, and its parent's end on its branch, are durable.
                     assert!(
-                        matches!(durable[&at].state, State::Sending { .. }),
+                        matches!(durable.state(at), State::Sending { .. }),
                         "seed {seed}: sent before its Sending was committed"
                     );
-                    let (item, step) = book.units[u];
+                    let (item, step) = book.unit(u);
                     if step > 0 {
                         let s = &book.steps[step - 1];
                         let parent = match s.after {
                             0 => item as u64,
                             a => crate::execute::store::step_index(a, item),
                         };
-                        let taken = match &durable[&parent].state {
+                        let taken = match &durable.state(parent) {
                             State::Succeeded { .. } => crate::manifest::Link::Success,
                             State::Failed { .. } => crate::manifest::Link::Fail,
                             other => panic!("seed {seed}: sent while its parent is {other:?}"),
@@ -1521,15 +1774,15 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
                     book.apply(u, Event::Sent { verdict, now }, &policy, &t, &adapter);
                 }
                 for u in lookups {
-                    let (item, _) = book.units[u];
+                    let (item, _) = book.unit(u);
                     let verdict = observation(&mut rng, benign, now, format!("p{item}"));
                     if matches!(verdict, Verdict::Unknown | Verdict::Unlisted { .. }) {
                         doubt.entry(book.store_index(u)).or_default().evidence += 1;
                     }
                     book.apply(u, Event::Observed { verdict, now }, &policy, &t, &adapter);
                 }
-                commit(&mut book, &mut durable);
-                if book.open == 0 && book.ready.is_empty() && book.timers.is_empty() {
+                commit(&mut book, &durable);
+                if book.open == 0 && !book.any_ready() && book.timers.is_empty() {
                     break;
                 }
                 if book.open == 0 && benign {
@@ -1542,7 +1795,8 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
             }
             // Every node of every graph ended, or waits for a person; every step whose parent
             // ended exists, run or skipped as its branch says.
-            for (u, r) in book.recs.iter().enumerate() {
+            for u in 0..book.units() {
+                let r = book.rec(u);
                 assert!(
                     r.state.is_final() || matches!(r.state, State::NeedsReview { .. }),
                     "seed {seed}: unit {u} left {:?}",
@@ -1552,14 +1806,17 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
             for item in 0..items.len() {
                 for (k, s) in flow_steps.iter().enumerate() {
                     let parent = match s.after {
-                        0 => Some(&book.recs[item].state),
-                        a => book.unit_at.get(&(item, a)).map(|&p| &book.recs[p].state),
+                        0 => Some(book.rec(item).state.clone()),
+                        a => book
+                            .unit_at
+                            .get(&(item, a))
+                            .map(|&p| book.rec(p).state.clone()),
                     };
                     let child = book
                         .unit_at
                         .get(&(item, k + 1))
-                        .map(|&c| &book.recs[c].state);
-                    match (parent, child) {
+                        .map(|&c| book.rec(c).state.clone());
+                    match (parent.as_ref(), child.as_ref()) {
                         (Some(p), None) if p.is_final() => {
                             panic!(
                                 "seed {seed}: item {item}'s `{}` was never created",

@@ -10,9 +10,10 @@
 use super::machine::{Millis, State};
 use super::outlook::count;
 use super::pace::{Pace, per_second};
+use super::status::Tally;
 use super::store::Record;
 use rust_decimal::Decimal;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -23,7 +24,6 @@ const PLAIN_SAME_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
-    reported: HashSet<usize>,
     /// Amounts paid per currency, this run and before.
     paid: BTreeMap<String, Decimal>,
     started: std::time::Instant,
@@ -59,11 +59,9 @@ const PACE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Progress {
     /// Counts items settled before this run without announcing them again.
-    pub fn new(recs: &[Record]) -> Progress {
+    pub fn new(tally: &Tally) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new(
-                recs.iter().filter(|r| r.step.is_none()).count() as u64
-            );
+            let b = indicatif::ProgressBar::new(tally.items() as u64);
             if let Ok(style) =
                 indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} done · {msg}")
             {
@@ -71,10 +69,16 @@ impl Progress {
             }
             b
         });
-        let mut p = Progress {
+        let done: usize = ["paid", "done", "failed", "reversed"]
+            .iter()
+            .map(|s| tally.items_in(s))
+            .sum();
+        if let Some(b) = &bar {
+            b.inc(done as u64);
+        }
+        Progress {
             bar,
-            reported: HashSet::new(),
-            paid: BTreeMap::new(),
+            paid: tally.amounts_in("paid"),
             started: std::time::Instant::now(),
             settled_now: 0,
             context: WaitContext::default(),
@@ -83,22 +87,7 @@ impl Progress {
             bar_waiting: false,
             pace_note: None,
             pace_said: None,
-        };
-        for (i, r) in recs.iter().enumerate() {
-            if r.step.is_some() {
-                continue;
-            }
-            if r.state.is_final() || matches!(r.state, State::NeedsReview { .. }) {
-                p.reported.insert(i);
-                if r.state.is_final()
-                    && let Some(b) = &p.bar
-                {
-                    b.inc(1);
-                }
-                p.count_paid(r);
-            }
         }
-        p
     }
 
     /// Names the provider and its waits in the waiting display.
@@ -154,14 +143,24 @@ impl Progress {
         self.pace_note = note;
     }
 
-    /// Reports the items among `changed` that just reached an end or review, and refreshes the
-    /// bar. `in_flight` is how many items have a request out.
-    pub fn update(&mut self, recs: &[Record], changed: &[usize], in_flight: usize) {
+    /// Reports the units in `ended` (records in `held`; whether each was final before), which
+    /// just took a final or review state, and refreshes the bar from `tally`. `in_flight` is how many items have a request
+    /// out; `ready`: items are still to be started.
+    pub fn update(
+        &mut self,
+        held: &HashMap<usize, Record>,
+        tally: &Tally,
+        ended: &[(usize, bool)],
+        in_flight: usize,
+        ready: bool,
+    ) {
         use std::fmt::Write as _;
         // Plain lines go out in one write per round, not one per item.
         let mut lines = String::new();
-        for &i in changed {
-            let r = &recs[i];
+        for (i, was_final) in ended {
+            let Some(r) = held.get(i) else {
+                continue;
+            };
             if let Some(path) = &r.step {
                 // Delayed steps are reported as lines of their own, not counted as items.
                 let what = match &r.state {
@@ -174,7 +173,6 @@ impl Progress {
                 };
                 if let Some(what) = what
                     && self.bar.is_none()
-                    && self.reported.insert(i)
                 {
                     let name = self.context.step_names.get(path).unwrap_or(path);
                     let _ = writeln!(lines, "{} step `{name}` {what}", r.id);
@@ -204,16 +202,13 @@ impl Progress {
                 )),
                 _ => None,
             };
-            let reversed = matches!(r.state, State::Reversed { .. });
-            if let Some(line) = line
-                && (self.reported.insert(i) || reversed)
-            {
+            if let Some(line) = line {
                 self.settled_now += 1;
                 self.count_paid(r);
                 match &self.bar {
                     // Final states count as done; review is shown in the message.
                     Some(b) => {
-                        if r.state.is_final() {
+                        if r.state.is_final() && !was_final {
                             b.inc(1);
                         }
                     }
@@ -229,10 +224,13 @@ impl Progress {
         // Only waiting: nothing in flight. Looked at about once a second (it reads every
         // record); a plain line goes out at most every few seconds.
         let every = Duration::from_secs(1);
-        let waiting = if in_flight == 0 && self.waits_checked.is_none_or(|t| t.elapsed() >= every) {
+        let waiting = if in_flight == 0
+            && !ready
+            && self.waits_checked.is_none_or(|t| t.elapsed() >= every)
+        {
             self.waits_checked = Some(Instant::now());
             waiting(
-                recs,
+                held.values(),
                 super::runner::now_ms(),
                 &self.context,
                 self.bar.is_some(),
@@ -254,16 +252,10 @@ impl Progress {
                     self.waits_printed = Some((Instant::now(), w));
                 }
             }
-            (Some(b), None) if !changed.is_empty() || (self.bar_waiting && in_flight > 0) => {
-                let count = |f: fn(&State) -> bool| {
-                    recs.iter()
-                        .filter(|r| r.step.is_none() && f(&r.state))
-                        .count()
-                };
-                let awaiting =
-                    count(|s| matches!(s, State::Submitted { .. } | State::InDoubt { .. }));
-                let failed = count(|s| matches!(s, State::Failed { .. }));
-                let review = count(|s| matches!(s, State::NeedsReview { .. }));
+            (Some(b), None) if !ended.is_empty() || (self.bar_waiting && in_flight > 0) => {
+                let awaiting = tally.items_in("submitted") + tally.items_in("in_doubt");
+                let failed = tally.items_in("failed");
+                let review = tally.items_in("needs_review");
                 b.set_message(format!(
                     "{in_flight} in flight · {awaiting} awaiting outcome · {failed} failed · {review} review · {} · {}{}",
                     self.amounts(),
@@ -284,11 +276,10 @@ impl Progress {
         format!("{:.1} items/s", self.settled_now as f64 / secs)
     }
 
-    pub fn finish(&self, recs: &[Record]) {
+    pub fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
-        let _ = recs;
         eprintln!("{} ({} this run)", self.amounts(), self.rate());
     }
 }
@@ -298,7 +289,12 @@ impl Progress {
 /// Items under review are left out: the run does not wait for them. `relative` adds how long
 /// until the first of each kind ("in 2m 10s"), for the bar, which is redrawn; a plain line
 /// stays the same while the wait does.
-pub fn waiting(recs: &[Record], now: Millis, ctx: &WaitContext, relative: bool) -> Option<String> {
+pub fn waiting<'r>(
+    recs: impl IntoIterator<Item = &'r Record>,
+    now: Millis,
+    ctx: &WaitContext,
+    relative: bool,
+) -> Option<String> {
     /// Records waiting for one reason: how many, and the first and last of their due times.
     #[derive(Default)]
     struct Wait {

@@ -125,8 +125,111 @@ enum Outcome {
     /// An authentic notification, the SHA-256 of its path and body, and who waits to answer it
     /// (with this HTTP status) until it is journaled.
     Notice(Notice, [u8; 32], tokio::sync::oneshot::Sender<u16>),
-    /// `payrun report` (another process) asks for the records as they are now.
-    Records(tokio::sync::oneshot::Sender<Vec<Record>>),
+    /// Another payrun process asks through the control socket.
+    Control(Question),
+}
+
+/// What another payrun process asks a running batch (its control socket).
+enum Question {
+    /// `payrun status`: the status view as this run holds it (counts kept as states change).
+    Status(tokio::sync::oneshot::Sender<super::status::StatusView>),
+    /// `payrun report`: every record as it is now.
+    Records(tokio::sync::oneshot::Sender<Records>),
+}
+
+/// Every record as it is at one instant of a run: the store as of the run's last commit, read
+/// elsewhere (the run holds only the records of nodes not ended), overlaid with the records the
+/// run holds — the same, or changed since and not committed yet.
+struct Records {
+    reader: super::store::Reader,
+    txn: redb::ReadTransaction,
+    /// By store index, ascending.
+    held: Vec<(u64, Record)>,
+    /// The batch's items: one neither stored nor held was not started (planned).
+    items: Arc<Vec<PlannedItem>>,
+}
+
+impl Records {
+    /// Writes every record, one JSON line each, in store order.
+    fn write(self, out: &mut impl std::io::Write) -> Result<(), StoreError> {
+        let Records {
+            reader,
+            txn,
+            held,
+            items,
+        } = self;
+        let mut w = Emit {
+            out,
+            failed: None,
+            next_item: 0,
+            items: &items,
+        };
+        let mut held = held.into_iter().peekable();
+        reader.each_in(&txn, |i, r| {
+            while let Some((h, _)) = held.peek()
+                && *h < i
+            {
+                let (h, r) = held.next().expect("peeked");
+                w.emit(h, &r);
+            }
+            match held.next_if(|(h, _)| *h == i) {
+                Some((h, r)) => w.emit(h, &r),
+                None => w.emit(i, &r),
+            }
+        })?;
+        for (h, r) in held {
+            w.emit(h, &r);
+        }
+        w.fill(u64::MAX);
+        match w.failed {
+            None => Ok(()),
+            Some(e) => Err(StoreError::other(format!(
+                "the report's reader went away: {e}"
+            ))),
+        }
+    }
+}
+
+/// Writes records in store order, with the items that have none (not started) in their place.
+struct Emit<'w, W> {
+    out: &'w mut W,
+    failed: Option<serde_json::Error>,
+    next_item: u64,
+    items: &'w [PlannedItem],
+}
+
+impl<W: std::io::Write> Emit<'_, W> {
+    fn emit(&mut self, index: u64, r: &Record) {
+        self.fill(index);
+        self.line(r);
+        if index < self.items.len() as u64 {
+            self.next_item = index + 1;
+        }
+    }
+
+    /// The items before `to` not written yet, as planned.
+    fn fill(&mut self, to: u64) {
+        while self.next_item < to.min(self.items.len() as u64) {
+            let it = &self.items[self.next_item as usize];
+            self.line(&Record::planned(
+                &it.id,
+                &it.key,
+                &it.digest,
+                it.line,
+                it.money.clone(),
+            ));
+            self.next_item += 1;
+        }
+    }
+
+    fn line(&mut self, r: &Record) {
+        if self.failed.is_none()
+            && let Err(e) = serde_json::to_writer(&mut *self.out, r)
+                .and_then(|()| self.out.write_all(b"\n").map_err(serde_json::Error::io))
+        {
+            self.failed = Some(e);
+        }
+    }
 }
 
 /// Serves the adapter's notification paths on `addr` (`super::listener`: no connection, idle
@@ -218,13 +321,14 @@ pub fn control_path(store: &std::path::Path) -> std::path::PathBuf {
     store.with_extension("sock")
 }
 
-/// Serves the records, one JSON line each, to whoever connects to the control socket.
+/// Answers whoever connects to the control socket: a first line `status` gets the status view
+/// as JSON, `records` every record, one JSON line each.
 #[cfg(unix)]
 fn serve_records(
     path: std::path::PathBuf,
     tx: tokio::sync::mpsc::UnboundedSender<Outcome>,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     // Bound under a temporary name, made private (0600), then renamed into place: the socket
     // answers with every item's amount, so it never exists under its name open to others.
     let tmp = path.with_extension("sock.tmp");
@@ -242,21 +346,54 @@ fn serve_records(
         }
     }
     Some(tokio::spawn(async move {
-        while let Ok((mut conn, _)) = socket.accept().await {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            if tx.send(Outcome::Records(reply)).is_err() {
-                break;
-            }
+        while let Ok((conn, _)) = socket.accept().await {
+            let tx = tx.clone();
             tokio::spawn(async move {
-                if let Ok(records) = answer.await {
-                    let mut out = Vec::with_capacity(records.len() * 256);
-                    for r in &records {
-                        if serde_json::to_writer(&mut out, r).is_ok() {
-                            out.push(b'\n');
+                let mut conn = tokio::io::BufReader::new(conn);
+                let mut question = String::new();
+                let asked =
+                    tokio::time::timeout(Duration::from_secs(5), conn.read_line(&mut question))
+                        .await;
+                if !matches!(asked, Ok(Ok(_))) {
+                    return;
+                }
+                let mut conn = conn.into_inner();
+                match question.trim() {
+                    "status" => {
+                        let (reply, answer) = tokio::sync::oneshot::channel();
+                        if tx.send(Outcome::Control(Question::Status(reply))).is_err() {
+                            return;
                         }
+                        if let Ok(view) = answer.await
+                            && let Ok(bytes) = serde_json::to_vec(&view)
+                        {
+                            let _ = conn.write_all(&bytes).await;
+                        }
+                        let _ = conn.shutdown().await;
                     }
-                    let _ = conn.write_all(&out).await;
-                    let _ = conn.shutdown().await;
+                    "records" => {
+                        let (reply, answer) = tokio::sync::oneshot::channel();
+                        if tx.send(Outcome::Control(Question::Records(reply))).is_err() {
+                            return;
+                        }
+                        let Ok(records) = answer.await else {
+                            return;
+                        };
+                        // Read from the store and written out away from the loop.
+                        let Ok(conn) = conn.into_std() else {
+                            return;
+                        };
+                        let _ = tokio::task::spawn_blocking(move || {
+                            let _ = conn.set_nonblocking(false);
+                            let mut out = std::io::BufWriter::new(conn);
+                            if let Err(e) = records.write(&mut out) {
+                                tracing::warn!("report: {e}");
+                            }
+                            let _ = std::io::Write::flush(&mut out);
+                        })
+                        .await;
+                    }
+                    _ => {}
                 }
             });
         }
@@ -271,15 +408,41 @@ fn serve_records(
     None
 }
 
+/// Asks a running batch's control socket `question` (None when nobody answers).
+#[cfg(unix)]
+fn ask_runner(
+    store: &std::path::Path,
+    question: &str,
+) -> Option<std::io::BufReader<std::os::unix::net::UnixStream>> {
+    use std::io::Write;
+    let mut conn = std::os::unix::net::UnixStream::connect(control_path(store)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    conn.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
+    conn.write_all(format!("{question}\n").as_bytes()).ok()?;
+    Some(std::io::BufReader::new(conn))
+}
+
+/// The status view of a running batch, from its control socket (None when nobody answers).
+pub fn status_from_runner(store: &std::path::Path) -> Option<super::status::StatusView> {
+    #[cfg(unix)]
+    {
+        serde_json::from_reader(ask_runner(store, "status")?).ok()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = store;
+        None
+    }
+}
+
 /// Reads the records from a running batch's control socket (None when nobody answers).
 pub fn records_from_runner(store: &std::path::Path) -> Option<Vec<Record>> {
     #[cfg(unix)]
     {
-        use std::io::{BufRead, BufReader};
-        let conn = std::os::unix::net::UnixStream::connect(control_path(store)).ok()?;
-        conn.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        use std::io::BufRead;
+        let conn = ask_runner(store, "records")?;
         let mut out = Vec::new();
-        for line in BufReader::new(conn).lines() {
+        for line in conn.lines() {
             out.push(serde_json::from_str(&line.ok()?).ok()?);
         }
         Some(out)
@@ -419,9 +582,8 @@ impl Wire {
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     flow: &Flow,
-    items: &[PlannedItem],
+    shared: &Arc<Vec<PlannedItem>>,
     render: &dyn Render,
-    stored: Vec<(u64, Record)>,
     store: &mut Store,
     endpoint: &Endpoint,
     timings: &Timings,
@@ -429,11 +591,14 @@ pub async fn run(
     listener: Option<std::net::SocketAddr>,
     owed: std::collections::BTreeMap<String, rust_decimal::Decimal>,
 ) -> Result<Summary, RunError> {
+    let items: &[PlannedItem] = shared;
     let policy = &flow.manifest.retry;
     let limits = &flow.limits;
     let adapter: &dyn Adapter = endpoint.adapter.as_ref();
     let now = now_ms();
-    let mut book = Book::new(flow, items, render, stored, adapter, now, timings);
+    // The records of ended nodes stay in the store; the book reads them back when asked.
+    let reader = store.reader();
+    let mut book = Book::new(flow, items, render, &reader, adapter, now, timings)?;
     book.owed = owed;
     book.commit(store)?;
 
@@ -468,7 +633,7 @@ pub async fn run(
     let mut sending = 0usize;
     let mut requests = 0u64;
     let holder = super::status::Holder::me(&rfc3339(now_ms()));
-    let mut progress = super::progress::Progress::new(&book.recs);
+    let mut progress = super::progress::Progress::new(&book.tally);
     progress.explain(super::progress::WaitContext {
         provider: flow.provider.title.clone(),
         propagation: timings.propagation,
@@ -484,13 +649,15 @@ pub async fn run(
     // Notifications name items by key (only needed when they can arrive).
     if listener.is_some() || !unapplied.is_empty() {
         book.keyed_notices = true;
-        book.by_key = book
-            .recs
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.step.is_none() || book.client_run)
-            .map(|(i, r)| (adapter.wire_key(&r.key), i))
+        let units = if book.client_run {
+            book.units()
+        } else {
+            items.len()
+        };
+        book.by_key = (0..units)
+            .map(|u| (adapter.wire_key(&book.rec(u).key), u))
             .collect();
+        book.check_fault()?;
     }
     let now = now_ms();
     for (seq, j) in unapplied {
@@ -560,17 +727,23 @@ pub async fn run(
             }
             // New items only as fast as requests can leave.
             while sending + book.sends.len() < window {
-                let Some(i) = book.ready.pop_front() else {
+                let Some(i) = book.pop_ready() else {
                     break;
                 };
-                if matches!(book.recs[i].state, State::Planned) {
-                    book.apply(i, Event::Tick { now }, policy, timings, adapter);
-                }
+                book.apply(i, Event::Tick { now }, policy, timings, adapter);
             }
         }
         // Durable before anything leaves: a crash after this commit finds `Sending`.
         progress.pace(&wire.pace.now());
-        progress.update(&book.recs, &book.changed, book.in_flight.len());
+        let ready = book.any_ready();
+        progress.update(
+            &book.live,
+            &book.tally,
+            &book.ended,
+            book.in_flight.len(),
+            ready,
+        );
+        book.ended.clear();
         book.commit(store)?;
 
         // Effects asked for earlier may have been overtaken (a notification settled the item):
@@ -584,7 +757,7 @@ pub async fn run(
         sends_now.sort_unstable();
         sends_now.dedup();
         sends_now.retain(|&i| {
-            matches!(book.recs[i].state, State::Sending { .. }) && !book.in_flight.contains(&i)
+            matches!(book.rec(i).state, State::Sending { .. }) && !book.in_flight.contains(&i)
         });
         // Nodes in doubt whose operation offers no safe way to settle them (`settle: review`).
         let mut unsettled: Vec<usize> = Vec::new();
@@ -594,7 +767,7 @@ pub async fn run(
         };
         lookups_now.sort_unstable();
         lookups_now.dedup();
-        lookups_now.retain(|&i| !book.recs[i].state.is_final() && !book.in_flight.contains(&i));
+        lookups_now.retain(|&i| !book.rec(i).state.is_final() && !book.in_flight.contains(&i));
         // A delayed step's request gets the results of the payout it follows; one that cannot
         // be filled in is not sent.
         let mut unresolved: Vec<(usize, String)> = Vec::new();
@@ -621,30 +794,30 @@ pub async fn run(
             return Err(RunError::Source(why));
         }
         // One step per request (a pack's answer is read against one kind of tree).
-        sends_now.sort_unstable_by_key(|&u| (book.units[u].1, u));
+        sends_now.sort_unstable_by_key(|&u| (book.unit(u).1, u));
         let packs: Vec<Vec<usize>> = sends_now
-            .chunk_by(|&a, &b| book.units[a].1 == book.units[b].1)
+            .chunk_by(|&a, &b| book.unit(a).1 == book.unit(b).1)
             .flat_map(|same| same.chunks(pack).map(<[usize]>::to_vec))
             .collect();
         for mut idx in packs {
             // Always the same order for the same items: a pack sent again is the same request,
             // and the provider's replayed answer lines up with it.
-            idx.sort_unstable_by(|&a, &b| book.recs[a].key.cmp(&book.recs[b].key));
+            idx.sort_unstable_by(|&a, &b| book.rec(a).key.cmp(&book.rec(b).key));
             book.in_flight.extend(&idx);
             sending += idx.len();
             requests += 1;
             for &i in &idx {
-                book.recs[i].requests += 1;
+                book.rec_mut(i).requests += 1;
             }
             let out: Vec<Outgoing> = idx
                 .iter()
                 .map(|&u| Outgoing {
-                    key: &book.recs[u].key,
+                    key: &book.live[&u].key,
                     op: book.op_of(u),
                     payload: filled.get(&u).map(Vec::as_slice).unwrap_or_default(),
-                    attempt: match &book.recs[u].state {
+                    attempt: match &book.live[&u].state {
                         State::Sending { attempt, .. } => *attempt,
-                        _ => book.recs[u].requests,
+                        _ => book.live[&u].requests,
                     },
                 })
                 .collect();
@@ -653,14 +826,14 @@ pub async fn run(
             // the pack's first send, recorded (committed with `Sending`) before it left.
             let date = idx
                 .iter()
-                .filter_map(|&u| book.recs[u].first_sent)
+                .filter_map(|&u| book.live[&u].first_sent)
                 .min()
                 .unwrap_or(now);
             let req = adapter.submit(&out, &rfc3339(date));
             if let (Some(trace), [u]) = (&req.trace, idx.as_slice())
-                && book.recs[*u].trace.as_ref() != Some(trace)
+                && book.live[u].trace.as_ref() != Some(trace)
             {
-                book.recs[*u].trace = Some(trace.clone());
+                book.rec_mut(*u).trace = Some(trace.clone());
                 book.changed.push(*u);
             }
             let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
@@ -678,8 +851,8 @@ pub async fn run(
             std::collections::BTreeMap::new();
         for &i in &lookups_now {
             book.in_flight.insert(i);
-            book.recs[i].requests += 1;
-            match &book.recs[i].state {
+            book.rec_mut(i).requests += 1;
+            match &book.live[&i].state {
                 State::Submitted { reference, .. } => {
                     let (group, pos) = adapter.reference_group(reference);
                     by_group.entry(group).or_default().push((i, pos));
@@ -692,10 +865,10 @@ pub async fn run(
                         requests += 1;
                         let req = adapter.submit(
                             &[Outgoing {
-                                key: &book.recs[i].key,
+                                key: &book.live[&i].key,
                                 op: book.op_of(i),
                                 payload: &payload,
-                                attempt: book.recs[i].requests,
+                                attempt: book.live[&i].requests,
                             }],
                             &rfc3339(now),
                         );
@@ -718,21 +891,21 @@ pub async fn run(
                 },
                 _ if book.settle_of(i) == Settle::Review => {
                     book.in_flight.remove(&i);
-                    book.recs[i].requests -= 1;
+                    book.rec_mut(i).requests -= 1;
                     unsettled.push(i);
                 }
                 _ => {
                     // A tree the provider ran is looked up by the item's key and request; a
                     // node payrun sent on its own by its own.
-                    let (key, payload) = match (book.client_run, book.units[i]) {
+                    let (key, payload) = match (book.client_run, book.unit(i)) {
                         (false, (item, _)) => match book.planned(item) {
-                            Ok(p) => (book.recs[item].key.clone(), p.payload.clone()),
+                            Ok(p) => (book.rec(item).key.clone(), p.payload.clone()),
                             Err(Unmade::Source(why) | Unmade::Missing(why)) => {
                                 return Err(RunError::Source(why));
                             }
                         },
                         (true, _) => match book.payload_of(i) {
-                            Ok(p) => (book.recs[i].key.clone(), p),
+                            Ok(p) => (book.live[&i].key.clone(), p),
                             Err(Unmade::Source(why)) => return Err(RunError::Source(why)),
                             Err(Unmade::Missing(why)) => {
                                 book.in_flight.remove(&i);
@@ -746,7 +919,7 @@ pub async fn run(
                         book.op_of(i),
                         &key,
                         &payload,
-                        book.recs[i].requests,
+                        book.live[&i].requests,
                         &rfc3339(now),
                     );
                     key_lookup(&wire, &endpoint.adapter, i, req, 0, now);
@@ -774,7 +947,7 @@ pub async fn run(
             requests += 1;
             let seq = members
                 .iter()
-                .map(|&(i, _)| book.recs[i].requests)
+                .map(|&(i, _)| book.rec(i).requests)
                 .max()
                 .unwrap_or(0);
             let req = adapter.group_lookup(&group, seq, &rfc3339(now));
@@ -838,7 +1011,7 @@ pub async fn run(
         let preflight_out = matches!(book.gate, Gate::Asking { .. });
         if book.in_flight.is_empty()
             && !preflight_out
-            && (stopping || (book.open == 0 && book.ready.is_empty() && !awaited))
+            && (stopping || (book.open == 0 && !book.any_ready() && !awaited))
         {
             break;
         }
@@ -914,8 +1087,26 @@ pub async fn run(
                     incoming.push((n, digest, ack));
                     continue;
                 }
-                Outcome::Records(reply) => {
-                    let _ = reply.send(book.recs.clone());
+                Outcome::Control(Question::Status(reply)) => {
+                    let _ = reply.send(book.status(&flow.manifest.batch, Some(holder.clone())));
+                    continue;
+                }
+                Outcome::Control(Question::Records(reply)) => {
+                    // The store as of the last commit, and what this run holds.
+                    let mut held: Vec<(u64, Record)> = book
+                        .live
+                        .iter()
+                        .map(|(&u, r)| (book.store_index(u), r.clone()))
+                        .collect();
+                    held.sort_unstable_by_key(|(i, _)| *i);
+                    if let Ok(txn) = reader.begin() {
+                        let _ = reply.send(Records {
+                            reader: reader.clone(),
+                            txn,
+                            held,
+                            items: Arc::clone(shared),
+                        });
+                    }
                     continue;
                 }
             };
@@ -923,7 +1114,7 @@ pub async fn run(
             wire.pace.heard(list.iter().map(|(_, v)| v));
             for (i, verdict) in list {
                 book.in_flight.remove(&i);
-                tracing::debug!(item = %book.recs[i].id, ?verdict, sent, "answer");
+                tracing::debug!(item = %book.rec(i).id, ?verdict, sent, "answer");
                 let event = if sent {
                     Event::Sent { verdict, now }
                 } else {
@@ -1000,9 +1191,7 @@ pub async fn run(
             let t = std::time::Instant::now();
             write_snapshot(
                 &snapshot,
-                &flow.manifest.batch,
-                &book.recs,
-                Some(holder.clone()),
+                &book.status(&flow.manifest.batch, Some(holder.clone())),
             );
             snapshot_every = Duration::from_millis(300).max(t.elapsed() * 20);
             last_snapshot = std::time::Instant::now();
@@ -1014,10 +1203,18 @@ pub async fn run(
         }
         book.notices.rejected += 1;
     }
-    progress.update(&book.recs, &book.changed, book.in_flight.len());
+    let ready = book.any_ready();
+    progress.update(
+        &book.live,
+        &book.tally,
+        &book.ended,
+        book.in_flight.len(),
+        ready,
+    );
+    book.ended.clear();
     book.commit(store)?;
-    progress.finish(&book.recs);
-    write_snapshot(&snapshot, &flow.manifest.batch, &book.recs, None);
+    progress.finish();
+    write_snapshot(&snapshot, &book.status(&flow.manifest.batch, None));
     if let Some(s) = server {
         s.abort();
     }
@@ -1030,9 +1227,11 @@ pub async fn run(
         Gate::Closed { why, unreachable } => Some((why.clone(), *unreachable)),
         _ => None,
     };
+    let t = &book.tally;
+    let steps = t.steps();
     let mut s = Summary {
         preflight,
-        items: book.recs.iter().filter(|r| r.step.is_none()).count(),
+        items: t.items(),
         requests,
         commits: store.commits,
         notices: book.notices,
@@ -1040,37 +1239,22 @@ pub async fn run(
         pushbacks: pace.pushbacks(),
         pace_ceiling: pace.ceiling(),
         pace_lowest: pace.lowest(),
+        succeeded: t.items_in("paid") + t.items_in("done"),
+        failed: t.items_in("failed"),
+        needs_review: t.items_in("needs_review"),
+        reversed: t.items_in("reversed"),
+        steps_done: t.steps_in("done") + t.steps_in("skipped"),
+        steps_failed: t.steps_in("failed"),
         ..Summary::default()
     };
-    for r in &book.recs {
-        if r.step.is_some() {
-            match r.state {
-                State::Succeeded { .. } | State::Skipped { .. } => s.steps_done += 1,
-                State::Failed { .. } => s.steps_failed += 1,
-                _ => s.steps_open += 1,
-            }
-            continue;
-        }
-        match r.state {
-            State::Succeeded { .. } => s.succeeded += 1,
-            State::Failed { .. } => s.failed += 1,
-            State::NeedsReview { .. } => s.needs_review += 1,
-            State::Reversed { .. } => s.reversed += 1,
-            _ => s.unfinished += 1,
-        }
-    }
+    s.unfinished = s.items - s.succeeded - s.failed - s.needs_review - s.reversed;
+    s.steps_open = steps - s.steps_done - s.steps_failed;
     Ok(s)
 }
 
 /// Replaces the status snapshot atomically (write, then rename). A failure only costs freshness.
-fn write_snapshot(
-    path: &std::path::Path,
-    batch: &str,
-    recs: &[Record],
-    holder: Option<super::status::Holder>,
-) {
-    let view = super::status::view(batch, recs, holder);
-    if let Ok(bytes) = serde_json::to_vec_pretty(&view) {
+fn write_snapshot(path: &std::path::Path, view: &super::status::StatusView) {
+    if let Ok(bytes) = serde_json::to_vec_pretty(view) {
         let _ = crate::private::write_atomic(path, &bytes, false);
     }
 }

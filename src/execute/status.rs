@@ -126,89 +126,228 @@ fn bucket(s: &State) -> &'static str {
 /// At most this many problems are listed (the counts cover all).
 const LIST: usize = 100;
 
+/// A batch's status from its records.
 pub fn view(batch: &str, records: &[Record], running: Option<Holder>) -> StatusView {
-    let mut states: BTreeMap<String, usize> = BTreeMap::new();
-    let mut sums: BTreeMap<String, BTreeMap<String, Decimal>> = BTreeMap::new();
-    let mut in_doubt = Vec::new();
-    let mut needs_review = Vec::new();
-    let mut failed = Vec::new();
-    let mut reversed = Vec::new();
-    let mut accepted_changes = Vec::new();
-    let mut steps: BTreeMap<String, usize> = BTreeMap::new();
-    let mut items = 0;
-    for r in records {
-        let id = match &r.step {
-            Some(path) => {
-                *steps
-                    .entry(step_state_name(&r.state).to_string())
-                    .or_insert(0) += 1;
-                format!("{} (step {path})", r.id)
-            }
-            None => {
-                items += 1;
-                *states.entry(item_state_name(r).to_string()).or_insert(0) += 1;
-                r.id.clone()
-            }
-        };
-        if let Some(note) = &r.accepted
-            && accepted_changes.len() < LIST
-        {
-            accepted_changes.push(format!("{} (line {}): {note}", r.id, r.line));
-        }
-        for (amount, currency) in &r.money {
+    let mut t = Tally::default();
+    for (i, r) in records.iter().enumerate() {
+        t.add(i as u64, r);
+    }
+    t.view(batch, running)
+}
+
+/// What the status view counts, kept up to date one record at a time: a record is `add`ed
+/// when it takes a state and `remove`d (as it was) when it leaves it, so a run holding a
+/// million items answers `status` without reading them (`execute::graph::Book` keeps one).
+/// The lists keep the first `LIST` entries by store index, as a read of the store lists them.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    items: usize,
+    states: BTreeMap<&'static str, usize>,
+    steps: BTreeMap<&'static str, usize>,
+    /// Currency → bucket → (sum, how many amounts it holds).
+    sums: BTreeMap<String, BTreeMap<&'static str, (Decimal, usize)>>,
+    in_doubt: BTreeMap<u64, String>,
+    needs_review: BTreeMap<u64, Problem>,
+    failed: BTreeMap<u64, Problem>,
+    reversed: BTreeMap<u64, Problem>,
+    accepted_changes: BTreeMap<u64, String>,
+}
+
+/// Inserts into a list kept to its first `LIST` entries.
+fn listed<V>(list: &mut BTreeMap<u64, V>, index: u64, v: impl FnOnce() -> V) {
+    if list.len() >= LIST && list.last_key_value().is_some_and(|(&k, _)| k < index) {
+        return;
+    }
+    list.insert(index, v());
+    if list.len() > LIST {
+        list.pop_last();
+    }
+}
+
+impl Tally {
+    /// Items (not steps) counted.
+    pub fn items(&self) -> usize {
+        self.items
+    }
+
+    /// Items (not steps) in the state named `name` (`state_name`, `done` for a succeeded
+    /// item that pays nothing).
+    pub fn items_in(&self, name: &str) -> usize {
+        self.states.get(name).copied().unwrap_or(0)
+    }
+
+    /// Steps counted.
+    pub fn steps(&self) -> usize {
+        self.steps.values().sum()
+    }
+
+    /// Steps in the state named `name` (`step_state_name`).
+    pub fn steps_in(&self, name: &str) -> usize {
+        self.steps.get(name).copied().unwrap_or(0)
+    }
+
+    /// Amounts per currency in `bucket` (`paid`, `pending`, `failed`, `review`, `reversed`).
+    pub fn amounts_in(&self, bucket: &str) -> BTreeMap<String, Decimal> {
+        self.sums
+            .iter()
+            .filter_map(|(c, b)| {
+                b.get(bucket)
+                    .filter(|(_, n)| *n > 0)
+                    .map(|d| (c.clone(), d.0))
+            })
+            .collect()
+    }
+
+    /// An item never stored: planned, with its amounts pending.
+    pub fn add_untouched(&mut self, money: &crate::wire::Amounts) {
+        self.items += 1;
+        *self.states.entry("planned").or_insert(0) += 1;
+        self.move_money(money, "pending", true);
+    }
+
+    fn move_money(&mut self, money: &crate::wire::Amounts, bucket: &'static str, add: bool) {
+        for (amount, currency) in money {
             let d = Decimal::from_str(amount).unwrap_or_default();
-            *sums
-                .entry(currency.to_string())
-                .or_default()
-                .entry(bucket(&r.state).to_string())
-                .or_insert(Decimal::ZERO) += d;
+            let per = match self.sums.get_mut(currency) {
+                Some(p) => p,
+                None => self.sums.entry(currency.to_string()).or_default(),
+            };
+            let (sum, n) = per.entry(bucket).or_insert((Decimal::ZERO, 0));
+            match add {
+                true => {
+                    *sum += d;
+                    *n += 1;
+                }
+                false => {
+                    *sum -= d;
+                    *n = n.saturating_sub(1);
+                }
+            }
         }
+    }
+
+    /// Counts record `r`, stored at `index`.
+    pub fn add(&mut self, index: u64, r: &Record) {
+        match &r.step {
+            Some(_) => *self.steps.entry(step_state_name(&r.state)).or_insert(0) += 1,
+            None => {
+                self.items += 1;
+                *self.states.entry(item_state_name(r)).or_insert(0) += 1;
+            }
+        }
+        if let Some(note) = &r.accepted {
+            listed(&mut self.accepted_changes, index, || {
+                format!("{} (line {}): {note}", r.id, r.line)
+            });
+        }
+        self.move_money(&r.money, bucket(&r.state), true);
+        let id = || match &r.step {
+            Some(path) => format!("{} (step {path})", r.id),
+            None => r.id.clone(),
+        };
+        let problem = |code: &String, description: &String| Problem {
+            id: id(),
+            line: r.line,
+            code: code.clone(),
+            description: description.clone(),
+        };
         match &r.state {
-            State::InDoubt { .. } if in_doubt.len() < LIST => in_doubt.push(id),
+            State::InDoubt { .. } => listed(&mut self.in_doubt, index, id),
             State::NeedsReview {
                 code, description, ..
-            } if needs_review.len() < LIST => needs_review.push(Problem {
-                id,
-                line: r.line,
-                code: code.clone(),
-                description: description.clone(),
-            }),
+            } => listed(&mut self.needs_review, index, || problem(code, description)),
             State::Failed {
                 code, description, ..
-            } if failed.len() < LIST => failed.push(Problem {
-                id,
-                line: r.line,
-                code: code.clone(),
-                description: description.clone(),
-            }),
+            } => listed(&mut self.failed, index, || problem(code, description)),
             State::Reversed {
                 code, description, ..
-            } if reversed.len() < LIST => reversed.push(Problem {
-                id,
-                line: r.line,
-                code: code.clone(),
-                description: description.clone(),
-            }),
+            } => listed(&mut self.reversed, index, || problem(code, description)),
             _ => {}
         }
     }
-    let amounts = sums
-        .into_iter()
-        .map(|(c, b)| (c, b.into_iter().map(|(k, v)| (k, v.to_string())).collect()))
-        .collect();
-    StatusView {
-        batch: batch.to_string(),
-        items,
-        states,
-        steps,
-        amounts,
-        in_doubt,
-        needs_review,
-        failed,
-        reversed,
-        accepted_changes,
-        running,
-        updated: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+
+    /// Stops counting record `r` (as it was when it was added), stored at `index`.
+    pub fn remove(&mut self, index: u64, r: &Record) {
+        let counts = match &r.step {
+            Some(_) => self.steps.get_mut(step_state_name(&r.state)),
+            None => {
+                self.items = self.items.saturating_sub(1);
+                self.states.get_mut(item_state_name(r))
+            }
+        };
+        if let Some(n) = counts {
+            *n = n.saturating_sub(1);
+        }
+        if r.accepted.is_some() {
+            self.accepted_changes.remove(&index);
+        }
+        self.move_money(&r.money, bucket(&r.state), false);
+        match &r.state {
+            State::InDoubt { .. } => {
+                self.in_doubt.remove(&index);
+            }
+            State::NeedsReview { .. } => {
+                self.needs_review.remove(&index);
+            }
+            State::Failed { .. } => {
+                self.failed.remove(&index);
+            }
+            State::Reversed { .. } => {
+                self.reversed.remove(&index);
+            }
+            _ => {}
+        }
+    }
+
+    /// Lists the records in doubt and under review afresh from `open` (every record not final,
+    /// by store index): a list kept to its first entries runs short as they settle.
+    pub fn relist<'r>(&mut self, open: impl Iterator<Item = (u64, &'r Record)>) {
+        let mut t = Tally::default();
+        for (i, r) in open {
+            if matches!(r.state, State::InDoubt { .. } | State::NeedsReview { .. }) {
+                t.add(i, r);
+            }
+        }
+        self.in_doubt = t.in_doubt;
+        self.needs_review = t.needs_review;
+    }
+
+    /// The status view of batch `batch`.
+    pub fn view(&self, batch: &str, running: Option<Holder>) -> StatusView {
+        let named = |m: &BTreeMap<&'static str, usize>| -> BTreeMap<String, usize> {
+            m.iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| (k.to_string(), *n))
+                .collect()
+        };
+        let amounts = self
+            .sums
+            .iter()
+            .map(|(c, b)| {
+                (
+                    c.clone(),
+                    b.iter()
+                        .filter(|(_, (_, n))| *n > 0)
+                        .map(|(k, (v, _))| (k.to_string(), v.to_string()))
+                        .collect::<BTreeMap<String, String>>(),
+                )
+            })
+            .filter(|(_, b): &(String, BTreeMap<String, String>)| !b.is_empty())
+            .collect();
+        StatusView {
+            batch: batch.to_string(),
+            items: self.items,
+            states: named(&self.states),
+            steps: named(&self.steps),
+            amounts,
+            in_doubt: self.in_doubt.values().cloned().collect(),
+            needs_review: self.needs_review.values().cloned().collect(),
+            failed: self.failed.values().cloned().collect(),
+            reversed: self.reversed.values().cloned().collect(),
+            accepted_changes: self.accepted_changes.values().cloned().collect(),
+            running,
+            updated: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }
     }
 }
 

@@ -267,7 +267,7 @@ fn db(path: &Path, action: &'static str, e: impl Into<redb::Error>) -> StoreErro
 }
 
 pub struct Store {
-    db: Database,
+    db: std::sync::Arc<Database>,
     pub path: PathBuf,
     /// Transactions committed so far (for the commits-per-payout figure).
     pub commits: u64,
@@ -535,7 +535,7 @@ impl Store {
         }
         txn.commit().map_err(|e| fail(e.into()))?;
         Ok(Store {
-            db: database,
+            db: std::sync::Arc::new(database),
             path,
             commits: 0,
         })
@@ -596,18 +596,25 @@ impl Store {
     }
 
     /// Every stored record by index: items at their position in the batch, delayed steps at
-    /// `step_index`.
+    /// `step_index`. All at once: for a run, which must not hold a million of them, see `each`.
     pub fn items(&self) -> Result<Vec<(u64, Record)>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
-        let t = txn.open_table(ITEMS).map_err(|e| self.fail(e))?;
         let mut out = Vec::new();
-        for row in t.iter().map_err(|e| self.fail(e))? {
-            let (k, v) = row.map_err(|e| self.fail(e))?;
-            let r = serde_json::from_slice(v.value())
-                .map_err(|e| self.unreadable(format!("the record at {}", k.value()), e))?;
-            out.push((k.value(), r));
-        }
+        self.each(|i, r| out.push((i, r)))?;
         Ok(out)
+    }
+
+    /// Every stored record by index, one at a time (in index order).
+    pub fn each(&self, f: impl FnMut(u64, Record)) -> Result<(), StoreError> {
+        self.reader().each(f)
+    }
+
+    /// A handle that reads this store's committed records while it is written: what a run
+    /// pages back in of the records it let go, and what `report` streams from a running batch.
+    pub fn reader(&self) -> Reader {
+        Reader {
+            db: std::sync::Arc::clone(&self.db),
+            path: self.path.clone(),
+        }
     }
 
     /// Writes many items' records in one durable transaction.
@@ -642,6 +649,61 @@ impl Store {
         txn.commit().map_err(|e| self.fail(e))?;
         super::crash::point("after-commit");
         self.commits += 1;
+        Ok(())
+    }
+}
+
+/// Reads a store's committed records (`Store::reader`); every read sees the last commit.
+#[derive(Clone)]
+pub struct Reader {
+    db: std::sync::Arc<Database>,
+    path: PathBuf,
+}
+
+impl Reader {
+    fn fail(&self, e: impl Into<redb::Error>) -> StoreError {
+        db(&self.path, "read", e)
+    }
+
+    fn parse(&self, index: u64, bytes: &[u8]) -> Result<Record, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            why: format!("the record at {index} is not one this payrun wrote ({e})"),
+        })
+    }
+
+    /// The record stored at `index`, if any.
+    pub fn record(&self, index: u64) -> Result<Option<Record>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let t = txn.open_table(ITEMS).map_err(|e| self.fail(e))?;
+        match t.get(index).map_err(|e| self.fail(e))? {
+            Some(v) => self.parse(index, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every stored record by index, one at a time (in index order), as of one commit.
+    pub fn each(&self, f: impl FnMut(u64, Record)) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
+        self.each_in(&txn, f)
+    }
+
+    /// A read of the store as of its last commit (`each_in` reads it later, elsewhere).
+    pub fn begin(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.db.begin_read().map_err(|e| self.fail(e))
+    }
+
+    /// Every record `txn` sees, one at a time (in index order).
+    pub fn each_in(
+        &self,
+        txn: &redb::ReadTransaction,
+        mut f: impl FnMut(u64, Record),
+    ) -> Result<(), StoreError> {
+        let t = txn.open_table(ITEMS).map_err(|e| self.fail(e))?;
+        for row in t.iter().map_err(|e| self.fail(e))? {
+            let (k, v) = row.map_err(|e| self.fail(e))?;
+            f(k.value(), self.parse(k.value(), v.value())?);
+        }
         Ok(())
     }
 }
