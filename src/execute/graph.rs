@@ -1838,6 +1838,72 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
                     }
                 }
             }
+            // The run holds only what has not ended; its counts are the store's.
+            assert!(
+                book.live.values().all(|r| !r.state.is_final()),
+                "seed {seed}: a record that ended and was committed is still held"
+            );
+            let mut stored = Tally::default();
+            durable.each(&mut |i, r| stored.add(i, &r)).unwrap();
+            for (i, it) in items.iter().enumerate() {
+                if !durable.0.lock().unwrap().contains_key(&(i as u64)) {
+                    stored.add_untouched(&it.money);
+                }
+            }
+            let (kept, read) = (book.status("b", None), stored.view("b", None));
+            assert_eq!(
+                (&kept.states, &kept.steps, &kept.amounts, kept.failed.len()),
+                (&read.states, &read.steps, &read.amounts, read.failed.len()),
+                "seed {seed}: the counts kept as states changed differ from the store's"
+            );
         }
+    }
+
+    /// Reads back nothing: every record it is asked for is lost.
+    struct Lost;
+
+    impl Pager for Lost {
+        fn record(&self, _: u64) -> Result<Option<Record>, StoreError> {
+            Err(StoreError::other("the disk went away"))
+        }
+        fn each(&self, _: &mut dyn FnMut(u64, Record)) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_read_back_stops_the_run_before_anything_decided_on_it_is_committed()
+    {
+        let flow = flow();
+        let adapter = Payonic {
+            flow: Arc::new(flow.clone()),
+            api_key: "k".into(),
+            listener: None,
+            token: "0123456789abcdef0123456789abcdef".into(),
+            per_operation_hosts: false,
+            note_secret: None,
+        };
+        let t = timings();
+        let policy = flow.manifest.retry.clone();
+        let (items, requests) = items(&flow, 1);
+        let mut book = Book::new(&flow, &items, &requests, &Lost, &adapter, 0, &t).unwrap();
+        let i = book.pop_ready().unwrap();
+        book.apply(i, Event::Tick { now: 0 }, &policy, &t, &adapter);
+        let lost = Durable::default();
+        commit(&mut book, &lost);
+        let verdict = succeeded("p0".into(), 100);
+        book.apply(i, Event::Sent { verdict, now: 1 }, &policy, &t, &adapter);
+        commit(&mut book, &lost);
+        assert_eq!(book.place[i], Place::Out, "let go once its end was committed");
+        // A late notification about it: its record is asked for and cannot be read.
+        let late = Verdict::Failed {
+            code: "x".into(),
+            description: "late".into(),
+        };
+        book.apply(i, Event::Observed { verdict: late, now: 2 }, &policy, &t, &adapter);
+        assert!(
+            book.check_fault().is_err(),
+            "the next commit fails: nothing decided on a stand-in record is written or sent"
+        );
     }
 }
