@@ -1,7 +1,8 @@
 //! Where `payrun run`'s memory goes, for the issue-13 target: a 1,000,000-item Paysend batch
 //! against the in-process sandbox with peak RSS ≤ 300 MB. Run with
-//! `cargo bench --bench memory -- [--items 100000] [--time-scale 1000] [--sandbox-only]`
-//! (the last: only the embedded sandbox's part, 2's last step).
+//! `cargo bench --bench memory -- [--items 100000] [--time-scale 1000] [--sandbox-only | --runs-only]`
+//! (`--sandbox-only`: only the embedded sandbox's part, 2's last step; `--runs-only`: only the
+//! runs of the binary, 1 and 1b, as at 1,000,000 items).
 //! Prints figures; asserts only correctness (every item paid, in every run).
 //!
 //! Method:
@@ -292,6 +293,12 @@ fn main() {
         per(own.rss_max(first, last).saturating_sub(own.rss_at(first)))
     );
     drop(apart);
+
+    // `--runs-only`: the two runs of the binary, without taking the parts apart (which holds
+    // every record in this process at once).
+    if std::env::args().any(|a| a == "--runs-only") {
+        return;
+    }
 
     // 2. The parts, in this process.
     println!("parts, live heap as asked of the allocator (this process, counting allocator):");

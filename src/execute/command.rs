@@ -351,6 +351,8 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
             return exit::INVALID;
         }
     }
+    // Held for the whole run: no room left from growing it (a million items grow it by half).
+    items.shrink_to_fit();
     // Shared with the run's report answers, which list the items not started from here.
     let items = Arc::new(items);
     let code = execute(&flow, &items, &rows, manifest, &attempts, o, held);

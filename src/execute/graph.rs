@@ -1894,13 +1894,26 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
         let verdict = succeeded("p0".into(), 100);
         book.apply(i, Event::Sent { verdict, now: 1 }, &policy, &t, &adapter);
         commit(&mut book, &lost);
-        assert_eq!(book.place[i], Place::Out, "let go once its end was committed");
+        assert_eq!(
+            book.place[i],
+            Place::Out,
+            "let go once its end was committed"
+        );
         // A late notification about it: its record is asked for and cannot be read.
         let late = Verdict::Failed {
             code: "x".into(),
             description: "late".into(),
         };
-        book.apply(i, Event::Observed { verdict: late, now: 2 }, &policy, &t, &adapter);
+        book.apply(
+            i,
+            Event::Observed {
+                verdict: late,
+                now: 2,
+            },
+            &policy,
+            &t,
+            &adapter,
+        );
         assert!(
             book.check_fault().is_err(),
             "the next commit fails: nothing decided on a stand-in record is written or sent"
