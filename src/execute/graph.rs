@@ -1458,6 +1458,18 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
         (items, Prerendered(requests))
     }
 
+    /// A Payonic adapter with no listener: nothing is heard but answers.
+    fn unheard(flow: &Flow) -> Payonic {
+        Payonic {
+            flow: Arc::new(flow.clone()),
+            api_key: "k".into(),
+            listener: None,
+            token: "0123456789abcdef0123456789abcdef".into(),
+            per_operation_hosts: false,
+            note_secret: None,
+        }
+    }
+
     fn timings() -> Timings {
         Timings {
             propagation: Duration::from_secs(5),
@@ -1585,14 +1597,7 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
     fn no_item_starts_before_the_batchs_preflight_passed_and_its_results_are_filled_in_when_sent() {
         use crate::providers::Preflight;
         let flow = flow();
-        let adapter = Payonic {
-            flow: Arc::new(flow.clone()),
-            api_key: "k".into(),
-            listener: None,
-            token: "0123456789abcdef0123456789abcdef".into(),
-            per_operation_hosts: false,
-            note_secret: None,
-        };
+        let adapter = unheard(&flow);
         let (mut items, mut requests) = items(&flow, 2);
         requests.0[0].0 = vec![crate::providers::keep(
             &json!({"paymentid": "p0", "amount": "${result.bal.data.EUR}"}),
@@ -1875,14 +1880,7 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
     fn a_record_that_cannot_be_read_back_stops_the_run_before_anything_decided_on_it_is_committed()
     {
         let flow = flow();
-        let adapter = Payonic {
-            flow: Arc::new(flow.clone()),
-            api_key: "k".into(),
-            listener: None,
-            token: "0123456789abcdef0123456789abcdef".into(),
-            per_operation_hosts: false,
-            note_secret: None,
-        };
+        let adapter = unheard(&flow);
         let t = timings();
         let policy = flow.manifest.retry.clone();
         let (items, requests) = items(&flow, 1);

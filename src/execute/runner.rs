@@ -735,16 +735,7 @@ pub async fn run(
         }
         // Durable before anything leaves: a crash after this commit finds `Sending`.
         progress.pace(&wire.pace.now());
-        let ready = book.any_ready();
-        progress.update(
-            &book.live,
-            &book.tally,
-            &book.ended,
-            book.in_flight.len(),
-            ready,
-        );
-        book.ended.clear();
-        book.commit(store)?;
+        show_and_commit(&mut progress, &mut book, store)?;
 
         // Effects asked for earlier may have been overtaken (a notification settled the item):
         // only what the current state still calls for is carried out.
@@ -1203,16 +1194,7 @@ pub async fn run(
         }
         book.notices.rejected += 1;
     }
-    let ready = book.any_ready();
-    progress.update(
-        &book.live,
-        &book.tally,
-        &book.ended,
-        book.in_flight.len(),
-        ready,
-    );
-    book.ended.clear();
-    book.commit(store)?;
+    show_and_commit(&mut progress, &mut book, store)?;
     progress.finish();
     write_snapshot(&snapshot, &book.status(&flow.manifest.batch, None));
     if let Some(s) = server {
@@ -1250,6 +1232,25 @@ pub async fn run(
     s.unfinished = s.items - s.succeeded - s.failed - s.needs_review - s.reversed;
     s.steps_open = steps - s.steps_done - s.steps_failed;
     Ok(s)
+}
+
+/// Shows what ended since the last round, then commits what changed (and lets go of the
+/// records of the nodes that ended: the display reads them first).
+fn show_and_commit(
+    progress: &mut super::progress::Progress,
+    book: &mut Book,
+    store: &mut Store,
+) -> Result<(), StoreError> {
+    let ready = book.any_ready();
+    progress.update(
+        &book.live,
+        &book.tally,
+        &book.ended,
+        book.in_flight.len(),
+        ready,
+    );
+    book.ended.clear();
+    book.commit(store)
 }
 
 /// Replaces the status snapshot atomically (write, then rename). A failure only costs freshness.
