@@ -437,12 +437,12 @@ fn planned_items(manifest: &Path) -> (Flow, Vec<PlannedItem>) {
         let key = payrun::keys::item_key(&flow.manifest.batch, item.id);
         PlannedItem {
             id: item.id.to_string(),
-            digest: payrun::plan::content_digest(flow, item.values),
+            digest: payrun::plan::content_digest(flow, item.values).into(),
             line: item.line,
             index: item.index,
             offset: item.offset,
             money: payrun::plan::item_money(flow, item, &key).into(),
-            key,
+            key: key.into(),
         }
     })
 }
@@ -487,7 +487,12 @@ fn planned_breakdown(items: &Vec<PlannedItem>) {
     let n = items.len();
     let (mut strings, mut money) = (0usize, 0usize);
     for it in items {
-        strings += it.id.capacity() + it.key.capacity() + it.digest.capacity();
+        // Keys and digests are 16 bytes inside the item (`wire::Id128`): no heap of their own.
+        let text = |t: &payrun::wire::Id128| match t {
+            payrun::wire::Id128::Text(t) => t.len(),
+            _ => 0,
+        };
+        strings += it.id.capacity() + text(&it.key) + text(&it.digest);
         money += it.money.heap_bytes();
     }
     let array = items.capacity() * std::mem::size_of::<PlannedItem>();

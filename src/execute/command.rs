@@ -40,12 +40,12 @@ impl Visitor for Collect<'_> {
         }
         chunk.push(PlannedItem {
             id: item.id.to_string(),
-            digest: crate::plan::content_digest(self.flow, item.values),
+            digest: crate::plan::content_digest(self.flow, item.values).into(),
             line: item.line,
             index: item.index,
             offset: item.offset,
             money: crate::plan::item_money(self.flow, item, &key).into(),
-            key,
+            key: key.into(),
         });
     }
 }
@@ -474,19 +474,10 @@ fn settle_drift(
             continue;
         };
         let it = &items[i];
-        let mut r = by_index.get(&(i as u64)).map_or_else(
-            || {
-                super::store::Record::planned(
-                    &it.id,
-                    &it.key,
-                    &it.digest,
-                    it.line,
-                    it.money.clone(),
-                )
-            },
-            |r| (*r).clone(),
-        );
-        r.digest = it.digest.clone();
+        let mut r = by_index
+            .get(&(i as u64))
+            .map_or_else(|| it.record(), |r| (*r).clone());
+        r.digest = it.digest.text();
         r.line = it.line;
         r.money = it.money.clone();
         r.accepted = Some(note.clone());
@@ -735,7 +726,7 @@ fn execute(
                 at: *at,
             });
             r.attempt = n;
-            r.key = it.key.clone();
+            r.key = it.key.text();
             r.state = super::machine::State::Planned;
             r.first_sent = None;
             r.updated = now;
@@ -1202,13 +1193,13 @@ fn owed(
     stored: &[(u64, super::store::Record)],
 ) -> std::collections::BTreeMap<String, rust_decimal::Decimal> {
     use std::str::FromStr;
-    let started: std::collections::HashSet<&str> = stored
+    let started: std::collections::HashSet<crate::wire::Id128> = stored
         .iter()
         .filter(|(_, r)| !matches!(r.state, super::machine::State::Planned))
-        .map(|(_, r)| r.key.as_str())
+        .map(|(_, r)| crate::wire::Id128::from(r.key.as_str()))
         .collect();
     let mut owed = std::collections::BTreeMap::new();
-    for it in items.iter().filter(|it| !started.contains(it.key.as_str())) {
+    for it in items.iter().filter(|it| !started.contains(&it.key)) {
         for (a, c) in &it.money {
             *owed.entry(c.to_string()).or_default() +=
                 rust_decimal::Decimal::from_str(a).unwrap_or_default();

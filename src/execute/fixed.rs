@@ -17,10 +17,10 @@ pub const ENTRY: usize = 32;
 
 /// An item's fixed entry: SHA-256 of its id (16 bytes), its content digest (first 12 bytes of
 /// `plan::content_digest`), its line (u32, little-endian).
-pub fn entry(id: &str, digest_hex: &str, line: u64) -> [u8; ENTRY] {
+pub fn entry(id: &str, digest: &crate::wire::Id128, line: u64) -> [u8; ENTRY] {
     let mut e = [0u8; ENTRY];
     e[..16].copy_from_slice(&Sha256::digest(id.as_bytes())[..16]);
-    let digest = Sha256::digest(digest_hex.as_bytes());
+    let digest = Sha256::digest(digest.text().as_bytes());
     e[16..28].copy_from_slice(&digest[..12]);
     e[28..].copy_from_slice(&(line.min(u32::MAX as u64) as u32).to_le_bytes());
     e
@@ -201,7 +201,7 @@ mod tests {
     fn item(id: &str, digest: &str, line: u64) -> PlannedItem {
         PlannedItem {
             id: id.into(),
-            key: format!("k-{id}"),
+            key: format!("k-{id}").into(),
             digest: digest.into(),
             line,
             index: 0,

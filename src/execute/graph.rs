@@ -574,8 +574,7 @@ impl Book<'_> {
     }
 
     fn untouched(&self, item: usize) -> Record {
-        let it = &self.items[item];
-        Record::planned(&it.id, &it.key, &it.digest, it.line, it.money.clone())
+        self.items[item].record()
     }
 
     /// The record of unit `u`, let go when it ended, read back. One that cannot be read makes
@@ -1445,8 +1444,8 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
                 }))];
                 let item = PlannedItem {
                     id: format!("i{i}"),
-                    key,
-                    digest: String::new(),
+                    key: key.into(),
+                    digest: "".into(),
                     line: i as u64 + 2,
                     index: i as u64,
                     offset: 0,

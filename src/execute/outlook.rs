@@ -276,7 +276,7 @@ mod tests {
     fn item(id: &str, amount: &str, currency: &str) -> PlannedItem {
         PlannedItem {
             id: id.into(),
-            key: format!("k-{id}"),
+            key: format!("k-{id}").into(),
             digest: "d".into(),
             line: 2,
             index: 0,

@@ -36,7 +36,7 @@ impl Render for FromRows<'_> {
             )
         })?;
         let values: Vec<&str> = values.iter().map(String::as_str).collect();
-        if crate::plan::content_digest(self.flow, &values) != it.digest {
+        if it.digest != crate::plan::content_digest(self.flow, &values) {
             return Err(format!(
                 "line {} of {} no longer holds item {} as it was validated when this run started (the file changed while the batch ran); nothing more was sent",
                 it.line, self.display, it.id
@@ -50,9 +50,10 @@ impl Render for FromRows<'_> {
             values: &values,
             valid: true,
         };
+        let key = it.key.text();
         Ok(Planned {
-            payload: crate::providers::render(self.flow, &row, &it.key),
-            steps: crate::providers::render_steps(self.flow, &row, &it.key),
+            payload: crate::providers::render(self.flow, &row, &key),
+            steps: crate::providers::render_steps(self.flow, &row, &key),
         })
     }
 }
@@ -92,12 +93,12 @@ flow:
             chunk.push((
                 PlannedItem {
                     id: item.id.into(),
-                    digest: crate::plan::content_digest(self.0, item.values),
+                    digest: crate::plan::content_digest(self.0, item.values).into(),
                     line: item.line,
                     index: item.index,
                     offset: item.offset,
                     money: Default::default(),
-                    key,
+                    key: key.into(),
                 },
                 rendered.iter().map(|r| r.get().to_string()).collect(),
             ));

@@ -22,13 +22,26 @@ use std::time::Duration;
 /// it sends is rendered from its row when it is sent (`graph::Render`), never kept.
 pub struct PlannedItem {
     pub id: String,
-    pub key: String,
-    pub digest: String,
+    pub key: crate::wire::Id128,
+    pub digest: crate::wire::Id128,
     pub line: u64,
     /// Its position in the batch, and where its row starts in a CSV file (`validate::ItemRow`).
     pub index: u64,
     pub offset: u64,
     pub money: crate::wire::Amounts,
+}
+
+impl PlannedItem {
+    /// Its record before anything was done for it.
+    pub fn record(&self) -> Record {
+        Record::planned(
+            &self.id,
+            &self.key.text(),
+            &self.digest.text(),
+            self.line,
+            self.money.clone(),
+        )
+    }
 }
 
 /// Where and through which adapter to send.
@@ -210,14 +223,8 @@ impl<W: std::io::Write> Emit<'_, W> {
     /// The items before `to` not written yet, as planned.
     fn fill(&mut self, to: u64) {
         while self.next_item < to.min(self.items.len() as u64) {
-            let it = &self.items[self.next_item as usize];
-            self.line(&Record::planned(
-                &it.id,
-                &it.key,
-                &it.digest,
-                it.line,
-                it.money.clone(),
-            ));
+            let r = self.items[self.next_item as usize].record();
+            self.line(&r);
             self.next_item += 1;
         }
     }
