@@ -52,25 +52,33 @@ impl Visitor for Collect<'_> {
 
 /// The failed items `--retry-failed` sends again: those whose code the provider's table calls
 /// safe to resend (schemas/<provider>/provider.yaml `resend_safe`), and those payrun gave up on
-/// before the provider took them. Returns (item id → next attempt, codes seen).
-fn retry_selection(flow: &Flow, records: &[&super::store::Record]) -> HashMap<String, u32> {
-    records
-        .iter()
-        .filter(|r| r.step.is_none())
-        .filter_map(|r| match &r.state {
-            // Only requests that provably never reached the provider, or that it refused to
-            // take ("not now"), or codes its table calls safe: a 5xx may have been processed.
-            super::machine::State::Failed { code, .. }
-                if matches!(
-                    code.as_str(),
-                    "retries-exhausted:network" | "retries-exhausted:rate_limited"
-                ) || flow.provider.resend_safe.iter().any(|c| c == code) =>
+/// before the provider took them. Read from the store one record at a time. Returns (item id →
+/// next attempt, the codes of the failed items not sent again).
+fn retry_selection(
+    flow: &Flow,
+    store: &Store,
+) -> Result<(HashMap<String, u32>, std::collections::BTreeSet<String>), StoreError> {
+    let mut pick = HashMap::new();
+    let mut left = std::collections::BTreeSet::new();
+    store.each(|_, r| {
+        if r.step.is_some() {
+            return;
+        }
+        // Only requests that provably never reached the provider, or that it refused to
+        // take ("not now"), or codes its table calls safe: a 5xx may have been processed.
+        if let super::machine::State::Failed { code, .. } = &r.state {
+            if matches!(
+                code.as_str(),
+                "retries-exhausted:network" | "retries-exhausted:rate_limited"
+            ) || flow.provider.resend_safe.iter().any(|c| c == code)
             {
-                Some((r.id.clone(), r.attempt + 1))
+                pick.insert(r.id.clone(), r.attempt + 1);
+            } else {
+                left.insert(code.clone());
             }
-            _ => None,
-        })
-        .collect()
+        }
+    })?;
+    Ok((pick, left))
 }
 
 /// Where the embedded sandbox of a batch keeps what it remembers across commands.
@@ -230,21 +238,11 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
     } else {
         None
     };
-    let prior: Vec<&super::store::Record> = held
-        .as_ref()
-        .map(|h| h.stored.iter().map(|(_, r)| r).collect())
-        .unwrap_or_default();
-    let attempts = if o.retry_failed {
-        let records = &prior;
-        let pick = retry_selection(&flow, records);
-        let unsafe_codes: std::collections::BTreeSet<&str> = records
-            .iter()
-            .filter(|r| r.step.is_none() && !pick.contains_key(&r.id))
-            .filter_map(|r| match &r.state {
-                super::machine::State::Failed { code, .. } => Some(code.as_str()),
-                _ => None,
-            })
-            .collect();
+    let attempts = if let Some(h) = held.as_ref().filter(|_| o.retry_failed) {
+        let (pick, unsafe_codes) = match retry_selection(&flow, &h.store) {
+            Ok(p) => p,
+            Err(e) => return errors::report_as("run.retry-failed", &e.into(), ""),
+        };
         if !unsafe_codes.is_empty() {
             eprintln!(
                 "not sent again (the provider's table does not call these safe to resend): {}",
@@ -263,7 +261,6 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
     } else {
         HashMap::new()
     };
-    drop(prior);
     let mut source = prepared.source;
     let display = match &source {
         crate::validate::source::Source::Csv(c) => c.display.clone(),
@@ -325,12 +322,15 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
     }
     // What this command sends, not the whole batch's totals: items that ended are not sent
     // again, items sent before are looked up, `--retry-failed` resends only what it chose.
-    let outlook = Outlook::of(
-        &items,
-        held.as_ref().map(|h| h.stored.as_slice()),
-        &attempts,
-        flow.steps().len(),
-    );
+    let stored = match held.as_ref().map(|h| {
+        let mut s = super::outlook::Stored::default();
+        h.store.each(|i, r| s.add(i, &r)).map(|()| s)
+    }) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => return errors::report(&e.into(), "; nothing was sent"),
+    };
+    let outlook = Outlook::of_stored(&items, stored.as_ref(), &attempts, flow.steps().len());
     if outlook.finished() {
         return nothing_left(&flow, &outlook);
     }
@@ -430,13 +430,25 @@ fn settle_drift(
         return Err(exit::INVALID);
     };
     // What may be accepted: rows never sent, changed in place or added at the end.
-    let by_index: HashMap<u64, &super::store::Record> =
-        held.stored.iter().map(|(i, r)| (*i, r)).collect();
+    // The records of the drifted items, read one by one.
+    let mut by_index: HashMap<u64, super::store::Record> = HashMap::new();
+    let reader = held.store.reader();
     let index_of: HashMap<&str, usize> = items
         .iter()
         .enumerate()
         .map(|(i, it)| (it.id.as_str(), i))
         .collect();
+    for (id, _) in drift.changed.iter().chain(&drift.added) {
+        if let Some(&i) = index_of.get(id.as_str()) {
+            match reader.record(i as u64) {
+                Ok(Some(r)) => {
+                    by_index.insert(i as u64, r);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(errors::report(&e.into(), "; nothing was accepted or sent")),
+            }
+        }
+    }
     let sent: Vec<String> = drift
         .changed
         .iter()
@@ -476,7 +488,7 @@ fn settle_drift(
         let it = &items[i];
         let mut r = by_index
             .get(&(i as u64))
-            .map_or_else(|| it.record(), |r| (*r).clone());
+            .map_or_else(|| it.record(), |r| r.clone());
         r.digest = it.digest.text();
         r.line = it.line;
         r.money = it.money.clone();
@@ -502,12 +514,6 @@ fn settle_drift(
         drift.changed.len(),
         drift.added.len()
     );
-    for (i, r) in rows {
-        match held.stored.iter_mut().find(|(j, _)| *j == i) {
-            Some((_, old)) => *old = r,
-            None => held.stored.push((i, r)),
-        }
-    }
     Ok(())
 }
 
@@ -591,7 +597,6 @@ pub fn resume(
 struct Held {
     _lock: super::lock::Lock,
     store: Store,
-    stored: Vec<(u64, super::store::Record)>,
 }
 
 /// Takes the batch's lock, or says who holds it; tells the operator what taking it found (a
@@ -620,12 +625,7 @@ fn hold(batch: &str, state_dir: &Path) -> Result<Held, RunError> {
         || true,
         || waiting_for_reader(batch),
     )?;
-    let stored = store.items()?;
-    Ok(Held {
-        _lock: lock,
-        store,
-        stored,
-    })
+    Ok(Held { _lock: lock, store })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -674,18 +674,10 @@ fn execute(
                 Ok(s) => s,
                 Err(e) => return errors::report(&e.into(), "; nothing was sent"),
             };
-            Held {
-                _lock: lock,
-                store,
-                stored: Vec::new(),
-            }
+            Held { _lock: lock, store }
         }
     };
-    let Held {
-        _lock,
-        mut store,
-        mut stored,
-    } = held;
+    let Held { _lock, mut store } = held;
     // The batch's secret, for keyed keys; a batch started before keys were keyed has none.
     let note_secret = match store.meta(super::secret::META) {
         Ok(Some(v)) if v == super::secret::KEYED_V1 => {
@@ -701,24 +693,26 @@ fn execute(
         Ok(None) => None,
         Err(e) => return errors::report(&e.into(), "; nothing was sent"),
     };
-    // `--retry-failed`: each chosen item starts a new attempt with a new key; the old key and
-    // how it ended are kept. Committed before anything is sent.
-    if !attempts.is_empty() {
-        let now = runner::now_ms();
-        let mut rows = Vec::new();
-        for (i, r) in stored.iter_mut().filter(|(_, r)| r.step.is_none()) {
-            let Some(&n) = attempts.get(&r.id) else {
-                continue;
-            };
+    // The store read once, one record at a time:
+    // - `--retry-failed`: each chosen item starts a new attempt with a new key; the old key
+    //   and how it ended are kept. Committed before anything is sent.
+    // - An item whose content changed since it was started is never sent as it is now.
+    // - What this run still has to pay: the items not started.
+    let now = runner::now_ms();
+    let mut retried = Vec::new();
+    let mut no_longer_failed = None;
+    let mut changed: Vec<String> = Vec::new();
+    let mut started = vec![false; items.len()];
+    let read = store.each(|i, mut r| {
+        if r.step.is_some() {
+            return;
+        }
+        if let Some(&n) = attempts.get(&r.id)
+            && let Some(it) = items.get(i as usize)
+        {
             let super::machine::State::Failed { code, at, .. } = &r.state else {
-                eprintln!(
-                    "error[run.retry-failed]: item {} is no longer failed (another run changed the batch); nothing was sent",
-                    r.id
-                );
-                return exit::IO;
-            };
-            let Some(it) = items.get(*i as usize) else {
-                continue;
+                no_longer_failed.get_or_insert(r.id.clone());
+                return;
             };
             r.earlier.push(super::store::Earlier {
                 key: r.key.clone(),
@@ -730,24 +724,29 @@ fn execute(
             r.state = super::machine::State::Planned;
             r.first_sent = None;
             r.updated = now;
-            rows.push((*i, r.clone()));
+            retried.push((i, r.clone()));
         }
-        let refs: Vec<(u64, &super::store::Record)> = rows.iter().map(|(i, r)| (*i, r)).collect();
-        if let Err(e) = store.commit(&refs) {
-            return errors::report(&e.into(), "");
+        match items.get(i as usize) {
+            Some(it) if it.key == r.key && it.digest == r.digest => {
+                started[i as usize] = !matches!(r.state, super::machine::State::Planned);
+            }
+            _ => changed.push(format!("{} (line {})", r.id, r.line)),
         }
+    });
+    if let Err(e) = read {
+        return errors::report(&e.into(), "; nothing was sent");
     }
-    // An item whose content changed since it was started is never sent as it is now.
-    let changed: Vec<String> = stored
-        .iter()
-        .filter(|(_, r)| r.step.is_none())
-        .filter(|(i, r)| {
-            items
-                .get(*i as usize)
-                .is_none_or(|it| it.key != r.key || it.digest != r.digest)
-        })
-        .map(|(_, r)| format!("{} (line {})", r.id, r.line))
-        .collect();
+    if let Some(id) = no_longer_failed {
+        eprintln!(
+            "error[run.retry-failed]: item {id} is no longer failed (another run changed the batch); nothing was sent"
+        );
+        return exit::IO;
+    }
+    let refs: Vec<(u64, &super::store::Record)> = retried.iter().map(|(i, r)| (*i, r)).collect();
+    if let Err(e) = store.commit(&refs) {
+        return errors::report(&e.into(), "");
+    }
+    drop(retried);
     if !changed.is_empty() {
         eprintln!(
             "error[run.changed-items]: {} item(s) changed since this batch started: {}",
@@ -966,7 +965,7 @@ fn execute(
         }
         // The preflight (e.g. getBalance) is the first node the runner sends: a balance below
         // what this run still has to pay in a currency stops it with nothing sent.
-        let owed = owed(items, &stored);
+        let owed = owed(items, &started);
         let flag = Arc::clone(&stop);
         tokio::spawn(async move {
             let term = async {
@@ -986,8 +985,6 @@ fn execute(
             eprintln!("\nstopping: no new requests; waiting for the ones in flight");
         });
         let started = std::time::Instant::now();
-        // The runner reads the records from the store as it needs them: none held from here.
-        drop(std::mem::take(&mut stored));
         let summary = match runner::run(flow, shared, rows, &mut store, &endpoint, &endpoint.adapter.timings(timings(time_scale)), Arc::clone(&stop), listen, owed).await {
             Ok(s) => s,
             Err(e) => return errors::report(&e, ""),
@@ -1190,16 +1187,11 @@ pub fn unlock(batch: &str, state_dir: &Path, force: bool) -> u8 {
 /// preflight reports must cover it).
 fn owed(
     items: &[PlannedItem],
-    stored: &[(u64, super::store::Record)],
+    started: &[bool],
 ) -> std::collections::BTreeMap<String, rust_decimal::Decimal> {
     use std::str::FromStr;
-    let started: std::collections::HashSet<crate::wire::Id128> = stored
-        .iter()
-        .filter(|(_, r)| !matches!(r.state, super::machine::State::Planned))
-        .map(|(_, r)| crate::wire::Id128::from(r.key.as_str()))
-        .collect();
     let mut owed = std::collections::BTreeMap::new();
-    for it in items.iter().filter(|it| !started.contains(&it.key)) {
+    for (it, _) in items.iter().zip(started).filter(|(_, s)| !**s) {
         for (a, c) in &it.money {
             *owed.entry(c.to_string()).or_default() +=
                 rust_decimal::Decimal::from_str(a).unwrap_or_default();

@@ -63,6 +63,66 @@ pub struct Outlook {
     pub steps_failed: usize,
 }
 
+/// What a started batch's store says, taken one record at a time (`add`): how each item's
+/// record stands (one byte an item) and how its delayed steps stand. Enough for the outlook of
+/// a million-item batch without holding its records.
+#[derive(Debug, Default)]
+pub struct Stored {
+    /// By store index: 0 no record; else `code` of its state.
+    items: Vec<u8>,
+    steps: usize,
+    steps_open: usize,
+    steps_failed: usize,
+}
+
+const PAID: u8 = 3;
+const FAILED: u8 = 4;
+const REVERSED: u8 = 5;
+
+/// An item record's state as `Stored` keeps it.
+fn code(s: &State) -> u8 {
+    match s {
+        State::Planned | State::RetryAt { .. } => 1,
+        State::Succeeded { .. } => PAID,
+        State::Failed { .. } => FAILED,
+        State::Reversed { .. } => REVERSED,
+        State::Skipped { .. } => 6,
+        // Sent before (or, for a step, scheduled): awaiting.
+        _ => 2,
+    }
+}
+
+impl Stored {
+    /// Takes the record stored at `index`.
+    pub fn add(&mut self, index: u64, r: &Record) {
+        if r.step.is_some() {
+            self.steps += 1;
+            match r.state {
+                State::Failed { .. } | State::Reversed { .. } => self.steps_failed += 1,
+                ref s if !s.is_final() => self.steps_open += 1,
+                _ => {}
+            }
+            return;
+        }
+        let i = index as usize;
+        if self.items.len() <= i {
+            self.items.resize(i + 1, 0);
+        }
+        self.items[i] = code(&r.state);
+    }
+
+    /// How the record at `index` stands (None: it has none), `retried` by `--retry-failed`.
+    fn standing(&self, index: usize, retried: bool) -> Option<Standing> {
+        match self.items.get(index).copied().unwrap_or(0) {
+            0 => None,
+            _ if retried => Some(Standing::ToSend),
+            1 => Some(Standing::ToSend),
+            2 => Some(Standing::Awaiting),
+            _ => Some(Standing::Ended),
+        }
+    }
+}
+
 impl Outlook {
     /// `stored`: the store's records (None for a new batch); `retried`: the items
     /// `--retry-failed` sends again; `steps_per_item`: the flow's delayed steps.
@@ -72,23 +132,35 @@ impl Outlook {
         retried: &HashMap<String, u32>,
         steps_per_item: usize,
     ) -> Outlook {
+        let stored = stored.map(|records| {
+            let mut s = Stored::default();
+            for (i, r) in records {
+                s.add(*i, r);
+            }
+            s
+        });
+        Outlook::of_stored(items, stored.as_ref(), retried, steps_per_item)
+    }
+
+    /// As `of`, from what the store says taken record by record. An item's record is the one
+    /// at its position (a started batch's items are checked to be the ones it started with,
+    /// in their places, before this is asked).
+    pub fn of_stored(
+        items: &[PlannedItem],
+        stored: Option<&Stored>,
+        retried: &HashMap<String, u32>,
+        steps_per_item: usize,
+    ) -> Outlook {
         let mut o = Outlook {
             new_batch: stored.is_none(),
             ..Outlook::default()
         };
-        let stored = stored.unwrap_or_default();
-        let by_id: HashMap<&str, &State> = stored
-            .iter()
-            .filter(|(_, r)| r.step.is_none())
-            .map(|(_, r)| (r.id.as_str(), &r.state))
-            .collect();
+        let none = Stored::default();
+        let stored = stored.unwrap_or(&none);
         let mut ended = 0;
-        for it in items {
+        for (i, it) in items.iter().enumerate() {
             let again = retried.contains_key(&it.id);
-            let standing = by_id
-                .get(it.id.as_str())
-                .map_or(Standing::ToSend, |s| Standing::of(s, again));
-            match standing {
+            match stored.standing(i, again).unwrap_or(Standing::ToSend) {
                 Standing::ToSend => {
                     o.to_send += 1;
                     o.retried += usize::from(again);
@@ -101,26 +173,19 @@ impl Outlook {
                 Standing::Awaiting => o.awaiting += 1,
                 Standing::Ended => {
                     ended += 1;
-                    match by_id.get(it.id.as_str()) {
-                        Some(State::Succeeded { .. }) => o.paid += 1,
-                        Some(State::Reversed { .. }) => o.reversed += 1,
+                    match stored.items[i] {
+                        PAID => o.paid += 1,
+                        REVERSED => o.reversed += 1,
                         _ => o.failed += 1,
                     }
                 }
             }
         }
-        let mut steps = 0;
-        for (_, r) in stored.iter().filter(|(_, r)| r.step.is_some()) {
-            steps += 1;
-            match r.state {
-                State::Failed { .. } | State::Reversed { .. } => o.steps_failed += 1,
-                ref s if !s.is_final() => o.steps_open += 1,
-                _ => {}
-            }
-        }
+        o.steps_open = stored.steps_open;
+        o.steps_failed = stored.steps_failed;
         // The steps of an item that ended are recorded when it ends (skipped ones too); any not
         // recorded yet (a batch started by an older payrun) are still to come.
-        o.steps_open += (ended * steps_per_item).saturating_sub(steps);
+        o.steps_open += (ended * steps_per_item).saturating_sub(stored.steps);
         o
     }
 
