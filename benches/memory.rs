@@ -118,6 +118,17 @@
 //! items peaks at 612.8 MB before and 383.6 MB after (measured one change earlier, with the
 //! sandbox at 268 B/item), of which payrun alone 355.5 MB (1b): the sandbox's share of RSS is
 //! 28 MB, ≈ 295 B/item.
+//!
+//! Records out of memory (2026-12-02, load average under 1): a run holds the records of the
+//! nodes not ended only (`graph::Book::live`; ended ones are read back from the store when
+//! asked about), status, progress and summary read counts kept as states change, and planned
+//! items keep their key and digest as 16 bytes (`wire::Id128`). At 100,000 items: 113.9 MB
+//! with the embedded sandbox, 84.9 MB payrun alone (45.6 MB at the first send, then 411
+//! B/item over the window, which is redb's cache filling up to its 32 MiB). At 1,000,000 items
+//! (`-- --items 1000000 --runs-only`): **payrun alone 246.7 MB peak** (186.2 MB at the first
+//! send: planned items and the validator's transient; +44 B/item over the window), with the
+//! embedded sandbox 511.5 MB (189.6 MB at the first send, +338 B/item over the window: the
+//! sandbox's ledger, payments and invoices, ≈ 290 B/item of RSS).
 
 mod common;
 
