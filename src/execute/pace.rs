@@ -15,7 +15,8 @@
 //! the moment the answer that caused it is read. Requests already sent are not affected.
 //!
 //! `Pace` is pure (time comes in as the time since the run began); `Shared` is the runner's
-//! handle: the clock, a lock, and the wait.
+//! handle: the clock and a lock. The runner's loop asks it (`try_claim`) as it lets each
+//! request leave, and when the answer is no, how long until yes is one of the loop's timers.
 
 use super::backoff::ErrorClass;
 use super::machine::Verdict;
@@ -217,17 +218,10 @@ impl Shared {
         self.pace.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits until the pace lets one more request leave.
-    pub async fn ready(&self) {
-        loop {
-            let now = self.origin.elapsed();
-            // The lock is let go before the wait.
-            let claimed = self.lock().claim(now);
-            match claimed {
-                Ok(()) => return,
-                Err(at) => tokio::time::sleep(at.saturating_sub(now)).await,
-            }
-        }
+    /// Lets one more request leave now, or says how long until it may.
+    pub fn try_claim(&self) -> Result<(), Duration> {
+        let now = self.origin.elapsed();
+        self.lock().claim(now).map_err(|at| at.saturating_sub(now))
     }
 
     /// One request's answer, read by the loop.

@@ -538,7 +538,7 @@ pub fn vetted(adapter: &dyn Adapter, provider: &str, url: &str, answer: Answer) 
     }
 }
 
-/// Everything a spawned exchange needs: the client, the limits, the way back.
+/// Everything an exchange needs: the client, the limits, the way back.
 #[derive(Clone)]
 struct Wire {
     http: reqwest::Client,
@@ -550,38 +550,105 @@ struct Wire {
     per_endpoint: Arc<HashMap<String, Limiter>>,
     /// The adaptive rate under `limiter`'s ceiling: slower while the provider pushes back.
     pace: Arc<super::pace::Shared>,
-    slots: Arc<tokio::sync::Semaphore>,
+    /// Requests out, and how many may be.
+    busy: Arc<std::sync::atomic::AtomicUsize>,
+    concurrency: usize,
     tx: tokio::sync::mpsc::UnboundedSender<Outcome>,
 }
 
+/// A request waiting to leave, and what is done with its answer (classifying it and telling
+/// the loop, where it is sent).
+struct Pending {
+    req: Request,
+    /// The request may pay: the crash points around a send apply.
+    submission: bool,
+    then: Box<dyn FnOnce(Answer) + Send>,
+}
+
+impl Pending {
+    fn new(req: Request, submission: bool, then: impl FnOnce(Answer) + Send + 'static) -> Pending {
+        Pending {
+            req,
+            submission,
+            then: Box::new(then),
+        }
+    }
+}
+
+/// Whether the next request may leave now.
+enum Admit {
+    Go,
+    /// Every slot is taken: it waits for an answer.
+    Full,
+    /// A limiter or the pace lets it go after this long: a timer of the loop's.
+    After(Duration),
+}
+
 impl Wire {
-    /// Waits for a slot and the limiters, then sends.
-    /// `submission`: the request may pay (crash points apply).
-    async fn exchange(
-        &self,
-        req: Request,
-        submission: bool,
-    ) -> (tokio::sync::OwnedSemaphorePermit, Answer) {
-        let slot = Arc::clone(&self.slots)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        if let Some(l) = self.per_endpoint.get(req.endpoint) {
-            l.until_ready().await;
+    /// Whether a request to `endpoint` may leave now: a slot is free, then its endpoint's
+    /// limiter, the provider's and the pace let it (each taking its share as it says yes, so a
+    /// later one saying no costs the earlier ones a token: slower, never faster).
+    fn admit(&self, endpoint: &str) -> Admit {
+        use governor::clock::Clock;
+        if self.busy.load(Ordering::Acquire) >= self.concurrency {
+            return Admit::Full;
         }
-        self.limiter.until_ready().await;
-        self.pace.ready().await;
-        if submission {
-            super::crash::point("before-send");
+        let clock = governor::clock::DefaultClock::default();
+        let limiters = self
+            .per_endpoint
+            .get(endpoint)
+            .into_iter()
+            .chain([&*self.limiter]);
+        for l in limiters {
+            if let Err(not_until) = l.check() {
+                return Admit::After(not_until.wait_time_from(clock.now()));
+            }
         }
-        let url = request_url(&self.base_url, &req);
-        let answer = send(&self.http, &self.base_url, req).await;
-        if submission {
-            super::crash::point("after-send");
+        match self.pace.try_claim() {
+            Ok(()) => Admit::Go,
+            Err(wait) => Admit::After(wait),
         }
-        let answer = vetted(self.adapter.as_ref(), &self.provider, &url, answer);
-        self.reach.record(&answer);
-        (slot, answer)
+    }
+
+    /// Sends `p` now (it was admitted) and hands its answer on where it is sent.
+    fn go(&self, p: Pending) {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        let wire = self.clone();
+        tokio::spawn(async move {
+            let Pending {
+                req,
+                submission,
+                then,
+            } = p;
+            if submission {
+                super::crash::point("before-send");
+            }
+            let url = request_url(&wire.base_url, &req);
+            let answer = send(&wire.http, &wire.base_url, req).await;
+            if submission {
+                super::crash::point("after-send");
+            }
+            let answer = vetted(wire.adapter.as_ref(), &wire.provider, &url, answer);
+            wire.reach.record(&answer);
+            wire.busy.fetch_sub(1, Ordering::AcqRel);
+            then(answer);
+        });
+    }
+
+    /// Lets the requests of `outbox` leave, in order, as far as slots, limiters and the pace
+    /// allow; says when to look again if a limiter or the pace holds the next one back.
+    fn dispatch(&self, outbox: &mut std::collections::VecDeque<Pending>) -> Option<Duration> {
+        while let Some(p) = outbox.front() {
+            match self.admit(p.req.endpoint) {
+                Admit::Go => {
+                    let p = outbox.pop_front().expect("looked at");
+                    self.go(p);
+                }
+                Admit::Full => return None,
+                Admit::After(wait) => return Some(wait),
+            }
+        }
+        None
     }
 }
 
@@ -629,9 +696,8 @@ pub async fn run(
                 .collect(),
         ),
         pace: Arc::new(super::pace::Shared::new(limits.requests_per_second)),
-        slots: Arc::new(tokio::sync::Semaphore::new(
-            limits.concurrency.max(1) as usize
-        )),
+        busy: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        concurrency: limits.concurrency.max(1) as usize,
         tx: tx.clone(),
     };
     let pack = adapter.pack_limit().max(1);
@@ -697,6 +763,9 @@ pub async fn run(
     let mut followups: BTreeSet<(Millis, u64)> = BTreeSet::new();
     let mut waiting_followups: HashMap<u64, (usize, Request, u32, Millis)> = HashMap::new();
     let mut followup_seq = 0u64;
+    // Requests committed for and waiting to leave: sent in order as slots, limiters and the
+    // pace allow; a limiter's or the pace's wait is one of the loop's timers.
+    let mut outbox: std::collections::VecDeque<Pending> = std::collections::VecDeque::new();
     let mut snapshot_every = Duration::from_millis(300);
     loop {
         // A provider that answers nothing, many times in a row, stops the run: items stay
@@ -720,13 +789,12 @@ pub async fn run(
             let req = next.or_else(|| adapter.preflight(&rfc3339(now)));
             if let Some(req) = req {
                 requests += 1;
-                let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
-                tokio::spawn(async move {
-                    let (_slot, answer) = wire.exchange(req, false).await;
+                let (tx, adapter) = (wire.tx.clone(), Arc::clone(&endpoint.adapter));
+                outbox.push_back(Pending::new(req, false, move |answer| {
                     let unreachable = matches!(answer, Answer::Transport { .. });
                     let verdict = adapter.classify_preflight(&answer);
-                    let _ = wire.tx.send(Outcome::Preflight(verdict, unreachable));
-                });
+                    let _ = tx.send(Outcome::Preflight(verdict, unreachable));
+                }));
             }
         } else if book.gate_open() {
             for i in book.due(now) {
@@ -834,15 +902,12 @@ pub async fn run(
                 book.rec_mut(*u).trace = Some(trace.clone());
                 book.changed.push(*u);
             }
-            let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
-            tokio::spawn(async move {
-                let sent = req.clone();
-                let (_slot, answer) = wire.exchange(req, true).await;
+            let (tx, adapter) = (wire.tx.clone(), Arc::clone(&endpoint.adapter));
+            let sent = req.clone();
+            outbox.push_back(Pending::new(req, true, move |answer| {
                 let verdicts = adapter.classify_submit(&sent, &answer, idx.len());
-                let _ = wire
-                    .tx
-                    .send(Outcome::Sent(idx.into_iter().zip(verdicts).collect()));
-            });
+                let _ = tx.send(Outcome::Sent(idx.into_iter().zip(verdicts).collect()));
+            }));
         }
         // Lookups: a submitted group is asked about once; the rest by key.
         let mut by_group: std::collections::BTreeMap<String, Vec<(usize, usize)>> =
@@ -870,16 +935,15 @@ pub async fn run(
                             }],
                             &rfc3339(now),
                         );
-                        let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
-                        tokio::spawn(async move {
-                            let sent = req.clone();
-                            let (_slot, answer) = wire.exchange(req, false).await;
+                        let (tx, adapter) = (wire.tx.clone(), Arc::clone(&endpoint.adapter));
+                        let sent = req.clone();
+                        outbox.push_back(Pending::new(req, false, move |answer| {
                             let verdict = adapter
                                 .classify_submit(&sent, &answer, 1)
                                 .pop()
                                 .unwrap_or(Verdict::InDoubt);
-                            let _ = wire.tx.send(Outcome::Observed(vec![(i, verdict)]));
-                        });
+                            let _ = tx.send(Outcome::Observed(vec![(i, verdict)]));
+                        }));
                     }
                     Err(Unmade::Missing(why)) => {
                         book.in_flight.remove(&i);
@@ -920,7 +984,7 @@ pub async fn run(
                         book.live[&i].requests,
                         &rfc3339(now),
                     );
-                    key_lookup(&wire, &endpoint.adapter, i, req, 0, now);
+                    outbox.push_back(key_lookup(&wire, &endpoint.adapter, i, req, 0, now));
                 }
             }
         }
@@ -938,7 +1002,7 @@ pub async fn run(
             followups.pop_first();
             if let Some((unit, next, n, asked)) = waiting_followups.remove(&seq) {
                 requests += 1;
-                key_lookup(&wire, &endpoint.adapter, unit, next, n, asked);
+                outbox.push_back(key_lookup(&wire, &endpoint.adapter, unit, next, n, asked));
             }
         }
         for (group, members) in by_group {
@@ -949,24 +1013,25 @@ pub async fn run(
                 .max()
                 .unwrap_or(0);
             let req = adapter.group_lookup(&group, seq, &rfc3339(now));
-            let (wire, adapter) = (wire.clone(), Arc::clone(&endpoint.adapter));
-            tokio::spawn(async move {
-                let (_slot, answer) = wire.exchange(req, false).await;
+            let (tx, adapter) = (wire.tx.clone(), Arc::clone(&endpoint.adapter));
+            outbox.push_back(Pending::new(req, false, move |answer| {
                 if let Some(reference) = adapter.lookup_reference(&answer) {
                     for &(i, _) in &members {
-                        let _ = wire.tx.send(Outcome::Asked(i, reference.clone(), now));
+                        let _ = tx.send(Outcome::Asked(i, reference.clone(), now));
                     }
                 }
                 let n = members.iter().map(|(_, p)| p + 1).max().unwrap_or(1);
                 let verdicts = adapter.classify_group(&answer, n);
-                let _ = wire.tx.send(Outcome::Observed(
+                let _ = tx.send(Outcome::Observed(
                     members
                         .into_iter()
                         .map(|(i, p)| (i, verdicts.get(p).cloned().unwrap_or(Verdict::InDoubt)))
                         .collect(),
                 ));
-            });
+            }));
         }
+
+        let held_back = wire.dispatch(&mut outbox);
 
         for u in unsettled {
             let verdict = Verdict::NeedsReview {
@@ -1008,6 +1073,7 @@ pub async fn run(
             .any(|(_, at)| now_ms() < at.saturating_add(timings.poll_every.as_millis() as u64));
         let preflight_out = matches!(book.gate, Gate::Asking { .. });
         if book.in_flight.is_empty()
+            && outbox.is_empty()
             && !preflight_out
             && (stopping || (book.open == 0 && !book.any_ready() && !awaited))
         {
@@ -1028,7 +1094,8 @@ pub async fn run(
         };
         let wait = next_due
             .map(|d| Duration::from_millis(d.saturating_sub(now_ms()).min(500)))
-            .unwrap_or(Duration::from_millis(500));
+            .unwrap_or(Duration::from_millis(500))
+            .min(held_back.unwrap_or(Duration::MAX));
         let first = tokio::select! {
             m = rx.recv() => m,
             _ = tokio::time::sleep(wait) => None,
@@ -1272,9 +1339,9 @@ fn write_snapshot(path: &std::path::Path, view: &super::status::StatusView) {
 const FOLLOWUP_WAIT: Duration = Duration::from_millis(300);
 const FOLLOWUPS: u32 = 10;
 
-/// Performs key lookup `req` of `unit` (asked at `asked`; `n` follow-ups made before it) and
-/// reports what it says — or, when the provider answered before it finished, the follow-up to
-/// make after `FOLLOWUP_WAIT` (the loop's timer, not a sleep here).
+/// Key lookup `req` of `unit` (asked at `asked`; `n` follow-ups made before it), to send: its
+/// answer reports what it says — or, when the provider answered before it finished, the
+/// follow-up to make after `FOLLOWUP_WAIT` (the loop's timer, not a sleep here).
 fn key_lookup(
     wire: &Wire,
     adapter: &Arc<dyn Adapter>,
@@ -1282,14 +1349,13 @@ fn key_lookup(
     req: Request,
     n: u32,
     asked: Millis,
-) {
-    let (wire, adapter) = (wire.clone(), Arc::clone(adapter));
-    tokio::spawn(async move {
-        let (_slot, answer) = wire.exchange(req, false).await;
+) -> Pending {
+    let (tx, adapter) = (wire.tx.clone(), Arc::clone(adapter));
+    Pending::new(req, false, move |answer| {
         if n < FOLLOWUPS
             && let Some(next) = adapter.lookup_followup(&answer)
         {
-            let _ = wire.tx.send(Outcome::Followup {
+            let _ = tx.send(Outcome::Followup {
                 unit,
                 next,
                 n: n + 1,
@@ -1303,10 +1369,10 @@ fn key_lookup(
             v => v,
         };
         if let Some(reference) = adapter.lookup_reference(&answer) {
-            let _ = wire.tx.send(Outcome::Asked(unit, reference, asked));
+            let _ = tx.send(Outcome::Asked(unit, reference, asked));
         }
-        let _ = wire.tx.send(Outcome::Observed(vec![(unit, verdict)]));
-    });
+        let _ = tx.send(Outcome::Observed(vec![(unit, verdict)]));
+    })
 }
 
 /// Where a request goes (for messages).
