@@ -3,6 +3,8 @@
 //! achieved request rate as a share of R and the sandbox's rate-limit refusals (target: ≥ 98%
 //! and none). Run with `cargo bench --bench rate -- --rate 200 --seconds 20`.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -58,7 +60,9 @@ fn main() {
     )
     .unwrap();
     for i in 0..items {
-        writeln!(csv, "E{i:07},Anna,Muller,anna@acme.example,Torstrasse 1,Berlin,DE,DE89370400440532013000,COBADEFFXXX,100.00,EUR").unwrap();
+        // Every item its own account: the same one paid twice is refused as a double payment.
+        let iban = common::iban(i);
+        writeln!(csv, "E{i:07},Anna,Muller,anna@acme.example,Torstrasse 1,Berlin,DE,{iban},COBADEFFXXX,100.00,EUR").unwrap();
     }
     csv.flush().unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -112,6 +116,13 @@ fn main() {
         .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
         .unwrap_or(0);
     println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    if !out.status.success() {
+        eprintln!(
+            "payrun run exited with {}:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     println!(
         "configured {rate} req/s; {requests} requests in {secs:.1} s = {:.1} req/s ({:.1}% of the limit); rate-limit refusals: {}; payments: {}",
         requests as f64 / secs,
