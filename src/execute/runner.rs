@@ -1,10 +1,13 @@
 //! The runner: the I/O around the pure state machine, for any provider behind the `Adapter`
-//! trait. One loop owns every item's state. Items wait in a ready queue (not started) or a timer
-//! queue (due at a time); the loop ticks what is due, admits new items only as fast as requests
-//! can leave (so a crash finds few items "sending"), commits the new states in one transaction,
-//! and only then performs the effects — packed submissions and lookups — on spawned tasks bounded
-//! by the rate limiters and the concurrency cap. Answers and notifications come back as events,
-//! are applied, and committed together (group commit).
+//! trait. One loop owns every node's state (`graph::Book`, which holds only the nodes not
+//! ended). Items not started wait behind a cursor, nodes due at a time in a timer queue; the
+//! loop ticks what is due, admits new items only as fast as requests can leave (so a crash
+//! finds few items "sending"), commits the new states in one transaction, and only then
+//! performs the effects — packed submissions and lookups. Each waits in the loop's outbox until
+//! a slot, the rate limiters and the pace let it leave (`Wire::dispatch`; their waits are the
+//! loop's timers), then a spawned task exchanges it and classifies the answer. Answers,
+//! notifications and control-socket questions come back as messages, are applied, and
+//! committed together (group commit).
 
 use super::errors::RunError;
 use super::graph::{Book, Gate, HOLD, Rejection, Render, Unmade};
