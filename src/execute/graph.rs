@@ -4,8 +4,9 @@
 //! perform. No I/O and no clock of its own: events arrive with their time (`apply`,
 //! `take`), due nodes are asked for (`due`), and what changed is committed by the caller
 //! before any action is performed. Here live branch choice (`follow`), result filling
-//! (`step_payload`), the results kept (`keep_result`), notification vetting (`vet`) and the
-//! settlement rule of each node (`settle_of`).
+//! (`step_payload`), the results kept (`keep_result`), notification vetting (`vet`), the
+//! settlement rule of each node (`settle_of`) and the routing of each lookup by it (`route`:
+//! with its group, by key, sent again under the same key, or to a person).
 
 use super::machine::{self, Effect, Event, Millis, State, Timings, Verdict};
 use super::status::Tally;
@@ -175,6 +176,25 @@ pub(super) struct Book<'a> {
     /// its digest, and when it came. Memory only: a provider that hears 202 may send it again.
     pub(super) held: Vec<(Notice, [u8; 32], Millis)>,
     pub(super) notices: NoticeCounts,
+}
+
+/// A lookup to make, as a node's state and its operation's settlement rule route it.
+pub(super) enum Ask {
+    /// Accepted under a reference: its group is asked about once for all its `members` (unit,
+    /// position in the group); `seq` numbers the question.
+    Group {
+        group: String,
+        seq: u32,
+        members: Vec<(usize, usize)>,
+    },
+    /// Sent again under the same key: the provider deduplicates it, or it only reads.
+    Resend { unit: usize, payload: Vec<Rendered> },
+    /// Looked up by `key` (a tree the provider ran: the item's, with what it sent).
+    Key {
+        unit: usize,
+        key: String,
+        payload: Vec<Rendered>,
+    },
 }
 
 /// Why a notification is not taken.
@@ -596,6 +616,109 @@ impl Book<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert(why);
         self.untouched(self.unit(u).0)
+    }
+
+    /// Routes the lookups of `units` (each not final and not in flight): a node accepted under a
+    /// reference is asked about with its group; else its operation's rule (`settle:`) says —
+    /// sent again under the same key, looked up by key, or, where nothing is safe, handed to a
+    /// person here (`NeedsReview`, never sent again). A node whose lookup needs a result it
+    /// cannot have fails here. Every node routed to a request is in flight from now. Err: an
+    /// item's row could not be read again (the run stops, nothing more is sent).
+    pub(super) fn route(
+        &mut self,
+        units: &[usize],
+        now: Millis,
+        policy: &crate::manifest::RetryPolicy,
+        timings: &Timings,
+        adapter: &dyn Adapter,
+    ) -> Result<Vec<Ask>, String> {
+        let mut groups: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
+        let mut asks = Vec::new();
+        let mut settled: Vec<(usize, Verdict)> = Vec::new();
+        for &i in units {
+            self.in_flight.insert(i);
+            self.rec_mut(i).requests += 1;
+            if let State::Submitted { reference, .. } = &self.live[&i].state {
+                let (group, pos) = adapter.reference_group(reference);
+                groups.entry(group).or_default().push((i, pos));
+                continue;
+            }
+            let payload = match (self.settle_of(i), self.client_run, self.unit(i)) {
+                (Settle::Review, ..) => {
+                    self.in_flight.remove(&i);
+                    self.rec_mut(i).requests -= 1;
+                    settled.push((
+                        i,
+                        Verdict::NeedsReview {
+                            code: "in-doubt".into(),
+                            description: format!(
+                                "its answer was lost and {} offers no way to find out whether \
+                                 `{}` was done: it is not sent again",
+                                self.flow.provider.title,
+                                self.op_of(i)
+                            ),
+                        },
+                    ));
+                    continue;
+                }
+                // A tree the provider ran is looked up by the item's key and request.
+                (Settle::Lookup, false, (item, _)) => {
+                    let p = self.planned(item).map_err(|e| match e {
+                        Unmade::Source(why) | Unmade::Missing(why) => why,
+                    })?;
+                    asks.push(Ask::Key {
+                        unit: i,
+                        key: self.rec(item).key.clone(),
+                        payload: p.payload.clone(),
+                    });
+                    continue;
+                }
+                _ => self.payload_of(i),
+            };
+            match payload {
+                Ok(payload) if self.settle_of(i) == Settle::Resend => {
+                    asks.push(Ask::Resend { unit: i, payload })
+                }
+                Ok(payload) => asks.push(Ask::Key {
+                    unit: i,
+                    key: self.live[&i].key.clone(),
+                    payload,
+                }),
+                Err(Unmade::Source(why)) => return Err(why),
+                Err(Unmade::Missing(why)) => {
+                    self.in_flight.remove(&i);
+                    settled.push((
+                        i,
+                        Verdict::Failed {
+                            code: "unresolved-result".into(),
+                            description: why,
+                        },
+                    ));
+                }
+            }
+        }
+        for (group, members) in groups {
+            let seq = members
+                .iter()
+                .map(|&(i, _)| self.rec(i).requests)
+                .max()
+                .unwrap_or(0);
+            asks.push(Ask::Group {
+                group,
+                seq,
+                members,
+            });
+        }
+        for (u, verdict) in settled {
+            self.apply(
+                u,
+                Event::Observed { verdict, now },
+                policy,
+                timings,
+                adapter,
+            );
+        }
+        Ok(asks)
     }
 
     /// The next item not started yet (file order), taken off the ready list.
@@ -1777,7 +1900,17 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
                     };
                     book.apply(u, Event::Sent { verdict, now }, &policy, &t, &adapter);
                 }
-                for u in lookups {
+                // Routed as the runner routes them: each by its state and its settlement rule.
+                let asks = book.route(&lookups, now, &policy, &t, &adapter).unwrap();
+                let asked: Vec<usize> = asks
+                    .iter()
+                    .flat_map(|a| match a {
+                        Ask::Group { members, .. } => members.iter().map(|m| m.0).collect(),
+                        Ask::Resend { unit, .. } | Ask::Key { unit, .. } => vec![*unit],
+                    })
+                    .collect();
+                for u in asked {
+                    book.in_flight.remove(&u);
                     let (item, _) = book.unit(u);
                     let verdict = observation(&mut rng, benign, now, format!("p{item}"));
                     if matches!(verdict, Verdict::Unknown | Verdict::Unlisted { .. }) {
@@ -1861,6 +1994,41 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
                 "seed {seed}: the counts kept as states changed differ from the store's"
             );
         }
+    }
+
+    #[test]
+    fn an_in_doubt_node_whose_operation_offers_no_safe_settlement_goes_to_a_person_never_sent_again()
+     {
+        let flow = flow();
+        let adapter = unheard(&flow);
+        let t = timings();
+        let policy = flow.manifest.retry.clone();
+        let (items, requests) = items(&flow, 1);
+        let durable = Durable::default();
+        let mut book = Book::new(&flow, &items, &requests, &durable, &adapter, 0, &t).unwrap();
+        book.root_settle = Settle::Review;
+        let i = book.pop_ready().unwrap();
+        book.apply(i, Event::Tick { now: 0 }, &policy, &t, &adapter);
+        commit(&mut book, &durable);
+        assert_eq!(std::mem::take(&mut book.sends), vec![i]);
+        let verdict = Verdict::InDoubt;
+        book.apply(i, Event::Sent { verdict, now: 1 }, &policy, &t, &adapter);
+        commit(&mut book, &durable);
+        // Its lookup comes due: routed to a person, not to the provider.
+        let later = 3_600_000;
+        for u in book.due(later) {
+            book.apply(u, Event::Tick { now: later }, &policy, &t, &adapter);
+        }
+        let lookups = std::mem::take(&mut book.lookups);
+        assert_eq!(lookups, vec![i]);
+        let asks = book.route(&lookups, later, &policy, &t, &adapter).unwrap();
+        assert!(
+            asks.is_empty(),
+            "nothing is asked of or sent to the provider"
+        );
+        assert!(matches!(book.rec(i).state, State::NeedsReview { .. }));
+        assert!(!book.in_flight.contains(&i));
+        assert!(book.sends.is_empty());
     }
 
     /// Reads back nothing: every record it is asked for is lost.

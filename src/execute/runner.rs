@@ -10,12 +10,11 @@
 //! committed together (group commit).
 
 use super::errors::RunError;
-use super::graph::{Book, Gate, HOLD, Rejection, Render, Unmade};
+use super::graph::{Ask, Book, Gate, HOLD, Rejection, Render, Unmade};
 use super::machine::{Event, Millis, State, Timings, Verdict};
 use super::store::{Record, Store, StoreError};
 use crate::compile::Flow;
 use crate::providers::{Adapter, Answer, Method, Notice, Outgoing, Rendered, Request};
-use crate::schema::Settle;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -828,8 +827,6 @@ pub async fn run(
         sends_now.retain(|&i| {
             matches!(book.rec(i).state, State::Sending { .. }) && !book.in_flight.contains(&i)
         });
-        // Nodes in doubt whose operation offers no safe way to settle them (`settle: review`).
-        let mut unsettled: Vec<usize> = Vec::new();
         let mut lookups_now = match held {
             true => Vec::new(),
             false => std::mem::take(&mut book.lookups),
@@ -912,82 +909,49 @@ pub async fn run(
                 let _ = tx.send(Outcome::Sent(idx.into_iter().zip(verdicts).collect()));
             }));
         }
-        // Lookups: a submitted group is asked about once; the rest by key.
-        let mut by_group: std::collections::BTreeMap<String, Vec<(usize, usize)>> =
-            std::collections::BTreeMap::new();
-        for &i in &lookups_now {
-            book.in_flight.insert(i);
-            book.rec_mut(i).requests += 1;
-            match &book.live[&i].state {
-                State::Submitted { reference, .. } => {
-                    let (group, pos) = adapter.reference_group(reference);
-                    by_group.entry(group).or_default().push((i, pos));
-                }
-                // How this node's lost answer is settled is its operation's rule (`settle:`):
-                // sent again under the same key (it only reads, or the provider deduplicates
-                // it), handed to a person, or looked up by key.
-                _ if book.settle_of(i) == Settle::Resend => match book.payload_of(i) {
-                    Ok(payload) => {
-                        requests += 1;
-                        let req = adapter.submit(
-                            &[Outgoing {
-                                key: &book.live[&i].key,
-                                op: book.op_of(i),
-                                payload: &payload,
-                                attempt: book.live[&i].requests,
-                            }],
-                            &rfc3339(now),
-                        );
-                        let (tx, adapter) = (wire.tx.clone(), Arc::clone(&endpoint.adapter));
-                        let sent = req.clone();
-                        outbox.push_back(Pending::new(req, false, move |answer| {
-                            let verdict = adapter
-                                .classify_submit(&sent, &answer, 1)
-                                .pop()
-                                .unwrap_or(Verdict::InDoubt);
-                            let _ = tx.send(Outcome::Observed(vec![(i, verdict)]));
-                        }));
-                    }
-                    Err(Unmade::Missing(why)) => {
-                        book.in_flight.remove(&i);
-                        unresolved.push((i, why));
-                    }
-                    Err(Unmade::Source(why)) => return Err(RunError::Source(why)),
-                },
-                _ if book.settle_of(i) == Settle::Review => {
-                    book.in_flight.remove(&i);
-                    book.rec_mut(i).requests -= 1;
-                    unsettled.push(i);
-                }
-                _ => {
-                    // A tree the provider ran is looked up by the item's key and request; a
-                    // node payrun sent on its own by its own.
-                    let (key, payload) = match (book.client_run, book.unit(i)) {
-                        (false, (item, _)) => match book.planned(item) {
-                            Ok(p) => (book.rec(item).key.clone(), p.payload.clone()),
-                            Err(Unmade::Source(why) | Unmade::Missing(why)) => {
-                                return Err(RunError::Source(why));
-                            }
-                        },
-                        (true, _) => match book.payload_of(i) {
-                            Ok(p) => (book.live[&i].key.clone(), p),
-                            Err(Unmade::Source(why)) => return Err(RunError::Source(why)),
-                            Err(Unmade::Missing(why)) => {
-                                book.in_flight.remove(&i);
-                                unresolved.push((i, why));
-                                continue;
-                            }
-                        },
-                    };
+        // Lookups, as each node's state and its operation's settlement rule route them.
+        let mut by_group = Vec::new();
+        let asks = book
+            .route(&lookups_now, now, policy, timings, adapter)
+            .map_err(RunError::Source)?;
+        for ask in asks {
+            match ask {
+                Ask::Group {
+                    group,
+                    seq,
+                    members,
+                } => by_group.push((group, seq, members)),
+                Ask::Resend { unit, payload } => {
                     requests += 1;
-                    let req = adapter.key_lookup(
-                        book.op_of(i),
-                        &key,
-                        &payload,
-                        book.live[&i].requests,
+                    let req = adapter.submit(
+                        &[Outgoing {
+                            key: &book.live[&unit].key,
+                            op: book.op_of(unit),
+                            payload: &payload,
+                            attempt: book.live[&unit].requests,
+                        }],
                         &rfc3339(now),
                     );
-                    outbox.push_back(key_lookup(&wire, &endpoint.adapter, i, req, 0, now));
+                    let (tx, adapter) = (wire.tx.clone(), Arc::clone(&endpoint.adapter));
+                    let sent = req.clone();
+                    outbox.push_back(Pending::new(req, false, move |answer| {
+                        let verdict = adapter
+                            .classify_submit(&sent, &answer, 1)
+                            .pop()
+                            .unwrap_or(Verdict::InDoubt);
+                        let _ = tx.send(Outcome::Observed(vec![(unit, verdict)]));
+                    }));
+                }
+                Ask::Key { unit, key, payload } => {
+                    requests += 1;
+                    let req = adapter.key_lookup(
+                        book.op_of(unit),
+                        &key,
+                        &payload,
+                        book.live[&unit].requests,
+                        &rfc3339(now),
+                    );
+                    outbox.push_back(key_lookup(&wire, &endpoint.adapter, unit, req, 0, now));
                 }
             }
         }
@@ -1008,13 +972,8 @@ pub async fn run(
                 outbox.push_back(key_lookup(&wire, &endpoint.adapter, unit, next, n, asked));
             }
         }
-        for (group, members) in by_group {
+        for (group, seq, members) in by_group {
             requests += 1;
-            let seq = members
-                .iter()
-                .map(|&(i, _)| book.rec(i).requests)
-                .max()
-                .unwrap_or(0);
             let req = adapter.group_lookup(&group, seq, &rfc3339(now));
             let (tx, adapter) = (wire.tx.clone(), Arc::clone(&endpoint.adapter));
             outbox.push_back(Pending::new(req, false, move |answer| {
@@ -1036,24 +995,6 @@ pub async fn run(
 
         let held_back = wire.dispatch(&mut outbox);
 
-        for u in unsettled {
-            let verdict = Verdict::NeedsReview {
-                code: "in-doubt".into(),
-                description: format!(
-                    "its answer was lost and {} offers no way to find out whether `{}` was done: \
-                     it is not sent again",
-                    flow.provider.title,
-                    book.op_of(u)
-                ),
-            };
-            book.apply(
-                u,
-                Event::Observed { verdict, now },
-                policy,
-                timings,
-                adapter,
-            );
-        }
         for (u, why) in unresolved {
             let verdict = Verdict::Failed {
                 code: "unresolved-result".into(),
