@@ -163,7 +163,7 @@ pub(super) struct Book<'a> {
     pub(super) sends: Vec<usize>,
     pub(super) lookups: Vec<usize>,
     /// Items by key, as notifications name them (built when notifications can arrive).
-    pub(super) by_key: HashMap<String, usize>,
+    pub(super) by_key: KeyIndex,
     /// Lookups whose answer comes as a `Notice::Subject` and has not come yet: the units that
     /// asked and when, by the lookup's reference.
     pub(super) asked: HashMap<String, (Vec<usize>, Millis)>,
@@ -195,6 +195,55 @@ pub(super) enum Ask {
         key: String,
         payload: Vec<Rendered>,
     },
+}
+
+/// Nodes by the key notifications name them by: 16 bytes a node (a hash of the key and the
+/// node, sorted), not the key's text — a match is confirmed against the node's record (`Book::unit_by_key`).
+#[derive(Default)]
+pub(super) struct KeyIndex {
+    /// (hash, unit), sorted: every node when notifications could first arrive.
+    sorted: Vec<(u64, u32)>,
+    /// Nodes created since (steps), by hash.
+    later: HashMap<u64, Vec<usize>>,
+}
+
+impl KeyIndex {
+    fn hash(key: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        h.finish()
+    }
+
+    /// Indexes nodes by their keys, given as (key, node), all at once.
+    pub(super) fn build(units: impl Iterator<Item = (String, usize)>) -> KeyIndex {
+        let mut sorted: Vec<(u64, u32)> =
+            units.map(|(k, u)| (KeyIndex::hash(&k), u as u32)).collect();
+        sorted.sort_unstable();
+        sorted.shrink_to_fit();
+        KeyIndex {
+            sorted,
+            later: HashMap::new(),
+        }
+    }
+
+    pub(super) fn insert(&mut self, key: &str, unit: usize) {
+        self.later
+            .entry(KeyIndex::hash(key))
+            .or_default()
+            .push(unit);
+    }
+
+    /// The nodes whose key may be `key` (its hash matches).
+    fn candidates(&self, key: &str) -> impl Iterator<Item = usize> + '_ {
+        let h = KeyIndex::hash(key);
+        let from = self.sorted.partition_point(|&(x, _)| x < h);
+        self.sorted[from..]
+            .iter()
+            .take_while(move |&&(x, _)| x == h)
+            .map(|&(_, u)| u as usize)
+            .chain(self.later.get(&h).into_iter().flatten().copied())
+    }
 }
 
 /// Why a notification is not taken.
@@ -367,7 +416,7 @@ impl Book<'_> {
             r.state = state;
             let v = self.units();
             if self.client_run && self.keyed_notices {
-                self.by_key.insert(self.adapter.wire_key(&r.key), v);
+                self.by_key.insert(&self.adapter.wire_key(&r.key), v);
             }
             self.step_units.push((item, k));
             self.place.push(Place::Live);
@@ -719,6 +768,14 @@ impl Book<'_> {
             );
         }
         Ok(asks)
+    }
+
+    /// The node a notification names by `key` (dashes or none), if it is one of this batch's.
+    pub(super) fn unit_by_key(&self, key: &str) -> Option<usize> {
+        let key = key.replace('-', "");
+        self.by_key
+            .candidates(&key)
+            .find(|&u| self.adapter.wire_key(&self.rec(u).key) == key)
     }
 
     /// The next item not started yet (file order), taken off the ready list.
@@ -1078,10 +1135,10 @@ impl Book<'_> {
     /// (it then changes nothing).
     pub(super) fn vet(&self, notice: &Notice) -> Result<(), Rejection> {
         match notice {
-            Notice::Item { key, .. } => match self.by_key.get(&key.replace('-', "")) {
+            Notice::Item { key, .. } => match self.unit_by_key(key) {
                 // An outcome is about a request payrun recorded as sent, or about nothing.
-                Some(&i) if self.rec(i).state.was_sent() => Ok(()),
-                Some(&i) => Err(Rejection::Never(format!(
+                Some(i) if self.rec(i).state.was_sent() => Ok(()),
+                Some(i) => Err(Rejection::Never(format!(
                     "a notification about item {}, for which nothing was sent",
                     self.rec(i).id
                 ))),
@@ -1125,7 +1182,7 @@ impl Book<'_> {
                     .iter()
                     .any(|r| self.waiting_for(r).next().is_some());
                 for (key, _, claims) in found {
-                    if let Some(&i) = self.by_key.get(&key.replace('-', ""))
+                    if let Some(i) = self.unit_by_key(&key)
                         && let Some(why) = self.contradicts(i, claims)
                     {
                         return Err(Rejection::Never(format!(
@@ -1174,7 +1231,7 @@ impl Book<'_> {
         match notice {
             // One more observation; duplicates and stale ones are absorbed by the state machine.
             Notice::Item { key, verdict } => {
-                if let Some(&i) = self.by_key.get(&key.replace('-', "")) {
+                if let Some(i) = self.unit_by_key(&key) {
                     observe(self, i, verdict);
                 }
             }
@@ -1234,7 +1291,7 @@ impl Book<'_> {
                     }
                 }
                 for (key, verdict, _) in found {
-                    if let Some(&i) = self.by_key.get(&key.replace('-', "")) {
+                    if let Some(i) = self.unit_by_key(&key) {
                         listed.insert(i);
                         observe(self, i, verdict);
                     }
@@ -1404,7 +1461,7 @@ impl<'a> Book<'a> {
             changed: Vec::new(),
             sends: Vec::new(),
             lookups: Vec::new(),
-            by_key: HashMap::new(),
+            by_key: KeyIndex::default(),
             asked: HashMap::new(),
             answered: HashSet::new(),
             applied: None,
@@ -2029,6 +2086,27 @@ notifications: {listen: 127.0.0.1:8799, public_url: "https://acme.example/payrun
         assert!(matches!(book.rec(i).state, State::NeedsReview { .. }));
         assert!(!book.in_flight.contains(&i));
         assert!(book.sends.is_empty());
+    }
+
+    #[test]
+    fn a_notification_finds_its_node_by_key_and_an_index_entry_is_confirmed_against_the_record() {
+        let flow = flow();
+        let adapter = unheard(&flow);
+        let t = timings();
+        let (items, requests) = items(&flow, 3);
+        let durable = Durable::default();
+        let mut book = Book::new(&flow, &items, &requests, &durable, &adapter, 0, &t).unwrap();
+        book.by_key = KeyIndex::build((0..3).map(|u| (adapter.wire_key(&book.rec(u).key), u)));
+        for u in 0..3 {
+            let key = book.rec(u).key.clone();
+            assert_eq!(book.unit_by_key(&key), Some(u), "as the record holds it");
+            let bare = adapter.wire_key(&key);
+            assert_eq!(book.unit_by_key(&bare), Some(u), "as the provider sends it");
+        }
+        // An entry that points at the wrong node (a hash shared by two keys) finds nothing.
+        let stranger = crate::keys::item_key("another-batch", "i0");
+        book.by_key.insert(&adapter.wire_key(&stranger), 1);
+        assert_eq!(book.unit_by_key(&stranger), None);
     }
 
     /// Reads back nothing: every record it is asked for is lost.

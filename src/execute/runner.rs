@@ -729,9 +729,9 @@ pub async fn run(
         } else {
             items.len()
         };
-        book.by_key = (0..units)
-            .map(|u| (adapter.wire_key(&book.rec(u).key), u))
-            .collect();
+        book.by_key = super::graph::KeyIndex::build(
+            (0..units).map(|u| (adapter.wire_key(&book.rec(u).key), u)),
+        );
         book.check_fault()?;
     }
     let now = now_ms();
