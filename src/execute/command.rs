@@ -322,9 +322,19 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
     }
     // What this command sends, not the whole batch's totals: items that ended are not sent
     // again, items sent before are looked up, `--retry-failed` resends only what it chose.
+    // The store is read once for this and for the checks `execute` makes before sending.
+    let mut prior = Prior {
+        changed: Vec::new(),
+        started: vec![false; items.len()],
+    };
     let stored = match held.as_ref().map(|h| {
         let mut s = super::outlook::Stored::default();
-        h.store.each(|i, r| s.add(i, &r)).map(|()| s)
+        h.store
+            .each(|i, r| {
+                s.add(i, &r);
+                prior.add(&items, &attempts, i, &r);
+            })
+            .map(|()| s)
     }) {
         None => None,
         Some(Ok(s)) => Some(s),
@@ -355,7 +365,7 @@ pub fn run(registry: &Registry, target: &Path, o: &RunOptions) -> u8 {
     items.shrink_to_fit();
     // Shared with the run's report answers, which list the items not started from here.
     let items = Arc::new(items);
-    let code = execute(&flow, &items, &rows, manifest, &attempts, o, held);
+    let code = execute(&flow, &items, &rows, manifest, &attempts, prior, o, held);
     // The process ends right after; freeing every item's requests one by one only costs time.
     std::mem::forget(items);
     code
@@ -599,6 +609,39 @@ struct Held {
     store: Store,
 }
 
+/// What a started batch's records say that `execute` checks before sending, read with the
+/// start line's pass over the store.
+struct Prior {
+    /// Items whose stored record is not the item as it is now (its key or content changed):
+    /// `<id> (line N)`.
+    changed: Vec<String>,
+    /// By position: the item was started (a retried one starts again).
+    started: Vec<bool>,
+}
+
+impl Prior {
+    fn add(
+        &mut self,
+        items: &[PlannedItem],
+        attempts: &HashMap<String, u32>,
+        index: u64,
+        r: &super::store::Record,
+    ) {
+        if r.step.is_some() {
+            return;
+        }
+        // A retried item's record takes the item's new key before it is sent.
+        let retried = attempts.contains_key(&r.id);
+        match items.get(index as usize) {
+            Some(it) if (retried || it.key == r.key) && it.digest == r.digest => {
+                self.started[index as usize] =
+                    !retried && !matches!(r.state, super::machine::State::Planned);
+            }
+            _ => self.changed.push(format!("{} (line {})", r.id, r.line)),
+        }
+    }
+}
+
 /// Takes the batch's lock, or says who holds it; tells the operator what taking it found (a
 /// state folder made private, a stale lock taken over).
 fn take_lock(batch: &str, state_dir: &Path) -> Result<super::lock::Lock, RunError> {
@@ -635,6 +678,7 @@ fn execute(
     rows: &super::rows::FromRows,
     manifest: &Path,
     attempts: &HashMap<String, u32>,
+    prior: Prior,
     o: &RunOptions,
     held: Option<Held>,
 ) -> u8 {
@@ -693,23 +737,20 @@ fn execute(
         Ok(None) => None,
         Err(e) => return errors::report(&e.into(), "; nothing was sent"),
     };
-    // The store read once, one record at a time:
-    // - `--retry-failed`: each chosen item starts a new attempt with a new key; the old key
-    //   and how it ended are kept. Committed before anything is sent.
-    // - An item whose content changed since it was started is never sent as it is now.
-    // - What this run still has to pay: the items not started.
+    // `--retry-failed`: each chosen item starts a new attempt with a new key; the old key and
+    // how it ended are kept. Committed before anything is sent.
     let now = runner::now_ms();
     let mut retried = Vec::new();
     let mut no_longer_failed = None;
-    let mut changed: Vec<String> = Vec::new();
-    let mut started = vec![false; items.len()];
-    let read = store.each(|i, mut r| {
-        if r.step.is_some() {
-            return;
-        }
-        if let Some(&n) = attempts.get(&r.id)
-            && let Some(it) = items.get(i as usize)
-        {
+    let read = match attempts.is_empty() {
+        true => Ok(()),
+        false => store.each(|i, mut r| {
+            if r.step.is_some() {
+                return;
+            }
+            let (Some(&n), Some(it)) = (attempts.get(&r.id), items.get(i as usize)) else {
+                return;
+            };
             let super::machine::State::Failed { code, at, .. } = &r.state else {
                 no_longer_failed.get_or_insert(r.id.clone());
                 return;
@@ -724,15 +765,9 @@ fn execute(
             r.state = super::machine::State::Planned;
             r.first_sent = None;
             r.updated = now;
-            retried.push((i, r.clone()));
-        }
-        match items.get(i as usize) {
-            Some(it) if it.key == r.key && it.digest == r.digest => {
-                started[i as usize] = !matches!(r.state, super::machine::State::Planned);
-            }
-            _ => changed.push(format!("{} (line {})", r.id, r.line)),
-        }
-    });
+            retried.push((i, r));
+        }),
+    };
     if let Err(e) = read {
         return errors::report(&e.into(), "; nothing was sent");
     }
@@ -747,6 +782,8 @@ fn execute(
         return errors::report(&e.into(), "");
     }
     drop(retried);
+    // An item whose content changed since it was started is never sent as it is now.
+    let Prior { changed, started } = prior;
     if !changed.is_empty() {
         eprintln!(
             "error[run.changed-items]: {} item(s) changed since this batch started: {}",
