@@ -322,31 +322,34 @@ impl Book<'_> {
             } => result.clone(),
             _ => None,
         };
-        let before = self.rec_mut(i).state.clone();
-        let (s, fx) = machine::step(&before, event, policy, timings);
-        let ends = s.is_final() && !before.is_final();
+        // What the change means, read off the state it leaves (not copied: this is per answer).
+        let before = &self.rec_mut(i).state;
+        let (s, fx) = machine::step(before, event, policy, timings);
+        let changes = s != *before;
+        let was_final = before.is_final();
+        let was_open = is_open(before);
+        let was_succeeded = matches!(before, State::Succeeded { .. });
+        let was_named = super::status::state_name(before);
+        let ends = s.is_final() && !was_final;
         // What a later node reads of this one: kept with the record, committed with its end.
-        if matches!(s, State::Succeeded { .. })
-            && !matches!(before, State::Succeeded { .. })
-            && self.read[self.unit(i).1]
-        {
+        if matches!(s, State::Succeeded { .. }) && !was_succeeded && self.read[self.unit(i).1] {
             let kept = self.keep_result(i, answer.as_ref());
             self.rec_mut(i).result = Some(kept);
         }
-        if s != before {
+        if changes {
             if let State::Submitted { reference, .. } = &s {
                 let (group, _) = adapter.reference_group(reference);
                 self.groups.entry(group).or_default().push(i);
             }
-            match (is_open(&before), is_open(&s)) {
+            match (was_open, is_open(&s)) {
                 (true, false) => self.open -= 1,
                 (false, true) => self.open += 1,
                 _ => {}
             }
             if (s.is_final() || matches!(s, State::NeedsReview { .. }))
-                && super::status::state_name(&s) != super::status::state_name(&before)
+                && super::status::state_name(&s) != was_named
             {
-                self.ended.push((i, before.is_final()));
+                self.ended.push((i, was_final));
             }
             let index = self.store_index(i);
             let r = self.live.get_mut(&i).expect("paged in above");
